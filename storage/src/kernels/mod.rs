@@ -1,0 +1,1 @@
+//! Block kernels shared by the linear-algebra and relational operators.

@@ -1,0 +1,30 @@
+//! # tessera-storage
+//!
+//! Owns Tessera's arrays on disk and in memory: array schemas, dense and sparse
+//! blocks, the SIMD kernels shared by the linear-algebra and relational operators,
+//! the sharded, versioned block store, and file ingest and export.
+//!
+//! ```text
+//!   files (csv, mtx, npy) --io--> cells --blockify--> Block (dense | CSR)
+//!                                                       |
+//!              kernels (gemm, spmm, tsmm, ...) <--------+--------> store
+//!                                                                   |
+//!        catalog.json -> arrays/<id>/v<N>/manifest.json -> shard-<k>.arrow
+//!                                                                   |
+//!                                       Backend: local | memory | object_store | faulty
+//! ```
+//!
+//! This crate never imports DataFusion; the planner builds on it.
+
+pub mod backend;
+mod block;
+mod error;
+pub mod io;
+pub mod kernels;
+mod partition;
+mod schema;
+
+pub use block::{Block, BlockFormat, CooBuilder, CsrBlock, DenseBlock, SPARSE_THRESHOLD};
+pub use error::{Result, StorageError};
+pub use partition::{MAX_SHARDS, Partitioning, datafusion_hash};
+pub use schema::{ArraySchema, Attribute, AttributeType, BlockKey, Dimension, MAX_BLOCK_CELLS};

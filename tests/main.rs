@@ -1,0 +1,6 @@
+//! Tessera's integration tests: one binary, one module per area.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)] // tests may panic
+
+mod python;
+mod storage_io;

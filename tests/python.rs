@@ -1,0 +1,21 @@
+//! Runs NumPy/SciPy from tests: the reference implementation and the writer of fixture
+//! files. `.ci/run` installs both; a missing NumPy fails the test rather than skipping it.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs `script` with `python3`, in `dir`, and returns its stdout.
+pub fn run(dir: &Path, script: &str) -> String {
+    let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("python3 must be installed (.ci/run installs it with numpy and scipy)");
+    assert!(
+        out.status.success(),
+        "python failed:\n{}\n--- script ---\n{script}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

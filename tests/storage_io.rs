@@ -1,0 +1,1 @@
+//! File ingest and export, checked against NumPy and SciPy.
