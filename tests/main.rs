@@ -4,3 +4,4 @@
 
 mod python;
 mod storage_io;
+mod storage_store;

@@ -95,6 +95,10 @@ pub enum StorageError {
         source: std::io::Error,
     },
 
+    /// Another write to the same array committed first; retry the write.
+    #[error("array '{0}' was changed by a concurrent write; retry")]
+    WriteConflict(String),
+
     /// Another process holds the data directory.
     #[error("data directory {0} is locked by another process")]
     Locked(PathBuf),
@@ -115,20 +119,23 @@ fn location(path: &std::path::Path, line: u64) -> String {
 impl StorageError {
     /// A [`StorageError::BadFile`] at `path:line`.
     pub fn bad_file(path: impl Into<PathBuf>, line: u64, message: impl Into<String>) -> Self {
-        Self::BadFile { path: path.into(), line, message: message.into() }
+        Self::BadFile {
+            path: path.into(),
+            line,
+            message: message.into(),
+        }
     }
 
     /// An [`StorageError::Io`] for `path`.
     pub fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_string(), source }
+        Self::Io {
+            path: path.to_string(),
+            source,
+        }
     }
 
     /// A [`StorageError::ShapeMismatch`] naming both shapes.
-    pub fn shape_mismatch(
-        op: &'static str,
-        left: (usize, usize),
-        right: (usize, usize),
-    ) -> Self {
+    pub fn shape_mismatch(op: &'static str, left: (usize, usize), right: (usize, usize)) -> Self {
         Self::ShapeMismatch {
             op,
             left: format!("{}x{}", left.0, left.1),

@@ -23,8 +23,13 @@ pub mod io;
 pub mod kernels;
 mod partition;
 mod schema;
+mod store;
 
 pub use block::{Block, BlockFormat, CooBuilder, CsrBlock, DenseBlock, SPARSE_THRESHOLD};
 pub use error::{Result, StorageError};
 pub use partition::{MAX_SHARDS, Partitioning, datafusion_hash};
 pub use schema::{ArraySchema, Attribute, AttributeType, BlockKey, Dimension, MAX_BLOCK_CELLS};
+pub use store::{
+    ArrayInfo, ArrayWriter, BlockMeta, LoadOptions, LoadSummary, Snapshot, Store, StoreOptions,
+    VersionInfo, WriteMode,
+};

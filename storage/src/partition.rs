@@ -45,7 +45,9 @@ impl Default for Partitioning {
     /// partition count, so stored shards line up with relational repartitions.
     fn default() -> Self {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Partitioning::Hash { shards: cpus.clamp(1, MAX_SHARDS as usize) as u32 }
+        Partitioning::Hash {
+            shards: cpus.clamp(1, MAX_SHARDS as usize) as u32,
+        }
     }
 }
 
@@ -54,7 +56,10 @@ impl Partitioning {
     pub fn shard_count(&self) -> u32 {
         match *self {
             Partitioning::Hash { shards } | Partitioning::RowBlock { shards } => shards,
-            Partitioning::Grid { row_shards, col_shards } => row_shards.saturating_mul(col_shards),
+            Partitioning::Grid {
+                row_shards,
+                col_shards,
+            } => row_shards.saturating_mul(col_shards),
         }
     }
 
@@ -82,10 +87,16 @@ impl Partitioning {
             ((b.max(0) as u64).min(n - 1) * parts as u64 / n) as u32
         };
         match *self {
-            Partitioning::Hash { shards } => (datafusion_hash(&key.0) % shards.max(1) as u64) as u32,
+            Partitioning::Hash { shards } => {
+                (datafusion_hash(&key.0) % shards.max(1) as u64) as u32
+            }
             Partitioning::RowBlock { shards } => range(key.0[0], grid[0], shards),
-            Partitioning::Grid { row_shards, col_shards } => {
-                range(key.0[0], grid[0], row_shards) * col_shards + range(key.0[1], grid[1], col_shards)
+            Partitioning::Grid {
+                row_shards,
+                col_shards,
+            } => {
+                range(key.0[0], grid[0], row_shards) * col_shards
+                    + range(key.0[1], grid[1], col_shards)
             }
         }
     }
@@ -113,8 +124,10 @@ pub fn datafusion_hash(columns: &[i64]) -> u64 {
     let Some(first) = values.next() else { return 0 };
     let mut hash = STATE.hash_one(first);
     for v in values {
-        let seeded =
-            foldhash::fast::SeedableRandomState::with_seed(hash, foldhash::SharedSeed::global_fixed());
+        let seeded = foldhash::fast::SeedableRandomState::with_seed(
+            hash,
+            foldhash::SharedSeed::global_fixed(),
+        );
         let mut h = seeded.build_hasher();
         v.hash(&mut h);
         hash = h.finish();
@@ -129,9 +142,14 @@ mod tests {
     #[test]
     fn row_block_and_grid_are_contiguous_ranges() {
         let p = Partitioning::RowBlock { shards: 3 };
-        let shards: Vec<u32> = (0..7).map(|b| p.shard_of(&BlockKey::matrix(b, 0), &[7, 1])).collect();
+        let shards: Vec<u32> = (0..7)
+            .map(|b| p.shard_of(&BlockKey::matrix(b, 0), &[7, 1]))
+            .collect();
         assert_eq!(shards, vec![0, 0, 0, 1, 1, 2, 2]);
-        let g = Partitioning::Grid { row_shards: 2, col_shards: 2 };
+        let g = Partitioning::Grid {
+            row_shards: 2,
+            col_shards: 2,
+        };
         assert_eq!(g.shard_of(&BlockKey::matrix(0, 0), &[4, 4]), 0);
         assert_eq!(g.shard_of(&BlockKey::matrix(1, 3), &[4, 4]), 1);
         assert_eq!(g.shard_of(&BlockKey::matrix(3, 0), &[4, 4]), 2);

@@ -21,7 +21,12 @@ pub struct Dimension {
 impl Dimension {
     /// A dimension `name start:end BLOCK block_len`; validated by [`ArraySchema::new`].
     pub fn new(name: impl Into<String>, start: i64, end: i64, block_len: u64) -> Self {
-        Self { name: name.into(), start, end, block_len }
+        Self {
+            name: name.into(),
+            start,
+            end,
+            block_len,
+        }
     }
 
     /// Number of cells along this dimension.
@@ -84,7 +89,10 @@ pub struct Attribute {
 impl Attribute {
     /// A `DOUBLE` attribute.
     pub fn double(name: impl Into<String>) -> Self {
-        Self { name: name.into(), ty: AttributeType::Double }
+        Self {
+            name: name.into(),
+            ty: AttributeType::Double,
+        }
     }
 }
 
@@ -114,7 +122,11 @@ impl ArraySchema {
             return bad("an array needs at least one attribute".into());
         }
         let mut names = std::collections::HashSet::new();
-        for name in dimensions.iter().map(|d| &d.name).chain(attributes.iter().map(|a| &a.name)) {
+        for name in dimensions
+            .iter()
+            .map(|d| &d.name)
+            .chain(attributes.iter().map(|a| &a.name))
+        {
             if name.is_empty() {
                 return bad("dimension and attribute names must not be empty".into());
             }
@@ -130,7 +142,11 @@ impl ArraySchema {
                     d.name, d.start, d.end
                 ));
             }
-            if d.end.checked_sub(d.start).and_then(|x| x.checked_add(1)).is_none() {
+            if d.end
+                .checked_sub(d.start)
+                .and_then(|x| x.checked_add(1))
+                .is_none()
+            {
                 return bad(format!(
                     "dimension '{}' range {}:{} has more cells than fit in int64",
                     d.name, d.start, d.end
@@ -147,7 +163,10 @@ impl ArraySchema {
                 "a block would hold {block_cells} cells; at most {MAX_BLOCK_CELLS} are allowed"
             ));
         }
-        Ok(Self { dimensions, attributes })
+        Ok(Self {
+            dimensions,
+            attributes,
+        })
     }
 
     /// A `rows x cols` matrix `(i, j)` with one `DOUBLE` attribute `v`, cut into
@@ -162,10 +181,18 @@ impl ArraySchema {
             let end = i64::try_from(n - 1).map_err(|_| {
                 StorageError::InvalidSchema(format!("{n} {name}s do not fit in int64"))
             })?;
-            Ok(Dimension::new(if name == "row" { "i" } else { "j" }, 0, end, b))
+            Ok(Dimension::new(
+                if name == "row" { "i" } else { "j" },
+                0,
+                end,
+                b,
+            ))
         };
         Self::new(
-            vec![dim("row", rows, block_rows)?, dim("column", cols, block_cols)?],
+            vec![
+                dim("row", rows, block_rows)?,
+                dim("column", cols, block_cols)?,
+            ],
             vec![Attribute::double("v")],
         )
     }
@@ -200,13 +227,20 @@ impl ArraySchema {
 
     /// Total number of blocks (saturating).
     pub fn block_count(&self) -> u64 {
-        self.dimensions.iter().map(Dimension::block_count).fold(1u64, u64::saturating_mul)
+        self.dimensions
+            .iter()
+            .map(Dimension::block_count)
+            .fold(1u64, u64::saturating_mul)
     }
 
     /// Whether `key` names a block of this array.
     pub fn check_key(&self, key: &BlockKey) -> Result<()> {
         if key.0.len() != self.dimensions.len()
-            || key.0.iter().zip(&self.dimensions).any(|(&b, d)| b < 0 || b as u64 >= d.block_count())
+            || key
+                .0
+                .iter()
+                .zip(&self.dimensions)
+                .any(|(&b, d)| b < 0 || b as u64 >= d.block_count())
         {
             return Err(StorageError::InvalidArgument(format!(
                 "block {key} is outside the block grid {:?}",
@@ -283,13 +317,23 @@ mod tests {
     fn invalid_schemas_are_rejected_with_the_reason() {
         let err = |r: Result<ArraySchema>| r.unwrap_err().to_string();
         let a = || vec![Attribute::double("v")];
-        assert!(err(ArraySchema::new(vec![Dimension::new("i", 5, 4, 1)], a())).contains("empty range"));
-        assert!(err(ArraySchema::new(vec![Dimension::new("i", 0, 9, 0)], a())).contains("block length 0"));
         assert!(
-            err(ArraySchema::new(vec![Dimension::new("i", i64::MIN, i64::MAX, 10)], a()))
-                .contains("fit in int64")
+            err(ArraySchema::new(vec![Dimension::new("i", 5, 4, 1)], a())).contains("empty range")
         );
-        assert!(err(ArraySchema::new(vec![Dimension::new("i", 0, 9, 1)], vec![])).contains("attribute"));
+        assert!(
+            err(ArraySchema::new(vec![Dimension::new("i", 0, 9, 0)], a()))
+                .contains("block length 0")
+        );
+        assert!(
+            err(ArraySchema::new(
+                vec![Dimension::new("i", i64::MIN, i64::MAX, 10)],
+                a()
+            ))
+            .contains("fit in int64")
+        );
+        assert!(
+            err(ArraySchema::new(vec![Dimension::new("i", 0, 9, 1)], vec![])).contains("attribute")
+        );
         assert!(
             err(ArraySchema::new(vec![Dimension::new("v", 0, 9, 1)], a())).contains("used twice")
         );
@@ -309,7 +353,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.block_shape(&BlockKey(vec![1, 1, 0])), (10, 7));
-        let one = ArraySchema::new(vec![Dimension::new("x", 0, 9, 4)], vec![Attribute::double("t")]).unwrap();
+        let one = ArraySchema::new(
+            vec![Dimension::new("x", 0, 9, 4)],
+            vec![Attribute::double("t")],
+        )
+        .unwrap();
         assert_eq!(one.block_shape(&BlockKey(vec![2])), (2, 1));
     }
 }

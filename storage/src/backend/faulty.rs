@@ -68,7 +68,9 @@ impl FaultyBackend {
 
 fn trip(countdown: &AtomicU64, injected: &AtomicU64) -> bool {
     let fire = countdown
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n > 0).then(|| n - 1))
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+            (n > 0).then(|| n - 1)
+        })
         .is_ok_and(|before| before == 1);
     if fire {
         injected.fetch_add(1, Ordering::SeqCst);
@@ -77,7 +79,10 @@ fn trip(countdown: &AtomicU64, injected: &AtomicU64) -> bool {
 }
 
 fn injected_error(what: &str, path: &str) -> StorageError {
-    StorageError::io(path, std::io::Error::other(format!("injected {what} fault")))
+    StorageError::io(
+        path,
+        std::io::Error::other(format!("injected {what} fault")),
+    )
 }
 
 struct FaultyWriter {
@@ -113,9 +118,13 @@ impl Backend for FaultyBackend {
     }
 
     fn create(&self, path: &str) -> Result<Box<dyn BackendWriter>> {
-        let armed = (*self.kind.lock().unwrap_or_else(|e| e.into_inner()) == Some(FaultKind::Write))
-            .then(|| (self.countdown.clone(), self.injected.clone()));
-        Ok(Box::new(FaultyWriter { inner: self.inner.create(path)?, armed }))
+        let armed = (*self.kind.lock().unwrap_or_else(|e| e.into_inner())
+            == Some(FaultKind::Write))
+        .then(|| (self.countdown.clone(), self.injected.clone()));
+        Ok(Box::new(FaultyWriter {
+            inner: self.inner.create(path)?,
+            armed,
+        }))
     }
 
     fn sync(&self, path: &str) -> Result<()> {

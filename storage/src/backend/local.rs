@@ -29,12 +29,21 @@ impl LocalBackend {
             .write(true)
             .open(&lock_path)
             .map_err(|e| StorageError::io(lock_path.display(), e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(StorageError::Locked(root)),
-            Err(fs::TryLockError::Error(e)) => return Err(StorageError::io(lock_path.display(), e)),
+        // A lock held by a forked child between fork and exec (or by a process that is
+        // just exiting) goes away on its own; only a lock held for a while is a conflict.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
+        loop {
+            match lock.try_lock() {
+                Ok(()) => return Ok(Self { root, _lock: lock }),
+                Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(StorageError::Locked(root)),
+                Err(fs::TryLockError::Error(e)) => {
+                    return Err(StorageError::io(lock_path.display(), e));
+                }
+            }
         }
-        Ok(Self { root, _lock: lock })
     }
 
     /// The directory this backend stores files in.
@@ -43,7 +52,11 @@ impl LocalBackend {
     }
 
     fn full(&self, path: &str) -> PathBuf {
-        if path.is_empty() { self.root.clone() } else { self.root.join(path) }
+        if path.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(path)
+        }
     }
 }
 
@@ -63,14 +76,18 @@ impl Write for LocalWriter {
 
 impl BackendWriter for LocalWriter {
     fn finish(mut self: Box<Self>) -> Result<()> {
-        self.file.flush().map_err(|e| StorageError::io(self.path.display(), e))
+        self.file
+            .flush()
+            .map_err(|e| StorageError::io(self.path.display(), e))
     }
 }
 
 impl Backend for LocalBackend {
     fn read(&self, path: &str) -> Result<Bytes> {
         let p = self.full(path);
-        fs::read(&p).map(Bytes::from).map_err(|e| StorageError::io(p.display(), e))
+        fs::read(&p)
+            .map(Bytes::from)
+            .map_err(|e| StorageError::io(p.display(), e))
     }
 
     fn create(&self, path: &str) -> Result<Box<dyn BackendWriter>> {
@@ -79,18 +96,24 @@ impl Backend for LocalBackend {
             fs::create_dir_all(dir).map_err(|e| StorageError::io(dir.display(), e))?;
         }
         let file = File::create(&p).map_err(|e| StorageError::io(p.display(), e))?;
-        Ok(Box::new(LocalWriter { file: BufWriter::with_capacity(1 << 20, file), path: p }))
+        Ok(Box::new(LocalWriter {
+            file: BufWriter::with_capacity(1 << 20, file),
+            path: p,
+        }))
     }
 
     fn sync(&self, path: &str) -> Result<()> {
         let p = self.full(path);
         // Directories are opened read-only to fsync their entries; files likewise.
-        File::open(&p).and_then(|f| f.sync_all()).map_err(|e| StorageError::io(p.display(), e))
+        File::open(&p)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| StorageError::io(p.display(), e))
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
         let (f, t) = (self.full(from), self.full(to));
-        fs::rename(&f, &t).map_err(|e| StorageError::io(format!("{} -> {}", f.display(), t.display()), e))
+        fs::rename(&f, &t)
+            .map_err(|e| StorageError::io(format!("{} -> {}", f.display(), t.display()), e))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
@@ -106,7 +129,9 @@ impl Backend for LocalBackend {
             for entry in entries {
                 let entry = entry.map_err(|e| StorageError::io(dir.display(), e))?;
                 let path = entry.path();
-                let ty = entry.file_type().map_err(|e| StorageError::io(path.display(), e))?;
+                let ty = entry
+                    .file_type()
+                    .map_err(|e| StorageError::io(path.display(), e))?;
                 if ty.is_dir() {
                     stack.push(path);
                 } else if let Ok(rel) = path.strip_prefix(&self.root) {
@@ -124,7 +149,16 @@ impl Backend for LocalBackend {
     fn delete(&self, path: &str) -> Result<()> {
         let p = self.full(path);
         match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // A version directory goes with its last file (writers never reuse one).
+                let dir = super::parent_dir(path);
+                if dir.starts_with("arrays/")
+                    && dir.rsplit('/').next().is_some_and(|d| d.starts_with('v'))
+                {
+                    let _ = fs::remove_dir(self.full(dir));
+                }
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StorageError::io(p.display(), e)),
         }

@@ -85,14 +85,22 @@ fn not_found(path: &str) -> StorageError {
 
 impl Backend for MemoryBackend {
     fn read(&self, path: &str) -> Result<Bytes> {
-        let node = self.state().live.get(path).cloned().ok_or_else(|| not_found(path))?;
+        let node = self
+            .state()
+            .live
+            .get(path)
+            .cloned()
+            .ok_or_else(|| not_found(path))?;
         Ok(lock(&node).live.clone())
     }
 
     fn create(&self, path: &str) -> Result<Box<dyn BackendWriter>> {
         let node = Arc::new(Mutex::new(Node::default()));
         self.state().live.insert(path.to_string(), node.clone());
-        Ok(Box::new(MemoryWriter { buf: Vec::new(), node }))
+        Ok(Box::new(MemoryWriter {
+            buf: Vec::new(),
+            node,
+        }))
     }
 
     fn sync(&self, path: &str) -> Result<()> {
@@ -104,8 +112,12 @@ impl Backend for MemoryBackend {
         }
         // A directory: its entries as they are now become the durable ones.
         let in_dir = |p: &String| parent_dir(p) == path;
-        let live: Vec<(String, Arc<Mutex<Node>>)> =
-            s.live.iter().filter(|(p, _)| in_dir(p)).map(|(p, n)| (p.clone(), n.clone())).collect();
+        let live: Vec<(String, Arc<Mutex<Node>>)> = s
+            .live
+            .iter()
+            .filter(|(p, _)| in_dir(p))
+            .map(|(p, n)| (p.clone(), n.clone()))
+            .collect();
         s.durable.retain(|p, _| !in_dir(p));
         s.durable.extend(live);
         Ok(())
@@ -119,7 +131,13 @@ impl Backend for MemoryBackend {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        Ok(self.state().live.keys().filter(|p| p.starts_with(prefix)).cloned().collect())
+        Ok(self
+            .state()
+            .live
+            .keys()
+            .filter(|p| p.starts_with(prefix))
+            .cloned()
+            .collect())
     }
 
     fn delete(&self, path: &str) -> Result<()> {

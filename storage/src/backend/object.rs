@@ -35,7 +35,10 @@ impl ObjectStoreBackend {
             .enable_all()
             .build()
             .map_err(|e| StorageError::io("object store runtime", e))?;
-        Ok(Self { store, runtime: Arc::new(runtime) })
+        Ok(Self {
+            store,
+            runtime: Arc::new(runtime),
+        })
     }
 
     /// A backend over a local directory through `object_store`'s `LocalFileSystem`.
@@ -46,10 +49,7 @@ impl ObjectStoreBackend {
         Self::new(Arc::new(fs))
     }
 
-    fn run<T: Send + 'static>(
-        &self,
-        fut: impl Future<Output = T> + Send + 'static,
-    ) -> Result<T> {
+    fn run<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> Result<T> {
         // Spawned, then awaited with a plain executor: safe from inside another runtime.
         futures::executor::block_on(self.runtime.spawn(fut))
             .map_err(|e| StorageError::Internal(format!("object store task failed: {e}")))
@@ -79,7 +79,8 @@ impl ObjectWriter {
         if self.upload.is_none() {
             let (store, loc) = (self.store.clone(), self.location.clone());
             let up = futures::executor::block_on(
-                self.runtime.spawn(async move { store.put_multipart(&loc).await }),
+                self.runtime
+                    .spawn(async move { store.put_multipart(&loc).await }),
             )
             .map_err(std::io::Error::other)?
             .map_err(to_io)?;
@@ -116,9 +117,12 @@ impl BackendWriter for ObjectWriter {
             None => {
                 let (store, loc) = (self.store.clone(), self.location.clone());
                 let payload = PutPayload::from(std::mem::take(&mut self.buf));
-                futures::executor::block_on(self.runtime.spawn(async move { store.put(&loc, payload).await }))
-                    .map_err(|e| StorageError::Internal(e.to_string()))?
-                    .map_err(|e| object_error(&path, e))?;
+                futures::executor::block_on(
+                    self.runtime
+                        .spawn(async move { store.put(&loc, payload).await }),
+                )
+                .map_err(|e| StorageError::Internal(e.to_string()))?
+                .map_err(|e| object_error(&path, e))?;
             }
             Some(up) => {
                 self.upload = Some(up);
@@ -126,9 +130,11 @@ impl BackendWriter for ObjectWriter {
                     self.send_part().map_err(|e| StorageError::io(&path, e))?;
                 }
                 if let Some(mut up) = self.upload.take() {
-                    futures::executor::block_on(self.runtime.spawn(async move { up.complete().await }))
-                        .map_err(|e| StorageError::Internal(e.to_string()))?
-                        .map_err(|e| object_error(&path, e))?;
+                    futures::executor::block_on(
+                        self.runtime.spawn(async move { up.complete().await }),
+                    )
+                    .map_err(|e| StorageError::Internal(e.to_string()))?
+                    .map_err(|e| object_error(&path, e))?;
                 }
             }
         }
@@ -159,7 +165,11 @@ impl Backend for ObjectStoreBackend {
     }
 
     fn rename(&self, from: &str, to: &str) -> Result<()> {
-        let (store, f, t) = (self.store.clone(), ObjectPath::from(from), ObjectPath::from(to));
+        let (store, f, t) = (
+            self.store.clone(),
+            ObjectPath::from(from),
+            ObjectPath::from(to),
+        );
         self.run(async move { store.rename(&f, &t).await })?
             .map_err(|e| object_error(&format!("{from} -> {to}"), e))
     }

@@ -15,7 +15,9 @@ pub struct CooBuilder {
 impl CooBuilder {
     /// An empty `rows x cols` block.
     pub fn new(rows: usize, cols: usize) -> Self {
-        Self { tri: TriMat::new((rows, cols)) }
+        Self {
+            tri: TriMat::new((rows, cols)),
+        }
     }
 
     /// Adds a cell; rejects coordinates outside the block.

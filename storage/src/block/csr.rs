@@ -48,12 +48,16 @@ impl CsrBlock {
             }
             indptr.push(indices.len());
         }
-        Self { mat: CsMat::new((rows, cols), indptr, indices, data) }
+        Self {
+            mat: CsMat::new((rows, cols), indptr, indices, data),
+        }
     }
 
     /// An empty (all-zero) block.
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Self { mat: CsMat::zero((rows, cols)) }
+        Self {
+            mat: CsMat::zero((rows, cols)),
+        }
     }
 
     /// The non-zeros of a dense block.
@@ -72,7 +76,9 @@ impl CsrBlock {
             }
             indptr.push(indices.len());
         }
-        Self { mat: CsMat::new((rows, cols), indptr, indices, data) }
+        Self {
+            mat: CsMat::new((rows, cols), indptr, indices, data),
+        }
     }
 
     /// Builds from triplets, summing duplicates and dropping zeros.
@@ -138,7 +144,11 @@ impl CsrBlock {
 
     /// Value at `(r, c)`.
     pub fn get(&self, r: usize, c: usize) -> f64 {
-        assert!(r < self.rows() && c < self.cols(), "({r}, {c}) outside {:?}", self.shape());
+        assert!(
+            r < self.rows() && c < self.cols(),
+            "({r}, {c}) outside {:?}",
+            self.shape()
+        );
         let (idx, vals) = self.row(r);
         idx.binary_search(&c).map(|k| vals[k]).unwrap_or(0.0)
     }

@@ -26,12 +26,22 @@ impl DenseBlock {
             )));
         }
         let nnz = count_nonzero(&values);
-        Ok(Self { rows, cols, nnz, values })
+        Ok(Self {
+            rows,
+            cols,
+            nnz,
+            values,
+        })
     }
 
     /// A block of zeros.
     pub fn zeros(rows: usize, cols: usize) -> Self {
-        Self { rows, cols, nnz: 0, values: vec![0.0; rows * cols].into() }
+        Self {
+            rows,
+            cols,
+            nnz: 0,
+            values: vec![0.0; rows * cols].into(),
+        }
     }
 
     /// A block with `f(r, c)` at each cell.
@@ -49,7 +59,12 @@ impl DenseBlock {
     pub(crate) fn from_vec_unchecked(rows: usize, cols: usize, values: Vec<f64>) -> Self {
         debug_assert_eq!(values.len(), rows * cols);
         let nnz = count_nonzero(&values);
-        Self { rows, cols, nnz, values: values.into() }
+        Self {
+            rows,
+            cols,
+            nnz,
+            values: values.into(),
+        }
     }
 
     /// `(rows, cols)`.
@@ -89,7 +104,12 @@ impl DenseBlock {
 
     /// Value at `(r, c)`.
     pub fn get(&self, r: usize, c: usize) -> f64 {
-        assert!(r < self.rows && c < self.cols, "({r}, {c}) outside {}x{}", self.rows, self.cols);
+        assert!(
+            r < self.rows && c < self.cols,
+            "({r}, {c}) outside {}x{}",
+            self.rows,
+            self.cols
+        );
         self.values[r * self.cols + c]
     }
 

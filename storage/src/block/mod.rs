@@ -68,7 +68,11 @@ impl Block {
     pub fn density(&self) -> f64 {
         let (r, c) = self.shape();
         let cells = r as f64 * c as f64;
-        if cells == 0.0 { 0.0 } else { self.nnz() as f64 / cells }
+        if cells == 0.0 {
+            0.0
+        } else {
+            self.nnz() as f64 / cells
+        }
     }
 
     /// The format this block is stored in.
@@ -186,7 +190,10 @@ mod tests {
         assert_eq!(b.to_dense(), d);
         // 3 of 6: density 0.5 -> dense.
         let d = DenseBlock::new(2, 3, vec![1.0, 1.0, 0.0, 0.0, 0.0, 1.0]).unwrap();
-        assert_eq!(Block::Sparse(CsrBlock::from_dense(&d)).into_preferred_format(), Block::Dense(d));
+        assert_eq!(
+            Block::Sparse(CsrBlock::from_dense(&d)).into_preferred_format(),
+            Block::Dense(d)
+        );
     }
 
     #[test]

@@ -6,11 +6,26 @@
 //! naming the path and the 1-based line (binary formats: line 0 and a byte offset in the
 //! message). Writers write to a temporary file beside the target and rename it into
 //! place after an fsync, so a failed export leaves nothing half-written.
+//!
+//! ```text
+//!   open_reader --> CsvReader | MtxReader | NpyReader --next_cells--> Cells (<= CELL_BATCH)
+//!   write_file  <-- bands of block rows (one in memory at a time) --> temp file -> rename
+//! ```
+//!
+//! Each format lives in its own file (`csv.rs`, `mtx.rs`, `npy.rs`) with its reader, its
+//! writer and its tests; `text.rs` holds the line reader and number formatting the text
+//! formats share, `output.rs` the atomic file and the band checks the writers share.
 
 use std::path::Path;
 
-use crate::block::Block;
+use crate::block::{Block, SPARSE_THRESHOLD};
 use crate::error::Result;
+
+mod csv;
+mod mtx;
+mod npy;
+mod output;
+mod text;
 
 /// A file format Tessera reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +36,26 @@ pub enum FileFormat {
     MatrixMarket,
     /// NumPy `.npy`.
     Npy,
+}
+
+impl FileFormat {
+    /// The format a file name's extension names (`.csv`, `.mtx`, `.npy`, any case), for
+    /// `COPY` without a `FORMAT` option.
+    ///
+    /// ```
+    /// use tessera_storage::io::FileFormat;
+    /// assert_eq!(FileFormat::from_path("data/X.MTX".as_ref()), Some(FileFormat::MatrixMarket));
+    /// assert_eq!(FileFormat::from_path("x.parquet".as_ref()), None);
+    /// ```
+    pub fn from_path(path: &Path) -> Option<FileFormat> {
+        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+        match ext.as_str() {
+            "csv" => Some(FileFormat::Csv),
+            "mtx" => Some(FileFormat::MatrixMarket),
+            "npy" => Some(FileFormat::Npy),
+            _ => None,
+        }
+    }
 }
 
 /// How a CSV file lays out a matrix.
@@ -36,13 +71,23 @@ pub enum CsvLayout {
 }
 
 /// Options for [`open_reader`].
+///
+/// CSV files are comma separated; spaces and tabs around a field and one pair of double
+/// quotes around it are ignored (quoted fields cannot hold commas). Blank lines may only
+/// end a file: a blank line followed by data is an error, since in dense rows it would
+/// silently drop a row.
 #[derive(Debug, Clone, Default)]
 pub struct ReadOptions {
     /// Shape of the array being loaded, when it already exists. Cells outside it are
-    /// errors at their line; a file whose header declares another shape is an error.
+    /// errors at their line; a file whose header declares another shape is an error, and
+    /// so is a dense CSV file with another width or number of rows.
     pub target_shape: Option<(u64, u64)>,
     /// CSV layout. `Auto`: a header line `i,j,v` (any three names) or a width of three
     /// with a target that does not have three columns means triples; otherwise dense.
+    /// A file with no data lines (and no header to say otherwise) holds no cells.
+    ///
+    /// Triple indices are 0-based whole numbers; `3.0` is read as 3 (pandas writes
+    /// integer columns with missing values that way), `-1` and `2.5` are errors.
     pub csv_layout: CsvLayout,
     /// Whether the CSV file has a header line; `None` detects one (a first line whose
     /// fields are not all numbers).
@@ -50,6 +95,10 @@ pub struct ReadOptions {
 }
 
 /// A batch of cells, 0-based `(row, col)` relative to the array's origin.
+///
+/// Readers yield only non-zero cells (NaN is non-zero): a cell not listed is zero, as in a
+/// sparse block. A cell may be listed more than once (triples, Matrix Market coordinate
+/// entries); like [`CooBuilder`](crate::CooBuilder), a loader sums duplicates.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cells {
     /// Row of each cell.
@@ -107,18 +156,56 @@ pub struct BlockBand {
 }
 
 /// Opens `path` as a stream of cells.
+///
+/// The header (CSV header and layout, Matrix Market banner and size line, `.npy` header)
+/// is read and checked here, against [`ReadOptions::target_shape`] too, so a file of the
+/// wrong kind or shape fails before any cell is loaded.
+///
+/// ```
+/// use tessera_storage::io::{open_reader, FileFormat, ReadOptions};
+/// # fn main() -> tessera_storage::Result<()> {
+/// # let dir = std::env::temp_dir().join(format!("tessera-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir).unwrap();
+/// let path = dir.join("m.csv");
+/// std::fs::write(&path, "1,0\n0,2.5\n").unwrap();
+/// let mut reader = open_reader(&path, FileFormat::Csv, &ReadOptions::default())?;
+/// let cells = reader.next_cells()?.unwrap();
+/// assert_eq!((cells.rows, cells.cols, cells.values), (vec![0, 1], vec![0, 1], vec![1.0, 2.5]));
+/// assert!(reader.next_cells()?.is_none());
+/// assert_eq!(reader.final_shape(), Some((2, 2)));
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok(())
+/// # }
+/// ```
 pub fn open_reader(
     path: &Path,
     format: FileFormat,
     options: &ReadOptions,
 ) -> Result<Box<dyn CellReader>> {
-    let _ = (path, format, options);
-    Err(crate::StorageError::Internal("readers are not written yet".into()))
+    Ok(match format {
+        FileFormat::Csv => Box::new(csv::CsvReader::open(path, options)?),
+        FileFormat::MatrixMarket => Box::new(mtx::MtxReader::open(path, options)?),
+        FileFormat::Npy => Box::new(npy::NpyReader::open(path, options)?),
+    })
 }
 
 /// Writes a `shape` matrix with `nnz` non-zeros, given as bands of block rows in order,
 /// to `path` in `format`. CSV is written as `i,j,v` triples when sparse (density below
 /// [`SPARSE_THRESHOLD`](crate::SPARSE_THRESHOLD)), otherwise as dense rows.
+///
+/// - `.npy`: version 1.0, `<f8`, C order, always 2-d `(rows, cols)`.
+/// - `.mtx`: `coordinate real general` when sparse, else `array real general`. The array
+///   format is column-major, so its body is transposed through a scratch file beside the
+///   target (memory stays bounded by one band plus a fixed tile); the scratch file is
+///   removed afterwards.
+/// - CSV triples: header `i,j,v`, 0-based, row by row. When the last cell is zero it is
+///   written as an explicit `0` so the file still says the matrix's shape.
+///
+/// Numbers are written in their shortest form that reads back to the same `f64`. The
+/// bands must start at row 0, follow each other and cover the matrix, and the blocks
+/// must hold exactly `nnz` non-zeros: the Matrix Market header declares it before the
+/// entries, so a wrong count would be a corrupt file. A violation is an internal error and
+/// nothing is written.
 pub fn write_file(
     path: &Path,
     format: FileFormat,
@@ -126,6 +213,30 @@ pub fn write_file(
     nnz: u64,
     bands: &mut dyn Iterator<Item = Result<BlockBand>>,
 ) -> Result<()> {
-    let _ = (path, format, shape, nnz, bands);
-    Err(crate::StorageError::Internal("writers are not written yet".into()))
+    let mut out = output::AtomicFile::create(path)?;
+    let mut check = output::BandCheck::new(shape);
+    let mut checked = bands.map(|band| {
+        let band = band?;
+        check.check(&band)?;
+        Ok(band)
+    });
+    let written = match format {
+        FileFormat::Csv => csv::write(&mut out, shape, nnz, &mut checked)?,
+        FileFormat::MatrixMarket => mtx::write(&mut out, shape, nnz, &mut checked)?,
+        FileFormat::Npy => npy::write(&mut out, shape, &mut checked)?,
+    };
+    drop(checked);
+    check.finish()?;
+    output::check_nnz(nnz, written)?;
+    out.commit()
 }
+
+/// Whether an export of `shape` with `nnz` non-zeros uses a sparse layout: below the
+/// block threshold, and always for a matrix without cells (nothing to list).
+fn is_sparse(shape: (u64, u64), nnz: u64) -> bool {
+    let cells = shape.0 as f64 * shape.1 as f64;
+    cells == 0.0 || (nnz as f64) < SPARSE_THRESHOLD * cells
+}
+
+/// The band iterator the format writers consume (already checked).
+type Bands<'a> = dyn Iterator<Item = Result<BlockBand>> + 'a;

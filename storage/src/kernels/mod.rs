@@ -1,1 +1,48 @@
 //! Block kernels shared by the linear-algebra and relational operators.
+//!
+//! Free functions named by their verb, over [`Block`](crate::Block)s of either format:
+//!
+//! | kernel | what |
+//! |---|---|
+//! | [`matmul`], [`matmul_into`] | `a b`; `acc += a b` (the `cpmm` aggregation) |
+//! | [`add_into`] | `acc += b`: `SUM` over a block column, and summing partial products |
+//! | [`tsmm`] | `t(x) x`, one triangle computed |
+//! | [`mmchain`] | `t(x) (x v)` in one pass over `x` |
+//! | [`transpose`] | `t(a)` |
+//! | [`elementwise`], [`scalar_elementwise_left`], [`unary`], [`pow`] | cell by cell, with broadcasting |
+//! | [`sum`], [`row_sums`], [`col_sums`], [`row_means`], [`col_means`], [`min`], [`max`], [`nnz`] | reductions |
+//!
+//! Kernels are pure functions. Dense GEMM is `faer`'s (AVX2 / AVX-512 chosen at run
+//! time); the hand-written loops are compiled for several instruction sets and picked
+//! at run time too.
+//!
+//! # Threads
+//!
+//! Kernels that parallelize ([`matmul`], [`matmul_into`], [`tsmm`], [`mmchain`]) do so
+//! only inside [`cpu_pool`], never on tokio threads or rayon's global pool, and only when
+//! the call does at least [`PARALLEL_MIN_FLOPS`]; smaller calls run on the calling thread.
+//! Each has a `_seq` twin ([`matmul_seq`], [`matmul_into_seq`], [`tsmm_seq`],
+//! [`mmchain_seq`]) that always runs on the calling thread: use it when you already run
+//! many blocks in parallel (in the CPU pool), so cores are not oversubscribed.
+
+mod accumulator;
+mod elementwise;
+mod fused;
+mod gemm;
+mod pool;
+mod reduce;
+mod simd;
+mod sparse;
+#[cfg(test)]
+mod testing;
+mod transpose;
+
+pub use accumulator::{DenseAccumulator, add_into};
+pub use elementwise::{
+    BinaryOp, Operand, UnaryOp, elementwise, pow, scalar_elementwise_left, unary,
+};
+pub use fused::{mmchain, mmchain_seq, tsmm, tsmm_seq};
+pub use gemm::{matmul, matmul_into, matmul_into_seq, matmul_seq};
+pub use pool::{PARALLEL_MIN_FLOPS, cpu_pool};
+pub use reduce::{col_means, col_sums, max, min, nnz, row_means, row_sums, sum};
+pub use transpose::transpose;

@@ -1,0 +1,98 @@
+//! The catalog (`catalog.json`: every array, its schema, partitioning and retained
+//! versions) and the per-version manifests (`arrays/<id>/v<N>/manifest.json`: where
+//! each block of that version is stored and its checksum).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::block::BlockFormat;
+use crate::partition::Partitioning;
+use crate::schema::{ArraySchema, BlockKey};
+
+/// Version of the catalog and manifest layout.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Name of the catalog file at the root of the data directory.
+pub(crate) const CATALOG_FILE: &str = "catalog.json";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Catalog {
+    pub format: u32,
+    pub next_array_id: u64,
+    /// Arrays by name.
+    pub arrays: BTreeMap<String, ArrayEntry>,
+}
+
+impl Default for Catalog {
+    fn default() -> Self {
+        Self {
+            format: FORMAT_VERSION,
+            next_array_id: 1,
+            arrays: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ArrayEntry {
+    pub id: u64,
+    pub name: String,
+    pub schema: ArraySchema,
+    pub partitioning: Partitioning,
+    /// How many committed versions are kept readable.
+    pub keep_versions: u32,
+    /// Retained versions, oldest first; the last is current.
+    pub versions: Vec<VersionEntry>,
+}
+
+impl ArrayEntry {
+    pub(crate) fn current(&self) -> Option<&VersionEntry> {
+        self.versions.last()
+    }
+
+    pub(crate) fn dir(&self) -> String {
+        format!("arrays/{}", self.id)
+    }
+}
+
+/// Summary of one committed version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct VersionEntry {
+    pub version: u64,
+    pub manifest: String,
+    pub blocks: u64,
+    pub nnz: u64,
+    pub bytes: u64,
+    pub created_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Manifest {
+    pub format: u32,
+    pub array_id: u64,
+    pub version: u64,
+    /// Every data file this version reads, with its exact size.
+    pub files: BTreeMap<String, u64>,
+    /// Blocks by key; blocks not listed are all zeros.
+    pub blocks: Vec<BlockEntry>,
+}
+
+/// Where one block lives and how to verify it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct BlockEntry {
+    pub key: BlockKey,
+    pub shard: u32,
+    pub file: String,
+    /// Byte offset of the block's IPC message in the file.
+    pub offset: u64,
+    /// Length of that message in bytes.
+    pub length: u64,
+    /// Non-zeros per attribute.
+    pub nnz: Vec<u64>,
+    pub formats: Vec<BlockFormat>,
+    /// The version that wrote the block (a later version may reuse it unchanged).
+    pub written_version: u64,
+    /// [`frame_hasher`](super::format::frame_hasher) over the message bytes.
+    pub checksum: u32,
+}

@@ -1,0 +1,475 @@
+//! The sharded, versioned block store.
+//!
+//! A data directory holds `catalog.json` (arrays, schemas, partitioning, retained
+//! versions) and, per array version, `arrays/<id>/v<N>/` with a `manifest.json` and
+//! shard files (`shard-<k>.arrow`, Arrow IPC, one row per block). A write builds a new
+//! version beside the old ones and commits by replacing `catalog.json` atomically after
+//! every file it names is fsync'd, so readers (and a restart after a crash) see either
+//! the old or the new version, never a mix. A version that rewrites only some blocks
+//! points at the unchanged blocks' existing files.
+
+mod catalog;
+mod format;
+mod ingest;
+mod snapshot;
+mod writer;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use ingest::{LoadOptions, LoadSummary};
+pub use snapshot::{BlockMeta, Snapshot};
+pub use writer::{ArrayWriter, WriteMode};
+
+use crate::backend::{Backend, LocalBackend, MemoryBackend};
+use crate::error::{Result, StorageError};
+use crate::partition::Partitioning;
+use crate::schema::ArraySchema;
+use catalog::{ArrayEntry, CATALOG_FILE, Catalog, Manifest, VersionEntry};
+
+/// Store-wide settings.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Committed versions kept readable per array unless the array says otherwise.
+    pub keep_versions: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { keep_versions: 5 }
+    }
+}
+
+/// What the catalog knows about an array.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArrayInfo {
+    /// Internal id (names can be reused after DROP; ids are not).
+    pub id: u64,
+    /// Name.
+    pub name: String,
+    /// Dimensions and attributes.
+    pub schema: ArraySchema,
+    /// How blocks are grouped into shards.
+    pub partitioning: Partitioning,
+    /// How many versions are kept.
+    pub keep_versions: u32,
+    /// Retained versions, oldest first; the last is current.
+    pub versions: Vec<VersionInfo>,
+}
+
+impl ArrayInfo {
+    /// The current (newest committed) version.
+    pub fn current(&self) -> &VersionInfo {
+        // Every array has at least its creation version; see `create_array`.
+        &self.versions[self.versions.len() - 1]
+    }
+}
+
+/// Summary of one committed version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionInfo {
+    /// Version number; increases with every committed write (a failed write may skip one).
+    pub version: u64,
+    /// Stored (non-empty) blocks.
+    pub blocks: u64,
+    /// Non-zero cells of the first attribute.
+    pub nnz: u64,
+    /// Bytes of the blocks' encoded data.
+    pub bytes: u64,
+    /// Commit time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+impl From<&ArrayEntry> for ArrayInfo {
+    fn from(e: &ArrayEntry) -> Self {
+        ArrayInfo {
+            id: e.id,
+            name: e.name.clone(),
+            schema: e.schema.clone(),
+            partitioning: e.partitioning,
+            keep_versions: e.keep_versions,
+            versions: e
+                .versions
+                .iter()
+                .map(|v| VersionInfo {
+                    version: v.version,
+                    blocks: v.blocks,
+                    nnz: v.nnz,
+                    bytes: v.bytes,
+                    created_unix_ms: v.created_unix_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The block store over a [`Backend`]. Cheap to clone; clones share state.
+#[derive(Debug, Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    backend: Arc<dyn Backend>,
+    options: StoreOptions,
+    catalog: Mutex<Catalog>,
+    /// Serializes catalog commits.
+    commit_lock: Mutex<()>,
+    /// Next version number to hand out per array id (in memory; gaps are harmless).
+    next_version: Mutex<HashMap<u64, u64>>,
+    manifests: Mutex<HashMap<(u64, u64), Arc<Manifest>>>,
+    /// Live snapshots per (array id, version).
+    pins: Mutex<HashMap<(u64, u64), usize>>,
+    /// Files to delete once no snapshot of the versions that used them is alive.
+    doomed: Mutex<Vec<Doomed>>,
+}
+
+/// Files of retired versions, waiting for their last reader.
+#[derive(Debug)]
+struct Doomed {
+    array_id: u64,
+    versions: Vec<u64>,
+    files: Vec<String>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves its data consistent, so a poisoned lock is usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Store {
+    /// Opens the store in `backend`, creating an empty catalog if there is none, and
+    /// removes files no committed version uses (left by a crash or a failed write).
+    pub fn open(backend: Arc<dyn Backend>, options: StoreOptions) -> Result<Self> {
+        let catalog = match backend.read(CATALOG_FILE) {
+            Ok(bytes) => format::decode_json::<Catalog>(CATALOG_FILE, &bytes)?,
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Catalog::default()
+            }
+            Err(e) => return Err(e),
+        };
+        if catalog.format != catalog::FORMAT_VERSION {
+            return Err(StorageError::CorruptCatalog {
+                file: CATALOG_FILE.into(),
+                message: format!(
+                    "format {} is not supported (this build reads {})",
+                    catalog.format,
+                    catalog::FORMAT_VERSION
+                ),
+            });
+        }
+        let next_version = catalog
+            .arrays
+            .values()
+            .map(|a| (a.id, a.current().map_or(0, |v| v.version) + 1))
+            .collect();
+        let store = Store {
+            inner: Arc::new(Inner {
+                backend,
+                options,
+                catalog: Mutex::new(catalog),
+                commit_lock: Mutex::new(()),
+                next_version: Mutex::new(next_version),
+                manifests: Mutex::new(HashMap::new()),
+                pins: Mutex::new(HashMap::new()),
+                doomed: Mutex::new(Vec::new()),
+            }),
+        };
+        store.collect_garbage()?;
+        Ok(store)
+    }
+
+    /// Opens (creating) a data directory on the local filesystem, taking its lock.
+    pub fn open_dir(path: impl Into<std::path::PathBuf>) -> Result<Self> {
+        Self::open(Arc::new(LocalBackend::open(path)?), StoreOptions::default())
+    }
+
+    /// An empty store in memory.
+    pub fn in_memory() -> Self {
+        match Self::open(Arc::new(MemoryBackend::new()), StoreOptions::default()) {
+            Ok(s) => s,
+            // An empty memory backend has no catalog and nothing to collect.
+            Err(e) => unreachable!("an empty in-memory store cannot fail to open: {e}"),
+        }
+    }
+
+    /// The backend files are stored in.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.inner.backend
+    }
+
+    /// Every array, by name.
+    pub fn arrays(&self) -> Vec<ArrayInfo> {
+        lock(&self.inner.catalog)
+            .arrays
+            .values()
+            .map(ArrayInfo::from)
+            .collect()
+    }
+
+    /// One array.
+    pub fn array(&self, name: &str) -> Result<ArrayInfo> {
+        self.inner.entry(name).map(|e| ArrayInfo::from(&e))
+    }
+
+    /// Creates an empty array (its version 0).
+    pub fn create_array(
+        &self,
+        name: &str,
+        schema: ArraySchema,
+        partitioning: Option<Partitioning>,
+        keep_versions: Option<u32>,
+    ) -> Result<ArrayInfo> {
+        if name.is_empty() {
+            return Err(StorageError::InvalidArgument(
+                "an array needs a name".into(),
+            ));
+        }
+        let partitioning = partitioning.unwrap_or_default();
+        partitioning.validate(&schema)?;
+        let keep_versions = keep_versions.unwrap_or(self.inner.options.keep_versions);
+        if keep_versions == 0 {
+            return Err(StorageError::InvalidArgument(
+                "an array must keep at least one version".into(),
+            ));
+        }
+        let _commit = lock(&self.inner.commit_lock);
+        let mut next = lock(&self.inner.catalog).clone();
+        if next.arrays.contains_key(name) {
+            return Err(StorageError::ArrayExists(name.to_string()));
+        }
+        let id = next.next_array_id;
+        next.next_array_id += 1;
+        let entry = ArrayEntry {
+            id,
+            name: name.to_string(),
+            schema,
+            partitioning,
+            keep_versions,
+            versions: vec![VersionEntry {
+                version: 0,
+                manifest: String::new(),
+                blocks: 0,
+                nnz: 0,
+                bytes: 0,
+                created_unix_ms: now_ms(),
+            }],
+        };
+        let info = ArrayInfo::from(&entry);
+        next.arrays.insert(name.to_string(), entry);
+        self.inner.commit_catalog(next)?;
+        lock(&self.inner.next_version).insert(id, 1);
+        Ok(info)
+    }
+
+    /// Drops an array. Its files are deleted once no snapshot reads them.
+    pub fn drop_array(&self, name: &str) -> Result<()> {
+        let _commit = lock(&self.inner.commit_lock);
+        let mut next = lock(&self.inner.catalog).clone();
+        let entry = next
+            .arrays
+            .remove(name)
+            .ok_or_else(|| StorageError::ArrayNotFound(name.to_string()))?;
+        self.inner.commit_catalog(next)?;
+        let files = self.inner.backend.list(&format!("{}/", entry.dir()))?;
+        let versions = entry.versions.iter().map(|v| v.version).collect();
+        self.inner.retire(entry.id, versions, files);
+        lock(&self.inner.next_version).remove(&entry.id);
+        Ok(())
+    }
+
+    /// A consistent read view of a committed version (the current one if `None`).
+    pub fn snapshot(&self, name: &str, version: Option<u64>) -> Result<Snapshot> {
+        let entry = self.inner.entry(name)?;
+        let v = match version {
+            None => entry.current().cloned(),
+            Some(n) => entry.versions.iter().find(|v| v.version == n).cloned(),
+        }
+        .ok_or_else(|| StorageError::VersionNotFound {
+            array: name.to_string(),
+            version: version.unwrap_or(0),
+            retained: entry
+                .versions
+                .iter()
+                .map(|v| v.version.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+        // Pin before reading the manifest so a concurrent commit cannot delete it.
+        let pin = snapshot::Pin::new(self.inner.clone(), entry.id, v.version);
+        let manifest = self.inner.manifest(&entry, &v)?;
+        Ok(Snapshot::new(
+            self.inner.clone(),
+            ArrayInfo::from(&entry),
+            v.version,
+            manifest,
+            pin,
+        ))
+    }
+
+    /// Starts a write to an array; nothing is visible until [`ArrayWriter::commit`].
+    pub fn writer(&self, name: &str, mode: WriteMode) -> Result<ArrayWriter> {
+        let base = self.snapshot(name, None)?;
+        let version = {
+            let mut next = lock(&self.inner.next_version);
+            let n = next.entry(base.info().id).or_insert(base.version() + 1);
+            let v = *n;
+            *n += 1;
+            v
+        };
+        ArrayWriter::new(self.inner.clone(), base, version, mode)
+    }
+
+    /// Deletes every file that no retained version of any array uses.
+    fn collect_garbage(&self) -> Result<()> {
+        let catalog = lock(&self.inner.catalog).clone();
+        let mut keep = BTreeSet::new();
+        for entry in catalog.arrays.values() {
+            for v in &entry.versions {
+                let manifest = self.inner.manifest(entry, v)?;
+                keep.insert(v.manifest.clone());
+                keep.extend(manifest.files.keys().cloned());
+            }
+        }
+        for file in self.inner.backend.list("")? {
+            if file != CATALOG_FILE && !keep.contains(&file) {
+                tracing::debug!(file, "removing a file no committed version uses");
+                self.inner.backend.delete(&file)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    pub(crate) fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    fn entry(&self, name: &str) -> Result<ArrayEntry> {
+        lock(&self.catalog)
+            .arrays
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::ArrayNotFound(name.to_string()))
+    }
+
+    /// The manifest of a version (cached).
+    fn manifest(&self, entry: &ArrayEntry, v: &VersionEntry) -> Result<Arc<Manifest>> {
+        if let Some(m) = lock(&self.manifests).get(&(entry.id, v.version)) {
+            return Ok(m.clone());
+        }
+        let manifest = if v.manifest.is_empty() {
+            Manifest {
+                format: catalog::FORMAT_VERSION,
+                array_id: entry.id,
+                version: v.version,
+                files: Default::default(),
+                blocks: Vec::new(),
+            }
+        } else {
+            let bytes = self.backend.read(&v.manifest)?;
+            let m: Manifest = format::decode_json(&v.manifest, &bytes)?;
+            if m.array_id != entry.id || m.version != v.version {
+                return Err(StorageError::CorruptCatalog {
+                    file: v.manifest.clone(),
+                    message: format!(
+                        "manifest is for array id {} version {}, expected array '{}' (id {}) version {}",
+                        m.array_id, m.version, entry.name, entry.id, v.version
+                    ),
+                });
+            }
+            m
+        };
+        let m = Arc::new(manifest);
+        lock(&self.manifests).insert((entry.id, v.version), m.clone());
+        Ok(m)
+    }
+
+    /// Durably replaces the catalog: write a temporary file, fsync it, rename it over
+    /// `catalog.json`, fsync the directory. On failure the in-memory catalog is reloaded
+    /// from what the backend now shows, so memory and disk agree.
+    fn commit_catalog(&self, next: Catalog) -> Result<()> {
+        const TMP: &str = "catalog.json.tmp";
+        let bytes = format::encode_json(&next)?;
+        let result = (|| {
+            self.backend.write(TMP, &bytes)?;
+            self.backend.sync(TMP)?;
+            self.backend.rename(TMP, CATALOG_FILE)?;
+            self.backend.sync("")
+        })();
+        match result {
+            Ok(()) => {
+                *lock(&self.catalog) = next;
+                Ok(())
+            }
+            Err(e) => {
+                if let Ok(b) = self.backend.read(CATALOG_FILE) {
+                    if let Ok(c) = format::decode_json::<Catalog>(CATALOG_FILE, &b) {
+                        *lock(&self.catalog) = c;
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Marks versions as no longer retained: `files` are deleted now, or when the last
+    /// snapshot of any of those versions is dropped.
+    fn retire(&self, array_id: u64, versions: Vec<u64>, files: Vec<String>) {
+        {
+            let mut manifests = lock(&self.manifests);
+            for v in &versions {
+                manifests.remove(&(array_id, *v));
+            }
+        }
+        lock(&self.doomed).push(Doomed {
+            array_id,
+            versions,
+            files,
+        });
+        self.delete_unpinned();
+    }
+
+    /// Deletes the doomed files whose versions no snapshot reads any more.
+    pub(crate) fn delete_unpinned(&self) {
+        let ready: Vec<Doomed> = {
+            let pins = lock(&self.pins);
+            let mut doomed = lock(&self.doomed);
+            let (ready, waiting) =
+                std::mem::take(&mut *doomed)
+                    .into_iter()
+                    .partition(|d: &Doomed| {
+                        d.versions
+                            .iter()
+                            .all(|v| pins.get(&(d.array_id, *v)).copied().unwrap_or(0) == 0)
+                    });
+            *doomed = waiting;
+            ready
+        };
+        for d in ready {
+            self.delete_files(&d.files);
+        }
+    }
+
+    fn delete_files(&self, files: &[String]) {
+        for f in files {
+            if let Err(e) = self.backend.delete(f) {
+                // Left for the next open's garbage collection.
+                tracing::warn!(file = %f, error = %e, "could not delete an unused file");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,290 @@
+//! Reading a committed version: every block is verified against its manifest entry
+//! before it is returned, and damage is reported naming the array, block and file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use super::catalog::{BlockEntry, Manifest};
+use super::format::{self, Expected};
+use super::{ArrayInfo, Inner, lock};
+use crate::block::{Block, BlockFormat};
+use crate::error::{Result, StorageError};
+use crate::schema::BlockKey;
+
+/// Keeps a version's files from being deleted while a snapshot reads them.
+#[derive(Debug)]
+pub(crate) struct Pin {
+    inner: Arc<Inner>,
+    key: (u64, u64),
+}
+
+impl Pin {
+    pub(crate) fn new(inner: Arc<Inner>, array_id: u64, version: u64) -> Self {
+        *lock(&inner.pins).entry((array_id, version)).or_default() += 1;
+        Pin {
+            inner,
+            key: (array_id, version),
+        }
+    }
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        {
+            let mut pins = lock(&self.inner.pins);
+            if let Some(n) = pins.get_mut(&self.key) {
+                *n -= 1;
+                if *n == 0 {
+                    pins.remove(&self.key);
+                }
+            }
+        }
+        self.inner.delete_unpinned();
+    }
+}
+
+/// What the manifest records about a stored block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockMeta {
+    /// Block coordinates.
+    pub key: BlockKey,
+    /// Shard holding it.
+    pub shard: u32,
+    /// Non-zeros per attribute.
+    pub nnz: Vec<u64>,
+    /// Storage format per attribute.
+    pub formats: Vec<BlockFormat>,
+}
+
+/// Shard files read by one snapshot are kept up to this many bytes, so scanning block
+/// rows one at a time does not re-read every file per row.
+const FILE_CACHE_BYTES: usize = 256 << 20;
+
+/// A read view of one committed version of an array.
+#[derive(Debug)]
+pub struct Snapshot {
+    inner: Arc<Inner>,
+    info: ArrayInfo,
+    version: u64,
+    manifest: Arc<Manifest>,
+    index: HashMap<BlockKey, usize>,
+    cache: Mutex<HashMap<String, Bytes>>,
+    _pin: Pin,
+}
+
+impl Snapshot {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        info: ArrayInfo,
+        version: u64,
+        manifest: Arc<Manifest>,
+        pin: Pin,
+    ) -> Self {
+        let index = manifest
+            .blocks
+            .iter()
+            .enumerate()
+            .map(|(n, b)| (b.key.clone(), n))
+            .collect();
+        Snapshot {
+            inner,
+            info,
+            version,
+            manifest,
+            index,
+            cache: Mutex::new(HashMap::new()),
+            _pin: pin,
+        }
+    }
+
+    /// The array as the catalog described it when the snapshot was taken.
+    pub fn info(&self) -> &ArrayInfo {
+        &self.info
+    }
+
+    /// The version this snapshot reads.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Stored blocks (blocks not listed are all zeros), sorted by key.
+    pub fn blocks(&self) -> Vec<BlockMeta> {
+        let mut v: Vec<BlockMeta> = self
+            .manifest
+            .blocks
+            .iter()
+            .map(|b| BlockMeta {
+                key: b.key.clone(),
+                shard: b.shard,
+                nnz: b.nnz.clone(),
+                formats: b.formats.clone(),
+            })
+            .collect();
+        v.sort_by(|a, b| a.key.cmp(&b.key));
+        v
+    }
+
+    /// Non-zero cells of the first attribute.
+    pub fn nnz(&self) -> u64 {
+        self.manifest
+            .blocks
+            .iter()
+            .map(|b| b.nnz.first().copied().unwrap_or(0))
+            .sum()
+    }
+
+    pub(crate) fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub(crate) fn entry(&self, key: &BlockKey) -> Option<&BlockEntry> {
+        self.index.get(key).map(|&n| &self.manifest.blocks[n])
+    }
+
+    /// Every attribute's block at `key`, or `None` where nothing is stored (all zeros).
+    pub fn read(&self, key: &BlockKey) -> Result<Option<Vec<Block>>> {
+        match self.entry(key) {
+            None => Ok(None),
+            Some(e) => Ok(self.read_entries(&[e])?.pop().map(|(_, b)| b)),
+        }
+    }
+
+    /// The first attribute's block at `key`.
+    pub fn read_block(&self, key: &BlockKey) -> Result<Option<Block>> {
+        Ok(self
+            .read(key)?
+            .and_then(|mut v| (!v.is_empty()).then(|| v.swap_remove(0))))
+    }
+
+    /// Every stored block whose key satisfies `keep`, sorted by key; each file is read
+    /// once.
+    pub fn read_where(
+        &self,
+        keep: impl Fn(&BlockKey) -> bool,
+    ) -> Result<Vec<(BlockKey, Vec<Block>)>> {
+        let entries: Vec<&BlockEntry> = self
+            .manifest
+            .blocks
+            .iter()
+            .filter(|b| keep(&b.key))
+            .collect();
+        let mut out = self.read_entries(&entries)?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Every block of shard `shard`, sorted by key.
+    pub fn read_shard(&self, shard: u32) -> Result<Vec<(BlockKey, Vec<Block>)>> {
+        let entries: Vec<&BlockEntry> = self
+            .manifest
+            .blocks
+            .iter()
+            .filter(|b| b.shard == shard)
+            .collect();
+        let mut out = self.read_entries(&entries)?;
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    fn read_entries(&self, entries: &[&BlockEntry]) -> Result<Vec<(BlockKey, Vec<Block>)>> {
+        let mut by_file: BTreeMap<&str, Vec<&BlockEntry>> = BTreeMap::new();
+        for e in entries {
+            by_file.entry(e.file.as_str()).or_default().push(e);
+        }
+        let mut out = Vec::with_capacity(entries.len());
+        for (file, blocks) in by_file {
+            let corrupt = |key: &BlockKey, message: String| StorageError::Corruption {
+                array: self.info.name.clone(),
+                block: key.to_string(),
+                file: file.to_string(),
+                message,
+            };
+            let bytes = self.file_bytes(file, &blocks[0].key)?;
+            let schema = format::shard_schema(&self.info.schema);
+            for e in blocks {
+                let end = e
+                    .offset
+                    .checked_add(e.length)
+                    .filter(|&end| end <= bytes.len() as u64);
+                let Some(end) = end else {
+                    return Err(corrupt(
+                        &e.key,
+                        format!(
+                            "block bytes {}..+{} lie outside the file",
+                            e.offset, e.length
+                        ),
+                    ));
+                };
+                let frame = bytes.slice(e.offset as usize..end as usize);
+                let mut h = format::frame_hasher(self.info.id, e.written_version, &e.key);
+                h.update(&frame);
+                let actual = h.finalize();
+                if actual != e.checksum {
+                    return Err(corrupt(
+                        &e.key,
+                        format!(
+                            "checksum mismatch: manifest {:08x}, computed {actual:08x} (the bytes are damaged \
+                             or belong to another block, array or version)",
+                            e.checksum
+                        ),
+                    ));
+                }
+                let want = Expected {
+                    array_id: self.info.id,
+                    version: e.written_version,
+                    key: &e.key,
+                    shape: self.info.schema.block_shape(&e.key),
+                };
+                // Verified bytes are what this process's writer produced; a decoder
+                // panic would still be a bug, reported as corruption rather than a crash.
+                let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    format::decode_frame(&schema, frame)
+                        .and_then(|batch| format::decode_block(&batch, &want))
+                }));
+                match decoded {
+                    Ok(Ok(b)) => out.push((e.key.clone(), b)),
+                    Ok(Err(message)) => return Err(corrupt(&e.key, message)),
+                    Err(_) => return Err(corrupt(&e.key, "the block could not be decoded".into())),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn file_bytes(&self, file: &str, first: &BlockKey) -> Result<Bytes> {
+        if let Some(b) = lock(&self.cache).get(file) {
+            return Ok(b.clone());
+        }
+        let corrupt = |message: String| StorageError::Corruption {
+            array: self.info.name.clone(),
+            block: first.to_string(),
+            file: file.to_string(),
+            message,
+        };
+        let bytes = match self.inner.backend().read(file) {
+            Ok(b) => b,
+            Err(StorageError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(corrupt("the file is missing".into()));
+            }
+            Err(e) => return Err(e),
+        };
+        let expected = self.manifest.files.get(file).copied();
+        if expected != Some(bytes.len() as u64) {
+            return Err(corrupt(format!(
+                "file has {} bytes, the manifest says {}",
+                bytes.len(),
+                expected.map_or("nothing".to_string(), |n| n.to_string())
+            )));
+        }
+        let mut cache = lock(&self.cache);
+        if cache.values().map(Bytes::len).sum::<usize>() + bytes.len() > FILE_CACHE_BYTES {
+            cache.clear();
+        }
+        cache.insert(file.to_string(), bytes.clone());
+        Ok(bytes)
+    }
+}

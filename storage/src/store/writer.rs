@@ -1,0 +1,383 @@
+//! Writing a new version of an array.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arrow_ipc::writer::FileWriter;
+use arrow_schema::SchemaRef;
+
+use super::catalog::{BlockEntry, Manifest, VersionEntry};
+use super::format;
+use super::{Inner, Snapshot, lock, now_ms};
+use crate::backend::BackendWriter;
+use crate::block::Block;
+use crate::error::{Result, StorageError};
+use crate::schema::BlockKey;
+
+/// What a write does with the blocks it does not touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WriteMode {
+    /// The new version holds only the blocks put by this write.
+    Replace,
+    /// The new version is the current one with the blocks put by this write replacing
+    /// (or, if empty, removing) blocks at the same keys.
+    #[default]
+    Update,
+}
+
+struct ShardFile {
+    path: String,
+    writer: FileWriter<CountingWriter>,
+}
+
+/// Counts the bytes of a shard file as they are written, and checksums the bytes of
+/// the block being written, for the manifest.
+struct CountingWriter {
+    out: Box<dyn BackendWriter>,
+    bytes: u64,
+    frame: crc32fast::Hasher,
+}
+
+impl std::io::Write for CountingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.frame.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// A write in progress. Blocks stream to shard files as they are put (memory stays at
+/// about one block); [`ArrayWriter::commit`] makes them a version. Dropped without a
+/// commit, it deletes what it wrote.
+pub struct ArrayWriter {
+    inner: Arc<Inner>,
+    base: Snapshot,
+    version: u64,
+    mode: WriteMode,
+    shard_schema: SchemaRef,
+    files: BTreeMap<u32, ShardFile>,
+    /// Blocks put by this write; `None` removes the key.
+    puts: BTreeMap<BlockKey, Option<BlockEntry>>,
+    /// Files this write created (for cleanup on failure), with their final sizes.
+    written: Vec<String>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for ArrayWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArrayWriter")
+            .field("array", &self.base.info().name)
+            .field("version", &self.version)
+            .field("mode", &self.mode)
+            .field("blocks", &self.puts.len())
+            .finish()
+    }
+}
+
+impl ArrayWriter {
+    pub(crate) fn new(
+        inner: Arc<Inner>,
+        base: Snapshot,
+        version: u64,
+        mode: WriteMode,
+    ) -> Result<Self> {
+        let shard_schema = format::shard_schema(&base.info().schema);
+        Ok(Self {
+            inner,
+            base,
+            version,
+            mode,
+            shard_schema,
+            files: BTreeMap::new(),
+            puts: BTreeMap::new(),
+            written: Vec::new(),
+            finished: false,
+        })
+    }
+
+    /// The version this write will commit as.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The committed version this write started from.
+    pub fn base(&self) -> &Snapshot {
+        &self.base
+    }
+
+    /// Puts the block of a single-attribute array at `key`.
+    pub fn put_block(&mut self, key: BlockKey, block: Block) -> Result<()> {
+        self.put(key, vec![block])
+    }
+
+    /// Puts one block per attribute at `key`. All-zero blocks store nothing (and, in
+    /// [`WriteMode::Update`], remove the key).
+    pub fn put(&mut self, key: BlockKey, blocks: Vec<Block>) -> Result<()> {
+        let info = self.base.info();
+        info.schema.check_key(&key)?;
+        let attrs = info.schema.attributes().len();
+        if blocks.len() != attrs {
+            return Err(StorageError::InvalidArgument(format!(
+                "array '{}' has {attrs} attributes, got {} blocks for block {key}",
+                info.name,
+                blocks.len()
+            )));
+        }
+        let shape = info.schema.block_shape(&key);
+        if let Some(b) = blocks.iter().find(|b| b.shape() != shape) {
+            return Err(StorageError::InvalidArgument(format!(
+                "block {key} of array '{}' must be {}x{}, got {}x{}",
+                info.name,
+                shape.0,
+                shape.1,
+                b.rows(),
+                b.cols()
+            )));
+        }
+        if blocks.iter().all(|b| b.nnz() == 0) {
+            self.puts.insert(key, None);
+            return Ok(());
+        }
+        let shard = info.partitioning.shard_of(&key, &info.schema.block_grid());
+        let (batch, _) =
+            format::encode_block(&self.shard_schema, info.id, self.version, &key, &blocks)?;
+        let (id, version) = (info.id, self.version);
+        let file = self.shard_file(shard)?;
+        let path = file.path.clone();
+        let counter = file.writer.get_mut();
+        counter.frame = format::frame_hasher(id, version, &key);
+        let offset = counter.bytes;
+        file.writer.write(&batch).map_err(|e| ipc_error(&path, e))?;
+        let counter = file.writer.get_mut();
+        let checksum = std::mem::take(&mut counter.frame).finalize();
+        let entry = BlockEntry {
+            key: key.clone(),
+            shard,
+            file: path,
+            offset,
+            length: counter.bytes - offset,
+            nnz: blocks.iter().map(|b| b.nnz() as u64).collect(),
+            formats: blocks.iter().map(Block::format).collect(),
+            written_version: version,
+            checksum,
+        };
+        self.puts.insert(key, Some(entry));
+        Ok(())
+    }
+
+    /// Removes the block at `key` (Update mode) or leaves it out (Replace mode).
+    pub fn delete(&mut self, key: BlockKey) -> Result<()> {
+        self.base.info().schema.check_key(&key)?;
+        self.puts.insert(key, None);
+        Ok(())
+    }
+
+    fn shard_file(&mut self, shard: u32) -> Result<&mut ShardFile> {
+        if !self.files.contains_key(&shard) {
+            let path = format!(
+                "{}/v{}/shard-{shard}.arrow",
+                dir(self.base.info().id),
+                self.version
+            );
+            let out = self.inner.backend().create(&path)?;
+            self.written.push(path.clone());
+            let writer = FileWriter::try_new(
+                CountingWriter {
+                    out,
+                    bytes: 0,
+                    frame: crc32fast::Hasher::new(),
+                },
+                &self.shard_schema,
+            )
+            .map_err(|e| ipc_error(&path, e))?;
+            self.files.insert(shard, ShardFile { path, writer });
+        }
+        self.files
+            .get_mut(&shard)
+            .ok_or_else(|| StorageError::Internal("shard file vanished".into()))
+    }
+
+    /// Makes the write a committed version and returns its number.
+    ///
+    /// Files are finished and fsync'd, then the manifest, then the catalog is replaced
+    /// atomically. Fails with [`StorageError::WriteConflict`] if another write to the
+    /// array committed since this one began; then nothing is visible.
+    pub fn commit(mut self) -> Result<u64> {
+        let result = self.try_commit();
+        if result.is_ok() {
+            self.finished = true;
+        }
+        result
+    }
+
+    fn try_commit(&mut self) -> Result<u64> {
+        let backend = self.inner.backend().clone();
+        let info = self.base.info().clone();
+        let vdir = format!("{}/v{}", dir(info.id), self.version);
+        let mut sizes = BTreeMap::new();
+        for (_, f) in std::mem::take(&mut self.files) {
+            let ShardFile {
+                path, mut writer, ..
+            } = f;
+            writer.finish().map_err(|e| ipc_error(&path, e))?;
+            let out = writer.into_inner().map_err(|e| ipc_error(&path, e))?;
+            let len = out.bytes;
+            out.out.finish()?;
+            backend.sync(&path)?;
+            sizes.insert(path, len);
+        }
+
+        // The new version's blocks: the base's (Update) overlaid with this write's.
+        let mut blocks: BTreeMap<BlockKey, BlockEntry> = match self.mode {
+            WriteMode::Update => self
+                .base
+                .manifest()
+                .blocks
+                .iter()
+                .map(|b| (b.key.clone(), b.clone()))
+                .collect(),
+            WriteMode::Replace => BTreeMap::new(),
+        };
+        for (key, put) in std::mem::take(&mut self.puts) {
+            match put {
+                Some(e) => blocks.insert(key, e),
+                None => blocks.remove(&key),
+            };
+        }
+        let mut files = BTreeMap::new();
+        for b in blocks.values() {
+            let size = match sizes.get(&b.file) {
+                Some(s) => *s,
+                None => self
+                    .base
+                    .manifest()
+                    .files
+                    .get(&b.file)
+                    .copied()
+                    .ok_or_else(|| {
+                        StorageError::Internal(format!(
+                            "block {} refers to unknown file {}",
+                            b.key, b.file
+                        ))
+                    })?,
+            };
+            files.insert(b.file.clone(), size);
+        }
+        let manifest = Manifest {
+            format: super::catalog::FORMAT_VERSION,
+            array_id: info.id,
+            version: self.version,
+            files,
+            blocks: blocks.into_values().collect(),
+        };
+        let manifest_path = format!("{vdir}/manifest.json");
+        backend.write(&manifest_path, &format::encode_json(&manifest)?)?;
+        self.written.push(manifest_path.clone());
+        backend.sync(&manifest_path)?;
+        // New directories must be durable entries of their parents too.
+        for d in [vdir.as_str(), &dir(info.id), "arrays", ""] {
+            backend.sync(d)?;
+        }
+
+        let entry = VersionEntry {
+            version: self.version,
+            manifest: manifest_path,
+            blocks: manifest.blocks.len() as u64,
+            nnz: manifest
+                .blocks
+                .iter()
+                .map(|b| b.nnz.first().copied().unwrap_or(0))
+                .sum(),
+            bytes: manifest.files.values().sum(),
+            created_unix_ms: now_ms(),
+        };
+
+        let _commit = lock(&self.inner.commit_lock);
+        let mut next = lock(&self.inner.catalog).clone();
+        let array = match next.arrays.get_mut(&info.name) {
+            Some(a) if a.id == info.id => a,
+            _ => return Err(StorageError::ArrayNotFound(info.name.clone())),
+        };
+        if array.current().map(|v| v.version) != Some(self.base.version()) {
+            return Err(StorageError::WriteConflict(info.name.clone()));
+        }
+        array.versions.push(entry);
+        let excess = array
+            .versions
+            .len()
+            .saturating_sub(array.keep_versions as usize);
+        let retired: Vec<VersionEntry> = array.versions.drain(..excess).collect();
+        let retained: Vec<VersionEntry> = array.versions.clone();
+        let array_entry = array.clone();
+        if let Err(e) = self.inner.commit_catalog(next) {
+            // If the new catalog did reach the backend (the directory fsync failed after
+            // the rename), the version is visible and its files must stay.
+            let visible = lock(&self.inner.catalog)
+                .arrays
+                .get(&info.name)
+                .is_some_and(|a| {
+                    a.id == info.id && a.versions.iter().any(|v| v.version == self.version)
+                });
+            if visible {
+                self.finished = true;
+            }
+            return Err(e);
+        }
+        let manifest = Arc::new(manifest);
+        lock(&self.inner.manifests).insert((info.id, self.version), manifest);
+
+        // Files only the retired versions used can go once no snapshot reads them.
+        if !retired.is_empty() {
+            let mut keep = BTreeSet::new();
+            for v in &retained {
+                keep.insert(v.manifest.clone());
+                if let Ok(m) = self.inner.manifest(&array_entry, v) {
+                    keep.extend(m.files.keys().cloned());
+                } else {
+                    // Cannot tell what is still used; keep everything (open() cleans up).
+                    return Ok(self.version);
+                }
+            }
+            let mut doomed = Vec::new();
+            for v in &retired {
+                if let Ok(m) = self.inner.manifest(&array_entry, v) {
+                    doomed.extend(m.files.keys().filter(|f| !keep.contains(*f)).cloned());
+                }
+                if !v.manifest.is_empty() {
+                    doomed.push(v.manifest.clone());
+                }
+            }
+            doomed.sort();
+            doomed.dedup();
+            self.inner
+                .retire(info.id, retired.iter().map(|v| v.version).collect(), doomed);
+        }
+        Ok(self.version)
+    }
+}
+
+impl Drop for ArrayWriter {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.files.clear();
+            for f in &self.written {
+                let _ = self.inner.backend().delete(f);
+            }
+        }
+    }
+}
+
+fn dir(array_id: u64) -> String {
+    format!("arrays/{array_id}")
+}
+
+fn ipc_error(path: &str, e: arrow_schema::ArrowError) -> StorageError {
+    match e {
+        arrow_schema::ArrowError::IoError(_, source) => StorageError::io(path, source),
+        other => StorageError::io(path, std::io::Error::other(other)),
+    }
+}
