@@ -4,4 +4,6 @@
 
 mod python;
 mod storage_io;
+mod storage_load;
+mod storage_format;
 mod storage_store;

@@ -1,8 +1,9 @@
 """NumPy / SciPy side of `cargo bench -p tessera-storage --bench kernels`.
 
-Runs the same workloads as benches/kernels.rs on the same machine and prints one JSON
-object per line: {"workload": name, "seconds": best of the runs}. Arguments are workload
-names to run (all when none are given).
+Started once by benches/kernels.rs and kept alive, so its data is built once and the two
+sides can take turns (never running at the same time). Protocol, one line each way:
+reads `<workload> <runs>`, times that workload `runs` times, and prints
+`{"workload": ..., "seconds": best}` as JSON. The first line it prints is the versions.
 """
 
 import json
@@ -13,47 +14,52 @@ import numpy as np
 import scipy
 import scipy.sparse as sp
 
-
-def best_of(runs, f):
-    best = float("inf")
-    for _ in range(runs):
-        t = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t)
-    return best
+rng = np.random.default_rng(42)
+cache = {}
 
 
-def emit(workload, seconds):
-    print(json.dumps({"workload": workload, "seconds": seconds}), flush=True)
+def data(name):
+    if name not in cache:
+        if name == "gemm":
+            n = 4096
+            cache[name] = (rng.standard_normal((n, n)), rng.standard_normal((n, n)))
+        elif name == "x":
+            cache[name] = (rng.standard_normal((1_000_000, 100)), rng.standard_normal((100, 1)))
+        elif name == "spmm":
+            n = 100_000
+            a = sp.random(n, n, density=0.001, format="csr", random_state=rng, dtype=np.float64)
+            cache[name] = (a, rng.standard_normal((n, 16)))
+    return cache[name]
+
+
+def workload(name):
+    if name == "gemm":
+        a, b = data("gemm")
+        return lambda: a @ b
+    if name == "tsmm":
+        # NumPy sees x.T @ x and calls BLAS syrk (one triangle), as Tessera's tsmm does.
+        x, _ = data("x")
+        return lambda: x.T @ x
+    if name == "mmchain":
+        x, v = data("x")
+        return lambda: x.T @ (x @ v)
+    if name == "spmm":
+        a, b = data("spmm")
+        return lambda: a @ b
+    raise SystemExit(f"unknown workload {name}")
 
 
 def main():
-    wanted = set(sys.argv[1:])
-    rng = np.random.default_rng(42)
     print(json.dumps({"numpy": np.__version__, "scipy": scipy.__version__}), flush=True)
-
-    if not wanted or "gemm" in wanted:
-        n = 4096
-        a = rng.standard_normal((n, n))
-        b = rng.standard_normal((n, n))
-        emit("gemm", best_of(3, lambda: a @ b))
-        del a, b
-
-    if not wanted or wanted & {"tsmm", "mmchain"}:
-        x = rng.standard_normal((1_000_000, 100))
-        v = rng.standard_normal((100, 1))
-        if not wanted or "tsmm" in wanted:
-            # NumPy sees x.T @ x and calls BLAS syrk (one triangle), like Tessera's tsmm.
-            emit("tsmm", best_of(5, lambda: x.T @ x))
-        if not wanted or "mmchain" in wanted:
-            emit("mmchain", best_of(5, lambda: x.T @ (x @ v)))
-        del x
-
-    if not wanted or "spmm" in wanted:
-        n = 100_000
-        a = sp.random(n, n, density=0.001, format="csr", random_state=rng, dtype=np.float64)
-        b = rng.standard_normal((n, 16))
-        emit("spmm", best_of(5, lambda: a @ b))
+    for line in sys.stdin:
+        name, runs = line.split()
+        f = workload(name)
+        best = float("inf")
+        for _ in range(int(runs)):
+            t = time.perf_counter()
+            f()
+            best = min(best, time.perf_counter() - t)
+        print(json.dumps({"workload": name, "seconds": best}), flush=True)
 
 
 if __name__ == "__main__":

@@ -186,8 +186,8 @@ impl CsvState {
             let n = fields(line).count();
             return Err(self.error(no, format!("expected 3 fields (i,j,v), found {n}")));
         };
-        let r = self.parse_index(no, i, "row")?;
-        let c = self.parse_index(no, j, "column")?;
+        let r = self.parse_index(no, i, "row", self.target.map(|t| t.0))?;
+        let c = self.parse_index(no, j, "column", self.target.map(|t| t.1))?;
         let v = v
             .parse::<f64>()
             .map_err(|_| self.error(no, format!("bad number \"{v}\" in column 3")))?;
@@ -201,7 +201,9 @@ impl CsvState {
         Ok(())
     }
 
-    fn parse_index(&self, no: u64, field: &str, what: &str) -> Result<u64> {
+    /// A 0-based index: a whole number (`3` or `3.0`) below `limit` (the target's rows or
+    /// columns) when there is a target.
+    fn parse_index(&self, no: u64, field: &str, what: &str, limit: Option<u64>) -> Result<u64> {
         let index = match field.parse::<u64>() {
             Ok(n) => n,
             Err(_) => match field.parse::<f64>() {
@@ -221,17 +223,17 @@ impl CsvState {
                 Err(_) => return Err(self.error(no, format!("bad {what} index \"{field}\""))),
             },
         };
-        let limit = self.target.map(|t| if what == "row" { t.0 } else { t.1 });
-        match limit {
-            Some(limit) if index >= limit => Err(self.error(
+        match (limit, self.target) {
+            (Some(limit), Some(target)) if index >= limit => Err(self.error(
                 no,
                 format!(
                     "{what} index {index} is out of range for the target shape {} (0-based, \
                      below {limit})",
-                    shape_str(self.target.unwrap_or_default())
+                    shape_str(target)
                 ),
             )),
-            None if index == u64::MAX => {
+            // One past the index is the extent, so u64::MAX itself cannot be an index.
+            (None, _) if index == u64::MAX => {
                 Err(self.error(no, format!("{what} index {index} is too large")))
             }
             _ => Ok(index),
@@ -256,19 +258,18 @@ impl CsvState {
             ));
         }
         let row = self.rows;
-        self.carry.rows.clear();
-        self.carry.cols.clear();
-        self.carry.values.clear();
-        self.carry_pos = 0;
+        self.clear_carry();
         let mut n = 0usize;
         for field in fields(line) {
             if n == width {
                 n = fields(line).count();
                 break;
             }
-            let v = field.parse::<f64>().map_err(|_| {
-                self.error(no, format!("bad number \"{field}\" in column {}", n + 1))
-            })?;
+            let Ok(v) = field.parse::<f64>() else {
+                self.clear_carry();
+                let msg = format!("bad number \"{field}\" in column {}", n + 1);
+                return Err(self.error(no, msg));
+            };
             if v != 0.0 {
                 self.carry.rows.push(row);
                 self.carry.cols.push(n as u64);
@@ -277,7 +278,7 @@ impl CsvState {
             n += 1;
         }
         if n != width {
-            self.carry.values.clear();
+            self.clear_carry();
             return Err(self.error(
                 no,
                 format!("ragged row: expected {width} fields (as on line {width_line}), found {n}"),
@@ -285,6 +286,13 @@ impl CsvState {
         }
         self.rows += 1;
         Ok(())
+    }
+
+    fn clear_carry(&mut self) {
+        self.carry.rows.clear();
+        self.carry.cols.clear();
+        self.carry.values.clear();
+        self.carry_pos = 0;
     }
 
     /// Moves carried cells into `batch`, up to the batch limit.

@@ -137,7 +137,8 @@ pub trait CellReader: Send {
     fn next_cells(&mut self) -> Result<Option<Cells>>;
 
     /// The shape seen after the whole file was read: the declared shape, or for CSV
-    /// without a target, one past the largest row and column seen.
+    /// without a target, the number of dense rows and their width, or for triples one
+    /// past the largest row and column seen.
     fn final_shape(&self) -> Option<(u64, u64)>;
 }
 
@@ -191,7 +192,7 @@ pub fn open_reader(
 
 /// Writes a `shape` matrix with `nnz` non-zeros, given as bands of block rows in order,
 /// to `path` in `format`. CSV is written as `i,j,v` triples when sparse (density below
-/// [`SPARSE_THRESHOLD`](crate::SPARSE_THRESHOLD)), otherwise as dense rows.
+/// [`SPARSE_THRESHOLD`]), otherwise as dense rows.
 ///
 /// - `.npy`: version 1.0, `<f8`, C order, always 2-d `(rows, cols)`.
 /// - `.mtx`: `coordinate real general` when sparse, else `array real general`. The array

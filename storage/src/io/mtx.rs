@@ -252,7 +252,8 @@ impl MtxState {
             (Format::Coordinate, _) => (3, "row column value"),
         };
         if n != want {
-            return Err(self.error(no, format!("expected {want} fields ({form}), found {n}")));
+            let fields = if want == 1 { "field" } else { "fields" };
+            return Err(self.error(no, format!("expected {want} {fields} ({form}), found {n}")));
         }
         let (r, c, v) = match self.format {
             Format::Coordinate => {
@@ -273,7 +274,8 @@ impl MtxState {
         };
         self.seen += 1;
         if self.symmetry == Symmetry::SkewSymmetric && r == c && v != 0.0 {
-            return Err(self.error(no, "a skew-symmetric matrix has a zero diagonal"));
+            let msg = format!("diagonal entry {v}: a skew-symmetric matrix has a zero diagonal");
+            return Err(self.error(no, msg));
         }
         if v != 0.0 {
             batch.rows.push(r);
@@ -302,7 +304,8 @@ impl MtxState {
             Ok(i) => Err(self.error(
                 no,
                 format!(
-                    "{what} index {i} is out of range 1..={size} of the {} matrix (indices are 1-based)",
+                    "{what} index {i} is out of range 1..={size} of the {} matrix \
+                     (indices are 1-based)",
                     shape_str(self.shape)
                 ),
             )),
@@ -461,6 +464,12 @@ fn write_array(
     out.write_all(&head)?;
 
     let (rows, cols) = (to_usize(shape.0)?, to_usize(shape.1)?);
+    if rows == 0 || cols == 0 {
+        for band in bands {
+            band?;
+        }
+        return Ok(0);
+    }
     let width = (tile_cells / rows).clamp(1, cols);
     let chunks: Vec<(usize, usize)> = (0..cols)
         .step_by(width)
@@ -468,6 +477,12 @@ fn write_array(
         .collect();
     let (scratch, mut file) = TempPath::create_beside(out.target(), "spill")?;
     let io_err = |e| StorageError::io(scratch.path().display(), e);
+    // Sized up front (sparsely), so regions that no band wrote read back as zeros.
+    let scratch_len = rows.checked_mul(cols).and_then(|n| n.checked_mul(8));
+    let scratch_len = scratch_len.ok_or_else(|| {
+        StorageError::InvalidArgument(format!("{} is too large", shape_str(shape)))
+    })?;
+    file.set_len(scratch_len as u64).map_err(io_err)?;
 
     // Pass 1: scatter each band into the chunk regions.
     let mut written = 0u64;
@@ -506,7 +521,6 @@ fn write_array(
         file.seek(SeekFrom::Start((rows * c0 * 8) as u64))
             .map_err(io_err)?;
         let mut left = rows * w;
-        let mut in_column = 0;
         let piece = if w == 1 { tile_cells.max(1) } else { left };
         while left > 0 {
             let n = piece.min(left);
@@ -516,7 +530,6 @@ fn write_array(
                 for &v in &tile {
                     write_value(out, &mut line, v)?;
                 }
-                in_column += n;
             } else {
                 for c in 0..w {
                     for r in 0..rows {
@@ -525,7 +538,6 @@ fn write_array(
                 }
             }
         }
-        debug_assert!(w != 1 || in_column == rows);
     }
     drop(file);
     drop(scratch);
@@ -777,7 +789,7 @@ mod tests {
             None,
             4,
         );
-        assert!(err.contains("expected 1 fields (value), found 2"), "{err}");
+        assert!(err.contains("expected 1 field (value), found 2"), "{err}");
         let err = error_at(
             "%%MatrixMarket matrix array real general\n1 2\n1\n",
             None,

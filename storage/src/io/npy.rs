@@ -251,6 +251,58 @@ impl NpyReader {
     }
 }
 
+impl NpyReader {
+    /// Reads the next `n` elements and appends their non-zeros to `cells`.
+    fn read_chunk(&mut self, n: usize, cells: &mut Cells) -> Result<()> {
+        let size = self.dtype.size;
+        self.bytes.resize(n * size, 0);
+        let got = read_fully(&mut self.input, &mut self.bytes)
+            .map_err(|e| StorageError::io(self.path.display(), e))?;
+        if got < self.bytes.len() {
+            // The length was checked at open: the file shrank while being read.
+            let expected = self.total * size as u64;
+            return Err(StorageError::bad_file(
+                &self.path,
+                0,
+                format!(
+                    "truncated data: expected {expected} bytes from byte offset {}, found {}",
+                    self.data_offset,
+                    self.done * size as u64 + got as u64
+                ),
+            ));
+        }
+        self.values.clear();
+        self.dtype.decode(&self.bytes, &mut self.values);
+
+        let (rows, cols) = self.shape;
+        let (mut r, mut c) = self.next;
+        for &v in &self.values {
+            if v != 0.0 {
+                cells.rows.push(r);
+                cells.cols.push(c);
+                cells.values.push(v);
+            }
+            // Fortran order walks down each column, C order along each row.
+            if self.fortran {
+                r += 1;
+                if r == rows {
+                    r = 0;
+                    c += 1;
+                }
+            } else {
+                c += 1;
+                if c == cols {
+                    c = 0;
+                    r += 1;
+                }
+            }
+        }
+        self.next = (r, c);
+        self.done += n as u64;
+        Ok(())
+    }
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
 fn read_fully(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
@@ -275,55 +327,16 @@ impl CellReader for NpyReader {
     }
 
     fn next_cells(&mut self) -> Result<Option<Cells>> {
-        let n = (self.total - self.done).min(CELL_BATCH as u64) as usize;
-        if n == 0 {
+        if self.done == self.total {
             return Ok(None);
         }
-        let size = self.dtype.size;
-        self.bytes.resize(n * size, 0);
-        let got = read_fully(&mut self.input, &mut self.bytes)
-            .map_err(|e| StorageError::io(self.path.display(), e))?;
-        if got < self.bytes.len() {
-            // The length was checked at open: the file shrank while being read.
-            let expected = self.total * size as u64;
-            return Err(StorageError::bad_file(
-                &self.path,
-                0,
-                format!(
-                    "truncated data: expected {expected} bytes from byte offset {}, found {}",
-                    self.data_offset,
-                    self.done * size as u64 + got as u64
-                ),
-            ));
-        }
-        self.values.clear();
-        self.dtype.decode(&self.bytes, &mut self.values);
-
+        // Chunks of at most the room left in the batch, so zeros (which are skipped) do
+        // not leave batches nearly empty.
         let mut cells = Cells::default();
-        let (rows, cols) = self.shape;
-        let (mut r, mut c) = self.next;
-        for &v in &self.values {
-            if v != 0.0 {
-                cells.rows.push(r);
-                cells.cols.push(c);
-                cells.values.push(v);
-            }
-            if self.fortran {
-                r += 1;
-                if r == rows {
-                    r = 0;
-                    c += 1;
-                }
-            } else {
-                c += 1;
-                if c == cols {
-                    c = 0;
-                    r += 1;
-                }
-            }
+        while self.done < self.total && cells.len() < CELL_BATCH {
+            let n = (self.total - self.done).min((CELL_BATCH - cells.len()) as u64) as usize;
+            self.read_chunk(n, &mut cells)?;
         }
-        self.next = (r, c);
-        self.done += n as u64;
         Ok(Some(cells))
     }
 

@@ -4,10 +4,10 @@
 //! Dense x dense goes to `faer` (blocked GEMM with run-time AVX2 / AVX-512 dispatch);
 //! every product that involves a sparse block uses the loops in `sparse.rs`.
 
-use faer::{Accum, MatMut, MatRef};
+use faer::{Accum, MatMut, MatRef, Par};
 
 use super::accumulator::{DenseAccumulator, zeroed};
-use super::pool::Parallelism;
+use super::pool::{Parallelism, cpu_pool};
 use super::sparse;
 use crate::block::{Block, DenseBlock};
 use crate::error::{Result, StorageError};
@@ -104,6 +104,13 @@ pub(crate) fn matmul_par(a: &Block, b: &Block, par: Parallelism) -> Result<Block
     let (m, n) = (a.rows(), b.cols());
     let out = match (a, b) {
         (Block::Sparse(x), Block::Sparse(y)) => Block::Sparse(sparse::spgemm(x, y, par)),
+        (Block::Dense(x), Block::Dense(y)) => {
+            let mut out = zeroed(m, n)?;
+            // Replace, not Add: reading the fresh zero pages first would fault every page
+            // twice (once to map the shared zero page, once to copy it on write).
+            gemm_into(&mut out, x, y, Accum::Replace, par);
+            Block::Dense(DenseBlock::from_vec_unchecked(m, n, out))
+        }
         _ => {
             let mut out = zeroed(m, n)?;
             matmul_into_par(&mut out, a, b, par);
@@ -116,15 +123,20 @@ pub(crate) fn matmul_par(a: &Block, b: &Block, par: Parallelism) -> Result<Block
 /// `out += a * b` over a row-major `a.rows() x b.cols()` slice, shapes already checked.
 pub(crate) fn matmul_into_par(out: &mut [f64], a: &Block, b: &Block, par: Parallelism) {
     match (a, b) {
-        (Block::Dense(x), Block::Dense(y)) => gemm_into(out, x, y, par),
+        (Block::Dense(x), Block::Dense(y)) => gemm_into(out, x, y, Accum::Add, par),
         (Block::Sparse(x), Block::Dense(y)) => sparse::spmm_into(out, x, y.values(), y.cols(), par),
         (Block::Dense(x), Block::Sparse(y)) => sparse::dsmm_into(out, x.values(), x.cols(), y, par),
         (Block::Sparse(x), Block::Sparse(y)) => sparse::spspmm_into(out, x, y, par),
     }
 }
 
-/// `out += a * b` for dense blocks, through faer.
-fn gemm_into(out: &mut [f64], a: &DenseBlock, b: &DenseBlock, par: Parallelism) {
+/// `out = a * b` (`Replace`) or `out += a * b` (`Add`) for dense blocks, through faer.
+///
+/// In the pool the output is cut into tiles that run as independent rayon tasks, each a
+/// single-threaded faer GEMM, rather than using faer's own parallel GEMM: faer's threads
+/// meet at barriers, so one descheduled thread (another query, a compaction) stalls them
+/// all, while independent tiles are stolen by whichever thread is free.
+fn gemm_into(out: &mut [f64], a: &DenseBlock, b: &DenseBlock, beta: Accum, par: Parallelism) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     if m == 0 || n == 0 || k == 0 {
         return;
@@ -132,10 +144,53 @@ fn gemm_into(out: &mut [f64], a: &DenseBlock, b: &DenseBlock, par: Parallelism) 
     let dst = MatMut::from_row_major_slice_mut(out, m, n);
     let lhs = MatRef::from_row_major_slice(a.values(), m, k);
     let rhs = MatRef::from_row_major_slice(b.values(), k, n);
-    par.run(|| faer::linalg::matmul::matmul(dst, Accum::Add, lhs, rhs, 1.0, par.faer()));
+    match par {
+        Parallelism::Seq => faer::linalg::matmul::matmul(dst, beta, lhs, rhs, 1.0, Par::Seq),
+        Parallelism::Pool => {
+            let tasks = cpu_pool().current_num_threads() * 8;
+            let edge = ((m * n / tasks) as f64).sqrt() as usize;
+            let edge = edge.next_multiple_of(64).max(MIN_TILE);
+            if m.div_ceil(edge) * n.div_ceil(edge) < cpu_pool().current_num_threads() {
+                // Too few output tiles to share (a long inner dimension): faer splits it.
+                par.run(|| faer::linalg::matmul::matmul(dst, beta, lhs, rhs, 1.0, par.faer()));
+            } else {
+                cpu_pool().install(|| gemm_tiles(dst, lhs, rhs, beta, edge));
+            }
+        }
+    }
+}
+
+/// Smallest output tile edge worth a task of its own: below it the packing and the task
+/// overhead eat the gain.
+const MIN_TILE: usize = 256;
+
+/// Halves the output (the longer side, at a multiple of 64) with `rayon::join` until the
+/// tiles are at most `edge` on each side, then runs each tile single-threaded.
+fn gemm_tiles(
+    dst: MatMut<'_, f64>,
+    lhs: MatRef<'_, f64>,
+    rhs: MatRef<'_, f64>,
+    beta: Accum,
+    edge: usize,
+) {
+    let (m, n) = (dst.nrows(), dst.ncols());
+    if m <= edge && n <= edge {
+        faer::linalg::matmul::matmul(dst, beta, lhs, rhs, 1.0, Par::Seq);
+    } else if m >= n {
+        let mid = (m / 2).next_multiple_of(64).min(m);
+        let (top, bottom) = dst.split_at_row_mut(mid);
+        let (lt, lb) = lhs.split_at_row(mid);
+        rayon::join(|| gemm_tiles(top, lt, rhs, beta, edge), || gemm_tiles(bottom, lb, rhs, beta, edge));
+    } else {
+        let mid = (n / 2).next_multiple_of(64).min(n);
+        let (left, right) = dst.split_at_col_mut(mid);
+        let (rl, rr) = rhs.split_at_col(mid);
+        rayon::join(|| gemm_tiles(left, lhs, rl, beta, edge), || gemm_tiles(right, lhs, rr, beta, edge));
+    }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use proptest::prelude::*;
 

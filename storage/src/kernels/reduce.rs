@@ -158,6 +158,7 @@ multiversion! {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use proptest::prelude::*;
 
