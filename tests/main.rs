@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)] // tests may panic
 
 mod python;
+mod storage_format;
 mod storage_io;
 mod storage_load;
-mod storage_format;
 mod storage_store;

@@ -29,7 +29,11 @@ fn sparse_cell(i: u64, j: u64) -> f64 {
 /// `cube`: a 3-d array (x 0:3 BLOCK 2, y 0:1 BLOCK 2, z -1:1 BLOCK 3), t = x*100+y*10+z.
 fn cube_schema() -> ArraySchema {
     ArraySchema::new(
-        vec![Dimension::new("x", 0, 3, 2), Dimension::new("y", 0, 1, 2), Dimension::new("z", -1, 1, 3)],
+        vec![
+            Dimension::new("x", 0, 3, 2),
+            Dimension::new("y", 0, 1, 2),
+            Dimension::new("z", -1, 1, 3),
+        ],
         vec![Attribute::double("t")],
     )
     .unwrap()
@@ -37,9 +41,15 @@ fn cube_schema() -> ArraySchema {
 
 fn matrix_block(schema: &ArraySchema, key: &BlockKey, cell: fn(u64, u64) -> f64) -> Block {
     let d = schema.dimensions();
-    let (r0, c0) = (key.0[0] as u64 * d[0].block_len, key.0[1] as u64 * d[1].block_len);
+    let (r0, c0) = (
+        key.0[0] as u64 * d[0].block_len,
+        key.0[1] as u64 * d[1].block_len,
+    );
     let (rows, cols) = schema.block_shape(key);
-    Block::Dense(DenseBlock::from_fn(rows, cols, |r, c| cell(r0 + r as u64, c0 + c as u64))).into_preferred_format()
+    Block::Dense(DenseBlock::from_fn(rows, cols, |r, c| {
+        cell(r0 + r as u64, c0 + c as u64)
+    }))
+    .into_preferred_format()
 }
 
 fn cube_block(key: &BlockKey) -> Block {
@@ -59,7 +69,10 @@ fn keys(schema: &ArraySchema) -> Vec<BlockKey> {
     let g = schema.block_grid();
     let mut out = vec![vec![]];
     for n in g {
-        out = out.into_iter().flat_map(|k| (0..n as i64).map(move |b| [k.clone(), vec![b]].concat())).collect();
+        out = out
+            .into_iter()
+            .flat_map(|k| (0..n as i64).map(move |b| [k.clone(), vec![b]].concat()))
+            .collect();
     }
     out.into_iter().map(BlockKey).collect()
 }
@@ -73,28 +86,58 @@ fn write_format_v1_fixture() {
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::open_dir(&dir).unwrap();
     let dense = ArraySchema::matrix(5, 4, 2, 3).unwrap();
-    store.create_array("dense", dense.clone(), Some(Partitioning::Hash { shards: 2 }), None).unwrap();
+    store
+        .create_array(
+            "dense",
+            dense.clone(),
+            Some(Partitioning::Hash { shards: 2 }),
+            None,
+        )
+        .unwrap();
     // Version 1: zeros in (0, 0); version 2 fills every block (so both versions stay).
     let mut w = store.writer("dense", WriteMode::Replace).unwrap();
-    w.put_block(BlockKey::matrix(1, 1), matrix_block(&dense, &BlockKey::matrix(1, 1), dense_cell)).unwrap();
+    w.put_block(
+        BlockKey::matrix(1, 1),
+        matrix_block(&dense, &BlockKey::matrix(1, 1), dense_cell),
+    )
+    .unwrap();
     w.commit().unwrap();
     let mut w = store.writer("dense", WriteMode::Update).unwrap();
     for k in keys(&dense) {
         if k != BlockKey::matrix(1, 1) {
-            w.put_block(k.clone(), matrix_block(&dense, &k, dense_cell)).unwrap();
+            w.put_block(k.clone(), matrix_block(&dense, &k, dense_cell))
+                .unwrap();
         }
     }
     w.commit().unwrap();
 
     let sparse = ArraySchema::matrix(6, 6, 3, 3).unwrap();
-    store.create_array("sparse", sparse.clone(), Some(Partitioning::RowBlock { shards: 2 }), None).unwrap();
+    store
+        .create_array(
+            "sparse",
+            sparse.clone(),
+            Some(Partitioning::RowBlock { shards: 2 }),
+            None,
+        )
+        .unwrap();
     let mut w = store.writer("sparse", WriteMode::Replace).unwrap();
     for k in keys(&sparse) {
-        w.put_block(k.clone(), matrix_block(&sparse, &k, sparse_cell)).unwrap();
+        w.put_block(k.clone(), matrix_block(&sparse, &k, sparse_cell))
+            .unwrap();
     }
     w.commit().unwrap();
 
-    store.create_array("cube", cube_schema(), Some(Partitioning::Grid { row_shards: 2, col_shards: 1 }), None).unwrap();
+    store
+        .create_array(
+            "cube",
+            cube_schema(),
+            Some(Partitioning::Grid {
+                row_shards: 2,
+                col_shards: 1,
+            }),
+            None,
+        )
+        .unwrap();
     let mut w = store.writer("cube", WriteMode::Replace).unwrap();
     for k in keys(&cube_schema()) {
         w.put_block(k.clone(), cube_block(&k)).unwrap();
@@ -126,15 +169,24 @@ fn format_v1_fixture_reads_back() {
 
     let dense = store.array("dense").unwrap();
     assert_eq!(dense.partitioning, Partitioning::Hash { shards: 2 });
-    assert_eq!(dense.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [0, 1, 2]);
+    assert_eq!(
+        dense.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
     let v1 = store.snapshot("dense", Some(1)).unwrap();
     assert_eq!(v1.blocks().len(), 1);
     assert_eq!(v1.read_block(&BlockKey::matrix(0, 0)).unwrap(), None);
     let v2 = store.snapshot("dense", None).unwrap();
     for i in 0..5 {
         for j in 0..4 {
-            let b = v2.read_block(&BlockKey::matrix(i / 2, j / 3)).unwrap().unwrap();
-            assert_eq!(b.get((i % 2) as usize, (j % 3) as usize), dense_cell(i as u64, j as u64));
+            let b = v2
+                .read_block(&BlockKey::matrix(i / 2, j / 3))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                b.get((i % 2) as usize, (j % 3) as usize),
+                dense_cell(i as u64, j as u64)
+            );
         }
     }
 
@@ -143,8 +195,16 @@ fn format_v1_fixture_reads_back() {
     let b = sparse.read_block(&BlockKey::matrix(0, 1)).unwrap().unwrap();
     assert_eq!(b.format(), BlockFormat::Csr);
     assert_eq!(b.get(0, 2), -2.0);
-    let expect = CsrBlock::from_dense(&DenseBlock::from_fn(3, 3, |r, c| sparse_cell(r as u64 + 3, c as u64 + 3)));
-    assert!(sparse.read_block(&BlockKey::matrix(1, 1)).unwrap().unwrap().same_cells(&Block::Sparse(expect)));
+    let expect = CsrBlock::from_dense(&DenseBlock::from_fn(3, 3, |r, c| {
+        sparse_cell(r as u64 + 3, c as u64 + 3)
+    }));
+    assert!(
+        sparse
+            .read_block(&BlockKey::matrix(1, 1))
+            .unwrap()
+            .unwrap()
+            .same_cells(&Block::Sparse(expect))
+    );
 
     let cube = store.snapshot("cube", None).unwrap();
     let b = cube.read_block(&BlockKey(vec![1, 0, 0])).unwrap().unwrap();

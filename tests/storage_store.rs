@@ -279,7 +279,7 @@ fn crash_schema() -> ArraySchema {
 
 /// Whether version `m` rewrites block `key` (version 1 writes every block).
 fn rewrites(m: u64, key: &BlockKey) -> bool {
-    m == 1 || (key.0[0] as u64 * 3 + key.0[1] as u64 + m) % 4 == 0
+    m == 1 || (key.0[0] as u64 * 3 + key.0[1] as u64 + m).is_multiple_of(4)
 }
 
 /// The block at `key` in version `n`: as written by the last version up to `n` that

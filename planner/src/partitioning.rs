@@ -6,8 +6,6 @@
 //! therefore *is* `Partitioning::Hash([bi, bj], shards)`, and a join or aggregation on
 //! the block key of two co-partitioned arrays needs no repartition.
 
-use std::sync::Arc;
-
 use datafusion::arrow::datatypes::Schema;
 use datafusion::common::Result;
 use datafusion::physical_expr::expressions::col;
@@ -50,6 +48,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use std::sync::Arc;
+
     use datafusion::arrow::array::{Array, Int64Array, RecordBatch};
     use datafusion::arrow::datatypes::{DataType, Field};
     use datafusion::datasource::memory::MemorySourceConfig;

@@ -49,9 +49,18 @@ impl NumPy {
             .expect("cannot run python3");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut np = NumPy { child, stdin, stdout, versions: String::new() };
+        let mut np = NumPy {
+            child,
+            stdin,
+            stdout,
+            versions: String::new(),
+        };
         let v = np.read();
-        np.versions = format!("NumPy {} / SciPy {}", v["numpy"].as_str().unwrap(), v["scipy"].as_str().unwrap());
+        np.versions = format!(
+            "NumPy {} / SciPy {}",
+            v["numpy"].as_str().unwrap(),
+            v["scipy"].as_str().unwrap()
+        );
         np
     }
 
@@ -134,7 +143,10 @@ fn best_of(runs: usize, mut f: impl FnMut()) -> f64 {
 }
 
 fn main() {
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let wanted = |w: &str| filters.is_empty() || filters.iter().any(|f| f == w);
     println!("command: {COMMAND}");
     let mut np = NumPy::start();
@@ -161,7 +173,13 @@ fn main() {
         let mut one = None;
         let (seconds, numpy) = race(&mut np, "gemm", 2, || one = Some(matmul(&a, &b).unwrap()));
         let workload = "dense GEMM 4096x4096, one block";
-        rows.push(Row { workload, flops, seconds, numpy, target: 0.9 });
+        rows.push(Row {
+            workload,
+            flops,
+            seconds,
+            numpy,
+            target: 0.9,
+        });
 
         // The same product as a 4x4 grid of 1024x1024 blocks: the 16 output blocks run in
         // parallel in the CPU pool, each summing its 4 products single-threaded.
@@ -169,10 +187,16 @@ fn main() {
         let bs = n / g;
         let (ad, bd) = (a.to_dense(), b.to_dense());
         let tile = |m: &DenseBlock, bi: usize, bj: usize| {
-            Block::Dense(DenseBlock::from_fn(bs, bs, |i, j| m.get(bi * bs + i, bj * bs + j)))
+            Block::Dense(DenseBlock::from_fn(bs, bs, |i, j| {
+                m.get(bi * bs + i, bj * bs + j)
+            }))
         };
-        let ag: Vec<Vec<Block>> = (0..g).map(|i| (0..g).map(|k| tile(&ad, i, k)).collect()).collect();
-        let bg: Vec<Vec<Block>> = (0..g).map(|k| (0..g).map(|j| tile(&bd, k, j)).collect()).collect();
+        let ag: Vec<Vec<Block>> = (0..g)
+            .map(|i| (0..g).map(|k| tile(&ad, i, k)).collect())
+            .collect();
+        let bg: Vec<Vec<Block>> = (0..g)
+            .map(|k| (0..g).map(|j| tile(&bd, k, j)).collect())
+            .collect();
         drop((a, b, ad, bd));
         let mut grid = Vec::new();
         let (seconds, numpy) = race(&mut np, "gemm", 2, || {
@@ -201,14 +225,22 @@ fn main() {
         }
         assert!(worst < 1e-8, "grid and one-block GEMM differ by {worst}");
         let workload = "dense GEMM 4096x4096, 4x4 grid of 1024";
-        rows.push(Row { workload, flops, seconds, numpy, target: 0.9 });
+        rows.push(Row {
+            workload,
+            flops,
+            seconds,
+            numpy,
+            target: 0.9,
+        });
     }
 
     if wanted("tsmm") || wanted("mmchain") {
         // 1,000,000 x 100 as 100 row blocks of 10,000 x 100; per-block partials run in
         // parallel in the CPU pool (one accumulator per rayon fold), then are summed.
         let (m, n, per) = (1_000_000usize, 100usize, 10_000usize);
-        let blocks: Vec<Block> = (0..m / per).map(|_| Block::Dense(dense(&mut rng, per, n))).collect();
+        let blocks: Vec<Block> = (0..m / per)
+            .map(|_| Block::Dense(dense(&mut rng, per, n)))
+            .collect();
         let sum_blocks = |f: &(dyn Fn(&Block) -> DenseBlock + Sync), shape: (usize, usize)| {
             cpu_pool().install(|| {
                 blocks
@@ -235,12 +267,21 @@ fn main() {
                 out = Some(sum_blocks(&|x| tsmm_seq(x).unwrap(), (n, n)));
             });
             // Sanity: the corner of t(X) X is the sum of squares of column 0.
-            let d0: f64 = blocks.iter().map(|b| (0..per).map(|r| b.get(r, 0).powi(2)).sum::<f64>()).sum();
+            let d0: f64 = blocks
+                .iter()
+                .map(|b| (0..per).map(|r| b.get(r, 0).powi(2)).sum::<f64>())
+                .sum();
             let got = out.unwrap().values()[0];
             assert!((got - d0).abs() < 1e-6 * d0, "tsmm corner {got}, want {d0}");
             let flops = 2.0 * m as f64 * (n * n) as f64;
             let workload = "tsmm t(X)X, X 1e6x100 in 100 blocks";
-            rows.push(Row { workload, flops, seconds, numpy, target: 2.0 });
+            rows.push(Row {
+                workload,
+                flops,
+                seconds,
+                numpy,
+                target: 2.0,
+            });
         }
         if wanted("mmchain") {
             let v = dense(&mut rng, n, 1);
@@ -249,7 +290,13 @@ fn main() {
             });
             let flops = 4.0 * m as f64 * n as f64;
             let workload = "mmchain t(X)(Xv), same X, v 100x1";
-            rows.push(Row { workload, flops, seconds, numpy, target: 1.5 });
+            rows.push(Row {
+                workload,
+                flops,
+                seconds,
+                numpy,
+                target: 1.5,
+            });
         }
     }
 
@@ -276,7 +323,13 @@ fn main() {
         });
         let flops = 2.0 * nnz as f64 * k as f64;
         let workload = "CSR 1e5x1e5 d=0.001 x dense 1e5x16";
-        rows.push(Row { workload, flops, seconds, numpy, target: 1.4 });
+        rows.push(Row {
+            workload,
+            flops,
+            seconds,
+            numpy,
+            target: 1.4,
+        });
     }
 
     println!();
@@ -284,7 +337,10 @@ fn main() {
         "| {:<40} | {:>9} | {:>7} | {:>9} | {:>7} | {:>6} | {:>6} | {:<4} |",
         "workload", "Tessera s", "GFLOP/s", "NumPy s", "GFLOP/s", "ratio", "target", "met"
     );
-    println!("|{:-<42}|{:->11}|{:->9}|{:->11}|{:->9}|{:->8}|{:->8}|{:-<6}|", "", "", "", "", "", "", "", "");
+    println!(
+        "|{:-<42}|{:->11}|{:->9}|{:->11}|{:->9}|{:->8}|{:->8}|{:-<6}|",
+        "", "", "", "", "", "", "", ""
+    );
     for r in &rows {
         let ratio = r.numpy / r.seconds;
         println!(

@@ -2,7 +2,7 @@
 //! placement. Two arrays with equal [`Partitioning`] over the same block grid are
 //! co-partitioned: shard `k` of one meets shard `k` of the other without a shuffle.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use serde::{Deserialize, Serialize};
 
@@ -124,13 +124,11 @@ pub fn datafusion_hash(columns: &[i64]) -> u64 {
     let Some(first) = values.next() else { return 0 };
     let mut hash = STATE.hash_one(first);
     for v in values {
-        let seeded = foldhash::fast::SeedableRandomState::with_seed(
+        hash = foldhash::fast::SeedableRandomState::with_seed(
             hash,
             foldhash::SharedSeed::global_fixed(),
-        );
-        let mut h = seeded.build_hasher();
-        v.hash(&mut h);
-        hash = h.finish();
+        )
+        .hash_one(v);
     }
     hash
 }

@@ -301,6 +301,8 @@ impl std::fmt::Display for BlockKey {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // tests may panic
+
     use super::*;
 
     #[test]

@@ -92,12 +92,12 @@ struct FaultyWriter {
 
 impl std::io::Write for FaultyWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Some((countdown, injected)) = &self.armed {
-            if trip(countdown, injected) {
-                // A torn write: half the bytes land, then the device fails.
-                self.inner.write_all(&buf[..buf.len() / 2])?;
-                return Err(std::io::Error::other("injected write fault"));
-            }
+        if let Some((countdown, injected)) = &self.armed
+            && trip(countdown, injected)
+        {
+            // A torn write: half the bytes land, then the device fails.
+            self.inner.write_all(&buf[..buf.len() / 2])?;
+            return Err(std::io::Error::other("injected write fault"));
         }
         self.inner.write(buf)
     }

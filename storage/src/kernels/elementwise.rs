@@ -429,7 +429,6 @@ fn map_cells(a: &Block, f: impl Fn(f64) -> f64) -> Block {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use proptest::prelude::*;
 

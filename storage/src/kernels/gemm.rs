@@ -180,17 +180,22 @@ fn gemm_tiles(
         let mid = (m / 2).next_multiple_of(64).min(m);
         let (top, bottom) = dst.split_at_row_mut(mid);
         let (lt, lb) = lhs.split_at_row(mid);
-        rayon::join(|| gemm_tiles(top, lt, rhs, beta, edge), || gemm_tiles(bottom, lb, rhs, beta, edge));
+        rayon::join(
+            || gemm_tiles(top, lt, rhs, beta, edge),
+            || gemm_tiles(bottom, lb, rhs, beta, edge),
+        );
     } else {
         let mid = (n / 2).next_multiple_of(64).min(n);
         let (left, right) = dst.split_at_col_mut(mid);
         let (rl, rr) = rhs.split_at_col(mid);
-        rayon::join(|| gemm_tiles(left, lhs, rl, beta, edge), || gemm_tiles(right, lhs, rr, beta, edge));
+        rayon::join(
+            || gemm_tiles(left, lhs, rl, beta, edge),
+            || gemm_tiles(right, lhs, rr, beta, edge),
+        );
     }
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use proptest::prelude::*;
 

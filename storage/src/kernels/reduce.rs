@@ -158,7 +158,6 @@ multiversion! {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use proptest::prelude::*;
 

@@ -255,7 +255,6 @@ fn spgemm_rows(a: &CsrBlock, b: &CsrBlock, rows: std::ops::Range<usize>) -> Rows
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use super::*;
     use crate::block::DenseBlock;

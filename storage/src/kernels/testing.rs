@@ -1,8 +1,6 @@
 //! Test helpers shared by the kernel tests: block strategies for proptest, naive
 //! reference kernels written as plainly as possible, and tolerant comparisons.
 
-#![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
-
 use proptest::prelude::*;
 
 use crate::block::{Block, CsrBlock, DenseBlock};

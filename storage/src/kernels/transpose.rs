@@ -68,7 +68,6 @@ fn transpose_csr(a: &CsrBlock) -> CsrBlock {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests fail loudly")]
 mod tests {
     use proptest::prelude::*;
 

@@ -184,10 +184,7 @@ impl WireBlock {
     }
 
     fn from_struct(s: &StructArray) -> std::result::Result<Self, String> {
-        fn col<'a, T: Array + 'static>(
-            s: &'a StructArray,
-            n: usize,
-        ) -> std::result::Result<&'a T, String> {
+        fn col<T: Array + 'static>(s: &StructArray, n: usize) -> std::result::Result<&T, String> {
             s.column(n)
                 .as_any()
                 .downcast_ref::<T>()

@@ -413,10 +413,12 @@ impl Inner {
                 Ok(())
             }
             Err(e) => {
-                if let Ok(b) = self.backend.read(CATALOG_FILE) {
-                    if let Ok(c) = format::decode_json::<Catalog>(CATALOG_FILE, &b) {
-                        *lock(&self.catalog) = c;
-                    }
+                if let Ok(c) = self
+                    .backend
+                    .read(CATALOG_FILE)
+                    .and_then(|b| format::decode_json::<Catalog>(CATALOG_FILE, &b))
+                {
+                    *lock(&self.catalog) = c;
                 }
                 Err(e)
             }

@@ -1,6 +1,8 @@
 //! Store tests over the in-memory and fault-injecting backends. Real files, kill -9 and
 //! byte-level corruption are tested end to end in `tests/storage_store.rs`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may panic
+
 use std::sync::Arc;
 
 use crate::backend::{Backend, FaultKind, FaultyBackend, MemoryBackend};
@@ -57,14 +59,13 @@ fn assert_version(store: &Store, name: &str, version: Option<u64>, seed: u64) {
 }
 
 fn new_store(backend: Arc<dyn Backend>, keep: u32) -> Store {
-    let s = Store::open(
+    Store::open(
         backend,
         StoreOptions {
             keep_versions: keep,
         },
     )
-    .unwrap();
-    s
+    .unwrap()
 }
 
 #[test]
