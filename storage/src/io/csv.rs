@@ -50,6 +50,18 @@ struct CsvState {
     finished: bool,
 }
 
+/// Whether a header line names coordinates and a value (`i,j,v`, `row,col,value`, ...).
+fn names_triples(header: &str) -> bool {
+    let names: Vec<String> = fields(header)
+        .map(|f| f.trim_matches('"').trim().to_ascii_lowercase())
+        .collect();
+    let is = |n: &String, options: &[&str]| options.contains(&n.as_str());
+    names.len() == 3
+        && is(&names[0], &["i", "row", "r", "x"])
+        && is(&names[1], &["j", "col", "column", "c", "y"])
+        && is(&names[2], &["v", "val", "value", "values", "data"])
+}
+
 impl CsvReader {
     /// Opens `path` and reads up to the first data line to settle header and layout.
     pub(super) fn open(path: &Path, options: &ReadOptions) -> Result<Self> {
@@ -58,14 +70,14 @@ impl CsvReader {
         let mut blank_run = None;
         let mut first = next_data_line(&mut lines, &mut blank_run)?;
 
-        // The header, if any: (line number, number of fields).
+        // The header, if any: (line number, number of fields, whether it names triples).
         let mut header = None;
         if let Some((no, text)) = &first {
             let is_header = options
                 .csv_header
                 .unwrap_or_else(|| !fields(text).all(|f| f.parse::<f64>().is_ok()));
             if is_header {
-                header = Some((*no, fields(text).count()));
+                header = Some((*no, fields(text).count(), names_triples(text)));
                 first = next_data_line(&mut lines, &mut blank_run)?;
             }
         }
@@ -75,7 +87,11 @@ impl CsvReader {
             CsvLayout::Triples => Layout::Triples,
             CsvLayout::Dense => Layout::Dense,
             CsvLayout::Auto => match (header, first_width) {
-                (Some((_, 3)), _) => Layout::Triples,
+                // Three names mean triples, unless a 3-column matrix is being loaded and
+                // the names are not coordinates (a dense file with named columns).
+                (Some((_, 3, named)), _) if named || target.is_none_or(|t| t.1 != 3) => {
+                    Layout::Triples
+                }
                 (Some(_), _) => Layout::Dense,
                 (None, Some(3)) if target.is_some_and(|t| t.1 != 3) => Layout::Triples,
                 (None, Some(_)) => Layout::Dense,
@@ -86,13 +102,13 @@ impl CsvReader {
 
         let mut width = None;
         match (layout, header) {
-            (Layout::Triples, Some((no, n))) if n != 3 => {
+            (Layout::Triples, Some((no, n, _))) if n != 3 => {
                 return Err(bad(
                     no,
                     format!("a triples header has 3 fields (i,j,v), found {n}"),
                 ));
             }
-            (Layout::Dense, Some((no, n))) => width = Some((n, no)),
+            (Layout::Dense, Some((no, n, _))) => width = Some((n, no)),
             (Layout::Dense, None) => {
                 width = first.as_ref().zip(first_width).map(|((no, _), n)| (n, *no));
             }
@@ -552,6 +568,17 @@ mod tests {
         let (cells, shape) = read_all(&path, &options(Some((4, 4)))).unwrap();
         assert_eq!(cells, vec![(1, 0, 2.0)]); // (0, 3, 0) is a zero
         assert_eq!(shape, Some((4, 4)));
+
+        // Three named columns loading into a 3-column matrix: dense rows (a pandas
+        // export); the same header against a 5-column target, or i,j,v, means triples.
+        let path = file(&dir, "a,b,c\n1,0,2\n");
+        let (cells, _) = read_all(&path, &options(Some((1, 3)))).unwrap();
+        assert_eq!(cells, vec![(0, 0, 1.0), (0, 2, 2.0)]);
+        let (cells, _) = read_all(&path, &options(Some((2, 5)))).unwrap();
+        assert_eq!(cells, vec![(1, 0, 2.0)]);
+        let path = file(&dir, "Row,Col,Value\n1,0,2\n");
+        let (cells, _) = read_all(&path, &options(Some((3, 3)))).unwrap();
+        assert_eq!(cells, vec![(1, 0, 2.0)]);
 
         // A header of other names: dense rows; quoted names are fine.
         let path = file(&dir, "\"a\",\"b\"\n1,2\n");

@@ -82,8 +82,10 @@ pub struct ReadOptions {
     /// errors at their line; a file whose header declares another shape is an error, and
     /// so is a dense CSV file with another width or number of rows.
     pub target_shape: Option<(u64, u64)>,
-    /// CSV layout. `Auto`: a header line `i,j,v` (any three names) or a width of three
-    /// with a target that does not have three columns means triples; otherwise dense.
+    /// CSV layout. `Auto`: triples when the header names coordinates and a value
+    /// (`i,j,v`, `row,col,value`, ...), or has three names and the target does not have
+    /// three columns, or (without a header) a width of three with a target that does not
+    /// have three columns; otherwise dense rows.
     /// A file with no data lines (and no header to say otherwise) holds no cells.
     ///
     /// Triple indices are 0-based whole numbers; `3.0` is read as 3 (pandas writes

@@ -24,6 +24,29 @@
 //! Each has a `_seq` twin ([`matmul_seq`], [`matmul_into_seq`], [`tsmm_seq`],
 //! [`mmchain_seq`]) that always runs on the calling thread: use it when you already run
 //! many blocks in parallel (in the CPU pool), so cores are not oversubscribed.
+//!
+//! ```
+//! use rayon::prelude::*;
+//! use tessera_storage::{Block, DenseBlock};
+//! use tessera_storage::kernels::{cpu_pool, matmul_into_seq, DenseAccumulator};
+//!
+//! // C = A B for A cut into 1 x 2 blocks and B into 2 x 1 (the cpmm pattern): each output
+//! // block sums its products single-threaded; output blocks run in parallel in the pool.
+//! let a = [Block::Dense(DenseBlock::new(1, 1, vec![2.0]).unwrap()),
+//!          Block::Dense(DenseBlock::new(1, 1, vec![3.0]).unwrap())];
+//! let b = [Block::Dense(DenseBlock::new(1, 1, vec![4.0]).unwrap()),
+//!          Block::Dense(DenseBlock::new(1, 1, vec![5.0]).unwrap())];
+//! let c: Vec<DenseAccumulator> = cpu_pool().install(|| {
+//!     (0..1).into_par_iter().map(|_| {
+//!         let mut acc = DenseAccumulator::zeros(1, 1).unwrap();
+//!         for k in 0..2 {
+//!             matmul_into_seq(&mut acc, &a[k], &b[k]).unwrap();
+//!         }
+//!         acc
+//!     }).collect()
+//! });
+//! assert_eq!(c[0].values(), &[2.0 * 4.0 + 3.0 * 5.0]);
+//! ```
 
 mod accumulator;
 mod elementwise;
