@@ -559,6 +559,16 @@ mod tests {
                 .values(),
             &[1.0, 1.0, 4.0]
         );
+        // A sparse block times a dense one with an infinity where the sparse one has an
+        // implicit zero: 0 * inf is NaN, so the result cannot skip that zero.
+        let y = dense(1, 3, &[f64::INFINITY, 2.0, 2.0]);
+        for (l, r) in [(&x, &y), (&y, &x)] {
+            let p = elementwise(BinaryOp::Mul, l, Operand::Block(r))
+                .unwrap()
+                .to_dense();
+            assert!(p.get(0, 0).is_nan());
+            assert_eq!((p.get(0, 1), p.get(0, 2)), (0.0, -6.0));
+        }
     }
 
     #[test]

@@ -132,10 +132,12 @@ pub(crate) fn matmul_into_par(out: &mut [f64], a: &Block, b: &Block, par: Parall
 
 /// `out = a * b` (`Replace`) or `out += a * b` (`Add`) for dense blocks, through faer.
 ///
-/// In the pool the output is cut into tiles that run as independent rayon tasks, each a
-/// single-threaded faer GEMM, rather than using faer's own parallel GEMM: faer's threads
-/// meet at barriers, so one descheduled thread (another query, a compaction) stalls them
-/// all, while independent tiles are stolen by whichever thread is free.
+/// In the pool the output is cut into row panels (and column panels when there are too
+/// few rows) that run as independent rayon tasks, each a single-threaded faer GEMM, rather
+/// than using faer's own parallel GEMM. faer's threads meet at barriers, so one
+/// descheduled thread (another query, a compaction) stalls them all, while independent
+/// panels are stolen by whichever thread is free. Row panels all read the whole of `b`,
+/// so concurrent tasks share its cache lines in L3 instead of each streaming its own part.
 fn gemm_into(out: &mut [f64], a: &DenseBlock, b: &DenseBlock, beta: Accum, par: Parallelism) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     if m == 0 || n == 0 || k == 0 {
@@ -147,51 +149,63 @@ fn gemm_into(out: &mut [f64], a: &DenseBlock, b: &DenseBlock, beta: Accum, par: 
     match par {
         Parallelism::Seq => faer::linalg::matmul::matmul(dst, beta, lhs, rhs, 1.0, Par::Seq),
         Parallelism::Pool => {
-            let tasks = cpu_pool().current_num_threads() * 8;
-            let edge = ((m * n / tasks) as f64).sqrt() as usize;
-            let edge = edge.next_multiple_of(64).max(MIN_TILE);
-            if m.div_ceil(edge) * n.div_ceil(edge) < cpu_pool().current_num_threads() {
-                // Too few output tiles to share (a long inner dimension): faer splits it.
+            let threads = cpu_pool().current_num_threads();
+            let tasks = threads * PANELS_PER_THREAD;
+            let height = (m / tasks).next_multiple_of(64).max(MIN_PANEL);
+            let row_panels = m.div_ceil(height);
+            let width = if row_panels >= tasks {
+                n
+            } else {
+                (n / tasks.div_ceil(row_panels))
+                    .next_multiple_of(64)
+                    .max(MIN_PANEL)
+            };
+            if row_panels * n.div_ceil(width) < threads {
+                // Too few panels to share (a long inner dimension): faer splits it.
                 par.run(|| faer::linalg::matmul::matmul(dst, beta, lhs, rhs, 1.0, par.faer()));
             } else {
-                cpu_pool().install(|| gemm_tiles(dst, lhs, rhs, beta, edge));
+                cpu_pool().install(|| gemm_panels(dst, lhs, rhs, beta, (height, width)));
             }
         }
     }
 }
 
-/// Smallest output tile edge worth a task of its own: below it the packing and the task
-/// overhead eat the gain.
-const MIN_TILE: usize = 256;
+/// Panels per thread: enough that a slow thread's share is stolen, few enough that each
+/// panel is a large, efficient GEMM.
+const PANELS_PER_THREAD: usize = 2;
 
-/// Halves the output (the longer side, at a multiple of 64) with `rayon::join` until the
-/// tiles are at most `edge` on each side, then runs each tile single-threaded.
-fn gemm_tiles(
+/// Smallest panel side worth a task of its own: below it the packing and the task
+/// overhead eat the gain.
+const MIN_PANEL: usize = 256;
+
+/// Halves the output with `rayon::join` (rows first, at a multiple of 64) until each part
+/// is at most `height x width`, then runs each part single-threaded.
+fn gemm_panels(
     dst: MatMut<'_, f64>,
     lhs: MatRef<'_, f64>,
     rhs: MatRef<'_, f64>,
     beta: Accum,
-    edge: usize,
+    (height, width): (usize, usize),
 ) {
     let (m, n) = (dst.nrows(), dst.ncols());
-    if m <= edge && n <= edge {
-        faer::linalg::matmul::matmul(dst, beta, lhs, rhs, 1.0, Par::Seq);
-    } else if m >= n {
+    if m > height {
         let mid = (m / 2).next_multiple_of(64).min(m);
         let (top, bottom) = dst.split_at_row_mut(mid);
         let (lt, lb) = lhs.split_at_row(mid);
         rayon::join(
-            || gemm_tiles(top, lt, rhs, beta, edge),
-            || gemm_tiles(bottom, lb, rhs, beta, edge),
+            || gemm_panels(top, lt, rhs, beta, (height, width)),
+            || gemm_panels(bottom, lb, rhs, beta, (height, width)),
         );
-    } else {
+    } else if n > width {
         let mid = (n / 2).next_multiple_of(64).min(n);
         let (left, right) = dst.split_at_col_mut(mid);
         let (rl, rr) = rhs.split_at_col(mid);
         rayon::join(
-            || gemm_tiles(left, lhs, rl, beta, edge),
-            || gemm_tiles(right, lhs, rr, beta, edge),
+            || gemm_panels(left, lhs, rl, beta, (height, width)),
+            || gemm_panels(right, lhs, rr, beta, (height, width)),
         );
+    } else {
+        faer::linalg::matmul::matmul(dst, beta, lhs, rhs, 1.0, Par::Seq);
     }
 }
 
