@@ -492,20 +492,7 @@ mod tests {
 
     /// All cells of a file as sorted `(row, col, value)`, and its final shape.
     fn read_all(path: &Path, opts: &ReadOptions) -> Result<(Triples, Option<(u64, u64)>)> {
-        let mut r = open_reader(path, FileFormat::Csv, opts)?;
-        let mut cells = vec![];
-        while let Some(batch) = r.next_cells()? {
-            assert!(batch.len() <= CELL_BATCH);
-            let Cells { rows, cols, values } = batch;
-            cells.extend(
-                rows.into_iter()
-                    .zip(cols)
-                    .zip(values)
-                    .map(|((r, c), v)| (r, c, v)),
-            );
-        }
-        cells.sort_by_key(|c| (c.0, c.1));
-        Ok((cells, r.final_shape()))
+        crate::io::read_all_sorted(path, FileFormat::Csv, opts)
     }
 
     fn file(dir: &tempfile::TempDir, text: &str) -> PathBuf {

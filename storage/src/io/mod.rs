@@ -244,6 +244,31 @@ fn is_sparse(shape: (u64, u64), nnz: u64) -> bool {
 /// The band iterator the format writers consume (already checked).
 type Bands<'a> = dyn Iterator<Item = Result<BlockBand>> + 'a;
 
+/// Test helper: every cell of a file as sorted `(row, col, value)`, checking each batch
+/// stays within [`CELL_BATCH`], and the reader's final shape.
+#[cfg(test)]
+#[allow(clippy::type_complexity, reason = "a test helper's plain tuple result")]
+pub(crate) fn read_all_sorted(
+    path: &Path,
+    format: FileFormat,
+    opts: &ReadOptions,
+) -> Result<(Vec<(u64, u64, f64)>, Option<(u64, u64)>)> {
+    let mut r = open_reader(path, format, opts)?;
+    let mut cells = vec![];
+    while let Some(batch) = r.next_cells()? {
+        assert!(batch.len() <= CELL_BATCH);
+        let Cells { rows, cols, values } = batch;
+        cells.extend(
+            rows.into_iter()
+                .zip(cols)
+                .zip(values)
+                .map(|((r, c), v)| (r, c, v)),
+        );
+    }
+    cells.sort_by_key(|c| (c.0, c.1));
+    Ok((cells, r.final_shape()))
+}
+
 #[cfg(test)]
 mod robustness_tests {
     //! Damaged input files are errors, never panics: each reader is fed valid files with

@@ -579,20 +579,7 @@ mod tests {
     type Triples = Vec<(u64, u64, f64)>;
 
     fn read_all(path: &Path, opts: &ReadOptions) -> Result<(Triples, Option<(u64, u64)>)> {
-        let mut r = open_reader(path, FileFormat::MatrixMarket, opts)?;
-        let mut cells = vec![];
-        while let Some(b) = r.next_cells()? {
-            assert!(b.len() <= CELL_BATCH);
-            let Cells { rows, cols, values } = b;
-            cells.extend(
-                rows.into_iter()
-                    .zip(cols)
-                    .zip(values)
-                    .map(|((r, c), v)| (r, c, v)),
-            );
-        }
-        cells.sort_by_key(|c| (c.0, c.1));
-        Ok((cells, r.final_shape()))
+        crate::io::read_all_sorted(path, FileFormat::MatrixMarket, opts)
     }
 
     fn read_text(text: &str) -> (Triples, Option<(u64, u64)>) {
