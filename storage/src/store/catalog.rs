@@ -44,6 +44,10 @@ pub(crate) struct ArrayEntry {
     pub keep_versions: u32,
     /// Retained versions, oldest first; the last is current.
     pub versions: Vec<VersionEntry>,
+    /// The format every block is stored in; absent (as in format-v1 catalogs): chosen
+    /// per block by density.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_format: Option<BlockFormat>,
 }
 
 impl ArrayEntry {

@@ -22,6 +22,7 @@ pub use snapshot::{BlockMeta, Snapshot};
 pub use writer::{ArrayWriter, WriteMode};
 
 use crate::backend::{Backend, LocalBackend, MemoryBackend};
+use crate::block::BlockFormat;
 use crate::error::{Result, StorageError};
 use crate::partition::Partitioning;
 use crate::schema::ArraySchema;
@@ -55,6 +56,9 @@ pub struct ArrayInfo {
     pub keep_versions: u32,
     /// Retained versions, oldest first; the last is current.
     pub versions: Vec<VersionInfo>,
+    /// The format every block is stored in (`CREATE MATRIX ... SPARSE | DENSE`);
+    /// `None`: chosen per block by density ([`Block::preferred_format`](crate::Block::preferred_format)).
+    pub block_format: Option<BlockFormat>,
 }
 
 impl ArrayInfo {
@@ -88,6 +92,7 @@ impl From<&ArrayEntry> for ArrayInfo {
             schema: e.schema.clone(),
             partitioning: e.partitioning,
             keep_versions: e.keep_versions,
+            block_format: e.block_format,
             versions: e
                 .versions
                 .iter()
@@ -229,6 +234,20 @@ impl Store {
         partitioning: Option<Partitioning>,
         keep_versions: Option<u32>,
     ) -> Result<ArrayInfo> {
+        self.create_array_with_format(name, schema, partitioning, keep_versions, None)
+    }
+
+    /// Creates an empty array (its version 0) whose blocks are all stored in
+    /// `block_format` (`None`: chosen per block by density). Every write converts the
+    /// blocks it is given.
+    pub fn create_array_with_format(
+        &self,
+        name: &str,
+        schema: ArraySchema,
+        partitioning: Option<Partitioning>,
+        keep_versions: Option<u32>,
+        block_format: Option<BlockFormat>,
+    ) -> Result<ArrayInfo> {
         if name.is_empty() {
             return Err(StorageError::InvalidArgument(
                 "an array needs a name".into(),
@@ -255,6 +274,7 @@ impl Store {
             schema,
             partitioning,
             keep_versions,
+            block_format,
             versions: vec![VersionEntry {
                 version: 0,
                 manifest: String::new(),

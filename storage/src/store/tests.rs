@@ -297,3 +297,35 @@ fn acknowledged_commits_survive_power_loss() {
         assert_version(&reopened, "m", None, seed);
     }
 }
+
+#[test]
+fn a_fixed_block_format_is_honoured_by_every_write() {
+    use crate::BlockFormat;
+    for (format, sparse_input) in [(BlockFormat::Dense, true), (BlockFormat::Csr, false)] {
+        let store = Store::in_memory();
+        let schema = ArraySchema::matrix(4, 4, 4, 4).unwrap();
+        let info = store
+            .create_array_with_format("m", schema, None, None, Some(format))
+            .unwrap();
+        assert_eq!(info.block_format, Some(format));
+        // One non-zero (sparse by density) or all non-zeros (dense by density).
+        let dense = DenseBlock::from_fn(4, 4, |r, c| {
+            if sparse_input && (r, c) != (1, 2) {
+                0.0
+            } else {
+                (r * 4 + c + 1) as f64
+            }
+        });
+        let block = Block::Dense(dense.clone()).into_preferred_format();
+        assert_ne!(block.format(), format, "the input is in the other format");
+        let mut w = store.writer("m", WriteMode::Replace).unwrap();
+        w.put_block(BlockKey::matrix(0, 0), block).unwrap();
+        w.commit().unwrap();
+        let snap = store.snapshot("m", None).unwrap();
+        assert_eq!(snap.blocks()[0].formats, vec![format]);
+        let read = snap.read_block(&BlockKey::matrix(0, 0)).unwrap().unwrap();
+        assert_eq!(read.format(), format);
+        assert_eq!(read.to_dense(), dense);
+        assert_eq!(store.array("m").unwrap().block_format, Some(format));
+    }
+}

@@ -10,7 +10,7 @@ use super::catalog::{BlockEntry, Manifest, VersionEntry};
 use super::format;
 use super::{Inner, Snapshot, lock, now_ms};
 use crate::backend::BackendWriter;
-use crate::block::Block;
+use crate::block::{Block, BlockFormat};
 use crate::error::{Result, StorageError};
 use crate::schema::BlockKey;
 
@@ -142,6 +142,23 @@ impl ArrayWriter {
             self.puts.insert(key, None);
             return Ok(());
         }
+        let blocks: Vec<Block> = match info.block_format {
+            None => blocks,
+            Some(BlockFormat::Dense) => blocks
+                .into_iter()
+                .map(|b| match b {
+                    Block::Sparse(s) => Block::Dense(s.to_dense()),
+                    dense => dense,
+                })
+                .collect(),
+            Some(BlockFormat::Csr) => blocks
+                .into_iter()
+                .map(|b| match b {
+                    Block::Dense(d) => Block::Sparse(crate::block::CsrBlock::from_dense(&d)),
+                    sparse => sparse,
+                })
+                .collect(),
+        };
         let shard = info.partitioning.shard_of(&key, &info.schema.block_grid());
         let (batch, _) =
             format::encode_block(&self.shard_schema, info.id, self.version, &key, &blocks)?;
