@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)] // tests may panic
 
 mod python;
+mod slt;
 mod storage_format;
 mod storage_io;
 mod storage_load;

@@ -10,8 +10,10 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DataFusionError, Result, ScalarValue};
+use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::datasource::sink::DataSinkExec;
 use datafusion::execution::TaskContext;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
@@ -21,6 +23,9 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use futures::StreamExt;
 use tessera_storage::{ArrayInfo, ArraySchema, Block, BlockKey, Snapshot, Store};
+
+use crate::array_write::ArraySink;
+use crate::error::storage_error;
 
 /// Which cells of stored blocks become rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,9 +42,12 @@ pub enum CellListing {
 /// A stored array (one committed version) as a DataFusion table.
 #[derive(Debug)]
 pub struct ArrayTable {
+    store: Store,
     snapshot: Arc<Snapshot>,
     schema: SchemaRef,
     listing: CellListing,
+    /// Opened at an explicit version (`"x@3"`): read-only.
+    pinned: bool,
 }
 
 impl ArrayTable {
@@ -50,20 +58,25 @@ impl ArrayTable {
         version: Option<u64>,
         listing: CellListing,
     ) -> Result<Self> {
-        let snapshot = store
-            .snapshot(name, version)
-            .map_err(|e| DataFusionError::Plan(e.to_string()))?;
+        let snapshot = store.snapshot(name, version).map_err(storage_error)?;
         let schema = cell_schema(&snapshot.info().schema);
         Ok(Self {
+            store: store.clone(),
             snapshot: Arc::new(snapshot),
             schema,
             listing,
+            pinned: version.is_some(),
         })
     }
 
     /// The array and version this table reads.
     pub fn info(&self) -> &ArrayInfo {
         self.snapshot.info()
+    }
+
+    /// The committed version this table reads.
+    pub fn version(&self) -> u64 {
+        self.snapshot.version()
     }
 
     /// The blocks a scan with `filters` reads, grouped by shard (empty shards dropped).
@@ -181,6 +194,35 @@ impl TableProvider for ArrayTable {
             limit,
         )?))
     }
+
+    /// `INSERT INTO array SELECT ...`: the input's columns are the array's dimensions
+    /// then its attributes (by position); cells overwrite stored cells (later rows win,
+    /// nothing is summed) and the write commits once, or not at all if any cell is
+    /// outside the array.
+    async fn insert_into(
+        &self,
+        _state: &dyn Session,
+        input: Arc<dyn ExecutionPlan>,
+        insert_op: InsertOp,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let name = &self.snapshot.info().name;
+        if self.pinned {
+            return plan_err!(
+                "version {} of array '{name}' is read-only; INSERT INTO the array itself",
+                self.snapshot.version()
+            );
+        }
+        if insert_op != InsertOp::Append {
+            return plan_err!("{insert_op} is not supported for arrays; use INSERT INTO {name}");
+        }
+        let sink = ArraySink {
+            store: self.store.clone(),
+            name: name.clone(),
+            schema: self.snapshot.info().schema.clone(),
+            cell_schema: self.schema.clone(),
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
 }
 
 /// The cells of one shard's blocks, read block by block on a blocking thread.
@@ -216,7 +258,7 @@ impl PartitionStream for ShardCells {
                         block_batches(&snapshot, &schema, &key, &ranges, listing, batch_size)
                     })
                     .await
-                    .map_err(|e| DataFusionError::Execution(format!("block reader failed: {e}")))?
+                    .map_err(|e| DataFusionError::Internal(format!("block reader failed: {e}")))?
                 }
             })
             .flat_map(|r: Result<Vec<RecordBatch>>| match r {
@@ -239,10 +281,7 @@ fn block_batches(
     batch_size: usize,
 ) -> Result<Vec<RecordBatch>> {
     let array = &snapshot.info().schema;
-    let Some(blocks) = snapshot
-        .read(key)
-        .map_err(|e| DataFusionError::Execution(e.to_string()))?
-    else {
+    let Some(blocks) = snapshot.read(key).map_err(storage_error)? else {
         return Ok(Vec::new());
     };
     let dims = array.dimensions();

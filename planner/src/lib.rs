@@ -1,12 +1,27 @@
 //! # tessera-planner
 //!
-//! Plans SQL that mixes relational operators with linear algebra on DataFusion. This
-//! crate grows with the SQL issue; today it holds the bridge that tells DataFusion how
-//! an array's blocks are already partitioned in storage.
+//! Plans SQL that mixes relational operators with linear algebra on DataFusion: Tessera's
+//! own statements ([`ddl`]), arrays as relations ([`ArrayTable`]), and the linear-algebra
+//! extension ([`la`]).
 
 mod array_table;
+mod array_write;
+mod catalog;
 pub mod ddl;
+mod error;
+pub mod la;
 mod partitioning;
+pub mod session;
+mod stored_table;
 
 pub use array_table::{ArrayTable, CellListing, cell_schema};
+pub use array_write::{
+    AUTO_BLOCK_CELLS, AUTO_BLOCK_SIDE, NewMatrix, auto_block_size, shape_text, write_cells,
+    write_query_as_matrix,
+};
+pub use catalog::{
+    DEFAULT_CATALOG, DEFAULT_SCHEMA, DefinitionKind, NewTable, TesseraCatalog, split_version,
+};
+pub use error::storage_error;
+pub use stored_table::StoredTable;
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};

@@ -1,0 +1,633 @@
+//! Rows into arrays: the one path from a relation of cells `(dims..., attrs...)` to
+//! blocks, used by `INSERT INTO array`, `CREATE MATRIX ... AS` and `COPY array FROM
+//! 'file.parquet'`.
+//!
+//! Cells are grouped by block in memory (charged to the session's memory pool, so a
+//! write too large for the budget fails with `ResourcesExhausted`), then each block is
+//! built, merged with the stored block in update mode, and written; the write commits
+//! once. A later cell overwrites an earlier one at the same coordinates (nothing is
+//! summed), a zero value removes a stored cell, and a cell outside the array fails the
+//! whole write before anything is committed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use datafusion::common::{DataFusionError, Result, plan_err};
+use datafusion::datasource::sink::DataSink;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
+use datafusion::prelude::{DataFrame, SessionContext};
+use futures::StreamExt;
+use tessera_storage::{
+    ArraySchema, ArrayWriter, Block, BlockFormat, BlockKey, CsrBlock, Partitioning, Store,
+    WriteMode,
+};
+
+use crate::catalog::TesseraCatalog;
+use crate::error::{blocking, storage_error};
+
+/// Cells per block that [`auto_block_size`] aims for.
+pub const AUTO_BLOCK_CELLS: u64 = 1_000_000;
+
+/// Block side that [`auto_block_size`] aims for along a dimension that is not skinny.
+pub const AUTO_BLOCK_SIDE: u64 = 1000;
+
+/// The block size `CREATE MATRIX` picks when `BLOCK` is omitted: about a million cells
+/// per block, split evenly.
+///
+/// - A matrix with at most 1000 columns gets full-width blocks of about a million
+///   cells (`rows x cols` with `rows = 1e6 / cols`, at least 1000); likewise full-height
+///   blocks for at most 1000 rows.
+/// - Otherwise blocks are about 1000 x 1000.
+/// - Along each dimension the block length is balanced so the blocks are nearly equal
+///   (4096 columns make 5 blocks of 820, not 4 of 1000 and one of 96), and never
+///   exceeds the shape. A block never holds more than `2^22` cells.
+///
+/// ```
+/// use tessera_planner::auto_block_size;
+/// assert_eq!(auto_block_size(10, 7), (10, 7));
+/// assert_eq!(auto_block_size(1_000_000, 100), (10_000, 100));
+/// assert_eq!(auto_block_size(4096, 4096), (820, 820));
+/// ```
+pub fn auto_block_size(rows: u64, cols: u64) -> (u64, u64) {
+    let (rows, cols) = (rows.max(1), cols.max(1));
+    let (row_limit, col_limit) = if cols <= AUTO_BLOCK_SIDE {
+        ((AUTO_BLOCK_CELLS / cols).max(AUTO_BLOCK_SIDE), cols)
+    } else if rows <= AUTO_BLOCK_SIDE {
+        (rows, (AUTO_BLOCK_CELLS / rows).max(AUTO_BLOCK_SIDE))
+    } else {
+        (AUTO_BLOCK_SIDE, AUTO_BLOCK_SIDE)
+    };
+    let balanced = |n: u64, limit: u64| {
+        let blocks = n.div_ceil(limit.max(1));
+        n.div_ceil(blocks)
+    };
+    (balanced(rows, row_limit), balanced(cols, col_limit))
+}
+
+/// A new matrix to be filled from a query: `CREATE MATRIX name [(rows, cols)] [BLOCK
+/// (r, c)] [SPARSE | DENSE] [WITH (...)] AS query`.
+#[derive(Debug, Clone, Default)]
+pub struct NewMatrix {
+    /// Name.
+    pub name: String,
+    /// `(rows, cols)`; `None`: `(max(i) + 1, max(j) + 1)` of the query's cells.
+    pub shape: Option<(u64, u64)>,
+    /// `BLOCK (r, c)`; `None`: [`auto_block_size`].
+    pub block: Option<(u64, u64)>,
+    /// `SPARSE` / `DENSE`; `None`: per block by density.
+    pub format: Option<BlockFormat>,
+    /// Shards; `None`: the store's default.
+    pub partitioning: Option<Partitioning>,
+    /// Versions kept; `None`: the store's default.
+    pub keep_versions: Option<u32>,
+}
+
+/// Runs `query` and stores its rows as the new matrix `target`: the first three columns
+/// are `(i, j, v)`, whatever their names. The matrix is created, written and committed
+/// once; if anything fails it does not exist afterwards. Returns the number of cells
+/// read from the query.
+///
+/// This is the one place a query result becomes a new matrix; a fast path for plans
+/// that already produce blocks (matrix functions) belongs here.
+pub async fn write_query_as_matrix(
+    catalog: &TesseraCatalog,
+    query: DataFrame,
+    target: NewMatrix,
+) -> Result<u64> {
+    let name = target.name.clone();
+    let columns = query.schema().fields().len();
+    if columns < 3 {
+        let names: Vec<String> = query
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        return plan_err!(
+            "CREATE MATRIX {name} AS: the query must return (i, j, v) as its first three columns; it returns {columns} ({})",
+            names.join(", ")
+        );
+    }
+    let pool = query.task_ctx().memory_pool().clone();
+    let mut stream = query.execute_stream().await?;
+    let reservation = MemoryConsumer::new(format!("CREATE MATRIX {name}")).register(&pool);
+    let mut batches = Vec::new();
+    let (mut max_i, mut max_j) = (-1i64, -1i64);
+    while let Some(batch) = stream.next().await {
+        let batch = cells_batch(&batch?, 2, 1, &format!("CREATE MATRIX {name}"))?;
+        reservation.try_grow(batch.get_array_memory_size())?;
+        let (i, j) = (
+            batch.column(0).as_primitive::<Int64Type>(),
+            batch.column(1).as_primitive::<Int64Type>(),
+        );
+        for r in 0..batch.num_rows() {
+            let (x, y) = (i.value(r), j.value(r));
+            if x < 0 || y < 0 {
+                return plan_err!(
+                    "CREATE MATRIX {name} AS: cell ({x}, {y}) has a negative coordinate; matrix coordinates start at 0"
+                );
+            }
+            max_i = max_i.max(x);
+            max_j = max_j.max(y);
+        }
+        batches.push(batch);
+    }
+    let shape = match target.shape {
+        Some(shape) => shape,
+        None if max_i < 0 => {
+            return plan_err!(
+                "CREATE MATRIX {name} AS: the query returned no cells, so the shape cannot be inferred; give it as CREATE MATRIX {name} (rows, cols) AS ..."
+            );
+        }
+        None => (max_i as u64 + 1, max_j as u64 + 1),
+    };
+    let (br, bc) = target
+        .block
+        .unwrap_or_else(|| auto_block_size(shape.0, shape.1));
+    let schema = ArraySchema::matrix(shape.0, shape.1, br, bc).map_err(storage_error)?;
+    let mut grid = CellGrid::new(&name, schema.clone(), &pool);
+    for batch in &batches {
+        grid.push(batch)?;
+    }
+    drop(batches);
+    reservation.free();
+    let cells = grid.rows();
+    catalog.create_array(
+        &name,
+        schema,
+        target.partitioning,
+        target.keep_versions,
+        target.format,
+    )?;
+    let store = catalog.store().clone();
+    let written = {
+        let (store, name) = (store.clone(), name.clone());
+        blocking(move || {
+            let mut writer = store
+                .writer(&name, WriteMode::Replace)
+                .map_err(storage_error)?;
+            grid.write(&mut writer, false)?;
+            writer.commit().map_err(storage_error)
+        })
+        .await
+    };
+    if let Err(e) = written {
+        // Nothing is left behind: the array was created by this statement.
+        if let Err(drop_error) = store.drop_array(&name) {
+            tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");
+        }
+        return Err(e);
+    }
+    Ok(cells)
+}
+
+/// Writes the cells of `query` (columns: the array's dimensions, then its attributes,
+/// by position) into the existing array `name` with `mode`, committing once. Returns
+/// the number of cells read.
+pub async fn write_cells(
+    store: &Store,
+    name: &str,
+    query: DataFrame,
+    mode: WriteMode,
+    what: &str,
+) -> Result<u64> {
+    let info = store.array(name).map_err(storage_error)?;
+    let pool = query.task_ctx().memory_pool().clone();
+    let stream = query.execute_stream().await?;
+    write_stream(store, name, &info.schema, stream, &pool, mode, what).await
+}
+
+async fn write_stream(
+    store: &Store,
+    name: &str,
+    schema: &ArraySchema,
+    mut stream: SendableRecordBatchStream,
+    pool: &Arc<dyn MemoryPool>,
+    mode: WriteMode,
+    what: &str,
+) -> Result<u64> {
+    let mut grid = CellGrid::new(name, schema.clone(), pool);
+    let (dims, attrs) = (schema.dimensions().len(), schema.attributes().len());
+    while let Some(batch) = stream.next().await {
+        let batch = cells_batch(&batch?, dims, attrs, what)?;
+        grid.push(&batch)?;
+    }
+    let cells = grid.rows();
+    let (store, name) = (store.clone(), name.to_string());
+    blocking(move || {
+        let mut writer = store.writer(&name, mode).map_err(storage_error)?;
+        grid.write(&mut writer, mode == WriteMode::Update)?;
+        writer.commit().map_err(storage_error)
+    })
+    .await?;
+    Ok(cells)
+}
+
+/// The first `dims` columns as Int64 and the next `attrs` as Float64, without nulls.
+fn cells_batch(batch: &RecordBatch, dims: usize, attrs: usize, what: &str) -> Result<RecordBatch> {
+    let need = dims + attrs;
+    if batch.num_columns() < need {
+        return plan_err!(
+            "{what}: expected {need} columns ({dims} coordinates, then {attrs} values), got {}",
+            batch.num_columns()
+        );
+    }
+    let schema = batch.schema();
+    let mut columns = Vec::with_capacity(need);
+    let mut fields = Vec::with_capacity(need);
+    for n in 0..need {
+        let column = batch.column(n);
+        let field = schema.field(n);
+        let ty = if n < dims {
+            DataType::Int64
+        } else {
+            DataType::Float64
+        };
+        if column.null_count() > 0 {
+            let row = (0..column.len()).find(|&r| column.is_null(r)).unwrap_or(0);
+            return plan_err!(
+                "{what}: column {} is NULL in row {}; array cells need coordinates and values",
+                field.name(),
+                row + 1
+            );
+        }
+        let is_numeric = field.data_type().is_numeric() || field.data_type() == &DataType::Null;
+        if !is_numeric {
+            return plan_err!(
+                "{what}: column {} has type {}; coordinates and values must be numbers",
+                field.name(),
+                field.data_type()
+            );
+        }
+        let converted = cast(column, &ty)
+            .map_err(|e| DataFusionError::Plan(format!("{what}: column {}: {e}", field.name())))?;
+        if converted.null_count() > 0 {
+            let row = (0..converted.len())
+                .find(|&r| converted.is_null(r))
+                .unwrap_or(0);
+            return plan_err!(
+                "{what}: column {} in row {} does not fit in {ty}",
+                field.name(),
+                row + 1
+            );
+        }
+        if n < dims
+            && matches!(
+                field.data_type(),
+                DataType::Float16 | DataType::Float32 | DataType::Float64
+            )
+        {
+            let original = cast(column, &DataType::Float64)?;
+            let original = original.as_primitive::<Float64Type>();
+            if let Some(r) = (0..original.len()).find(|&r| original.value(r).fract() != 0.0) {
+                return plan_err!(
+                    "{what}: coordinate {} = {} in row {} is not a whole number",
+                    field.name(),
+                    original.value(r),
+                    r + 1
+                );
+            }
+        }
+        fields.push(datafusion::arrow::datatypes::Field::new(
+            field.name(),
+            ty,
+            false,
+        ));
+        columns.push(converted);
+    }
+    Ok(RecordBatch::try_new(
+        Arc::new(datafusion::arrow::datatypes::Schema::new(fields)),
+        columns,
+    )?)
+}
+
+/// Cells of one block: positions and, per position, one value per attribute.
+#[derive(Debug, Default)]
+struct BlockCells {
+    positions: Vec<(u32, u32)>,
+    values: Vec<f64>,
+}
+
+/// Cells grouped by block, waiting to be written.
+#[derive(Debug)]
+pub(crate) struct CellGrid {
+    array: String,
+    schema: ArraySchema,
+    index: HashMap<BlockKey, usize>,
+    blocks: Vec<(BlockKey, BlockCells)>,
+    reservation: MemoryReservation,
+    rows: u64,
+}
+
+impl CellGrid {
+    pub(crate) fn new(array: &str, schema: ArraySchema, pool: &Arc<dyn MemoryPool>) -> Self {
+        Self {
+            array: array.to_string(),
+            schema,
+            index: HashMap::new(),
+            blocks: Vec::new(),
+            reservation: MemoryConsumer::new(format!("cells for array {array}")).register(pool),
+            rows: 0,
+        }
+    }
+
+    /// Cells pushed so far.
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// Adds a batch from [`cells_batch`]: Int64 coordinates, then Float64 values.
+    pub(crate) fn push(&mut self, batch: &RecordBatch) -> Result<()> {
+        let dims = self.schema.dimensions().to_vec();
+        let attrs = self.schema.attributes().len();
+        let coords: Vec<_> = (0..dims.len())
+            .map(|d| batch.column(d).as_primitive::<Int64Type>())
+            .collect();
+        let values: Vec<_> = (0..attrs)
+            .map(|a| batch.column(dims.len() + a).as_primitive::<Float64Type>())
+            .collect();
+        let per_cell = 8 + 8 * attrs;
+        self.reservation.try_grow(batch.num_rows() * per_cell)?;
+        let mut key = vec![0i64; dims.len()];
+        let mut offsets = vec![0u64; dims.len()];
+        let mut last: Option<usize> = None;
+        for r in 0..batch.num_rows() {
+            for (d, dim) in dims.iter().enumerate() {
+                let x = coords[d].value(r);
+                match dim.locate(x) {
+                    Some((b, o)) => {
+                        key[d] = b as i64;
+                        offsets[d] = o;
+                    }
+                    None => {
+                        let cell: Vec<String> =
+                            coords.iter().map(|c| c.value(r).to_string()).collect();
+                        return plan_err!(
+                            "cell ({}) is outside array '{}' of shape {}",
+                            cell.join(", "),
+                            self.array,
+                            shape_text(&self.schema)
+                        );
+                    }
+                }
+            }
+            // Leading dimensions flatten row-major into the block row; the last is the column.
+            let (row, col) = if dims.len() == 1 {
+                (offsets[0], 0)
+            } else {
+                let mut row = 0u64;
+                for (d, dim) in dims.iter().enumerate().take(dims.len() - 1) {
+                    row = row * dim.block_extent(key[d] as u64) + offsets[d];
+                }
+                (row, offsets[dims.len() - 1])
+            };
+            let slot = match last {
+                Some(n) if self.blocks[n].0.0 == key => n,
+                _ => {
+                    let block_key = BlockKey(key.clone());
+                    match self.index.get(&block_key) {
+                        Some(&n) => n,
+                        None => {
+                            let n = self.blocks.len();
+                            self.index.insert(block_key.clone(), n);
+                            self.blocks.push((block_key, BlockCells::default()));
+                            n
+                        }
+                    }
+                }
+            };
+            last = Some(slot);
+            let cells = &mut self.blocks[slot].1;
+            // Block extents are at most 2^28 cells, so offsets fit in u32.
+            cells.positions.push((row as u32, col as u32));
+            cells.values.extend(values.iter().map(|v| v.value(r)));
+        }
+        self.rows += batch.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Builds and puts every block; with `merge`, cells overwrite the stored block's
+    /// cells and the rest of the stored block stays. Returns the number of blocks.
+    pub(crate) fn write(mut self, writer: &mut ArrayWriter, merge: bool) -> Result<u64> {
+        let attrs = self.schema.attributes().len();
+        self.blocks.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut count = 0;
+        for (key, cells) in std::mem::take(&mut self.blocks) {
+            let (rows, cols) = self.schema.block_shape(&key);
+            // Stable sort, then keep the last cell of each position: later cells win.
+            let mut order: Vec<usize> = (0..cells.positions.len()).collect();
+            order.sort_by_key(|&n| cells.positions[n]);
+            let mut unique: Vec<usize> = Vec::with_capacity(order.len());
+            for n in order {
+                match unique.last_mut() {
+                    Some(last) if cells.positions[*last] == cells.positions[n] => *last = n,
+                    _ => unique.push(n),
+                }
+            }
+            let old = if merge {
+                writer.base().read(&key).map_err(storage_error)?
+            } else {
+                None
+            };
+            let mut blocks = Vec::with_capacity(attrs);
+            for a in 0..attrs {
+                let mut stored: Vec<(usize, usize, f64)> = Vec::new();
+                if let Some(old) = old.as_ref().and_then(|o| o.get(a)) {
+                    old.for_each_nonzero(|r, c, v| stored.push((r, c, v)));
+                }
+                let fresh = unique.iter().map(|&n| {
+                    let (r, c) = cells.positions[n];
+                    (r as usize, c as usize, cells.values[n * attrs + a])
+                });
+                let merged = overwrite(&stored, fresh);
+                blocks.push(csr_block(rows, cols, &merged)?);
+            }
+            writer.put(key, blocks).map_err(storage_error)?;
+            count += 1;
+        }
+        self.reservation.free();
+        Ok(count)
+    }
+}
+
+/// `stored` (sorted, unique) with `fresh` (sorted, unique) overwriting it.
+fn overwrite(
+    stored: &[(usize, usize, f64)],
+    fresh: impl Iterator<Item = (usize, usize, f64)>,
+) -> Vec<(usize, usize, f64)> {
+    let mut out = Vec::with_capacity(stored.len());
+    let mut s = 0;
+    for cell in fresh {
+        while s < stored.len() && (stored[s].0, stored[s].1) < (cell.0, cell.1) {
+            out.push(stored[s]);
+            s += 1;
+        }
+        if s < stored.len() && (stored[s].0, stored[s].1) == (cell.0, cell.1) {
+            s += 1;
+        }
+        out.push(cell);
+    }
+    out.extend_from_slice(&stored[s..]);
+    out
+}
+
+/// A block from sorted unique cells (zeros dropped), in the format its density calls for.
+fn csr_block(rows: usize, cols: usize, cells: &[(usize, usize, f64)]) -> Result<Block> {
+    let mut indptr = vec![0usize; rows + 1];
+    let mut indices = Vec::with_capacity(cells.len());
+    let mut data = Vec::with_capacity(cells.len());
+    for &(r, c, v) in cells {
+        if v != 0.0 {
+            indptr[r + 1] += 1;
+            indices.push(c);
+            data.push(v);
+        }
+    }
+    for r in 0..rows {
+        indptr[r + 1] += indptr[r];
+    }
+    let csr = CsrBlock::from_parts(rows, cols, indptr, indices, data).map_err(storage_error)?;
+    Ok(Block::Sparse(csr).into_preferred_format())
+}
+
+/// `4x4`, or for other arrays `i 0:9, j -3:3`.
+pub fn shape_text(schema: &ArraySchema) -> String {
+    if schema.is_matrix() {
+        let (r, c) = schema.shape2();
+        format!("{r}x{c}")
+    } else {
+        schema
+            .dimensions()
+            .iter()
+            .map(|d| format!("{} {}:{}", d.name, d.start, d.end))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// `INSERT INTO array ...`: writes the input's cells in [`WriteMode::Update`].
+#[derive(Debug)]
+pub(crate) struct ArraySink {
+    pub(crate) store: Store,
+    pub(crate) name: String,
+    pub(crate) schema: ArraySchema,
+    pub(crate) cell_schema: SchemaRef,
+}
+
+impl DisplayAs for ArraySink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArraySink: array={} mode=update", self.name)
+    }
+}
+
+#[async_trait]
+impl DataSink for ArraySink {
+    fn schema(&self) -> &SchemaRef {
+        &self.cell_schema
+    }
+
+    async fn write_all(
+        &self,
+        data: SendableRecordBatchStream,
+        context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        write_stream(
+            &self.store,
+            &self.name,
+            &self.schema,
+            data,
+            context.memory_pool(),
+            WriteMode::Update,
+            &format!("INSERT INTO {}", self.name),
+        )
+        .await
+    }
+}
+
+/// Reads a Parquet file's cells (columns named like the array's dimensions and
+/// attributes if it has them all, else the first columns by position) into array
+/// `name`.
+pub(crate) async fn copy_parquet_into_array(
+    ctx: &SessionContext,
+    store: &Store,
+    name: &str,
+    path: &str,
+    mode: WriteMode,
+) -> Result<u64> {
+    let info = store.array(name).map_err(storage_error)?;
+    let df = ctx
+        .read_parquet(path, Default::default())
+        .await
+        .map_err(|e| DataFusionError::Execution(format!("{path}: {e}")))?;
+    let wanted: Vec<String> = info
+        .schema
+        .dimensions()
+        .iter()
+        .map(|d| d.name.clone())
+        .chain(info.schema.attributes().iter().map(|a| a.name.clone()))
+        .collect();
+    let has_all = wanted
+        .iter()
+        .all(|w| df.schema().fields().iter().any(|f| f.name() == w));
+    let df = if has_all {
+        df.select_columns(&wanted.iter().map(String::as_str).collect::<Vec<_>>())?
+    } else {
+        df
+    };
+    write_cells(store, name, df, mode, &format!("COPY {name} FROM '{path}'"))
+        .await
+        .map_err(|e| match e {
+            DataFusionError::Plan(m) if !m.contains(path) => {
+                DataFusionError::Execution(format!("{path}: {m}"))
+            }
+            other => other,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_block_sizes_follow_the_documented_rule() {
+        assert_eq!(auto_block_size(1, 1), (1, 1));
+        assert_eq!(auto_block_size(1000, 1000), (1000, 1000));
+        assert_eq!(auto_block_size(1001, 1001), (501, 501));
+        assert_eq!(auto_block_size(2000, 3000), (1000, 1000));
+        assert_eq!(auto_block_size(100, 1_000_000), (100, 10_000));
+        assert_eq!(auto_block_size(1_000_000, 1), (1_000_000, 1));
+        assert_eq!(auto_block_size(5_000_000, 1), (1_000_000, 1));
+        for (r, c) in [
+            (1u64 << 40, 1u64 << 40),
+            (3, 1 << 50),
+            (1 << 50, 999),
+            (12345, 678),
+        ] {
+            let (br, bc) = auto_block_size(r, c);
+            assert!(br * bc <= 1 << 22, "{r}x{c} -> {br}x{bc}");
+            assert!(br <= r && bc <= c && br > 0 && bc > 0);
+        }
+    }
+
+    #[test]
+    fn later_cells_overwrite_stored_ones() {
+        let stored = [(0, 0, 1.0), (0, 2, 2.0), (3, 1, 3.0)];
+        let fresh = [(0, 1, 9.0), (0, 2, 0.0), (4, 0, 5.0)];
+        assert_eq!(
+            overwrite(&stored, fresh.into_iter()),
+            vec![
+                (0, 0, 1.0),
+                (0, 1, 9.0),
+                (0, 2, 0.0),
+                (3, 1, 3.0),
+                (4, 0, 5.0)
+            ]
+        );
+    }
+}

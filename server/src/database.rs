@@ -1,0 +1,189 @@
+//! The embedded database: a data directory (or memory) with its arrays, tables, and the
+//! memory pool every session shares.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::CatalogProviderList;
+use datafusion::error::Result;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use tessera_planner::{TesseraCatalog, storage_error};
+use tessera_storage::Store;
+
+use crate::session::Session;
+
+/// Settings of a [`Database`].
+#[derive(Debug, Clone, Default)]
+pub struct DatabaseOptions {
+    /// Bytes of memory all sessions' operators may hold together (DataFusion's memory
+    /// pool). An operator that needs more spills to disk if it can, or fails with a
+    /// `ResourcesExhausted` error, instead of the process running out of memory.
+    /// `None`: [`DatabaseOptions::default_memory_limit`].
+    pub memory_limit: Option<usize>,
+    /// Partitions a query runs in parallel (DataFusion's `target_partitions`).
+    /// `None`: the number of CPUs.
+    pub target_partitions: Option<usize>,
+    /// Directory for spill files. `None`: the system's temporary directory.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl DatabaseOptions {
+    /// The default memory budget: 70% of physical memory, or 4 GiB where physical
+    /// memory cannot be read (it is read from `/proc/meminfo` on Linux).
+    pub fn default_memory_limit() -> usize {
+        match physical_memory() {
+            Some(bytes) => (bytes as f64 * 0.7) as usize,
+            None => 4 << 30,
+        }
+    }
+}
+
+/// Physical memory in bytes, if the platform tells.
+fn physical_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A Tessera database: arrays and tables, queried with SQL.
+///
+/// A data directory holds `store/` (the arrays: sharded, versioned blocks) and
+/// `tables/` (tables as Parquet files, and the statements of external tables and views);
+/// one process at a time may open it. [`Database::in_memory`] keeps everything in
+/// memory. Cloning is cheap; clones share everything, including the default session
+/// that [`Database::sql`] uses.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> tessera_server::Result<()> {
+/// use datafusion::arrow::array::AsArray;
+/// use datafusion::arrow::datatypes::Float64Type;
+/// use tessera_server::Database;
+///
+/// let db = Database::in_memory()?;
+/// let batches = db
+///     .sql(
+///         "CREATE MATRIX m (2, 3);
+///          INSERT INTO m VALUES (0, 0, 1.5), (1, 2, 2.5), (1, 0, 4.0);
+///          SELECT i, sum(v) AS s FROM m GROUP BY i ORDER BY i",
+///     )
+///     .await?;
+/// let sums = batches[0].column(1).as_primitive::<Float64Type>();
+/// assert_eq!(sums.values(), &[1.5, 6.5]);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Database {
+    inner: Arc<Inner>,
+    /// The session [`Database::sql`] uses (shared by clones).
+    default_session: Session,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) catalog: Arc<TesseraCatalog>,
+    pub(crate) catalogs: Arc<dyn CatalogProviderList>,
+    pub(crate) runtime: Arc<RuntimeEnv>,
+    pub(crate) options: DatabaseOptions,
+    /// Stored definitions are planned by the first statement any session runs.
+    pub(crate) restored: tokio::sync::OnceCell<()>,
+    dir: Option<PathBuf>,
+}
+
+impl Database {
+    /// Opens (creating if needed) the data directory `dir` with default options.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Database> {
+        Self::open_with(dir, DatabaseOptions::default())
+    }
+
+    /// Opens (creating if needed) the data directory `dir`.
+    pub fn open_with(dir: impl AsRef<Path>, options: DatabaseOptions) -> Result<Database> {
+        let dir = dir.as_ref().to_path_buf();
+        let store = Store::open_dir(dir.join("store")).map_err(storage_error)?;
+        let catalog = TesseraCatalog::open(store.clone(), dir.join("tables"))?;
+        Self::build(store, catalog, options, Some(dir))
+    }
+
+    /// An empty database in memory, with default options.
+    pub fn in_memory() -> Result<Database> {
+        Self::in_memory_with(DatabaseOptions::default())
+    }
+
+    /// An empty database in memory.
+    pub fn in_memory_with(options: DatabaseOptions) -> Result<Database> {
+        let store = Store::in_memory();
+        let catalog = TesseraCatalog::in_memory(store.clone());
+        Self::build(store, catalog, options, None)
+    }
+
+    fn build(
+        store: Store,
+        catalog: Arc<TesseraCatalog>,
+        options: DatabaseOptions,
+        dir: Option<PathBuf>,
+    ) -> Result<Database> {
+        let limit = options
+            .memory_limit
+            .unwrap_or_else(DatabaseOptions::default_memory_limit);
+        let mut runtime = RuntimeEnvBuilder::new().with_memory_limit(limit, 1.0);
+        if let Some(spill) = &options.spill_dir {
+            runtime = runtime.with_temp_file_path(spill.clone());
+        }
+        let runtime = runtime.build_arc()?;
+        let catalogs = catalog.catalog_list()?;
+        let inner = Arc::new(Inner {
+            store,
+            catalog,
+            catalogs,
+            runtime,
+            options,
+            restored: tokio::sync::OnceCell::new(),
+            dir,
+        });
+        let default_session = Session::new(inner.clone())?;
+        Ok(Database {
+            inner,
+            default_session,
+        })
+    }
+
+    /// Runs a script of one or more statements (separated by `;`) in the default
+    /// session and returns the result of the last one. Statements run in order; the
+    /// first error stops the script and is returned (earlier statements stay done).
+    pub async fn sql(&self, text: &str) -> Result<Vec<RecordBatch>> {
+        self.default_session.sql(text).await
+    }
+
+    /// Like [`Database::sql`], but streams the last statement's result.
+    pub async fn sql_stream(&self, text: &str) -> Result<SendableRecordBatchStream> {
+        self.default_session.sql_stream(text).await
+    }
+
+    /// A new session: same data and memory pool, its own `SET` state.
+    pub fn session(&self) -> Result<Session> {
+        Session::new(self.inner.clone())
+    }
+
+    /// The array store.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// The data directory, or `None` for an in-memory database.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.inner.dir.as_deref()
+    }
+
+    /// The memory budget all sessions share, in bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.inner
+            .options
+            .memory_limit
+            .unwrap_or_else(DatabaseOptions::default_memory_limit)
+    }
+}

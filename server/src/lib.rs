@@ -1,0 +1,24 @@
+//! # tessera-server
+//!
+//! The embedded database: [`Database`] opens a data directory (or lives in memory) and
+//! runs SQL scripts that mix Tessera's statements (`CREATE MATRIX`, `COPY`, ...) with
+//! all of DataFusion's SQL; [`Session`]s share its data and memory pool but keep their
+//! own `SET` state. The `tessera` binary (`src/main.rs`) is a thin CLI over it.
+//!
+//! ```text
+//!   Database ── Store (arrays: <dir>/store/)         one RuntimeEnv, one memory pool
+//!      │      └ TesseraCatalog (tables: <dir>/tables/)
+//!      └── Session ── SessionContext (own config, SET) ── planner::session::execute
+//! ```
+//!
+//! Errors are [`DataFusionError`](datafusion::error::DataFusionError)s whose kind says
+//! whose fault they are: `Plan` (or `SQL`) for a user's mistake, `Execution` for a run
+//! that failed (a bad file, damaged data), `ResourcesExhausted` when the memory budget
+//! does not suffice, `Internal` for a bug.
+
+mod database;
+mod session;
+
+pub use database::{Database, DatabaseOptions};
+pub use datafusion::error::{DataFusionError as Error, Result};
+pub use session::Session;
