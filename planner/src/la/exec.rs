@@ -1,0 +1,580 @@
+//! `LaExec`: one linear-algebra operator in a DataFusion physical plan.
+//!
+//! Operators pass matrices to their parent as blocks (the parent asks a child
+//! `LaExec` to compute and takes its blocks); only the top operator turns blocks into
+//! rows, `(i, j, v)` for the non-zero cells or `(i, row)` for `rows(m)`. A child that is
+//! not an `LaExec` is an `(i, j, v)` subquery, read as rows. Each operator reserves the
+//! memory of its result in the session's pool before computing, so a product too large
+//! for the budget fails with "resources exhausted" instead of exhausting the machine.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Instant;
+
+use datafusion::arrow::array::{
+    ArrayRef, Float64Array, Float64Builder, Int64Array, ListBuilder, RecordBatch,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, Statistics, exec_err};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
+use datafusion::physical_plan::metrics::{
+    Count, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, Time,
+};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream, collect,
+};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+
+use super::expr::{Estimate, Op, op_name};
+use super::matrix::{BlockMatrix, Tile};
+use super::ops::{self, Work};
+use super::strategy::{Choice, Strategy};
+
+/// What the operator's rows look like when it is the top of a matrix expression.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `(i, j, v)` for every non-zero cell.
+    Cells,
+    /// `(i, row)`: every row as a `FLOAT8[]`.
+    Rows,
+}
+
+/// The schema of [`Output::Cells`].
+pub fn cells_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("i", DataType::Int64, false),
+        Field::new("j", DataType::Int64, false),
+        Field::new("v", DataType::Float64, false),
+    ]))
+}
+
+/// The schema of [`Output::Rows`].
+pub fn rows_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("i", DataType::Int64, false),
+        Field::new(
+            "row",
+            DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true))),
+            false,
+        ),
+    ]))
+}
+
+/// One linear-algebra operator.
+#[derive(Debug)]
+pub struct LaExec {
+    op: Op,
+    choice: Option<Choice>,
+    est: Estimate,
+    children: Vec<Arc<dyn ExecutionPlan>>,
+    output: Output,
+    parts: usize,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+    result: Arc<tokio::sync::OnceCell<Arc<BlockMatrix>>>,
+}
+
+impl LaExec {
+    /// An operator computing `op` over `children` (each an `LaExec` or, for
+    /// [`Op::Input`], the subquery's plan), with `parts` output partitions.
+    pub fn new(
+        op: Op,
+        choice: Option<Choice>,
+        est: Estimate,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        output: Output,
+        parts: usize,
+    ) -> Self {
+        let schema = match output {
+            Output::Cells => cells_schema(),
+            Output::Rows => rows_schema(),
+        };
+        let parts = parts.max(1);
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            Partitioning::UnknownPartitioning(parts),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        )
+        // Blocks are computed in the kernel pool, off the async runtime; the stream
+        // only hands out finished batches.
+        .with_scheduling_type(SchedulingType::Cooperative);
+        Self {
+            op,
+            choice,
+            est,
+            children,
+            output,
+            parts,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+            result: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// The operation.
+    pub fn op(&self) -> &Op {
+        &self.op
+    }
+
+    /// The chosen strategy, for products.
+    pub fn choice(&self) -> Option<&Choice> {
+        self.choice.as_ref()
+    }
+
+    /// Planning-time size estimate.
+    pub fn estimate(&self) -> &Estimate {
+        &self.est
+    }
+
+    /// The same operator with another output form.
+    pub fn with_output(&self, output: Output) -> LaExec {
+        LaExec::new(
+            self.op.clone(),
+            self.choice.clone(),
+            self.est,
+            self.children.clone(),
+            output,
+            self.parts,
+        )
+    }
+
+    /// Computes the matrix (children first), reserving its memory in the session pool.
+    pub fn compute(&self, ctx: Arc<TaskContext>) -> BoxFuture<'_, Result<BlockMatrix>> {
+        async move {
+            let mut inputs = Vec::with_capacity(self.children.len());
+            for child in &self.children {
+                let child = look_through(child);
+                let m = match child.downcast_ref::<LaExec>() {
+                    Some(la) => la.compute(ctx.clone()).await?,
+                    None => {
+                        let batches = collect(child.clone(), ctx.clone()).await?;
+                        BlockMatrix::from_batches(&self.label(), &batches, None, self.parts)?
+                    }
+                };
+                inputs.push(m);
+            }
+            let reservation = MemoryConsumer::new(format!("LaExec[{}]", self.label()))
+                .register(ctx.memory_pool());
+            let expected = self.est.bytes().min(u64::MAX as f64 / 2.0) as usize;
+            reservation
+                .try_grow(expected)
+                .map_err(|e| self.exhausted(e))?;
+            let elapsed: Time = MetricBuilder::new(&self.metrics).elapsed_compute(0);
+            let moved: Count = MetricBuilder::new(&self.metrics).global_counter("bytes_moved");
+            let blocks: Count = MetricBuilder::new(&self.metrics).global_counter("blocks");
+            let start = Instant::now();
+            let op = self.op.clone();
+            let strategy = self.choice.as_ref().map(|c| c.chosen.strategy);
+            let parts = self.parts;
+            let (mut m, work) = tokio::task::spawn_blocking(move || {
+                let mut work = Work::default();
+                let m = run(op, strategy, inputs, parts, &mut work)?;
+                Ok::<_, DataFusionError>((m, work))
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            elapsed.add_duration(start.elapsed());
+            moved.add(work.bytes_moved as usize);
+            blocks.add(m.block_count());
+            reservation
+                .try_resize(m.bytes() as usize)
+                .map_err(|e| self.exhausted(e))?;
+            m.reservation = Some(reservation);
+            Ok(m)
+        }
+        .boxed()
+    }
+
+    fn exhausted(&self, e: DataFusionError) -> DataFusionError {
+        DataFusionError::ResourcesExhausted(format!(
+            "{} needs about {} for its result, more than the session's memory budget allows: {e}",
+            self.label(),
+            human_bytes(self.est.bytes())
+        ))
+    }
+
+    fn label(&self) -> String {
+        match &self.choice {
+            Some(c) => format!("{} [{}]", op_name(&self.op), c.chosen.strategy.name()),
+            None => op_name(&self.op),
+        }
+    }
+}
+
+/// Runs one operation on its computed inputs.
+fn run(
+    op: Op,
+    strategy: Option<Strategy>,
+    inputs: Vec<BlockMatrix>,
+    n: usize,
+    work: &mut Work,
+) -> Result<BlockMatrix> {
+    let mut it = inputs.into_iter();
+    let mut arg = || {
+        it.next().ok_or_else(|| {
+            DataFusionError::Internal("linear-algebra operator is missing an input".into())
+        })
+    };
+    Ok(match op {
+        Op::Array(p) => ops::scan(&p.0)?,
+        Op::Input(_) => arg()?,
+        Op::Eye(k) => ops::eye(k, n)?,
+        Op::Rand {
+            rows,
+            cols,
+            density,
+            seed,
+            min,
+            max,
+        } => ops::rand(rows, cols, density, seed, min, max, n)?,
+        Op::MatMul => {
+            let (a, b) = (arg()?, arg()?);
+            ops::matmul(a, b, strategy.unwrap_or(Strategy::Repartition), n, work)?
+        }
+        Op::Tsmm => {
+            let x = arg()?;
+            match strategy {
+                None | Some(Strategy::Tsmm) => ops::tsmm(x, n, work)?,
+                Some(s) => {
+                    let xt = ops::transpose(x.share())?;
+                    ops::matmul(xt, x, s, n, work)?
+                }
+            }
+        }
+        Op::MMChain => {
+            let (x, v) = (arg()?, arg()?);
+            match strategy {
+                None | Some(Strategy::MMChain) => ops::mmchain(x, v, n, work)?,
+                Some(s) => {
+                    let xv = ops::matmul(x.share(), v, s, n, work)?;
+                    let xt = ops::transpose(x)?;
+                    ops::matmul(xt, xv, s, n, work)?
+                }
+            }
+        }
+        Op::Transpose => ops::transpose(arg()?)?,
+        Op::Binary(b) => {
+            let (x, y) = (arg()?, arg()?);
+            ops::binary(x, y, b, n, work)?
+        }
+        Op::Scalar { op, value, left } => ops::scalar(arg()?, op, value, left)?,
+        Op::Unary(u) => ops::unary(arg()?, u)?,
+        Op::Reduce(r) => ops::reduce(arg()?, r, n, work)?,
+        Op::Diag => ops::diag(arg()?, n)?,
+        Op::Slice { r0, r1, c0, c1 } => ops::slice(arg()?, (r0, r1, c0, c1), n)?,
+        Op::CBind | Op::RBind => {
+            let (x, y) = (arg()?, arg()?);
+            ops::bind(x, y, op == Op::RBind, n)?
+        }
+        Op::Solve => {
+            let (a, b) = (arg()?, arg()?);
+            ops::solve(a, b, n)?
+        }
+        Op::Inv => ops::inv(arg()?, n)?,
+        Op::Cholesky => ops::cholesky(arg()?, n)?,
+        Op::Fused(steps) => {
+            let leaves: Vec<BlockMatrix> = it.collect();
+            ops::fused(&steps, leaves, n, work)?
+        }
+    })
+}
+
+/// The plan under any `CooperativeExec` / coalescing wrappers DataFusion's optimizer puts
+/// around an operator.
+pub(crate) fn look_through(plan: &Arc<dyn ExecutionPlan>) -> &Arc<dyn ExecutionPlan> {
+    let mut node = plan;
+    loop {
+        let children = node.children();
+        let wrapper = matches!(
+            node.name(),
+            "CooperativeExec" | "CoalescePartitionsExec" | "CoalesceBatchesExec"
+        );
+        match (wrapper, children.as_slice()) {
+            (true, [only]) => node = only,
+            _ => return node,
+        }
+    }
+}
+
+/// `1.5 GiB`-style sizes for plans and errors.
+pub fn human_bytes(b: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut x = b.max(0.0);
+    let mut u = 0;
+    while x >= 1024.0 && u + 1 < UNITS.len() {
+        x /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{x:.0} {}", UNITS[u])
+    } else {
+        format!("{x:.1} {}", UNITS[u])
+    }
+}
+
+fn fmt_count(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.1}G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.1}M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.1}K", x / 1e3)
+    } else {
+        format!("{x:.0}")
+    }
+}
+
+impl DisplayAs for LaExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.est;
+        write!(f, "{}: {}", self.name(), op_name(&self.op))?;
+        if let Some(c) = &self.choice {
+            write!(
+                f,
+                ", strategy={} ({})",
+                c.chosen.strategy.name(),
+                c.chosen.strategy.systemml()
+            )?;
+        }
+        write!(
+            f,
+            ", est=[{}x{}, nnz {}, {}{}]",
+            e.rows,
+            e.cols,
+            fmt_count(e.nnz),
+            human_bytes(e.bytes()),
+            if e.exact { "" } else { ", shape from data" }
+        )?;
+        if let Some(c) = &self.choice {
+            write!(
+                f,
+                ", moves={}, flops={}, tasks={}, why={}",
+                human_bytes(c.chosen.bytes_moved),
+                fmt_count(c.chosen.flops),
+                c.chosen.tasks,
+                c.why
+            )?;
+        }
+        if self.output == Output::Rows {
+            write!(f, ", output=rows")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for LaExec {
+    fn name(&self) -> &str {
+        match self.op {
+            Op::MatMul | Op::Tsmm | Op::MMChain => "MatMulExec",
+            Op::Array(_) => "ArrayScanExec",
+            Op::Input(_) => "MatrixInputExec",
+            Op::Fused(_) => "FusedElementwiseExec",
+            _ => "MatrixExec",
+        }
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        self.children.iter().collect()
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false; self.children.len()]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(LaExec::new(
+            self.op.clone(),
+            self.choice.clone(),
+            self.est,
+            children,
+            self.output,
+            self.parts,
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    #[allow(deprecated)]
+    fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
+        let mut s = Statistics::new_unknown(&self.schema());
+        if partition.is_none() && self.est.nnz.is_finite() {
+            let rows = match self.output {
+                Output::Cells => self.est.nnz,
+                Output::Rows => self.est.rows,
+            };
+            s.num_rows = Precision::Inexact(rows as usize);
+            s.total_byte_size = Precision::Inexact((rows * 24.0) as usize);
+        }
+        Ok(Arc::new(s))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition >= self.parts {
+            return exec_err!("LaExec: partition {partition} of {}", self.parts);
+        }
+        let schema = self.schema();
+        let result = self.result.clone();
+        let this = LaExec::new(
+            self.op.clone(),
+            self.choice.clone(),
+            self.est,
+            self.children.clone(),
+            self.output,
+            self.parts,
+        );
+        // Share metrics with the plan node, so EXPLAIN ANALYZE sees them.
+        let this = LaExec {
+            metrics: self.metrics.clone(),
+            ..this
+        };
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let batch_size = context.session_config().batch_size().max(1);
+        let scalar = matches!(self.op, Op::Reduce(r) if r.is_scalar());
+        let output = self.output;
+        let parts = self.parts;
+        let out_schema = schema.clone();
+        let stream = futures::stream::once(async move {
+            let m = result
+                .get_or_try_init(|| async { this.compute(context).await.map(Arc::new) })
+                .await?
+                .clone();
+            let batches = match output {
+                Output::Cells => {
+                    cell_batches(&m, partition, parts, batch_size, scalar, &out_schema)?
+                }
+                Output::Rows => row_batches(&m, partition, parts, &out_schema)?,
+            };
+            for b in &batches {
+                output_rows.add(b.num_rows());
+            }
+            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            stream.boxed(),
+        )))
+    }
+}
+
+/// The tiles partition `p` of `n` emits: those of every stored partition `q` with
+/// `q mod n == p`.
+fn tiles_of(m: &BlockMatrix, p: usize, n: usize) -> impl Iterator<Item = &Tile> {
+    m.parts
+        .iter()
+        .enumerate()
+        .filter(move |(q, _)| q % n == p)
+        .flat_map(|(_, t)| t.iter())
+}
+
+fn cell_batches(
+    m: &BlockMatrix,
+    p: usize,
+    n: usize,
+    batch_size: usize,
+    scalar: bool,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    let (mut is, mut js, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut flush = |is: &mut Vec<i64>, js: &mut Vec<i64>, vs: &mut Vec<f64>| -> Result<()> {
+        if is.is_empty() {
+            return Ok(());
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(std::mem::take(is))),
+            Arc::new(Int64Array::from(std::mem::take(js))),
+            Arc::new(Float64Array::from(std::mem::take(vs))),
+        ];
+        out.push(RecordBatch::try_new(schema.clone(), cols)?);
+        Ok(())
+    };
+    if scalar {
+        // A scalar reduction always has its one row, zero or not.
+        if p == 0 {
+            let v = m.tiles().next().map_or(0.0, |t| t.2.get(0, 0));
+            is.push(0);
+            js.push(0);
+            vs.push(v);
+        }
+        flush(&mut is, &mut js, &mut vs)?;
+        return Ok(out);
+    }
+    let mut tiles: Vec<&Tile> = tiles_of(m, p, n).collect();
+    tiles.sort_by_key(|t| (t.0, t.1));
+    for (bi, bj, b) in tiles {
+        let (r0, c0) = ((bi * m.br) as i64, (bj * m.bc) as i64);
+        b.for_each_nonzero(|r, c, v| {
+            is.push(r0 + r as i64);
+            js.push(c0 + c as i64);
+            vs.push(v);
+        });
+        if is.len() >= batch_size {
+            flush(&mut is, &mut js, &mut vs)?;
+        }
+    }
+    flush(&mut is, &mut js, &mut vs)?;
+    Ok(out)
+}
+
+fn row_batches(
+    m: &BlockMatrix,
+    p: usize,
+    n: usize,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let index = m.index();
+    let (gi, gj) = m.grid();
+    let mut out = Vec::new();
+    for bi in (0..gi).filter(|bi| (*bi as usize) % n == p) {
+        let rows = m.br.min(m.rows - bi * m.br) as usize;
+        let mut dense = vec![0.0; rows * m.cols as usize];
+        for bj in 0..gj {
+            if let Some(b) = index.get(&(bi, bj)) {
+                let c0 = (bj * m.bc) as usize;
+                let cols = m.cols as usize;
+                b.for_each_nonzero(|r, c, v| dense[r * cols + c0 + c] = v);
+            }
+        }
+        let mut ids = Vec::with_capacity(rows);
+        let mut list = ListBuilder::new(Float64Builder::with_capacity(dense.len()));
+        for r in 0..rows {
+            ids.push((bi * m.br) as i64 + r as i64);
+            list.values()
+                .append_slice(&dense[r * m.cols as usize..(r + 1) * m.cols as usize]);
+            list.append(true);
+        }
+        let cols: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(ids)), Arc::new(list.finish())];
+        out.push(RecordBatch::try_new(schema.clone(), cols)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,420 @@
+//! A matrix being computed: blocks spread over partitions, with the rule that placed
+//! them, so operators can tell when data is already where a strategy needs it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch};
+use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::execution::memory_pool::MemoryReservation;
+use tessera_storage::{Block, CooBuilder, CsrBlock, DenseBlock, datafusion_hash};
+
+/// One block: block row, block column, contents.
+pub type Tile = (u64, u64, Arc<Block>);
+
+/// How the block rows (or columns) of a matrix map to partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyFn {
+    /// `hash(b) mod n`, DataFusion's repartition hash.
+    Hash,
+    /// Contiguous ranges of `blocks` block rows: `b * n / blocks` (stored `RowBlock`).
+    Range {
+        /// Block rows (or columns) of the matrix.
+        blocks: u64,
+    },
+}
+
+impl KeyFn {
+    fn part(self, b: u64, n: usize) -> usize {
+        match self {
+            KeyFn::Hash => (datafusion_hash(&[b as i64]) % n as u64) as usize,
+            KeyFn::Range { blocks } => {
+                let blocks = blocks.max(1);
+                (b.min(blocks - 1) * n as u64 / blocks) as usize
+            }
+        }
+    }
+}
+
+/// Where a matrix's blocks live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// All in partition 0.
+    Single,
+    /// `hash(bi, bj) mod n` (the stored default).
+    Hash2,
+    /// By block row only: every block of a block row is in one partition.
+    Rows(KeyFn),
+    /// By block column only.
+    Cols(KeyFn),
+    /// Some other placement (not usable for co-partitioned strategies).
+    Other,
+}
+
+impl Layout {
+    /// The partition of block `(bi, bj)` among `n`.
+    pub fn part_of(self, bi: u64, bj: u64, n: usize) -> usize {
+        let n = n.max(1);
+        match self {
+            Layout::Single => 0,
+            Layout::Hash2 | Layout::Other => {
+                (datafusion_hash(&[bi as i64, bj as i64]) % n as u64) as usize
+            }
+            Layout::Rows(f) => f.part(bi, n),
+            Layout::Cols(f) => f.part(bj, n),
+        }
+    }
+
+    /// The layout of the transpose (blocks stay where they are; keys swap).
+    pub fn transposed(self) -> Layout {
+        match self {
+            Layout::Rows(f) => Layout::Cols(f),
+            Layout::Cols(f) => Layout::Rows(f),
+            Layout::Hash2 => Layout::Other,
+            l => l,
+        }
+    }
+
+    /// Short description for plans.
+    pub fn describe(self, n: usize) -> String {
+        match self {
+            Layout::Single => "single".into(),
+            Layout::Hash2 => format!("hash(bi, bj) x{n}"),
+            Layout::Rows(KeyFn::Hash) => format!("hash(bi) x{n}"),
+            Layout::Rows(KeyFn::Range { .. }) => format!("block-row ranges x{n}"),
+            Layout::Cols(KeyFn::Hash) => format!("hash(bj) x{n}"),
+            Layout::Cols(KeyFn::Range { .. }) => format!("block-column ranges x{n}"),
+            Layout::Other => format!("other x{n}"),
+        }
+    }
+}
+
+/// A matrix cut into blocks of `br x bc`, spread over partitions.
+#[derive(Debug)]
+pub struct BlockMatrix {
+    /// Rows.
+    pub rows: u64,
+    /// Columns.
+    pub cols: u64,
+    /// Block rows.
+    pub br: u64,
+    /// Block columns.
+    pub bc: u64,
+    /// Blocks of each partition (all-zero blocks may be missing).
+    pub parts: Vec<Vec<Tile>>,
+    /// How blocks were placed.
+    pub layout: Layout,
+    /// The shape was inferred from a subquery's largest coordinates and may grow to
+    /// conform with the other operand.
+    pub inferred: bool,
+    /// Memory this matrix holds in the session's pool (released on drop).
+    pub reservation: Option<MemoryReservation>,
+}
+
+impl BlockMatrix {
+    /// A matrix with no blocks yet.
+    pub fn empty(rows: u64, cols: u64, br: u64, bc: u64, n: usize, layout: Layout) -> Self {
+        Self {
+            rows,
+            cols,
+            br: br.max(1),
+            bc: bc.max(1),
+            parts: vec![Vec::new(); n.max(1)],
+            layout,
+            inferred: false,
+            reservation: None,
+        }
+    }
+
+    /// Builds from tiles, placing each by `layout` over `n` partitions.
+    pub fn from_tiles(
+        (rows, cols): (u64, u64),
+        (br, bc): (u64, u64),
+        tiles: impl IntoIterator<Item = Tile>,
+        n: usize,
+        layout: Layout,
+    ) -> Self {
+        let mut m = Self::empty(rows, cols, br, bc, n, layout);
+        let n = m.parts.len();
+        for t in tiles {
+            if t.2.nnz() > 0 || matches!(*t.2, Block::Dense(_)) {
+                m.parts[layout.part_of(t.0, t.1, n)].push(t);
+            }
+        }
+        m
+    }
+
+    /// Block rows and block columns.
+    pub fn grid(&self) -> (u64, u64) {
+        (self.rows.div_ceil(self.br), self.cols.div_ceil(self.bc))
+    }
+
+    /// Shape.
+    pub fn shape(&self) -> (u64, u64) {
+        (self.rows, self.cols)
+    }
+
+    /// Rows and columns of block `(bi, bj)`.
+    pub fn block_shape(&self, bi: u64, bj: u64) -> (usize, usize) {
+        let r = self.br.min(self.rows.saturating_sub(bi * self.br));
+        let c = self.bc.min(self.cols.saturating_sub(bj * self.bc));
+        (r as usize, c as usize)
+    }
+
+    /// Every tile, partition by partition.
+    pub fn tiles(&self) -> impl Iterator<Item = &Tile> {
+        self.parts.iter().flatten()
+    }
+
+    /// Number of stored blocks.
+    pub fn block_count(&self) -> usize {
+        self.parts.iter().map(Vec::len).sum()
+    }
+
+    /// Bytes of the stored blocks.
+    pub fn bytes(&self) -> u64 {
+        self.tiles().map(|t| block_bytes(&t.2)).sum()
+    }
+
+    /// Non-zero cells.
+    pub fn nnz(&self) -> u64 {
+        self.tiles().map(|t| t.2.nnz() as u64).sum()
+    }
+
+    /// All tiles keyed by position.
+    pub fn index(&self) -> HashMap<(u64, u64), Arc<Block>> {
+        self.tiles()
+            .map(|(i, j, b)| ((*i, *j), b.clone()))
+            .collect()
+    }
+
+    /// Moves blocks to the partitions `layout` gives them among `n`; returns the bytes
+    /// of the blocks that changed partition.
+    pub fn repartition(&mut self, layout: Layout, n: usize) -> u64 {
+        let n = n.max(1);
+        if self.layout == layout && self.parts.len() == n {
+            return 0;
+        }
+        let mut parts = vec![Vec::new(); n];
+        let mut moved = 0;
+        for (from, tiles) in std::mem::take(&mut self.parts).into_iter().enumerate() {
+            for t in tiles {
+                let to = layout.part_of(t.0, t.1, n);
+                if to != from {
+                    moved += block_bytes(&t.2);
+                }
+                parts[to].push(t);
+            }
+        }
+        self.parts = parts;
+        self.layout = layout;
+        moved
+    }
+
+    /// The same cells cut into blocks of `br x bc` (placed by hash).
+    pub fn reblock(&self, br: u64, bc: u64, n: usize) -> Result<BlockMatrix> {
+        if (br, bc) == (self.br, self.bc) {
+            return Ok(self.share());
+        }
+        let mut sink = CellSink::new(self.rows, self.cols, br, bc);
+        for (bi, bj, b) in self.tiles() {
+            let (r0, c0) = (bi * self.br, bj * self.bc);
+            let mut err = Ok(());
+            b.for_each_nonzero(|r, c, v| {
+                if err.is_ok() {
+                    err = sink.push(r0 + r as u64, c0 + c as u64, v);
+                }
+            });
+            err?;
+        }
+        let mut m = sink.finish(n);
+        m.inferred = self.inferred;
+        Ok(m)
+    }
+
+    /// A second handle on the same blocks (blocks are shared, not copied).
+    pub fn share(&self) -> BlockMatrix {
+        BlockMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            br: self.br,
+            bc: self.bc,
+            parts: self.parts.clone(),
+            layout: self.layout,
+            inferred: self.inferred,
+            reservation: None,
+        }
+    }
+
+    /// The whole matrix as one dense row-major buffer.
+    pub fn to_dense(&self) -> Result<DenseBlock> {
+        let (rows, cols) = (self.rows as usize, self.cols as usize);
+        let mut values = vec![0.0; rows * cols];
+        for (bi, bj, b) in self.tiles() {
+            let (r0, c0) = ((bi * self.br) as usize, (bj * self.bc) as usize);
+            b.for_each_nonzero(|r, c, v| values[(r0 + r) * cols + c0 + c] = v);
+        }
+        DenseBlock::new(rows, cols, values).map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    /// Cuts a dense matrix into blocks of `br x bc`, stored dense or sparse by density.
+    pub fn from_dense(d: &DenseBlock, br: u64, bc: u64, n: usize) -> BlockMatrix {
+        let (rows, cols) = (d.rows() as u64, d.cols() as u64);
+        let mut tiles = Vec::new();
+        for bi in 0..rows.div_ceil(br) {
+            for bj in 0..cols.div_ceil(bc) {
+                let (r0, c0) = (bi * br, bj * bc);
+                let (r, c) = (br.min(rows - r0) as usize, bc.min(cols - c0) as usize);
+                let block =
+                    DenseBlock::from_fn(r, c, |i, j| d.get(r0 as usize + i, c0 as usize + j));
+                let block = Block::Dense(block).into_preferred_format();
+                if block.nnz() > 0 {
+                    tiles.push((bi, bj, Arc::new(block)));
+                }
+            }
+        }
+        BlockMatrix::from_tiles((rows, cols), (br, bc), tiles, n, Layout::Hash2)
+    }
+
+    /// Builds a matrix from `(i, j, v)` rows (the first three columns of each batch:
+    /// integer coordinates from 0, a numeric value). The shape is `shape`, or one more
+    /// than the largest coordinates. Repeated coordinates are summed.
+    pub fn from_batches(
+        what: &str,
+        batches: &[RecordBatch],
+        shape: Option<(u64, u64)>,
+        n: usize,
+    ) -> Result<BlockMatrix> {
+        let mut cells: Vec<(u64, u64, f64)> = Vec::new();
+        for batch in batches {
+            if batch.num_columns() < 3 {
+                return exec_err!(
+                    "{what}: a matrix argument must have columns (i, j, v), got {} column(s)",
+                    batch.num_columns()
+                );
+            }
+            let col = |k: usize, ty| {
+                datafusion::arrow::compute::cast(batch.column(k), &ty).map_err(|e| {
+                    DataFusionError::Plan(format!(
+                        "{what}: column {} of a matrix argument must be a number: {e}",
+                        k + 1
+                    ))
+                })
+            };
+            use datafusion::arrow::datatypes::DataType;
+            let i = col(0, DataType::Int64)?;
+            let j = col(1, DataType::Int64)?;
+            let v = col(2, DataType::Float64)?;
+            let (Some(i), Some(j), Some(v)) = (
+                i.as_any().downcast_ref::<Int64Array>(),
+                j.as_any().downcast_ref::<Int64Array>(),
+                v.as_any().downcast_ref::<Float64Array>(),
+            ) else {
+                return exec_err!("{what}: could not read (i, j, v) columns");
+            };
+            for r in 0..batch.num_rows() {
+                if i.is_null(r) || j.is_null(r) {
+                    return exec_err!("{what}: a matrix argument has a NULL coordinate");
+                }
+                let (ci, cj) = (i.value(r), j.value(r));
+                if ci < 0 || cj < 0 {
+                    return exec_err!(
+                        "{what}: coordinates of a matrix argument start at 0, got ({ci}, {cj})"
+                    );
+                }
+                let value = if v.is_null(r) { 0.0 } else { v.value(r) };
+                cells.push((ci as u64, cj as u64, value));
+            }
+        }
+        let inferred = shape.is_none();
+        let (rows, cols) = match shape {
+            Some(s) => s,
+            None => cells
+                .iter()
+                .fold((0, 0), |(r, c), &(i, j, _)| (r.max(i + 1), c.max(j + 1))),
+        };
+        if let Some(&(i, j, _)) = cells.iter().find(|&&(i, j, _)| i >= rows || j >= cols) {
+            return exec_err!("{what}: cell ({i}, {j}) is outside the {rows}x{cols} matrix");
+        }
+        let (br, bc) = super::auto_block(rows.max(1), cols.max(1));
+        let mut sink = CellSink::new(rows, cols, br, bc);
+        for (i, j, v) in cells {
+            sink.push(i, j, v)?;
+        }
+        let mut m = sink.finish(n);
+        m.inferred = inferred;
+        Ok(m)
+    }
+}
+
+/// Collects cells by block and builds the blocks (duplicates summed, each block dense or
+/// sparse by density).
+pub(crate) struct CellSink {
+    rows: u64,
+    cols: u64,
+    br: u64,
+    bc: u64,
+    builders: HashMap<(u64, u64), CooBuilder>,
+}
+
+impl CellSink {
+    /// A sink for a `rows x cols` matrix in blocks of `br x bc`.
+    pub(crate) fn new(rows: u64, cols: u64, br: u64, bc: u64) -> Self {
+        Self {
+            rows,
+            cols,
+            br: br.max(1),
+            bc: bc.max(1),
+            builders: HashMap::new(),
+        }
+    }
+
+    /// Adds cell `(i, j)` (inside the shape).
+    pub(crate) fn push(&mut self, i: u64, j: u64, v: f64) -> Result<()> {
+        if i >= self.rows || j >= self.cols {
+            return exec_err!(
+                "cell ({i}, {j}) is outside the {}x{} matrix",
+                self.rows,
+                self.cols
+            );
+        }
+        let (br, bc, rows, cols) = (self.br, self.bc, self.rows, self.cols);
+        let key = (i / br, j / bc);
+        let b = self.builders.entry(key).or_insert_with(|| {
+            CooBuilder::new(
+                br.min(rows - key.0 * br) as usize,
+                bc.min(cols - key.1 * bc) as usize,
+            )
+        });
+        b.push((i % br) as usize, (j % bc) as usize, v)
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    /// The matrix, placed by hash over `n` partitions.
+    pub(crate) fn finish(self, n: usize) -> BlockMatrix {
+        let tiles = self
+            .builders
+            .into_iter()
+            .map(|((i, j), b)| (i, j, Arc::new(b.build())));
+        BlockMatrix::from_tiles(
+            (self.rows, self.cols),
+            (self.br, self.bc),
+            tiles,
+            n,
+            Layout::Hash2,
+        )
+    }
+}
+
+/// Bytes a block takes in memory.
+pub(crate) fn block_bytes(b: &Block) -> u64 {
+    match b {
+        Block::Dense(d) => (d.rows() * d.cols() * 8) as u64,
+        Block::Sparse(s) => (s.nnz() * 16 + (s.rows() + 1) * 8) as u64,
+    }
+}
+
+/// An all-zero block (stored sparse: no cells).
+pub(crate) fn zero_block(rows: usize, cols: usize) -> Block {
+    Block::Sparse(CsrBlock::zeros(rows, cols))
+}

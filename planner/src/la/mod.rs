@@ -1,0 +1,89 @@
+//! Linear algebra in SQL: matrix table functions (`matmul`, `t`, `solve`, ...) planned
+//! into extension nodes beside DataFusion's relational ones, rewritten, given a
+//! strategy by one cost model, and run as partitioned operators over blocks.
+//!
+//! ```text
+//! FROM matmul(t(x), x)            SQL table function in FROM
+//!   -> MatrixFunctions            RelationPlanner: SQL arguments -> MatExpr
+//!   -> LaNode                     logical node; rewrites applied (expr::optimize)
+//!   -> LaPlanner                  ExtensionPlanner: one LaExec per operation, each
+//!                                 product costed and given a strategy
+//!   -> LaExec tree                blocks flow between operators; the top one emits rows
+//! ```
+
+mod exec;
+mod expr;
+mod functions;
+mod matrix;
+mod node;
+mod ops;
+mod strategy;
+
+use std::sync::Arc;
+
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::SessionConfig;
+use tessera_storage::Store;
+
+pub use exec::{LaExec, Output, cells_schema, human_bytes, rows_schema};
+pub use expr::{Estimate, MatExpr, Op, Reduction, Step, optimize};
+pub use functions::{MATRIX_FUNCTIONS, MatrixFunctions};
+pub use matrix::{BlockMatrix, Layout, Tile};
+pub use node::{LaNode, LaPlanner, TesseraConfig, TesseraQueryPlanner};
+pub use strategy::{Candidate, Choice, CostContext, Strategy};
+
+/// Adds Tessera's settings (`tessera.*`, e.g. `tessera.matmul_strategy`) to a session
+/// configuration. Call before building the session state.
+pub fn session_config(config: SessionConfig) -> SessionConfig {
+    config.with_option_extension(TesseraConfig::default())
+}
+
+/// Installs the matrix table functions and the physical planner for the
+/// linear-algebra nodes into a session being built. Arrays named in matrix functions
+/// are read from `store`.
+pub fn install(builder: SessionStateBuilder, store: Store) -> SessionStateBuilder {
+    builder
+        .with_relation_planners(vec![Arc::new(MatrixFunctions::new(store))])
+        .with_query_planner(Arc::new(TesseraQueryPlanner))
+}
+
+/// Largest side of an automatically sized block.
+const AUTO_BLOCK_SIDE: u64 = 1024;
+/// Cells an automatically sized block aims for (8 MiB dense).
+const AUTO_BLOCK_CELLS: u64 = 1 << 20;
+
+/// The block size Tessera picks for a `rows x cols` matrix when none is given: columns
+/// cut into equal blocks of at most 1024, then rows into equal blocks of about 2^20
+/// cells in all, so a 4096 x 4096 matrix gets 1024 x 1024 blocks and a 1,000,000 x 100
+/// one gets about 10,000 x 100.
+pub fn auto_block(rows: u64, cols: u64) -> (u64, u64) {
+    let (rows, cols) = (rows.max(1), cols.max(1));
+    let bc = cols.div_ceil(cols.div_ceil(AUTO_BLOCK_SIDE));
+    let target_rows = (AUTO_BLOCK_CELLS / bc).max(1);
+    let br = rows.div_ceil(rows.div_ceil(target_rows));
+    (br, bc)
+}
+
+/// Computes the matrix a physical plan produces when the plan is a matrix expression
+/// (an `LaExec` at the top), as blocks rather than rows: `CREATE MATRIX ... AS SELECT *
+/// FROM matmul(...)` writes these blocks without going through `(i, j, v)` rows.
+pub async fn compute_blocks(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    ctx: Arc<datafusion::execution::TaskContext>,
+) -> datafusion::common::Result<Option<BlockMatrix>> {
+    let node = exec::look_through(plan);
+    match node.downcast_ref::<LaExec>() {
+        Some(la)
+            if datafusion::physical_plan::ExecutionPlan::schema(la)
+                .fields()
+                .len()
+                == 3 =>
+        {
+            la.compute(ctx).await.map(Some)
+        }
+        _ => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests;

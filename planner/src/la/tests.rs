@@ -1,0 +1,614 @@
+//! End-to-end checks of the matrix functions through SQL against naive dense
+//! arithmetic written out here.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, ListArray, RecordBatch};
+use datafusion::common::Result;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::memory_pool::GreedyMemoryPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use tessera_storage::{ArraySchema, Block, BlockKey, DenseBlock, Partitioning, Store, WriteMode};
+
+use super::expr::{MatExpr, Op, optimize, push_transposes};
+use super::strategy::Strategy;
+
+/// A dense row-major matrix for reference arithmetic.
+#[derive(Debug, Clone, PartialEq)]
+struct M {
+    r: usize,
+    c: usize,
+    v: Vec<f64>,
+}
+
+impl M {
+    fn new(r: usize, c: usize, mut f: impl FnMut(usize, usize) -> f64) -> M {
+        let mut v = Vec::with_capacity(r * c);
+        for i in 0..r {
+            for j in 0..c {
+                v.push(f(i, j));
+            }
+        }
+        M { r, c, v }
+    }
+    /// Pseudo-random with about `density` non-zeros, deterministic in `seed`.
+    fn random(r: usize, c: usize, density: f64, seed: u64) -> M {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        M::new(r, c, |_, _| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let u = (s >> 11) as f64 / (1u64 << 53) as f64;
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let w = (s >> 11) as f64 / (1u64 << 53) as f64;
+            if u < density {
+                (w * 20.0 - 10.0).round() / 4.0
+            } else {
+                0.0
+            }
+        })
+    }
+    fn at(&self, i: usize, j: usize) -> f64 {
+        self.v[i * self.c + j]
+    }
+    fn mm(&self, o: &M) -> M {
+        M::new(self.r, o.c, |i, j| {
+            (0..self.c).map(|k| self.at(i, k) * o.at(k, j)).sum()
+        })
+    }
+    fn t(&self) -> M {
+        M::new(self.c, self.r, |i, j| self.at(j, i))
+    }
+    fn map2(&self, o: &M, f: impl Fn(f64, f64) -> f64) -> M {
+        M::new(self.r, self.c, |i, j| {
+            let b = match (o.r, o.c) {
+                (1, 1) => o.at(0, 0),
+                (1, _) => o.at(0, j),
+                (_, 1) if self.c != 1 || o.r == self.r => o.at(i, 0),
+                _ => o.at(i, j),
+            };
+            f(self.at(i, j), b)
+        })
+    }
+    fn assert_close(&self, other: &M, what: &str) {
+        assert_eq!((self.r, self.c), (other.r, other.c), "{what}: shape");
+        for (k, (a, b)) in self.v.iter().zip(&other.v).enumerate() {
+            let tol = 1e-9 * (1.0 + a.abs().max(b.abs()));
+            assert!(
+                (a - b).abs() <= tol || (a.is_nan() && b.is_nan()),
+                "{what}: cell ({}, {}) is {a}, expected {b}",
+                k / self.c,
+                k % self.c
+            );
+        }
+    }
+}
+
+fn session(store: &Store, memory: Option<usize>) -> SessionContext {
+    let config = super::session_config(SessionConfig::new().with_target_partitions(2));
+    let mut builder = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config);
+    if let Some(bytes) = memory {
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(Arc::new(GreedyMemoryPool::new(bytes)))
+            .build_arc()
+            .unwrap();
+        builder = builder.with_runtime_env(runtime);
+    }
+    SessionContext::new_with_state(super::install(builder, store.clone()).build())
+}
+
+fn put(store: &Store, name: &str, m: &M, block: (u64, u64), partitioning: Partitioning) {
+    let schema = ArraySchema::matrix(m.r as u64, m.c as u64, block.0, block.1).unwrap();
+    store
+        .create_array(name, schema, Some(partitioning), None)
+        .unwrap();
+    let mut w = store.writer(name, WriteMode::Replace).unwrap();
+    for bi in 0..(m.r as u64).div_ceil(block.0) {
+        for bj in 0..(m.c as u64).div_ceil(block.1) {
+            let (r0, c0) = ((bi * block.0) as usize, (bj * block.1) as usize);
+            let (r, c) = (
+                (block.0 as usize).min(m.r - r0),
+                (block.1 as usize).min(m.c - c0),
+            );
+            let d = DenseBlock::from_fn(r, c, |i, j| m.at(r0 + i, c0 + j));
+            let b = Block::Dense(d).into_preferred_format();
+            if b.nnz() > 0 {
+                w.put_block(BlockKey::matrix(bi as i64, bj as i64), b)
+                    .unwrap();
+            }
+        }
+    }
+    w.commit().unwrap();
+}
+
+async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    ctx.sql(sql).await?.collect().await
+}
+
+/// The `(i, j, v)` result of `sql` as an `r x c` dense matrix.
+async fn matrix(ctx: &SessionContext, sql: &str, r: usize, c: usize) -> M {
+    let batches = run(ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut m = M::new(r, c, |_, _| 0.0);
+    let mut seen = std::collections::HashSet::new();
+    for b in batches {
+        let i = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let j = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let v = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+        for k in 0..b.num_rows() {
+            let (i, j) = (i.value(k) as usize, j.value(k) as usize);
+            assert!(i < r && j < c, "{sql}: cell ({i}, {j}) outside {r}x{c}");
+            assert!(seen.insert((i, j)), "{sql}: cell ({i}, {j}) twice");
+            m.v[i * c + j] = v.value(k);
+        }
+    }
+    m
+}
+
+async fn error(ctx: &SessionContext, sql: &str) -> String {
+    match run(ctx, sql).await {
+        Ok(_) => panic!("{sql}: expected an error"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const STRATEGIES: [&str; 8] = [
+    "auto",
+    "local",
+    "broadcast",
+    "broadcast_left",
+    "copartitioned",
+    "repartition",
+    "replication",
+    "tsmm",
+];
+
+#[tokio::test]
+async fn matmul_matches_naive_for_every_strategy_and_blocking() {
+    let store = Store::in_memory();
+    let ctx = session(&store, None);
+    // Dense, sparse and mixed, blocks that do not divide the shape, non-square.
+    let a = M::random(37, 23, 0.9, 1);
+    let b = M::random(23, 19, 0.9, 2);
+    let s = M::random(37, 23, 0.05, 3);
+    let u = M::random(23, 19, 0.1, 4);
+    put(&store, "a", &a, (10, 7), Partitioning::Hash { shards: 2 });
+    put(&store, "b", &b, (5, 8), Partitioning::Hash { shards: 3 });
+    put(
+        &store,
+        "s",
+        &s,
+        (16, 16),
+        Partitioning::RowBlock { shards: 2 },
+    );
+    put(&store, "u", &u, (7, 4), Partitioning::Hash { shards: 1 });
+    for strategy in STRATEGIES {
+        run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
+            .await
+            .unwrap();
+        for (x, y, mx, my) in [
+            ("a", "b", &a, &b),
+            ("s", "b", &s, &b),
+            ("a", "u", &a, &u),
+            ("s", "u", &s, &u),
+        ] {
+            let got = matrix(&ctx, &format!("SELECT * FROM matmul({x}, {y})"), mx.r, my.c).await;
+            got.assert_close(&mx.mm(my), &format!("matmul({x}, {y}) with {strategy}"));
+        }
+        // Transposed operands: t(a) is 23 x 37.
+        let got = matrix(&ctx, "SELECT * FROM matmul(t(s), a)", 23, 23).await;
+        got.assert_close(&s.t().mm(&a), &format!("t(s) a with {strategy}"));
+        let got = matrix(&ctx, "SELECT * FROM matmul(t(a), a)", 23, 23).await;
+        got.assert_close(&a.t().mm(&a), &format!("t(a) a with {strategy}"));
+    }
+}
+
+#[tokio::test]
+async fn fused_products_and_chains_match_naive() {
+    let store = Store::in_memory();
+    let ctx = session(&store, None);
+    let x = M::random(200, 12, 0.8, 5);
+    let v = M::random(12, 1, 1.0, 6);
+    let w = M::random(12, 30, 0.5, 7);
+    let z = M::random(30, 2, 1.0, 8);
+    put(&store, "x", &x, (64, 12), Partitioning::Hash { shards: 2 });
+    put(&store, "v", &v, (12, 1), Partitioning::Hash { shards: 1 });
+    put(&store, "w", &w, (5, 6), Partitioning::Hash { shards: 2 });
+    put(&store, "z", &z, (30, 2), Partitioning::Hash { shards: 1 });
+    for strategy in ["auto", "repartition", "local"] {
+        run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
+            .await
+            .unwrap();
+        let got = matrix(&ctx, "SELECT * FROM matmul(t(x), x)", 12, 12).await;
+        got.assert_close(&x.t().mm(&x), "tsmm");
+        let got = matrix(&ctx, "SELECT * FROM matmul(t(x), matmul(x, v))", 12, 1).await;
+        got.assert_close(&x.t().mm(&x.mm(&v)), "mmchain");
+        let got = matrix(&ctx, "SELECT * FROM matmul(matmul(x, w), z)", 200, 2).await;
+        got.assert_close(&x.mm(&w).mm(&z), "chain");
+        let got = matrix(&ctx, "SELECT * FROM t(matmul(x, w))", 30, 200).await;
+        got.assert_close(&x.mm(&w).t(), "transpose push-down");
+    }
+    run(&ctx, "SET tessera.matmul_strategy = 'auto'")
+        .await
+        .unwrap();
+    let plan = explain(&ctx, "SELECT * FROM matmul(t(x), x)").await;
+    assert!(plan.contains("strategy=tsmm"), "{plan}");
+    let plan = explain(&ctx, "SELECT * FROM matmul(t(x), matmul(x, v))").await;
+    assert!(plan.contains("strategy=mmchain"), "{plan}");
+    let plan = explain(&ctx, "SELECT * FROM matmul(matmul(x, w), z)").await;
+    assert!(
+        plan.contains("matmul(x, matmul(w, z))"),
+        "chain reordered: {plan}"
+    );
+    run(&ctx, "SET tessera.matmul_strategy = 'replication'")
+        .await
+        .unwrap();
+    let plan = explain(&ctx, "SELECT * FROM matmul(t(x), x)").await;
+    assert!(
+        plan.contains("strategy=replication") && plan.contains("forced"),
+        "{plan}"
+    );
+}
+
+async fn explain(ctx: &SessionContext, sql: &str) -> String {
+    let batches = run(ctx, &format!("EXPLAIN {sql}")).await.unwrap();
+    datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn elementwise_reductions_and_reshaping_match_naive() {
+    let store = Store::in_memory();
+    let ctx = session(&store, None);
+    let a = M::random(21, 13, 0.7, 9);
+    let b = M::random(21, 13, 0.2, 10);
+    let r = M::random(1, 13, 1.0, 11);
+    let c = M::random(21, 1, 1.0, 12);
+    put(&store, "a", &a, (8, 5), Partitioning::Hash { shards: 2 });
+    put(&store, "b", &b, (6, 6), Partitioning::Hash { shards: 2 });
+    put(&store, "r", &r, (1, 4), Partitioning::Hash { shards: 1 });
+    put(&store, "c", &c, (10, 1), Partitioning::Hash { shards: 2 });
+    let check = |sql: &'static str, rows: usize, cols: usize, want: M| {
+        let ctx = ctx.clone();
+        async move {
+            matrix(&ctx, sql, rows, cols).await.assert_close(&want, sql);
+        }
+    };
+    check("SELECT * FROM add(a, b)", 21, 13, a.map2(&b, |x, y| x + y)).await;
+    check("SELECT * FROM sub(a, r)", 21, 13, a.map2(&r, |x, y| x - y)).await;
+    check("SELECT * FROM mul(a, c)", 21, 13, a.map2(&c, |x, y| x * y)).await;
+    check(
+        "SELECT * FROM div(a, add(c, 100))",
+        21,
+        13,
+        a.map2(&c, |x, y| x / (y + 100.0)),
+    )
+    .await;
+    check("SELECT * FROM max(a, b)", 21, 13, a.map2(&b, f64::max)).await;
+    check(
+        "SELECT * FROM scale(a, -2.5)",
+        21,
+        13,
+        a.map2(&a, |x, _| x * -2.5),
+    )
+    .await;
+    check("SELECT * FROM pow(a, 2)", 21, 13, a.map2(&a, |x, _| x * x)).await;
+    check(
+        "SELECT * FROM exp(scale(b, 0.1))",
+        21,
+        13,
+        b.map2(&b, |x, _| (x * 0.1).exp()),
+    )
+    .await;
+    check(
+        "SELECT * FROM sqrt(abs(sub(a, b)))",
+        21,
+        13,
+        a.map2(&b, |x, y| (x - y).abs().sqrt()),
+    )
+    .await;
+    check("SELECT * FROM add(r, a)", 21, 13, a.map2(&r, |x, y| y + x)).await;
+    let plan = explain(&ctx, "SELECT * FROM sqrt(abs(sub(a, b)))").await;
+    assert!(plan.contains("FusedElementwiseExec"), "{plan}");
+    let rowsums = M::new(21, 1, |i, _| (0..13).map(|j| a.at(i, j)).sum());
+    check("SELECT * FROM rowsums(a)", 21, 1, rowsums.clone()).await;
+    check(
+        "SELECT * FROM rowmeans(a)",
+        21,
+        1,
+        M::new(21, 1, |i, _| rowsums.at(i, 0) / 13.0),
+    )
+    .await;
+    check(
+        "SELECT * FROM colsums(b)",
+        1,
+        13,
+        M::new(1, 13, |_, j| (0..21).map(|i| b.at(i, j)).sum()),
+    )
+    .await;
+    check(
+        "SELECT * FROM colmeans(b)",
+        1,
+        13,
+        M::new(1, 13, |_, j| {
+            (0..21).map(|i| b.at(i, j)).sum::<f64>() / 21.0
+        }),
+    )
+    .await;
+    let total: f64 = a.v.iter().sum();
+    check("SELECT * FROM sum(a)", 1, 1, M::new(1, 1, |_, _| total)).await;
+    let nnz = b.v.iter().filter(|x| **x != 0.0).count() as f64;
+    check("SELECT * FROM nnz(b)", 1, 1, M::new(1, 1, |_, _| nnz)).await;
+    let lo = b.v.iter().copied().fold(f64::INFINITY, f64::min);
+    check("SELECT * FROM min(b)", 1, 1, M::new(1, 1, |_, _| lo)).await;
+    // A zero scalar result still has its row.
+    let rows = run(&ctx, "SELECT * FROM sum(sub(a, a))").await.unwrap();
+    assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+    check(
+        "SELECT * FROM slice(a, 3, 17, 2, 11)",
+        14,
+        9,
+        M::new(14, 9, |i, j| a.at(i + 3, j + 2)),
+    )
+    .await;
+    check(
+        "SELECT * FROM cbind(a, c)",
+        21,
+        14,
+        M::new(21, 14, |i, j| if j < 13 { a.at(i, j) } else { c.at(i, 0) }),
+    )
+    .await;
+    check(
+        "SELECT * FROM rbind(a, b)",
+        42,
+        13,
+        M::new(
+            42,
+            13,
+            |i, j| if i < 21 { a.at(i, j) } else { b.at(i - 21, j) },
+        ),
+    )
+    .await;
+    check(
+        "SELECT * FROM diag(c)",
+        21,
+        21,
+        M::new(21, 21, |i, j| if i == j { c.at(i, 0) } else { 0.0 }),
+    )
+    .await;
+    check(
+        "SELECT * FROM diag(matmul(t(a), a))",
+        13,
+        1,
+        M::new(13, 1, |i, _| a.t().mm(&a).at(i, i)),
+    )
+    .await;
+    check(
+        "SELECT * FROM eye(7)",
+        7,
+        7,
+        M::new(7, 7, |i, j| f64::from(u8::from(i == j))),
+    )
+    .await;
+    // Subquery arguments: any (i, j, v) relation, the shape taken from the data.
+    check(
+        "SELECT * FROM matmul((SELECT i, j, v * 2 FROM (VALUES (0, 0, 1.0), (1, 2, 3.0)) AS t(i, j, v)), eye(3))",
+        2,
+        3,
+        M::new(2, 3, |i, j| match (i, j) { (0, 0) => 2.0, (1, 2) => 6.0, _ => 0.0 }),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rows_returns_dense_rows() {
+    let store = Store::in_memory();
+    let ctx = session(&store, None);
+    let a = M::random(9, 5, 0.5, 13);
+    put(&store, "a", &a, (4, 2), Partitioning::Hash { shards: 2 });
+    let batches = run(&ctx, "SELECT * FROM rows(a) ORDER BY i").await.unwrap();
+    let mut seen = 0;
+    for b in batches {
+        let ids = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let rows = b.column(1).as_any().downcast_ref::<ListArray>().unwrap();
+        for k in 0..b.num_rows() {
+            let row = rows.value(k);
+            let row = row.as_any().downcast_ref::<Float64Array>().unwrap();
+            let i = ids.value(k) as usize;
+            assert_eq!(i, seen);
+            assert_eq!(row.values().to_vec(), a.v[i * 5..(i + 1) * 5].to_vec());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 9);
+}
+
+#[tokio::test]
+async fn solvers_match_hand_worked_examples() {
+    let store = Store::in_memory();
+    let ctx = session(&store, None);
+    // a = [[4, 2], [2, 3]]: inverse [[3, -2], [-2, 4]] / 8; cholesky [[2, 0], [1, sqrt 2]].
+    let a = M {
+        r: 2,
+        c: 2,
+        v: vec![4.0, 2.0, 2.0, 3.0],
+    };
+    let b = M {
+        r: 2,
+        c: 1,
+        v: vec![2.0, 1.0],
+    };
+    put(&store, "a", &a, (1, 2), Partitioning::Hash { shards: 2 });
+    put(&store, "b", &b, (2, 1), Partitioning::Hash { shards: 1 });
+    let inv = M {
+        r: 2,
+        c: 2,
+        v: vec![0.375, -0.25, -0.25, 0.5],
+    };
+    matrix(&ctx, "SELECT * FROM inv(a)", 2, 2)
+        .await
+        .assert_close(&inv, "inv");
+    // x = inv(a) b = [0.5, 0].
+    matrix(&ctx, "SELECT * FROM solve(a, b)", 2, 1)
+        .await
+        .assert_close(
+            &M {
+                r: 2,
+                c: 1,
+                v: vec![0.5, 0.0],
+            },
+            "solve",
+        );
+    matrix(&ctx, "SELECT * FROM cholesky(a)", 2, 2)
+        .await
+        .assert_close(
+            &M {
+                r: 2,
+                c: 2,
+                v: vec![2.0, 0.0, 1.0, 2f64.sqrt()],
+            },
+            "cholesky",
+        );
+    // Ridge regression in one statement: solve(t(x) x + 0.5 I, t(x) y).
+    let x = M::random(50, 4, 1.0, 14);
+    let y = M::random(50, 1, 1.0, 15);
+    put(&store, "x", &x, (16, 4), Partitioning::Hash { shards: 2 });
+    put(&store, "y", &y, (16, 1), Partitioning::Hash { shards: 2 });
+    let got = matrix(
+        &ctx,
+        "SELECT * FROM solve(add(matmul(t(x), x), scale(eye(4), 0.5)), matmul(t(x), y))",
+        4,
+        1,
+    )
+    .await;
+    let g = x.t().mm(&x).map2(
+        &M::new(4, 4, |i, j| if i == j { 0.5 } else { 0.0 }),
+        |p, q| p + q,
+    );
+    // Check g got = t(x) y instead of inverting by hand.
+    g.mm(&got)
+        .assert_close(&x.t().mm(&y), "ridge normal equations");
+    let msg = error(&ctx, "SELECT * FROM inv(sub(a, a))").await;
+    assert!(msg.contains("singular"), "{msg}");
+    let msg = error(&ctx, "SELECT * FROM cholesky(scale(a, -1))").await;
+    assert!(msg.contains("positive definite"), "{msg}");
+}
+
+#[tokio::test]
+async fn rand_is_deterministic_and_honours_its_arguments() {
+    let store = Store::in_memory();
+    let ctx = session(&store, None);
+    let one = matrix(&ctx, "SELECT * FROM rand(300, 40, 0.1, 7, -1, 1)", 300, 40).await;
+    let two = matrix(&ctx, "SELECT * FROM rand(300, 40, 0.1, 7, -1, 1)", 300, 40).await;
+    assert_eq!(one, two);
+    let other = matrix(&ctx, "SELECT * FROM rand(300, 40, 0.1, 8, -1, 1)", 300, 40).await;
+    assert_ne!(one, other);
+    let nnz = one.v.iter().filter(|x| **x != 0.0).count() as f64;
+    assert!(
+        (nnz / 12_000.0 - 0.1).abs() < 0.02,
+        "density {}",
+        nnz / 12_000.0
+    );
+    assert!(one.v.iter().all(|x| (-1.0..1.0).contains(x)));
+    let dense = matrix(
+        &ctx,
+        "SELECT * FROM rand(rows => 20, cols => 3, seed => 1)",
+        20,
+        3,
+    )
+    .await;
+    assert!(dense.v.iter().all(|x| (0.0..1.0).contains(x) && *x != 0.0));
+}
+
+#[tokio::test]
+async fn mistakes_are_clear_errors() {
+    let store = Store::in_memory();
+    let ctx = session(&store, None);
+    put(
+        &store,
+        "a",
+        &M::random(3, 4, 1.0, 1),
+        (2, 2),
+        Partitioning::Hash { shards: 1 },
+    );
+    put(
+        &store,
+        "b",
+        &M::random(5, 2, 1.0, 2),
+        (2, 2),
+        Partitioning::Hash { shards: 1 },
+    );
+    let msg = error(&ctx, "SELECT * FROM matmul(a, b)").await;
+    assert!(msg.contains("3x4") && msg.contains("5x2"), "{msg}");
+    let msg = error(&ctx, "SELECT * FROM add(a, b)").await;
+    assert!(msg.contains("3x4") && msg.contains("5x2"), "{msg}");
+    let msg = error(&ctx, "SELECT * FROM matmul(a, nosuch)").await;
+    assert!(msg.contains("unknown array or table 'nosuch'"), "{msg}");
+    let msg = error(&ctx, "SELECT * FROM matmul(a)").await;
+    assert!(msg.contains("matmul takes 2 argument"), "{msg}");
+    let msg = error(&ctx, "SELECT * FROM matmul(a, b, a)").await;
+    assert!(msg.contains("matmul takes 2 argument"), "{msg}");
+    let msg = error(&ctx, "SELECT * FROM t(frobnicate(a))").await;
+    assert!(
+        msg.contains("unknown matrix function 'frobnicate'"),
+        "{msg}"
+    );
+    let msg = error(&ctx, "SELECT * FROM scale(a, b)").await;
+    assert!(msg.contains("must be a number"), "{msg}");
+    let msg = error(&ctx, "SELECT * FROM slice(a, 0, 9, 0, 1)").await;
+    assert!(msg.contains("3x4"), "{msg}");
+    let msg = error(&ctx, "SELECT * FROM matmul(a, (SELECT 1, 2))").await;
+    assert!(msg.contains("three columns"), "{msg}");
+    run(&ctx, "SET tessera.matmul_strategy = 'fastest'")
+        .await
+        .unwrap();
+    let msg = error(&ctx, "SELECT * FROM matmul(t(a), a)").await;
+    assert!(msg.contains("unknown tessera.matmul_strategy"), "{msg}");
+}
+
+#[tokio::test]
+async fn memory_budget_fails_cleanly() {
+    let store = Store::in_memory();
+    // 1 MiB for the session: a 2000 x 2000 dense product (32 MB) cannot fit.
+    let ctx = session(&store, Some(1 << 20));
+    let msg = error(&ctx, "SELECT count(*) FROM matmul(rand(2000, 2000, 1.0, 1, 0, 1), rand(2000, 2000, 1.0, 2, 0, 1))").await;
+    assert!(
+        msg.contains("Resources exhausted") || msg.contains("memory"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn rewrites_remove_double_transposes_and_push_transposes_down() {
+    let leaf = |k| MatExpr::leaf(Op::Eye(k));
+    assert_eq!(push_transposes(leaf(3).t().t()), leaf(3));
+    let x = MatExpr::leaf(Op::Input(0));
+    let y = MatExpr::leaf(Op::Input(1));
+    let prod = MatExpr::new(Op::MatMul, vec![x.clone(), y.clone()]);
+    assert_eq!(
+        push_transposes(prod.t()),
+        MatExpr::new(Op::MatMul, vec![y.clone().t(), x.clone().t()])
+    );
+    // t(t(x)) = x, so the product stays plain.
+    let e = optimize(MatExpr::new(Op::MatMul, vec![x.clone().t().t(), x.clone()]));
+    assert_eq!(e, MatExpr::new(Op::MatMul, vec![x.clone(), x.clone()]));
+    let e = optimize(MatExpr::new(Op::MatMul, vec![x.clone().t(), x.clone()]));
+    assert_eq!(e.op, Op::Tsmm);
+    assert_eq!(Strategy::parse("cpmm"), Some(Strategy::Repartition));
+}
+
+#[test]
+fn auto_block_sizes() {
+    assert_eq!(super::auto_block(4096, 4096), (1024, 1024));
+    assert_eq!(super::auto_block(1_000_000, 100), (10_417, 100));
+    assert_eq!(super::auto_block(3, 5), (3, 5));
+    let (br, bc) = super::auto_block(100_000, 100_000);
+    assert!(br * bc <= 1 << 20 && bc <= 1024);
+}
