@@ -114,6 +114,12 @@ pub async fn write_query_as_matrix(
             names.join(", ")
         );
     }
+    // Fast path: a matrix expression hands over its blocks, no (i, j, v) rows.
+    let task_ctx = query.task_ctx();
+    let plan = query.clone().create_physical_plan().await?;
+    if let Some(m) = crate::la::compute_blocks(&plan, Arc::new(task_ctx)).await? {
+        return write_blocks_as_matrix(catalog, m, target).await;
+    }
     let pool = query.task_ctx().memory_pool().clone();
     let mut stream = query.execute_stream().await?;
     let reservation = MemoryConsumer::new(format!("CREATE MATRIX {name}")).register(&pool);
@@ -179,6 +185,69 @@ pub async fn write_query_as_matrix(
     };
     if let Err(e) = written {
         // Nothing is left behind: the array was created by this statement.
+        if let Err(drop_error) = store.drop_array(&name) {
+            tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");
+        }
+        return Err(e);
+    }
+    Ok(cells)
+}
+
+/// Stores a computed matrix as the new matrix `target`, block by block (cut again when
+/// `target` asks for another block size). Returns the number of non-zero cells.
+async fn write_blocks_as_matrix(
+    catalog: &TesseraCatalog,
+    m: crate::la::BlockMatrix,
+    target: NewMatrix,
+) -> Result<u64> {
+    let name = target.name.clone();
+    if let Some(shape) = target.shape {
+        if shape != m.shape() {
+            return plan_err!(
+                "CREATE MATRIX {name} ({}, {}) AS: the query's matrix is {}x{}",
+                shape.0,
+                shape.1,
+                m.rows,
+                m.cols
+            );
+        }
+    }
+    let (br, bc) = target
+        .block
+        .unwrap_or_else(|| auto_block_size(m.rows, m.cols));
+    let schema = ArraySchema::matrix(m.rows, m.cols, br, bc).map_err(storage_error)?;
+    let m = if (m.br, m.bc) == (br, bc) {
+        m
+    } else {
+        let parts = m.parts.len();
+        blocking(move || m.reblock(br, bc, parts)).await?
+    };
+    let cells = m.nnz();
+    catalog.create_array(
+        &name,
+        schema,
+        target.partitioning,
+        target.keep_versions,
+        target.format,
+    )?;
+    let store = catalog.store().clone();
+    let written = {
+        let (store, name) = (store.clone(), name.clone());
+        blocking(move || {
+            let mut writer = store
+                .writer(&name, WriteMode::Replace)
+                .map_err(storage_error)?;
+            for (i, j, b) in m.tiles() {
+                let block = Arc::unwrap_or_clone(b.clone());
+                writer
+                    .put_block(BlockKey::matrix(*i as i64, *j as i64), block)
+                    .map_err(storage_error)?;
+            }
+            writer.commit().map_err(storage_error)
+        })
+        .await
+    };
+    if let Err(e) = written {
         if let Err(drop_error) = store.drop_array(&name) {
             tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");
         }

@@ -47,21 +47,10 @@ pub fn install(builder: SessionStateBuilder, store: Store) -> SessionStateBuilde
         .with_query_planner(Arc::new(TesseraQueryPlanner))
 }
 
-/// Largest side of an automatically sized block.
-const AUTO_BLOCK_SIDE: u64 = 1024;
-/// Cells an automatically sized block aims for (8 MiB dense).
-const AUTO_BLOCK_CELLS: u64 = 1 << 20;
-
-/// The block size Tessera picks for a `rows x cols` matrix when none is given: columns
-/// cut into equal blocks of at most 1024, then rows into equal blocks of about 2^20
-/// cells in all, so a 4096 x 4096 matrix gets 1024 x 1024 blocks and a 1,000,000 x 100
-/// one gets about 10,000 x 100.
+/// The block size for a matrix the planner makes (generated, read from a subquery or
+/// computed): the same rule as `CREATE MATRIX` without `BLOCK`, [`crate::auto_block_size`].
 pub fn auto_block(rows: u64, cols: u64) -> (u64, u64) {
-    let (rows, cols) = (rows.max(1), cols.max(1));
-    let bc = cols.div_ceil(cols.div_ceil(AUTO_BLOCK_SIDE));
-    let target_rows = (AUTO_BLOCK_CELLS / bc).max(1);
-    let br = rows.div_ceil(rows.div_ceil(target_rows));
-    (br, bc)
+    crate::auto_block_size(rows, cols)
 }
 
 /// Computes the matrix a physical plan produces when the plan is a matrix expression

@@ -603,12 +603,3 @@ fn rewrites_remove_double_transposes_and_push_transposes_down() {
     assert_eq!(e.op, Op::Tsmm);
     assert_eq!(Strategy::parse("cpmm"), Some(Strategy::Repartition));
 }
-
-#[test]
-fn auto_block_sizes() {
-    assert_eq!(super::auto_block(4096, 4096), (1024, 1024));
-    assert_eq!(super::auto_block(1_000_000, 100), (10_417, 100));
-    assert_eq!(super::auto_block(3, 5), (3, 5));
-    let (br, bc) = super::auto_block(100_000, 100_000);
-    assert!(br * bc <= 1 << 20 && bc <= 1024);
-}
