@@ -13,6 +13,7 @@ pub mod la;
 mod partitioning;
 pub mod session;
 mod stored_table;
+mod view;
 
 pub use array_table::{ArrayTable, CellListing, cell_schema};
 pub use array_write::{
@@ -24,4 +25,5 @@ pub use catalog::{
 };
 pub use error::storage_error;
 pub use stored_table::StoredTable;
+pub use view::SqlView;
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};

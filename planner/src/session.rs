@@ -14,7 +14,6 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::TableProvider;
-use datafusion::catalog::view::ViewTable;
 use datafusion::common::config::CsvOptions;
 use datafusion::common::{DataFusionError, Result, TableReference, plan_datafusion_err, plan_err};
 use datafusion::dataframe::DataFrameWriteOptions;
@@ -40,6 +39,7 @@ use crate::ddl::{
     TesseraStatement,
 };
 use crate::error::{blocking, storage_error};
+use crate::view::SqlView;
 
 /// Executes one statement (as split by [`crate::ddl::parse`]) in `ctx`, whose default
 /// schema must be `catalog`.
@@ -93,10 +93,9 @@ async fn plan_definition(ctx: &SessionContext, sql: &str) -> Result<Arc<dyn Tabl
         LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
             external_table_provider(ctx, &cmd).await
         }
-        LogicalPlan::Ddl(DdlStatement::CreateView(cmd)) => Ok(Arc::new(ViewTable::new(
-            Arc::unwrap_or_clone(cmd.input),
-            cmd.definition,
-        ))),
+        LogicalPlan::Ddl(DdlStatement::CreateView(cmd)) => {
+            Ok(Arc::new(SqlView::new(sql, &cmd.input)?))
+        }
         other => Err(DataFusionError::Internal(format!(
             "a stored definition is not CREATE EXTERNAL TABLE or CREATE VIEW: {}",
             other.display()
@@ -310,10 +309,7 @@ fn create_view(
     if !check_new_table(catalog, &name, false, cmd.or_replace, cmd.temporary, "view")? {
         return Ok(empty_stream());
     }
-    let provider = Arc::new(ViewTable::new(
-        Arc::unwrap_or_clone(cmd.input),
-        cmd.definition,
-    ));
+    let provider = Arc::new(SqlView::new(sql, &cmd.input)?);
     catalog.create_definition(&name, DefinitionKind::View, sql, provider, cmd.or_replace)?;
     Ok(empty_stream())
 }
