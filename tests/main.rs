@@ -4,6 +4,7 @@
 
 mod python;
 mod slt;
+mod sql_database;
 mod storage_format;
 mod storage_io;
 mod storage_load;

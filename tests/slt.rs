@@ -38,7 +38,11 @@ fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, DataFusionError> {
                     .iter()
                     .map(|f| {
                         let s = f.value(r).to_string();
-                        if s.is_empty() { "(empty)".to_string() } else { s }
+                        if s.is_empty() {
+                            "(empty)".to_string()
+                        } else {
+                            s
+                        }
                     })
                     .collect(),
             );
@@ -122,7 +126,9 @@ pub fn run_file(path: &str, on_disk: bool) {
         let mut runner = sqllogictest::Runner::new(connect);
         runner.add_label("tessera");
         runner.add_label(if on_disk { "on_disk" } else { "in_memory" });
-        let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("slt").join("data");
+        let data = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("slt")
+            .join("data");
         runner.set_var("DATA".into(), data.display().to_string());
         if std::env::var_os("TESSERA_SLT_COMPLETE").is_some() && !on_disk {
             runner

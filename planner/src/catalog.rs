@@ -445,11 +445,9 @@ impl SchemaProvider for TesseraCatalog {
             Some(TableEntry::Broken(reason)) => {
                 return plan_err!("table '{name}' could not be restored: {reason}");
             }
-            Some(TableEntry::Pending(_)) => {
-                return plan_err!(
-                    "table '{name}' is a stored definition that has not been planned yet"
-                );
-            }
+            // Only seen while stored definitions are planned again (the statement that
+            // made it is planned and must not find it).
+            Some(TableEntry::Pending(_)) => return Ok(None),
             None => {}
         }
         let store = self.store.clone();

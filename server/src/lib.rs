@@ -16,6 +16,7 @@
 //! that failed (a bad file, damaged data), `ResourcesExhausted` when the memory budget
 //! does not suffice, `Internal` for a bug.
 
+pub mod cli;
 mod database;
 mod session;
 

@@ -1,0 +1,600 @@
+//! The embedded database end to end: persistence across reopening, COPY round trips
+//! checked by NumPy, writes that fail and commit nothing, the memory budget, and the
+//! `tessera` command line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
+use datafusion::error::DataFusionError;
+use tessera_server::{Database, DatabaseOptions};
+
+use crate::python;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Every row of every batch as text, columns joined by `|`.
+fn rows(batches: &[RecordBatch]) -> Vec<String> {
+    use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for b in batches {
+        let f: Vec<_> = b
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for r in 0..b.num_rows() {
+            out.push(
+                f.iter()
+                    .map(|f| f.value(r).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|"),
+            );
+        }
+    }
+    out
+}
+
+async fn query(db: &Database, sql: &str) -> Vec<String> {
+    rows(&db.sql(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")))
+}
+
+fn error(result: Result<Vec<RecordBatch>, DataFusionError>) -> DataFusionError {
+    match result {
+        Ok(b) => panic!("expected an error, got {:?}", rows(&b)),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn tables_and_arrays_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let csv = dir.path().join("people.csv");
+    std::fs::write(&csv, "id,name\n1,ada\n2,grace\n").unwrap();
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        db.sql(&format!(
+            "CREATE MATRIX m (3, 4) BLOCK (2, 2) WITH (keep_versions = 3);
+             INSERT INTO m VALUES (0, 0, 1.5), (2, 3, -4.0);
+             INSERT INTO m VALUES (1, 1, 2.0);
+             CREATE TABLE t (id BIGINT, score DOUBLE DEFAULT 0.5);
+             INSERT INTO t (id) VALUES (1);
+             INSERT INTO t VALUES (2, 9.0);
+             CREATE TABLE s AS SELECT i, sum(v) AS total FROM m GROUP BY i;
+             CREATE TABLE gone AS SELECT 1 AS x;
+             DROP TABLE gone;
+             CREATE EXTERNAL TABLE people STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true');
+             CREATE VIEW scored AS SELECT p.name, t.score FROM people p JOIN t ON p.id = t.id",
+            csv.display()
+        ))
+        .await
+        .unwrap();
+        // A second open of the same directory is refused while the first is open.
+        let locked = Database::open(&path).unwrap_err();
+        assert!(locked.to_string().contains("locked"), "{locked}");
+    });
+    // Every table directory left is one the catalog names (`gone` was deleted).
+    let table_dirs = std::fs::read_dir(path.join("tables"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().is_dir())
+        .count();
+    assert_eq!(table_dirs, 2, "t and s");
+
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        assert_eq!(
+            query(&db, "SELECT i, j, v FROM m ORDER BY i, j").await,
+            ["0|0|1.5", "1|1|2.0", "2|3|-4.0"]
+        );
+        assert_eq!(
+            query(&db, "SELECT i, j, v FROM \"m@1\" ORDER BY i, j").await,
+            ["0|0|1.5", "2|3|-4.0"]
+        );
+        assert_eq!(
+            query(&db, "SELECT * FROM t ORDER BY id").await,
+            ["1|0.5", "2|9.0"]
+        );
+        assert_eq!(
+            query(&db, "SELECT * FROM s ORDER BY i").await,
+            ["0|1.5", "1|2.0", "2|-4.0"]
+        );
+        assert_eq!(
+            query(&db, "SELECT * FROM scored ORDER BY name").await,
+            ["ada|0.5", "grace|9.0"]
+        );
+        // The column default came back too.
+        db.sql("INSERT INTO t (id) VALUES (3)").await.unwrap();
+        assert_eq!(
+            query(&db, "SELECT score FROM t WHERE id = 3").await,
+            ["0.5"]
+        );
+        let e = error(db.sql("SELECT * FROM gone").await);
+        assert!(e.to_string().contains("not found"), "{e}");
+        // Names are still taken across kinds after a restart.
+        let e = error(db.sql("CREATE MATRIX t (2, 2)").await);
+        assert!(e.to_string().contains("already a table"), "{e}");
+        db.sql("DROP TABLE s; DROP VIEW scored; DROP TABLE people")
+            .await
+            .unwrap();
+    });
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        assert_eq!(
+            query(&db, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' ORDER BY 1").await,
+            ["m", "t"]
+        );
+        assert_eq!(query(&db, "SELECT count(*) FROM t").await, ["3"]);
+    });
+}
+
+#[test]
+fn a_missing_external_file_fails_only_queries_of_that_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let csv = dir.path().join("x.csv");
+    std::fs::write(&csv, "a\n1\n").unwrap();
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        db.sql(&format!(
+            "CREATE EXTERNAL TABLE x STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true'); CREATE TABLE y AS SELECT 2 AS b",
+            csv.display()
+        ))
+        .await
+        .unwrap();
+    });
+    std::fs::remove_file(&csv).unwrap();
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        assert_eq!(query(&db, "SELECT b FROM y").await, ["2"]);
+        let e = error(db.sql("SELECT * FROM x").await);
+        assert!(e.to_string().contains("could not be restored"), "{e}");
+        // It can be dropped and recreated.
+        db.sql("DROP TABLE x; CREATE TABLE x AS SELECT 3 AS c")
+            .await
+            .unwrap();
+        assert_eq!(query(&db, "SELECT c FROM x").await, ["3"]);
+    });
+}
+
+/// NumPy writes matrices, Tessera loads them with COPY, SQL aggregates are compared with
+/// NumPy's, and the files Tessera writes back are compared with the originals in NumPy.
+#[test]
+fn copy_round_trips_against_numpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // A sparse 37x23 matrix (C order) and a dense 5x7 one in Fortran order; values with
+    // many digits so any rounding would show.
+    let sums = python::run(
+        d,
+        r#"
+import numpy as np
+rng = np.random.default_rng(7)
+a = rng.standard_normal((37, 23)) * 1e3
+a[rng.random((37, 23)) < 0.8] = 0.0
+np.save('a.npy', a)
+b = np.asfortranarray(rng.standard_normal((5, 7)))
+np.save('b.npy', b)
+print(repr(float(a.sum())))
+for i, s in enumerate(a.sum(axis=1)):
+    print(i, repr(float(s)), int(np.count_nonzero(a[i])))
+print(repr(float((b * b).sum())))
+"#,
+    );
+    let mut lines = sums.lines();
+    let total: f64 = lines.next().unwrap().parse().unwrap();
+    let per_row: Vec<(i64, f64, i64)> = (0..37)
+        .map(|_| {
+            let w: Vec<&str> = lines.next().unwrap().split(' ').collect();
+            (
+                w[0].parse().unwrap(),
+                w[1].parse().unwrap(),
+                w[2].parse().unwrap(),
+            )
+        })
+        .collect();
+    let b_squares: f64 = lines.next().unwrap().parse().unwrap();
+
+    runtime().block_on(async {
+        let db = Database::open(d.join("db")).unwrap();
+        let p = |f: &str| d.join(f).display().to_string();
+        let loaded = db
+            .sql(&format!(
+                "CREATE MATRIX a (37, 23) BLOCK (10, 8); COPY a FROM '{}' WITH (FORMAT npy)",
+                p("a.npy")
+            ))
+            .await
+            .unwrap();
+        let nnz: i64 = per_row.iter().map(|r| r.2).sum();
+        assert_eq!(
+            loaded[0].column(0).as_primitive::<UInt64Type>().value(0),
+            nnz as u64
+        );
+        // Row sums and counts of non-zeros, against NumPy's (sums within rounding of a
+        // different summation order).
+        let batches = db
+            .sql("SELECT i, sum(v), count(*) FROM a GROUP BY i ORDER BY i")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for b in &batches {
+            for r in 0..b.num_rows() {
+                got.push((
+                    b.column(0).as_primitive::<Int64Type>().value(r),
+                    b.column(1).as_primitive::<Float64Type>().value(r),
+                    b.column(2).as_primitive::<Int64Type>().value(r),
+                ));
+            }
+        }
+        let want: Vec<_> = per_row.iter().filter(|r| r.2 > 0).collect();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(want) {
+            assert_eq!((g.0, g.2), (w.0, w.2));
+            assert!(
+                (g.1 - w.1).abs() <= 1e-9 * w.1.abs().max(1.0),
+                "{g:?} vs {w:?}"
+            );
+        }
+        let s = db.sql("SELECT sum(v) FROM a").await.unwrap();
+        let s = s[0].column(0).as_primitive::<Float64Type>().value(0);
+        assert!((s - total).abs() <= 1e-9 * total.abs().max(1.0));
+
+        // The Fortran-order file, then a sum of squares computed in SQL.
+        db.sql(&format!(
+            "CREATE MATRIX b (5, 7) DENSE; COPY b FROM '{}'",
+            p("b.npy")
+        ))
+        .await
+        .unwrap();
+        let s = db.sql("SELECT sum(v * v) FROM b").await.unwrap();
+        let s = s[0].column(0).as_primitive::<Float64Type>().value(0);
+        assert!((s - b_squares).abs() <= 1e-12 * b_squares);
+
+        // Back out in every format, and a parquet round trip into a new matrix.
+        db.sql(&format!(
+            "COPY a TO '{}'; COPY a TO '{}' WITH (FORMAT mtx); COPY a TO '{}' WITH (FORMAT 'csv');
+             COPY b TO '{}'; COPY a TO '{}' WITH (FORMAT parquet);
+             CREATE MATRIX a2 (37, 23); COPY a2 FROM '{}'; COPY a2 TO '{}'",
+            p("a_out.npy"),
+            p("a_out.mtx"),
+            p("a_out.csv"),
+            p("b_out.npy"),
+            p("a_out.parquet"),
+            p("a_out.parquet"),
+            p("a2_out.npy"),
+        ))
+        .await
+        .unwrap();
+    });
+    let verdict = python::run(
+        d,
+        r#"
+import numpy as np, scipy.io
+a = np.load('a.npy'); b = np.load('b.npy')
+checks = {
+    'npy': np.array_equal(np.load('a_out.npy'), a),
+    'mtx': np.array_equal(scipy.io.mmread('a_out.mtx').toarray(), a),
+    'b': np.array_equal(np.load('b_out.npy'), b),
+    'parquet': np.array_equal(np.load('a2_out.npy'), a),
+}
+header = open('a_out.csv').readline()[:1].isalpha()
+t = np.loadtxt('a_out.csv', delimiter=',', ndmin=2, skiprows=int(header))
+m = np.zeros_like(a)
+if t.shape[1] == 3:
+    for i, j, v in t: m[int(i), int(j)] = v
+else:
+    m = t
+checks['csv'] = np.array_equal(m, a)
+print(' '.join(k for k, ok in checks.items() if not ok) or 'ok')
+"#,
+    );
+    assert_eq!(
+        verdict.trim(),
+        "ok",
+        "formats that differ from NumPy's matrix"
+    );
+}
+
+#[test]
+fn failed_writes_commit_nothing() {
+    runtime().block_on(async {
+        let db = Database::in_memory().unwrap();
+        db.sql(
+            "CREATE MATRIX m (100, 100) BLOCK (10, 10);
+             INSERT INTO m SELECT value % 100, value / 100, 1.0 + value FROM generate_series(0, 4999)",
+        )
+        .await
+        .unwrap();
+        let before = db.store().array("m").unwrap().current().clone();
+        assert_eq!(before.nnz, 5000);
+        // Thousands of good cells across many blocks, then one outside the shape.
+        let e = error(
+            db.sql(
+                "INSERT INTO m SELECT value % 100, value / 100, -1.0 FROM generate_series(0, 9999)
+                 UNION ALL SELECT 100, 5, 1.0",
+            )
+            .await,
+        );
+        assert!(
+            e.to_string()
+                .contains("cell (100, 5) is outside array 'm' of shape 100x100"),
+            "{e}"
+        );
+        assert!(matches!(e.find_root(), DataFusionError::Plan(_)), "{e:?}");
+        let e = error(
+            db.sql("INSERT INTO m VALUES (1, 1, NULL)").await,
+        );
+        assert!(e.to_string().to_lowercase().contains("null"), "{e}");
+        let after = db.store().array("m").unwrap().current().clone();
+        assert_eq!(after.version, before.version);
+        assert_eq!(
+            query(&db, "SELECT count(*), sum(v) FROM m").await,
+            [format!("5000|{}.0", (1..=5000).sum::<i64>())]
+        );
+        // CREATE MATRIX ... AS whose query fails while running leaves no matrix.
+        let e = error(
+            db.sql("CREATE MATRIX bad AS SELECT i, j, v FROM m UNION ALL SELECT 1, 2, CAST('x' AS DOUBLE)")
+                .await,
+        );
+        assert!(!e.to_string().is_empty());
+        assert!(db.store().array("bad").is_err());
+        // An error in the middle of a script stops it; what ran before stays.
+        let e = error(
+            db.sql("CREATE MATRIX first (2, 2); CREATE MATRIX first (2, 2); CREATE MATRIX third (2, 2)")
+                .await,
+        );
+        assert!(e.to_string().contains("array 'first' already exists"), "{e}");
+        assert!(db.store().array("first").is_ok());
+        assert!(db.store().array("third").is_err());
+    });
+}
+
+#[test]
+fn the_memory_budget_fails_cleanly() {
+    runtime().block_on(async {
+        let db = Database::in_memory_with(DatabaseOptions {
+            memory_limit: Some(1 << 20),
+            ..DatabaseOptions::default()
+        })
+        .unwrap();
+        assert_eq!(db.memory_limit(), 1 << 20);
+        db.sql("CREATE MATRIX big (1000, 1000)").await.unwrap();
+        // 1e6 cells of 16 bytes each cannot be grouped in 1 MiB.
+        let e = error(
+            db.sql("INSERT INTO big SELECT value / 1000, value % 1000, 1.0 FROM generate_series(0, 999999)")
+                .await,
+        );
+        assert!(
+            matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
+            "{e:?}"
+        );
+        assert_eq!(db.store().array("big").unwrap().current().version, 0);
+        // A hash join whose build side does not fit fails the same way, instead of
+        // taking the memory.
+        let e = error(
+            db.sql("SELECT count(*) FROM generate_series(0, 999999) a JOIN generate_series(0, 999999) b ON a.value = b.value")
+                .await,
+        );
+        assert!(
+            matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
+            "{e:?}"
+        );
+        // The database still works.
+        assert_eq!(query(&db, "SELECT count(*) FROM big").await, ["0"]);
+    });
+}
+
+#[test]
+fn sessions_share_data_but_not_settings() {
+    runtime().block_on(async {
+        let db = Database::in_memory().unwrap();
+        let one = db.session().unwrap();
+        let two = db.session().unwrap();
+        one.sql("SET datafusion.execution.batch_size = 7; CREATE TABLE shared AS SELECT 1 AS x")
+            .await
+            .unwrap();
+        let show = |b: Vec<RecordBatch>| rows(&b);
+        assert_eq!(
+            show(
+                two.sql("SELECT x FROM shared").await.unwrap()
+            ),
+            ["1"]
+        );
+        let setting = "SELECT value FROM information_schema.df_settings WHERE name = 'datafusion.execution.batch_size'";
+        assert_eq!(show(one.sql(setting).await.unwrap()), ["7"]);
+        assert_eq!(show(two.sql(setting).await.unwrap()), ["8192"]);
+        // Streaming: the statements before the last have run when the stream is returned.
+        let mut stream = two
+            .sql_stream("CREATE MATRIX s (2, 2); INSERT INTO s VALUES (1, 1, 3.0); SELECT v FROM s")
+            .await
+            .unwrap();
+        use futures::StreamExt;
+        let batch = stream.next().await.unwrap().unwrap();
+        assert_eq!(batch.column(0).as_primitive::<Float64Type>().value(0), 3.0);
+        assert!(stream.next().await.is_none());
+        assert!(db.sql("").await.unwrap().is_empty());
+    });
+}
+
+// ---- the command line ----------------------------------------------------------------
+
+fn cli(args: &[&str], stdin: &str) -> (u8, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let code = tessera_server::cli::run(&args, &mut stdin.as_bytes(), &mut out, &mut err);
+    (
+        code,
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    )
+}
+
+#[test]
+fn the_cli_prints_tables_csv_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db").display().to_string();
+    let (code, out, err) = cli(
+        &[
+            "sql",
+            "--data-dir",
+            &db,
+            "CREATE MATRIX m (2, 3); INSERT INTO m VALUES (0, 1, 2.5), (1, 2, -1.0); SELECT * FROM m ORDER BY i",
+        ],
+        "",
+    );
+    assert_eq!((code, err.as_str()), (0, ""));
+    assert_eq!(
+        out,
+        "+---+---+------+\n\
+         | i | j | v    |\n\
+         +---+---+------+\n\
+         | 0 | 1 | 2.5  |\n\
+         | 1 | 2 | -1.0 |\n\
+         +---+---+------+\n"
+    );
+    let (code, out, _) = cli(
+        &[
+            "sql",
+            "-d",
+            &db,
+            "--format",
+            "csv",
+            "SELECT * FROM m ORDER BY i",
+        ],
+        "",
+    );
+    assert_eq!((code, out.as_str()), (0, "i,j,v\n0,1,2.5\n1,2,-1.0\n"));
+    let (code, out, _) = cli(
+        &[
+            "sql",
+            "-d",
+            &db,
+            "--format=json",
+            "SELECT i, v FROM m ORDER BY i",
+        ],
+        "",
+    );
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!([{"i": 0, "v": 2.5}, {"i": 1, "v": -1.0}])
+    );
+    // A script from standard input; an empty result still prints its header.
+    let (code, out, _) = cli(
+        &["sql", "-d", &db, "-f", "-"],
+        "-- a comment\nSELECT i FROM m WHERE v > 100;\n",
+    );
+    assert_eq!((code, out.as_str()), (0, "+---+\n| i |\n+---+\n+---+\n"));
+    // From a file.
+    let script = dir.path().join("s.sql");
+    std::fs::write(&script, "SELECT count(*) AS n FROM m").unwrap();
+    let (code, out, _) = cli(
+        &[
+            "sql",
+            "-d",
+            &db,
+            "--format",
+            "csv",
+            "-f",
+            &script.display().to_string(),
+        ],
+        "",
+    );
+    assert_eq!((code, out.as_str()), (0, "n\n2\n"));
+}
+
+#[test]
+fn the_cli_reports_errors_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db").display().to_string();
+    let (code, out, err) = cli(&["sql", "-d", &db, "SELECT * FROM nowhere"], "");
+    assert_eq!(code, 1);
+    assert_eq!(out, "");
+    assert!(
+        err.starts_with("error: ") && err.contains("nowhere") && err.contains("not found"),
+        "{err}"
+    );
+    let (code, _, err) = cli(&["sql", "-d", &db, "CREATE MATRIX m (0, 3)"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("at least 1"), "{err}");
+    let (code, _, err) = cli(&["sql", "--bogus"], "");
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown option '--bogus'"), "{err}");
+    let (code, _, err) = cli(&["sql", "-d", &db, "-f", "/no/such/file.sql"], "");
+    assert_eq!(code, 1);
+    assert!(err.contains("/no/such/file.sql"), "{err}");
+    let (code, out, _) = cli(&["--help"], "");
+    assert_eq!(code, 0);
+    assert!(out.contains("tessera sql") && out.contains("--data-dir"));
+}
+
+/// The real binary: exit codes and output through a process. Cargo builds binaries only
+/// for their own package's tests, so the test builds `tessera` if it is not there.
+#[test]
+fn the_tessera_binary_runs_sql() {
+    let binary = tessera_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let out = Command::new(&binary)
+        .args(["sql", "--data-dir"])
+        .arg(&db)
+        .args([
+            "--format",
+            "csv",
+            "CREATE TABLE t AS SELECT 40 + 2 AS answer; SELECT * FROM t",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "answer\n42\n");
+    let out = Command::new(&binary)
+        .args(["sql", "-d"])
+        .arg(&db)
+        .arg("SELECT * FROM nope")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: ") && err.contains("nope"), "{err}");
+}
+
+fn tessera_binary() -> PathBuf {
+    // target/debug/deps/main-<hash> -> target/debug/tessera
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+    let binary = dir.join(format!("tessera{}", std::env::consts::EXE_SUFFIX));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let release = dir.file_name().is_some_and(|n| n == "release");
+    let mut build = Command::new(cargo);
+    build
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "tessera-server",
+            "--bin",
+            "tessera",
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if release {
+        build.arg("--release");
+    }
+    // Up to date or not, `cargo build` makes it so (a no-op when fresh).
+    let status = build.status().unwrap();
+    assert!(status.success(), "building the tessera binary failed");
+    assert!(binary.exists(), "{} was not built", binary.display());
+    binary
+}
