@@ -201,16 +201,16 @@ async fn write_blocks_as_matrix(
     target: NewMatrix,
 ) -> Result<u64> {
     let name = target.name.clone();
-    if let Some(shape) = target.shape {
-        if shape != m.shape() {
-            return plan_err!(
-                "CREATE MATRIX {name} ({}, {}) AS: the query's matrix is {}x{}",
-                shape.0,
-                shape.1,
-                m.rows,
-                m.cols
-            );
-        }
+    if let Some(shape) = target.shape
+        && shape != m.shape()
+    {
+        return plan_err!(
+            "CREATE MATRIX {name} ({}, {}) AS: the query's matrix is {}x{}",
+            shape.0,
+            shape.1,
+            m.rows,
+            m.cols
+        );
     }
     let (br, bc) = target
         .block

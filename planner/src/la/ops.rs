@@ -41,7 +41,67 @@ fn tasks_fill_cores(tasks: usize) -> bool {
 // ---------------------------------------------------------------------------------
 // Leaves
 
-/// Reads every block of a pinned matrix version, one partition per shard.
+/// Bytes of decoded blocks kept between queries (see [`scan`]).
+const SCAN_CACHE_BYTES: u64 = 1 << 30;
+
+/// One cached scan: the store it came from (held weakly, so a dropped store's entries
+/// never match a new one at the same address), the array id and version, the tiles.
+struct Cached {
+    backend: std::sync::Weak<dyn tessera_storage::backend::Backend>,
+    id: u64,
+    version: u64,
+    parts: Vec<Vec<Tile>>,
+    bytes: u64,
+}
+
+/// Decoded blocks of recently scanned array versions, oldest first. A committed version
+/// never changes, so a hit is always current.
+static SCAN_CACHE: std::sync::Mutex<Vec<Cached>> = std::sync::Mutex::new(Vec::new());
+
+fn cached_scan(snapshot: &Snapshot) -> Option<Vec<Vec<Tile>>> {
+    let backend = snapshot.backend();
+    let (id, version) = (snapshot.info().id, snapshot.version());
+    let mut cache = SCAN_CACHE.lock().ok()?;
+    cache.retain(|c| c.backend.strong_count() > 0);
+    let hit = cache.iter().position(|c| {
+        c.id == id
+            && c.version == version
+            && c.backend
+                .upgrade()
+                .is_some_and(|b| Arc::ptr_eq(&b, backend))
+    })?;
+    // Most recently used goes last.
+    let entry = cache.remove(hit);
+    let parts = entry.parts.clone();
+    cache.push(entry);
+    Some(parts)
+}
+
+fn remember_scan(snapshot: &Snapshot, parts: &[Vec<Tile>]) {
+    let bytes: u64 = parts.iter().flatten().map(|t| block_bytes(&t.2)).sum();
+    if bytes > SCAN_CACHE_BYTES / 2 + SCAN_CACHE_BYTES / 4 {
+        return;
+    }
+    let Ok(mut cache) = SCAN_CACHE.lock() else {
+        return;
+    };
+    let mut total: u64 = cache.iter().map(|c| c.bytes).sum::<u64>() + bytes;
+    while total > SCAN_CACHE_BYTES && !cache.is_empty() {
+        total -= cache.remove(0).bytes;
+    }
+    cache.push(Cached {
+        backend: Arc::downgrade(snapshot.backend()),
+        id: snapshot.info().id,
+        version: snapshot.version(),
+        parts: parts.to_vec(),
+        bytes,
+    });
+}
+
+/// Reads every block of a pinned matrix version, one partition per shard. Decoded
+/// blocks of recent versions stay in a process-wide cache of up to 1 GiB (a version
+/// never changes once committed), so repeated queries over an array do not re-read and
+/// re-verify its files.
 pub(crate) fn scan(snapshot: &Snapshot) -> Result<BlockMatrix> {
     let info = snapshot.info();
     let schema = &info.schema;
@@ -62,6 +122,11 @@ pub(crate) fn scan(snapshot: &Snapshot) -> Result<BlockMatrix> {
         }),
         Partitioning::Grid { .. } => Layout::Other,
     };
+    if let Some(parts) = cached_scan(snapshot) {
+        let mut m = BlockMatrix::empty(rows, cols, br, bc, shards, layout);
+        m.parts = parts;
+        return Ok(m);
+    }
     let parts = par_map((0..shards as u32).collect(), |s| {
         let blocks = snapshot.read_shard(s).map_err(storage)?;
         Ok(blocks
@@ -72,6 +137,7 @@ pub(crate) fn scan(snapshot: &Snapshot) -> Result<BlockMatrix> {
             })
             .collect::<Vec<Tile>>())
     })?;
+    remember_scan(snapshot, &parts);
     let mut m = BlockMatrix::empty(rows, cols, br, bc, shards, layout);
     m.parts = parts;
     Ok(m)
@@ -1012,7 +1078,10 @@ pub(crate) fn reduce(
         ))
     };
     match r {
-        Reduction::Sum => one(a.tiles().map(|t| kernels::sum(&t.2)).sum()),
+        Reduction::Sum => one(a
+            .tiles()
+            .map(|t| kernels::sum(&t.2))
+            .fold(0.0, |x, y| x + y)),
         Reduction::Nnz => one(a.nnz() as f64),
         Reduction::Min | Reduction::Max => {
             let pick = |x: f64, y: f64| {

@@ -109,6 +109,12 @@ impl Snapshot {
         self.version
     }
 
+    /// The backend of the store the snapshot reads (identifies the store: caches key
+    /// on it).
+    pub fn backend(&self) -> &Arc<dyn crate::backend::Backend> {
+        &self.inner.backend
+    }
+
     /// Stored blocks (blocks not listed are all zeros), sorted by key.
     pub fn blocks(&self) -> Vec<BlockMeta> {
         let mut v: Vec<BlockMeta> = self
