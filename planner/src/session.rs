@@ -572,8 +572,8 @@ impl ArrayOptions {
                         );
                     }
                     (None, None, n) => square_grid(n.unwrap_or_else(default_shards)),
-                    (Some(r), None, Some(n)) if n % r == 0 => (r, n / r),
-                    (None, Some(c), Some(n)) if n % c == 0 => (n / c, c),
+                    (Some(r), None, Some(n)) if n.is_multiple_of(r) => (r, n / r),
+                    (None, Some(c), Some(n)) if n.is_multiple_of(c) => (n / c, c),
                     (Some(r), None, None) => (r, 1),
                     (None, Some(c), None) => (1, c),
                     _ => {
@@ -601,7 +601,7 @@ impl ArrayOptions {
 /// The most square `r x c = n` grid.
 fn square_grid(n: u32) -> (u32, u32) {
     let mut r = (n as f64).sqrt() as u32;
-    while r > 1 && n % r != 0 {
+    while r > 1 && !n.is_multiple_of(r) {
         r -= 1;
     }
     let r = r.max(1);

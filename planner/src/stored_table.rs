@@ -356,7 +356,7 @@ fn encode_schema(schema: &SchemaRef) -> Result<String> {
 }
 
 fn decode_schema(hex: &str) -> Result<SchemaRef> {
-    if hex.len() % 2 != 0 || !hex.is_ascii() {
+    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
         return Err(exec_datafusion_err!("not a hex string"));
     }
     let bytes = (0..hex.len())
