@@ -8,6 +8,8 @@
 //!
 //! Each side is timed best of 3; the two sides never run at once. Prints a table.
 
+#![allow(clippy::expect_used, clippy::panic)] // a benchmark: failing loudly is the point
+
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};

@@ -126,15 +126,14 @@ impl RelationPlanner for MatrixFunctions {
             context,
         };
         let expr = b.call(&fname, &args.args, true)?;
-        if let Some(shape) = expr.shape()? {
-            if shape.0 == 0 || shape.1 == 0 {
+        if let Some(shape) = expr.shape()?
+            && (shape.0 == 0 || shape.1 == 0) {
                 return plan_err!(
                     "{fname}: the result would be empty ({}x{})",
                     shape.0,
                     shape.1
                 );
             }
-        }
         let output = if fname == "rows" {
             Output::Rows
         } else {
@@ -233,12 +232,11 @@ impl Builder<'_, '_> {
             match (p, e) {
                 (Param::M(_), Some(e)) => {
                     // A number where a matrix may go makes the scalar form (add(x, 1)).
-                    if k == 1 && matches!(name, "add" | "sub" | "mul" | "div" | "min" | "max") {
-                        if let Some(v) = number(e) {
+                    if k == 1 && matches!(name, "add" | "sub" | "mul" | "div" | "min" | "max")
+                        && let Some(v) = number(e) {
                             nums.push(v);
                             continue;
                         }
-                    }
                     mats.push(self.matrix(name, k + 1, e)?);
                 }
                 (Param::N(_), Some(e)) | (Param::D(_, _), Some(e)) => match number(e) {
@@ -264,7 +262,7 @@ impl Builder<'_, '_> {
         }
         let one = |op: Op, mats: Vec<MatExpr>| MatExpr::new(op, mats);
         let count = |v: f64, what: &str| -> Result<u64> {
-            if v.fract() != 0.0 || v < 0.0 || v > 1e15 {
+            if v.fract() != 0.0 || !(0.0..=1e15).contains(&v) {
                 plan_err!("{name}: {what} must be a whole number from 0, got {v}")
             } else {
                 Ok(v as u64)
@@ -327,7 +325,7 @@ impl Builder<'_, '_> {
                 if !(0.0..=1.0).contains(&density) {
                     return plan_err!("rand: density must be between 0 and 1, got {density}");
                 }
-                if !(min <= max) || !min.is_finite() || !max.is_finite() {
+                if min > max || !min.is_finite() || !max.is_finite() {
                     return plan_err!("rand: min ({min}) must be finite and not above max ({max})");
                 }
                 if rows == 0 || cols == 0 {

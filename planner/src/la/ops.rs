@@ -208,7 +208,7 @@ pub(crate) fn rand(
             loop {
                 if density < 1.0 {
                     let gap = ((1.0 - rng.unit()).ln() / ln_miss).floor();
-                    if !(gap < c as f64) {
+                    if gap.is_nan() || gap >= c as f64 {
                         break;
                     }
                     lc += gap as usize;
@@ -569,7 +569,7 @@ pub(crate) fn matmul(
             }
             let seq = tasks_fill_cores(n);
             let parts = par_map(inputs.into_iter().enumerate().collect(), |(p, (ta, tb))| {
-                let b_by_k = by_row(tb.into_iter());
+                let b_by_k = by_row(tb);
                 let mut out: HashMap<(u64, u64), Option<Acc>> = HashMap::new();
                 for (i, k, ab) in ta {
                     for (_, j, bb) in b_by_k.get(k).into_iter().flatten() {
@@ -1018,11 +1018,10 @@ pub(crate) fn fused(
                 };
                 slots.push(Arc::new(z));
             }
-            if let Some(z) = slots.pop() {
-                if z.nnz() > 0 {
+            if let Some(z) = slots.pop()
+                && z.nnz() > 0 {
                     out.push((i, j, z));
                 }
-            }
         }
         Ok(out)
     })?;
@@ -1246,9 +1245,9 @@ pub(crate) fn bind(
     };
     let aligned = (a.br, a.bc) == (b.br, b.bc)
         && if rbind {
-            a.rows % a.br == 0
+            a.rows.is_multiple_of(a.br)
         } else {
-            a.cols % a.bc == 0
+            a.cols.is_multiple_of(a.bc)
         };
     if aligned {
         // Whole blocks: b's keys shift by a's block count.
