@@ -867,6 +867,30 @@ async fn copy_array_out(
     count_stream(nnz)
 }
 
+/// A failure reading `path` as an execution error naming the file and, for the CSV
+/// reader's parse errors (which count lines from 0), the 1-based line:
+/// `data.csv:5: Error while parsing value 'oops' as type 'Int64' for column 1`.
+fn file_error(path: &str, e: DataFusionError) -> DataFusionError {
+    let text = e.find_root().to_string();
+    if let Some(at) = text.find(" at line ") {
+        let rest = &text[at + " at line ".len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(line) = digits.parse::<u64>() {
+            let message = text[..at]
+                .trim_start_matches("Arrow error: ")
+                .trim_start_matches("Parser error: ");
+            let tail = rest[digits.len()..].trim_start_matches('.').trim();
+            let tail = if tail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({tail})")
+            };
+            return DataFusionError::Execution(format!("{path}:{}: {message}{tail}", line + 1));
+        }
+    }
+    DataFusionError::Execution(format!("{path}: {text}"))
+}
+
 /// `COPY table FROM file` (appends rows) and `COPY table TO file`.
 async fn copy_table(
     ctx: &SessionContext,
@@ -887,7 +911,15 @@ async fn copy_table(
     let table = ctx.table_provider(name.clone()).await?;
     let target = table.schema();
     if from {
-        let file_error = |e: DataFusionError| DataFusionError::Execution(format!("{path}: {e}"));
+        let file_error = |e: DataFusionError| file_error(path, e);
+        // One scan per file, so the CSV reader's line numbers are the file's.
+        let mut state = ctx.state();
+        state
+            .config_mut()
+            .options_mut()
+            .optimizer
+            .repartition_file_scans = false;
+        let ctx = &SessionContext::new_with_state(state);
         let df = match format.as_str() {
             "csv" => {
                 let mut read = CsvReadOptions::new().has_header(options.header.unwrap_or(true));
@@ -967,8 +999,9 @@ async fn copy_table(
             .write_table(&name.to_string(), DataFrameWriteOptions::new())
             .await
             .map_err(|e| match e {
-                DataFusionError::ArrowError(..) | DataFusionError::External(_) => file_error(e),
-                DataFusionError::Context(..) => file_error(e),
+                DataFusionError::ArrowError(..)
+                | DataFusionError::External(_)
+                | DataFusionError::Context(..) => file_error(e),
                 other => other,
             })?;
         let schema = batches
