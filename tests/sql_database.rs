@@ -333,6 +333,15 @@ fn failed_writes_commit_nothing() {
             db.sql("INSERT INTO m VALUES (1, 1, NULL)").await,
         );
         assert!(e.to_string().to_lowercase().contains("null"), "{e}");
+        let e = error(
+            db.sql("CREATE TABLE s (i BIGINT, j BIGINT, v DOUBLE); INSERT INTO s VALUES (1, NULL, 2.0); INSERT INTO m SELECT * FROM s")
+                .await,
+        );
+        assert!(
+            e.to_string().contains("INSERT INTO m: column j is NULL in row 1"),
+            "{e}"
+        );
+        assert!(matches!(e.find_root(), DataFusionError::Plan(_)), "{e:?}");
         let after = db.store().array("m").unwrap().current().clone();
         assert_eq!(after.version, before.version);
         assert_eq!(

@@ -219,7 +219,14 @@ impl TableProvider for ArrayTable {
             store: self.store.clone(),
             name: name.clone(),
             schema: self.snapshot.info().schema.clone(),
-            cell_schema: self.schema.clone(),
+            // Nullable, so a NULL reaches the sink, whose error names the array and row.
+            cell_schema: Arc::new(Schema::new(
+                self.schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            )),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
