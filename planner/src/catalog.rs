@@ -309,10 +309,9 @@ impl TesseraCatalog {
     /// Drops an array. Fails with a plan error naming the kind if `name` is a table.
     pub fn drop_array(&self, name: &str) -> Result<()> {
         let _namespace = lock(&self.namespace);
-        if let Some(kind) = read(&self.tables)
-            .get(name)
-            .map(|_| self.kind_of_entry(name))
-        {
+        let is_table = read(&self.tables).contains_key(name);
+        if is_table {
+            let kind = self.kind_of_entry(name);
             return plan_err!(
                 "'{name}' is a {kind}, not an array; use DROP {}",
                 kind.to_uppercase()
