@@ -17,9 +17,12 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::config::CsvOptions;
 use datafusion::common::{DataFusionError, Result, TableReference, plan_datafusion_err, plan_err};
 use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::datasource::DefaultTableSource;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
-    CreateExternalTable, CreateMemoryTable, CreateView, DdlStatement, LogicalPlan, cast, lit,
+    CreateExternalTable, CreateMemoryTable, CreateView, DdlStatement, LogicalPlan,
+    LogicalPlanBuilder, cast, lit,
 };
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{
@@ -994,9 +997,16 @@ async fn copy_table(
             };
             exprs.push(expr.alias(field.name()));
         }
-        let batches = df
-            .select(exprs)?
-            .write_table(&name.to_string(), DataFrameWriteOptions::new())
+        // DataFrame::write_table would parse the name again (and lose its quoting).
+        let plan = LogicalPlanBuilder::insert_into(
+            df.select(exprs)?.into_unoptimized_plan(),
+            name.clone(),
+            Arc::new(DefaultTableSource::new(table.clone())),
+            InsertOp::Append,
+        )?
+        .build()?;
+        let batches = DataFrame::new(ctx.state(), plan)
+            .collect()
             .await
             .map_err(|e| match e {
                 DataFusionError::ArrowError(..)
