@@ -25,7 +25,13 @@ fn main() {
             .unwrap_or_default();
         let name: String = stem
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
             .collect();
         for (suffix, on_disk) in [("in_memory", false), ("on_disk", true)] {
             let _ = writeln!(
