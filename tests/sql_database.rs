@@ -607,3 +607,34 @@ fn tessera_binary() -> PathBuf {
     assert!(binary.exists(), "{} was not built", binary.display());
     binary
 }
+
+#[test]
+fn a_failed_insert_into_a_stored_table_leaves_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        db.sql("CREATE TABLE t AS SELECT CAST(value AS BIGINT) AS x FROM generate_series(1, 3)")
+            .await
+            .unwrap();
+        let files = || {
+            let mut n = 0;
+            for table in std::fs::read_dir(path.join("tables")).unwrap() {
+                let table = table.unwrap().path();
+                if table.is_dir() {
+                    n += std::fs::read_dir(table).unwrap().count();
+                }
+            }
+            n
+        };
+        assert_eq!(files(), 1);
+        // Fails while rows are being written: 100 / 0 at the last row.
+        let e = error(
+            db.sql("INSERT INTO t SELECT 100 / (3 - value) FROM generate_series(0, 3)")
+                .await,
+        );
+        assert!(e.to_string().contains("Divide by zero"), "{e}");
+        assert_eq!(files(), 1, "no new or temporary file");
+        assert_eq!(query(&db, "SELECT sum(x) FROM t").await, ["6"]);
+    });
+}
