@@ -122,6 +122,20 @@ fn tables_and_arrays_survive_reopening() {
         // Names are still taken across kinds after a restart.
         let e = error(db.sql("CREATE MATRIX t (2, 2)").await);
         assert!(e.to_string().contains("already a table"), "{e}");
+        // Replaced after the view that uses it was made: restored in a second round.
+        db.sql(&format!(
+            "CREATE OR REPLACE EXTERNAL TABLE people STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true')",
+            csv.display()
+        ))
+        .await
+        .unwrap();
+    });
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        assert_eq!(
+            query(&db, "SELECT * FROM scored ORDER BY name").await,
+            ["ada|0.5", "grace|9.0"]
+        );
         db.sql("DROP TABLE s; DROP VIEW scored; DROP TABLE people")
             .await
             .unwrap();

@@ -61,9 +61,25 @@ pub async fn execute(
 /// defaults of a catalog opened from disk. Definitions that fail to plan (a file that
 /// is gone) stay in the catalog and report the reason when queried.
 pub async fn restore_catalog(ctx: &SessionContext, catalog: &Arc<TesseraCatalog>) {
-    for (name, sql) in catalog.pending_definitions() {
-        let provider = plan_definition(ctx, &sql).await;
-        catalog.restore_definition(&name, provider);
+    // Creation order first; a definition that uses one replaced later (so restored
+    // later) is tried again while any other succeeds.
+    let mut pending = catalog.pending_definitions();
+    loop {
+        let mut failed = Vec::new();
+        let before = pending.len();
+        for (name, sql) in pending {
+            match plan_definition(ctx, &sql).await {
+                Ok(provider) => catalog.restore_definition(&name, Ok(provider)),
+                Err(e) => failed.push((name, sql, e)),
+            }
+        }
+        if failed.is_empty() || failed.len() == before {
+            for (name, _, e) in failed {
+                catalog.restore_definition(&name, Err(e));
+            }
+            break;
+        }
+        pending = failed.into_iter().map(|(n, s, _)| (n, s)).collect();
     }
     let state = ctx.state();
     for (name, schema, defaults) in catalog.pending_defaults() {
