@@ -24,6 +24,6 @@ pub use catalog::{
     DEFAULT_CATALOG, DEFAULT_SCHEMA, DefinitionKind, NewTable, TesseraCatalog, split_version,
 };
 pub use error::storage_error;
+pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
 pub use stored_table::StoredTable;
 pub use view::SqlView;
-pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};

@@ -572,9 +572,10 @@ pub(crate) fn result_shape(op: &Op, s: &[(u64, u64)]) -> Result<(u64, u64)> {
         Op::Fused(steps) => {
             for st in steps {
                 if let Step::Binary(op, a, b) = st
-                    && let (Some(x), Some(y)) = (s.get(*a), s.get(*b)) {
-                        broadcast(op.name(), *x, *y)?;
-                    }
+                    && let (Some(x), Some(y)) = (s.get(*a), s.get(*b))
+                {
+                    broadcast(op.name(), *x, *y)?;
+                }
             }
             s[0]
         }

@@ -127,13 +127,14 @@ impl RelationPlanner for MatrixFunctions {
         };
         let expr = b.call(&fname, &args.args, true)?;
         if let Some(shape) = expr.shape()?
-            && (shape.0 == 0 || shape.1 == 0) {
-                return plan_err!(
-                    "{fname}: the result would be empty ({}x{})",
-                    shape.0,
-                    shape.1
-                );
-            }
+            && (shape.0 == 0 || shape.1 == 0)
+        {
+            return plan_err!(
+                "{fname}: the result would be empty ({}x{})",
+                shape.0,
+                shape.1
+            );
+        }
         let output = if fname == "rows" {
             Output::Rows
         } else {
@@ -232,11 +233,13 @@ impl Builder<'_, '_> {
             match (p, e) {
                 (Param::M(_), Some(e)) => {
                     // A number where a matrix may go makes the scalar form (add(x, 1)).
-                    if k == 1 && matches!(name, "add" | "sub" | "mul" | "div" | "min" | "max")
-                        && let Some(v) = number(e) {
-                            nums.push(v);
-                            continue;
-                        }
+                    if k == 1
+                        && matches!(name, "add" | "sub" | "mul" | "div" | "min" | "max")
+                        && let Some(v) = number(e)
+                    {
+                        nums.push(v);
+                        continue;
+                    }
                     mats.push(self.matrix(name, k + 1, e)?);
                 }
                 (Param::N(_), Some(e)) | (Param::D(_, _), Some(e)) => match number(e) {

@@ -1019,9 +1019,10 @@ pub(crate) fn fused(
                 slots.push(Arc::new(z));
             }
             if let Some(z) = slots.pop()
-                && z.nnz() > 0 {
-                    out.push((i, j, z));
-                }
+                && z.nnz() > 0
+            {
+                out.push((i, j, z));
+            }
         }
         Ok(out)
     })?;
