@@ -612,28 +612,41 @@ pub(crate) fn tsmm(x: BlockMatrix, n: usize, work: &mut Work) -> Result<BlockMat
     let cols = x.cols as usize;
     let tasks = x.parts.iter().filter(|p| !p.is_empty()).count();
     let seq = tasks_fill_cores(tasks);
+    let total = sum_per_partition(&x, (cols, cols), work, |b| {
+        if seq {
+            kernels::tsmm_seq(b)
+        } else {
+            kernels::tsmm(b)
+        }
+    })?;
+    let (br, bc) = super::auto_block(x.cols, x.cols);
+    Ok(BlockMatrix::from_dense(&total, br, bc, n))
+}
+
+/// Runs a fused kernel over every block of `x`, summing its `shape` results per
+/// partition in parallel, then the partitions' partials in one place (counted as moved).
+fn sum_per_partition(
+    x: &BlockMatrix,
+    shape: (usize, usize),
+    work: &mut Work,
+    kernel: impl Fn(&Block) -> tessera_storage::Result<DenseBlock> + Sync + Send,
+) -> Result<DenseBlock> {
     let partials = par_map(x.parts.iter().collect(), |p| {
-        let mut acc = DenseAccumulator::zeros(cols, cols).map_err(storage)?;
+        let mut acc = DenseAccumulator::zeros(shape.0, shape.1).map_err(storage)?;
         for (_, _, b) in p {
-            let t = if seq {
-                kernels::tsmm_seq(b)
-            } else {
-                kernels::tsmm(b)
-            }
-            .map_err(storage)?;
-            kernels::add_into(&mut acc, &Block::Dense(t)).map_err(storage)?;
+            let r = kernel(b).map_err(storage)?;
+            kernels::add_into(&mut acc, &Block::Dense(r)).map_err(storage)?;
         }
         Ok(acc)
     })?;
-    let mut total = DenseAccumulator::zeros(cols, cols).map_err(storage)?;
+    let mut total = DenseAccumulator::zeros(shape.0, shape.1).map_err(storage)?;
     for (k, p) in partials.iter().enumerate() {
         if k > 0 {
             work.bytes_moved += (p.values().len() * 8) as u64;
         }
         total.merge(p).map_err(storage)?;
     }
-    let (br, bc) = super::auto_block(x.cols, x.cols);
-    Ok(BlockMatrix::from_dense(&total.into_dense(), br, bc, n))
+    Ok(total.into_dense())
 }
 
 /// `t(x) (x v)` with the fused kernel: one pass over `x`, `v` broadcast.
@@ -659,28 +672,15 @@ pub(crate) fn mmchain(
     work.bytes_moved += v.bytes() * tasks.saturating_sub(1) as u64;
     let seq = tasks_fill_cores(tasks);
     let (cols, k) = (x.cols as usize, vd.cols());
-    let partials = par_map(x.parts.iter().collect(), |p| {
-        let mut acc = DenseAccumulator::zeros(cols, k).map_err(storage)?;
-        for (_, _, b) in p {
-            let r = if seq {
-                kernels::mmchain_seq(b, &vd)
-            } else {
-                kernels::mmchain(b, &vd)
-            }
-            .map_err(storage)?;
-            kernels::add_into(&mut acc, &Block::Dense(r)).map_err(storage)?;
+    let total = sum_per_partition(&x, (cols, k), work, |b| {
+        if seq {
+            kernels::mmchain_seq(b, &vd)
+        } else {
+            kernels::mmchain(b, &vd)
         }
-        Ok(acc)
     })?;
-    let mut total = DenseAccumulator::zeros(cols, k).map_err(storage)?;
-    for (i, p) in partials.iter().enumerate() {
-        if i > 0 {
-            work.bytes_moved += (p.values().len() * 8) as u64;
-        }
-        total.merge(p).map_err(storage)?;
-    }
     let (br, bc) = super::auto_block(x.cols, k as u64);
-    Ok(BlockMatrix::from_dense(&total.into_dense(), br, bc, n))
+    Ok(BlockMatrix::from_dense(&total, br, bc, n))
 }
 
 // ---------------------------------------------------------------------------------
