@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)] // tests may panic
 
+mod pg_catalog;
 mod python;
 mod slt;
 mod sql_database;

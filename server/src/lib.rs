@@ -18,6 +18,7 @@
 
 pub mod cli;
 mod database;
+pub mod pg_catalog;
 mod session;
 
 pub use database::{Database, DatabaseOptions};

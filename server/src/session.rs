@@ -49,10 +49,9 @@ impl Session {
             .with_catalog_list(inner.catalogs.clone())
             .with_default_features();
         let state = la::install(builder, inner.store.clone()).build();
-        Ok(Session {
-            ctx: SessionContext::new_with_state(state),
-            inner,
-        })
+        let ctx = SessionContext::new_with_state(state);
+        crate::pg_catalog::install(&ctx, inner.catalog.clone())?;
+        Ok(Session { ctx, inner })
     }
 
     /// Runs a script of one or more statements (separated by `;`) and returns the

@@ -1,0 +1,475 @@
+//! PostgreSQL's catalog functions that clients call (`pg_table_is_visible`,
+//! `format_type`, `obj_description`, ...), as DataFusion scalar UDFs, plus the helpers
+//! [`super::rewrite`] turns `::regclass`-style casts into. Functions about things
+//! Tessera does not have (privileges, indexes, sizes) give the answer that hides
+//! nothing: every privilege is granted, definitions and sizes are `NULL`.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Int32Array, Int64Array, ListArray, StringArray,
+};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type};
+use datafusion::common::Result;
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
+    Volatility,
+};
+use datafusion::prelude::SessionContext;
+use tessera_planner::DEFAULT_SCHEMA;
+
+use super::objects::Sources;
+use super::types::{OWNER, format_type, pg_type_by_name, relation_oid};
+
+type Body = Arc<dyn Fn(&[ArrayRef], usize) -> Result<ArrayRef> + Send + Sync>;
+
+/// A catalog function: a name, the argument counts it takes, a result type and a body
+/// over whole argument arrays.
+struct PgFunction {
+    name: &'static str,
+    signature: Signature,
+    returns: DataType,
+    body: Body,
+}
+
+impl std::fmt::Debug for PgFunction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pg_catalog.{}", self.name)
+    }
+}
+
+impl PartialEq for PgFunction {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for PgFunction {}
+
+impl Hash for PgFunction {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.name.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for PgFunction {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(self.returns.clone())
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        Ok(ColumnarValue::Array((self.body)(
+            &arrays,
+            args.number_rows,
+        )?))
+    }
+}
+
+fn function(
+    name: &'static str,
+    arities: &[usize],
+    returns: DataType,
+    body: impl Fn(&[ArrayRef], usize) -> Result<ArrayRef> + Send + Sync + 'static,
+) -> ScalarUDF {
+    let signatures = arities
+        .iter()
+        .map(|n| match n {
+            0 => TypeSignature::Nullary,
+            n => TypeSignature::Any(*n),
+        })
+        .collect();
+    ScalarUDF::new_from_impl(PgFunction {
+        name,
+        signature: Signature::one_of(signatures, Volatility::Stable),
+        returns,
+        body: Arc::new(body),
+    })
+}
+
+/// Argument `n` as 64-bit integers (OIDs and the like).
+fn ints(args: &[ArrayRef], n: usize) -> Result<Int64Array> {
+    let array = datafusion::arrow::compute::cast(&args[n], &DataType::Int64)?;
+    Ok(array.as_primitive::<Int64Type>().clone())
+}
+
+/// Argument `n` as text.
+fn texts(args: &[ArrayRef], n: usize) -> Result<StringArray> {
+    let array = datafusion::arrow::compute::cast(&args[n], &DataType::Utf8)?;
+    Ok(array.as_string::<i32>().clone())
+}
+
+/// `f` of the first argument as an OID, row by row (`NULL` in, `NULL` out).
+fn by_oid(args: &[ArrayRef], f: impl Fn(i64) -> Option<String>) -> Result<ArrayRef> {
+    let oids = ints(args, 0)?;
+    Ok(Arc::new(
+        oids.iter().map(|o| o.and_then(&f)).collect::<StringArray>(),
+    ))
+}
+
+/// A text result that is `NULL` on every row.
+fn null_text(_: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
+    Ok(Arc::new(StringArray::new_null(rows)))
+}
+
+/// A boolean that is `value` where the first argument is not `NULL`.
+fn constant_bool(value: bool) -> impl Fn(&[ArrayRef], usize) -> Result<ArrayRef> {
+    move |args, rows| {
+        Ok(Arc::new(
+            (0..rows)
+                .map(|i| match args.first() {
+                    Some(a) if a.is_null(i) => None,
+                    _ => Some(value),
+                })
+                .collect::<BooleanArray>(),
+        ))
+    }
+}
+
+/// Every function, ready to register.
+pub(crate) fn functions(sources: &Arc<Sources>) -> Vec<ScalarUDF> {
+    let text = DataType::Utf8;
+    let mut all = vec![
+        function("pg_get_userbyid", &[1], text.clone(), |a, _| {
+            by_oid(a, |_| Some(OWNER.to_string()))
+        }),
+        function(
+            "pg_table_is_visible",
+            &[1],
+            DataType::Boolean,
+            constant_bool(true),
+        ),
+        function(
+            "pg_type_is_visible",
+            &[1],
+            DataType::Boolean,
+            constant_bool(true),
+        ),
+        function(
+            "pg_function_is_visible",
+            &[1],
+            DataType::Boolean,
+            constant_bool(true),
+        ),
+        function(
+            "pg_relation_is_publishable",
+            &[1],
+            DataType::Boolean,
+            constant_bool(false),
+        ),
+        function("format_type", &[2], text.clone(), |a, _| {
+            let (oids, mods) = (ints(a, 0)?, ints(a, 1)?);
+            Ok(Arc::new(
+                oids.iter()
+                    .zip(mods.iter())
+                    .map(|(o, m)| o.map(|o| format_type(o, m).unwrap_or_else(|| "???".into())))
+                    .collect::<StringArray>(),
+            ))
+        }),
+        // Tessera keeps defaults and other expressions as SQL text already.
+        function("pg_get_expr", &[2, 3], text.clone(), |a, _| {
+            Ok(Arc::new(texts(a, 0)?))
+        }),
+        function("pg_encoding_to_char", &[1], text.clone(), |a, _| {
+            by_oid(a, |e| {
+                Some(if e == 6 { "UTF8" } else { "SQL_ASCII" }.to_string())
+            })
+        }),
+        function("col_description", &[2], text.clone(), null_text),
+        function("shobj_description", &[2], text.clone(), null_text),
+        function("pg_get_function_sqlbody", &[1], text.clone(), null_text),
+        function("pg_get_viewdef", &[1, 2], text.clone(), null_text),
+        function("pg_get_indexdef", &[1, 3], text.clone(), null_text),
+        function("pg_get_constraintdef", &[1, 2], text.clone(), null_text),
+        function("pg_get_triggerdef", &[1, 2], text.clone(), null_text),
+        function("pg_get_partkeydef", &[1], text.clone(), null_text),
+        function(
+            "pg_get_statisticsobjdef_columns",
+            &[1],
+            text.clone(),
+            null_text,
+        ),
+        function("pg_table_size", &[1], DataType::Int64, |_, rows| {
+            Ok(Arc::new(Int64Array::new_null(rows)))
+        }),
+        function("pg_relation_size", &[1, 2], DataType::Int64, |_, rows| {
+            Ok(Arc::new(Int64Array::new_null(rows)))
+        }),
+        function(
+            "pg_total_relation_size",
+            &[1],
+            DataType::Int64,
+            |_, rows| Ok(Arc::new(Int64Array::new_null(rows))),
+        ),
+        function("pg_database_size", &[1], DataType::Int64, |_, rows| {
+            Ok(Arc::new(Int64Array::new_null(rows)))
+        }),
+        function("pg_size_pretty", &[1], text.clone(), |a, _| {
+            let bytes = ints(a, 0)?;
+            Ok(Arc::new(
+                bytes
+                    .iter()
+                    .map(|b| b.map(size_pretty))
+                    .collect::<StringArray>(),
+            ))
+        }),
+        function("array_upper", &[2], DataType::Int32, |a, rows| {
+            let dims = ints(a, 1)?;
+            let lengths: Int32Array = match a[0].as_list_opt::<i32>() {
+                Some(list) => (0..rows)
+                    .map(|i| {
+                        let len = list.value_length(i);
+                        (list.is_valid(i) && dims.value(i) == 1 && len > 0).then_some(len)
+                    })
+                    .collect(),
+                None => Int32Array::new_null(rows),
+            };
+            Ok(Arc::new(lengths))
+        }),
+        function("current_schemas", &[1], list_of_text(), |a, rows| {
+            let implicit = a[0].as_boolean_opt().cloned();
+            let mut builder = datafusion::arrow::array::ListBuilder::new(
+                datafusion::arrow::array::StringBuilder::new(),
+            );
+            for i in 0..rows {
+                if implicit
+                    .as_ref()
+                    .is_some_and(|b| b.is_valid(i) && b.value(i))
+                {
+                    builder.values().append_value("pg_catalog");
+                }
+                builder.values().append_value(DEFAULT_SCHEMA);
+                builder.append(true);
+            }
+            let list: ListArray = builder.finish();
+            Ok(Arc::new(list))
+        }),
+        function("tessera_regtype_oid", &[1], DataType::Int64, |a, _| {
+            let names = texts(a, 0)?;
+            Ok(Arc::new(
+                names
+                    .iter()
+                    .map(|n| n.and_then(pg_type_by_name).map(|t| t.oid))
+                    .collect::<Int64Array>(),
+            ))
+        }),
+    ];
+    for name in [
+        "has_table_privilege",
+        "has_schema_privilege",
+        "has_database_privilege",
+        "has_function_privilege",
+        "has_column_privilege",
+        "has_sequence_privilege",
+    ] {
+        all.push(function(
+            name,
+            &[2, 3, 4],
+            DataType::Boolean,
+            constant_bool(true),
+        ));
+    }
+    let s = sources.clone();
+    all.push(function(
+        "obj_description",
+        &[1, 2],
+        text.clone(),
+        move |a, _| {
+            let relations = s.relations();
+            by_oid(a, |o| relations.iter().find(|r| r.oid == o)?.description())
+        },
+    ));
+    let s = sources.clone();
+    all.push(function(
+        "to_regclass",
+        &[1],
+        DataType::Int64,
+        move |a, _| {
+            let names = texts(a, 0)?;
+            let relations = s.relations();
+            Ok(Arc::new(
+                names
+                    .iter()
+                    .map(|n| {
+                        let (schema, name) = split_qualified(n?);
+                        relations
+                            .iter()
+                            .find(|r| {
+                                r.name == name && schema.as_ref().is_none_or(|s| *s == r.schema)
+                            })
+                            .map(|r| r.oid)
+                            .or_else(|| schema.map(|s| relation_oid(&s, &name)))
+                    })
+                    .collect::<Int64Array>(),
+            ))
+        },
+    ));
+    let s = sources.clone();
+    all.push(function(
+        "tessera_regclass_name",
+        &[1],
+        text.clone(),
+        move |a, _| {
+            let relations = s.relations();
+            by_oid(a, |o| {
+                relations.iter().find(|r| r.oid == o).map(|r| {
+                    if r.schema == DEFAULT_SCHEMA || r.schema == "pg_catalog" {
+                        quote_ident(&r.name)
+                    } else {
+                        format!("{}.{}", quote_ident(&r.schema), quote_ident(&r.name))
+                    }
+                })
+            })
+        },
+    ));
+    let s = sources.clone();
+    all.push(function(
+        "tessera_regnamespace_name",
+        &[1],
+        text.clone(),
+        move |a, _| {
+            let namespaces = s.namespaces();
+            by_oid(a, |o| {
+                namespaces
+                    .iter()
+                    .find(|n| n.oid == o)
+                    .map(|n| n.name.clone())
+            })
+        },
+    ));
+    let s = sources.clone();
+    all.push(function(
+        "tessera_regproc_name",
+        &[1],
+        text.clone(),
+        move |a, _| {
+            by_oid(a, |o| {
+                s.functions()
+                    .iter()
+                    .find(|f| f.oid == o)
+                    .map(|f| f.name.clone())
+            })
+        },
+    ));
+    let s = sources.clone();
+    all.push(function(
+        "pg_get_function_result",
+        &[1],
+        text.clone(),
+        move |a, _| {
+            by_oid(a, |o| {
+                s.functions()
+                    .iter()
+                    .find(|f| f.oid == o)
+                    .map(|f| f.result.clone())
+            })
+        },
+    ));
+    for name in [
+        "pg_get_function_arguments",
+        "pg_get_function_identity_arguments",
+    ] {
+        let s = sources.clone();
+        all.push(function(name, &[1], text.clone(), move |a, _| {
+            by_oid(a, |o| {
+                s.functions()
+                    .iter()
+                    .find(|f| f.oid == o)
+                    .map(|f| f.arguments.clone())
+            })
+        }));
+    }
+    let s = sources.clone();
+    all.push(function("current_database", &[0], text, move |_, rows| {
+        Ok(Arc::new(StringArray::from(vec![s.database_name(); rows])))
+    }));
+    all
+}
+
+/// Registers the functions a session does not have yet (DataFusion's own win: a
+/// built-in of the same name is never replaced).
+pub(crate) fn register(ctx: &SessionContext, sources: &Arc<Sources>) {
+    let existing: Vec<String> = ctx.state().scalar_functions().keys().cloned().collect();
+    for udf in functions(sources) {
+        if !existing.iter().any(|n| n == udf.name()) {
+            ctx.register_udf(udf);
+        }
+    }
+}
+
+fn list_of_text() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Utf8, true)))
+}
+
+/// `"schema"."name"` or `name` as `(schema, name)`, unquoting and lowercasing unquoted
+/// parts as PostgreSQL does.
+fn split_qualified(text: &str) -> (Option<String>, String) {
+    let part = |p: &str| {
+        let p = p.trim();
+        match p.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+            Some(quoted) => quoted.replace("\"\"", "\""),
+            None => p.to_lowercase(),
+        }
+    };
+    match text.split_once('.') {
+        Some((schema, name)) => (Some(part(schema)), part(name)),
+        None => (None, part(text)),
+    }
+}
+
+/// An identifier as PostgreSQL prints it: quoted unless lowercase letters, digits and
+/// underscores.
+fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}
+
+/// `pg_size_pretty`: bytes, kB, MB, GB, TB, rounding as PostgreSQL does (switch unit
+/// at 10240 of the smaller one).
+fn size_pretty(bytes: i64) -> String {
+    let mut value = bytes;
+    for unit in ["bytes", "kB", "MB", "GB", "TB"] {
+        if value.abs() < 10 * 1024 || unit == "TB" {
+            return format!("{value} {unit}");
+        }
+        value = (value + 512) / 1024;
+    }
+    format!("{value} PB")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn helpers_match_postgres() {
+        assert_eq!(size_pretty(8192), "8192 bytes");
+        assert_eq!(size_pretty(20_000), "20 kB");
+        assert_eq!(quote_ident("emp"), "emp");
+        assert_eq!(quote_ident("Emp"), "\"Emp\"");
+        assert_eq!(
+            split_qualified("pg_catalog.pg_class"),
+            (Some("pg_catalog".into()), "pg_class".into())
+        );
+        assert_eq!(split_qualified("\"X\""), (None, "X".into()));
+    }
+}

@@ -1,0 +1,64 @@
+//! A PostgreSQL system catalog over Tessera's catalog, so that psql's backslash
+//! commands (`\d`, `\dt`, `\d name`, `\l`, `\dn`, `\df`, ...) and other clients'
+//! catalog queries work.
+//!
+//! Three parts, in the order a query meets them:
+//!
+//! ```text
+//!  SQL from a client ── rewrite_sql ──► DataFusion SQL ── planned in a Session with:
+//!     OPERATOR(pg_catalog.~), ::regclass,      pg_catalog.pg_class, pg_attribute, ...  (tables.rs)
+//!     COLLATE, pg_catalog.f(), ARRAY(...)      pg_table_is_visible, format_type, ...   (functions.rs)
+//! ```
+//!
+//! - [`rewrite_sql`] / [`rewrite`] turn PostgreSQL-only syntax into SQL DataFusion
+//!   plans (see [`rewrite`'s module](self::rewrite_sql) for the list).
+//! - [`install`] registers schema `pg_catalog` in the session's default catalog, with
+//!   tables built from the live catalog at each query, and the catalog functions.
+//!
+//! Arrays are relations of kind `r` (they are tables of cells to SQL), with access
+//! method `blocks`, so `\d` and `\dt` list them beside tables; `\d+` shows their
+//! shape in the Description column (`matrix 1000 x 1000, block 100 x 100, sparse,
+//! 5 non-zeros`), and `\d name` their columns (`i`, `j` `bigint`, `v` `double
+//! precision`). The queries psql 15 sends are kept in `tests/fixtures/psql15/`.
+
+mod functions;
+mod objects;
+mod rewrite;
+mod tables;
+mod types;
+
+use std::sync::Arc;
+
+use datafusion::common::{Result, internal_datafusion_err};
+use datafusion::prelude::SessionContext;
+use tessera_planner::{DEFAULT_CATALOG, TesseraCatalog};
+
+pub use rewrite::{rewrite, rewrite_sql};
+pub use types::pg_type_of;
+
+/// The schema name the emulated catalog is registered under.
+pub const PG_CATALOG_SCHEMA: &str = "pg_catalog";
+
+/// Installs the emulated `pg_catalog` in `ctx`: the schema (in the default catalog,
+/// shared by every session over the same catalog list; installing again replaces it)
+/// and the catalog functions (in this session).
+pub fn install(ctx: &SessionContext, catalog: Arc<TesseraCatalog>) -> Result<()> {
+    let state = ctx.state();
+    let catalogs = state.catalog_list().clone();
+    let database = catalogs.catalog(DEFAULT_CATALOG).ok_or_else(|| {
+        internal_datafusion_err!("no catalog '{DEFAULT_CATALOG}' to install pg_catalog in")
+    })?;
+    let sources = Arc::new(objects::Sources {
+        catalogs: Arc::downgrade(&catalogs),
+        tessera: catalog,
+        functions: std::sync::OnceLock::new(),
+    });
+    // Functions first, so that pg_proc lists the catalog functions too.
+    functions::register(ctx, &sources);
+    let _ = sources.functions.set(objects::function_list(&ctx.state()));
+    database.register_schema(
+        PG_CATALOG_SCHEMA,
+        Arc::new(tables::PgCatalogSchema::new(sources)),
+    )?;
+    Ok(())
+}

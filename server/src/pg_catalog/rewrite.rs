@@ -1,0 +1,733 @@
+//! Rewrites PostgreSQL-only syntax that clients such as psql send into SQL DataFusion
+//! plans, on the parsed AST (sqlparser, PostgreSQL dialect):
+//!
+//! | PostgreSQL | becomes |
+//! |---|---|
+//! | `a OPERATOR(pg_catalog.~) b` | `a ~ b` (any operator DataFusion knows) |
+//! | `x COLLATE pg_catalog.default` | `x` (DataFusion has no collations) |
+//! | `pg_catalog.f(...)`, `FROM pg_catalog.unnest(...)` | `f(...)`, `FROM unnest(...)` |
+//! | `'name'::regclass` | `to_regclass('name')` (the relation's OID) |
+//! | `x::regclass`, `x::regtype`, `x::regnamespace`, `x::regproc`, `x::regrole` | the object's name as text |
+//! | `::pg_catalog.text`, `::name`, `::"char"`, `::oid`, `::int2[]` | the plain SQL type |
+//! | `ARRAY(subquery)` | `(SELECT array_agg(...) ...)`, or an empty array when the subquery reads a set-returning function of an outer column |
+//! | `'{1,2}'` compared with `=` / `<>` | `make_array(1, 2)` |
+//! | a scalar subquery that reads a set-returning function of outer columns (psql's publication column lists) | `NULL` |
+//!
+//! Everything else is left as written. A statement that does not parse (Tessera's own
+//! statements, for instance) is returned unchanged, as is one nothing applies to.
+
+use std::borrow::Cow;
+use std::ops::ControlFlow;
+
+use datafusion::sql::sqlparser::ast::{
+    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentList, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SetExpr,
+    Statement, TableFactor, Value, VisitMut, VisitorMut,
+};
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::parser::Parser;
+
+/// Rewrites the PostgreSQL-only constructs of `sql` (see the module docs). Returns the
+/// text unchanged (borrowed) when it does not parse or nothing applies.
+///
+/// ```
+/// use tessera_server::pg_catalog::rewrite_sql;
+/// let sql = "SELECT c.relname FROM pg_catalog.pg_class c \
+///            WHERE c.relname OPERATOR(pg_catalog.~) '^(x)$' COLLATE pg_catalog.default";
+/// assert_eq!(
+///     rewrite_sql(sql),
+///     "SELECT c.relname FROM pg_catalog.pg_class AS c WHERE c.relname ~ '^(x)$'"
+/// );
+/// assert_eq!(rewrite_sql("SELECT 1"), "SELECT 1");
+/// ```
+pub fn rewrite_sql(sql: &str) -> Cow<'_, str> {
+    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
+        return Cow::Borrowed(sql);
+    };
+    let mut changed = false;
+    for statement in &mut statements {
+        changed |= rewrite(statement);
+    }
+    if !changed {
+        return Cow::Borrowed(sql);
+    }
+    Cow::Owned(
+        statements
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(";\n"),
+    )
+}
+
+/// Rewrites one parsed statement in place (see the module docs); true if anything
+/// changed.
+pub fn rewrite(statement: &mut Statement) -> bool {
+    let mut rewriter = Rewriter { changed: false };
+    let _ = statement.visit(&mut rewriter);
+    rewriter.changed
+}
+
+struct Rewriter {
+    changed: bool,
+}
+
+impl VisitorMut for Rewriter {
+    type Break = ();
+
+    fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
+        // `FROM pg_catalog.unnest(...)`: a set-returning function, not a catalog table.
+        if let TableFactor::Table {
+            name,
+            args: Some(_),
+            ..
+        } = factor
+        {
+            self.changed |= strip_pg_catalog(name);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_select(
+        &mut self,
+        select: &mut datafusion::sql::sqlparser::ast::Select,
+    ) -> ControlFlow<()> {
+        self.changed |= name_duplicate_columns(select);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Some(new) = rewrite_expr(expr) {
+            *expr = new;
+            self.changed = true;
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        // Before the children: a subquery that cannot be planned is dropped whole.
+        if let Expr::Subquery(query) = expr {
+            if reads_function_of_outer_columns(query) {
+                *expr = null();
+                self.changed = true;
+            } else if let Some(new) = split_outer_conditions(query) {
+                *expr = new;
+                self.changed = true;
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Gives repeated unnamed select items (`SELECT pubname, NULL, NULL`) distinct names:
+/// PostgreSQL allows them, DataFusion needs unique column names. True if any changed.
+fn name_duplicate_columns(select: &mut datafusion::sql::sqlparser::ast::Select) -> bool {
+    use datafusion::sql::sqlparser::ast::SelectItem;
+    let mut seen: Vec<String> = Vec::new();
+    let mut changed = false;
+    for item in &mut select.projection {
+        if let SelectItem::UnnamedExpr(expr) = item {
+            let name = expr.to_string();
+            let count = seen.iter().filter(|s| **s == name).count();
+            seen.push(name.clone());
+            if count > 0 {
+                *item = SelectItem::ExprWithAlias {
+                    expr: expr.clone(),
+                    alias: Ident::with_quote('"', format!("{name}_{}", count + 1)),
+                };
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::PGCustomBinaryOperator(parts),
+            right,
+        } => {
+            let op = plain_operator(parts.last()?)?;
+            Some(Expr::BinaryOp {
+                left: left.clone(),
+                op,
+                right: right.clone(),
+            })
+        }
+        Expr::BinaryOp {
+            left,
+            op: op @ (BinaryOperator::Eq | BinaryOperator::NotEq),
+            right,
+        } => {
+            let (l, r) = (array_literal(left), array_literal(right));
+            if l.is_none() && r.is_none() {
+                return None;
+            }
+            Some(Expr::BinaryOp {
+                left: Box::new(l.unwrap_or_else(|| (**left).clone())),
+                op: op.clone(),
+                right: Box::new(r.unwrap_or_else(|| (**right).clone())),
+            })
+        }
+        Expr::Collate { expr, .. } => Some((**expr).clone()),
+        Expr::Cast {
+            expr: inner,
+            data_type,
+            ..
+        } => rewrite_cast(inner, data_type),
+        Expr::Function(f) => rewrite_function(f),
+        Expr::Subquery(query) => aggregate_catalog_subquery(query),
+        _ => None,
+    }
+}
+
+/// A scalar subquery over catalog tables whose one column is not an aggregate, as
+/// psql writes them (`(SELECT c.collname FROM pg_catalog.pg_collation c WHERE ...)`),
+/// takes `max` of that column: DataFusion plans correlated scalar subqueries only when
+/// they aggregate. A catalog subquery that finds several rows (an error in PostgreSQL)
+/// gives the largest instead. Subqueries over other tables are left alone.
+fn aggregate_catalog_subquery(query: &Query) -> Option<Expr> {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    if query.limit_clause.is_some()
+        || select.projection.len() != 1
+        || select.distinct.is_some()
+        || !matches!(&select.group_by, datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty())
+        || !reads_catalog(select)
+    {
+        return None;
+    }
+    let (expr, alias) = match &select.projection[0] {
+        datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(e) => (e, None),
+        datafusion::sql::sqlparser::ast::SelectItem::ExprWithAlias { expr, alias } => {
+            (expr, Some(alias.clone()))
+        }
+        _ => return None,
+    };
+    if is_aggregate_call(expr) {
+        return None;
+    }
+    let mut query = query.clone();
+    if let SetExpr::Select(select) = query.body.as_mut() {
+        let max = call("max", vec![expr.clone()]);
+        select.projection = vec![match alias {
+            Some(alias) => {
+                datafusion::sql::sqlparser::ast::SelectItem::ExprWithAlias { expr: max, alias }
+            }
+            None => datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(max),
+        }];
+    }
+    Some(Expr::Subquery(Box::new(query)))
+}
+
+/// Moves the conditions of a catalog scalar subquery that read only the outer query
+/// out of it, `(SELECT x FROM d WHERE d.k = a.k AND a.flag)` -> `CASE WHEN a.flag THEN
+/// (SELECT x FROM d WHERE d.k = a.k) END`, and drops (as `NULL`) a subquery whose
+/// condition compares outer and inner columns other than by `=`: DataFusion decorrelates
+/// neither. psql's only such condition asks for a column's collation when it differs
+/// from its type's, which never happens in Tessera (one collation).
+fn split_outer_conditions(query: &Query) -> Option<Expr> {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return None;
+    };
+    if !reads_catalog(select) {
+        return None;
+    }
+    let selection = select.selection.as_ref()?;
+    let inner = inner_names(select);
+    let mut conjuncts = Vec::new();
+    split_and(selection, &mut conjuncts);
+    let (mut outer, mut kept) = (Vec::new(), Vec::new());
+    for c in conjuncts {
+        match qualifiers(&c, &inner) {
+            (true, false) => outer.push(c),
+            (true, true) if !is_equality(&c) => return Some(null()),
+            _ => kept.push(c),
+        }
+    }
+    if outer.is_empty() {
+        return None;
+    }
+    let mut query = query.clone();
+    if let SetExpr::Select(select) = query.body.as_mut() {
+        select.selection = join_and(kept);
+    }
+    let condition = join_and(outer)?;
+    Some(Expr::Case {
+        case_token: datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken::empty(
+        ),
+        end_token: datafusion::sql::sqlparser::ast::helpers::attached_token::AttachedToken::empty(),
+        operand: None,
+        conditions: vec![datafusion::sql::sqlparser::ast::CaseWhen {
+            condition,
+            result: Expr::Subquery(Box::new(query)),
+        }],
+        else_result: None,
+    })
+}
+
+fn is_equality(expr: &Expr) -> bool {
+    matches!(
+        expr,
+        Expr::BinaryOp {
+            op: BinaryOperator::Eq,
+            ..
+        }
+    )
+}
+
+/// True when a condition of `query` compares its own and outer columns other than by
+/// `=` (`oid = ANY(outer.list)`), which DataFusion cannot decorrelate.
+fn has_uncorrelatable_condition(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    let Some(selection) = select.selection.as_ref() else {
+        return false;
+    };
+    let inner = inner_names(select);
+    let mut conjuncts = Vec::new();
+    split_and(selection, &mut conjuncts);
+    conjuncts
+        .iter()
+        .any(|c| qualifiers(c, &inner) == (true, true) && !is_equality(c))
+}
+
+/// The names the relations of `select`'s `FROM` go by (aliases, else table names).
+fn inner_names(select: &datafusion::sql::sqlparser::ast::Select) -> Vec<String> {
+    select
+        .from
+        .iter()
+        .flat_map(|t| std::iter::once(&t.relation).chain(t.joins.iter().map(|j| &j.relation)))
+        .filter_map(|f| match f {
+            TableFactor::Table { name, alias, .. } => Some(match alias {
+                Some(a) => a.name.value.to_ascii_lowercase(),
+                None => name.0.last()?.as_ident()?.value.to_ascii_lowercase(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+fn split_and(expr: &Expr, out: &mut Vec<Expr>) {
+    match expr {
+        Expr::BinaryOp {
+            left,
+            op: BinaryOperator::And,
+            right,
+        } => {
+            split_and(left, out);
+            split_and(right, out);
+        }
+        Expr::Nested(inner) => split_and(inner, out),
+        other => out.push(other.clone()),
+    }
+}
+
+fn join_and(exprs: Vec<Expr>) -> Option<Expr> {
+    exprs.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(a),
+        op: BinaryOperator::And,
+        right: Box::new(b),
+    })
+}
+
+/// Whether `expr` reads qualified columns of the outer query (a qualifier not in
+/// `inner`) and of the subquery (unqualified columns count as the subquery's).
+fn qualifiers(expr: &Expr, inner: &[String]) -> (bool, bool) {
+    let (mut outer, mut own) = (false, false);
+    let _ = datafusion::sql::sqlparser::ast::visit_expressions(expr, |e| {
+        match e {
+            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
+                if inner.contains(&parts[0].value.to_ascii_lowercase()) {
+                    own = true;
+                } else {
+                    outer = true;
+                }
+            }
+            Expr::Identifier(_) => own = true,
+            _ => {}
+        }
+        ControlFlow::<()>::Continue(())
+    });
+    (outer, own)
+}
+
+/// True when a `FROM` item of `select` is a `pg_catalog` table.
+fn reads_catalog(select: &datafusion::sql::sqlparser::ast::Select) -> bool {
+    select.from.iter().any(|t| {
+        std::iter::once(&t.relation)
+            .chain(t.joins.iter().map(|j| &j.relation))
+            .any(|f| match f {
+                TableFactor::Table {
+                    name, args: None, ..
+                } => name.0.iter().any(|p| {
+                    p.as_ident().is_some_and(|i| {
+                        i.value.eq_ignore_ascii_case("pg_catalog") || i.value.starts_with("pg_")
+                    })
+                }),
+                _ => false,
+            })
+    })
+}
+
+/// True for a call of an aggregate function psql's subqueries use.
+fn is_aggregate_call(expr: &Expr) -> bool {
+    let Expr::Function(f) = expr else {
+        return false;
+    };
+    let Some(name) = f.name.0.last().and_then(|p| p.as_ident()) else {
+        return false;
+    };
+    [
+        "count",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "array_agg",
+        "string_agg",
+        "bool_and",
+        "bool_or",
+        "every",
+    ]
+    .iter()
+    .any(|a| name.value.eq_ignore_ascii_case(a))
+}
+
+/// The operator `OPERATOR(schema.op)` names, if DataFusion has it.
+fn plain_operator(op: &str) -> Option<BinaryOperator> {
+    Some(match op {
+        "~" => BinaryOperator::PGRegexMatch,
+        "~*" => BinaryOperator::PGRegexIMatch,
+        "!~" => BinaryOperator::PGRegexNotMatch,
+        "!~*" => BinaryOperator::PGRegexNotIMatch,
+        "~~" => BinaryOperator::PGLikeMatch,
+        "~~*" => BinaryOperator::PGILikeMatch,
+        "!~~" => BinaryOperator::PGNotLikeMatch,
+        "!~~*" => BinaryOperator::PGNotILikeMatch,
+        "=" => BinaryOperator::Eq,
+        "<>" | "!=" => BinaryOperator::NotEq,
+        "<" => BinaryOperator::Lt,
+        "<=" => BinaryOperator::LtEq,
+        ">" => BinaryOperator::Gt,
+        ">=" => BinaryOperator::GtEq,
+        "+" => BinaryOperator::Plus,
+        "-" => BinaryOperator::Minus,
+        "*" => BinaryOperator::Multiply,
+        "/" => BinaryOperator::Divide,
+        "||" => BinaryOperator::StringConcat,
+        _ => return None,
+    })
+}
+
+/// `'{1,2}'` (PostgreSQL's array text) as `make_array(1, 2)`.
+fn array_literal(expr: &Expr) -> Option<Expr> {
+    let Expr::Value(v) = expr else { return None };
+    let Value::SingleQuotedString(text) = &v.value else {
+        return None;
+    };
+    let body = text.strip_prefix('{')?.strip_suffix('}')?;
+    let args = body
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e.parse::<i64>().is_ok() {
+                Expr::value(Value::Number(e.to_string(), false))
+            } else {
+                Expr::value(Value::SingleQuotedString(e.trim_matches('"').to_string()))
+            }
+        })
+        .collect();
+    Some(call("make_array", args))
+}
+
+fn rewrite_cast(inner: &Expr, data_type: &DataType) -> Option<Expr> {
+    match pg_type_name(data_type)?.as_str() {
+        "regclass" => Some(match string_literal(inner) {
+            Some(_) => call("to_regclass", vec![inner.clone()]),
+            None => call("tessera_regclass_name", vec![inner.clone()]),
+        }),
+        "regtype" => Some(match string_literal(inner) {
+            Some(_) => call("tessera_regtype_oid", vec![inner.clone()]),
+            None => call("format_type", vec![inner.clone(), null()]),
+        }),
+        "regnamespace" => Some(call("tessera_regnamespace_name", vec![inner.clone()])),
+        "regproc" | "regprocedure" => Some(call("tessera_regproc_name", vec![inner.clone()])),
+        "regrole" => Some(call("pg_get_userbyid", vec![inner.clone()])),
+        "text" | "name" | "char" | "bpchar" | "varchar" => Some(cast(inner, DataType::Text)),
+        "oid" | "regoper" | "regoperator" | "regconfig" | "regdictionary" | "xid" | "int8" => {
+            Some(cast(inner, DataType::BigInt(None)))
+        }
+        "int2" => Some(cast(inner, DataType::SmallInt(None))),
+        "int4" => Some(cast(inner, DataType::Int(None))),
+        "float4" => Some(cast(inner, DataType::Real)),
+        "float8" => Some(cast(inner, DataType::DoublePrecision)),
+        "bool" => Some(cast(inner, DataType::Boolean)),
+        "int2[]" | "int2vector" => Some(cast(
+            inner,
+            DataType::Array(
+                datafusion::sql::sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+                    Box::new(DataType::SmallInt(None)),
+                    None,
+                ),
+            ),
+        )),
+        "oid[]" | "oidvector" => Some(cast(
+            inner,
+            DataType::Array(
+                datafusion::sql::sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+                    Box::new(DataType::BigInt(None)),
+                    None,
+                ),
+            ),
+        )),
+        "text[]" | "name[]" => Some(cast(
+            inner,
+            DataType::Array(
+                datafusion::sql::sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+                    Box::new(DataType::Text),
+                    None,
+                ),
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// The PostgreSQL type a cast names when DataFusion would not know it: the last part
+/// of a custom name (`pg_catalog.regclass` -> `regclass`, `"char"` -> `char`), with
+/// `[]` for arrays of those.
+fn pg_type_name(data_type: &DataType) -> Option<String> {
+    match data_type {
+        DataType::Custom(name, modifiers) if modifiers.is_empty() => {
+            let last = name.0.last()?.as_ident()?.value.to_ascii_lowercase();
+            Some(last)
+        }
+        // `"char"` parses as a quoted custom name in some dialects and as CHAR in others.
+        DataType::Char(None) | DataType::Character(None) => Some("char".to_string()),
+        DataType::Regclass => Some("regclass".to_string()),
+        DataType::Array(datafusion::sql::sqlparser::ast::ArrayElemTypeDef::SquareBracket(
+            inner,
+            _,
+        )) => match &**inner {
+            DataType::Custom(..) => pg_type_name(inner).map(|t| format!("{t}[]")),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn rewrite_function(f: &mut Function) -> Option<Expr> {
+    // `ARRAY(SELECT x FROM ...)`: the subquery's values as a list.
+    if is_named(&f.name, "array")
+        && let FunctionArguments::Subquery(query) = &f.args
+    {
+        return Some(array_of_subquery(query));
+    }
+    if strip_pg_catalog(&mut f.name) {
+        return Some(Expr::Function(f.clone()));
+    }
+    None
+}
+
+/// `ARRAY(subquery)` as a scalar subquery aggregating its one column with
+/// `array_agg`; empty when the subquery reads a set-returning function of an outer
+/// column (a lateral call DataFusion cannot plan; psql only asks that of options
+/// Tessera never has).
+fn array_of_subquery(query: &Query) -> Expr {
+    if reads_function_of_outer_columns(query) || has_uncorrelatable_condition(query) {
+        return call("make_array", vec![]);
+    }
+    let mut query = query.clone();
+    let order_by = query.order_by.take();
+    if let SetExpr::Select(select) = query.body.as_mut()
+        && select.projection.len() == 1
+        && let datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(e)
+        | datafusion::sql::sqlparser::ast::SelectItem::ExprWithAlias { expr: e, .. } =
+            &select.projection[0]
+    {
+        let mut agg = match call("array_agg", vec![e.clone()]) {
+            Expr::Function(f) => f,
+            _ => return null(),
+        };
+        if let (Some(order), FunctionArguments::List(list)) = (order_by, &mut agg.args)
+            && let datafusion::sql::sqlparser::ast::OrderByKind::Expressions(mut exprs) = order.kind
+        {
+            // `ORDER BY 1` names the projected column, which is the aggregated value.
+            for o in &mut exprs {
+                if matches!(&o.expr, Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n == "1"))
+                {
+                    o.expr = e.clone();
+                }
+            }
+            list.clauses
+                .push(datafusion::sql::sqlparser::ast::FunctionArgumentClause::OrderBy(exprs));
+        }
+        // An empty subquery gives an empty list, as PostgreSQL's ARRAY() does.
+        select.projection = vec![datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(
+            call(
+                "coalesce",
+                vec![Expr::Function(agg), call("make_array", vec![])],
+            ),
+        )];
+        return Expr::Subquery(Box::new(query));
+    }
+    null()
+}
+
+/// True when `query`'s `FROM` calls a table function with a non-literal argument: in
+/// psql's catalog queries that is always a lateral call on an outer column.
+fn reads_function_of_outer_columns(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    select.from.iter().any(|t| {
+        std::iter::once(&t.relation)
+            .chain(t.joins.iter().map(|j| &j.relation))
+            .any(|f| match f {
+                TableFactor::Table {
+                    args: Some(args), ..
+                } => args.args.iter().any(|a| match a {
+                    FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => !is_constant(e),
+                    _ => false,
+                }),
+                _ => false,
+            })
+    })
+}
+
+fn is_constant(expr: &Expr) -> bool {
+    match expr {
+        Expr::Value(_) => true,
+        Expr::UnaryOp { expr, .. } => is_constant(expr),
+        _ => false,
+    }
+}
+
+/// Drops a leading `pg_catalog.` from a function name; true if there was one.
+fn strip_pg_catalog(name: &mut ObjectName) -> bool {
+    if name.0.len() == 2
+        && name.0[0]
+            .as_ident()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case("pg_catalog"))
+    {
+        name.0.remove(0);
+        return true;
+    }
+    false
+}
+
+fn is_named(name: &ObjectName, expected: &str) -> bool {
+    matches!(name.0.as_slice(), [part] if part.as_ident().is_some_and(|i| i.value.eq_ignore_ascii_case(expected)))
+}
+
+fn string_literal(expr: &Expr) -> Option<&str> {
+    match expr {
+        Expr::Value(v) => match &v.value {
+            Value::SingleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn null() -> Expr {
+    Expr::value(Value::Null)
+}
+
+fn cast(expr: &Expr, data_type: DataType) -> Expr {
+    Expr::Cast {
+        kind: CastKind::DoubleColon,
+        expr: Box::new(expr.clone()),
+        data_type,
+        array: false,
+        format: None,
+    }
+}
+
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(Function {
+        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|e| FunctionArg::Unnamed(FunctionArgExpr::Expr(e)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewrite_sql;
+
+    #[test]
+    fn psql_constructs_become_datafusion_sql() {
+        let cases = [
+            (
+                "SELECT x::pg_catalog.regclass, 'pg_catalog.pg_class'::pg_catalog.regclass",
+                "SELECT tessera_regclass_name(x), to_regclass('pg_catalog.pg_class')",
+            ),
+            (
+                "SELECT t::pg_catalog.regtype::pg_catalog.text",
+                "SELECT format_type(t, NULL)::TEXT",
+            ),
+            (
+                "SELECT pg_catalog.array_to_string(a, ',') FROM pg_catalog.unnest(b) x",
+                "SELECT array_to_string(a, ',') FROM unnest(b) x",
+            ),
+            ("SELECT a = '{0}'", "SELECT a = make_array(0)"),
+            (
+                "SELECT ARRAY(SELECT r FROM roles WHERE oid = 1 ORDER BY 1)",
+                "SELECT (SELECT coalesce(array_agg(r ORDER BY r), make_array()) FROM roles WHERE oid = 1)",
+            ),
+            (
+                "SELECT (SELECT string_agg(n, ', ') FROM generate_series(0, t.k) s, a WHERE x = s)",
+                "SELECT NULL",
+            ),
+            (
+                "SELECT (SELECT d.x FROM pg_catalog.pg_attrdef d WHERE d.k = a.k AND a.flag) FROM t a",
+                "SELECT CASE WHEN a.flag THEN (SELECT max(d.x) FROM pg_catalog.pg_attrdef d WHERE d.k = a.k) END FROM t a",
+            ),
+            (
+                "SELECT (SELECT c.n FROM pg_catalog.pg_type c WHERE c.oid = a.t AND a.c <> c.c) FROM t a",
+                "SELECT NULL FROM t a",
+            ),
+            (
+                "SELECT (SELECT x FROM other WHERE other.k = a.k AND a.flag) FROM t a",
+                "SELECT (SELECT x FROM other WHERE other.k = a.k AND a.flag) FROM t a",
+            ),
+            ("SELECT NULL, NULL, 1", "SELECT NULL, NULL AS \"NULL_2\", 1"),
+        ];
+        for (sql, expected) in cases {
+            assert_eq!(rewrite_sql(sql), expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn other_statements_stay_as_written() {
+        for sql in [
+            "CREATE MATRIX x (3, 3)",
+            "select  1",
+            "SELECT * FROM information_schema.tables",
+        ] {
+            assert!(
+                matches!(rewrite_sql(sql), std::borrow::Cow::Borrowed(_)),
+                "{sql}"
+            );
+        }
+    }
+}
