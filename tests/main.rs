@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)] // tests may panic
 
 mod pg_catalog;
+mod pgwire;
 mod python;
 mod slt;
 mod sql_database;

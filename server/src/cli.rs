@@ -4,6 +4,7 @@
 //! ```text
 //! tessera sql [--data-dir DIR] [--format table|csv|json] [--memory-limit BYTES] "SQL"
 //! tessera sql [--data-dir DIR] [--format ...] -f script.sql      (-f - reads stdin)
+//! tessera serve [--config FILE] [--data-dir DIR] [--pg-listen ADDR] [--flight-listen ADDR]
 //! ```
 
 use std::io::{Read, Write};
@@ -12,7 +13,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 
-use crate::{Database, DatabaseOptions};
+use crate::{Database, DatabaseOptions, Server, ServerConfig};
 
 const USAGE: &str = "\
 tessera: a SQL database for matrices and arrays
@@ -20,7 +21,7 @@ tessera: a SQL database for matrices and arrays
 USAGE:
     tessera sql [OPTIONS] \"SQL; ...\"     run statements, print the last result
     tessera sql [OPTIONS] -f FILE         run a script file (-f - reads standard input)
-    tessera serve                         (not yet: PostgreSQL and Flight SQL servers)
+    tessera serve [SERVE OPTIONS]         serve the data directory over the PostgreSQL protocol
     tessera --help | --version
 
 OPTIONS:
@@ -28,6 +29,15 @@ OPTIONS:
         --format FORMAT       table (default), csv or json
         --memory-limit BYTES  memory budget for queries, e.g. 2G, 512M (default 70% of RAM)
     -f, --file FILE           read the statements from FILE ('-' for standard input)
+
+SERVE OPTIONS (flags win over TESSERA_* environment variables, which win over the file):
+    -c, --config FILE         TOML settings (see docs/server.md; also TESSERA_CONFIG)
+    -d, --data-dir DIR        data directory (default ./tessera-data; TESSERA_DATA_DIR)
+        --pg-listen ADDR      PostgreSQL protocol address (default 127.0.0.1:5433; TESSERA_PG_LISTEN)
+        --flight-listen ADDR  Arrow Flight SQL address (stored; Flight SQL arrives with issue 5)
+        --memory-limit BYTES  memory budget for queries (TESSERA_MEMORY_LIMIT)
+        --max-connections N   connections at once (default 100; TESSERA_MAX_CONNECTIONS)
+    SIGINT or SIGTERM stops accepting, lets running statements finish and exits 0.
 
 Logging goes to standard error; set TESSERA_LOG (e.g. TESSERA_LOG=debug) to see more.
 
@@ -81,13 +91,17 @@ pub fn run(
                 2
             }
         },
-        Some("serve") => {
-            let _ = writeln!(
-                stderr,
-                "error: `tessera serve` is not available yet (PostgreSQL and Flight SQL servers come later)"
-            );
-            2
-        }
+        Some("serve") => match parse_serve_args(&args[1..], |var| std::env::var(var).ok()) {
+            Ok(Some(config)) => run_serve(config, stderr),
+            Ok(None) => {
+                let _ = write!(stdout, "{USAGE}");
+                0
+            }
+            Err(message) => {
+                let _ = writeln!(stderr, "error: {message}\n\nrun `tessera --help` for usage");
+                2
+            }
+        },
         Some(other) => {
             let _ = writeln!(
                 stderr,
@@ -150,22 +164,124 @@ fn parse_sql_args(args: &[String]) -> Result<Option<SqlCommand>, String> {
 
 /// `1024`, `64K`, `512M`, `2G` (powers of 1024; a trailing `B` or `iB` is allowed).
 fn parse_bytes(text: &str) -> Result<usize, String> {
-    let t = text.trim().to_ascii_uppercase();
-    let t = t.trim_end_matches("IB").trim_end_matches('B');
-    let (digits, shift) = match t.chars().last() {
-        Some('K') => (&t[..t.len() - 1], 10),
-        Some('M') => (&t[..t.len() - 1], 20),
-        Some('G') => (&t[..t.len() - 1], 30),
-        Some('T') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
+    crate::config::parse_bytes(text)
+        .map_err(|_| format!("cannot read '{text}' as a memory size (e.g. 512M, 2G)"))
+}
+
+/// The settings of `tessera serve`: the file (`--config` or `TESSERA_CONFIG`), then the
+/// environment (`env`), then the flags. `Ok(None)` for `--help`.
+fn parse_serve_args(
+    args: &[String],
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Option<ServerConfig>, String> {
+    let args: Vec<String> = args
+        .iter()
+        .flat_map(|a| match a.split_once('=') {
+            Some((name, value)) if a.starts_with("--") => vec![name.to_string(), value.to_string()],
+            _ => vec![a.clone()],
+        })
+        .collect();
+    let mut file = env("TESSERA_CONFIG").filter(|f| !f.is_empty());
+    let mut flags = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        let key = match arg.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "-c" | "--config" => {
+                file = Some(value(arg)?);
+                continue;
+            }
+            "-d" | "--data-dir" => "data_dir",
+            "--pg-listen" => "pg_listen",
+            "--flight-listen" => "flight_listen",
+            "--memory-limit" => "memory_limit",
+            "--max-connections" => "max_connections",
+            other => return Err(format!("unknown option '{other}' for serve")),
+        };
+        flags.push((key, value(arg)?));
+    }
+    let mut config = match file {
+        Some(path) => ServerConfig::from_file(std::path::Path::new(&path))?,
+        None => ServerConfig::default(),
     };
-    digits
-        .trim()
-        .parse::<usize>()
-        .ok()
-        .and_then(|n| n.checked_mul(1usize << shift))
-        .filter(|n| *n > 0)
-        .ok_or_else(|| format!("cannot read '{text}' as a memory size (e.g. 512M, 2G)"))
+    config.apply_env(env)?;
+    for (key, value) in flags {
+        config
+            .set(key, &value)
+            .map_err(|e| format!("--{}: {e}", key.replace('_', "-")))?;
+    }
+    Ok(Some(config))
+}
+
+fn run_serve(config: ServerConfig, stderr: &mut dyn Write) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    let data_dir = config.data_dir.display().to_string();
+    let flight = config.flight_listen.clone();
+    let server = match runtime.block_on(Server::builder().config(config).build()) {
+        Ok(server) => server,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: {}", crate::errors::client_message(&e));
+            return 1;
+        }
+    };
+    let _ = writeln!(
+        stderr,
+        "tessera {} serving {data_dir} on postgresql://{} (psql -h {} -p {})",
+        env!("CARGO_PKG_VERSION"),
+        server.local_addr(),
+        server.local_addr().ip(),
+        server.local_addr().port()
+    );
+    if let Some(addr) = flight {
+        let _ = writeln!(
+            stderr,
+            "flight_listen {addr} is stored; Flight SQL arrives with issue 5"
+        );
+    }
+    runtime.block_on(wait_for_stop_signal());
+    let _ = writeln!(
+        stderr,
+        "shutting down: running statements finish, then connections close"
+    );
+    runtime.block_on(server.shutdown());
+    0
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM.
+async fn wait_for_stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn run_sql(
@@ -302,5 +418,34 @@ mod tests {
         assert!(args(&[]).is_err());
         assert!(args(&["-f", "a.sql", "SELECT 1"]).is_err());
         assert!(args(&["--help"]).unwrap().is_none());
+    }
+
+    #[test]
+    fn serve_settings_layer_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("t.toml");
+        std::fs::write(
+            &file,
+            "pg_listen = \"127.0.0.1:7000\"\nmax_connections = 3\n",
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        let env = |var: &str| match var {
+            "TESSERA_CONFIG" => Some(file.clone()),
+            "TESSERA_PG_LISTEN" => Some("127.0.0.1:7001".to_string()),
+            "TESSERA_DATA_DIR" => Some("/env/dir".to_string()),
+            _ => None,
+        };
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = parse_serve_args(&args(&["--data-dir", "/flag/dir"]), env)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.pg_listen, "127.0.0.1:7001");
+        assert_eq!(c.max_connections, 3);
+        assert_eq!(c.data_dir, std::path::PathBuf::from("/flag/dir"));
+        let c = parse_serve_args(&args(&[]), |_| None).unwrap().unwrap();
+        assert_eq!(c, ServerConfig::default());
+        assert!(parse_serve_args(&args(&["--bogus", "1"]), |_| None).is_err());
+        assert!(parse_serve_args(&args(&["--max-connections", "x"]), |_| None).is_err());
     }
 }

@@ -17,10 +17,16 @@
 //! does not suffice, `Internal` for a bug.
 
 pub mod cli;
+pub mod config;
 mod database;
+pub mod errors;
+pub mod pg;
 pub mod pg_catalog;
+mod server;
 mod session;
 
+pub use config::ServerConfig;
 pub use database::{Database, DatabaseOptions};
 pub use datafusion::error::{DataFusionError as Error, Result};
-pub use session::Session;
+pub use server::{Server, ServerBuilder, ServerHandle};
+pub use session::{PreparedStatement, Session};

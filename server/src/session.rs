@@ -3,10 +3,15 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+
+use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::{ParamValues, ScalarValue, plan_err};
 use datafusion::error::Result;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -76,12 +81,143 @@ impl Session {
                 collect(stream).await?;
             }
         }
-        Ok(last.unwrap_or_else(|| {
-            Box::pin(RecordBatchStreamAdapter::new(
-                Arc::new(datafusion::arrow::datatypes::Schema::empty()),
-                futures::stream::empty(),
-            ))
-        }))
+        Ok(last.unwrap_or_else(empty_stream))
+    }
+
+    /// Runs one statement as split by [`tessera_planner::ddl::parse`] (Tessera's own or
+    /// SQL for DataFusion) and returns its result stream.
+    pub async fn execute_statement(
+        &self,
+        statement: ddl::Statement,
+    ) -> Result<SendableRecordBatchStream> {
+        self.restore().await;
+        session::execute(&self.ctx, &self.inner.catalog, statement).await
+    }
+
+    /// Plans one statement that may hold `$1`, `$2`, ... placeholders, without running
+    /// it: the protocol servers' Parse/Describe. `declared` are the parameter types the
+    /// client named (`None` where it left the type to the server). Tessera's own
+    /// statements take no parameters; an empty text prepares an empty statement.
+    pub async fn prepare(
+        &self,
+        sql: &str,
+        declared: &[Option<DataType>],
+    ) -> Result<PreparedStatement> {
+        let mut statements = ddl::parse(sql)?;
+        if statements.len() > 1 {
+            return plan_err!(
+                "cannot insert multiple commands into a prepared statement ({} given)",
+                statements.len()
+            );
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(PreparedStatement {
+                statement: None,
+                parameter_types: Vec::new(),
+                schema: Arc::new(Schema::empty()),
+            });
+        };
+        self.restore().await;
+        match &statement {
+            ddl::Statement::Sql(text) => {
+                let plan = self.plan_with_parameters(text, declared).await?;
+                let parameter_types = parameter_types(&plan)?;
+                let schema = match &plan {
+                    LogicalPlan::Statement(datafusion::logical_expr::Statement::Prepare(p)) => {
+                        Arc::new(p.input.schema().as_arrow().clone())
+                    }
+                    other => Arc::new(other.schema().as_arrow().clone()),
+                };
+                Ok(PreparedStatement {
+                    statement: Some(statement),
+                    parameter_types,
+                    schema,
+                })
+            }
+            ddl::Statement::Tessera(t) => {
+                // `SHOW ARRAYS` and `DESCRIBE` return rows: run them once (they only
+                // read) so the result can be described before it is executed.
+                let schema = match t {
+                    ddl::TesseraStatement::ShowArrays | ddl::TesseraStatement::Describe { .. } => {
+                        session::execute(&self.ctx, &self.inner.catalog, statement.clone())
+                            .await?
+                            .schema()
+                    }
+                    _ => Arc::new(Schema::empty()),
+                };
+                Ok(PreparedStatement {
+                    statement: Some(statement),
+                    parameter_types: Vec::new(),
+                    schema,
+                })
+            }
+        }
+    }
+
+    /// Runs a prepared statement with `params` bound to its placeholders in order. The
+    /// statement is planned again (it sees the current versions of arrays and tables);
+    /// each value is cast to its placeholder's type where that is known.
+    pub async fn execute_prepared(
+        &self,
+        prepared: &PreparedStatement,
+        params: Vec<ScalarValue>,
+        declared: &[Option<DataType>],
+    ) -> Result<SendableRecordBatchStream> {
+        let Some(statement) = &prepared.statement else {
+            return Ok(empty_stream());
+        };
+        if params.len() != prepared.parameter_types.len() {
+            return plan_err!(
+                "the statement has {} parameters but {} values were bound",
+                prepared.parameter_types.len(),
+                params.len()
+            );
+        }
+        match statement {
+            ddl::Statement::Sql(text) if !params.is_empty() => {
+                self.restore().await;
+                let plan = self.plan_with_parameters(text, declared).await?;
+                let expected = parameter_types(&plan)?;
+                let values = params
+                    .into_iter()
+                    .zip(expected)
+                    .map(|(value, ty)| match ty {
+                        Some(ty) if value.data_type() != ty => value.cast_to(&ty),
+                        _ => Ok(value),
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let plan = plan.with_param_values(ParamValues::from(values))?;
+                self.ctx
+                    .execute_logical_plan(plan)
+                    .await?
+                    .execute_stream()
+                    .await
+            }
+            other => self.execute_statement(other.clone()).await,
+        }
+    }
+
+    /// Plans `sql`; with every parameter type declared, as `PREPARE ... (types) AS sql`
+    /// so that placeholders the SQL alone cannot type get the client's types.
+    async fn plan_with_parameters(
+        &self,
+        sql: &str,
+        declared: &[Option<DataType>],
+    ) -> Result<LogicalPlan> {
+        let state = self.ctx.state();
+        if !declared.is_empty() {
+            let names: Option<Vec<String>> = declared
+                .iter()
+                .map(|t| t.as_ref().and_then(sql_type_name))
+                .collect();
+            if let Some(names) = names {
+                let wrapped = format!("PREPARE tessera_prepared({}) AS {sql}", names.join(", "));
+                if let Ok(plan) = state.create_logical_plan(&wrapped).await {
+                    return Ok(plan);
+                }
+            }
+        }
+        state.create_logical_plan(sql).await
     }
 
     /// The DataFusion context this session plans in (for embedders and the protocol
@@ -99,4 +235,116 @@ impl Session {
             .get_or_init(|| session::restore_catalog(ctx, catalog))
             .await;
     }
+}
+
+fn empty_stream() -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(
+        Arc::new(Schema::empty()),
+        futures::stream::empty(),
+    ))
+}
+
+/// A statement planned by [`Session::prepare`]: its parameter and result types.
+#[derive(Debug, Clone)]
+pub struct PreparedStatement {
+    /// `None` for an empty statement.
+    statement: Option<ddl::Statement>,
+    parameter_types: Vec<Option<DataType>>,
+    schema: SchemaRef,
+}
+
+impl PreparedStatement {
+    /// The statement, or `None` when the text held none.
+    pub fn statement(&self) -> Option<&ddl::Statement> {
+        self.statement.as_ref()
+    }
+
+    /// The type of each placeholder `$1`, `$2`, ... in order; `None` where the SQL does
+    /// not tell.
+    pub fn parameter_types(&self) -> &[Option<DataType>] {
+        &self.parameter_types
+    }
+
+    /// The columns the statement returns (none for a statement without rows; DML
+    /// returns its `count`).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+}
+
+/// The placeholders of `plan` in order `$1, $2, ...` with their types where known.
+fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
+    if let LogicalPlan::Statement(datafusion::logical_expr::Statement::Prepare(p)) = plan {
+        return Ok(p
+            .fields
+            .iter()
+            .map(|f| Some(f.data_type().clone()))
+            .collect());
+    }
+    let types: HashMap<String, Option<DataType>> = plan.get_parameter_types()?;
+    let mut numbered = Vec::with_capacity(types.len());
+    for (id, ty) in types {
+        match id.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if n >= 1 => numbered.push((n, ty)),
+            _ => return plan_err!("placeholder {id} is not of the form $1, $2, ..."),
+        }
+    }
+    numbered.sort_by_key(|(n, _)| *n);
+    let count = numbered.last().map_or(0, |(n, _)| *n);
+    let mut out = vec![None; count];
+    for (n, ty) in numbered {
+        out[n - 1] = ty;
+    }
+    if out.iter().any(Option::is_none) {
+        // `$1::INT`: a placeholder DataFusion leaves untyped takes its cast's type.
+        for (id, ty) in cast_placeholder_types(plan)? {
+            if let Some(slot) = id
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .and_then(|n| out.get_mut(n.wrapping_sub(1)))
+            {
+                slot.get_or_insert(ty);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The types of placeholders written directly inside a `CAST` / `::`.
+fn cast_placeholder_types(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    use datafusion::logical_expr::{Cast, Expr, TryCast, expr::Placeholder};
+    let mut found = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                if let Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) = e
+                    && let Expr::Placeholder(Placeholder { id, .. }) = expr.as_ref()
+                {
+                    found.push((id.clone(), field.data_type().clone()));
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    })?;
+    Ok(found)
+}
+
+/// The SQL name DataFusion's `PREPARE` accepts for a parameter type.
+fn sql_type_name(ty: &DataType) -> Option<String> {
+    Some(match ty {
+        DataType::Boolean => "BOOLEAN".into(),
+        DataType::Int16 => "SMALLINT".into(),
+        DataType::Int32 => "INT".into(),
+        DataType::Int64 => "BIGINT".into(),
+        DataType::Float32 => "REAL".into(),
+        DataType::Float64 => "DOUBLE".into(),
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => "VARCHAR".into(),
+        DataType::Date32 => "DATE".into(),
+        DataType::Timestamp(_, None) => "TIMESTAMP".into(),
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMPTZ".into(),
+        DataType::Binary => "BYTEA".into(),
+        DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
+        _ => return None,
+    })
 }

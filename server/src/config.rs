@@ -1,0 +1,360 @@
+//! Settings of `tessera serve`: a TOML file, environment variables and command-line
+//! flags, in that order of precedence (flags win). Every key is documented in
+//! `docs/server.md`.
+//!
+//! ```toml
+//! data_dir = "./tessera-data"
+//! pg_listen = "127.0.0.1:5433"
+//! max_connections = 100
+//! statement_timeout = "0"          # default for every session; SET changes it
+//!
+//! [auth]
+//! method = "scram-sha-256"         # or "trust" (the default: loopback clients only)
+//!
+//! [[users]]
+//! name = "alice"
+//! password = "secret"              # or scram_verifier = "SCRAM-SHA-256$4096:..."
+//!
+//! [tls]
+//! cert = "server.crt"
+//! key = "server.key"
+//! required = true                  # reject plaintext connections
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Every setting of the server. Fields left out of a TOML file keep their defaults.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The data directory (created if missing). Default `./tessera-data`.
+    pub data_dir: PathBuf,
+    /// Address the PostgreSQL protocol listens on. Default `127.0.0.1:5433`.
+    pub pg_listen: String,
+    /// Address of the Arrow Flight SQL service (issue 5; stored, not served yet).
+    pub flight_listen: Option<String>,
+    /// Memory budget of all queries together, e.g. `"2G"`. Default: 70% of RAM.
+    pub memory_limit: Option<String>,
+    /// Connections served at once; more get SQLSTATE 53300 and are closed. Default 100.
+    pub max_connections: usize,
+    /// The longest protocol message a client may send (a query, a bound parameter
+    /// set, a COPY chunk), e.g. `"64M"`. Longer ones end the connection with 54000.
+    pub max_message_size: String,
+    /// Time a client has from connecting to finishing authentication. Default `"10s"`.
+    pub startup_timeout: String,
+    /// On shutdown, how long running statements may take to finish. Default `"30s"`.
+    pub shutdown_timeout: String,
+    /// Default `statement_timeout` of every session (`"0"`: none); `SET` changes it.
+    pub statement_timeout: String,
+    /// How clients authenticate.
+    pub auth: AuthConfig,
+    /// Users for password authentication.
+    pub users: Vec<UserConfig>,
+    /// TLS certificate and key; no TLS without them.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            data_dir: PathBuf::from("./tessera-data"),
+            pg_listen: "127.0.0.1:5433".to_string(),
+            flight_listen: None,
+            memory_limit: None,
+            max_connections: 100,
+            max_message_size: "64M".to_string(),
+            startup_timeout: "10s".to_string(),
+            shutdown_timeout: "30s".to_string(),
+            statement_timeout: "0".to_string(),
+            auth: AuthConfig::default(),
+            users: Vec::new(),
+            tls: None,
+        }
+    }
+}
+
+/// The `[auth]` table.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `trust` (no password) or `scram-sha-256`.
+    pub method: AuthMethod,
+    /// With `trust`, also accept clients that are not on the loopback interface.
+    /// Default false: trust is for local use.
+    pub trust_remote: bool,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// No password; loopback clients only unless `auth.trust_remote`.
+    #[default]
+    #[serde(rename = "trust")]
+    Trust,
+    /// SCRAM-SHA-256 against `[[users]]`.
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+}
+
+/// One `[[users]]` entry: a name and either a password or a SCRAM verifier.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The user name clients log in with.
+    pub name: String,
+    /// The password in clear text (the server derives a SCRAM verifier at start).
+    pub password: Option<String>,
+    /// A PostgreSQL SCRAM verifier, `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`
+    /// (what `pg_authid.rolpassword` holds), so the password need not be stored.
+    pub scram_verifier: Option<String>,
+}
+
+impl std::fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field(
+                "scram_verifier",
+                &self.scram_verifier.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// The `[tls]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the server certificate (chain).
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Reject connections that do not use TLS.
+    #[serde(default)]
+    pub required: bool,
+}
+
+/// The environment variables `tessera serve` reads, with the key each sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("TESSERA_DATA_DIR", "data_dir"),
+    ("TESSERA_PG_LISTEN", "pg_listen"),
+    ("TESSERA_FLIGHT_LISTEN", "flight_listen"),
+    ("TESSERA_MEMORY_LIMIT", "memory_limit"),
+    ("TESSERA_MAX_CONNECTIONS", "max_connections"),
+    ("TESSERA_MAX_MESSAGE_SIZE", "max_message_size"),
+    ("TESSERA_STARTUP_TIMEOUT", "startup_timeout"),
+    ("TESSERA_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
+    ("TESSERA_STATEMENT_TIMEOUT", "statement_timeout"),
+];
+
+impl ServerConfig {
+    /// Reads a TOML configuration file.
+    pub fn from_file(path: &Path) -> Result<ServerConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// Parses TOML text; unknown keys are errors.
+    pub fn from_toml(text: &str) -> Result<ServerConfig, String> {
+        let config: ServerConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Sets the scalar key `key` (as named in the TOML file) from text, as flags and
+    /// environment variables do.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
+        match key {
+            "data_dir" => self.data_dir = PathBuf::from(value),
+            "pg_listen" => self.pg_listen = value.to_string(),
+            "flight_listen" => self.flight_listen = Some(value.to_string()),
+            "memory_limit" => {
+                parse_bytes(value)?;
+                self.memory_limit = Some(value.to_string());
+            }
+            "max_connections" => {
+                self.max_connections = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("max_connections: '{value}' is not a whole number"))?;
+            }
+            "max_message_size" => self.max_message_size = value.to_string(),
+            "startup_timeout" => self.startup_timeout = value.to_string(),
+            "shutdown_timeout" => self.shutdown_timeout = value.to_string(),
+            "statement_timeout" => self.statement_timeout = value.to_string(),
+            other => return Err(format!("unknown setting '{other}'")),
+        }
+        self.validate()
+    }
+
+    /// Applies the `TESSERA_*` variables `get` returns (see [`ENV_VARS`]).
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
+        for (var, key) in ENV_VARS {
+            if let Some(value) = get(var).filter(|v| !v.is_empty()) {
+                self.set(key, &value).map_err(|e| format!("{var}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the values that are text in the file (sizes, durations, users).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(m) = &self.memory_limit {
+            parse_bytes(m).map_err(|e| format!("memory_limit: {e}"))?;
+        }
+        parse_bytes(&self.max_message_size).map_err(|e| format!("max_message_size: {e}"))?;
+        parse_duration(&self.startup_timeout).map_err(|e| format!("startup_timeout: {e}"))?;
+        parse_duration(&self.shutdown_timeout).map_err(|e| format!("shutdown_timeout: {e}"))?;
+        parse_duration(&self.statement_timeout).map_err(|e| format!("statement_timeout: {e}"))?;
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        for user in &self.users {
+            match (&user.password, &user.scram_verifier) {
+                (Some(_), None) | (None, Some(_)) => {}
+                _ => {
+                    return Err(format!(
+                        "user '{}' needs exactly one of password and scram_verifier",
+                        user.name
+                    ));
+                }
+            }
+        }
+        if self.auth.method == AuthMethod::ScramSha256 && self.users.is_empty() {
+            return Err(
+                "auth.method = \"scram-sha-256\" needs at least one [[users]] entry".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// `memory_limit` in bytes.
+    pub fn memory_limit_bytes(&self) -> Option<usize> {
+        self.memory_limit
+            .as_deref()
+            .and_then(|m| parse_bytes(m).ok())
+    }
+
+    /// `max_message_size` in bytes.
+    pub fn max_message_size_bytes(&self) -> usize {
+        parse_bytes(&self.max_message_size).unwrap_or(64 << 20)
+    }
+
+    /// `startup_timeout` as a duration.
+    pub fn startup_timeout_duration(&self) -> Duration {
+        parse_duration(&self.startup_timeout).unwrap_or(Duration::from_secs(10))
+    }
+
+    /// `shutdown_timeout` as a duration.
+    pub fn shutdown_timeout_duration(&self) -> Duration {
+        parse_duration(&self.shutdown_timeout).unwrap_or(Duration::from_secs(30))
+    }
+
+    /// `statement_timeout` as a duration; `None` for no limit.
+    pub fn statement_timeout_duration(&self) -> Option<Duration> {
+        parse_duration(&self.statement_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+    }
+}
+
+/// `1024`, `64K`, `512M`, `2G` (powers of 1024; a trailing `B` or `iB` is allowed).
+pub fn parse_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim().to_ascii_uppercase();
+    let t = t.trim_end_matches("IB").trim_end_matches('B');
+    let (digits, shift) = match t.chars().last() {
+        Some('K') => (&t[..t.len() - 1], 10),
+        Some('M') => (&t[..t.len() - 1], 20),
+        Some('G') => (&t[..t.len() - 1], 30),
+        Some('T') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    digits
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1usize << shift))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("cannot read '{text}' as a size (e.g. 512M, 2G)"))
+}
+
+/// A duration the way PostgreSQL writes `statement_timeout`: a number of milliseconds,
+/// or a number with a unit `us`, `ms`, `s`, `min`, `h`, `d` (`'100ms'`, `'1.5s'`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let t = text.trim().trim_matches('\'').trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("cannot read '{text}' as a duration (e.g. 100ms, 5s, 2min)"))?;
+    let millis = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => value,
+        "us" => value / 1000.0,
+        "s" | "sec" => value * 1e3,
+        "min" => value * 60e3,
+        "h" => value * 3600e3,
+        "d" => value * 86400e3,
+        other => return Err(format!("unknown unit '{other}' in duration '{text}'")),
+    };
+    if !millis.is_finite() || millis < 0.0 {
+        return Err(format!("'{text}' is not a valid duration"));
+    }
+    Ok(Duration::from_micros((millis * 1000.0) as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_env_and_flags_layer() {
+        let mut config = ServerConfig::from_toml(
+            r#"
+            data_dir = "/srv/tessera"
+            pg_listen = "0.0.0.0:5433"
+            max_connections = 7
+            [auth]
+            method = "scram-sha-256"
+            [[users]]
+            name = "alice"
+            password = "pw"
+            [tls]
+            cert = "c.pem"
+            key = "k.pem"
+            required = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.data_dir, PathBuf::from("/srv/tessera"));
+        assert_eq!(config.max_connections, 7);
+        assert_eq!(config.auth.method, AuthMethod::ScramSha256);
+        assert!(config.tls.as_ref().unwrap().required);
+        config
+            .apply_env(|v| (v == "TESSERA_PG_LISTEN").then(|| "127.0.0.1:6000".to_string()))
+            .unwrap();
+        assert_eq!(config.pg_listen, "127.0.0.1:6000");
+        config.set("max_connections", "9").unwrap();
+        assert_eq!(config.max_connections, 9);
+        assert!(ServerConfig::from_toml("bogus = 1").is_err());
+        assert!(ServerConfig::from_toml("[auth]\nmethod = \"scram-sha-256\"").is_err());
+        assert!(config.set("startup_timeout", "soon").is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("'1.5s'"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("250"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2min"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert_eq!(parse_bytes("64M"), Ok(64 << 20));
+        assert!(parse_bytes("0").is_err());
+    }
+}

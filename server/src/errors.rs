@@ -1,0 +1,381 @@
+//! One classification of Tessera's errors for the protocol servers: the SQLSTATE a
+//! PostgreSQL client sees (and, later, the gRPC status a Flight SQL client sees).
+//!
+//! Errors are DataFusion errors whose kind says whose fault they are (`Plan` / `SQL`
+//! for the user's query, `Execution` for a run that failed, `ResourcesExhausted`,
+//! `Internal`); where two errors of one kind differ only by message (an unknown table
+//! and an unknown function are both `Plan`), the message decides. The table is in
+//! `docs/server.md`.
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::common::SchemaError;
+use datafusion::error::DataFusionError;
+
+/// `42601`: a syntax error.
+pub const SYNTAX_ERROR: &str = "42601";
+/// `42P01`: an unknown table, view or array.
+pub const UNDEFINED_TABLE: &str = "42P01";
+/// `42703`: an unknown column.
+pub const UNDEFINED_COLUMN: &str = "42703";
+/// `42883`: an unknown function.
+pub const UNDEFINED_FUNCTION: &str = "42883";
+/// `42P07`: a table, view or array that already exists.
+pub const DUPLICATE_TABLE: &str = "42P07";
+/// `42704`: an unknown object, such as a setting.
+pub const UNDEFINED_OBJECT: &str = "42704";
+/// `42804`: a value of the wrong type.
+pub const DATATYPE_MISMATCH: &str = "42804";
+/// `42000`: any other mistake in a query.
+pub const INVALID_QUERY: &str = "42000";
+/// `22P02`: a value, parameter or input line that cannot be read as its type.
+pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+/// `22000`: data that do not fit the operation, such as matrices whose shapes do not
+/// conform, or a cell outside its array.
+pub const DATA_EXCEPTION: &str = "22000";
+/// `22012`: division by zero.
+pub const DIVISION_BY_ZERO: &str = "22012";
+/// `22003`: a number out of its type's range.
+pub const NUMERIC_VALUE_OUT_OF_RANGE: &str = "22003";
+/// `53200`: the memory budget does not suffice.
+pub const OUT_OF_MEMORY: &str = "53200";
+/// `53300`: the server has `max_connections` connections already.
+pub const TOO_MANY_CONNECTIONS: &str = "53300";
+/// `54000`: a protocol message longer than `max_message_size`.
+pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+/// `57014`: a statement cancelled by the client or by `statement_timeout`.
+pub const QUERY_CANCELED: &str = "57014";
+/// `57P01`: the server is shutting down.
+pub const ADMIN_SHUTDOWN: &str = "57P01";
+/// `0A000`: a feature Tessera does not have.
+pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
+/// `25P02`: a statement in a transaction block that an earlier error aborted.
+pub const IN_FAILED_TRANSACTION: &str = "25P02";
+/// `28P01`: a wrong password or an unknown user (the two are not told apart).
+pub const INVALID_PASSWORD: &str = "28P01";
+/// `28000`: a connection the authentication settings do not allow (plaintext when TLS
+/// is required, trust from a remote address).
+pub const INVALID_AUTHORIZATION: &str = "28000";
+/// `08P01`: a malformed protocol message.
+pub const PROTOCOL_VIOLATION: &str = "08P01";
+/// `58030`: an I/O error.
+pub const IO_ERROR: &str = "58030";
+/// `XX001`: damaged data on disk.
+pub const DATA_CORRUPTED: &str = "XX001";
+/// `55006`: the data directory is in use by another process.
+pub const OBJECT_IN_USE: &str = "55006";
+/// `40001`: a write that lost a race with a concurrent write; retry it.
+pub const SERIALIZATION_FAILURE: &str = "40001";
+/// `XX000`: a bug.
+pub const INTERNAL_ERROR: &str = "XX000";
+
+/// Why a statement was stopped before it finished; carried in
+/// `DataFusionError::External`, classified as [`QUERY_CANCELED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The client sent a cancel request.
+    UserRequest,
+    /// The statement ran longer than `statement_timeout`.
+    Timeout,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // PostgreSQL's own wording.
+        f.write_str(match self {
+            Cancelled::UserRequest => "canceling statement due to user request",
+            Cancelled::Timeout => "canceling statement due to statement timeout",
+            Cancelled::Shutdown => "terminating statement due to administrator command",
+        })
+    }
+}
+
+impl std::error::Error for Cancelled {}
+
+/// The SQLSTATE for an error.
+pub fn sqlstate(error: &DataFusionError) -> &'static str {
+    match error {
+        DataFusionError::SQL(..) => SYNTAX_ERROR,
+        DataFusionError::ResourcesExhausted(_) => OUT_OF_MEMORY,
+        DataFusionError::NotImplemented(_) => FEATURE_NOT_SUPPORTED,
+        DataFusionError::Internal(_) | DataFusionError::ExecutionJoin(_) => INTERNAL_ERROR,
+        DataFusionError::Substrait(_) | DataFusionError::Ffi(_) => INTERNAL_ERROR,
+        DataFusionError::SchemaError(e, _) => match e.as_ref() {
+            SchemaError::FieldNotFound { .. } => UNDEFINED_COLUMN,
+            SchemaError::AmbiguousReference { .. } => "42702",
+            SchemaError::DuplicateQualifiedField { .. }
+            | SchemaError::DuplicateUnqualifiedField { .. } => "42701",
+        },
+        DataFusionError::ArrowError(e, _) => arrow_sqlstate(e),
+        DataFusionError::IoError(_) => IO_ERROR,
+        DataFusionError::ObjectStore(_) => IO_ERROR,
+        DataFusionError::ParquetError(_) => DATA_EXCEPTION,
+        DataFusionError::Plan(message) => plan_sqlstate(message),
+        DataFusionError::Configuration(message) => {
+            if mentions(
+                message,
+                &["could not find config", "unknown", "unrecognized"],
+            ) {
+                UNDEFINED_OBJECT
+            } else {
+                INVALID_QUERY
+            }
+        }
+        DataFusionError::Execution(message) => execution_sqlstate(message),
+        DataFusionError::External(e) => {
+            if e.downcast_ref::<Cancelled>().is_some() {
+                QUERY_CANCELED
+            } else if let Some(inner) = e.downcast_ref::<DataFusionError>() {
+                sqlstate(inner)
+            } else if let Some(inner) = e.downcast_ref::<ArrowError>() {
+                arrow_sqlstate(inner)
+            } else if e.downcast_ref::<std::io::Error>().is_some() {
+                IO_ERROR
+            } else {
+                INTERNAL_ERROR
+            }
+        }
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            sqlstate(inner)
+        }
+        DataFusionError::Shared(inner) => sqlstate(inner),
+        DataFusionError::Collection(errors) => errors.first().map_or(INTERNAL_ERROR, sqlstate),
+    }
+}
+
+/// The message a client sees: DataFusion's text without its kind prefix ("Error during
+/// planning: ") or backtrace, with any context kept in front.
+pub fn client_message(error: &DataFusionError) -> String {
+    match error {
+        DataFusionError::Context(context, inner) => {
+            format!("{context}: {}", client_message(inner))
+        }
+        DataFusionError::Diagnostic(_, inner) => client_message(inner),
+        DataFusionError::Shared(inner) => client_message(inner),
+        DataFusionError::External(e) => match e.downcast_ref::<DataFusionError>() {
+            Some(inner) => client_message(inner),
+            None => e.to_string(),
+        },
+        DataFusionError::Collection(errors) => match errors.first() {
+            Some(first) => client_message(first),
+            None => "unknown error".to_string(),
+        },
+        DataFusionError::ArrowError(e, context) => {
+            let message = arrow_message(e);
+            match context {
+                Some(c) if !c.trim().is_empty() => format!("{message}{c}"),
+                _ => message,
+            }
+        }
+        other => {
+            let message = other.message().into_owned();
+            // DataFusion appends a backtrace when built with one; keep the first part.
+            match message.split_once("\n\nbacktrace:") {
+                Some((head, _)) => head.to_string(),
+                None => message,
+            }
+        }
+    }
+}
+
+fn arrow_message(e: &ArrowError) -> String {
+    match e {
+        ArrowError::ExternalError(inner) => match inner.downcast_ref::<DataFusionError>() {
+            Some(df) => client_message(df),
+            None => inner.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+fn arrow_sqlstate(e: &ArrowError) -> &'static str {
+    match e {
+        ArrowError::ParseError(_) | ArrowError::CastError(_) | ArrowError::CsvError(_) => {
+            INVALID_TEXT_REPRESENTATION
+        }
+        ArrowError::DivideByZero => DIVISION_BY_ZERO,
+        ArrowError::ArithmeticOverflow(_) => NUMERIC_VALUE_OUT_OF_RANGE,
+        ArrowError::MemoryError(_) => OUT_OF_MEMORY,
+        ArrowError::IoError(..) => IO_ERROR,
+        ArrowError::ExternalError(inner) => match inner.downcast_ref::<DataFusionError>() {
+            Some(df) => sqlstate(df),
+            None if inner.downcast_ref::<Cancelled>().is_some() => QUERY_CANCELED,
+            None => INTERNAL_ERROR,
+        },
+        ArrowError::SchemaError(_) | ArrowError::InvalidArgumentError(_) => DATA_EXCEPTION,
+        _ => INTERNAL_ERROR,
+    }
+}
+
+/// True if `message` contains any of `needles`, ignoring case.
+fn mentions(message: &str, needles: &[&str]) -> bool {
+    let lower = message.to_ascii_lowercase();
+    needles.iter().any(|n| lower.contains(n))
+}
+
+fn plan_sqlstate(message: &str) -> &'static str {
+    let lower = message.to_ascii_lowercase();
+    let undefined_relation = (lower.contains("table") || lower.contains("view"))
+        && lower.contains("not found")
+        || lower.contains("unknown array or table")
+        || (lower.contains("array '") || lower.contains("table '") || lower.contains("view '"))
+            && lower.contains("does not exist")
+        || lower.contains("has no version");
+    if undefined_relation {
+        UNDEFINED_TABLE
+    } else if lower.contains("invalid function")
+        || lower.contains("unknown matrix function")
+        || lower.contains("no function matches")
+        || lower.contains("function") && lower.contains("not found")
+    {
+        UNDEFINED_FUNCTION
+    } else if lower.contains("already exists") || lower.contains("is already an array") {
+        DUPLICATE_TABLE
+    } else if lower.contains("shapes do not conform")
+        || lower.contains("shape mismatch")
+        || lower.contains("must be square")
+        || lower.contains("is outside the")
+    {
+        DATA_EXCEPTION
+    } else if lower.contains("syntax error")
+        || lower.contains("sql error")
+        || lower.starts_with("expected ")
+    {
+        SYNTAX_ERROR
+    } else if lower.contains("cannot cast") || lower.contains("cannot be cast") {
+        DATATYPE_MISMATCH
+    } else if lower.contains("not supported") || lower.contains("unsupported") {
+        FEATURE_NOT_SUPPORTED
+    } else {
+        INVALID_QUERY
+    }
+}
+
+fn execution_sqlstate(message: &str) -> &'static str {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("corruption") || lower.contains("corrupt catalog") {
+        DATA_CORRUPTED
+    } else if lower.contains("i/o error") {
+        IO_ERROR
+    } else if lower.contains("is locked by another process") {
+        OBJECT_IN_USE
+    } else if lower.contains("changed by a concurrent write") {
+        SERIALIZATION_FAILURE
+    } else if lower.contains("shapes do not conform")
+        || lower.contains("shape mismatch")
+        || lower.contains("is outside the")
+    {
+        DATA_EXCEPTION
+    } else if lower.contains("cannot parse")
+        || lower.contains("invalid input syntax")
+        || lower.contains("error while parsing")
+        || lower.contains("cannot cast")
+        || has_line_number(&lower)
+    {
+        INVALID_TEXT_REPRESENTATION
+    } else if lower.contains("divide by zero") || lower.contains("division by zero") {
+        DIVISION_BY_ZERO
+    } else if lower.contains("resources exhausted") || lower.contains("memory") {
+        OUT_OF_MEMORY
+    } else if lower.contains("already exists") {
+        DUPLICATE_TABLE
+    } else if lower.contains("not found") && lower.contains("table") {
+        UNDEFINED_TABLE
+    } else {
+        DATA_EXCEPTION
+    }
+}
+
+/// A bad input file is reported as `path:line: ...` or `... line N ...`.
+fn has_line_number(lower: &str) -> bool {
+    let bytes = lower.as_bytes();
+    lower
+        .match_indices("line ")
+        .any(|(at, _)| bytes.get(at + 5).is_some_and(|b| b.is_ascii_digit()))
+        || lower.match_indices(':').any(|(at, _)| {
+            let digits = lower[at + 1..]
+                .bytes()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+            digits > 0 && lower[at + 1 + digits..].starts_with(':')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Database, DatabaseOptions};
+
+    /// The SQLSTATE of the error `sql` produces in a database with a 3x3 matrix `m`,
+    /// a 2x2 matrix `sq` and a table `t`.
+    async fn state_of(sql: &str) -> String {
+        let db = Database::in_memory().unwrap();
+        db.sql(
+            "CREATE MATRIX m (3, 2); INSERT INTO m VALUES (0, 0, 1.0);
+             CREATE MATRIX sq (2, 2);
+             CREATE TABLE t AS SELECT * FROM (VALUES (1, 'a')) v(a, b)",
+        )
+        .await
+        .unwrap();
+        let error = db.sql(sql).await.expect_err(sql);
+        sqlstate(&error).to_string()
+    }
+
+    #[tokio::test]
+    async fn user_mistakes_map_to_their_sqlstates() {
+        assert_eq!(state_of("SELEC 1").await, SYNTAX_ERROR);
+        assert_eq!(state_of("CREATE MATRIX (1, 2)").await, SYNTAX_ERROR);
+        assert_eq!(state_of("SELECT * FROM nosuch").await, UNDEFINED_TABLE);
+        assert_eq!(
+            state_of("SELECT * FROM matmul(nosuch, m)").await,
+            UNDEFINED_TABLE
+        );
+        assert_eq!(state_of("DROP ARRAY nosuch").await, UNDEFINED_TABLE);
+        assert_eq!(state_of("SELECT nosuchfn(1)").await, UNDEFINED_FUNCTION);
+        assert_eq!(state_of("SELECT nosuchcol FROM t").await, UNDEFINED_COLUMN);
+        assert_eq!(state_of("CREATE MATRIX m (2, 2)").await, DUPLICATE_TABLE);
+        assert_eq!(
+            state_of("CREATE TABLE t AS SELECT 1").await,
+            DUPLICATE_TABLE
+        );
+        assert_eq!(state_of("SELECT * FROM matmul(m, m)").await, DATA_EXCEPTION);
+        assert_eq!(state_of("SELECT * FROM inv(m)").await, DATA_EXCEPTION);
+        assert_eq!(
+            state_of("INSERT INTO sq VALUES (5, 5, 1.0)").await,
+            DATA_EXCEPTION
+        );
+        assert_eq!(
+            state_of("SELECT CAST('abc' AS INT)").await,
+            INVALID_TEXT_REPRESENTATION
+        );
+        assert_eq!(state_of("SELECT 1 / 0").await, DIVISION_BY_ZERO);
+        assert_eq!(state_of("SET nosuch.setting = 1").await, UNDEFINED_OBJECT);
+    }
+
+    #[tokio::test]
+    async fn memory_budget_maps_to_out_of_memory() {
+        let db = Database::in_memory_with(DatabaseOptions {
+            memory_limit: Some(1 << 20),
+            ..DatabaseOptions::default()
+        })
+        .unwrap();
+        let error = db
+            .sql("SELECT count(*) FROM matmul(rand(1000, 1000), rand(1000, 1000))")
+            .await
+            .expect_err("a 1 MiB budget");
+        assert_eq!(sqlstate(&error), OUT_OF_MEMORY, "{error}");
+    }
+
+    #[test]
+    fn messages_lose_the_kind_prefix() {
+        let e = DataFusionError::Plan("table 'x' not found".into());
+        assert_eq!(client_message(&e), "table 'x' not found");
+        let e = DataFusionError::Context("COPY m".into(), Box::new(e));
+        assert_eq!(client_message(&e), "COPY m: table 'x' not found");
+        assert_eq!(sqlstate(&e), UNDEFINED_TABLE);
+        assert!(has_line_number("bad.csv:12: cannot read"));
+        assert!(has_line_number("error at line 3"));
+        assert!(!has_line_number("a 3x3 matrix"));
+    }
+}

@@ -1,0 +1,997 @@
+//! One client connection: its [`Session`], its PostgreSQL settings, and pgwire's
+//! handlers for the startup, simple query, extended query and COPY messages.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DataFusionError, ScalarValue, TableReference};
+use datafusion::dataframe::DataFrameWriteOptions;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use pgwire::api::auth::mechanism::AuthMechanismFactory;
+use pgwire::api::auth::sasl::SaslMechanisms;
+use pgwire::api::auth::{
+    AuthDriver, AuthOutcome, DefaultServerParameterProvider, StartupHandler, protocol_negotiation,
+    save_startup_parameters_to_metadata,
+};
+use pgwire::api::copy::CopyHandler;
+use pgwire::api::portal::{Format, Portal};
+use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
+use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
+use pgwire::api::stmt::{QueryParser, StoredStatement};
+use pgwire::api::store::PortalStore;
+use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, Type};
+use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
+use pgwire::messages::PgWireBackendMessage;
+use pgwire::messages::PgWireFrontendMessage;
+use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyInResponse, CopyOutResponse};
+use pgwire::messages::data::{DataRow, RowDescription};
+use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionStatus};
+use pgwire::messages::simplequery::Query;
+use tessera_planner::ddl;
+
+use super::cancel::{CancelGuard, CancelRegistry, Interrupt, QueryControl};
+use super::copy;
+use super::statement::{Command, CopyFormat, classify, command_tag, dml_tag};
+use super::types::{arrow_type, decode_parameter, encode_field, field_infos, pg_type};
+use super::{PG_SERVER_VERSION, PG_SERVER_VERSION_NUM};
+use crate::Database;
+use crate::config::{AuthMethod, parse_duration};
+use crate::errors;
+use crate::session::{PreparedStatement, Session};
+
+/// What every connection of one server shares.
+pub(crate) struct PgShared {
+    pub(crate) database: Database,
+    pub(crate) cancels: Arc<CancelRegistry>,
+    pub(crate) auth_method: AuthMethod,
+    pub(crate) trust_remote: bool,
+    pub(crate) tls_required: bool,
+    pub(crate) sasl: Option<Arc<SaslMechanisms>>,
+    pub(crate) parameters: Arc<DefaultServerParameterProvider>,
+    pub(crate) statement_timeout: Option<Duration>,
+    pub(crate) max_connections: usize,
+}
+
+impl Debug for PgShared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgShared")
+            .field("auth_method", &self.auth_method)
+            .field("tls_required", &self.tls_required)
+            .finish()
+    }
+}
+
+/// The server parameters sent at startup.
+pub(crate) fn server_parameters() -> DefaultServerParameterProvider {
+    let mut p = DefaultServerParameterProvider::default();
+    p.server_version = PG_SERVER_VERSION.to_string();
+    p.time_zone = "UTC".to_string();
+    p.date_style = "ISO, MDY".to_string();
+    p
+}
+
+/// A PostgreSQL error with SQLSTATE `code`.
+pub(crate) fn user_error(severity: &str, code: &str, message: impl Into<String>) -> PgWireError {
+    PgWireError::UserError(Box::new(ErrorInfo::new(
+        severity.to_string(),
+        code.to_string(),
+        message.into(),
+    )))
+}
+
+/// A Tessera error as the client sees it.
+pub(crate) fn pg_error(e: &DataFusionError) -> PgWireError {
+    user_error("ERROR", errors::sqlstate(e), errors::client_message(e))
+}
+
+/// Per-connection state that changes as statements run.
+#[derive(Default)]
+struct ConnectionState {
+    /// PostgreSQL settings by lowercased name (startup parameters and `SET`).
+    settings: BTreeMap<String, String>,
+    statement_timeout: Option<Duration>,
+    copy_in: Option<CopyIn>,
+    cancel_guard: Option<CancelGuard>,
+}
+
+/// A `COPY ... FROM STDIN` receiving data.
+struct CopyIn {
+    table: TableReference,
+    columns: Vec<String>,
+    format: CopyFormat,
+    schema: SchemaRef,
+    data: Vec<u8>,
+}
+
+/// One client connection.
+pub(crate) struct PgConnection {
+    shared: Arc<PgShared>,
+    session: Session,
+    control: Arc<QueryControl>,
+    state: Mutex<ConnectionState>,
+    /// The server already has `max_connections`: refuse at startup with 53300.
+    over_limit: bool,
+    driver: AuthDriver<Arc<DefaultServerParameterProvider>>,
+    parser: Arc<StatementParser>,
+    peer: SocketAddr,
+}
+
+impl Debug for PgConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConnection")
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+/// How a statement ended, before it is sent.
+enum Outcome {
+    Rows(SchemaRef, RowStream),
+    Tag(String),
+    Begin,
+    Commit,
+    Rollback,
+    CopyOut(SchemaRef, RowStream, CopyFormat),
+    CopyIn(usize),
+}
+
+type RowStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, DataFusionError>> + Send>>;
+
+/// A statement prepared by Parse.
+#[derive(Debug, Clone)]
+pub(crate) struct PgStatement {
+    command: Command,
+    prepared: Option<Arc<PreparedStatement>>,
+    declared: Vec<Option<DataType>>,
+    parameter_types: Vec<Type>,
+    fields: Vec<Arc<Field>>,
+}
+
+impl PgConnection {
+    pub(crate) fn new(
+        shared: Arc<PgShared>,
+        peer: SocketAddr,
+        over_limit: bool,
+    ) -> Result<PgConnection, DataFusionError> {
+        let session = shared.database.session()?;
+        let driver = AuthDriver::new(shared.parameters.clone());
+        let state = ConnectionState {
+            statement_timeout: shared.statement_timeout,
+            ..ConnectionState::default()
+        };
+        Ok(PgConnection {
+            parser: Arc::new(StatementParser {
+                session: session.clone(),
+            }),
+            shared,
+            session,
+            control: Arc::new(QueryControl::default()),
+            state: Mutex::new(state),
+            over_limit,
+            driver,
+            peer,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, ConnectionState> {
+        // A poisoned lock only means another statement of this connection panicked;
+        // its state is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn interrupt(&self) -> Interrupt {
+        let timeout = self.state().statement_timeout;
+        self.control.interrupt(timeout)
+    }
+
+    /// Runs one classified statement.
+    async fn run(
+        &self,
+        command: &Command,
+        prepared: Option<&PreparedStatement>,
+        params: Vec<ScalarValue>,
+        declared: &[Option<DataType>],
+        interrupt: &Interrupt,
+    ) -> Result<Outcome, DataFusionError> {
+        match command {
+            Command::Run(statement) => {
+                let stream = interrupt
+                    .run(async {
+                        match prepared {
+                            Some(p) => self.session.execute_prepared(p, params, declared).await,
+                            None => self.session.execute_statement(statement.clone()).await,
+                        }
+                    })
+                    .await?;
+                let schema = stream.schema();
+                let mut stream: RowStream = Box::pin(interrupt.stream(stream));
+                let is_count = schema.fields().len() == 1
+                    && schema.field(0).name() == "count"
+                    && schema.field(0).data_type() == &DataType::UInt64;
+                if let (Some(tag), true) = (dml_tag(statement), is_count) {
+                    let mut count = 0u64;
+                    while let Some(batch) = stream.next().await {
+                        let batch = batch?;
+                        if let Some(c) = batch
+                            .column(0)
+                            .as_any()
+                            .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                        {
+                            count += c.iter().flatten().sum::<u64>();
+                        }
+                    }
+                    Ok(Outcome::Tag(format!("{tag} {count}")))
+                } else if schema.fields().is_empty() {
+                    while let Some(batch) = stream.next().await {
+                        batch?;
+                    }
+                    Ok(Outcome::Tag(command_tag(statement)))
+                } else {
+                    Ok(Outcome::Rows(schema, stream))
+                }
+            }
+            Command::Begin => Ok(Outcome::Begin),
+            Command::Commit => Ok(Outcome::Commit),
+            Command::Rollback => Ok(Outcome::Rollback),
+            Command::Ignore(tag) => Ok(Outcome::Tag(tag.to_string())),
+            Command::SetClient { name, value } => {
+                self.set_client(name, value.as_deref())?;
+                Ok(Outcome::Tag("SET".into()))
+            }
+            Command::Reset(name) => {
+                match name {
+                    Some(n) => self.set_client(n, None)?,
+                    None => {
+                        let mut state = self.state();
+                        state.settings.clear();
+                        state.statement_timeout = self.shared.statement_timeout;
+                    }
+                }
+                Ok(Outcome::Tag("RESET".into()))
+            }
+            Command::Show(name) => {
+                let value = self.show(name)?;
+                Ok(text_rows(name, vec![value]))
+            }
+            Command::Version => Ok(text_rows(
+                "version",
+                vec![format!(
+                    "PostgreSQL {PG_SERVER_VERSION} (Tessera {}) on {}-linux, compiled by rustc, 64-bit",
+                    env!("CARGO_PKG_VERSION"),
+                    std::env::consts::ARCH
+                )],
+            )),
+            Command::CopyOut { query, format } => {
+                let statement = ddl::Statement::Sql(query.clone());
+                let stream = interrupt
+                    .run(self.session.execute_statement(statement))
+                    .await?;
+                let schema = stream.schema();
+                Ok(Outcome::CopyOut(
+                    schema,
+                    Box::pin(interrupt.stream(stream)),
+                    format.clone(),
+                ))
+            }
+            Command::CopyIn {
+                table,
+                columns,
+                format,
+            } => {
+                let provider = self.session.context().table_provider(table.clone()).await?;
+                let schema = provider.schema();
+                let width = if columns.is_empty() {
+                    schema.fields().len()
+                } else {
+                    columns.len()
+                };
+                self.state().copy_in = Some(CopyIn {
+                    table: table.clone(),
+                    columns: columns.clone(),
+                    format: format.clone(),
+                    schema,
+                    data: Vec::new(),
+                });
+                Ok(Outcome::CopyIn(width))
+            }
+        }
+    }
+
+    fn set_client(&self, name: &str, value: Option<&str>) -> Result<(), DataFusionError> {
+        let mut state = self.state();
+        if name == "statement_timeout" {
+            state.statement_timeout = match value {
+                None => self.shared.statement_timeout,
+                Some(v) => {
+                    let d = parse_duration(v).map_err(|e| {
+                        DataFusionError::Plan(format!(
+                            "invalid value for parameter \"statement_timeout\": {e}"
+                        ))
+                    })?;
+                    (!d.is_zero()).then_some(d)
+                }
+            };
+        }
+        match value {
+            Some(v) => state.settings.insert(name.to_string(), v.to_string()),
+            None => state.settings.remove(name),
+        };
+        Ok(())
+    }
+
+    fn show(&self, name: &str) -> Result<String, DataFusionError> {
+        let state = self.state();
+        if name == "statement_timeout" {
+            return Ok(match state.statement_timeout {
+                None => "0".into(),
+                Some(d) if d.subsec_millis() == 0 && d.as_secs() > 0 => format!("{}s", d.as_secs()),
+                Some(d) => format!("{}ms", d.as_millis()),
+            });
+        }
+        if let Some(v) = state.settings.get(name) {
+            return Ok(v.clone());
+        }
+        Ok(match name {
+            "server_version" => PG_SERVER_VERSION.into(),
+            "server_version_num" => PG_SERVER_VERSION_NUM.into(),
+            "server_encoding" | "client_encoding" => "UTF8".into(),
+            "datestyle" => "ISO, MDY".into(),
+            "timezone" | "log_timezone" => "UTC".into(),
+            "intervalstyle" => "postgres".into(),
+            "standard_conforming_strings" | "integer_datetimes" | "is_superuser" => "on".into(),
+            "transaction_isolation" | "default_transaction_isolation" => "read committed".into(),
+            "transaction_read_only" | "default_transaction_read_only" | "in_hot_standby" => {
+                "off".into()
+            }
+            "search_path" => "\"$user\", public".into(),
+            "max_identifier_length" => "63".into(),
+            "extra_float_digits" => "1".into(),
+            "bytea_output" => "hex".into(),
+            "lc_messages" | "lc_monetary" | "lc_numeric" | "lc_time" | "lc_collate"
+            | "lc_ctype" => "C".into(),
+            "application_name" => String::new(),
+            "lock_timeout" | "idle_in_transaction_session_timeout" => "0".into(),
+            "max_connections" => self.shared.max_connections.to_string(),
+            "default_transaction_deferrable" => "off".into(),
+            _ => {
+                return Err(DataFusionError::Configuration(format!(
+                    "unrecognized configuration parameter \"{name}\""
+                )));
+            }
+        })
+    }
+
+    /// The statement may not run: the transaction block failed earlier.
+    fn check_failed_transaction(status: TransactionStatus, command: &Command) -> PgWireResult<()> {
+        if matches!(status, TransactionStatus::Error)
+            && !matches!(
+                command,
+                Command::Commit | Command::Rollback | Command::Ignore("ROLLBACK")
+            )
+        {
+            return Err(user_error(
+                "ERROR",
+                errors::IN_FAILED_TRANSACTION,
+                "current transaction is aborted, commands ignored until end of transaction block",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Registers this connection for cancel requests once its pid and key are known.
+    fn register_cancel<C: ClientInfo>(&self, client: &C) {
+        let (pid, secret) = client.pid_and_secret_key();
+        let guard = self
+            .shared
+            .cancels
+            .register(pid, secret.to_bytes(), self.control.clone());
+        self.state().cancel_guard = Some(guard);
+    }
+
+    /// Seeds the PostgreSQL settings from the startup parameters.
+    fn remember_startup_parameters<C: ClientInfo>(&self, client: &C) {
+        let mut state = self.state();
+        for (k, v) in client.metadata() {
+            if !matches!(k.as_str(), "user" | "database" | "options" | "replication") {
+                state.settings.insert(k.to_ascii_lowercase(), v.clone());
+            }
+        }
+    }
+}
+
+/// A one-column text result.
+fn text_rows(name: &str, values: Vec<String>) -> Outcome {
+    let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(StringArray::from(values)) as _],
+    );
+    let stream: RowStream = Box::pin(futures::stream::iter(vec![
+        batch.map_err(DataFusionError::from),
+    ]));
+    Outcome::Rows(schema, stream)
+}
+
+/// The DataRows of a batch, each column in its format.
+fn data_rows(batch: &RecordBatch, formats: &[FieldFormat]) -> Vec<DataRow> {
+    let columns = batch.columns();
+    (0..batch.num_rows())
+        .map(|row| {
+            let mut buf = BytesMut::with_capacity(16 * columns.len());
+            for (c, column) in columns.iter().enumerate() {
+                let format = formats.get(c).copied().unwrap_or(FieldFormat::Text);
+                encode_field(&mut buf, column.as_ref(), row, format);
+            }
+            DataRow::new(buf, columns.len() as i16)
+        })
+        .collect()
+}
+
+fn row_description(fields: &[FieldInfo]) -> RowDescription {
+    RowDescription::new(fields.iter().map(Into::into).collect())
+}
+
+fn copy_out_response(columns: usize) -> CopyOutResponse {
+    CopyOutResponse::new(0, columns as i16, vec![0; columns])
+}
+
+#[async_trait]
+impl SimpleQueryHandler for PgConnection {
+    async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if !matches!(client.state(), PgWireConnectionState::ReadyForQuery) {
+            return Err(PgWireError::NotReadyForQuery);
+        }
+        client.set_state(PgWireConnectionState::QueryInProgress);
+        let statements = ddl::parse(&super::rewrite(&query.query)).map_err(|e| pg_error(&e))?;
+        if statements.is_empty() {
+            client
+                .feed(PgWireBackendMessage::EmptyQueryResponse(
+                    EmptyQueryResponse::new(),
+                ))
+                .await?;
+        }
+        let count = statements.len();
+        for (n, statement) in statements.into_iter().enumerate() {
+            let command = classify(statement).map_err(|e| pg_error(&e))?;
+            Self::check_failed_transaction(client.transaction_status(), &command)?;
+            let interrupt = self.interrupt();
+            let outcome = self
+                .run(&command, None, Vec::new(), &[], &interrupt)
+                .await
+                .map_err(|e| pg_error(&e))?;
+            let status = client.transaction_status();
+            match outcome {
+                Outcome::Rows(schema, mut stream) => {
+                    let fields = field_infos(schema.fields(), |_| FieldFormat::Text);
+                    client
+                        .feed(PgWireBackendMessage::RowDescription(row_description(
+                            &fields,
+                        )))
+                        .await?;
+                    let formats = vec![FieldFormat::Text; fields.len()];
+                    let mut rows = 0;
+                    while let Some(batch) = stream.next().await {
+                        let batch = batch.map_err(|e| pg_error(&e))?;
+                        for row in data_rows(&batch, &formats) {
+                            client.feed(PgWireBackendMessage::DataRow(row)).await?;
+                            rows += 1;
+                        }
+                    }
+                    let tag = Tag::new("SELECT").with_rows(rows);
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(tag.into()))
+                        .await?;
+                }
+                Outcome::Tag(tag) => {
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(Tag::new(&tag).into()))
+                        .await?;
+                }
+                Outcome::Begin => {
+                    client.set_transaction_status(status.to_in_transaction_state());
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(
+                            Tag::new("BEGIN").into(),
+                        ))
+                        .await?;
+                }
+                Outcome::Commit | Outcome::Rollback => {
+                    let tag = if matches!(outcome, Outcome::Commit)
+                        && !matches!(status, TransactionStatus::Error)
+                    {
+                        "COMMIT"
+                    } else {
+                        "ROLLBACK"
+                    };
+                    client.set_transaction_status(TransactionStatus::Idle);
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(Tag::new(tag).into()))
+                        .await?;
+                }
+                Outcome::CopyOut(schema, mut stream, format) => {
+                    client
+                        .feed(PgWireBackendMessage::CopyOutResponse(copy_out_response(
+                            schema.fields().len(),
+                        )))
+                        .await?;
+                    if format.header {
+                        let mut out = BytesMut::new();
+                        copy::encode_header(&mut out, &schema, &format);
+                        client
+                            .feed(PgWireBackendMessage::CopyData(CopyData::new(out.freeze())))
+                            .await?;
+                    }
+                    let mut rows = 0usize;
+                    while let Some(batch) = stream.next().await {
+                        let batch = batch.map_err(|e| pg_error(&e))?;
+                        for row in 0..batch.num_rows() {
+                            let mut out = BytesMut::new();
+                            copy::encode_row(&mut out, &batch, row, &format);
+                            client
+                                .feed(PgWireBackendMessage::CopyData(CopyData::new(out.freeze())))
+                                .await?;
+                            rows += 1;
+                        }
+                    }
+                    client
+                        .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
+                        .await?;
+                    client
+                        .feed(PgWireBackendMessage::CommandComplete(
+                            Tag::new("COPY").with_rows(rows).into(),
+                        ))
+                        .await?;
+                }
+                Outcome::CopyIn(columns) => {
+                    if n + 1 != count {
+                        self.state().copy_in = None;
+                        return Err(user_error(
+                            "ERROR",
+                            errors::FEATURE_NOT_SUPPORTED,
+                            "COPY FROM STDIN must be the last statement of a query string",
+                        ));
+                    }
+                    client
+                        .send(PgWireBackendMessage::CopyInResponse(CopyInResponse::new(
+                            0,
+                            columns as i16,
+                            vec![0; columns],
+                        )))
+                        .await?;
+                    client.set_state(PgWireConnectionState::CopyInProgress(false));
+                    return Ok(());
+                }
+            }
+        }
+        client.set_state(PgWireConnectionState::ReadyForQuery);
+        let status = client.transaction_status();
+        client
+            .send(PgWireBackendMessage::ReadyForQuery(ReadyForQuery::new(
+                status,
+            )))
+            .await?;
+        Ok(())
+    }
+
+    async fn do_query<C>(&self, _client: &mut C, _query: &str) -> PgWireResult<Vec<Response>>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        // `on_query` above handles the whole message.
+        Err(user_error(
+            "ERROR",
+            errors::INTERNAL_ERROR,
+            "unreachable simple query path",
+        ))
+    }
+}
+
+/// Plans statements for the extended protocol.
+#[derive(Debug)]
+pub(crate) struct StatementParser {
+    session: Session,
+}
+
+#[async_trait]
+impl QueryParser for StatementParser {
+    type Statement = PgStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        _client: &C,
+        sql: &str,
+        types: &[Option<Type>],
+    ) -> PgWireResult<Option<PgStatement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        let sql = super::rewrite(sql);
+        let mut statements = ddl::parse(&sql).map_err(|e| pg_error(&e))?;
+        if statements.len() > 1 {
+            return Err(user_error(
+                "ERROR",
+                errors::SYNTAX_ERROR,
+                "cannot insert multiple commands into a prepared statement",
+            ));
+        }
+        let Some(statement) = statements.pop() else {
+            return Ok(None);
+        };
+        let declared: Vec<Option<DataType>> = types
+            .iter()
+            .map(|t| t.as_ref().and_then(arrow_type))
+            .collect();
+        let command = classify(statement).map_err(|e| pg_error(&e))?;
+        let (prepared, fields) = match &command {
+            Command::Run(statement) => {
+                let text = match statement {
+                    ddl::Statement::Sql(text) => text.clone(),
+                    ddl::Statement::Tessera(_) => sql.to_string(),
+                };
+                let prepared = self
+                    .session
+                    .prepare(&text, &declared)
+                    .await
+                    .map_err(|e| pg_error(&e))?;
+                let fields = if dml_tag(statement).is_some() {
+                    Vec::new()
+                } else {
+                    prepared.schema().fields().iter().cloned().collect()
+                };
+                (Some(Arc::new(prepared)), fields)
+            }
+            Command::Show(name) => (None, vec![Arc::new(Field::new(name, DataType::Utf8, true))]),
+            Command::Version => (
+                None,
+                vec![Arc::new(Field::new("version", DataType::Utf8, true))],
+            ),
+            _ => (None, Vec::new()),
+        };
+        let server_types = prepared
+            .as_ref()
+            .map(|p| p.parameter_types().to_vec())
+            .unwrap_or_default();
+        let count = server_types.len().max(declared.len());
+        let parameter_types = (0..count)
+            .map(|i| match types.get(i).cloned().flatten() {
+                Some(t) if t != Type::UNKNOWN => t,
+                _ => match server_types.get(i).cloned().flatten() {
+                    Some(dt) => pg_type(&dt),
+                    None => Type::TEXT,
+                },
+            })
+            .collect();
+        Ok(Some(PgStatement {
+            command,
+            prepared,
+            declared,
+            parameter_types,
+            fields,
+        }))
+    }
+
+    fn get_parameter_types(&self, stmt: &PgStatement) -> PgWireResult<Vec<Type>> {
+        Ok(stmt.parameter_types.clone())
+    }
+
+    fn get_result_schema(
+        &self,
+        stmt: &PgStatement,
+        format: Option<&Format>,
+    ) -> PgWireResult<Vec<FieldInfo>> {
+        Ok(field_infos(&stmt.fields, |i| match format {
+            Some(f) => f.format_for(i),
+            None => FieldFormat::Text,
+        }))
+    }
+}
+
+#[async_trait]
+impl ExtendedQueryHandler for PgConnection {
+    type Statement = PgStatement;
+    type QueryParser = StatementParser;
+
+    fn query_parser(&self) -> Arc<StatementParser> {
+        self.parser.clone()
+    }
+
+    async fn do_query<C>(
+        &self,
+        client: &mut C,
+        portal: &Portal<PgStatement>,
+        _max_rows: usize,
+    ) -> PgWireResult<Response>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let statement: &StoredStatement<PgStatement> = &portal.statement;
+        let stmt = &statement.statement;
+        Self::check_failed_transaction(client.transaction_status(), &stmt.command)?;
+        let mut params = Vec::with_capacity(portal.parameters.len());
+        for (i, bytes) in portal.parameters.iter().enumerate() {
+            let ty = stmt.parameter_types.get(i).cloned().unwrap_or(Type::TEXT);
+            let value =
+                decode_parameter(bytes.as_deref(), &ty, portal.parameter_format.format_for(i))
+                    .map_err(|m| {
+                        user_error(
+                            "ERROR",
+                            errors::INVALID_TEXT_REPRESENTATION,
+                            format!("parameter ${}: {m}", i + 1),
+                        )
+                    })?;
+            params.push(value);
+        }
+        let interrupt = self.interrupt();
+        let outcome = self
+            .run(
+                &stmt.command,
+                stmt.prepared.as_deref(),
+                params,
+                &stmt.declared,
+                &interrupt,
+            )
+            .await
+            .map_err(|e| pg_error(&e))?;
+        Ok(match outcome {
+            Outcome::Rows(schema, stream) => {
+                let fields = field_infos(schema.fields(), |i| {
+                    portal.result_column_format.format_for(i)
+                });
+                let formats: Vec<FieldFormat> = fields.iter().map(|f| f.format()).collect();
+                let rows = stream.flat_map(move |batch| {
+                    futures::stream::iter(match batch {
+                        Ok(batch) => data_rows(&batch, &formats).into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err(pg_error(&e))],
+                    })
+                });
+                Response::Query(QueryResponse::new(Arc::new(fields), rows))
+            }
+            Outcome::Tag(tag) => Response::Execution(Tag::new(&tag)),
+            Outcome::Begin => Response::TransactionStart(Tag::new("BEGIN")),
+            Outcome::Commit => Response::TransactionEnd(Tag::new(
+                if matches!(client.transaction_status(), TransactionStatus::Error) {
+                    "ROLLBACK"
+                } else {
+                    "COMMIT"
+                },
+            )),
+            Outcome::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+            Outcome::CopyOut(schema, stream, format) => {
+                let mut header = if format.header {
+                    let mut out = BytesMut::new();
+                    copy::encode_header(&mut out, &schema, &format);
+                    Some(out)
+                } else {
+                    None
+                };
+                let data = stream.flat_map(move |batch| {
+                    futures::stream::iter(match batch {
+                        Ok(batch) => (0..batch.num_rows())
+                            .map(|row| {
+                                // The header rides with the first row: pgwire counts
+                                // every CopyData message as a row.
+                                let mut out = header.take().unwrap_or_default();
+                                copy::encode_row(&mut out, &batch, row, &format);
+                                Ok(CopyData::new(out.freeze()))
+                            })
+                            .collect::<Vec<_>>(),
+                        Err(e) => vec![Err(pg_error(&e))],
+                    })
+                });
+                Response::CopyOut(CopyResponse::new(0, schema.fields().len(), data))
+            }
+            Outcome::CopyIn(columns) => Response::CopyIn(CopyResponse::new(
+                0,
+                columns,
+                futures::stream::empty::<PgWireResult<CopyData>>(),
+            )),
+        })
+    }
+}
+
+#[async_trait]
+impl CopyHandler for PgConnection {
+    async fn on_copy_data<C>(&self, _client: &mut C, copy_data: CopyData) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if let Some(copy) = self.state().copy_in.as_mut() {
+            copy.data.extend_from_slice(&copy_data.data);
+        }
+        Ok(())
+    }
+
+    async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        let Some(copy) = self.state().copy_in.take() else {
+            return Err(user_error(
+                "ERROR",
+                errors::PROTOCOL_VIOLATION,
+                "CopyDone without a COPY FROM STDIN in progress",
+            ));
+        };
+        let count = self.finish_copy_in(copy).await.map_err(|e| pg_error(&e))?;
+        client
+            .send(PgWireBackendMessage::CommandComplete(
+                Tag::new("COPY").with_rows(count as usize).into(),
+            ))
+            .await?;
+        Ok(())
+    }
+
+    async fn on_copy_fail<C>(&self, _client: &mut C, fail: CopyFail) -> PgWireError
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        self.state().copy_in = None;
+        user_error(
+            "ERROR",
+            errors::QUERY_CANCELED,
+            format!("COPY from stdin failed: {}", fail.message),
+        )
+    }
+}
+
+impl PgConnection {
+    /// Parses the gathered COPY data and inserts every row in one statement.
+    async fn finish_copy_in(&self, copy: CopyIn) -> Result<u64, DataFusionError> {
+        let what = copy.table.to_string();
+        let rows = copy::parse_rows(&copy.data, &copy.format, &what)?;
+        let batch = copy::rows_to_batch(&rows, &copy.schema, &copy.columns, &what)?;
+        let interrupt = self.interrupt();
+        let ctx = self.session.context().clone();
+        let table = copy.table.to_quoted_string();
+        let result = interrupt
+            .run(async move {
+                ctx.read_batch(batch)?
+                    .write_table(&table, DataFrameWriteOptions::new())
+                    .await
+            })
+            .await?;
+        Ok(result
+            .iter()
+            .filter_map(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                    .map(|c| c.iter().flatten().sum::<u64>())
+            })
+            .sum())
+    }
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    match addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback(),
+        std::net::IpAddr::V6(ip) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+#[async_trait]
+impl StartupHandler for PgConnection {
+    async fn on_startup<C>(
+        &self,
+        client: &mut C,
+        message: PgWireFrontendMessage,
+    ) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match message {
+            PgWireFrontendMessage::Startup(ref startup) => {
+                protocol_negotiation(client, startup).await?;
+                save_startup_parameters_to_metadata(client, startup);
+                if self.over_limit {
+                    return Err(user_error(
+                        "FATAL",
+                        errors::TOO_MANY_CONNECTIONS,
+                        "sorry, too many clients already",
+                    ));
+                }
+                if self.shared.tls_required && !client.is_secure() {
+                    return Err(user_error(
+                        "FATAL",
+                        errors::INVALID_AUTHORIZATION,
+                        "this server accepts TLS connections only (tls.required); connect with sslmode=require",
+                    ));
+                }
+                self.remember_startup_parameters(client);
+                match (&self.shared.sasl, self.shared.auth_method) {
+                    (Some(sasl), AuthMethod::ScramSha256) => {
+                        let outcome = self
+                            .driver
+                            .begin_authentication(client, sasl.create())
+                            .await?;
+                        self.after_auth_step(client, outcome).await
+                    }
+                    _ => {
+                        if !self.shared.trust_remote && !is_loopback(&client.socket_addr()) {
+                            return Err(user_error(
+                                "FATAL",
+                                errors::INVALID_AUTHORIZATION,
+                                format!(
+                                    "trust authentication accepts loopback clients only, not {}; configure [[users]] and auth.method = \"scram-sha-256\"",
+                                    client.socket_addr().ip()
+                                ),
+                            ));
+                        }
+                        self.driver.complete_authentication(client, None).await?;
+                        self.register_cancel(client);
+                        Ok(())
+                    }
+                }
+            }
+            PgWireFrontendMessage::PasswordMessageFamily(message) => {
+                let outcome = self
+                    .driver
+                    .advance_authentication(client, message)
+                    .await
+                    .map_err(|e| match e {
+                        PgWireError::InvalidPassword(_) => {
+                            let user = client.metadata().get("user").cloned().unwrap_or_default();
+                            user_error(
+                                "FATAL",
+                                errors::INVALID_PASSWORD,
+                                format!("password authentication failed for user \"{user}\""),
+                            )
+                        }
+                        other => other,
+                    })?;
+                self.after_auth_step(client, outcome).await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+impl PgConnection {
+    async fn after_auth_step<C>(&self, client: &mut C, outcome: AuthOutcome) -> PgWireResult<()>
+    where
+        C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        match outcome {
+            AuthOutcome::InProgress => Ok(()),
+            AuthOutcome::Authenticated { final_message, .. } => {
+                self.driver
+                    .complete_authentication(client, final_message)
+                    .await?;
+                self.register_cancel(client);
+                Ok(())
+            }
+        }
+    }
+}

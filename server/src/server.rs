@@ -1,0 +1,332 @@
+//! The server: a [`Database`] served over the PostgreSQL protocol, started with
+//! [`Server::builder`]. The application that starts it keeps the database and can run
+//! queries in-process beside the remote clients.
+//!
+//! ```
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> tessera_server::Result<()> {
+//! use tessera_server::{Database, Server};
+//!
+//! let server = Server::builder()
+//!     .database(Database::in_memory()?)
+//!     .pg_listen("127.0.0.1:0") // any free port
+//!     .build()
+//!     .await?;
+//! println!("psql -h 127.0.0.1 -p {}", server.local_addr().port());
+//! // In-process queries see what remote clients write, and the other way round.
+//! server.database().sql("CREATE MATRIX m (2, 2)").await?;
+//! server.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use datafusion::error::{DataFusionError, Result};
+use pgwire::api::auth::sasl::SaslMechanisms;
+use pgwire::api::auth::sasl::scram::ScramAuth;
+use pgwire::tokio::TlsAcceptor;
+use pgwire::tokio::tokio_rustls::rustls;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{AuthMethod, ServerConfig, TlsConfig, UserConfig};
+use crate::pg::{
+    CancelRegistry, ConnectionLimits, PgConnection, PgShared, UserSource, Users, serve_connection,
+    server_parameters,
+};
+use crate::{Database, DatabaseOptions};
+
+/// Starts servers; see [`Server::builder`].
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A builder with the defaults of [`ServerConfig`].
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            config: ServerConfig::default(),
+            database: None,
+        }
+    }
+}
+
+/// Settings of a server to start; [`ServerBuilder::build`] starts it.
+#[derive(Debug)]
+pub struct ServerBuilder {
+    config: ServerConfig,
+    database: Option<Database>,
+}
+
+impl ServerBuilder {
+    /// Takes every setting from `config` (a TOML file's contents, say).
+    pub fn config(mut self, config: ServerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Serves the data directory `dir` (opened, and created if missing, by `build`).
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.data_dir = dir.into();
+        self
+    }
+
+    /// Serves an already open database instead of opening `data_dir`.
+    pub fn database(mut self, database: Database) -> Self {
+        self.database = Some(database);
+        self
+    }
+
+    /// The PostgreSQL protocol's address; port 0 picks a free port
+    /// ([`ServerHandle::local_addr`] tells which).
+    pub fn pg_listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.pg_listen = addr.into();
+        self
+    }
+
+    /// How clients authenticate.
+    pub fn auth(mut self, method: AuthMethod) -> Self {
+        self.config.auth.method = method;
+        self
+    }
+
+    /// Adds a user with a password (for SCRAM-SHA-256).
+    pub fn user(mut self, name: impl Into<String>, password: impl Into<String>) -> Self {
+        self.config.users.push(UserConfig {
+            name: name.into(),
+            password: Some(password.into()),
+            scram_verifier: None,
+        });
+        self
+    }
+
+    /// TLS with a PEM certificate (chain) and key; `required` rejects plaintext.
+    pub fn tls(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        required: bool,
+    ) -> Self {
+        self.config.tls = Some(TlsConfig {
+            cert: cert.into(),
+            key: key.into(),
+            required,
+        });
+        self
+    }
+
+    /// At most `n` connections at once.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.config.max_connections = n;
+        self
+    }
+
+    /// Opens the database, binds the listener and starts serving.
+    pub async fn build(self) -> Result<ServerHandle> {
+        let config = self.config;
+        config.validate().map_err(DataFusionError::Configuration)?;
+        let database = match self.database {
+            Some(db) => db,
+            None => Database::open_with(
+                &config.data_dir,
+                DatabaseOptions {
+                    memory_limit: config.memory_limit_bytes(),
+                    ..DatabaseOptions::default()
+                },
+            )?,
+        };
+        let tls = match &config.tls {
+            Some(t) => Some(tls_acceptor(t)?),
+            None => None,
+        };
+        let sasl = match config.auth.method {
+            AuthMethod::ScramSha256 => {
+                let users = Users::new(&config.users).map_err(DataFusionError::Configuration)?;
+                let mut scram = ScramAuth::new(Arc::new(UserSource(Arc::new(users))));
+                scram.set_iterations(crate::pg::SCRAM_ITERATIONS_USIZE);
+                Some(Arc::new(SaslMechanisms::new(vec![Arc::new(scram)])))
+            }
+            AuthMethod::Trust => None,
+        };
+        let cancels = Arc::new(CancelRegistry::default());
+        let shared = Arc::new(PgShared {
+            database: database.clone(),
+            cancels: cancels.clone(),
+            auth_method: config.auth.method,
+            trust_remote: config.auth.trust_remote,
+            tls_required: config.tls.as_ref().is_some_and(|t| t.required),
+            sasl,
+            parameters: Arc::new(server_parameters()),
+            statement_timeout: config.statement_timeout_duration(),
+            max_connections: config.max_connections,
+        });
+        let listener = TcpListener::bind(&config.pg_listen).await.map_err(|e| {
+            DataFusionError::Configuration(format!("cannot listen on {}: {e}", config.pg_listen))
+        })?;
+        let local_addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let limits = ConnectionLimits {
+            startup_timeout: config.startup_timeout_duration(),
+            max_message_size: config.max_message_size_bytes(),
+        };
+        let accept = tokio::spawn(accept_loop(AcceptLoop {
+            listener,
+            tls,
+            shared,
+            cancels,
+            limits,
+            max_connections: config.max_connections,
+            shutdown: shutdown_rx,
+            shutdown_timeout: config.shutdown_timeout_duration(),
+        }));
+        tracing::info!(%local_addr, "serving the PostgreSQL protocol");
+        Ok(ServerHandle {
+            local_addr,
+            database,
+            shutdown: shutdown_tx,
+            accept: Some(accept),
+        })
+    }
+}
+
+/// A running server. Dropping it without [`ServerHandle::shutdown`] stops accepting
+/// and closes idle connections too, but does not wait for them.
+#[derive(Debug)]
+pub struct ServerHandle {
+    local_addr: SocketAddr,
+    database: Database,
+    shutdown: watch::Sender<bool>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl ServerHandle {
+    /// The address the PostgreSQL protocol listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The database the server serves, for in-process queries.
+    pub fn database(&self) -> &Database {
+        &self.database
+    }
+
+    /// Stops accepting connections, lets running statements finish (up to
+    /// `shutdown_timeout`), closes every connection and returns. Everything committed
+    /// stays committed: each statement commits atomically.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        if let Some(accept) = self.accept.take() {
+            let _ = accept.await;
+        }
+    }
+}
+
+impl Drop for ServerHandle {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+struct AcceptLoop {
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<PgShared>,
+    cancels: Arc<CancelRegistry>,
+    limits: ConnectionLimits,
+    max_connections: usize,
+    shutdown: watch::Receiver<bool>,
+    shutdown_timeout: Duration,
+}
+
+/// Decrements the count of served connections when a connection ends.
+struct ConnectionSlot(Option<Arc<AtomicUsize>>);
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let Some(count) = &self.0 {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+async fn accept_loop(mut a: AcceptLoop) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let mut connections = JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = a.shutdown.changed() => break,
+            accepted = a.listener.accept() => accepted,
+        };
+        while connections.try_join_next().is_some() {}
+        let (tcp, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: wait, then go on accepting.
+                tracing::warn!(error = %e, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let admitted = active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < a.max_connections).then_some(n + 1)
+            })
+            .is_ok();
+        let slot = ConnectionSlot(admitted.then(|| active.clone()));
+        let connection = match PgConnection::new(a.shared.clone(), peer, !admitted) {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a session for a connection");
+                continue;
+            }
+        };
+        let (tls, cancels, limits, shutdown) = (
+            a.tls.clone(),
+            a.cancels.clone(),
+            a.limits,
+            a.shutdown.clone(),
+        );
+        connections.spawn(async move {
+            let _slot = slot;
+            serve_connection(tcp, tls, connection, cancels, limits, shutdown).await;
+        });
+    }
+    drop(a.listener);
+    // Idle connections close at once; running statements get `shutdown_timeout`.
+    let drained = tokio::time::timeout(a.shutdown_timeout, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            left = connections.len(),
+            "statements still running after the shutdown timeout are stopped"
+        );
+        connections.shutdown().await;
+    }
+}
+
+fn tls_acceptor(config: &TlsConfig) -> Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(&config.cert)
+        .and_then(|it| it.collect::<std::result::Result<Vec<_>, _>>())
+        .map_err(|e| {
+            DataFusionError::Configuration(format!("tls.cert {}: {e}", config.cert.display()))
+        })?;
+    let key = PrivateKeyDer::from_pem_file(&config.key).map_err(|e| {
+        DataFusionError::Configuration(format!("tls.key {}: {e}", config.key.display()))
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server_config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .and_then(|b| b.with_no_client_auth().with_single_cert(certs, key))
+        .map_err(|e| DataFusionError::Configuration(format!("TLS: {e}")))?;
+    server_config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(server_config)))
+}
