@@ -38,7 +38,8 @@ pub const PG_SERVER_VERSION: &str = "15.0";
 /// [`PG_SERVER_VERSION`] as `server_version_num`.
 pub const PG_SERVER_VERSION_NUM: &str = "150000";
 
-/// Rewrites PostgreSQL-only syntax of catalog queries before planning.
+/// Rewrites the PostgreSQL-only syntax of catalog queries (psql's `\d` family) before
+/// planning; see [`crate::pg_catalog::rewrite_sql`].
 fn rewrite(sql: &str) -> Cow<'_, str> {
-    Cow::Borrowed(sql)
+    crate::pg_catalog::rewrite_sql(sql)
 }
