@@ -6,9 +6,15 @@ use std::process::Command;
 
 /// Runs `script` with `python3`, in `dir`, and returns its stdout.
 pub fn run(dir: &Path, script: &str) -> String {
+    run_args(dir, script, &[])
+}
+
+/// Like [`run`], with command-line arguments for the script (`sys.argv[1:]`).
+pub fn run_args(dir: &Path, script: &str, args: &[&str]) -> String {
     let out = Command::new(std::env::var("PYTHON").unwrap_or_else(|_| "python3".into()))
         .arg("-c")
         .arg(script)
+        .args(args)
         .current_dir(dir)
         .output()
         .expect("python3 must be installed (.ci/run installs it with numpy and scipy)");

@@ -15,14 +15,16 @@ use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::error::DataFusionError;
 use futures::StreamExt;
 use sqllogictest::{AsyncDB, DBOutput, DefaultColumnType};
-use tessera_server::{Database, Session};
+use tessera_server::{Database, DatabaseOptions, Session};
 
 /// One connection: a session of the database under test.
 struct Connection {
     session: Session,
 }
 
-/// Arrow rows as sqllogictest text.
+/// Arrow rows as sqllogictest text. A multi-line value (an EXPLAIN plan) becomes one
+/// row per line after its row, each numbered with its indentation shown as dashes
+/// (`03)----HashJoinExec: ...`), so plans compare exactly whatever the whitespace.
 fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, DataFusionError> {
     let options = FormatOptions::default().with_null("NULL");
     let mut out = Vec::new();
@@ -33,19 +35,25 @@ fn rows(batches: &[RecordBatch]) -> Result<Vec<Vec<String>>, DataFusionError> {
             .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
             .collect::<Result<Vec<_>, _>>()?;
         for r in 0..batch.num_rows() {
-            out.push(
-                formatters
-                    .iter()
-                    .map(|f| {
-                        let s = f.value(r).to_string();
-                        if s.is_empty() {
-                            "(empty)".to_string()
-                        } else {
-                            s
-                        }
-                    })
-                    .collect(),
-            );
+            let mut row = Vec::new();
+            let mut continued = Vec::new();
+            for f in &formatters {
+                let s = f.value(r).to_string();
+                if s.is_empty() {
+                    row.push("(empty)".to_string());
+                } else if s.contains('\n') {
+                    // A plan: one line per operator, numbered, its indentation as dashes.
+                    continued.extend(s.lines().enumerate().map(|(n, line)| {
+                        let body = line.trim_start();
+                        let depth = line.len() - body.len();
+                        vec![format!("{:02}){}{body}", n + 1, "-".repeat(depth))]
+                    }));
+                } else {
+                    row.push(s);
+                }
+            }
+            out.push(row);
+            out.extend(continued);
         }
     }
     Ok(out)
@@ -107,10 +115,15 @@ pub fn run_file(path: &str, on_disk: bool) {
         .unwrap();
     runtime.block_on(async {
         let dir = tempfile::tempdir().unwrap();
+        // A fixed partition count, so plans read the same on every machine.
+        let options = DatabaseOptions {
+            target_partitions: Some(4),
+            ..DatabaseOptions::default()
+        };
         let db = if on_disk {
-            Database::open(dir.path().join("db")).unwrap()
+            Database::open_with(dir.path().join("db"), options).unwrap()
         } else {
-            Database::in_memory().unwrap()
+            Database::in_memory_with(options).unwrap()
         };
         let connect = {
             let db = db.clone();

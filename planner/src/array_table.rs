@@ -10,21 +10,17 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{DataFusionError, Result, ScalarValue, plan_err};
+use datafusion::common::{Result, ScalarValue, plan_err};
 use datafusion::datasource::sink::DataSinkExec;
-use datafusion::execution::TaskContext;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
     Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
 };
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
-use futures::StreamExt;
 use tessera_storage::{ArrayInfo, ArraySchema, Block, BlockKey, Snapshot, Store};
 
 use crate::array_write::ArraySink;
+use crate::cell_scan::CellScanExec;
 use crate::error::storage_error;
 
 /// Which cells of stored blocks become rows.
@@ -79,7 +75,8 @@ impl ArrayTable {
         self.snapshot.version()
     }
 
-    /// The blocks a scan with `filters` reads, grouped by shard (empty shards dropped).
+    /// The blocks a scan with `filters` reads, grouped by shard (one entry per shard,
+    /// empty or not, so that partition `k` of a scan is shard `k`).
     fn plan_blocks(&self, filters: &[Expr]) -> (Vec<Vec<BlockKey>>, Vec<RangeInclusive<i64>>) {
         let schema = &self.snapshot.info().schema;
         let ranges = dimension_ranges(schema, filters);
@@ -101,7 +98,6 @@ impl ArrayTable {
                 parts[(meta.shard as usize).min(shards - 1)].push(meta.key);
             }
         }
-        parts.retain(|p| !p.is_empty());
         (parts, ranges)
     }
 }
@@ -152,45 +148,19 @@ impl TableProvider for ArrayTable {
 
     async fn scan(
         &self,
-        state: &dyn Session,
+        _state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let (parts, ranges) = self.plan_blocks(filters);
-        let batch_size = state.config().batch_size();
-        let ranges = Arc::new(ranges);
-        let partitions: Vec<Arc<dyn PartitionStream>> = parts
-            .into_iter()
-            .map(|keys| {
-                Arc::new(ShardCells {
-                    snapshot: self.snapshot.clone(),
-                    schema: self.schema.clone(),
-                    keys: Arc::new(keys),
-                    ranges: ranges.clone(),
-                    listing: self.listing,
-                    batch_size,
-                }) as Arc<dyn PartitionStream>
-            })
-            .collect();
-        let partitions = if partitions.is_empty() {
-            vec![Arc::new(ShardCells {
-                snapshot: self.snapshot.clone(),
-                schema: self.schema.clone(),
-                keys: Arc::new(Vec::new()),
-                ranges,
-                listing: self.listing,
-                batch_size,
-            }) as Arc<dyn PartitionStream>]
-        } else {
-            partitions
-        };
-        Ok(Arc::new(StreamingTableExec::try_new(
+        let (shards, ranges) = self.plan_blocks(filters);
+        Ok(Arc::new(CellScanExec::try_new(
+            self.snapshot.clone(),
             self.schema.clone(),
-            partitions,
             projection,
-            [],
-            false,
+            shards,
+            ranges,
+            self.listing,
             limit,
         )?))
     }
@@ -232,54 +202,8 @@ impl TableProvider for ArrayTable {
     }
 }
 
-/// The cells of one shard's blocks, read block by block on a blocking thread.
-#[derive(Debug)]
-struct ShardCells {
-    snapshot: Arc<Snapshot>,
-    schema: SchemaRef,
-    keys: Arc<Vec<BlockKey>>,
-    ranges: Arc<Vec<RangeInclusive<i64>>>,
-    listing: CellListing,
-    batch_size: usize,
-}
-
-impl PartitionStream for ShardCells {
-    fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
-    fn execute(&self, _ctx: Arc<TaskContext>) -> SendableRecordBatchStream {
-        let (snapshot, schema, ranges, listing, batch_size) = (
-            self.snapshot.clone(),
-            self.schema.clone(),
-            self.ranges.clone(),
-            self.listing,
-            self.batch_size,
-        );
-        let keys: Vec<BlockKey> = self.keys.as_ref().clone();
-        let stream = futures::stream::iter(keys)
-            .then(move |key| {
-                let (snapshot, schema, ranges) = (snapshot.clone(), schema.clone(), ranges.clone());
-                async move {
-                    tokio::task::spawn_blocking(move || {
-                        block_batches(&snapshot, &schema, &key, &ranges, listing, batch_size)
-                    })
-                    .await
-                    .map_err(|e| DataFusionError::Internal(format!("block reader failed: {e}")))?
-                }
-            })
-            .flat_map(|r: Result<Vec<RecordBatch>>| match r {
-                Ok(batches) => {
-                    futures::stream::iter(batches.into_iter().map(Ok).collect::<Vec<_>>())
-                }
-                Err(e) => futures::stream::iter(vec![Err(e)]),
-            });
-        Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream))
-    }
-}
-
 /// Reads one block and turns its cells inside `ranges` into batches.
-fn block_batches(
+pub(crate) fn block_batches(
     snapshot: &Snapshot,
     schema: &SchemaRef,
     key: &BlockKey,

@@ -7,6 +7,8 @@
 mod array_table;
 mod array_write;
 mod catalog;
+mod cell_scan;
+mod copartition;
 pub mod ddl;
 mod error;
 pub mod la;
@@ -20,6 +22,8 @@ pub use array_write::{
     AUTO_BLOCK_CELLS, AUTO_BLOCK_SIDE, NewMatrix, auto_block_size, shape_text, write_cells,
     write_query_as_matrix,
 };
+pub use cell_scan::CellScanExec;
+pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
 pub use catalog::{
     DEFAULT_CATALOG, DEFAULT_SCHEMA, DefinitionKind, NewTable, TesseraCatalog, split_version,
 };

@@ -45,6 +45,7 @@ pub fn install(builder: SessionStateBuilder, store: Store) -> SessionStateBuilde
     builder
         .with_relation_planners(vec![Arc::new(MatrixFunctions::new(store))])
         .with_query_planner(Arc::new(TesseraQueryPlanner))
+        .with_physical_optimizer_rule(Arc::new(crate::copartition::CoPartitionedJoins))
 }
 
 /// The block size for a matrix the planner makes (generated, read from a subquery or
