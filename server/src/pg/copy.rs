@@ -285,8 +285,10 @@ pub(crate) fn rows_to_batch(
             typed
         };
         // A value that was given but did not read as the type is now NULL.
-        if typed.null_count() != text.null_count() {
-            if let Some(row) = (0..rows.len()).find(|&r| typed.is_null(r) && !text.is_null(r)) {
+        if typed.null_count() != text.null_count()
+            && let Some(row) = (0..rows.len()).find(|&r| typed.is_null(r) && !text.is_null(r))
+        {
+            {
                 return Err(bad_input(
                     what,
                     rows[row].line,
@@ -299,8 +301,11 @@ pub(crate) fn rows_to_batch(
                 ));
             }
         }
-        if !field.is_nullable() && typed.null_count() > 0 {
-            if let Some(row) = (0..rows.len()).find(|&r| typed.is_null(r)) {
+        if !field.is_nullable()
+            && typed.null_count() > 0
+            && let Some(row) = (0..rows.len()).find(|&r| typed.is_null(r))
+        {
+            {
                 return Err(bad_input(
                     what,
                     rows[row].line,
