@@ -22,11 +22,11 @@ pub use array_write::{
     AUTO_BLOCK_CELLS, AUTO_BLOCK_SIDE, NewMatrix, auto_block_size, shape_text, write_cells,
     write_query_as_matrix,
 };
-pub use cell_scan::CellScanExec;
-pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
 pub use catalog::{
     DEFAULT_CATALOG, DEFAULT_SCHEMA, DefinitionKind, NewTable, TesseraCatalog, split_version,
 };
+pub use cell_scan::CellScanExec;
+pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
 pub use error::storage_error;
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
 pub use stored_table::StoredTable;
