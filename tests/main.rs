@@ -5,6 +5,7 @@
 mod la_numpy;
 mod pg_catalog;
 mod pgwire;
+mod psql;
 mod python;
 mod slt;
 mod sql_database;

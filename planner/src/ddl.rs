@@ -573,12 +573,15 @@ impl<'s, 't> Parser<'s, 't> {
         } else {
             return Err(self.expected("FROM or TO", format!("after COPY {name}")));
         };
-        let options = if self.parse_keyword("WITH") {
+        let options = if self.peek_keyword("WITH") && is_legacy_copy_option(self.peek_at(1)) {
+            self.pos += 1;
+            self.legacy_copy_options()?
+        } else if self.parse_keyword("WITH") {
             self.option_list("after WITH")?
         } else if self.peek_is(&Token::LParen) {
             self.option_list("")?
         } else {
-            Vec::new()
+            self.legacy_copy_options()?
         };
         self.expect_end(
             if options.is_empty() {
@@ -594,6 +597,43 @@ impl<'s, 't> Parser<'s, 't> {
             direction,
             options,
         }))
+    }
+
+    /// PostgreSQL's options without parentheses, as psql's `\copy` passes them on
+    /// (`CSV HEADER`, `DELIMITER ','`, `NULL AS ''`, `BINARY`, ...), as the options of the
+    /// parenthesised form.
+    fn legacy_copy_options(&mut self) -> Result<Vec<(String, OptionValue)>> {
+        let mut options: Vec<(String, OptionValue)> = Vec::new();
+        while is_legacy_copy_option(self.peek()) {
+            let at = self.pos;
+            let Some(word) = self.peek().and_then(|t| match &t.token {
+                Token::Word(w) => Some(w.value.to_ascii_lowercase()),
+                _ => None,
+            }) else {
+                break;
+            };
+            self.pos += 1;
+            let (key, value) = match word.as_str() {
+                "csv" | "binary" => ("format".to_string(), OptionValue::Ident(word)),
+                "header" => (word, OptionValue::Bool(true)),
+                _ => {
+                    self.parse_keyword("AS");
+                    let Some(text) = self.peek().and_then(|t| string_value(&t.token)) else {
+                        return Err(self.expected("a quoted string", format!("after {word}")));
+                    };
+                    self.pos += 1;
+                    (word, OptionValue::String(text))
+                }
+            };
+            if options.iter().any(|(existing, _)| *existing == key) {
+                return Err(plan_datafusion_err!(
+                    "option {key} is given twice at {}",
+                    position(self.location_of(at))
+                ));
+            }
+            options.push((key, value));
+        }
+        Ok(options)
     }
 
     /// `'path'` or the stdio keyword after `FROM` / `TO`.
@@ -978,6 +1018,21 @@ fn syntax_error(error: ParserError) -> DataFusionError {
     DataFusionError::SQL(Box::new(error), None)
 }
 
+/// Whether `token` starts one of PostgreSQL's unparenthesised COPY options.
+fn is_legacy_copy_option(token: Option<&SourceToken<'_>>) -> bool {
+    const WORDS: [&str; 7] = [
+        "CSV",
+        "BINARY",
+        "HEADER",
+        "DELIMITER",
+        "NULL",
+        "QUOTE",
+        "ESCAPE",
+    ];
+    matches!(token.map(|t| &t.token), Some(Token::Word(w))
+        if WORDS.iter().any(|k| w.value.eq_ignore_ascii_case(k)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1265,6 +1320,27 @@ mod tests {
                 options: vec![],
             }
         );
+        // PostgreSQL's options without parentheses, as psql's \copy sends them.
+        for text in [
+            "COPY m TO STDOUT CSV HEADER DELIMITER AS ';' NULL ''",
+            "COPY m TO STDOUT WITH CSV HEADER DELIMITER ';' NULL AS ''",
+        ] {
+            assert_eq!(
+                one(text),
+                TesseraStatement::Copy {
+                    name: TableReference::bare("m"),
+                    columns: vec![],
+                    direction: CopyDirection::To(CopyTarget::Stdio),
+                    options: options(&[
+                        ("format", OptionValue::Ident("csv".into())),
+                        ("header", OptionValue::Bool(true)),
+                        ("delimiter", OptionValue::String(";".into())),
+                        ("null", OptionValue::String("".into())),
+                    ]),
+                },
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -235,7 +235,7 @@ fn plan_sqlstate(message: &str) -> &'static str {
     } else if lower.contains("shapes do not conform")
         || lower.contains("shape mismatch")
         || lower.contains("must be square")
-        || lower.contains("is outside the")
+        || lower.contains("is outside")
     {
         DATA_EXCEPTION
     } else if lower.contains("syntax error")
@@ -264,7 +264,7 @@ fn execution_sqlstate(message: &str) -> &'static str {
         SERIALIZATION_FAILURE
     } else if lower.contains("shapes do not conform")
         || lower.contains("shape mismatch")
-        || lower.contains("is outside the")
+        || lower.contains("is outside")
     {
         DATA_EXCEPTION
     } else if lower.contains("cannot parse")
