@@ -36,7 +36,7 @@ use datafusion::sql::sqlparser::parser::Parser;
 ///            WHERE c.relname OPERATOR(pg_catalog.~) '^(x)$' COLLATE pg_catalog.default";
 /// assert_eq!(
 ///     rewrite_sql(sql),
-///     "SELECT c.relname FROM pg_catalog.pg_class AS c WHERE c.relname ~ '^(x)$'"
+///     "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relname ~ '^(x)$'"
 /// );
 /// assert_eq!(rewrite_sql("SELECT 1"), "SELECT 1");
 /// ```
