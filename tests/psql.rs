@@ -154,3 +154,104 @@ async fn psql_errors_show_their_sqlstate_and_the_session_goes_on() {
     assert_eq!(lines(&out), vec!["42"], "{err}");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn psql_copy_round_trips_tables_and_arrays_with_timing_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let port = server.local_addr().port();
+    let d = dir.path();
+
+    // Unload a matrix and a table with `\copy ... TO` (CSV with a header, and text), load
+    // them back into fresh objects with `\copy ... FROM`, and read them again.
+    let (code, out, err) = run(
+        port,
+        d,
+        r#"\timing on
+CREATE MATRIX m (3, 4) BLOCK (2, 2);
+INSERT INTO m VALUES (0, 0, 1.5), (0, 2, 2), (1, 3, -3), (2, 0, 4e10);
+CREATE TABLE t (id INT, name TEXT, x DOUBLE, d DATE);
+INSERT INTO t VALUES (1, 'a,b', 1.5, DATE '2024-01-02'), (2, NULL, NULL, NULL),
+    (3, 'q"uote', -0.25, DATE '1999-12-31');
+\copy m TO 'm.csv' CSV HEADER
+\copy t TO 't.csv' CSV HEADER
+\copy t TO 't.txt'
+\copy (SELECT j, v FROM m WHERE i = 0 ORDER BY j) TO 'm0.csv' CSV
+CREATE MATRIX m2 (3, 4) BLOCK (2, 2);
+\copy m2 FROM 'm.csv' CSV HEADER
+CREATE TABLE t2 (id INT, name TEXT, x DOUBLE, d DATE);
+\copy t2 FROM 't.csv' CSV HEADER
+CREATE TABLE t3 (id INT, name TEXT, x DOUBLE, d DATE);
+\copy t3 FROM 't.txt'
+SELECT i, j, v FROM m2 ORDER BY i, j;
+SELECT id, name IS NULL, x, d FROM t2 ORDER BY id;
+SELECT count(*) FROM t3 JOIN t2 USING (id) WHERE (t3.name IS NOT DISTINCT FROM t2.name)
+    AND (t3.x IS NOT DISTINCT FROM t2.x) AND (t3.d IS NOT DISTINCT FROM t2.d);
+"#,
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+
+    // The files, as PostgreSQL writes them (worked by hand): quoting, NULLs as empty
+    // fields in CSV and `\N` in text, floats in their shortest form.
+    let file = |name: &str| std::fs::read_to_string(d.join(name)).unwrap();
+    // An array's cells come out in storage order (shard by shard), like a table's rows.
+    let mut m_csv: Vec<String> = file("m.csv").lines().map(String::from).collect();
+    m_csv[1..].sort();
+    assert_eq!(m_csv, ["i,j,v", "0,0,1.5", "0,2,2", "1,3,-3", "2,0,40000000000"]);
+    assert_eq!(
+        file("t.csv"),
+        "id,name,x,d\n1,\"a,b\",1.5,2024-01-02\n2,,,\n3,\"q\"\"uote\",-0.25,1999-12-31\n"
+    );
+    assert_eq!(
+        file("t.txt"),
+        "1\ta,b\t1.5\t2024-01-02\n2\t\\N\t\\N\t\\N\n3\tq\"uote\t-0.25\t1999-12-31\n"
+    );
+    assert_eq!(file("m0.csv"), "0,1.5\n2,2\n");
+
+    // psql reports each COPY's row count and, with \timing, each statement's time.
+    let reported: Vec<&str> = out.lines().filter(|l| l.starts_with("COPY ")).collect();
+    assert_eq!(
+        reported,
+        ["COPY 4", "COPY 3", "COPY 3", "COPY 2", "COPY 4", "COPY 3", "COPY 3"],
+        "{out}"
+    );
+    let timings = out.lines().filter(|l| l.starts_with("Time: ")).count();
+    assert_eq!(timings, 17, "one `Time:` line per statement:\n{out}");
+
+    // What came back in equals what went out.
+    let rows: Vec<&str> = lines(&out)
+        .into_iter()
+        .filter(|l| l.contains('|'))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            "0|0|1.5",
+            "0|2|2",
+            "1|3|-3",
+            "2|0|40000000000",
+            "1|f|1.5|2024-01-02",
+            "2|t||",
+            "3|f|-0.25|1999-12-31",
+        ],
+        "{out}"
+    );
+    assert!(out.lines().any(|l| l == "3"), "t3 differs from t2:\n{out}");
+
+    // A bad file is refused with its line, and nothing is loaded.
+    std::fs::write(d.join("bad.csv"), "0,0,1\n0,x,2\n").unwrap();
+    let (code, out, err) = run(
+        port,
+        d,
+        "CREATE MATRIX m3 (3, 4);\n\\copy m3 FROM 'bad.csv' CSV\n",
+    )
+    .await;
+    assert_ne!(code, 0, "loading bad.csv succeeded: {out}");
+    assert!(err.contains("22P02") && err.contains("line 2"), "{err}");
+    let (code, out, err) = run(port, d, "SELECT count(*) FROM m3;\n").await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(lines(&out), ["0"]);
+
+    server.shutdown().await;
+}
