@@ -197,27 +197,44 @@ impl Session {
         }
     }
 
-    /// Plans `sql`; with every parameter type declared, as `PREPARE ... (types) AS sql`
-    /// so that placeholders the SQL alone cannot type get the client's types.
+    /// Plans `sql` with typed placeholders. Each placeholder takes the type its context
+    /// gives it (an INSERT's column, the other side of a comparison), else the type the
+    /// client declared, else `text` (as PostgreSQL types an unknown parameter); when
+    /// the context leaves any untyped the statement is planned as
+    /// `PREPARE ... (types) AS sql`. Bound values are cast to these types, so a
+    /// driver's `int2` for a small Python int still fills an `INT` column.
     async fn plan_with_parameters(
         &self,
         sql: &str,
         declared: &[Option<DataType>],
     ) -> Result<LogicalPlan> {
         let state = self.ctx.state();
-        if !declared.is_empty() {
-            let names: Option<Vec<String>> = declared
-                .iter()
-                .map(|t| t.as_ref().and_then(sql_type_name))
-                .collect();
-            if let Some(names) = names {
+        let plain = state.create_logical_plan(sql).await;
+        let inferred = match &plain {
+            Ok(plan) => parameter_types(plan)?,
+            Err(_) => Vec::new(),
+        };
+        let count = inferred.len().max(declared.len());
+        let chosen: Vec<(DataType, bool)> = (0..count)
+            .map(|k| match inferred.get(k).cloned().flatten() {
+                Some(ty) => (ty, false),
+                None => match declared.get(k).cloned().flatten() {
+                    Some(ty) => (ty, true),
+                    None => (DataType::Utf8, true),
+                },
+            })
+            .collect();
+        if chosen.iter().any(|(_, changes)| *changes) || plain.is_err() {
+            let names: Option<Vec<String>> =
+                chosen.iter().map(|(ty, _)| sql_type_name(ty)).collect();
+            if let Some(names) = names.filter(|n| !n.is_empty()) {
                 let wrapped = format!("PREPARE tessera_prepared({}) AS {sql}", names.join(", "));
                 if let Ok(plan) = state.create_logical_plan(&wrapped).await {
                     return Ok(plan);
                 }
             }
         }
-        state.create_logical_plan(sql).await
+        plain
     }
 
     /// The DataFusion context this session plans in (for embedders and the protocol
