@@ -594,7 +594,7 @@ fn the_tessera_binary_runs_sql() {
     assert!(err.starts_with("error: ") && err.contains("nope"), "{err}");
 }
 
-fn tessera_binary() -> PathBuf {
+pub(crate) fn tessera_binary() -> PathBuf {
     // target/debug/deps/main-<hash> -> target/debug/tessera
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();

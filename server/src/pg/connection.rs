@@ -62,18 +62,23 @@ pub(crate) async fn serve_connection(
     let mut socket = Framed::from_parts(limited);
 
     let cancel_handler = Arc::new(RegistryCancelHandler(cancels));
+    // Inside an extended-query sequence (Parse ... Sync) or a COPY, a shutdown waits for
+    // the sequence to end, so a statement that runs when it starts still completes.
+    let mut mid_sequence = false;
     loop {
         let in_startup = matches!(
             socket.state(),
             PgWireConnectionState::AwaitingStartup
                 | PgWireConnectionState::AuthenticationInProgress
         );
+        let copying = matches!(socket.state(), PgWireConnectionState::CopyInProgress(_));
         let message = tokio::select! {
+            biased;
             _ = &mut deadline, if in_startup => {
                 tracing::debug!("a client did not finish its startup in time");
                 break;
             }
-            _ = shutdown.changed() => {
+            _ = shutdown.changed(), if !mid_sequence && !copying => {
                 let error = user_error(
                     "FATAL",
                     errors::ADMIN_SHUTDOWN,
@@ -113,6 +118,7 @@ pub(crate) async fn serve_connection(
             _ => message.is_extended_query(),
         };
         let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
+        mid_sequence = message.is_extended_query() && !matches!(message, PgWireFrontendMessage::Sync(_));
         let result = process_message(
             message,
             &mut socket,

@@ -1,0 +1,92 @@
+// PostgreSQL's JDBC driver (Debian's libpostgresql-jdbc-java) against `tessera serve`,
+// run by tests/clients.rs as `java -cp postgresql.jar JdbcClient.java PORT`. Checks
+// statements, prepared statements with parameters, float8[] from rows(m), metadata and
+// an error's SQLSTATE; prints "ok" when every check holds.
+import java.sql.*;
+import java.util.Arrays;
+
+public class JdbcClient {
+    static void check(boolean ok, String what) {
+        if (!ok) throw new AssertionError(what);
+    }
+
+    public static void main(String[] args) throws Exception {
+        String url = "jdbc:postgresql://127.0.0.1:" + args[0] + "/tessera";
+        try (Connection conn = DriverManager.getConnection(url, "tessera", "")) {
+            try (Statement st = conn.createStatement()) {
+                st.execute("CREATE MATRIX m (2, 3) BLOCK (1, 2)");
+                int n = st.executeUpdate("INSERT INTO m VALUES (0, 0, 1.5), (0, 2, -2), (1, 1, 4)");
+                check(n == 3, "insert count " + n);
+                st.execute("CREATE TABLE t (id INT, name TEXT, x DOUBLE)");
+            }
+            // Prepared statements: the driver switches to a named server-side statement
+            // after five executions, so run it more often than that.
+            try (PreparedStatement ins = conn.prepareStatement("INSERT INTO t VALUES (?, ?, ?)")) {
+                for (int k = 0; k < 8; k++) {
+                    ins.setInt(1, k);
+                    ins.setString(2, "n" + k);
+                    ins.setDouble(3, k * 0.5);
+                    check(ins.executeUpdate() == 1, "insert " + k);
+                }
+            }
+            try (PreparedStatement q = conn.prepareStatement(
+                    "SELECT name, x FROM t WHERE id >= ? AND x < ? ORDER BY id")) {
+                for (int k = 0; k < 7; k++) {
+                    q.setInt(1, k);
+                    q.setDouble(2, 3.0);
+                    int rows = 0;
+                    try (ResultSet rs = q.executeQuery()) {
+                        while (rs.next()) {
+                            int id = k + rows;
+                            check(rs.getString(1).equals("n" + id), "name " + rs.getString(1));
+                            check(rs.getDouble(2) == id * 0.5, "x " + rs.getDouble(2));
+                            rows++;
+                        }
+                    }
+                    check(rows == Math.max(0, 6 - k), "rows for k=" + k + ": " + rows);
+                }
+            }
+            // rows(m): one float8[] per row, worked by hand.
+            try (Statement st = conn.createStatement();
+                 ResultSet rs = st.executeQuery("SELECT i, row FROM rows(m) ORDER BY i")) {
+                double[][] want = {{1.5, 0, -2}, {0, 4, 0}};
+                int i = 0;
+                while (rs.next()) {
+                    check(rs.getLong(1) == i, "row index");
+                    Double[] row = (Double[]) rs.getArray(2).getArray();
+                    double[] got = Arrays.stream(row).mapToDouble(Double::doubleValue).toArray();
+                    check(Arrays.equals(got, want[i]), "row " + i + ": " + Arrays.toString(got));
+                    i++;
+                }
+                check(i == 2, "rows(m) returned " + i + " rows");
+            }
+            // A matmul, summed: m @ t(m) = [[6.25, 0], [0, 16]].
+            try (Statement st = conn.createStatement();
+                 ResultSet rs = st.executeQuery("SELECT sum(v), count(*) FROM matmul(m, t(m))")) {
+                check(rs.next() && rs.getDouble(1) == 22.25 && rs.getLong(2) == 2, "matmul");
+            }
+            // Metadata: the driver's own pg_catalog queries.
+            DatabaseMetaData meta = conn.getMetaData();
+            check(meta.getDatabaseProductName().equals("PostgreSQL"), meta.getDatabaseProductName());
+            boolean sawM = false, sawT = false;
+            try (ResultSet rs = meta.getTables(null, "public", "%", null)) {
+                while (rs.next()) {
+                    sawM |= rs.getString("TABLE_NAME").equals("m");
+                    sawT |= rs.getString("TABLE_NAME").equals("t");
+                }
+            }
+            check(sawM && sawT, "getTables lists m and t");
+            // Errors carry their SQLSTATE; the connection goes on.
+            try (Statement st = conn.createStatement()) {
+                st.executeQuery("SELECT * FROM nosuch");
+                check(false, "no error for an unknown table");
+            } catch (SQLException e) {
+                check("42P01".equals(e.getSQLState()), "SQLSTATE " + e.getSQLState());
+            }
+            try (Statement st = conn.createStatement(); ResultSet rs = st.executeQuery("SELECT 40 + 2")) {
+                check(rs.next() && rs.getInt(1) == 42, "after the error");
+            }
+        }
+        System.out.println("ok");
+    }
+}
