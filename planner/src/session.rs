@@ -191,7 +191,14 @@ pub async fn execute_plan(
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) => {
             match local_name(ctx, &cmd.name) {
                 Some(name) => create_table(ctx, catalog, name, cmd).await,
-                None => run_plan(ctx, state, LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd))).await,
+                None => {
+                    run_plan(
+                        ctx,
+                        state,
+                        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)),
+                    )
+                    .await
+                }
             }
         }
         LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {

@@ -25,8 +25,8 @@ use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::ListingTable;
 use datafusion::datasource::source_as_provider;
-use datafusion::logical_expr::{Expr, LogicalPlan, TableScan, Volatility};
 use datafusion::logical_expr::TableType;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableScan, Volatility};
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::{ExecutionPlan, displayable};
 
@@ -255,7 +255,9 @@ pub(crate) fn cacheable_logical(plan: &LogicalPlan) -> bool {
         node.apply_expressions(|expr| {
             expr.apply(|e| {
                 let volatile = match e {
-                    Expr::ScalarFunction(f) => f.func.signature().volatility != Volatility::Immutable,
+                    Expr::ScalarFunction(f) => {
+                        f.func.signature().volatility != Volatility::Immutable
+                    }
                     Expr::AggregateFunction(f) => {
                         f.func.signature().volatility != Volatility::Immutable
                     }
@@ -323,7 +325,6 @@ pub(crate) fn cacheable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
         .to_string()
         .contains("DynamicFilter")
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -76,10 +76,21 @@ fn may_rewrite(sql: &str) -> bool {
     // a `pg_catalog` name or table, an array literal, a Unicode-escaped name (which
     // may spell any of those), a second select item (duplicate column names).
     const NEEDLES: [&[u8]; 9] = [
-        b"operator", b"collate", b"::", b"cast", b"array", b"pg_", b"'{", b"u&", b",",
+        b"operator",
+        b"collate",
+        b"::",
+        b"cast",
+        b"array",
+        b"pg_",
+        b"'{",
+        b"u&",
+        b",",
     ];
     let bytes = sql.as_bytes();
-    NEEDLES.iter().any(|needle| contains_ignore_case(bytes, needle)) || has_subquery(bytes)
+    NEEDLES
+        .iter()
+        .any(|needle| contains_ignore_case(bytes, needle))
+        || has_subquery(bytes)
 }
 
 fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
