@@ -795,7 +795,6 @@ mod tests {
             "SELECT CAST(x AS CHAR) FROM t",
             "SELECT a FROM t WHERE a = '{1}'",
             "SELECT 1 AS a, 1 AS b, NULL, NULL",
-            "SELECT (  (select n FROM unnest(t.k) s)) FROM t",
             "SELECT (/* c */ SELECT n FROM unnest(t.k) s) FROM t",
             "SELECT (WITH q AS (SELECT 1) SELECT n FROM unnest(t.k) s) FROM t",
         ] {
