@@ -795,8 +795,8 @@ mod tests {
             "SELECT CAST(x AS CHAR) FROM t",
             "SELECT a FROM t WHERE a = '{1}'",
             "SELECT 1 AS a, 1 AS b, NULL, NULL",
-            "SELECT (/* c */ SELECT n FROM unnest(t.k) s) FROM t",
-            "SELECT (WITH q AS (SELECT 1) SELECT n FROM unnest(t.k) s) FROM t",
+            "SELECT (/* c */ SELECT n FROM generate_series(t.k) s) FROM t",
+            "SELECT (WITH q AS (SELECT 1) SELECT n FROM generate_series(t.k) s) FROM t",
         ] {
             assert!(
                 matches!(super::parse_and_rewrite(sql), std::borrow::Cow::Owned(_)),
