@@ -850,3 +850,39 @@ async fn pgwire_in_process_queries_see_remote_writes_and_shutdown_keeps_commits(
         .value(0);
     assert_eq!(n, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pgwire_cached_plans_see_other_connections_writes() {
+    let server = start().await;
+    let (reader, writer) = (server.connect().await, server.connect().await);
+    writer
+        .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    let sum = "SELECT sum(a) FROM t";
+    for _ in 0..3 {
+        assert_eq!(simple_rows(&reader, sum).await, [[Some("1".to_string())]]);
+    }
+    // COPY FROM STDIN writes outside any SQL statement.
+    let sink = writer.copy_in("COPY t FROM STDIN").await.unwrap();
+    futures::pin_mut!(sink);
+    sink.send(bytes::Bytes::from_static(b"2\n4\n"))
+        .await
+        .unwrap();
+    assert_eq!(sink.finish().await.unwrap(), 2);
+    assert_eq!(simple_rows(&reader, sum).await, [[Some("7".to_string())]]);
+    // Prepared statements (extended protocol) go through the same cache.
+    let prepared = reader.prepare(sum).await.unwrap();
+    let read = |rows: Vec<tokio_postgres::Row>| rows[0].get::<_, Option<i64>>(0);
+    assert_eq!(read(reader.query(&prepared, &[]).await.unwrap()), Some(7));
+    writer
+        .execute("INSERT INTO t VALUES (8)", &[])
+        .await
+        .unwrap();
+    assert_eq!(read(reader.query(&prepared, &[]).await.unwrap()), Some(15));
+    writer
+        .batch_execute("DROP TABLE t; CREATE TABLE t (a INT)")
+        .await
+        .unwrap();
+    assert_eq!(read(reader.query(sum, &[]).await.unwrap()), None);
+}

@@ -198,7 +198,10 @@ SELECT count(*) FROM t3 JOIN t2 USING (id) WHERE (t3.name IS NOT DISTINCT FROM t
     // An array's cells come out in storage order (shard by shard), like a table's rows.
     let mut m_csv: Vec<String> = file("m.csv").lines().map(String::from).collect();
     m_csv[1..].sort();
-    assert_eq!(m_csv, ["i,j,v", "0,0,1.5", "0,2,2", "1,3,-3", "2,0,40000000000"]);
+    assert_eq!(
+        m_csv,
+        ["i,j,v", "0,0,1.5", "0,2,2", "1,3,-3", "2,0,40000000000"]
+    );
     assert_eq!(
         file("t.csv"),
         "id,name,x,d\n1,\"a,b\",1.5,2024-01-02\n2,,,\n3,\"q\"\"uote\",-0.25,1999-12-31\n"
@@ -213,7 +216,9 @@ SELECT count(*) FROM t3 JOIN t2 USING (id) WHERE (t3.name IS NOT DISTINCT FROM t
     let reported: Vec<&str> = out.lines().filter(|l| l.starts_with("COPY ")).collect();
     assert_eq!(
         reported,
-        ["COPY 4", "COPY 3", "COPY 3", "COPY 2", "COPY 4", "COPY 3", "COPY 3"],
+        [
+            "COPY 4", "COPY 3", "COPY 3", "COPY 2", "COPY 4", "COPY 3", "COPY 3"
+        ],
         "{out}"
     );
     let timings = out.lines().filter(|l| l.starts_with("Time: ")).count();

@@ -652,3 +652,139 @@ fn a_failed_insert_into_a_stored_table_leaves_no_file() {
         assert_eq!(query(&db, "SELECT sum(x) FROM t").await, ["6"]);
     });
 }
+
+// ---- The plan cache: repeated queries reuse their physical plan, never a stale one ----
+
+/// Runs `sql` in `session` and returns its rows as text.
+async fn session_rows(session: &tessera_server::Session, sql: &str) -> Vec<String> {
+    rows(&session.sql(sql).await.unwrap())
+}
+
+#[test]
+fn plan_cache_sees_writes_from_other_sessions() {
+    runtime().block_on(async {
+        let db = Database::in_memory().unwrap();
+        let (reader, writer) = (db.session().unwrap(), db.session().unwrap());
+        writer
+            .sql(
+                "CREATE TABLE t (a INT); INSERT INTO t VALUES (1);
+                 CREATE MATRIX m (2, 2); INSERT INTO m VALUES (0, 0, 1.5)",
+            )
+            .await
+            .unwrap();
+        let table = "SELECT sum(a) FROM t";
+        let matrix = "SELECT sum(v) FROM m";
+        for _ in 0..3 {
+            assert_eq!(session_rows(&reader, table).await, ["1"]);
+            assert_eq!(session_rows(&reader, matrix).await, ["1.5"]);
+        }
+        writer.sql("INSERT INTO t VALUES (2)").await.unwrap();
+        writer
+            .sql("INSERT INTO m VALUES (1, 1, 2.0)")
+            .await
+            .unwrap();
+        assert_eq!(session_rows(&reader, table).await, ["3"]);
+        assert_eq!(session_rows(&reader, matrix).await, ["3.5"]);
+        // The embedded database's own session writes too.
+        db.sql("INSERT INTO t VALUES (4)").await.unwrap();
+        assert_eq!(session_rows(&reader, table).await, ["7"]);
+        // A statement that fails still ends its write.
+        assert!(db.sql("INSERT INTO t VALUES ('x')").await.is_err());
+        db.sql("INSERT INTO t VALUES (8)").await.unwrap();
+        assert_eq!(session_rows(&reader, table).await, ["15"]);
+    });
+}
+
+#[test]
+fn plan_cache_sees_drop_and_create() {
+    runtime().block_on(async {
+        let db = Database::in_memory().unwrap();
+        let (reader, writer) = (db.session().unwrap(), db.session().unwrap());
+        writer.sql("CREATE TABLE t AS SELECT 1 AS x").await.unwrap();
+        let query = "SELECT x FROM t";
+        assert_eq!(session_rows(&reader, query).await, ["1"]);
+        assert_eq!(session_rows(&reader, query).await, ["1"]);
+        writer.sql("DROP TABLE t").await.unwrap();
+        let e = reader.sql(query).await.unwrap_err();
+        assert!(e.to_string().contains("t"), "{e}");
+        writer
+            .sql("CREATE TABLE t AS SELECT 'two' AS x")
+            .await
+            .unwrap();
+        assert_eq!(session_rows(&reader, query).await, ["two"]);
+        // An array of the same name after the table is gone.
+        writer
+            .sql("DROP TABLE t; CREATE MATRIX t (1, 1); INSERT INTO t VALUES (0, 0, 9.0)")
+            .await
+            .unwrap();
+        assert_eq!(session_rows(&reader, "SELECT v FROM t").await, ["9.0"]);
+        writer
+            .sql("CREATE MATRIX u AS SELECT i, j, v * 2 AS v FROM t")
+            .await
+            .unwrap();
+        assert_eq!(session_rows(&reader, "SELECT v FROM u").await, ["18.0"]);
+        writer
+            .sql("DROP MATRIX u; CREATE MATRIX u AS SELECT i, j, v * 3 AS v FROM t")
+            .await
+            .unwrap();
+        assert_eq!(session_rows(&reader, "SELECT v FROM u").await, ["27.0"]);
+    });
+}
+
+#[test]
+fn plan_cache_keys_on_the_sessions_settings() {
+    runtime().block_on(async {
+        use datafusion::arrow::datatypes::DataType;
+        let db = Database::in_memory().unwrap();
+        let (a, b) = (db.session().unwrap(), db.session().unwrap());
+        let query = "SELECT 0.5 AS x";
+        let type_of = |batches: Vec<RecordBatch>| batches[0].schema().field(0).data_type().clone();
+        for _ in 0..2 {
+            assert_eq!(type_of(a.sql(query).await.unwrap()), DataType::Float64);
+        }
+        a.sql("SET datafusion.sql_parser.parse_float_as_decimal = true")
+            .await
+            .unwrap();
+        assert!(matches!(
+            type_of(a.sql(query).await.unwrap()),
+            DataType::Decimal128(..)
+        ));
+        // The other session keeps the default, and its own cached plan.
+        assert_eq!(type_of(b.sql(query).await.unwrap()), DataType::Float64);
+        assert_eq!(type_of(b.sql(query).await.unwrap()), DataType::Float64);
+        assert!(matches!(
+            type_of(a.sql(query).await.unwrap()),
+            DataType::Decimal128(..)
+        ));
+        a.sql("RESET datafusion.sql_parser.parse_float_as_decimal")
+            .await
+            .unwrap();
+        assert_eq!(type_of(a.sql(query).await.unwrap()), DataType::Float64);
+    });
+}
+
+#[test]
+fn plan_cache_leaves_volatile_and_stable_functions_alone() {
+    runtime().block_on(async {
+        let db = Database::in_memory().unwrap();
+        db.sql("CREATE TABLE t (a INT); INSERT INTO t VALUES (1)")
+            .await
+            .unwrap();
+        let mut randoms = std::collections::HashSet::new();
+        for _ in 0..5 {
+            randoms.extend(query(&db, "SELECT random() FROM t").await);
+        }
+        assert_eq!(randoms.len(), 5, "{randoms:?}");
+        let mut times = std::collections::HashSet::new();
+        for _ in 0..3 {
+            times.extend(query(&db, "SELECT now()").await);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(times.len(), 3, "{times:?}");
+        // A view is planned when scanned, so it is never cached either.
+        db.sql("CREATE VIEW v AS SELECT now() AS t").await.unwrap();
+        let first = query(&db, "SELECT t FROM v").await;
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert_ne!(query(&db, "SELECT t FROM v").await, first);
+    });
+}

@@ -19,6 +19,7 @@ use datafusion::common::{DataFusionError, Result, TableReference, plan_datafusio
 use datafusion::dataframe::DataFrameWriteOptions;
 use datafusion::datasource::DefaultTableSource;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{
     CreateExternalTable, CreateMemoryTable, CreateView, DdlStatement, LogicalPlan,
@@ -149,7 +150,9 @@ fn count_stream(count: u64) -> Result<SendableRecordBatchStream> {
 
 /// The table name if `name` refers to Tessera's catalog (the default schema).
 fn local_name(ctx: &SessionContext, name: &TableReference) -> Option<String> {
-    let state = ctx.state();
+    // A read lock, not `ctx.state()`: that clones the whole session state.
+    let state = ctx.state_ref();
+    let state = state.read();
     let options = &state.config().options().catalog;
     let ours = match name {
         TableReference::Bare { .. } => true,
@@ -170,11 +173,32 @@ async fn execute_sql(
 ) -> Result<SendableRecordBatchStream> {
     let state = ctx.state();
     let plan = state.create_logical_plan(sql).await?;
+    execute_plan(ctx, catalog, state, plan, sql).await
+}
+
+/// Executes the logical plan of the SQL statement `sql`, planned in `state` (a
+/// snapshot of `ctx`'s state, taken for this statement: cloning a session's state is
+/// not free, so the caller's one is used for the physical plan too). Table DDL is
+/// routed through `catalog`; `sql` is the text a stored definition keeps.
+pub async fn execute_plan(
+    ctx: &SessionContext,
+    catalog: &Arc<TesseraCatalog>,
+    state: SessionState,
+    plan: LogicalPlan,
+    sql: &str,
+) -> Result<SendableRecordBatchStream> {
     match plan {
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) => {
             match local_name(ctx, &cmd.name) {
                 Some(name) => create_table(ctx, catalog, name, cmd).await,
-                None => run_plan(ctx, LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd))).await,
+                None => {
+                    run_plan(
+                        ctx,
+                        state,
+                        LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)),
+                    )
+                    .await
+                }
             }
         }
         LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
@@ -183,6 +207,7 @@ async fn execute_sql(
                 None => {
                     run_plan(
                         ctx,
+                        state,
                         LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)),
                     )
                     .await
@@ -191,22 +216,32 @@ async fn execute_sql(
         }
         LogicalPlan::Ddl(DdlStatement::CreateView(cmd)) => match local_name(ctx, &cmd.name) {
             Some(name) => create_view(catalog, name, cmd, sql),
-            None => run_plan(ctx, LogicalPlan::Ddl(DdlStatement::CreateView(cmd))).await,
+            None => run_plan(ctx, state, LogicalPlan::Ddl(DdlStatement::CreateView(cmd))).await,
         },
         LogicalPlan::Ddl(DdlStatement::DropTable(cmd)) => match local_name(ctx, &cmd.name) {
             Some(name) => drop_relation(catalog, &name, cmd.if_exists, "table"),
-            None => run_plan(ctx, LogicalPlan::Ddl(DdlStatement::DropTable(cmd))).await,
+            None => run_plan(ctx, state, LogicalPlan::Ddl(DdlStatement::DropTable(cmd))).await,
         },
         LogicalPlan::Ddl(DdlStatement::DropView(cmd)) => match local_name(ctx, &cmd.name) {
             Some(name) => drop_relation(catalog, &name, cmd.if_exists, "view"),
-            None => run_plan(ctx, LogicalPlan::Ddl(DdlStatement::DropView(cmd))).await,
+            None => run_plan(ctx, state, LogicalPlan::Ddl(DdlStatement::DropView(cmd))).await,
         },
-        other => run_plan(ctx, other).await,
+        other => run_plan(ctx, state, other).await,
     }
 }
 
-async fn run_plan(ctx: &SessionContext, plan: LogicalPlan) -> Result<SendableRecordBatchStream> {
-    ctx.execute_logical_plan(plan).await?.execute_stream().await
+async fn run_plan(
+    ctx: &SessionContext,
+    state: SessionState,
+    plan: LogicalPlan,
+) -> Result<SendableRecordBatchStream> {
+    match plan {
+        // DDL and `SET` change the context itself.
+        LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+            ctx.execute_logical_plan(plan).await?.execute_stream().await
+        }
+        plan => DataFrame::new(state, plan).execute_stream().await,
+    }
 }
 
 /// The checks DataFusion makes before creating a table, as plan errors. `Ok(false)`:

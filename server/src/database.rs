@@ -12,6 +12,7 @@ use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use tessera_planner::{TesseraCatalog, storage_error};
 use tessera_storage::Store;
 
+use crate::plan_cache::PlanCache;
 use crate::session::Session;
 
 /// Settings of a [`Database`].
@@ -92,6 +93,8 @@ pub(crate) struct Inner {
     pub(crate) options: DatabaseOptions,
     /// Stored definitions are planned by the first statement any session runs.
     pub(crate) restored: tokio::sync::OnceCell<()>,
+    /// Physical plans of repeated queries, shared by every session.
+    pub(crate) plans: Arc<PlanCache>,
     dir: Option<PathBuf>,
 }
 
@@ -143,6 +146,7 @@ impl Database {
             runtime,
             options,
             restored: tokio::sync::OnceCell::new(),
+            plans: Arc::default(),
             dir,
         });
         let default_session = Session::new(inner.clone())?;

@@ -22,6 +22,7 @@ mod database;
 pub mod errors;
 pub mod pg;
 pub mod pg_catalog;
+mod plan_cache;
 mod server;
 mod session;
 

@@ -1,23 +1,26 @@
 //! Sessions: one DataFusion `SessionContext` each (its own configuration and `SET`
 //! state) over the database's shared catalog, store and memory pool.
 
-use std::sync::Arc;
-
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{ParamValues, ScalarValue, plan_err};
 use datafusion::error::Result;
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::common::collect;
+use datafusion::physical_plan::execute_stream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
 use tessera_planner::{DEFAULT_CATALOG, DEFAULT_SCHEMA, ddl, la, session};
 
 use crate::database::Inner;
+use crate::plan_cache::{self, Ticket, WriteGuard};
 
 /// A session of a [`Database`](crate::Database): the same arrays and tables, its own
 /// settings (`SET datafusion.execution.batch_size = ...`, `SET tessera.* = ...`).
@@ -26,6 +29,26 @@ use crate::database::Inner;
 pub struct Session {
     inner: Arc<Inner>,
     ctx: SessionContext,
+    derived: Arc<Derived>,
+}
+
+/// What a session derives from its settings, kept between statements: rebuilding the
+/// task context clones every function registry, which costs more than running a
+/// trivial query. Forgotten after any statement that is not a query (`SET` among
+/// them); never kept once the context was handed out, since it can then change
+/// behind the session's back.
+#[derive(Debug, Default)]
+struct Derived {
+    current: Mutex<Option<Settings>>,
+    /// [`Session::context`] was called.
+    exposed: AtomicBool,
+}
+
+#[derive(Debug, Clone)]
+struct Settings {
+    /// The plan cache's id of these settings.
+    id: u64,
+    task: Arc<TaskContext>,
 }
 
 impl std::fmt::Debug for Session {
@@ -56,7 +79,11 @@ impl Session {
         let state = la::install(builder, inner.store.clone()).build();
         let ctx = SessionContext::new_with_state(state);
         crate::pg_catalog::install(&ctx, inner.catalog.clone())?;
-        Ok(Session { ctx, inner })
+        Ok(Session {
+            ctx,
+            inner,
+            derived: Arc::default(),
+        })
     }
 
     /// Runs a script of one or more statements (separated by `;`) and returns the
@@ -74,7 +101,7 @@ impl Session {
         let count = statements.len();
         let mut last = None;
         for (n, statement) in statements.into_iter().enumerate() {
-            let stream = session::execute(&self.ctx, &self.inner.catalog, statement).await?;
+            let stream = self.run_statement(statement).await?;
             if n + 1 == count {
                 last = Some(stream);
             } else {
@@ -91,7 +118,110 @@ impl Session {
         statement: ddl::Statement,
     ) -> Result<SendableRecordBatchStream> {
         self.restore().await;
-        session::execute(&self.ctx, &self.inner.catalog, statement).await
+        self.run_statement(statement).await
+    }
+
+    async fn run_statement(&self, statement: ddl::Statement) -> Result<SendableRecordBatchStream> {
+        match statement {
+            ddl::Statement::Sql(text) => self.run_sql(&text).await,
+            statement => {
+                let guard = self.begin_write();
+                let stream = session::execute(&self.ctx, &self.inner.catalog, statement).await;
+                self.forget_settings();
+                Ok(with_guard(stream?, guard))
+            }
+        }
+    }
+
+    /// Runs one SQL statement, through the plan cache when it is a query.
+    async fn run_sql(&self, text: &str) -> Result<SendableRecordBatchStream> {
+        let settings = self.settings();
+        if let Some(plan) = self.inner.plans.get(text, settings.id) {
+            return execute_stream(plan, settings.task);
+        }
+        let ticket = self.inner.plans.ticket();
+        let state = self.ctx.state();
+        let plan = state.create_logical_plan(text).await?;
+        self.run_plan(state, plan, text, Some((ticket, settings)))
+            .await
+    }
+
+    /// Runs a logical plan made in `state` from `text`. A query is planned in `state`
+    /// and, when `cache` is given and the plan may be reused, stored in the plan cache;
+    /// any other statement runs holding a [`WriteGuard`].
+    async fn run_plan(
+        &self,
+        state: SessionState,
+        plan: LogicalPlan,
+        text: &str,
+        cache: Option<(Ticket, Settings)>,
+    ) -> Result<SendableRecordBatchStream> {
+        if !plan_cache::is_query(&plan) {
+            let guard = self.begin_write();
+            let stream =
+                session::execute_plan(&self.ctx, &self.inner.catalog, state, plan, text).await;
+            self.forget_settings();
+            return Ok(with_guard(stream?, guard));
+        }
+        let cacheable = cache.is_some() && plan_cache::cacheable_logical(&plan);
+        let physical = state.create_physical_plan(&plan).await?;
+        let settings = match cache {
+            Some((ticket, settings)) => {
+                if cacheable && plan_cache::cacheable_physical(&physical) {
+                    self.inner
+                        .plans
+                        .insert(ticket, text, settings.id, physical.clone());
+                }
+                settings
+            }
+            None => self.settings(),
+        };
+        execute_stream(physical, settings.task)
+    }
+
+    /// Marks a statement that may change data, definitions or settings as running,
+    /// until the guard is dropped (see [`crate::plan_cache`]).
+    pub(crate) fn begin_write(&self) -> WriteGuard {
+        self.inner.plans.begin_write()
+    }
+
+    /// The plan cache's id of this session's settings and a task context for them.
+    fn settings(&self) -> Settings {
+        let exposed = self.derived.exposed.load(Ordering::Relaxed);
+        let mut current = self
+            .derived
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(settings) = current.as_ref().filter(|_| !exposed) {
+            return settings.clone();
+        }
+        let (fingerprint, task) = {
+            let state = self.ctx.state_ref();
+            let state = state.read();
+            let fingerprint: String = state
+                .config()
+                .options()
+                .entries()
+                .into_iter()
+                .map(|e| format!("{}={:?}\n", e.key, e.value))
+                .collect();
+            (fingerprint, Arc::new(TaskContext::from(&*state)))
+        };
+        let settings = Settings {
+            id: self.inner.plans.settings_id(fingerprint),
+            task,
+        };
+        *current = Some(settings.clone());
+        settings
+    }
+
+    fn forget_settings(&self) {
+        *self
+            .derived
+            .current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Plans one statement that may hold `$1`, `$2`, ... placeholders, without running
@@ -120,7 +250,9 @@ impl Session {
         self.restore().await;
         match &statement {
             ddl::Statement::Sql(text) => {
-                let plan = self.plan_with_parameters(text, declared).await?;
+                let plan = self
+                    .plan_with_parameters(&self.ctx.state(), text, declared)
+                    .await?;
                 let parameter_types = parameter_types(&plan)?;
                 let schema = match &plan {
                     LogicalPlan::Statement(datafusion::logical_expr::Statement::Prepare(p)) => {
@@ -176,7 +308,8 @@ impl Session {
         match statement {
             ddl::Statement::Sql(text) if !params.is_empty() => {
                 self.restore().await;
-                let plan = self.plan_with_parameters(text, declared).await?;
+                let state = self.ctx.state();
+                let plan = self.plan_with_parameters(&state, text, declared).await?;
                 let expected = parameter_types(&plan)?;
                 let values = params
                     .into_iter()
@@ -187,11 +320,7 @@ impl Session {
                     })
                     .collect::<Result<Vec<_>>>()?;
                 let plan = plan.with_param_values(ParamValues::from(values))?;
-                self.ctx
-                    .execute_logical_plan(plan)
-                    .await?
-                    .execute_stream()
-                    .await
+                self.run_plan(state, plan, text, None).await
             }
             other => self.execute_statement(other.clone()).await,
         }
@@ -205,10 +334,10 @@ impl Session {
     /// driver's `int2` for a small Python int still fills an `INT` column.
     async fn plan_with_parameters(
         &self,
+        state: &SessionState,
         sql: &str,
         declared: &[Option<DataType>],
     ) -> Result<LogicalPlan> {
-        let state = self.ctx.state();
         let plain = state.create_logical_plan(sql).await;
         let inferred = match &plain {
             Ok(plan) => parameter_types(plan)?,
@@ -239,7 +368,15 @@ impl Session {
 
     /// The DataFusion context this session plans in (for embedders and the protocol
     /// servers; SQL should go through [`Session::sql`] so Tessera's statements work).
+    /// Changing the context's settings or functions directly is seen by later
+    /// statements (the session stops keeping what it derives from them).
     pub fn context(&self) -> &SessionContext {
+        self.derived.exposed.store(true, Ordering::Relaxed);
+        &self.ctx
+    }
+
+    /// The context, for the protocol servers' reads and COPY (which change no settings).
+    pub(crate) fn ctx(&self) -> &SessionContext {
         &self.ctx
     }
 
@@ -252,6 +389,18 @@ impl Session {
             .get_or_init(|| session::restore_catalog(ctx, catalog))
             .await;
     }
+}
+
+/// `stream`, holding `guard` until it is dropped.
+fn with_guard(stream: SendableRecordBatchStream, guard: WriteGuard) -> SendableRecordBatchStream {
+    let schema = stream.schema();
+    Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream.map(move |batch| {
+            let _running = &guard;
+            batch
+        }),
+    ))
 }
 
 fn empty_stream() -> SendableRecordBatchStream {

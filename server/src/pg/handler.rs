@@ -286,7 +286,7 @@ impl PgConnection {
                 columns,
                 format,
             } => {
-                let provider = self.session.context().table_provider(table.clone()).await?;
+                let provider = self.session.ctx().table_provider(table.clone()).await?;
                 let schema = provider.schema();
                 let width = if columns.is_empty() {
                     schema.fields().len()
@@ -867,8 +867,9 @@ impl PgConnection {
         let rows = copy::parse_rows(&copy.data, &copy.format, &what)?;
         let batch = copy::rows_to_batch(&rows, &copy.schema, &copy.columns, &what)?;
         let interrupt = self.interrupt();
-        let ctx = self.session.context().clone();
+        let ctx = self.session.ctx().clone();
         let table = copy.table.to_quoted_string();
+        let _writing = self.session.begin_write();
         let result = interrupt
             .run(async move {
                 ctx.read_batch(batch)?

@@ -41,6 +41,14 @@ use datafusion::sql::sqlparser::parser::Parser;
 /// assert_eq!(rewrite_sql("SELECT 1"), "SELECT 1");
 /// ```
 pub fn rewrite_sql(sql: &str) -> Cow<'_, str> {
+    if !may_rewrite(sql) {
+        return Cow::Borrowed(sql);
+    }
+    parse_and_rewrite(sql)
+}
+
+/// [`rewrite_sql`] without the check of the text.
+fn parse_and_rewrite(sql: &str) -> Cow<'_, str> {
     let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
         return Cow::Borrowed(sql);
     };
@@ -58,6 +66,66 @@ pub fn rewrite_sql(sql: &str) -> Cow<'_, str> {
             .collect::<Vec<_>>()
             .join(";\n"),
     )
+}
+
+/// False when no rule of [`rewrite`] can apply to `sql`, judged from its text alone:
+/// parsing costs more than planning a trivial query, and most statements hold none of
+/// these. Errs towards true (a word inside a string or comment counts).
+fn may_rewrite(sql: &str) -> bool {
+    // What each rule needs in the text: an operator, a collation, a cast, `ARRAY(...)`,
+    // a `pg_catalog` name or table, an array literal, a Unicode-escaped name (which
+    // may spell any of those), a second select item (duplicate column names).
+    const NEEDLES: [&[u8]; 9] = [
+        b"operator",
+        b"collate",
+        b"::",
+        b"cast",
+        b"array",
+        b"pg_",
+        b"'{",
+        b"u&",
+        b",",
+    ];
+    let bytes = sql.as_bytes();
+    NEEDLES
+        .iter()
+        .any(|needle| contains_ignore_case(bytes, needle))
+        || has_subquery(bytes)
+}
+
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
+}
+
+/// True when a `(` is followed (past blanks and more parentheses) by `SELECT`, `WITH`
+/// or a comment: a subquery expression, which the rules for set-returning functions of
+/// outer columns look at.
+fn has_subquery(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(at, b)| {
+        if *b != b'(' {
+            return false;
+        }
+        let rest = &bytes[at + 1..];
+        let Some(start) = rest
+            .iter()
+            .position(|c| !(c.is_ascii_whitespace() || *c == b'('))
+        else {
+            return false;
+        };
+        let rest = &rest[start..];
+        if rest.starts_with(b"-") || rest.starts_with(b"/") {
+            return true;
+        }
+        [&b"select"[..], &b"with"[..]].iter().any(|word| {
+            rest.len() >= word.len()
+                && rest[..word.len()].eq_ignore_ascii_case(word)
+                && rest
+                    .get(word.len())
+                    .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$'))
+        })
+    })
 }
 
 /// Rewrites one parsed statement in place (see the module docs); true if anything
@@ -714,6 +782,37 @@ mod tests {
         ];
         for (sql, expected) in cases {
             assert_eq!(rewrite_sql(sql), expected, "{sql}");
+            assert!(super::may_rewrite(sql), "{sql}");
+        }
+    }
+
+    #[test]
+    fn the_text_check_passes_everything_a_rule_could_change() {
+        // Each changes when parsed and rewritten, so the check must let it through.
+        for sql in [
+            "SELECT a OPERATOR(pg_catalog.~) b",
+            "SELECT x COLLATE \"C\" FROM t",
+            "SELECT CAST(x AS CHAR) FROM t",
+            "SELECT a FROM t WHERE a = '{1}'",
+            "SELECT 1 AS a, 1 AS b, NULL, NULL",
+            "SELECT (/* c */ SELECT n FROM generate_series(t.k) s) FROM t",
+            "SELECT (WITH q AS (SELECT 1) SELECT n FROM generate_series(t.k) s) FROM t",
+        ] {
+            assert!(
+                matches!(super::parse_and_rewrite(sql), std::borrow::Cow::Owned(_)),
+                "a rule applies to {sql}"
+            );
+            assert!(super::may_rewrite(sql), "{sql}");
+        }
+        // Nothing to rewrite and no parse.
+        for sql in [
+            "SELECT 1",
+            "SELECT balance FROM accounts WHERE id = 42",
+            "INSERT INTO t VALUES (1)",
+            "SELECT count(*) FROM selection",
+            "SELECT (1 + with_tax) FROM t",
+        ] {
+            assert!(!super::may_rewrite(sql), "{sql}");
         }
     }
 

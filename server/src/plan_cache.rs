@@ -1,0 +1,372 @@
+//! Physical plans of repeated read-only queries, shared by a database's sessions.
+//!
+//! Planning `SELECT 1` costs far more than running it (SQL -> logical -> optimized ->
+//! physical, several hundred microseconds), so a statement text seen before reuses its
+//! physical plan, re-executed after [`reset_plan_states`]. Results are never cached.
+//!
+//! A plan is reused only while nothing could have changed it:
+//! - the key holds the statement text and the session's settings (every
+//!   `datafusion.*` / `tessera.*` option, as an interned id);
+//! - every statement that is not a plain read-only query (DDL, DML, COPY, `SET`,
+//!   Tessera's own statements, COPY FROM STDIN), from any session or protocol, holds a
+//!   [`WriteGuard`] from before it starts until its result stream is dropped. A guard
+//!   bumps the database's write generation when taken and when dropped, and no plan is
+//!   stored or reused while one is held;
+//! - only plans whose unoptimized logical plan calls no volatile or stable function
+//!   (`now()`, `random()`, `current_date`, the catalog functions that read the session)
+//!   and reads no external files are stored (see [`cacheable_logical`]), and none whose
+//!   physical plan keeps state that survives a reset (see [`cacheable_physical`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::source_as_provider;
+use datafusion::logical_expr::TableType;
+use datafusion::logical_expr::{Expr, LogicalPlan, TableScan, Volatility};
+use datafusion::physical_plan::execution_plan::reset_plan_states;
+use datafusion::physical_plan::{ExecutionPlan, displayable};
+
+/// Statements kept at most (each entry is one statement text under one set of settings).
+const CAPACITY: usize = 512;
+
+/// Statement texts longer than this are not cached (a bulk `INSERT ... VALUES` is not a
+/// query anyway, and long texts would crowd the cache).
+const MAX_TEXT: usize = 4096;
+
+/// The plan cache of one database.
+#[derive(Debug, Default)]
+pub(crate) struct PlanCache {
+    /// Bumped when a non-query statement starts and again when it ends.
+    generation: AtomicU64,
+    /// Non-query statements running now.
+    writers: AtomicUsize,
+    entries: Mutex<Entries>,
+    /// Settings fingerprints (every option as `key=value`) to small ids.
+    settings: Mutex<HashMap<String, u64>>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// By statement text: one plan per settings id.
+    by_text: HashMap<String, Vec<Entry>>,
+    len: usize,
+    /// The generation all entries were planned in; older ones are dropped wholesale.
+    generation: u64,
+    tick: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    settings: u64,
+    plan: Arc<dyn ExecutionPlan>,
+    last_used: u64,
+}
+
+/// Where the database stood when a statement started planning: its plan may be stored
+/// only if nothing was written meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket {
+    generation: u64,
+    quiet: bool,
+}
+
+impl PlanCache {
+    fn lock(&self) -> MutexGuard<'_, Entries> {
+        // The map stays consistent under a panic (it is only ever inserted into or
+        // cleared), so a poisoned lock is still usable.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The id of a settings fingerprint (the same for every session with equal settings).
+    pub(crate) fn settings_id(&self, fingerprint: String) -> u64 {
+        let mut ids = self.settings.lock().unwrap_or_else(|e| e.into_inner());
+        let next = ids.len() as u64;
+        *ids.entry(fingerprint).or_insert(next)
+    }
+
+    /// The state to pass to [`PlanCache::insert`] after planning.
+    pub(crate) fn ticket(&self) -> Ticket {
+        let quiet = self.writers.load(Ordering::SeqCst) == 0;
+        Ticket {
+            generation: self.generation.load(Ordering::SeqCst),
+            quiet,
+        }
+    }
+
+    /// The plan stored for `text` under `settings`, ready to execute, if it is current.
+    pub(crate) fn get(&self, text: &str, settings: u64) -> Option<Arc<dyn ExecutionPlan>> {
+        let ticket = self.ticket();
+        if !ticket.quiet {
+            return None;
+        }
+        let plan = {
+            let mut entries = self.lock();
+            if entries.generation != ticket.generation {
+                entries.clear(ticket.generation);
+                return None;
+            }
+            entries.tick += 1;
+            let tick = entries.tick;
+            let entry = entries
+                .by_text
+                .get_mut(text)?
+                .iter_mut()
+                .find(|e| e.settings == settings)?;
+            entry.last_used = tick;
+            entry.plan.clone()
+        };
+        // Operators keep per-run state (a hash join's build side, a scan's work queue).
+        reset_plan_states(plan).ok()
+    }
+
+    /// Stores `plan` for `text` if no write started or ran since `ticket` was taken.
+    pub(crate) fn insert(
+        &self,
+        ticket: Ticket,
+        text: &str,
+        settings: u64,
+        plan: Arc<dyn ExecutionPlan>,
+    ) {
+        if text.len() > MAX_TEXT || !ticket.quiet {
+            return;
+        }
+        let mut entries = self.lock();
+        // Read under the lock, so that a plan stored here is never older than a
+        // generation another statement has seen.
+        let now = self.ticket();
+        if !now.quiet || now.generation != ticket.generation {
+            return;
+        }
+        if entries.generation != now.generation {
+            entries.clear(now.generation);
+        }
+        if entries.len >= CAPACITY {
+            entries.evict_oldest();
+        }
+        entries.tick += 1;
+        let tick = entries.tick;
+        let list = entries.by_text.entry(text.to_string()).or_default();
+        list.retain(|e| e.settings != settings);
+        list.push(Entry {
+            settings,
+            plan,
+            last_used: tick,
+        });
+        entries.len = entries.by_text.values().map(Vec::len).sum();
+    }
+
+    /// Marks a statement that may change data, definitions or settings as running.
+    pub(crate) fn begin_write(self: &Arc<Self>) -> WriteGuard {
+        self.writers.fetch_add(1, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        WriteGuard {
+            cache: self.clone(),
+        }
+    }
+
+    /// Plans currently stored (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.lock().len
+    }
+}
+
+impl Entries {
+    fn clear(&mut self, generation: u64) {
+        self.by_text.clear();
+        self.len = 0;
+        self.generation = generation;
+    }
+
+    fn evict_oldest(&mut self) {
+        let oldest = self
+            .by_text
+            .iter()
+            .flat_map(|(text, list)| list.iter().map(move |e| (e.last_used, text, e.settings)))
+            .min_by_key(|(used, _, _)| *used)
+            .map(|(_, text, settings)| (text.clone(), settings));
+        if let Some((text, settings)) = oldest {
+            if let Some(list) = self.by_text.get_mut(&text) {
+                list.retain(|e| e.settings != settings);
+                if list.is_empty() {
+                    self.by_text.remove(&text);
+                }
+            }
+            self.len = self.len.saturating_sub(1);
+        }
+    }
+}
+
+/// Held while a non-query statement runs; see the module docs.
+#[derive(Debug)]
+pub(crate) struct WriteGuard {
+    cache: Arc<PlanCache>,
+}
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        self.cache.generation.fetch_add(1, Ordering::SeqCst);
+        self.cache.writers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// True for a plan that only reads: no DDL, DML, COPY, `SET`, `PREPARE`, `EXPLAIN`.
+pub(crate) fn is_query(plan: &LogicalPlan) -> bool {
+    let mut query = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if matches!(
+            node,
+            LogicalPlan::Dml(_)
+                | LogicalPlan::Ddl(_)
+                | LogicalPlan::Copy(_)
+                | LogicalPlan::Statement(_)
+                | LogicalPlan::Explain(_)
+                | LogicalPlan::Analyze(_)
+                | LogicalPlan::DescribeTable(_)
+        ) {
+            query = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    query
+}
+
+/// True when a read-only query's physical plan may be reused: every function it calls
+/// is immutable, it has no placeholders or variables, and it reads no external files
+/// (which can change without a statement). `plan` must be the unoptimized plan, before
+/// `now()` and the like are folded into constants.
+pub(crate) fn cacheable_logical(plan: &LogicalPlan) -> bool {
+    let mut ok = is_query(plan);
+    if !ok {
+        return false;
+    }
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && !cacheable_scan(scan)
+        {
+            ok = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                let volatile = match e {
+                    Expr::ScalarFunction(f) => {
+                        f.func.signature().volatility != Volatility::Immutable
+                    }
+                    Expr::AggregateFunction(f) => {
+                        f.func.signature().volatility != Volatility::Immutable
+                    }
+                    Expr::WindowFunction(_) | Expr::Placeholder(_) | Expr::ScalarVariable(..) => {
+                        true
+                    }
+                    _ => false,
+                };
+                if volatile {
+                    ok = false;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })?;
+        Ok(if ok {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    ok
+}
+
+/// A scan of a stored table or array: not of files outside the database (an external
+/// table's files can change without a statement), not of a view (planned as it is
+/// scanned, so what it calls is not in the plan checked here), not of the catalogs
+/// (whose functions and rows may describe the session).
+fn cacheable_scan(scan: &TableScan) -> bool {
+    if matches!(
+        scan.table_name.schema(),
+        Some("pg_catalog" | "information_schema")
+    ) {
+        return false;
+    }
+    let Ok(provider) = source_as_provider(&scan.source) else {
+        return false;
+    };
+    provider.table_type() != TableType::View && !reads_external_files(provider.as_ref())
+}
+
+fn reads_external_files(provider: &dyn TableProvider) -> bool {
+    provider.is::<ListingTable>()
+}
+
+/// True when `plan` can run again after [`reset_plan_states`] with nothing shared
+/// between runs: no dynamic filters (a hash join's or a top-k sort's, which live in
+/// the scan below them), no scalar subqueries (their results are shared), no
+/// recursive queries, and none of Tessera's operators that wrap another plan outside
+/// their children.
+pub(crate) fn cacheable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    let mut ok = true;
+    let _ = plan.apply(|node| {
+        if matches!(
+            node.name(),
+            "ScalarSubqueryExec" | "RecursiveQueryExec" | "WorkTableExec" | "CoPartitionedJoinExec"
+        ) {
+            ok = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    ok && !displayable(plan.as_ref())
+        .indent(true)
+        .to_string()
+        .contains("DynamicFilter")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::physical_plan::empty::EmptyExec;
+
+    fn plan() -> Arc<dyn ExecutionPlan> {
+        Arc::new(EmptyExec::new(Arc::new(
+            datafusion::arrow::datatypes::Schema::empty(),
+        )))
+    }
+
+    #[test]
+    fn a_write_during_planning_keeps_the_plan_out() {
+        let cache = Arc::new(PlanCache::default());
+        let ticket = cache.ticket();
+        drop(cache.begin_write());
+        cache.insert(ticket, "SELECT 1", 0, plan());
+        assert!(cache.get("SELECT 1", 0).is_none());
+
+        let ticket = cache.ticket();
+        cache.insert(ticket, "SELECT 1", 0, plan());
+        assert!(cache.get("SELECT 1", 0).is_some());
+        assert!(cache.get("SELECT 1", 1).is_none(), "other settings");
+        let guard = cache.begin_write();
+        assert!(cache.get("SELECT 1", 0).is_none(), "a write is running");
+        drop(guard);
+        assert!(cache.get("SELECT 1", 0).is_none(), "a write ran");
+        assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn the_least_recently_used_plan_goes_first() {
+        let cache = Arc::new(PlanCache::default());
+        for n in 0..CAPACITY {
+            cache.insert(cache.ticket(), &format!("SELECT {n}"), 0, plan());
+        }
+        assert!(cache.get("SELECT 0", 0).is_some());
+        cache.insert(cache.ticket(), "SELECT x", 0, plan());
+        assert_eq!(cache.len(), CAPACITY);
+        assert!(cache.get("SELECT 0", 0).is_some(), "used recently");
+        assert!(cache.get("SELECT 1", 0).is_none(), "evicted");
+        assert!(cache.get("SELECT x", 0).is_some());
+    }
+}
