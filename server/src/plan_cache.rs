@@ -33,6 +33,9 @@ use datafusion::physical_plan::{ExecutionPlan, displayable};
 /// Statements kept at most (each entry is one statement text under one set of settings).
 const CAPACITY: usize = 512;
 
+/// Entries dropped at once when the cache is full.
+const EVICT: usize = CAPACITY / 8;
+
 /// Statement texts longer than this are not cached (a bulk `INSERT ... VALUES` is not a
 /// query anyway, and long texts would crowd the cache).
 const MAX_TEXT: usize = 4096;
@@ -150,13 +153,15 @@ impl PlanCache {
         entries.tick += 1;
         let tick = entries.tick;
         let list = entries.by_text.entry(text.to_string()).or_default();
+        let before = list.len();
         list.retain(|e| e.settings != settings);
+        let replaced = before - list.len();
         list.push(Entry {
             settings,
             plan,
             last_used: tick,
         });
-        entries.len = entries.by_text.values().map(Vec::len).sum();
+        entries.len = entries.len + 1 - replaced;
     }
 
     /// Marks a statement that may change data, definitions or settings as running.
@@ -182,22 +187,33 @@ impl Entries {
         self.generation = generation;
     }
 
+    /// Drops the least recently used eighth of the entries: one pass over the map per
+    /// `EVICT` inserts, so a stream of distinct texts (a client that inlines its
+    /// parameters) does not scan the whole cache at every statement.
     fn evict_oldest(&mut self) {
-        let oldest = self
+        let mut used: Vec<(u64, &String, u64)> = self
             .by_text
             .iter()
             .flat_map(|(text, list)| list.iter().map(move |e| (e.last_used, text, e.settings)))
-            .min_by_key(|(used, _, _)| *used)
-            .map(|(_, text, settings)| (text.clone(), settings));
-        if let Some((text, settings)) = oldest {
+            .collect();
+        let count = EVICT.min(used.len());
+        if count == 0 {
+            return;
+        }
+        used.select_nth_unstable_by_key(count - 1, |(last_used, _, _)| *last_used);
+        let victims: Vec<(String, u64)> = used[..count]
+            .iter()
+            .map(|(_, text, settings)| ((*text).clone(), *settings))
+            .collect();
+        for (text, settings) in victims {
             if let Some(list) = self.by_text.get_mut(&text) {
                 list.retain(|e| e.settings != settings);
                 if list.is_empty() {
                     self.by_text.remove(&text);
                 }
             }
-            self.len = self.len.saturating_sub(1);
         }
+        self.len = self.by_text.values().map(Vec::len).sum();
     }
 }
 
@@ -364,9 +380,12 @@ mod tests {
         }
         assert!(cache.get("SELECT 0", 0).is_some());
         cache.insert(cache.ticket(), "SELECT x", 0, plan());
-        assert_eq!(cache.len(), CAPACITY);
+        assert_eq!(cache.len(), CAPACITY - EVICT + 1);
         assert!(cache.get("SELECT 0", 0).is_some(), "used recently");
-        assert!(cache.get("SELECT 1", 0).is_none(), "evicted");
+        for n in 1..=EVICT {
+            assert!(cache.get(&format!("SELECT {n}"), 0).is_none(), "{n} evicted");
+        }
+        assert!(cache.get(&format!("SELECT {}", EVICT + 1), 0).is_some());
         assert!(cache.get("SELECT x", 0).is_some());
     }
 }
