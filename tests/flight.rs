@@ -283,7 +283,7 @@ async fn flight_prepared_statements_with_parameters() {
 
     // The batch form ADBC's executemany sends: the parameter rows in the DoPut of
     // CommandPreparedStatementUpdate itself.
-    let raw = raw_prepare(&server, "INSERT INTO t VALUES ($1, $2)").await;
+    let raw = raw_prepare(&server, "INSERT INTO t VALUES (?, ?)").await;
     let command = CommandPreparedStatementUpdate {
         prepared_statement_handle: raw,
     };
