@@ -448,7 +448,22 @@ mod tests {
         assert_eq!(c.max_connections, 3);
         assert_eq!(c.data_dir, std::path::PathBuf::from("/flag/dir"));
         let c = parse_serve_args(&args(&[]), |_| None).unwrap().unwrap();
-        assert_eq!(c, ServerConfig::default());
+        // `tessera serve` serves Flight SQL by default; a library server only when asked.
+        assert_eq!(
+            c.flight_address(),
+            Some(crate::config::DEFAULT_FLIGHT_LISTEN)
+        );
+        assert_eq!(
+            c,
+            ServerConfig {
+                flight_listen: Some(crate::config::DEFAULT_FLIGHT_LISTEN.into()),
+                ..ServerConfig::default()
+            }
+        );
+        let c = parse_serve_args(&args(&["--flight-listen", "off"]), |_| None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.flight_address(), None);
         assert!(parse_serve_args(&args(&["--bogus", "1"]), |_| None).is_err());
         assert!(parse_serve_args(&args(&["--max-connections", "x"]), |_| None).is_err());
     }
