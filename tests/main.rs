@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)] // tests may panic
 
 mod clients;
+mod flight;
 mod la_numpy;
 mod pg_catalog;
 mod pgwire;

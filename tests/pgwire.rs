@@ -625,7 +625,7 @@ async fn pgwire_scram_accepts_the_password_and_rejects_alike_otherwise() {
 }
 
 /// A self-signed certificate for `localhost` made with the openssl CLI.
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+pub(crate) fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let (cert, key) = (dir.join("server.crt"), dir.join("server.key"));
     let status = std::process::Command::new("openssl")
         .args([

@@ -21,7 +21,7 @@ tessera: a SQL database for matrices and arrays
 USAGE:
     tessera sql [OPTIONS] \"SQL; ...\"     run statements, print the last result
     tessera sql [OPTIONS] -f FILE         run a script file (-f - reads standard input)
-    tessera serve [SERVE OPTIONS]         serve the data directory over the PostgreSQL protocol
+    tessera serve [SERVE OPTIONS]         serve the data directory over PostgreSQL and Flight SQL
     tessera --help | --version
 
 OPTIONS:
@@ -34,7 +34,7 @@ SERVE OPTIONS (flags win over TESSERA_* environment variables, which win over th
     -c, --config FILE         TOML settings (see docs/server.md; also TESSERA_CONFIG)
     -d, --data-dir DIR        data directory (default ./tessera-data; TESSERA_DATA_DIR)
         --pg-listen ADDR      PostgreSQL protocol address (default 127.0.0.1:5433; TESSERA_PG_LISTEN)
-        --flight-listen ADDR  Arrow Flight SQL address (stored; Flight SQL arrives with issue 5)
+        --flight-listen ADDR  Arrow Flight SQL address (default 127.0.0.1:50051, off for none; TESSERA_FLIGHT_LISTEN)
         --memory-limit BYTES  memory budget for queries (TESSERA_MEMORY_LIMIT)
         --max-connections N   connections at once (default 100; TESSERA_MAX_CONNECTIONS)
     SIGINT or SIGTERM stops accepting, lets running statements finish and exits 0.
@@ -215,6 +215,9 @@ fn parse_serve_args(
             .set(key, &value)
             .map_err(|e| format!("--{}: {e}", key.replace('_', "-")))?;
     }
+    if config.flight_listen.is_none() {
+        config.flight_listen = Some(crate::config::DEFAULT_FLIGHT_LISTEN.to_string());
+    }
     Ok(Some(config))
 }
 
@@ -230,7 +233,11 @@ fn run_serve(config: ServerConfig, stderr: &mut dyn Write) -> u8 {
         }
     };
     let data_dir = config.data_dir.display().to_string();
-    let flight = config.flight_listen.clone();
+    let flight_scheme = if config.tls.is_some() {
+        "grpc+tls"
+    } else {
+        "grpc"
+    };
     let server = match runtime.block_on(Server::builder().config(config).build()) {
         Ok(server) => server,
         Err(e) => {
@@ -246,11 +253,8 @@ fn run_serve(config: ServerConfig, stderr: &mut dyn Write) -> u8 {
         server.local_addr().ip(),
         server.local_addr().port()
     );
-    if let Some(addr) = flight {
-        let _ = writeln!(
-            stderr,
-            "flight_listen {addr} is stored; Flight SQL arrives with issue 5"
-        );
+    if let Some(addr) = server.flight_addr() {
+        let _ = writeln!(stderr, "Arrow Flight SQL on {flight_scheme}://{addr}");
     }
     runtime.block_on(wait_for_stop_signal());
     let _ = writeln!(
@@ -444,7 +448,22 @@ mod tests {
         assert_eq!(c.max_connections, 3);
         assert_eq!(c.data_dir, std::path::PathBuf::from("/flag/dir"));
         let c = parse_serve_args(&args(&[]), |_| None).unwrap().unwrap();
-        assert_eq!(c, ServerConfig::default());
+        // `tessera serve` serves Flight SQL by default; a library server only when asked.
+        assert_eq!(
+            c.flight_address(),
+            Some(crate::config::DEFAULT_FLIGHT_LISTEN)
+        );
+        assert_eq!(
+            c,
+            ServerConfig {
+                flight_listen: Some(crate::config::DEFAULT_FLIGHT_LISTEN.into()),
+                ..ServerConfig::default()
+            }
+        );
+        let c = parse_serve_args(&args(&["--flight-listen", "off"]), |_| None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.flight_address(), None);
         assert!(parse_serve_args(&args(&["--bogus", "1"]), |_| None).is_err());
         assert!(parse_serve_args(&args(&["--max-connections", "x"]), |_| None).is_err());
     }

@@ -5,6 +5,7 @@
 //! ```toml
 //! data_dir = "./tessera-data"
 //! pg_listen = "127.0.0.1:5433"
+//! flight_listen = "127.0.0.1:50051" # Arrow Flight SQL; "off" serves none
 //! max_connections = 100
 //! statement_timeout = "0"          # default for every session; SET changes it
 //!
@@ -34,7 +35,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Address the PostgreSQL protocol listens on. Default `127.0.0.1:5433`.
     pub pg_listen: String,
-    /// Address of the Arrow Flight SQL service (issue 5; stored, not served yet).
+    /// Address of the Arrow Flight SQL service; `"off"` (or unset, for a server
+    /// started as a library) serves none. `tessera serve` defaults it to
+    /// [`DEFAULT_FLIGHT_LISTEN`].
     pub flight_listen: Option<String>,
     /// Memory budget of all queries together, e.g. `"2G"`. Default: 70% of RAM.
     pub memory_limit: Option<String>,
@@ -42,6 +45,7 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// The longest protocol message a client may send (a query, a bound parameter
     /// set, a COPY chunk), e.g. `"64M"`. Longer ones end the connection with 54000.
+    /// Flight SQL takes it as gRPC's message limit, for both directions.
     pub max_message_size: String,
     /// Time a client has from connecting to finishing authentication. Default `"10s"`.
     pub startup_timeout: String,
@@ -138,6 +142,9 @@ pub struct TlsConfig {
     pub required: bool,
 }
 
+/// The Flight SQL address `tessera serve` listens on unless told otherwise.
+pub const DEFAULT_FLIGHT_LISTEN: &str = "127.0.0.1:50051";
+
 /// The environment variables `tessera serve` reads, with the key each sets.
 pub const ENV_VARS: &[(&str, &str)] = &[
     ("TESSERA_DATA_DIR", "data_dir"),
@@ -231,6 +238,14 @@ impl ServerConfig {
             );
         }
         Ok(())
+    }
+
+    /// The address to serve Flight SQL on: `flight_listen` unless unset or `"off"`.
+    pub fn flight_address(&self) -> Option<&str> {
+        self.flight_listen
+            .as_deref()
+            .map(str::trim)
+            .filter(|a| !a.is_empty() && !a.eq_ignore_ascii_case("off"))
     }
 
     /// `memory_limit` in bytes.

@@ -178,6 +178,11 @@ impl Database {
         &self.inner.store
     }
 
+    /// The catalog of tables and arrays (for the protocol servers).
+    pub(crate) fn catalog(&self) -> &Arc<TesseraCatalog> {
+        &self.inner.catalog
+    }
+
     /// The data directory, or `None` for an in-memory database.
     pub fn data_dir(&self) -> Option<&Path> {
         self.inner.dir.as_deref()

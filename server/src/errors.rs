@@ -1,5 +1,6 @@
 //! One classification of Tessera's errors for the protocol servers: the SQLSTATE a
-//! PostgreSQL client sees (and, later, the gRPC status a Flight SQL client sees).
+//! PostgreSQL client sees, and the gRPC status code a Flight SQL client sees (derived
+//! from the SQLSTATE, so the two protocols never disagree).
 //!
 //! Errors are DataFusion errors whose kind says whose fault they are (`Plan` / `SQL`
 //! for the user's query, `Execution` for a run that failed, `ResourcesExhausted`,
@@ -141,6 +142,68 @@ pub fn sqlstate(error: &DataFusionError) -> &'static str {
         }
         DataFusionError::Shared(inner) => sqlstate(inner),
         DataFusionError::Collection(errors) => errors.first().map_or(INTERNAL_ERROR, sqlstate),
+    }
+}
+
+/// The gRPC status code for an error: derived from its [`sqlstate`] (the table is in
+/// `docs/server.md`), with a statement timeout as `DEADLINE_EXCEEDED` and a statement
+/// stopped by shutdown as `UNAVAILABLE`.
+pub fn grpc_code(error: &DataFusionError) -> tonic::Code {
+    use tonic::Code;
+    let state = sqlstate(error);
+    if state == QUERY_CANCELED {
+        return match cancelled_reason(error) {
+            Some(Cancelled::Timeout) => Code::DeadlineExceeded,
+            Some(Cancelled::Shutdown) => Code::Unavailable,
+            _ => Code::Cancelled,
+        };
+    }
+    grpc_code_of_sqlstate(state)
+}
+
+/// The gRPC status code for a SQLSTATE.
+pub fn grpc_code_of_sqlstate(state: &str) -> tonic::Code {
+    use tonic::Code;
+    match state {
+        UNDEFINED_TABLE | UNDEFINED_COLUMN | UNDEFINED_FUNCTION | UNDEFINED_OBJECT => {
+            Code::NotFound
+        }
+        DUPLICATE_TABLE => Code::AlreadyExists,
+        OUT_OF_MEMORY | TOO_MANY_CONNECTIONS | PROGRAM_LIMIT_EXCEEDED => Code::ResourceExhausted,
+        QUERY_CANCELED => Code::Cancelled,
+        ADMIN_SHUTDOWN | IO_ERROR => Code::Unavailable,
+        FEATURE_NOT_SUPPORTED => Code::Unimplemented,
+        INVALID_PASSWORD | INVALID_AUTHORIZATION => Code::Unauthenticated,
+        SERIALIZATION_FAILURE => Code::Aborted,
+        OBJECT_IN_USE | IN_FAILED_TRANSACTION => Code::FailedPrecondition,
+        DATA_CORRUPTED => Code::DataLoss,
+        INTERNAL_ERROR => Code::Internal,
+        // Classes 22 (data), 42 (syntax and access rules), 08 (protocol) and the rest
+        // of the user's mistakes.
+        _ => Code::InvalidArgument,
+    }
+}
+
+/// Why a statement was stopped, if it was.
+fn cancelled_reason(error: &DataFusionError) -> Option<Cancelled> {
+    match error {
+        DataFusionError::External(e) => e.downcast_ref::<Cancelled>().copied().or_else(|| {
+            e.downcast_ref::<DataFusionError>()
+                .and_then(cancelled_reason)
+        }),
+        DataFusionError::ArrowError(e, _) => match e.as_ref() {
+            ArrowError::ExternalError(e) => e.downcast_ref::<Cancelled>().copied().or_else(|| {
+                e.downcast_ref::<DataFusionError>()
+                    .and_then(cancelled_reason)
+            }),
+            _ => None,
+        },
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            cancelled_reason(inner)
+        }
+        DataFusionError::Shared(inner) => cancelled_reason(inner),
+        DataFusionError::Collection(errors) => errors.first().and_then(cancelled_reason),
+        _ => None,
     }
 }
 
@@ -377,5 +440,45 @@ mod tests {
         assert!(has_line_number("bad.csv:12: cannot read"));
         assert!(has_line_number("error at line 3"));
         assert!(!has_line_number("a 3x3 matrix"));
+    }
+
+    #[test]
+    fn grpc_codes_follow_sqlstates() {
+        use tonic::Code;
+        let plan = |m: &str| DataFusionError::Plan(m.into());
+        assert_eq!(grpc_code(&plan("table 'x' not found")), Code::NotFound);
+        assert_eq!(grpc_code(&plan("Invalid function 'f'")), Code::NotFound);
+        assert_eq!(
+            grpc_code(&plan("shapes do not conform")),
+            Code::InvalidArgument
+        );
+        assert_eq!(
+            grpc_code(&plan("table 't' already exists")),
+            Code::AlreadyExists
+        );
+        assert_eq!(
+            grpc_code(&DataFusionError::ResourcesExhausted("1 MiB".into())),
+            Code::ResourceExhausted
+        );
+        let cancelled = |c: Cancelled| DataFusionError::External(Box::new(c));
+        assert_eq!(
+            grpc_code(&cancelled(Cancelled::UserRequest)),
+            Code::Cancelled
+        );
+        assert_eq!(
+            grpc_code(&cancelled(Cancelled::Timeout)),
+            Code::DeadlineExceeded
+        );
+        assert_eq!(
+            grpc_code(&DataFusionError::Context(
+                "x".into(),
+                Box::new(cancelled(Cancelled::Shutdown))
+            )),
+            Code::Unavailable
+        );
+        assert_eq!(
+            grpc_code(&DataFusionError::Internal("bug".into())),
+            Code::Internal
+        );
     }
 }

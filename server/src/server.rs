@@ -1,5 +1,5 @@
-//! The server: a [`Database`] served over the PostgreSQL protocol, started with
-//! [`Server::builder`]. The application that starts it keeps the database and can run
+//! The server: a [`Database`] served over the PostgreSQL protocol and, when
+//! `flight_listen` is set, Arrow Flight SQL, started with [`Server::builder`]. The application that starts it keeps the database and can run
 //! queries in-process beside the remote clients.
 //!
 //! ```
@@ -89,6 +89,13 @@ impl ServerBuilder {
         self
     }
 
+    /// The Arrow Flight SQL address; port 0 picks a free port
+    /// ([`ServerHandle::flight_addr`] tells which). Without it, no Flight SQL service.
+    pub fn flight_listen(mut self, addr: impl Into<String>) -> Self {
+        self.config.flight_listen = Some(addr.into());
+        self
+    }
+
     /// How clients authenticate.
     pub fn auth(mut self, method: AuthMethod) -> Self {
         self.config.auth.method = method;
@@ -170,6 +177,12 @@ impl ServerBuilder {
         })?;
         let local_addr = listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let flight = match config.flight_address() {
+            Some(addr) => Some(
+                crate::flight::serve(addr, &config, database.clone(), shutdown_rx.clone()).await?,
+            ),
+            None => None,
+        };
         let limits = ConnectionLimits {
             startup_timeout: config.startup_timeout_duration(),
             max_message_size: config.max_message_size_bytes(),
@@ -187,9 +200,11 @@ impl ServerBuilder {
         tracing::info!(%local_addr, "serving the PostgreSQL protocol");
         Ok(ServerHandle {
             local_addr,
+            flight_addr: flight.as_ref().map(|f| f.local_addr),
             database,
             shutdown: shutdown_tx,
             accept: Some(accept),
+            flight: flight.map(|f| f.task),
         })
     }
 }
@@ -199,15 +214,22 @@ impl ServerBuilder {
 #[derive(Debug)]
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    flight_addr: Option<SocketAddr>,
     database: Database,
     shutdown: watch::Sender<bool>,
     accept: Option<tokio::task::JoinHandle<()>>,
+    flight: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl ServerHandle {
     /// The address the PostgreSQL protocol listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address Arrow Flight SQL listens on, if it is served.
+    pub fn flight_addr(&self) -> Option<SocketAddr> {
+        self.flight_addr
     }
 
     /// The database the server serves, for in-process queries.
@@ -222,6 +244,9 @@ impl ServerHandle {
         let _ = self.shutdown.send(true);
         if let Some(accept) = self.accept.take() {
             let _ = accept.await;
+        }
+        if let Some(flight) = self.flight.take() {
+            let _ = flight.await;
         }
     }
 }

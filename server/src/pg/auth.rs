@@ -80,6 +80,28 @@ impl Users {
         })
     }
 
+    /// True when `password` is `user`'s: for protocols that send the password itself
+    /// (Flight SQL's Basic authentication, over TLS). The check derives the SCRAM keys
+    /// from the password and compares them in constant time; an unknown user costs the
+    /// same derivation and fails.
+    pub(crate) fn verify_password(&self, user: &str, password: &str) -> bool {
+        let (verifier, known) = match self.verifiers.get(user) {
+            Some(v) => (v.clone(), true),
+            None => (
+                Verifier {
+                    salt: hmac_sha256(&self.mock_secret, user.as_bytes())[..16].to_vec(),
+                    iterations: SCRAM_ITERATIONS as usize,
+                    stored_key: hmac_sha256(&self.mock_secret, b"stored"),
+                    server_key: Vec::new(),
+                },
+                false,
+            ),
+        };
+        let iterations = u32::try_from(verifier.iterations).unwrap_or(SCRAM_ITERATIONS);
+        let derived = derive(password, &verifier.salt, iterations);
+        constant_time_eq(&derived.stored_key, &verifier.stored_key) && known
+    }
+
     fn secret_for(&self, user: &str) -> ScramSecret {
         let v = match self.verifiers.get(user) {
             Some(v) => v.clone(),
@@ -104,6 +126,11 @@ impl Users {
             server_key: v.server_key,
         }
     }
+}
+
+/// Compares two keys without an early exit that would tell how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn derive(password: &str, salt: &[u8], iterations: u32) -> Verifier {
@@ -187,5 +214,27 @@ mod tests {
         assert_eq!(again.stored_key, v.stored_key);
         assert_eq!(again.server_key, v.server_key);
         assert!(parse_verifier("md5abc").is_none());
+    }
+
+    #[test]
+    fn passwords_verify_against_both_kinds_of_user() {
+        let users = Users::new(&[
+            UserConfig {
+                name: "alice".into(),
+                password: Some("secret".into()),
+                scram_verifier: None,
+            },
+            UserConfig {
+                name: "bob".into(),
+                password: None,
+                scram_verifier: Some(scram_verifier("hunter2").unwrap()),
+            },
+        ])
+        .unwrap();
+        assert!(users.verify_password("alice", "secret"));
+        assert!(!users.verify_password("alice", "Secret"));
+        assert!(users.verify_password("bob", "hunter2"));
+        assert!(!users.verify_password("bob", "secret"));
+        assert!(!users.verify_password("carol", "secret"));
     }
 }

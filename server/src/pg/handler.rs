@@ -889,7 +889,8 @@ impl PgConnection {
     }
 }
 
-fn is_loopback(addr: &SocketAddr) -> bool {
+/// True for an address on the loopback interface (IPv4, IPv6 or IPv4-mapped).
+pub(crate) fn is_loopback(addr: &SocketAddr) -> bool {
     match addr.ip() {
         std::net::IpAddr::V4(ip) => ip.is_loopback(),
         std::net::IpAddr::V6(ip) => {

@@ -28,9 +28,10 @@ use std::borrow::Cow;
 pub use auth::scram_verifier;
 pub(crate) const SCRAM_ITERATIONS_USIZE: usize = auth::SCRAM_ITERATIONS as usize;
 pub(crate) use auth::{UserSource, Users};
-pub(crate) use cancel::CancelRegistry;
+pub(crate) use cancel::{CancelRegistry, Interrupt, QueryControl};
 pub(crate) use connection::{ConnectionLimits, serve_connection};
-pub(crate) use handler::{PgConnection, PgShared, server_parameters};
+pub(crate) use handler::{PgConnection, PgShared, is_loopback, server_parameters};
+pub(crate) use statement::dml_tag;
 
 /// The PostgreSQL version Tessera reports (`server_version`, `SELECT version()`):
 /// clients pick their catalog queries by it, and the emulated catalog follows 15.

@@ -1,0 +1,148 @@
+//! The Arrow Flight SQL front end, on arrow-flight's `FlightSqlService` over tonic.
+//!
+//! ```text
+//!  TcpListener ─ (TLS) ─ tonic/h2 ─ FlightServiceServer (message size limits)
+//!     └ Gate: authentication on every call, Handshake (Basic -> Bearer),       (gate.rs)
+//!       │     panics and malformed requests turned into statuses
+//!       └ TesseraFlightSql (arrow-flight's FlightSqlService):               (service.rs)
+//!            statements, prepared statements, DoGet of stashed results,
+//!            metadata (GetSqlInfo, catalogs, schemas, tables)               (metadata.rs)
+//!            bulk load into tables and arrays                               (ingest.rs)
+//!  Clients (clients.rs): bearer token -> FlightClient { Session, prepared statements }
+//!  ResultStore (results.rs): GetFlightInfo runs the statement; its result waits under
+//!                            a ticket for DoGet, cancellable until it is read
+//! ```
+//!
+//! The service shares the [`Database`] with the PostgreSQL front end and its users,
+//! TLS certificate and error classification ([`crate::errors`]); it stops with the
+//! same [`crate::ServerHandle::shutdown`].
+
+mod clients;
+mod gate;
+mod ingest;
+mod metadata;
+mod results;
+mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::error::{DataFusionError, Result};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Identity, ServerTlsConfig};
+
+use crate::Database;
+use crate::config::{AuthMethod, ServerConfig};
+use crate::errors;
+use crate::pg::Users;
+
+use clients::{Authenticator, Clients};
+use gate::Gate;
+use results::ResultStore;
+use service::TesseraFlightSql;
+
+/// The gRPC metadata key that carries the SQLSTATE of an error status.
+pub const SQLSTATE_METADATA_KEY: &str = "tessera-sqlstate";
+
+/// A Tessera error as a gRPC status: the code from [`errors::grpc_code`], the message
+/// a client sees, and the SQLSTATE in the `tessera-sqlstate` metadata entry.
+pub(crate) fn status(error: &DataFusionError) -> Status {
+    let state = errors::sqlstate(error);
+    let mut status = Status::new(errors::grpc_code(error), errors::client_message(error));
+    status
+        .metadata_mut()
+        .insert(SQLSTATE_METADATA_KEY, MetadataValue::from_static(state));
+    status
+}
+
+/// A running Flight SQL listener.
+#[derive(Debug)]
+pub(crate) struct FlightListener {
+    pub(crate) local_addr: SocketAddr,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+}
+
+/// Binds `addr` and serves Flight SQL until `shutdown` turns true; running calls then
+/// get `shutdown_timeout` to finish.
+pub(crate) async fn serve(
+    addr: &str,
+    config: &ServerConfig,
+    database: Database,
+    shutdown: watch::Receiver<bool>,
+) -> Result<FlightListener> {
+    let authenticator = match config.auth.method {
+        AuthMethod::ScramSha256 => Authenticator::Password(Arc::new(
+            Users::new(&config.users).map_err(DataFusionError::Configuration)?,
+        )),
+        AuthMethod::Trust => Authenticator::Trust {
+            remote: config.auth.trust_remote,
+        },
+    };
+    let clients = Arc::new(Clients::new(database.clone(), authenticator)?);
+    let service = TesseraFlightSql::new(
+        database,
+        Arc::new(ResultStore::default()),
+        config.statement_timeout_duration(),
+        config.max_connections,
+    )?;
+    let limit = config.max_message_size_bytes();
+    let server = FlightServiceServer::new(Gate::new(service, clients))
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit);
+
+    let listener = TcpListener::bind(addr).await.map_err(|e| {
+        DataFusionError::Configuration(format!("cannot listen on {addr} (flight_listen): {e}"))
+    })?;
+    let local_addr = listener.local_addr()?;
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+    if let Some(tls) = &config.tls {
+        let read = |path: &std::path::Path, what: &str| {
+            std::fs::read(path).map_err(|e| {
+                DataFusionError::Configuration(format!("tls.{what} {}: {e}", path.display()))
+            })
+        };
+        let identity = Identity::from_pem(read(&tls.cert, "cert")?, read(&tls.key, "key")?);
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(|e| DataFusionError::Configuration(format!("TLS for Flight SQL: {e}")))?;
+    }
+    let shutdown_timeout = config.shutdown_timeout_duration();
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let task = tokio::spawn(async move {
+        let mut signal = shutdown.clone();
+        let serving =
+            builder
+                .add_service(server)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = signal.wait_for(|stop| *stop).await;
+                });
+        tokio::pin!(serving);
+        let mut stopping = shutdown;
+        tokio::select! {
+            result = &mut serving => {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "the Flight SQL server stopped");
+                }
+                return;
+            }
+            _ = stopping.wait_for(|stop| *stop) => {}
+        }
+        // Graceful shutdown waits for running calls; a stream nobody reads is cut off.
+        if tokio::time::timeout(shutdown_timeout, serving)
+            .await
+            .is_err()
+        {
+            tracing::warn!("Flight SQL calls still running after the shutdown timeout are stopped");
+        }
+    });
+    tracing::info!(%local_addr, "serving Arrow Flight SQL");
+    Ok(FlightListener { local_addr, task })
+}

@@ -1,0 +1,756 @@
+//! Tessera's `FlightSqlService`: statements and prepared statements run in the
+//! caller's [`Session`]; GetFlightInfo runs them and DoGet streams the result.
+
+use std::borrow::Cow;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightService;
+use arrow_flight::sql::metadata::SqlInfoData;
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionCancelQueryRequest, ActionCancelQueryResult, ActionClosePreparedStatementRequest,
+    ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult, Any,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes,
+    CommandGetTables, CommandPreparedStatementQuery, CommandPreparedStatementUpdate,
+    CommandStatementIngest, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, ActionType, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus,
+    FlightDescriptor, FlightEndpoint, FlightInfo, IpcMessage, SchemaAsIpc, Ticket,
+};
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, RecordBatch, UInt64Array};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::ipc::writer::IpcWriteOptions;
+use datafusion::common::ScalarValue;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::common::collect;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use tessera_planner::ddl;
+use tonic::{Request, Response, Status};
+
+use super::clients::{Caller, FlightClient};
+use super::results::ResultStore;
+use super::{ingest, metadata, status};
+use crate::pg::{Interrupt, QueryControl, dml_tag};
+use crate::session::PreparedStatement;
+use crate::{Database, Session};
+
+/// The action that cancels a query by its FlightInfo (Flight RPC's own; the Flight SQL
+/// `CancelQuery` action is its deprecated twin and works too).
+const CANCEL_FLIGHT_INFO: &str = "CancelFlightInfo";
+
+/// `ActionCancelQueryResult.result`: the statement was cancelled.
+const CANCEL_RESULT_CANCELLED: i32 = 1;
+/// `ActionCancelQueryResult.result`: nothing left to cancel.
+const CANCEL_RESULT_NOT_CANCELLABLE: i32 = 3;
+
+/// A statement prepared by CreatePreparedStatement, with the parameter rows bound by
+/// the last DoPut.
+pub(crate) struct FlightPrepared {
+    statement: PreparedStatement,
+    bound: Mutex<Parameters>,
+}
+
+/// Rows of parameter values, and the types the client sent them as.
+#[derive(Default, Clone)]
+struct Parameters {
+    rows: Vec<Vec<ScalarValue>>,
+    types: Vec<Option<DataType>>,
+}
+
+/// The Flight SQL service.
+pub(crate) struct TesseraFlightSql {
+    database: Database,
+    results: Arc<ResultStore>,
+    statement_timeout: Option<Duration>,
+    sql_info: SqlInfoData,
+}
+
+impl TesseraFlightSql {
+    pub(crate) fn new(
+        database: Database,
+        results: Arc<ResultStore>,
+        statement_timeout: Option<Duration>,
+        max_connections: usize,
+    ) -> Result<TesseraFlightSql> {
+        Ok(TesseraFlightSql {
+            database,
+            results,
+            statement_timeout,
+            sql_info: metadata::sql_info(statement_timeout, max_connections)?,
+        })
+    }
+
+    /// Runs `run` under a new ticket's interrupt (cancel requests, statement timeout)
+    /// and keeps its result for DoGet.
+    async fn run_to_ticket<Fut>(
+        &self,
+        client: &FlightClient,
+        descriptor: FlightDescriptor,
+        run: Fut,
+    ) -> Result<Response<FlightInfo>, Status>
+    where
+        Fut: Future<Output = Result<SendableRecordBatchStream>>,
+    {
+        let (ticket, control) = self.results.start().map_err(|e| status(&e))?;
+        let interrupt = control.interrupt(self.statement_timeout);
+        let stream = match interrupt.run(run).await {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.results.finish(&ticket);
+                return Err(status(&e));
+            }
+        };
+        let schema = stream.schema();
+        let stream = Box::pin(RecordBatchStreamAdapter::new(
+            schema.clone(),
+            interrupt.stream(stream),
+        ));
+        self.results.stash(ticket.clone(), client.id, stream);
+        let handle = TicketStatementQuery {
+            statement_handle: ticket,
+        };
+        let info = FlightInfo::new()
+            .try_with_schema(&schema)
+            .map_err(|e| status(&e.into()))?
+            .with_endpoint(
+                FlightEndpoint::new().with_ticket(Ticket::new(handle.as_any().encode_to_vec())),
+            )
+            .with_descriptor(descriptor)
+            .with_total_records(-1)
+            .with_total_bytes(-1)
+            .with_ordered(true);
+        Ok(Response::new(info))
+    }
+
+    /// A statement that returns an update count, run under the statement timeout.
+    async fn run_update<Fut>(&self, run: Fut) -> Result<i64, Status>
+    where
+        Fut: Future<Output = Result<i64>>,
+    {
+        let control = QueryControl::default();
+        control
+            .interrupt(self.statement_timeout)
+            .run(run)
+            .await
+            .map_err(|e| status(&e))
+    }
+
+    /// Cancels the statements behind a FlightInfo's tickets.
+    fn cancel_info(&self, info: &FlightInfo) -> bool {
+        let mut cancelled = false;
+        for endpoint in &info.endpoint {
+            let Some(ticket) = &endpoint.ticket else {
+                continue;
+            };
+            let handle = Any::decode(&*ticket.ticket)
+                .ok()
+                .and_then(|any| any.unpack::<TicketStatementQuery>().ok().flatten());
+            if let Some(handle) = handle {
+                cancelled |= self.results.cancel(&handle.statement_handle);
+            }
+        }
+        cancelled
+    }
+}
+
+/// The authenticated caller the gate put into the request.
+fn caller<T>(request: &Request<T>) -> Result<Arc<FlightClient>, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map(|c| c.0.clone())
+        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
+}
+
+fn empty_stream() -> SendableRecordBatchStream {
+    Box::pin(RecordBatchStreamAdapter::new(
+        Arc::new(Schema::empty()),
+        futures::stream::empty(),
+    ))
+}
+
+/// Runs a script of statements: all but the last to completion, the last as a stream.
+async fn run_script(session: &Session, text: &str) -> Result<SendableRecordBatchStream> {
+    let statements = ddl::parse(text)?;
+    let count = statements.len();
+    let mut last = None;
+    for (n, statement) in statements.into_iter().enumerate() {
+        let eager = dml_tag(&statement).is_some();
+        let stream = session.execute_statement(statement).await?;
+        if n + 1 < count {
+            collect(stream).await?;
+        } else {
+            last = Some(settle(stream, eager).await?);
+        }
+    }
+    Ok(last.unwrap_or_else(empty_stream))
+}
+
+/// DML and statements without rows run to completion now, so that their effect does
+/// not wait for a DoGet that a client may never send; queries stay lazy streams.
+async fn settle(
+    stream: SendableRecordBatchStream,
+    eager: bool,
+) -> Result<SendableRecordBatchStream> {
+    if !(eager || stream.schema().fields().is_empty()) {
+        return Ok(stream);
+    }
+    let schema = stream.schema();
+    let batches = collect(stream).await?;
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        futures::stream::iter(batches.into_iter().map(Ok)),
+    )))
+}
+
+/// The update count of a finished statement: the sum of DML's `count` column, or -1
+/// ("unknown", as Flight SQL says) for statements that report none.
+async fn update_count(stream: SendableRecordBatchStream) -> Result<i64> {
+    let schema = stream.schema();
+    let batches = collect(stream).await?;
+    let is_count = schema.fields().len() == 1
+        && schema.field(0).name() == "count"
+        && schema.field(0).data_type() == &DataType::UInt64;
+    if !is_count {
+        return Ok(-1);
+    }
+    let total: u64 = batches
+        .iter()
+        .filter_map(|b| b.column(0).as_any().downcast_ref::<UInt64Array>())
+        .map(|c| c.iter().flatten().sum::<u64>())
+        .sum();
+    Ok(i64::try_from(total).unwrap_or(i64::MAX))
+}
+
+/// Runs a prepared statement once per parameter row (once without parameters when no
+/// row is bound); the results follow one another in one stream.
+async fn execute_bound(
+    session: Session,
+    prepared: Arc<FlightPrepared>,
+    parameters: Parameters,
+) -> Result<SendableRecordBatchStream> {
+    let eager = prepared
+        .statement
+        .statement()
+        .is_some_and(|s| dml_tag(s).is_some());
+    let mut rows = parameters.rows.into_iter();
+    let types = parameters.types;
+    let first = rows.next().unwrap_or_default();
+    let stream = session
+        .execute_prepared(&prepared.statement, first, &types)
+        .await?;
+    let first = settle(stream, eager).await?;
+    if rows.len() == 0 {
+        return Ok(first);
+    }
+    let schema = first.schema();
+    let rest = futures::stream::iter(rows)
+        .then(move |row| {
+            let (session, prepared, types) = (session.clone(), prepared.clone(), types.clone());
+            async move {
+                let stream = session
+                    .execute_prepared(&prepared.statement, row, &types)
+                    .await?;
+                settle(stream, eager).await
+            }
+        })
+        .try_flatten();
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        first.chain(rest),
+    )))
+}
+
+/// `?` placeholders (the DB-API's `qmark` style that ADBC's Python driver declares)
+/// as `$1`, `$2`, ...; text that already numbers its placeholders, and `?` inside
+/// quotes or comments, stay as they are.
+fn numbered_placeholders(sql: &str) -> Cow<'_, str> {
+    let bytes = sql.as_bytes();
+    let numbered = bytes
+        .windows(2)
+        .any(|w| w[0] == b'$' && w[1].is_ascii_digit());
+    if numbered || !sql.contains('?') {
+        return Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len() + 8);
+    let mut count = 0;
+    let mut rest = sql;
+    while let Some(c) = rest.chars().next() {
+        let skip = match c {
+            '\'' | '"' => rest[1..].find(c).map_or(rest.len(), |end| end + 2),
+            '-' if rest.starts_with("--") => rest.find('\n').map_or(rest.len(), |end| end + 1),
+            '/' if rest.starts_with("/*") => rest.find("*/").map_or(rest.len(), |end| end + 2),
+            '?' => {
+                count += 1;
+                out.push_str(&format!("${count}"));
+                rest = &rest[1..];
+                continue;
+            }
+            other => other.len_utf8(),
+        };
+        out.push_str(&rest[..skip]);
+        rest = &rest[skip..];
+    }
+    Cow::Owned(out)
+}
+
+/// A schema as Flight SQL carries it in prepared statement results.
+fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
+    let message: std::result::Result<IpcMessage, _> =
+        SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into();
+    message
+        .map(|IpcMessage(bytes)| bytes)
+        .map_err(|e| status(&e.into()))
+}
+
+/// The parameter types of a prepared statement as a schema (`$1`, `$2`, ...; `Null`
+/// where the statement does not tell).
+fn parameter_schema(prepared: &PreparedStatement) -> Schema {
+    Schema::new(
+        prepared
+            .parameter_types()
+            .iter()
+            .enumerate()
+            .map(|(n, ty)| {
+                Field::new(
+                    format!("${}", n + 1),
+                    ty.clone().unwrap_or(DataType::Null),
+                    true,
+                )
+            })
+            .collect::<Vec<_>>(),
+    )
+}
+
+/// The rows of the parameter batches a DoPut carries.
+async fn read_parameters(stream: PeekableFlightDataStream) -> Result<Parameters, Status> {
+    let (schema, batches) = ingest::read_batches(stream).await?;
+    let types = schema
+        .map(|s| {
+            s.fields()
+                .iter()
+                .map(|f| Some(f.data_type().clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut rows = Vec::new();
+    for batch in &batches {
+        for row in 0..batch.num_rows() {
+            let values = batch
+                .columns()
+                .iter()
+                .map(|column| ScalarValue::try_from_array(column.as_ref(), row))
+                .collect::<Result<Vec<_>>>()
+                .map_err(|e| status(&e))?;
+            rows.push(values);
+        }
+    }
+    Ok(Parameters { rows, types })
+}
+
+/// Streams a result as Flight data; an error ends the stream with its status.
+fn flight_stream(
+    schema: SchemaRef,
+    batches: impl Stream<Item = Result<RecordBatch>> + Send + 'static,
+) -> <TesseraFlightSql as FlightService>::DoGetStream {
+    let batches = batches.map_err(|e| FlightError::Tonic(Box::new(status(&e))));
+    Box::pin(
+        FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(batches)
+            .map_err(Status::from),
+    )
+}
+
+/// One record batch as a DoGet response.
+fn one_batch(
+    batch: Result<RecordBatch, DataFusionError>,
+) -> Result<Response<<TesseraFlightSql as FlightService>::DoGetStream>, Status> {
+    let batch = batch.map_err(|e| status(&e))?;
+    let schema = batch.schema();
+    Ok(Response::new(flight_stream(
+        schema,
+        futures::stream::iter([Ok(batch)]),
+    )))
+}
+
+/// A FlightInfo whose ticket is the command itself (metadata requests).
+fn command_info(
+    command: impl ProstMessageExt,
+    schema: &Schema,
+    descriptor: FlightDescriptor,
+) -> Result<Response<FlightInfo>, Status> {
+    let ticket = Ticket::new(command.as_any().encode_to_vec());
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(|e| status(&e.into()))?
+        .with_endpoint(FlightEndpoint::new().with_ticket(ticket))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for TesseraFlightSql {
+    type FlightService = TesseraFlightSql;
+
+    // ---- statements --------------------------------------------------------------------
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let client = caller(&request)?;
+        let session = client.session.clone();
+        let descriptor = request.into_inner();
+        self.run_to_ticket(&client, descriptor, async move {
+            run_script(&session, &query.query).await
+        })
+        .await
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let client = caller(&request)?;
+        let (schema, stream) = self
+            .results
+            .take(&ticket.statement_handle, client.id)
+            .ok_or_else(|| {
+                Status::not_found("no result for this ticket: it was already read, or expired")
+            })?;
+        Ok(Response::new(flight_stream(schema, stream)))
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let client = caller(&request)?;
+        self.run_update(async {
+            let stream = run_script(&client.session, &command.query).await?;
+            update_count(stream).await
+        })
+        .await
+    }
+
+    // ---- prepared statements -----------------------------------------------------------
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let client = caller(&request)?;
+        let statement = client
+            .session
+            .prepare(&numbered_placeholders(&query.query), &[])
+            .await
+            .map_err(|e| status(&e))?;
+        let dataset_schema = schema_bytes(statement.schema())?;
+        let parameter_schema = schema_bytes(&parameter_schema(&statement))?;
+        let handle = client
+            .add_prepared(FlightPrepared {
+                statement,
+                bound: Mutex::new(Parameters::default()),
+            })
+            .map_err(|e| status(&e))?;
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle,
+            dataset_schema,
+            parameter_schema,
+        })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        query: ActionClosePreparedStatementRequest,
+        request: Request<Action>,
+    ) -> Result<(), Status> {
+        let client = caller(&request)?;
+        if client.close_prepared(&query.prepared_statement_handle) {
+            Ok(())
+        } else {
+            Err(Status::not_found("no prepared statement with this handle"))
+        }
+    }
+
+    /// Binds parameters: each row of the batches is one set of values.
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let client = caller(&request)?;
+        let prepared = client.prepared(&query.prepared_statement_handle)?;
+        let parameters = read_parameters(request.into_inner()).await?;
+        *prepared.bound.lock().unwrap_or_else(|e| e.into_inner()) = parameters;
+        Ok(DoPutPreparedStatementResult {
+            prepared_statement_handle: Some(query.prepared_statement_handle),
+        })
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let client = caller(&request)?;
+        let prepared = client.prepared(&query.prepared_statement_handle)?;
+        let parameters = prepared
+            .bound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let session = client.session.clone();
+        self.run_to_ticket(
+            &client,
+            request.into_inner(),
+            execute_bound(session, prepared, parameters),
+        )
+        .await
+    }
+
+    /// Runs the statement once per parameter row the DoPut carries (the batch form
+    /// behind `executemany`), or with the parameters bound before, and sums the counts.
+    async fn do_put_prepared_statement_update(
+        &self,
+        query: CommandPreparedStatementUpdate,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let client = caller(&request)?;
+        let prepared = client.prepared(&query.prepared_statement_handle)?;
+        let mut parameters = read_parameters(request.into_inner()).await?;
+        if parameters.rows.is_empty() {
+            parameters = prepared
+                .bound
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+        }
+        let session = client.session.clone();
+        self.run_update(async move {
+            let runs = parameters.rows.len().max(1);
+            let mut rows = parameters.rows.into_iter();
+            let mut total: Option<i64> = None;
+            for _ in 0..runs {
+                let row = rows.next().unwrap_or_default();
+                let stream = session
+                    .execute_prepared(&prepared.statement, row, &parameters.types)
+                    .await?;
+                let count = update_count(stream).await?;
+                if count >= 0 {
+                    total = Some(total.unwrap_or(0).saturating_add(count));
+                }
+            }
+            Ok(total.unwrap_or(-1))
+        })
+        .await
+    }
+
+    // ---- bulk load ---------------------------------------------------------------------
+
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let client = caller(&request)?;
+        let interrupt: Interrupt = QueryControl::default().interrupt(self.statement_timeout);
+        ingest::ingest(
+            &client.session,
+            self.database.catalog(),
+            command,
+            request.into_inner(),
+            interrupt,
+        )
+        .await
+    }
+
+    // ---- metadata ----------------------------------------------------------------------
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        command_info(query, &self.sql_info.schema(), request.into_inner())
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        one_batch(
+            query
+                .into_builder(&self.sql_info)
+                .build()
+                .map_err(metadata::built),
+        )
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let client = caller(&request)?;
+        one_batch(metadata::catalogs(&client.session, query))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let client = caller(&request)?;
+        one_batch(metadata::db_schemas(&client.session, query))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.clone().into_builder().schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        let client = caller(&request)?;
+        one_batch(metadata::tables(&client.session, self.database.catalog(), query).await)
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let schema = query.into_builder().schema();
+        command_info(query, &schema, request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<arrow_flight::Ticket>,
+    ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
+        one_batch(metadata::table_types(query))
+    }
+
+    // ---- cancel ------------------------------------------------------------------------
+
+    async fn do_action_cancel_query(
+        &self,
+        query: ActionCancelQueryRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCancelQueryResult, Status> {
+        let info = FlightInfo::decode(&*query.info)
+            .map_err(|e| Status::invalid_argument(format!("CancelQuery: bad FlightInfo: {e}")))?;
+        let result = if self.cancel_info(&info) {
+            CANCEL_RESULT_CANCELLED
+        } else {
+            CANCEL_RESULT_NOT_CANCELLABLE
+        };
+        Ok(ActionCancelQueryResult { result })
+    }
+
+    async fn do_action_fallback(
+        &self,
+        request: Request<Action>,
+    ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let action = request.into_inner();
+        if action.r#type != CANCEL_FLIGHT_INFO {
+            return Err(Status::unimplemented(format!(
+                "unknown action '{}'",
+                action.r#type
+            )));
+        }
+        let cancel = CancelFlightInfoRequest::decode(&*action.body)
+            .map_err(|e| Status::invalid_argument(format!("CancelFlightInfo: {e}")))?;
+        let info = cancel
+            .info
+            .ok_or_else(|| Status::invalid_argument("CancelFlightInfo without a FlightInfo"))?;
+        let status = if self.cancel_info(&info) {
+            CancelStatus::Cancelled
+        } else {
+            CancelStatus::NotCancellable
+        };
+        let body = CancelFlightInfoResult::new(status).encode_to_vec();
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+            arrow_flight::Result::new(body),
+        )]))))
+    }
+
+    async fn list_custom_actions(&self) -> Option<Vec<Result<ActionType, Status>>> {
+        Some(vec![Ok(ActionType {
+            r#type: CANCEL_FLIGHT_INFO.to_string(),
+            description: "Cancels the statement behind a FlightInfo.\n
+                Request Message: CancelFlightInfoRequest\n
+                Response Message: CancelFlightInfoResult"
+                .into(),
+        })])
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn question_marks_become_numbered_placeholders() {
+        assert_eq!(
+            numbered_placeholders("INSERT INTO t VALUES (?, ?)"),
+            "INSERT INTO t VALUES ($1, $2)"
+        );
+        assert_eq!(
+            numbered_placeholders("SELECT '?', \"a?\" -- ?\n FROM t WHERE a = ? /* ? */"),
+            "SELECT '?', \"a?\" -- ?\n FROM t WHERE a = $1 /* ? */"
+        );
+        // A doubled quote inside a string: the string goes on.
+        assert_eq!(
+            numbered_placeholders("SELECT 'it''s ?', ?"),
+            "SELECT 'it''s ?', $1"
+        );
+        assert_eq!(numbered_placeholders("SELECT $1, '?'"), "SELECT $1, '?'");
+        assert_eq!(numbered_placeholders("SELECT 1"), "SELECT 1");
+    }
+}
