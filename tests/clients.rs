@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tessera_server::config::ServerConfig;
+use tessera_server::config::{AuthMethod, ServerConfig, UserConfig};
 use tessera_server::{Server, ServerHandle};
 use tokio_postgres::NoTls;
 
@@ -100,7 +100,17 @@ async fn pgbench_eight_clients_for_thirty_seconds_without_a_failure() {
     .unwrap();
     let mut pgbench = Command::new("pgbench");
     pgbench
-        .args(["-n", "-h", "127.0.0.1", "-U", "tessera", "-c", "8", "-j", "2"])
+        .args([
+            "-n",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "tessera",
+            "-c",
+            "8",
+            "-j",
+            "2",
+        ])
         .args(["-T", "30", "-M", "extended", "-p"])
         .arg(server.local_addr().port().to_string())
         .arg("-f")
@@ -186,7 +196,10 @@ async fn sigterm_lets_running_statements_finish_and_keeps_committed_data() {
             .map(|row| (row.get::<_, f64>(0), row.get::<_, bool>(1)))
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!running.is_finished(), "the statement ended before the signal");
+    assert!(
+        !running.is_finished(),
+        "the statement ended before the signal"
+    );
     let signalled = Instant::now();
     let status = Command::new("kill")
         .args(["-TERM", &child.0.id().to_string()])
@@ -235,4 +248,64 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A server with Flight SQL on, and SCRAM users when `password` is given.
+async fn start_flight(dir: &Path, password: Option<&str>) -> ServerHandle {
+    let mut config = ServerConfig {
+        data_dir: dir.join("db"),
+        pg_listen: "127.0.0.1:0".into(),
+        flight_listen: Some("127.0.0.1:0".into()),
+        ..ServerConfig::default()
+    };
+    if let Some(password) = password {
+        config.auth.method = AuthMethod::ScramSha256;
+        config.users.push(UserConfig {
+            name: "analyst".into(),
+            password: Some(password.into()),
+            scram_verifier: None,
+        });
+    }
+    Server::builder().config(config).build().await.unwrap()
+}
+
+/// Runs a Python client script from `tests/clients/` against a Flight server.
+async fn run_flight_script(script: &str, password: Option<&str>) {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_flight(dir.path(), password).await;
+    let uri = format!("grpc://{}", server.flight_addr().unwrap());
+    let user = if password.is_some() {
+        "analyst"
+    } else {
+        "tessera"
+    };
+    let password = password.unwrap_or("").to_string();
+    let text = std::fs::read_to_string(Path::new(CLIENTS).join(script)).unwrap();
+    let cwd = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        python::run_args(&cwd, &text, &[&uri, user, &password])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.trim(), "ok");
+    server.shutdown().await;
+}
+
+/// ADBC's Flight SQL driver through its DB-API: queries, prepared statements,
+/// executemany, adbc_ingest into tables and arrays, metadata, wrong credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adbc_flight_sql_dbapi_with_a_password() {
+    run_flight_script("adbc_client.py", Some("s3cret")).await;
+}
+
+/// The same without users: trust on loopback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adbc_flight_sql_dbapi_on_trusted_loopback() {
+    run_flight_script("adbc_client.py", None).await;
+}
+
+/// pyarrow.flight alone, with Flight SQL commands encoded by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pyarrow_flight_queries_with_basic_then_bearer_auth() {
+    run_flight_script("pyarrow_flight_client.py", Some("s3cret")).await;
 }

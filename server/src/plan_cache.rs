@@ -383,7 +383,10 @@ mod tests {
         assert_eq!(cache.len(), CAPACITY - EVICT + 1);
         assert!(cache.get("SELECT 0", 0).is_some(), "used recently");
         for n in 1..=EVICT {
-            assert!(cache.get(&format!("SELECT {n}"), 0).is_none(), "{n} evicted");
+            assert!(
+                cache.get(&format!("SELECT {n}"), 0).is_none(),
+                "{n} evicted"
+            );
         }
         assert!(cache.get(&format!("SELECT {}", EVICT + 1), 0).is_some());
         assert!(cache.get("SELECT x", 0).is_some());

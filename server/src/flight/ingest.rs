@@ -92,6 +92,8 @@ pub(crate) async fn ingest(
     stream: PeekableFlightDataStream,
     interrupt: Interrupt,
 ) -> Result<i64, Status> {
+    // A write like any other: cached plans of other statements must not outlive it.
+    let _writing = session.begin_write();
     let run = async {
         let target = target_name(&command)?;
         let (schema, batches) = decode(stream).await?;

@@ -118,7 +118,8 @@ pub(crate) async fn serve_connection(
             _ => message.is_extended_query(),
         };
         let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
-        mid_sequence = message.is_extended_query() && !matches!(message, PgWireFrontendMessage::Sync(_));
+        mid_sequence =
+            message.is_extended_query() && !matches!(message, PgWireFrontendMessage::Sync(_));
         let result = process_message(
             message,
             &mut socket,
