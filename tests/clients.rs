@@ -11,19 +11,11 @@ use tessera_server::config::{AuthMethod, ServerConfig, UserConfig};
 use tessera_server::{Server, ServerHandle};
 use tokio_postgres::NoTls;
 
+use crate::psql::start;
 use crate::python;
 use crate::sql_database::tessera_binary;
 
 const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients");
-
-async fn start(dir: &Path) -> ServerHandle {
-    let config = ServerConfig {
-        data_dir: dir.join("db"),
-        pg_listen: "127.0.0.1:0".into(),
-        ..ServerConfig::default()
-    };
-    Server::builder().config(config).build().await.unwrap()
-}
 
 /// Runs `program` off the async threads; returns (success, stdout, stderr).
 async fn run(mut command: Command) -> (bool, String, String) {

@@ -37,7 +37,8 @@ fn psql(port: u16, cwd: &Path, script: &str) -> (i32, String, String) {
     )
 }
 
-async fn start(dir: &Path) -> ServerHandle {
+/// A server with pgwire on 127.0.0.1:0 over `dir/db` (also used by `clients`).
+pub(crate) async fn start(dir: &Path) -> ServerHandle {
     let config = ServerConfig {
         data_dir: dir.join("db"),
         pg_listen: "127.0.0.1:0".into(),
