@@ -9,7 +9,9 @@ fn main() -> ExitCode {
         &args,
         &mut std::io::stdin().lock(),
         &mut std::io::stdout().lock(),
-        &mut std::io::stderr().lock(),
+        // Not locked for the whole run: `tessera serve`'s worker threads log and report
+        // panics to stderr too, and would wait on the lock forever.
+        &mut std::io::stderr(),
     );
     ExitCode::from(code)
 }

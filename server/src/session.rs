@@ -126,7 +126,8 @@ impl Session {
             ddl::Statement::Sql(text) => self.run_sql(&text).await,
             statement => {
                 let guard = self.begin_write();
-                let stream = session::execute(&self.ctx, &self.inner.catalog, statement).await;
+                let stream =
+                    Box::pin(session::execute(&self.ctx, &self.inner.catalog, statement)).await;
                 self.forget_settings();
                 Ok(with_guard(stream?, guard))
             }
@@ -134,11 +135,19 @@ impl Session {
     }
 
     /// Runs one SQL statement, through the plan cache when it is a query.
+    ///
+    /// Planning goes through a boxed future: DataFusion's planner futures are tens of
+    /// kilobytes, and every future that awaits one inline grows by as much and is
+    /// copied at each level, which cost more than running a cached `SELECT 1`.
     async fn run_sql(&self, text: &str) -> Result<SendableRecordBatchStream> {
         let settings = self.settings();
         if let Some(plan) = self.inner.plans.get(text, settings.id) {
             return execute_stream(plan, settings.task);
         }
+        Box::pin(self.plan_sql(text, settings)).await
+    }
+
+    async fn plan_sql(&self, text: &str, settings: Settings) -> Result<SendableRecordBatchStream> {
         let ticket = self.inner.plans.ticket();
         let state = self.ctx.state();
         let plan = state.create_logical_plan(text).await?;
@@ -307,23 +316,32 @@ impl Session {
         }
         match statement {
             ddl::Statement::Sql(text) if !params.is_empty() => {
-                self.restore().await;
-                let state = self.ctx.state();
-                let plan = self.plan_with_parameters(&state, text, declared).await?;
-                let expected = parameter_types(&plan)?;
-                let values = params
-                    .into_iter()
-                    .zip(expected)
-                    .map(|(value, ty)| match ty {
-                        Some(ty) if value.data_type() != ty => value.cast_to(&ty),
-                        _ => Ok(value),
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let plan = plan.with_param_values(ParamValues::from(values))?;
-                self.run_plan(state, plan, text, None).await
+                Box::pin(self.execute_with_parameters(text, params, declared)).await
             }
             other => self.execute_statement(other.clone()).await,
         }
+    }
+
+    async fn execute_with_parameters(
+        &self,
+        text: &str,
+        params: Vec<ScalarValue>,
+        declared: &[Option<DataType>],
+    ) -> Result<SendableRecordBatchStream> {
+        self.restore().await;
+        let state = self.ctx.state();
+        let plan = self.plan_with_parameters(&state, text, declared).await?;
+        let expected = parameter_types(&plan)?;
+        let values = params
+            .into_iter()
+            .zip(expected)
+            .map(|(value, ty)| match ty {
+                Some(ty) if value.data_type() != ty => value.cast_to(&ty),
+                _ => Ok(value),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let plan = plan.with_param_values(ParamValues::from(values))?;
+        self.run_plan(state, plan, text, None).await
     }
 
     /// Plans `sql` with typed placeholders. Each placeholder takes the type its context
@@ -383,11 +401,16 @@ impl Session {
     /// Plans the stored external tables and views once per database, in the first
     /// session that runs a statement.
     async fn restore(&self) {
+        if self.inner.restored.initialized() {
+            return;
+        }
         let (ctx, catalog) = (&self.ctx, &self.inner.catalog);
-        self.inner
-            .restored
-            .get_or_init(|| session::restore_catalog(ctx, catalog))
-            .await;
+        Box::pin(
+            self.inner
+                .restored
+                .get_or_init(|| session::restore_catalog(ctx, catalog)),
+        )
+        .await;
     }
 }
 

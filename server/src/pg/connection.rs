@@ -102,6 +102,7 @@ pub(crate) async fn serve_connection(
                 };
                 tracing::debug!(error = %e, "closing a connection after a bad message");
                 let error = user_error("FATAL", code, text);
+                socket.get_mut().hold = false;
                 let _ = socket
                     .send(PgWireBackendMessage::ErrorResponse(
                         pgwire::error::ErrorInfo::from(error).into(),
@@ -120,6 +121,10 @@ pub(crate) async fn serve_connection(
         let is_cancel = matches!(message, PgWireFrontendMessage::CancelRequest(_));
         mid_sequence =
             message.is_extended_query() && !matches!(message, PgWireFrontendMessage::Sync(_));
+        // As PostgreSQL does, the replies to Parse, Bind, Describe, Execute and Close
+        // wait in the buffer for the Sync (or Flush) that ends the sequence: one write
+        // per round trip instead of one per message.
+        socket.get_mut().hold = mid_sequence && !matches!(message, PgWireFrontendMessage::Flush(_));
         let result = process_message(
             message,
             &mut socket,
@@ -132,7 +137,19 @@ pub(crate) async fn serve_connection(
         .await;
         if let Err(e) = result {
             let fatal = e.is_fatal();
+            if fatal {
+                socket.get_mut().hold = false;
+            }
             if process_error(&mut socket, e, is_extended).await.is_err() || fatal {
+                break;
+            }
+        }
+        // A COPY's start must reach the client, which sends its data only after it.
+        if matches!(socket.state(), PgWireConnectionState::CopyInProgress(_))
+            && socket.get_ref().holding()
+        {
+            socket.get_mut().hold = false;
+            if socket.flush().await.is_err() {
                 break;
             }
         }
@@ -177,8 +194,16 @@ impl std::error::Error for MessageTooLarge {}
 
 /// Reads the frontend message headers as bytes arrive and fails the read as soon as a
 /// header announces a message longer than the limit, before its body is buffered.
+///
+/// It also holds back writes while `hold` is set (see the message loop), up to
+/// [`HOLD_LIMIT`] bytes; a flush with `hold` unset writes them.
 struct MessageSizeLimit<S> {
     inner: S,
+    /// Keep written bytes in `pending` and make flushes wait.
+    hold: bool,
+    pending: Vec<u8>,
+    /// Bytes of `pending` already written to `inner`.
+    sent: usize,
     max: usize,
     /// The first message (startup or cancel request) has no type byte.
     typed: bool,
@@ -192,6 +217,9 @@ impl<S> MessageSizeLimit<S> {
     fn new(inner: S, max: usize, already_read: &[u8]) -> Self {
         let mut limit = MessageSizeLimit {
             inner,
+            hold: false,
+            pending: Vec::new(),
+            sent: 0,
             max,
             typed: false,
             header: [0; 5],
@@ -264,21 +292,70 @@ impl<S: AsyncRead + Unpin> AsyncRead for MessageSizeLimit<S> {
     }
 }
 
+/// Bytes held back at most before they are written anyway (a large result in an
+/// extended-query sequence).
+const HOLD_LIMIT: usize = 64 * 1024;
+
+impl<S> MessageSizeLimit<S> {
+    /// True while written bytes wait for a flush.
+    fn holding(&self) -> bool {
+        self.hold || self.sent < self.pending.len()
+    }
+}
+
+impl<S: AsyncWrite + Unpin> MessageSizeLimit<S> {
+    /// Writes out the held-back bytes.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.pending.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &self.pending[self.sent..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.pending.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<S: AsyncWrite + Unpin> AsyncWrite for MessageSizeLimit<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        // Held bytes and these go out in one write when the hold has ended.
+        let appendable = this.hold || (this.sent == 0 && !this.pending.is_empty());
+        if appendable && this.pending.len() + buf.len() <= HOLD_LIMIT {
+            this.pending.extend_from_slice(buf);
+            if !this.hold
+                && let Poll::Ready(Err(e)) = this.poll_drain(cx)
+            {
+                return Poll::Ready(Err(e));
+            }
+            return Poll::Ready(Ok(buf.len()));
+        }
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        if this.hold {
+            return Poll::Ready(Ok(()));
+        }
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
     }
 }
 
