@@ -34,13 +34,13 @@ use tessera_server::{SQLSTATE_METADATA_KEY, Server, ServerHandle};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
-struct TestServer {
-    server: ServerHandle,
+pub(crate) struct TestServer {
+    pub(crate) server: ServerHandle,
     _dir: tempfile::TempDir,
 }
 
 impl TestServer {
-    fn addr(&self) -> std::net::SocketAddr {
+    pub(crate) fn addr(&self) -> std::net::SocketAddr {
         self.server.flight_addr().expect("flight is served")
     }
 
@@ -58,7 +58,7 @@ impl TestServer {
     }
 }
 
-async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> TestServer {
+pub(crate) async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig {
         data_dir: dir.path().to_path_buf(),
@@ -71,7 +71,7 @@ async fn start_with(edit: impl FnOnce(&mut ServerConfig)) -> TestServer {
     TestServer { server, _dir: dir }
 }
 
-async fn start() -> TestServer {
+pub(crate) async fn start() -> TestServer {
     start_with(|_| {}).await
 }
 
@@ -108,13 +108,13 @@ fn sqlstate(s: &tonic::Status) -> &str {
         .unwrap_or("none")
 }
 
-fn f64s(batch: &RecordBatch, column: usize) -> Vec<f64> {
+pub(crate) fn f64s(batch: &RecordBatch, column: usize) -> Vec<f64> {
     let c = batch.column(column);
     let c = datafusion::arrow::compute::cast(c, &DataType::Float64).unwrap();
     c.as_primitive::<Float64Type>().values().to_vec()
 }
 
-fn i64s(batch: &RecordBatch, column: usize) -> Vec<i64> {
+pub(crate) fn i64s(batch: &RecordBatch, column: usize) -> Vec<i64> {
     let c = batch.column(column);
     let c = datafusion::arrow::compute::cast(c, &DataType::Int64).unwrap();
     c.as_primitive::<Int64Type>().values().to_vec()
@@ -712,7 +712,7 @@ async fn flight_cancel_stops_a_query_before_and_while_it_runs() {
     assert_eq!(i64s(&one, 0), [42]);
 }
 
-fn password_config(config: &mut ServerConfig) {
+pub(crate) fn password_config(config: &mut ServerConfig) {
     config.auth.method = AuthMethod::ScramSha256;
     config.users.push(UserConfig {
         name: "alice".into(),
