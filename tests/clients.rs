@@ -232,6 +232,67 @@ async fn sigterm_lets_running_statements_finish_and_keeps_committed_data() {
     );
 }
 
+/// `tessera serve` logs from its worker threads (here at debug level, a line per bad
+/// connection) while it serves. The binary once held the stderr lock for its whole run,
+/// so the first log line parked a worker for good and the server stopped answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_keeps_answering_while_worker_threads_log() {
+    let binary = tessera_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = KillOnDrop(
+        Command::new(&binary)
+            .args(["serve", "--flight-listen", "off", "--data-dir"])
+            .arg(dir.path().join("db"))
+            .args(["--pg-listen", &format!("127.0.0.1:{port}")])
+            .env("TESSERA_LOG", "tessera_server=debug")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut banner = String::new();
+    stderr.read_line(&mut banner).unwrap();
+    assert!(banner.contains(&format!("127.0.0.1:{port}")), "{banner}");
+    let log = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        rest
+    });
+
+    // More bad connections than worker threads, each logged as it is closed.
+    tokio::task::spawn_blocking(move || {
+        for _ in 0..6 {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            std::io::Write::write_all(&mut s, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut s, &mut sink);
+        }
+    })
+    .await
+    .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(20), async {
+        let (client, connection) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 port={port} user=tessera dbname=tessera"),
+            NoTls,
+        )
+        .await?;
+        tokio::spawn(connection);
+        let row = client.query_one("SELECT 40 + 2", &[]).await?;
+        Ok::<i64, tokio_postgres::Error>(row.get(0))
+    })
+    .await;
+    assert_eq!(answer.expect("the server stopped answering").unwrap(), 42);
+    drop(child);
+    let log = log.join().unwrap();
+    assert!(log.contains("DEBUG"), "nothing was logged: {log}");
+}
+
 /// A child process that a failing test does not leave running.
 struct KillOnDrop(std::process::Child);
 

@@ -880,9 +880,31 @@ async fn pgwire_cached_plans_see_other_connections_writes() {
         .await
         .unwrap();
     assert_eq!(read(reader.query(&prepared, &[]).await.unwrap()), Some(15));
+    // A statement with parameters keeps its plan between Parse and Bind of the same
+    // text (an unnamed statement each time here) and still sees other writes.
+    let at_least = "SELECT sum(a) FROM t WHERE a >= $1";
+    for _ in 0..3 {
+        assert_eq!(
+            read(reader.query(at_least, &[&4i32]).await.unwrap()),
+            Some(12)
+        );
+    }
+    writer
+        .execute("INSERT INTO t VALUES ($1)", &[&16i32])
+        .await
+        .unwrap();
+    assert_eq!(
+        read(reader.query(at_least, &[&4i32]).await.unwrap()),
+        Some(28)
+    );
+    assert_eq!(
+        read(reader.query(at_least, &[&9i32]).await.unwrap()),
+        Some(16)
+    );
     writer
         .batch_execute("DROP TABLE t; CREATE TABLE t (a INT)")
         .await
         .unwrap();
     assert_eq!(read(reader.query(sum, &[]).await.unwrap()), None);
+    assert_eq!(read(reader.query(at_least, &[&4i32]).await.unwrap()), None);
 }

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::catalog::TableProvider;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::datasource::listing::ListingTable;
@@ -47,25 +48,43 @@ pub(crate) struct PlanCache {
     generation: AtomicU64,
     /// Non-query statements running now.
     writers: AtomicUsize,
-    entries: Mutex<Entries>,
+    /// Physical plans, by statement text and settings id.
+    entries: Mutex<Entries<u64, Arc<dyn ExecutionPlan>>>,
+    /// Logical plans of statements with placeholders, by statement text, settings id
+    /// and the parameter types the client declared: what Parse and Bind plan again and
+    /// again. Each execution binds its values and optimizes and plans from there.
+    generic: Mutex<Entries<GenericKey, LogicalPlan>>,
     /// Settings fingerprints (every option as `key=value`) to small ids.
     settings: Mutex<HashMap<String, u64>>,
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    /// By statement text: one plan per settings id.
-    by_text: HashMap<String, Vec<Entry>>,
+type GenericKey = (u64, Vec<Option<DataType>>);
+
+#[derive(Debug)]
+struct Entries<K, P> {
+    /// By statement text: one plan per key.
+    by_text: HashMap<String, Vec<Entry<K, P>>>,
     len: usize,
     /// The generation all entries were planned in; older ones are dropped wholesale.
     generation: u64,
     tick: u64,
 }
 
+impl<K, P> Default for Entries<K, P> {
+    fn default() -> Self {
+        Entries {
+            by_text: HashMap::new(),
+            len: 0,
+            generation: 0,
+            tick: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
-struct Entry {
-    settings: u64,
-    plan: Arc<dyn ExecutionPlan>,
+struct Entry<K, P> {
+    key: K,
+    plan: P,
     last_used: u64,
 }
 
@@ -78,12 +97,6 @@ pub(crate) struct Ticket {
 }
 
 impl PlanCache {
-    fn lock(&self) -> MutexGuard<'_, Entries> {
-        // The map stays consistent under a panic (it is only ever inserted into or
-        // cleared), so a poisoned lock is still usable.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// The id of a settings fingerprint (the same for every session with equal settings).
     pub(crate) fn settings_id(&self, fingerprint: String) -> u64 {
         let mut ids = self.settings.lock().unwrap_or_else(|e| e.into_inner());
@@ -102,26 +115,7 @@ impl PlanCache {
 
     /// The plan stored for `text` under `settings`, ready to execute, if it is current.
     pub(crate) fn get(&self, text: &str, settings: u64) -> Option<Arc<dyn ExecutionPlan>> {
-        let ticket = self.ticket();
-        if !ticket.quiet {
-            return None;
-        }
-        let plan = {
-            let mut entries = self.lock();
-            if entries.generation != ticket.generation {
-                entries.clear(ticket.generation);
-                return None;
-            }
-            entries.tick += 1;
-            let tick = entries.tick;
-            let entry = entries
-                .by_text
-                .get_mut(text)?
-                .iter_mut()
-                .find(|e| e.settings == settings)?;
-            entry.last_used = tick;
-            entry.plan.clone()
-        };
+        let plan = self.lookup(&self.entries, text, &settings)?;
         // Operators keep per-run state (a hash join's build side, a scan's work queue).
         reset_plan_states(plan).ok()
     }
@@ -134,10 +128,74 @@ impl PlanCache {
         settings: u64,
         plan: Arc<dyn ExecutionPlan>,
     ) {
+        self.store(&self.entries, ticket, text, settings, plan);
+    }
+
+    /// The logical plan, placeholders unbound, stored for `text` planned under
+    /// `settings` with the client's `declared` parameter types, if it is current.
+    pub(crate) fn get_generic(
+        &self,
+        text: &str,
+        settings: u64,
+        declared: &[Option<DataType>],
+    ) -> Option<LogicalPlan> {
+        self.lookup(&self.generic, text, &(settings, declared.to_vec()))
+    }
+
+    /// Stores a statement's logical plan with its placeholders unbound, if it may be
+    /// reused (see [`cacheable_generic`]) and nothing was written since `ticket`.
+    pub(crate) fn insert_generic(
+        &self,
+        ticket: Ticket,
+        text: &str,
+        settings: u64,
+        declared: &[Option<DataType>],
+        plan: &LogicalPlan,
+    ) {
+        if cacheable_generic(plan) {
+            let key = (settings, declared.to_vec());
+            self.store(&self.generic, ticket, text, key, plan.clone());
+        }
+    }
+
+    fn lookup<K: PartialEq + Clone, P: Clone>(
+        &self,
+        map: &Mutex<Entries<K, P>>,
+        text: &str,
+        key: &K,
+    ) -> Option<P> {
+        let ticket = self.ticket();
+        if !ticket.quiet {
+            return None;
+        }
+        let mut entries = lock(map);
+        if entries.generation != ticket.generation {
+            entries.clear(ticket.generation);
+            return None;
+        }
+        entries.tick += 1;
+        let tick = entries.tick;
+        let entry = entries
+            .by_text
+            .get_mut(text)?
+            .iter_mut()
+            .find(|e| e.key == *key)?;
+        entry.last_used = tick;
+        Some(entry.plan.clone())
+    }
+
+    fn store<K: PartialEq + Clone, P>(
+        &self,
+        map: &Mutex<Entries<K, P>>,
+        ticket: Ticket,
+        text: &str,
+        key: K,
+        plan: P,
+    ) {
         if text.len() > MAX_TEXT || !ticket.quiet {
             return;
         }
-        let mut entries = self.lock();
+        let mut entries = lock(map);
         // Read under the lock, so that a plan stored here is never older than a
         // generation another statement has seen.
         let now = self.ticket();
@@ -154,10 +212,10 @@ impl PlanCache {
         let tick = entries.tick;
         let list = entries.by_text.entry(text.to_string()).or_default();
         let before = list.len();
-        list.retain(|e| e.settings != settings);
+        list.retain(|e| e.key != key);
         let replaced = before - list.len();
         list.push(Entry {
-            settings,
+            key,
             plan,
             last_used: tick,
         });
@@ -176,11 +234,17 @@ impl PlanCache {
     /// Plans currently stored (for tests).
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len
+        lock(&self.entries).len
     }
 }
 
-impl Entries {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The maps stay consistent under a panic (they are only ever inserted into or
+    // cleared), so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl<K: PartialEq + Clone, P> Entries<K, P> {
     fn clear(&mut self, generation: u64) {
         self.by_text.clear();
         self.len = 0;
@@ -191,23 +255,23 @@ impl Entries {
     /// `EVICT` inserts, so a stream of distinct texts (a client that inlines its
     /// parameters) does not scan the whole cache at every statement.
     fn evict_oldest(&mut self) {
-        let mut used: Vec<(u64, &String, u64)> = self
+        let mut used: Vec<(u64, &String, &K)> = self
             .by_text
             .iter()
-            .flat_map(|(text, list)| list.iter().map(move |e| (e.last_used, text, e.settings)))
+            .flat_map(|(text, list)| list.iter().map(move |e| (e.last_used, text, &e.key)))
             .collect();
         let count = EVICT.min(used.len());
         if count == 0 {
             return;
         }
         used.select_nth_unstable_by_key(count - 1, |(last_used, _, _)| *last_used);
-        let victims: Vec<(String, u64)> = used[..count]
+        let victims: Vec<(String, K)> = used[..count]
             .iter()
-            .map(|(_, text, settings)| ((*text).clone(), *settings))
+            .map(|(_, text, key)| ((*text).clone(), (*key).clone()))
             .collect();
-        for (text, settings) in victims {
+        for (text, key) in victims {
             if let Some(list) = self.by_text.get_mut(&text) {
-                list.retain(|e| e.settings != settings);
+                list.retain(|e| e.key != key);
                 if list.is_empty() {
                     self.by_text.remove(&text);
                 }
@@ -294,6 +358,39 @@ pub(crate) fn cacheable_logical(plan: &LogicalPlan) -> bool {
         } else {
             TreeNodeRecursion::Stop
         })
+    });
+    ok
+}
+
+/// True when a statement's logical plan, placeholders unbound, may be bound and
+/// planned again for a later execution: a query or DML (`INSERT ... VALUES ($1, $2)`)
+/// that reads none of the catalogs (whose rows may describe the session). Volatile
+/// functions and external files are fine here: they are evaluated and listed when the
+/// bound plan is optimized and planned, at each execution. The plan holds the table
+/// providers it was planned with, so any write drops it (the write generation).
+pub(crate) fn cacheable_generic(plan: &LogicalPlan) -> bool {
+    let mut ok = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        let bad = match node {
+            LogicalPlan::Ddl(_)
+            | LogicalPlan::Copy(_)
+            | LogicalPlan::Explain(_)
+            | LogicalPlan::Analyze(_)
+            | LogicalPlan::DescribeTable(_) => true,
+            LogicalPlan::Statement(s) => {
+                !matches!(s, datafusion::logical_expr::Statement::Prepare(_))
+            }
+            LogicalPlan::TableScan(scan) => matches!(
+                scan.table_name.schema(),
+                Some("pg_catalog" | "information_schema")
+            ),
+            _ => false,
+        };
+        if bad {
+            ok = false;
+            return Ok(TreeNodeRecursion::Stop);
+        }
+        Ok(TreeNodeRecursion::Continue)
     });
     ok
 }

@@ -350,7 +350,29 @@ impl Session {
     /// the context leaves any untyped the statement is planned as
     /// `PREPARE ... (types) AS sql`. Bound values are cast to these types, so a
     /// driver's `int2` for a small Python int still fills an `INT` column.
+    ///
+    /// The plan is kept in the plan cache (see [`PlanCache::get_generic`]): a driver's
+    /// Parse, and every Bind of a prepared statement, plan the same text again.
+    ///
+    /// [`PlanCache::get_generic`]: crate::plan_cache::PlanCache::get_generic
     async fn plan_with_parameters(
+        &self,
+        state: &SessionState,
+        sql: &str,
+        declared: &[Option<DataType>],
+    ) -> Result<LogicalPlan> {
+        let settings = self.settings().id;
+        let plans = &self.inner.plans;
+        if let Some(plan) = plans.get_generic(sql, settings, declared) {
+            return Ok(plan);
+        }
+        let ticket = plans.ticket();
+        let plan = self.plan_parameters(state, sql, declared).await?;
+        plans.insert_generic(ticket, sql, settings, declared, &plan);
+        Ok(plan)
+    }
+
+    async fn plan_parameters(
         &self,
         state: &SessionState,
         sql: &str,
