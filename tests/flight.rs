@@ -27,7 +27,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, UInt64Type};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use tessera_server::config::{AuthMethod, ServerConfig, UserConfig};
 use tessera_server::{SQLSTATE_METADATA_KEY, Server, ServerHandle};
@@ -577,6 +577,161 @@ async fn flight_ingest_creates_appends_replaces_and_loads_arrays() {
     assert_eq!(status(&e).code(), Code::InvalidArgument, "{e}");
     let count = query(&mut client, "SELECT count(*) FROM g").await;
     assert_eq!(i64s(&count, 0), [3]);
+}
+
+/// The Flight data of a DoPut: `descriptor`'s command, then `batches`.
+async fn put_messages(descriptor: FlightDescriptor, batches: Vec<RecordBatch>) -> Vec<FlightData> {
+    arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// A DoPut that sends `messages` and then neither sends more nor ends its stream: the
+/// server waits for the rest. Aborting the task drops the call mid-upload, which makes
+/// hyper reset the HTTP/2 stream with CANCEL.
+fn unfinished_upload(channel: Channel, messages: Vec<FlightData>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut raw = FlightServiceClient::new(channel);
+        let stream = futures::stream::iter(messages).chain(futures::stream::pending());
+        let answer = raw.do_put(stream).await;
+        panic!("an upload that never ended was answered: {answer:?}");
+    })
+}
+
+/// Rows of `(a BIGINT, b DOUBLE)`.
+fn pairs(a: Vec<i64>) -> RecordBatch {
+    let b = a.iter().map(|&a| a as f64 / 2.0).collect::<Vec<_>>();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(a)),
+            Arc::new(Float64Array::from(b)),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_cancelled_uploads_write_nothing() {
+    let server = start().await;
+    let mut client = server.client().await;
+    let setup = "CREATE TABLE t (a BIGINT, b DOUBLE); INSERT INTO t VALUES (1, 0.5), (2, 1.0);
+        CREATE TABLE u (a BIGINT, b DOUBLE); INSERT INTO u VALUES (7, 3.5);
+        CREATE MATRIX m (4, 4); INSERT INTO m VALUES (0, 0, 1.0)";
+    client.execute_update(setup.into(), None).await.unwrap();
+    let database = server.server.database();
+    let count = |table: &'static str| {
+        let database = database.clone();
+        async move {
+            let batches = database
+                .sql(&format!("SELECT count(*) FROM {table}"))
+                .await?;
+            Ok::<_, datafusion::error::DataFusionError>(i64s(&batches[0], 0)[0])
+        }
+    };
+
+    // Four uploads that stop half-way: an ingest appending to a table, one into an
+    // array, one creating a table, and the parameter rows of an executemany.
+    let channel = server.channel().await;
+    let ingest = |table: &str, if_not_exist, if_exists| {
+        FlightDescriptor::new_cmd(
+            ingest_command(table, if_not_exist, if_exists)
+                .as_any()
+                .encode_to_vec(),
+        )
+    };
+    let append = ingest("t", TableNotExistOption::Fail, TableExistsOption::Append);
+    let cells = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int64, false),
+            Field::new("j", DataType::Int64, false),
+            Field::new("v", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+            Arc::new(Float64Array::from(vec![5.0, 6.0, 7.0])),
+        ],
+    )
+    .unwrap();
+    let into_array = ingest("m", TableNotExistOption::Fail, TableExistsOption::Append);
+    let create = ingest(
+        "fresh",
+        TableNotExistOption::Create,
+        TableExistsOption::Fail,
+    );
+    let insert = CommandPreparedStatementUpdate {
+        prepared_statement_handle: raw_prepare(&server, "INSERT INTO u VALUES (?, ?)").await,
+    };
+    let executemany = FlightDescriptor::new_cmd(insert.as_any().encode_to_vec());
+    let uploads = [
+        (append, vec![pairs(vec![10, 11, 12]), pairs(vec![13])]),
+        (into_array, vec![cells]),
+        (executemany, vec![pairs(vec![20, 21])]),
+        (create, vec![pairs(vec![30, 31])]),
+    ];
+    let mut calls = Vec::new();
+    for (descriptor, batches) in uploads {
+        let messages = put_messages(descriptor, batches).await;
+        calls.push(unfinished_upload(channel.clone(), messages));
+    }
+    // The server has the created table once the schema arrived; the batches follow it
+    // on the same connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count("fresh").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ingest never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for call in calls {
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+    }
+    // The failed create drops its table again: then the server is done with the resets.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut fresh_dropped = false;
+    while std::time::Instant::now() < deadline {
+        if count("fresh").await.is_err() {
+            fresh_dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counts = (
+        count("t").await.unwrap(),
+        count("m").await.unwrap(),
+        count("u").await.unwrap(),
+        fresh_dropped,
+    );
+    assert_eq!(
+        counts,
+        (2, 1, 1, true),
+        "(t rows, m cells, u rows, fresh dropped)"
+    );
+
+    // The server goes on, and the same loads sent whole are written.
+    let whole = client
+        .execute_ingest(
+            ingest_command("t", TableNotExistOption::Fail, TableExistsOption::Append),
+            futures::stream::iter([Ok(pairs(vec![10, 11, 12])), Ok(pairs(vec![13]))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(whole, 4);
+    let sums = query(&mut client, "SELECT count(*), sum(a) FROM t").await;
+    assert_eq!(i64s(&sums, 0), [6]);
+    assert_eq!(i64s(&sums, 1), [1 + 2 + 10 + 11 + 12 + 13]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,8 +187,9 @@ async fn append(
         .sum())
 }
 
-/// Creates a table with the data's columns and streams the data in; a failed load
-/// drops the table again.
+/// Creates a table with the data's columns and streams the data in; a load that
+/// fails, or whose call is dropped (hyper drops a call its client reset), drops the
+/// table again.
 async fn create(
     session: &Session,
     catalog: &Arc<TesseraCatalog>,
@@ -199,13 +200,36 @@ async fn create(
     catalog
         .create_table(new_table(target, &schema, Vec::new(), false)?)
         .await?;
-    match append(session, target, schema, batches).await {
-        Ok(n) => Ok(n),
-        Err(e) => {
-            if let Err(drop_error) = catalog.drop_table(target) {
-                tracing::warn!(table = target, error = %drop_error, "dropping a table whose ingest failed");
-            }
-            Err(e)
+    let created = UnfinishedTable {
+        catalog,
+        name: target,
+        finished: false,
+    };
+    let written = append(session, target, schema, batches).await?;
+    created.finish();
+    Ok(written)
+}
+
+/// A table created for a load, dropped when this goes out of scope unfinished.
+struct UnfinishedTable<'a> {
+    catalog: &'a TesseraCatalog,
+    name: &'a str,
+    finished: bool,
+}
+
+impl UnfinishedTable<'_> {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for UnfinishedTable<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Err(e) = self.catalog.drop_table(self.name) {
+            tracing::warn!(table = self.name, error = %e, "dropping a table whose ingest failed");
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The Arrow Flight SQL front end, on arrow-flight's `FlightSqlService` over tonic.
 //!
 //! ```text
-//!  TcpListener ─ (TLS) ─ tonic/h2 ─ FlightServiceServer (message size limits)
+//!  TcpListener ─ (TLS) ─ tonic/h2
+//!  └ CheckedRequests: a reset request body fails                              (wire.rs)
+//!    └ FlightServiceServer (message size limits)
 //!     └ Gate: authentication on every call, Handshake (Basic -> Bearer),       (gate.rs)
 //!       │     panics and malformed requests turned into statuses
 //!       └ TesseraFlightSql (arrow-flight's FlightSqlService):               (service.rs)
@@ -23,6 +25,7 @@ mod ingest;
 mod metadata;
 mod results;
 mod service;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -46,6 +49,7 @@ use clients::{Authenticator, Clients};
 use gate::Gate;
 use results::ResultStore;
 use service::TesseraFlightSql;
+use wire::CheckedRequests;
 
 /// The gRPC metadata key that carries the SQLSTATE of an error status.
 pub const SQLSTATE_METADATA_KEY: &str = "tessera-sqlstate";
@@ -95,6 +99,7 @@ pub(crate) async fn serve(
     let server = FlightServiceServer::new(Gate::new(service, clients))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let server = CheckedRequests::new(server);
 
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         DataFusionError::Configuration(format!("cannot listen on {addr} (flight_listen): {e}"))
