@@ -1058,17 +1058,25 @@ async fn flight_malformed_input_leaves_the_server_answering() {
     let missing = server.server.database().sql("SELECT * FROM junk").await;
     assert!(missing.is_err(), "a failed ingest leaves no table");
 
-    // A message over max_message_size (1 MiB here): tonic refuses it before any handler
-    // runs, with OUT_OF_RANGE.
+    // A message over max_message_size (1 MiB here) is refused with RESOURCE_EXHAUSTED
+    // and 54000, as pgwire refuses one: a query, and a batch in the middle of an ingest.
     let huge = format!("SELECT '{}'", "x".repeat(2 << 20));
     let e = healthy.execute(huge, None).await.unwrap_err();
-    assert!(
-        matches!(
-            status(&e).code(),
-            Code::OutOfRange | Code::ResourceExhausted
-        ),
-        "{e}"
-    );
+    assert_eq!(status(&e).code(), Code::ResourceExhausted, "{e}");
+    assert_eq!(sqlstate(status(&e)), "54000", "{e}");
+    assert!(status(&e).message().contains("max_message_size"), "{e}");
+    let big = pairs((0..200_000).collect());
+    let e = healthy
+        .execute_ingest(
+            ingest_command("big", TableNotExistOption::Create, TableExistsOption::Fail),
+            futures::stream::iter([Ok(pairs(vec![1])), Ok(big)]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e).code(), Code::ResourceExhausted, "{e}");
+    assert_eq!(sqlstate(status(&e)), "54000", "{e}");
+    let missing = server.server.database().sql("SELECT * FROM big").await;
+    assert!(missing.is_err(), "a refused ingest leaves no table");
 
     check(healthy.clone()).await;
     check(server.client().await).await;
