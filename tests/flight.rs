@@ -12,9 +12,9 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
     ActionCancelQueryRequest, ActionCancelQueryResult, Any, CommandGetDbSchemas, CommandGetTables,
-    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    DoPutUpdateResult, ProstMessageExt, SqlInfo, TableDefinitionOptions, TableExistsOption,
-    TableNotExistOption,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, DoPutUpdateResult, ProstMessageExt, SqlInfo, TableDefinitionOptions,
+    TableExistsOption, TableNotExistOption,
 };
 use arrow_flight::{
     Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
@@ -302,6 +302,127 @@ async fn flight_prepared_statements_with_parameters() {
     let total = query(&mut client, "SELECT count(*), sum(a) FROM t").await;
     assert_eq!(i64s(&total, 0), [9]);
     assert_eq!(i64s(&total, 1), [1 + 2 + 3 + 2 * (10 + 11 + 12)]);
+}
+
+/// DoPut of `batches` under `command` on a raw client, and the first answer.
+async fn raw_put(
+    raw: &mut FlightServiceClient<Channel>,
+    command: impl ProstMessageExt,
+    batches: Vec<RecordBatch>,
+) -> Result<arrow_flight::PutResult, tonic::Status> {
+    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    let messages = if batches.is_empty() {
+        vec![FlightData::new().with_descriptor(descriptor)]
+    } else {
+        put_messages(descriptor, batches).await
+    };
+    let mut answers = raw
+        .do_put(futures::stream::iter(messages))
+        .await?
+        .into_inner();
+    Ok(answers.message().await?.unwrap_or_default())
+}
+
+/// The update count a DoPut answered with.
+fn record_count(answer: &arrow_flight::PutResult) -> i64 {
+    DoPutUpdateResult::decode(&*answer.app_metadata)
+        .unwrap()
+        .record_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_prepared_parameters_are_bound_for_one_execution() {
+    let server = start().await;
+    let mut client = server.client().await;
+    client
+        .execute_update(
+            "CREATE TABLE t (a BIGINT, b DOUBLE); INSERT INTO t VALUES (1, 0.5), (2, 1.0), (3, 1.5)"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut raw = FlightServiceClient::new(server.channel().await);
+    let one = |a: i64| pairs(vec![a]).project(&[0]).unwrap();
+
+    // A query: bound, run; run again without a bind and it has no value for $1.
+    let select = CommandPreparedStatementQuery {
+        prepared_statement_handle: raw_prepare(&server, "SELECT a FROM t WHERE a >= $1 ORDER BY a")
+            .await,
+    };
+    let run = |raw: &mut FlightServiceClient<Channel>| {
+        let mut raw = raw.clone();
+        let descriptor = FlightDescriptor::new_cmd(select.as_any().encode_to_vec());
+        async move {
+            raw.get_flight_info(descriptor)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    raw_put(&mut raw, select.clone(), vec![one(2)])
+        .await
+        .unwrap();
+    let rows = fetch(&mut client, run(&mut raw).await.unwrap()).await;
+    assert_eq!(i64s(&rows[0], 0), [2, 3]);
+    let e = run(&mut raw).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert_eq!(sqlstate(&e), "08P01", "{e}");
+    assert!(e.message().contains("parameter $1"), "{e}");
+    // Bound again, it runs with the new value.
+    raw_put(&mut raw, select.clone(), vec![one(3)])
+        .await
+        .unwrap();
+    let rows = fetch(&mut client, run(&mut raw).await.unwrap()).await;
+    assert_eq!(i64s(&rows[0], 0), [3]);
+
+    // An update: a bind, then a DoPut without data runs it with the bound row, once.
+    let insert = CommandPreparedStatementUpdate {
+        prepared_statement_handle: raw_prepare(&server, "INSERT INTO t VALUES ($1, $2)").await,
+    };
+    let bind = CommandPreparedStatementQuery {
+        prepared_statement_handle: insert.prepared_statement_handle.clone(),
+    };
+    raw_put(&mut raw, bind.clone(), vec![pairs(vec![10])])
+        .await
+        .unwrap();
+    let answer = raw_put(&mut raw, insert.clone(), vec![]).await.unwrap();
+    assert_eq!(record_count(&answer), 1);
+    let e = raw_put(&mut raw, insert.clone(), vec![]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("parameter $1"), "{e}");
+    // The empty record Go's Flight SQL client sends when nothing is bound: no values.
+    let nothing = RecordBatch::new_empty(Arc::new(Schema::empty()));
+    let e = raw_put(&mut raw, insert.clone(), vec![nothing.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Too few columns: the first parameter without a value is named.
+    raw_put(&mut raw, bind, vec![one(11)]).await.unwrap();
+    let e = raw_put(&mut raw, insert.clone(), vec![]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("parameter $2"), "{e}");
+    // Rows in the update's own DoPut run once each; zero rows run it zero times.
+    let answer = raw_put(&mut raw, insert.clone(), vec![pairs(vec![12, 13])])
+        .await
+        .unwrap();
+    assert_eq!(record_count(&answer), 2);
+    let answer = raw_put(&mut raw, insert, vec![pairs(vec![])])
+        .await
+        .unwrap();
+    assert_eq!(record_count(&answer), 0);
+
+    // A statement without parameters runs with no bind, and with Go's empty record.
+    let fixed = CommandPreparedStatementUpdate {
+        prepared_statement_handle: raw_prepare(&server, "INSERT INTO t VALUES (100, 50.0)").await,
+    };
+    let answer = raw_put(&mut raw, fixed.clone(), vec![]).await.unwrap();
+    assert_eq!(record_count(&answer), 1);
+    let answer = raw_put(&mut raw, fixed, vec![nothing]).await.unwrap();
+    assert_eq!(record_count(&answer), 1);
+
+    let totals = query(&mut client, "SELECT count(*), sum(a) FROM t").await;
+    assert_eq!(i64s(&totals, 0), [3 + 1 + 2 + 2]);
+    assert_eq!(i64s(&totals, 1), [1 + 2 + 3 + 10 + 12 + 13 + 100 + 100]);
 }
 
 /// Prepares `sql` on the anonymous (trust) client and returns its handle.
