@@ -1027,8 +1027,10 @@ async fn flight_basic_then_bearer_authentication() {
         .await
         .unwrap_err();
     assert_eq!(status(&e).code(), Code::Unauthenticated, "{e}");
+    assert_eq!(sqlstate(status(&e)), "28000", "{e}");
 
-    // Wrong password, unknown user: UNAUTHENTICATED, the same way.
+    // Wrong password, unknown user: UNAUTHENTICATED with 28P01, the same way, on the
+    // Handshake and on a call that sends Basic credentials itself.
     for (user, password) in [("alice", "wrong"), ("mallory", "secret!")] {
         let header = format!(
             "Basic {}",
@@ -1036,8 +1038,25 @@ async fn flight_basic_then_bearer_authentication() {
         );
         let e = handshake_with(&server, &header).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+        assert_eq!(sqlstate(&e), "28P01", "{e}");
+        assert_eq!(
+            e.message(),
+            format!("password authentication failed for user \"{user}\"")
+        );
         let mut client = server.client().await;
         assert!(client.handshake(user, password).await.is_err());
+        let mut raw = FlightServiceClient::new(server.channel().await);
+        let mut request = tonic::Request::new(Action::new("ListTables", Bytes::new()));
+        request
+            .metadata_mut()
+            .insert("authorization", header.parse().unwrap());
+        let e = raw.do_action(request).await.unwrap_err();
+        assert_eq!((e.code(), sqlstate(&e)), (Code::Unauthenticated, "28P01"));
+    }
+    // Credentials that are not Basic's form: 28000.
+    for header in ["Basic !!!", "Digest abc"] {
+        let e = handshake_with(&server, header).await.unwrap_err();
+        assert_eq!((e.code(), sqlstate(&e)), (Code::Unauthenticated, "28000"));
     }
 
     // Padded (pyarrow) and unpadded (ADBC) base64 both work.
@@ -1074,6 +1093,7 @@ async fn flight_basic_then_bearer_authentication() {
     forged.set_token("not-a-token".into());
     let e = forged.execute("SELECT 1".into(), None).await.unwrap_err();
     assert_eq!(status(&e).code(), Code::Unauthenticated, "{e}");
+    assert_eq!(sqlstate(status(&e)), "28000", "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -37,7 +37,7 @@ use prost::Message;
 use tessera_planner::ddl;
 use tonic::{Code, Request, Response, Status};
 
-use super::clients::{Caller, FlightClient};
+use super::clients::{Caller, FlightClient, not_authorized};
 use super::results::ResultStore;
 use super::{coded_status, ingest, metadata, status};
 use crate::errors;
@@ -201,7 +201,7 @@ fn caller<T>(request: &Request<T>) -> Result<Arc<FlightClient>, Status> {
         .extensions()
         .get::<Caller>()
         .map(|c| c.0.clone())
-        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
+        .ok_or_else(|| not_authorized("the call was not authenticated"))
 }
 
 fn empty_stream() -> SendableRecordBatchStream {
