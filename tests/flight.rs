@@ -12,9 +12,9 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{
     ActionCancelQueryRequest, ActionCancelQueryResult, Any, CommandGetDbSchemas, CommandGetTables,
-    CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
-    DoPutUpdateResult, ProstMessageExt, SqlInfo, TableDefinitionOptions, TableExistsOption,
-    TableNotExistOption,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest,
+    CommandStatementQuery, DoPutUpdateResult, ProstMessageExt, SqlInfo, TableDefinitionOptions,
+    TableExistsOption, TableNotExistOption,
 };
 use arrow_flight::{
     Action, CancelFlightInfoRequest, CancelFlightInfoResult, CancelStatus, FlightData,
@@ -27,7 +27,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::compute::concat_batches;
 use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema, UInt64Type};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use prost::Message;
 use tessera_server::config::{AuthMethod, ServerConfig, UserConfig};
 use tessera_server::{SQLSTATE_METADATA_KEY, Server, ServerHandle};
@@ -302,6 +302,127 @@ async fn flight_prepared_statements_with_parameters() {
     let total = query(&mut client, "SELECT count(*), sum(a) FROM t").await;
     assert_eq!(i64s(&total, 0), [9]);
     assert_eq!(i64s(&total, 1), [1 + 2 + 3 + 2 * (10 + 11 + 12)]);
+}
+
+/// DoPut of `batches` under `command` on a raw client, and the first answer.
+async fn raw_put(
+    raw: &mut FlightServiceClient<Channel>,
+    command: impl ProstMessageExt,
+    batches: Vec<RecordBatch>,
+) -> Result<arrow_flight::PutResult, tonic::Status> {
+    let descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    let messages = if batches.is_empty() {
+        vec![FlightData::new().with_descriptor(descriptor)]
+    } else {
+        put_messages(descriptor, batches).await
+    };
+    let mut answers = raw
+        .do_put(futures::stream::iter(messages))
+        .await?
+        .into_inner();
+    Ok(answers.message().await?.unwrap_or_default())
+}
+
+/// The update count a DoPut answered with.
+fn record_count(answer: &arrow_flight::PutResult) -> i64 {
+    DoPutUpdateResult::decode(&*answer.app_metadata)
+        .unwrap()
+        .record_count
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_prepared_parameters_are_bound_for_one_execution() {
+    let server = start().await;
+    let mut client = server.client().await;
+    client
+        .execute_update(
+            "CREATE TABLE t (a BIGINT, b DOUBLE); INSERT INTO t VALUES (1, 0.5), (2, 1.0), (3, 1.5)"
+                .into(),
+            None,
+        )
+        .await
+        .unwrap();
+    let mut raw = FlightServiceClient::new(server.channel().await);
+    let one = |a: i64| pairs(vec![a]).project(&[0]).unwrap();
+
+    // A query: bound, run; run again without a bind and it has no value for $1.
+    let select = CommandPreparedStatementQuery {
+        prepared_statement_handle: raw_prepare(&server, "SELECT a FROM t WHERE a >= $1 ORDER BY a")
+            .await,
+    };
+    let run = |raw: &mut FlightServiceClient<Channel>| {
+        let mut raw = raw.clone();
+        let descriptor = FlightDescriptor::new_cmd(select.as_any().encode_to_vec());
+        async move {
+            raw.get_flight_info(descriptor)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    raw_put(&mut raw, select.clone(), vec![one(2)])
+        .await
+        .unwrap();
+    let rows = fetch(&mut client, run(&mut raw).await.unwrap()).await;
+    assert_eq!(i64s(&rows[0], 0), [2, 3]);
+    let e = run(&mut raw).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert_eq!(sqlstate(&e), "08P01", "{e}");
+    assert!(e.message().contains("parameter $1"), "{e}");
+    // Bound again, it runs with the new value.
+    raw_put(&mut raw, select.clone(), vec![one(3)])
+        .await
+        .unwrap();
+    let rows = fetch(&mut client, run(&mut raw).await.unwrap()).await;
+    assert_eq!(i64s(&rows[0], 0), [3]);
+
+    // An update: a bind, then a DoPut without data runs it with the bound row, once.
+    let insert = CommandPreparedStatementUpdate {
+        prepared_statement_handle: raw_prepare(&server, "INSERT INTO t VALUES ($1, $2)").await,
+    };
+    let bind = CommandPreparedStatementQuery {
+        prepared_statement_handle: insert.prepared_statement_handle.clone(),
+    };
+    raw_put(&mut raw, bind.clone(), vec![pairs(vec![10])])
+        .await
+        .unwrap();
+    let answer = raw_put(&mut raw, insert.clone(), vec![]).await.unwrap();
+    assert_eq!(record_count(&answer), 1);
+    let e = raw_put(&mut raw, insert.clone(), vec![]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("parameter $1"), "{e}");
+    // The empty record Go's Flight SQL client sends when nothing is bound: no values.
+    let nothing = RecordBatch::new_empty(Arc::new(Schema::empty()));
+    let e = raw_put(&mut raw, insert.clone(), vec![nothing.clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    // Too few columns: the first parameter without a value is named.
+    raw_put(&mut raw, bind, vec![one(11)]).await.unwrap();
+    let e = raw_put(&mut raw, insert.clone(), vec![]).await.unwrap_err();
+    assert_eq!(e.code(), Code::InvalidArgument, "{e}");
+    assert!(e.message().contains("parameter $2"), "{e}");
+    // Rows in the update's own DoPut run once each; zero rows run it zero times.
+    let answer = raw_put(&mut raw, insert.clone(), vec![pairs(vec![12, 13])])
+        .await
+        .unwrap();
+    assert_eq!(record_count(&answer), 2);
+    let answer = raw_put(&mut raw, insert, vec![pairs(vec![])])
+        .await
+        .unwrap();
+    assert_eq!(record_count(&answer), 0);
+
+    // A statement without parameters runs with no bind, and with Go's empty record.
+    let fixed = CommandPreparedStatementUpdate {
+        prepared_statement_handle: raw_prepare(&server, "INSERT INTO t VALUES (100, 50.0)").await,
+    };
+    let answer = raw_put(&mut raw, fixed.clone(), vec![]).await.unwrap();
+    assert_eq!(record_count(&answer), 1);
+    let answer = raw_put(&mut raw, fixed, vec![nothing]).await.unwrap();
+    assert_eq!(record_count(&answer), 1);
+
+    let totals = query(&mut client, "SELECT count(*), sum(a) FROM t").await;
+    assert_eq!(i64s(&totals, 0), [3 + 1 + 2 + 2]);
+    assert_eq!(i64s(&totals, 1), [1 + 2 + 3 + 10 + 12 + 13 + 100 + 100]);
 }
 
 /// Prepares `sql` on the anonymous (trust) client and returns its handle.
@@ -579,6 +700,161 @@ async fn flight_ingest_creates_appends_replaces_and_loads_arrays() {
     assert_eq!(i64s(&count, 0), [3]);
 }
 
+/// The Flight data of a DoPut: `descriptor`'s command, then `batches`.
+async fn put_messages(descriptor: FlightDescriptor, batches: Vec<RecordBatch>) -> Vec<FlightData> {
+    arrow_flight::encode::FlightDataEncoderBuilder::new()
+        .with_flight_descriptor(Some(descriptor))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)))
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// A DoPut that sends `messages` and then neither sends more nor ends its stream: the
+/// server waits for the rest. Aborting the task drops the call mid-upload, which makes
+/// hyper reset the HTTP/2 stream with CANCEL.
+fn unfinished_upload(channel: Channel, messages: Vec<FlightData>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut raw = FlightServiceClient::new(channel);
+        let stream = futures::stream::iter(messages).chain(futures::stream::pending());
+        let answer = raw.do_put(stream).await;
+        panic!("an upload that never ended was answered: {answer:?}");
+    })
+}
+
+/// Rows of `(a BIGINT, b DOUBLE)`.
+fn pairs(a: Vec<i64>) -> RecordBatch {
+    let b = a.iter().map(|&a| a as f64 / 2.0).collect::<Vec<_>>();
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(a)),
+            Arc::new(Float64Array::from(b)),
+        ],
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_cancelled_uploads_write_nothing() {
+    let server = start().await;
+    let mut client = server.client().await;
+    let setup = "CREATE TABLE t (a BIGINT, b DOUBLE); INSERT INTO t VALUES (1, 0.5), (2, 1.0);
+        CREATE TABLE u (a BIGINT, b DOUBLE); INSERT INTO u VALUES (7, 3.5);
+        CREATE MATRIX m (4, 4); INSERT INTO m VALUES (0, 0, 1.0)";
+    client.execute_update(setup.into(), None).await.unwrap();
+    let database = server.server.database();
+    let count = |table: &'static str| {
+        let database = database.clone();
+        async move {
+            let batches = database
+                .sql(&format!("SELECT count(*) FROM {table}"))
+                .await?;
+            Ok::<_, datafusion::error::DataFusionError>(i64s(&batches[0], 0)[0])
+        }
+    };
+
+    // Four uploads that stop half-way: an ingest appending to a table, one into an
+    // array, one creating a table, and the parameter rows of an executemany.
+    let channel = server.channel().await;
+    let ingest = |table: &str, if_not_exist, if_exists| {
+        FlightDescriptor::new_cmd(
+            ingest_command(table, if_not_exist, if_exists)
+                .as_any()
+                .encode_to_vec(),
+        )
+    };
+    let append = ingest("t", TableNotExistOption::Fail, TableExistsOption::Append);
+    let cells = RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("i", DataType::Int64, false),
+            Field::new("j", DataType::Int64, false),
+            Field::new("v", DataType::Float64, false),
+        ])),
+        vec![
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+            Arc::new(Int64Array::from(vec![1, 2, 3])),
+            Arc::new(Float64Array::from(vec![5.0, 6.0, 7.0])),
+        ],
+    )
+    .unwrap();
+    let into_array = ingest("m", TableNotExistOption::Fail, TableExistsOption::Append);
+    let create = ingest(
+        "fresh",
+        TableNotExistOption::Create,
+        TableExistsOption::Fail,
+    );
+    let insert = CommandPreparedStatementUpdate {
+        prepared_statement_handle: raw_prepare(&server, "INSERT INTO u VALUES (?, ?)").await,
+    };
+    let executemany = FlightDescriptor::new_cmd(insert.as_any().encode_to_vec());
+    let uploads = [
+        (append, vec![pairs(vec![10, 11, 12]), pairs(vec![13])]),
+        (into_array, vec![cells]),
+        (executemany, vec![pairs(vec![20, 21])]),
+        (create, vec![pairs(vec![30, 31])]),
+    ];
+    let mut calls = Vec::new();
+    for (descriptor, batches) in uploads {
+        let messages = put_messages(descriptor, batches).await;
+        calls.push(unfinished_upload(channel.clone(), messages));
+    }
+    // The server has the created table once the schema arrived; the batches follow it
+    // on the same connection.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count("fresh").await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ingest never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for call in calls {
+        call.abort();
+        assert!(call.await.unwrap_err().is_cancelled());
+    }
+    // The failed create drops its table again: then the server is done with the resets.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut fresh_dropped = false;
+    while std::time::Instant::now() < deadline {
+        if count("fresh").await.is_err() {
+            fresh_dropped = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counts = (
+        count("t").await.unwrap(),
+        count("m").await.unwrap(),
+        count("u").await.unwrap(),
+        fresh_dropped,
+    );
+    assert_eq!(
+        counts,
+        (2, 1, 1, true),
+        "(t rows, m cells, u rows, fresh dropped)"
+    );
+
+    // The server goes on, and the same loads sent whole are written.
+    let whole = client
+        .execute_ingest(
+            ingest_command("t", TableNotExistOption::Fail, TableExistsOption::Append),
+            futures::stream::iter([Ok(pairs(vec![10, 11, 12])), Ok(pairs(vec![13]))]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(whole, 4);
+    let sums = query(&mut client, "SELECT count(*), sum(a) FROM t").await;
+    assert_eq!(i64s(&sums, 0), [6]);
+    assert_eq!(i64s(&sums, 1), [1 + 2 + 10 + 11 + 12 + 13]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flight_errors_map_to_grpc_statuses() {
     let server = start().await;
@@ -751,8 +1027,10 @@ async fn flight_basic_then_bearer_authentication() {
         .await
         .unwrap_err();
     assert_eq!(status(&e).code(), Code::Unauthenticated, "{e}");
+    assert_eq!(sqlstate(status(&e)), "28000", "{e}");
 
-    // Wrong password, unknown user: UNAUTHENTICATED, the same way.
+    // Wrong password, unknown user: UNAUTHENTICATED with 28P01, the same way, on the
+    // Handshake and on a call that sends Basic credentials itself.
     for (user, password) in [("alice", "wrong"), ("mallory", "secret!")] {
         let header = format!(
             "Basic {}",
@@ -760,8 +1038,25 @@ async fn flight_basic_then_bearer_authentication() {
         );
         let e = handshake_with(&server, &header).await.unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+        assert_eq!(sqlstate(&e), "28P01", "{e}");
+        assert_eq!(
+            e.message(),
+            format!("password authentication failed for user \"{user}\"")
+        );
         let mut client = server.client().await;
         assert!(client.handshake(user, password).await.is_err());
+        let mut raw = FlightServiceClient::new(server.channel().await);
+        let mut request = tonic::Request::new(Action::new("ListTables", Bytes::new()));
+        request
+            .metadata_mut()
+            .insert("authorization", header.parse().unwrap());
+        let e = raw.do_action(request).await.unwrap_err();
+        assert_eq!((e.code(), sqlstate(&e)), (Code::Unauthenticated, "28P01"));
+    }
+    // Credentials that are not Basic's form: 28000.
+    for header in ["Basic !!!", "Digest abc"] {
+        let e = handshake_with(&server, header).await.unwrap_err();
+        assert_eq!((e.code(), sqlstate(&e)), (Code::Unauthenticated, "28000"));
     }
 
     // Padded (pyarrow) and unpadded (ADBC) base64 both work.
@@ -798,6 +1093,7 @@ async fn flight_basic_then_bearer_authentication() {
     forged.set_token("not-a-token".into());
     let e = forged.execute("SELECT 1".into(), None).await.unwrap_err();
     assert_eq!(status(&e).code(), Code::Unauthenticated, "{e}");
+    assert_eq!(sqlstate(status(&e)), "28000", "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -903,17 +1199,25 @@ async fn flight_malformed_input_leaves_the_server_answering() {
     let missing = server.server.database().sql("SELECT * FROM junk").await;
     assert!(missing.is_err(), "a failed ingest leaves no table");
 
-    // A message over max_message_size (1 MiB here): tonic refuses it before any handler
-    // runs, with OUT_OF_RANGE.
+    // A message over max_message_size (1 MiB here) is refused with RESOURCE_EXHAUSTED
+    // and 54000, as pgwire refuses one: a query, and a batch in the middle of an ingest.
     let huge = format!("SELECT '{}'", "x".repeat(2 << 20));
     let e = healthy.execute(huge, None).await.unwrap_err();
-    assert!(
-        matches!(
-            status(&e).code(),
-            Code::OutOfRange | Code::ResourceExhausted
-        ),
-        "{e}"
-    );
+    assert_eq!(status(&e).code(), Code::ResourceExhausted, "{e}");
+    assert_eq!(sqlstate(status(&e)), "54000", "{e}");
+    assert!(status(&e).message().contains("max_message_size"), "{e}");
+    let big = pairs((0..200_000).collect());
+    let e = healthy
+        .execute_ingest(
+            ingest_command("big", TableNotExistOption::Create, TableExistsOption::Fail),
+            futures::stream::iter([Ok(pairs(vec![1])), Ok(big)]),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e).code(), Code::ResourceExhausted, "{e}");
+    assert_eq!(sqlstate(status(&e)), "54000", "{e}");
+    let missing = server.server.database().sql("SELECT * FROM big").await;
+    assert!(missing.is_err(), "a refused ingest leaves no table");
 
     check(healthy.clone()).await;
     check(server.client().await).await;

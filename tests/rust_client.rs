@@ -60,10 +60,12 @@ async fn rust_client_password_auth_and_wrong_password() {
             .await
             .unwrap_err();
         assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+        assert_eq!(e.sqlstate(), Some("28P01"), "{e}");
         assert!(matches!(e, Error::Status { .. }), "{e:?}");
     }
     let e = Client::connect(url(&server)).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
+    assert_eq!(e.sqlstate(), Some("28000"), "{e}");
 
     let alice = builder
         .clone()

@@ -15,10 +15,12 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 use bytes::Bytes;
 use datafusion::error::{DataFusionError, Result};
 use ring::rand::SecureRandom;
-use tonic::Status;
 use tonic::metadata::MetadataMap;
+use tonic::{Code, Status};
 
+use super::coded_status;
 use super::service::FlightPrepared;
+use crate::errors;
 use crate::pg::{Users, is_loopback};
 use crate::{Database, Session};
 
@@ -132,7 +134,7 @@ impl Clients {
                         *lock(&client.last_used) = Instant::now();
                         Ok(client)
                     }
-                    None => Err(Status::unauthenticated(
+                    None => Err(not_authorized(
                         "invalid or expired bearer token; authenticate again with the Handshake",
                     )),
                 }
@@ -152,7 +154,7 @@ impl Clients {
                     check_trusted(remote, peer)?;
                     Ok(self.anonymous.clone())
                 }
-                Authenticator::Password(_) => Err(Status::unauthenticated(
+                Authenticator::Password(_) => Err(not_authorized(
                     "authentication required: Handshake with Basic credentials, then send the Bearer token",
                 )),
             },
@@ -177,7 +179,7 @@ impl Clients {
                     "anonymous".to_string()
                 }
                 Authenticator::Password(_) => {
-                    return Err(Status::unauthenticated(
+                    return Err(not_authorized(
                         "the Handshake needs Basic credentials (authorization: Basic base64(user:password))",
                     ));
                 }
@@ -210,20 +212,37 @@ impl Clients {
                     Ok(())
                 } else {
                     tracing::info!(user, ?peer, "Flight SQL authentication failed");
-                    Err(Status::unauthenticated(format!(
-                        "password authentication failed for user \"{user}\""
-                    )))
+                    Err(password_failed(user))
                 }
             }
         }
     }
 }
 
+/// A wrong password or an unknown user: one status and message for both, 28P01, as
+/// pgwire answers.
+fn password_failed(user: &str) -> Status {
+    coded_status(
+        Code::Unauthenticated,
+        errors::INVALID_PASSWORD,
+        format!("password authentication failed for user \"{user}\""),
+    )
+}
+
+/// Credentials missing, malformed, expired or not allowed from where they come: 28000.
+pub(crate) fn not_authorized(message: impl Into<String>) -> Status {
+    coded_status(
+        Code::Unauthenticated,
+        errors::INVALID_AUTHORIZATION,
+        message,
+    )
+}
+
 fn check_trusted(remote: bool, peer: Option<SocketAddr>) -> Result<(), Status> {
     if remote || peer.is_some_and(|p| is_loopback(&p)) {
         Ok(())
     } else {
-        Err(Status::unauthenticated(
+        Err(not_authorized(
             "trust authentication is for loopback clients only (set auth.trust_remote, or configure users)",
         ))
     }
@@ -243,7 +262,7 @@ fn credentials(metadata: &MetadataMap) -> Result<Credentials, Status> {
     };
     let value = value
         .to_str()
-        .map_err(|_| Status::unauthenticated("the authorization header is not text"))?
+        .map_err(|_| not_authorized("the authorization header is not text"))?
         .trim();
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     let rest = rest.trim();
@@ -259,18 +278,16 @@ fn credentials(metadata: &MetadataMap) -> Result<Credentials, Status> {
             .decode(rest)
             .ok()
             .and_then(|bytes| String::from_utf8(bytes).ok())
-            .ok_or_else(|| {
-                Status::unauthenticated("Basic credentials are not base64 of user:password")
-            })?;
+            .ok_or_else(|| not_authorized("Basic credentials are not base64 of user:password"))?;
         let (user, password) = text.split_once(':').ok_or_else(|| {
-            Status::unauthenticated("Basic credentials lack the ':' between user and password")
+            not_authorized("Basic credentials lack the ':' between user and password")
         })?;
         return Ok(Credentials::Basic {
             user: user.to_string(),
             password: password.to_string(),
         });
     }
-    Err(Status::unauthenticated(format!(
+    Err(not_authorized(format!(
         "unsupported authorization scheme '{scheme}' (use Basic or Bearer)"
     )))
 }

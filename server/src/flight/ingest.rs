@@ -42,12 +42,38 @@ fn unreadable(e: FlightError) -> DataFusionError {
     }
 }
 
+/// The first failure of a DoPut's request stream itself (its client reset it, a message
+/// over `max_message_size`): the call's answer, whatever the load made of it.
+#[derive(Clone, Default)]
+struct StreamFailure(Arc<Mutex<Option<Status>>>);
+
+impl StreamFailure {
+    fn record(&self, status: &Status) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some(status.clone());
+        }
+    }
+
+    /// The status of a failed load: the stream's own failure if there was one.
+    fn answer(&self, error: &DataFusionError) -> Status {
+        let recorded = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        recorded.unwrap_or_else(|| status(error))
+    }
+}
+
 /// Decodes a DoPut's Flight data: the schema, then record batches. Messages without
 /// an IPC header (the first one may carry only the descriptor) are skipped.
-async fn decode(stream: PeekableFlightDataStream) -> Result<(Option<SchemaRef>, BatchStream)> {
+async fn decode(
+    stream: PeekableFlightDataStream,
+    failure: StreamFailure,
+) -> Result<(Option<SchemaRef>, BatchStream)> {
     let data = stream
         .try_filter(|d| futures::future::ready(!d.data_header.is_empty()))
-        .map_err(|s| FlightError::Tonic(Box::new(s)));
+        .map_err(move |s| {
+            failure.record(&s);
+            FlightError::Tonic(Box::new(s))
+        });
     let mut decoder = FlightDataDecoder::new(data);
     let schema = loop {
         match decoder.next().await {
@@ -78,8 +104,14 @@ async fn decode(stream: PeekableFlightDataStream) -> Result<(Option<SchemaRef>, 
 pub(crate) async fn read_batches(
     stream: PeekableFlightDataStream,
 ) -> Result<(Option<SchemaRef>, Vec<RecordBatch>), Status> {
-    let (schema, batches) = decode(stream).await.map_err(|e| status(&e))?;
-    let batches = batches.try_collect().await.map_err(|e| status(&e))?;
+    let failure = StreamFailure::default();
+    let (schema, batches) = decode(stream, failure.clone())
+        .await
+        .map_err(|e| failure.answer(&e))?;
+    let batches = batches
+        .try_collect()
+        .await
+        .map_err(|e| failure.answer(&e))?;
     Ok((schema, batches))
 }
 
@@ -94,9 +126,10 @@ pub(crate) async fn ingest(
 ) -> Result<i64, Status> {
     // A write like any other: cached plans of other statements must not outlive it.
     let _writing = session.begin_write();
+    let failure = StreamFailure::default();
     let run = async {
         let target = target_name(&command)?;
-        let (schema, batches) = decode(stream).await?;
+        let (schema, batches) = decode(stream, failure.clone()).await?;
         let Some(schema) = schema else {
             return plan_err!("ingest into '{target}': no Arrow data was sent");
         };
@@ -130,7 +163,7 @@ pub(crate) async fn ingest(
         };
         Ok(i64::try_from(written).unwrap_or(i64::MAX))
     };
-    interrupt.run(run).await.map_err(|e| status(&e))
+    interrupt.run(run).await.map_err(|e| failure.answer(&e))
 }
 
 /// The target's name; only Tessera's one catalog and schema hold tables.
@@ -187,8 +220,9 @@ async fn append(
         .sum())
 }
 
-/// Creates a table with the data's columns and streams the data in; a failed load
-/// drops the table again.
+/// Creates a table with the data's columns and streams the data in; a load that
+/// fails, or whose call is dropped (hyper drops a call its client reset), drops the
+/// table again.
 async fn create(
     session: &Session,
     catalog: &Arc<TesseraCatalog>,
@@ -199,13 +233,36 @@ async fn create(
     catalog
         .create_table(new_table(target, &schema, Vec::new(), false)?)
         .await?;
-    match append(session, target, schema, batches).await {
-        Ok(n) => Ok(n),
-        Err(e) => {
-            if let Err(drop_error) = catalog.drop_table(target) {
-                tracing::warn!(table = target, error = %drop_error, "dropping a table whose ingest failed");
-            }
-            Err(e)
+    let created = UnfinishedTable {
+        catalog,
+        name: target,
+        finished: false,
+    };
+    let written = append(session, target, schema, batches).await?;
+    created.finish();
+    Ok(written)
+}
+
+/// A table created for a load, dropped when this goes out of scope unfinished.
+struct UnfinishedTable<'a> {
+    catalog: &'a TesseraCatalog,
+    name: &'a str,
+    finished: bool,
+}
+
+impl UnfinishedTable<'_> {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for UnfinishedTable<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Err(e) = self.catalog.drop_table(self.name) {
+            tracing::warn!(table = self.name, error = %e, "dropping a table whose ingest failed");
         }
     }
 }

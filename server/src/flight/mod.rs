@@ -1,7 +1,10 @@
 //! The Arrow Flight SQL front end, on arrow-flight's `FlightSqlService` over tonic.
 //!
 //! ```text
-//!  TcpListener ─ (TLS) ─ tonic/h2 ─ FlightServiceServer (message size limits)
+//!  TcpListener ─ (TLS) ─ tonic/h2
+//!  └ CheckedRequests: a reset request body fails, a message over the limit is  (wire.rs)
+//!    │                refused with RESOURCE_EXHAUSTED
+//!    └ FlightServiceServer (tonic's message size limits)
 //!     └ Gate: authentication on every call, Handshake (Basic -> Bearer),       (gate.rs)
 //!       │     panics and malformed requests turned into statuses
 //!       └ TesseraFlightSql (arrow-flight's FlightSqlService):               (service.rs)
@@ -23,6 +26,7 @@ mod ingest;
 mod metadata;
 mod results;
 mod service;
+mod wire;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,10 +36,10 @@ use arrow_flight::flight_service_server::FlightServiceServer;
 use datafusion::error::{DataFusionError, Result};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::Status;
 use tonic::metadata::MetadataValue;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::{Code, Status};
 
 use crate::Database;
 use crate::config::{AuthMethod, ServerConfig};
@@ -46,6 +50,7 @@ use clients::{Authenticator, Clients};
 use gate::Gate;
 use results::ResultStore;
 use service::TesseraFlightSql;
+use wire::CheckedRequests;
 
 /// The gRPC metadata key that carries the SQLSTATE of an error status.
 pub const SQLSTATE_METADATA_KEY: &str = "tessera-sqlstate";
@@ -53,11 +58,23 @@ pub const SQLSTATE_METADATA_KEY: &str = "tessera-sqlstate";
 /// A Tessera error as a gRPC status: the code from [`errors::grpc_code`], the message
 /// a client sees, and the SQLSTATE in the `tessera-sqlstate` metadata entry.
 pub(crate) fn status(error: &DataFusionError) -> Status {
-    let state = errors::sqlstate(error);
-    let mut status = Status::new(errors::grpc_code(error), errors::client_message(error));
+    coded_status(
+        errors::grpc_code(error),
+        errors::sqlstate(error),
+        errors::client_message(error),
+    )
+}
+
+/// A gRPC status with its SQLSTATE in the `tessera-sqlstate` metadata entry.
+pub(crate) fn coded_status(
+    code: Code,
+    sqlstate: &'static str,
+    message: impl Into<String>,
+) -> Status {
+    let mut status = Status::new(code, message);
     status
         .metadata_mut()
-        .insert(SQLSTATE_METADATA_KEY, MetadataValue::from_static(state));
+        .insert(SQLSTATE_METADATA_KEY, MetadataValue::from_static(sqlstate));
     status
 }
 
@@ -95,6 +112,7 @@ pub(crate) async fn serve(
     let server = FlightServiceServer::new(Gate::new(service, clients))
         .max_decoding_message_size(limit)
         .max_encoding_message_size(limit);
+    let server = CheckedRequests::new(server, limit);
 
     let listener = TcpListener::bind(addr).await.map_err(|e| {
         DataFusionError::Configuration(format!("cannot listen on {addr} (flight_listen): {e}"))

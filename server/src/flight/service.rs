@@ -35,11 +35,12 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt, TryStreamExt};
 use prost::Message;
 use tessera_planner::ddl;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
-use super::clients::{Caller, FlightClient};
+use super::clients::{Caller, FlightClient, not_authorized};
 use super::results::ResultStore;
-use super::{ingest, metadata, status};
+use super::{coded_status, ingest, metadata, status};
+use crate::errors;
 use crate::pg::{Interrupt, QueryControl, dml_tag};
 use crate::session::PreparedStatement;
 use crate::{Database, Session};
@@ -53,15 +54,46 @@ const CANCEL_RESULT_CANCELLED: i32 = 1;
 /// `ActionCancelQueryResult.result`: nothing left to cancel.
 const CANCEL_RESULT_NOT_CANCELLABLE: i32 = 3;
 
-/// A statement prepared by CreatePreparedStatement, with the parameter rows bound by
-/// the last DoPut.
+/// A statement prepared by CreatePreparedStatement, with the parameter rows a DoPut
+/// bound for its next execution.
 pub(crate) struct FlightPrepared {
     statement: PreparedStatement,
     bound: Mutex<Parameters>,
 }
 
+impl FlightPrepared {
+    /// The parameters bound for this execution, taken: as ADBC and the other Flight SQL
+    /// clients do, each execution is bound anew, and one without a bind has no values.
+    fn take_bound(&self) -> Parameters {
+        std::mem::take(&mut *self.bound.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A statement with parameters runs only with a value for each: at least one row,
+    /// and a column for every parameter.
+    fn check_values(&self, parameters: &Parameters) -> Result<(), Status> {
+        let wanted = self.statement.parameter_types().len();
+        let given = if parameters.rows.is_empty() {
+            0
+        } else {
+            parameters.types.len()
+        };
+        if given >= wanted {
+            return Ok(());
+        }
+        Err(coded_status(
+            Code::InvalidArgument,
+            errors::PROTOCOL_VIOLATION,
+            format!(
+                "no value is bound for parameter ${}: bind the parameters (DoPut of \
+                 CommandPreparedStatementQuery) before each execution",
+                given + 1
+            ),
+        ))
+    }
+}
+
 /// Rows of parameter values, and the types the client sent them as.
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct Parameters {
     rows: Vec<Vec<ScalarValue>>,
     types: Vec<Option<DataType>>,
@@ -169,7 +201,7 @@ fn caller<T>(request: &Request<T>) -> Result<Arc<FlightClient>, Status> {
         .extensions()
         .get::<Caller>()
         .map(|c| c.0.clone())
-        .ok_or_else(|| Status::unauthenticated("the call was not authenticated"))
+        .ok_or_else(|| not_authorized("the call was not authenticated"))
 }
 
 fn empty_stream() -> SendableRecordBatchStream {
@@ -232,8 +264,8 @@ async fn update_count(stream: SendableRecordBatchStream) -> Result<i64> {
     Ok(i64::try_from(total).unwrap_or(i64::MAX))
 }
 
-/// Runs a prepared statement once per parameter row (once without parameters when no
-/// row is bound); the results follow one another in one stream.
+/// Runs a prepared statement once per parameter row (once without parameters when none
+/// are bound); the results follow one another in one stream.
 async fn execute_bound(
     session: Session,
     prepared: Arc<FlightPrepared>,
@@ -488,7 +520,8 @@ impl FlightSqlService for TesseraFlightSql {
         }
     }
 
-    /// Binds parameters: each row of the batches is one set of values.
+    /// Binds parameters for the next execution: each row of the batches is one set of
+    /// values.
     async fn do_put_prepared_statement_query(
         &self,
         query: CommandPreparedStatementQuery,
@@ -510,11 +543,8 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<Response<FlightInfo>, Status> {
         let client = caller(&request)?;
         let prepared = client.prepared(&query.prepared_statement_handle)?;
-        let parameters = prepared
-            .bound
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let parameters = prepared.take_bound();
+        prepared.check_values(&parameters)?;
         let session = client.session.clone();
         self.run_to_ticket(
             &client,
@@ -525,7 +555,8 @@ impl FlightSqlService for TesseraFlightSql {
     }
 
     /// Runs the statement once per parameter row the DoPut carries (the batch form
-    /// behind `executemany`), or with the parameters bound before, and sums the counts.
+    /// behind `executemany`; no rows, no run), or, when it carries no parameter columns,
+    /// with the parameters bound just before; and sums the counts.
     async fn do_put_prepared_statement_update(
         &self,
         query: CommandPreparedStatementUpdate,
@@ -533,19 +564,25 @@ impl FlightSqlService for TesseraFlightSql {
     ) -> Result<i64, Status> {
         let client = caller(&request)?;
         let prepared = client.prepared(&query.prepared_statement_handle)?;
-        let mut parameters = read_parameters(request.into_inner()).await?;
-        if parameters.rows.is_empty() {
-            parameters = prepared
-                .bound
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
-        }
+        let sent = read_parameters(request.into_inner()).await?;
+        let bound = prepared.take_bound();
+        // Go's client sends an empty record without columns when nothing is bound.
+        let (parameters, runs) = if sent.types.is_empty() {
+            prepared.check_values(&bound)?;
+            let runs = bound.rows.len().max(1);
+            (bound, runs)
+        } else {
+            if !sent.rows.is_empty() {
+                prepared.check_values(&sent)?;
+            }
+            let runs = sent.rows.len();
+            (sent, runs)
+        };
         let session = client.session.clone();
         self.run_update(async move {
-            let runs = parameters.rows.len().max(1);
             let mut rows = parameters.rows.into_iter();
-            let mut total: Option<i64> = None;
+            // Zero runs changed zero rows; runs that report no count leave it unknown.
+            let mut total: Option<i64> = (runs == 0).then_some(0);
             for _ in 0..runs {
                 let row = rows.next().unwrap_or_default();
                 let stream = session
