@@ -131,25 +131,7 @@ async fn sigterm_lets_running_statements_finish_and_keeps_committed_data() {
     let binary = tessera_binary();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("db");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = KillOnDrop(
-        Command::new(&binary)
-            .args(["serve", "--data-dir"])
-            .arg(&data)
-            .args(["--pg-listen", &format!("127.0.0.1:{port}")])
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    // The server says where it listens once it does.
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let mut banner = String::new();
-    stderr.read_line(&mut banner).unwrap();
-    assert!(banner.contains(&format!("127.0.0.1:{port}")), "{banner}");
+    let (mut child, mut stderr, port) = spawn_serve(&binary, &data, &[], &[]);
 
     let connect = || async {
         let (client, connection) = tokio_postgres::connect(
@@ -237,27 +219,13 @@ async fn sigterm_lets_running_statements_finish_and_keeps_committed_data() {
 /// so the first log line parked a worker for good and the server stopped answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_keeps_answering_while_worker_threads_log() {
-    let binary = tessera_binary();
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = KillOnDrop(
-        Command::new(&binary)
-            .args(["serve", "--flight-listen", "off", "--data-dir"])
-            .arg(dir.path().join("db"))
-            .args(["--pg-listen", &format!("127.0.0.1:{port}")])
-            .env("TESSERA_LOG", "tessera_server=debug")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
+    let (child, mut stderr, port) = spawn_serve(
+        &tessera_binary(),
+        &dir.path().join("db"),
+        &["--flight-listen", "off"],
+        &[("TESSERA_LOG", "tessera_server=debug")],
     );
-    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
-    let mut banner = String::new();
-    stderr.read_line(&mut banner).unwrap();
-    assert!(banner.contains(&format!("127.0.0.1:{port}")), "{banner}");
     let log = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
@@ -291,6 +259,39 @@ async fn serve_keeps_answering_while_worker_threads_log() {
     drop(child);
     let log = log.join().unwrap();
     assert!(log.contains("DEBUG"), "nothing was logged: {log}");
+}
+
+/// Starts `binary serve` on `data` and a free port, with `options` and `env` added, and
+/// waits for its banner. Returns the process, the rest of its stderr, and the port.
+fn spawn_serve(
+    binary: &Path,
+    data: &Path,
+    options: &[&str],
+    env: &[(&str, &str)],
+) -> (KillOnDrop, BufReader<std::process::ChildStderr>, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = KillOnDrop(
+        Command::new(binary)
+            .arg("serve")
+            .args(options)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--pg-listen", &format!("127.0.0.1:{port}")])
+            .envs(env.iter().copied())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // The server says where it listens once it does.
+    let mut stderr = BufReader::new(child.0.stderr.take().unwrap());
+    let mut banner = String::new();
+    stderr.read_line(&mut banner).unwrap();
+    assert!(banner.contains(&format!("127.0.0.1:{port}")), "{banner}");
+    (child, stderr, port)
 }
 
 /// A child process that a failing test does not leave running.
