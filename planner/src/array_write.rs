@@ -29,6 +29,7 @@ use tessera_storage::{
 };
 
 use crate::catalog::TesseraCatalog;
+use crate::la::{Tile, TileSink};
 use crate::error::{blocking, storage_error};
 
 /// Cells per block that [`auto_block_size`] aims for.
@@ -96,7 +97,7 @@ pub struct NewMatrix {
 /// This is the one place a query result becomes a new matrix; a fast path for plans
 /// that already produce blocks (matrix functions) belongs here.
 pub async fn write_query_as_matrix(
-    catalog: &TesseraCatalog,
+    catalog: &Arc<TesseraCatalog>,
     query: DataFrame,
     target: NewMatrix,
 ) -> Result<u64> {
@@ -114,11 +115,19 @@ pub async fn write_query_as_matrix(
             names.join(", ")
         );
     }
-    // Fast path: a matrix expression hands over its blocks, no (i, j, v) rows.
+    // Fast path: a matrix expression hands over its blocks, no (i, j, v) rows; a
+    // product stores each block as soon as it is finished.
     let task_ctx = query.task_ctx();
     let plan = query.clone().create_physical_plan().await?;
-    if let Some(m) = crate::la::compute_blocks(&plan, Arc::new(task_ctx)).await? {
-        return write_blocks_as_matrix(catalog, m, target).await;
+    let streaming = Arc::new(StreamingMatrix::new(catalog.clone(), target.clone()));
+    let sink: Arc<dyn TileSink> = streaming.clone();
+    let computed = crate::la::compute_blocks(&plan, Arc::new(task_ctx), Some(sink)).await;
+    match (computed, streaming.take()) {
+        (Ok(Some(m)), Some(writer)) => return writer.commit(&m).await.map(|()| m.nnz()),
+        (Ok(Some(m)), None) => return write_blocks_as_matrix(catalog, m, target).await,
+        (Ok(None), _) => {}
+        (Err(e), Some(writer)) => return Err(writer.abort(e).await),
+        (Err(e), None) => return Err(e),
     }
     let pool = query.task_ctx().memory_pool().clone();
     let mut stream = query.execute_stream().await?;
@@ -191,6 +200,210 @@ pub async fn write_query_as_matrix(
         return Err(e);
     }
     Ok(cells)
+}
+
+/// Bytes a streaming write puts in shard files between syncs: the disk writes them
+/// while the kernels compute the next blocks, so the commit's sync has little left.
+/// (Every block in tests, so the syncs between blocks are exercised on small inputs.)
+const SYNC_EVERY_BYTES: u64 = if cfg!(test) { 1 } else { 32 << 20 };
+
+/// `CREATE MATRIX ... AS` a product, stored while it is computed: when the product
+/// opens it (its geometry is the new matrix's), a writer thread creates the matrix and
+/// puts each block as the kernels finish it, syncing the shard files as it goes. The
+/// statement commits once the product is complete, or drops the matrix if anything
+/// fails, as the blocking path does.
+struct StreamingMatrix {
+    catalog: Arc<TesseraCatalog>,
+    target: NewMatrix,
+    writer: std::sync::Mutex<Option<StreamingWriter>>,
+}
+
+/// What goes to the writer thread.
+enum ToWriter {
+    Tile(Tile),
+    /// The product is complete with these blocks: commit.
+    Commit(Vec<(u64, u64)>),
+}
+
+/// How the writer thread ended.
+enum WriterEnd {
+    Committed,
+    /// The product failed first (the channel closed without a commit).
+    Abandoned,
+    Failed(DataFusionError),
+}
+
+struct StreamingWriter {
+    to_writer: std::sync::mpsc::Sender<ToWriter>,
+    thread: std::thread::JoinHandle<WriterEnd>,
+}
+
+impl StreamingMatrix {
+    fn new(catalog: Arc<TesseraCatalog>, target: NewMatrix) -> Self {
+        Self {
+            catalog,
+            target,
+            writer: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The writer, if the product opened this sink.
+    fn take(&self) -> Option<StreamingWriter> {
+        self.writer.lock().ok()?.take()
+    }
+
+    /// The writer thread: creates the matrix, puts every block it is sent, commits on
+    /// [`ToWriter::Commit`]; drops the matrix on any other ending.
+    fn write(
+        catalog: Arc<TesseraCatalog>,
+        target: NewMatrix,
+        schema: ArraySchema,
+        tiles: std::sync::mpsc::Receiver<ToWriter>,
+    ) -> WriterEnd {
+        let name = target.name.clone();
+        let store = catalog.store().clone();
+        if let Err(e) = catalog.create_array(
+            &name,
+            schema.clone(),
+            target.partitioning,
+            target.keep_versions,
+            target.format,
+        ) {
+            // A sync that failed after the catalog's rename leaves the new matrix
+            // visible; the statement failed, so it goes. (A name already in use is a
+            // plan error and is left alone.)
+            if matches!(e, DataFusionError::Execution(_))
+                && store.array(&name).is_ok_and(|a| a.schema == schema)
+                && let Err(drop_error) = store.drop_array(&name)
+            {
+                tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");
+            }
+            return WriterEnd::Failed(e);
+        }
+        let end = (|| {
+            let mut writer = store
+                .writer(&name, WriteMode::Replace)
+                .map_err(storage_error)?;
+            let mut put = std::collections::HashSet::new();
+            let mut synced = 0;
+            for message in tiles {
+                match message {
+                    ToWriter::Tile((i, j, block)) => {
+                        writer
+                            .put_block_ref(BlockKey::matrix(i as i64, j as i64), &block)
+                            .map_err(storage_error)?;
+                        put.insert((i, j));
+                        if writer.bytes_written() - synced >= SYNC_EVERY_BYTES {
+                            writer.sync_written().map_err(storage_error)?;
+                            synced = writer.bytes_written();
+                        }
+                    }
+                    ToWriter::Commit(keys) => {
+                        if let Some((i, j)) = keys.iter().find(|k| !put.contains(k)) {
+                            return Err(DataFusionError::Internal(format!(
+                                "CREATE MATRIX {name} AS: block ({i}, {j}) of the product was never stored"
+                            )));
+                        }
+                        writer.commit().map_err(storage_error)?;
+                        return Ok(WriterEnd::Committed);
+                    }
+                }
+            }
+            Ok(WriterEnd::Abandoned)
+        })();
+        let end = end.unwrap_or_else(WriterEnd::Failed);
+        if !matches!(end, WriterEnd::Committed) {
+            // The writer is gone (its files deleted); nothing of the matrix is left.
+            if let Err(e) = store.drop_array(&name) {
+                tracing::warn!(array = %name, error = %e, "could not drop a half-created matrix");
+            }
+        }
+        end
+    }
+}
+
+impl TileSink for StreamingMatrix {
+    fn open(&self, shape: (u64, u64), block: (u64, u64)) -> Result<bool> {
+        let wanted = self
+            .target
+            .block
+            .unwrap_or_else(|| auto_block_size(shape.0, shape.1));
+        // Another shape is reported by the blocking path; another block size is cut
+        // again there.
+        if self.target.shape.is_some_and(|s| s != shape) || wanted != block {
+            return Ok(false);
+        }
+        let schema = ArraySchema::matrix(shape.0, shape.1, block.0, block.1).map_err(storage_error)?;
+        let (to_writer, tiles) = std::sync::mpsc::channel();
+        let (catalog, target) = (self.catalog.clone(), self.target.clone());
+        let thread = std::thread::Builder::new()
+            .name("tessera-matrix-writer".into())
+            .spawn(move || Self::write(catalog, target, schema, tiles))
+            .map_err(|e| {
+                DataFusionError::Execution(format!(
+                    "CREATE MATRIX {}: cannot start a writer thread: {e}",
+                    self.target.name
+                ))
+            })?;
+        let mut slot = self
+            .writer
+            .lock()
+            .map_err(|_| DataFusionError::Internal("matrix writer lock poisoned".into()))?;
+        *slot = Some(StreamingWriter { to_writer, thread });
+        Ok(true)
+    }
+
+    fn put(&self, tile: &Tile) -> Result<()> {
+        let sent = self
+            .writer
+            .lock()
+            .ok()
+            .and_then(|w| w.as_ref().map(|w| w.to_writer.send(ToWriter::Tile(tile.clone())).is_ok()));
+        match sent {
+            Some(true) => Ok(()),
+            // The writer failed; its error is the statement's (see `abort`).
+            _ => Err(DataFusionError::Execution(format!(
+                "CREATE MATRIX {}: the writer stopped",
+                self.target.name
+            ))),
+        }
+    }
+}
+
+impl StreamingWriter {
+    /// The product `m` is complete and every block was sent: commits.
+    async fn commit(self, m: &crate::la::BlockMatrix) -> Result<()> {
+        let keys = m.tiles().map(|t| (t.0, t.1)).collect();
+        // A failed send means the writer already ended; its end says why.
+        let _ = self.to_writer.send(ToWriter::Commit(keys));
+        match self.join().await? {
+            WriterEnd::Committed => Ok(()),
+            WriterEnd::Failed(e) => Err(e),
+            WriterEnd::Abandoned => Err(DataFusionError::Internal(
+                "the matrix writer ended before its commit".into(),
+            )),
+        }
+    }
+
+    /// The product failed with `e`: the writer drops the matrix. Returns the error that
+    /// stopped the statement (the writer's, if it failed first).
+    async fn abort(self, e: DataFusionError) -> DataFusionError {
+        match self.join().await {
+            Ok(WriterEnd::Failed(writer_error)) => writer_error,
+            _ => e,
+        }
+    }
+
+    async fn join(self) -> Result<WriterEnd> {
+        let StreamingWriter { to_writer, thread } = self;
+        drop(to_writer);
+        blocking(move || {
+            thread
+                .join()
+                .map_err(|_| DataFusionError::Internal("the matrix writer thread panicked".into()))
+        })
+        .await
+    }
 }
 
 /// Stores a computed matrix as the new matrix `target`, block by block (cut again when
@@ -681,6 +894,170 @@ mod tests {
             let (br, bc) = auto_block_size(r, c);
             assert!(br * bc <= 1 << 22, "{r}x{c} -> {br}x{bc}");
             assert!(br <= r && bc <= c && br > 0 && bc > 0);
+        }
+    }
+
+    mod streaming {
+        use datafusion::arrow::array::{Float64Array, Int64Array};
+        use datafusion::execution::SessionStateBuilder;
+        use datafusion::prelude::SessionConfig;
+        use tessera_storage::backend::{Backend, FaultKind, FaultyBackend, MemoryBackend};
+        use tessera_storage::{DenseBlock, StoreOptions};
+
+        use super::*;
+        use crate::catalog::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
+
+        fn session(catalog: &Arc<TesseraCatalog>) -> SessionContext {
+            let config = crate::la::session_config(
+                SessionConfig::new()
+                    .with_target_partitions(2)
+                    .with_create_default_catalog_and_schema(false)
+                    .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA),
+            );
+            let builder = SessionStateBuilder::new()
+                .with_config(config)
+                .with_catalog_list(catalog.catalog_list().unwrap())
+                .with_default_features();
+            SessionContext::new_with_state(
+                crate::la::install(builder, catalog.store().clone()).build(),
+            )
+        }
+
+        /// Stores `rows x cols` cells `f(i, j)` in blocks of `block`.
+        fn put(store: &Store, name: &str, shape: (u64, u64), f: impl Fn(u64, u64) -> f64) {
+            let schema = ArraySchema::matrix(shape.0, shape.1, 3, 3).unwrap();
+            store.create_array(name, schema, None, None).unwrap();
+            let mut w = store.writer(name, WriteMode::Replace).unwrap();
+            for bi in 0..shape.0.div_ceil(3) {
+                for bj in 0..shape.1.div_ceil(3) {
+                    let (r, c) = (3.min(shape.0 - bi * 3), 3.min(shape.1 - bj * 3));
+                    let d = DenseBlock::from_fn(r as usize, c as usize, |i, j| {
+                        f(bi * 3 + i as u64, bj * 3 + j as u64)
+                    });
+                    w.put_block(BlockKey::matrix(bi as i64, bj as i64), Block::Dense(d))
+                        .unwrap();
+                }
+            }
+            w.commit().unwrap();
+        }
+
+        async fn create_product(
+            catalog: &Arc<TesseraCatalog>,
+            ctx: &SessionContext,
+            name: &str,
+        ) -> Result<u64> {
+            let query = ctx.sql("SELECT * FROM matmul(a, b)").await?;
+            let target = NewMatrix {
+                name: name.into(),
+                block: Some((3, 3)),
+                ..NewMatrix::default()
+            };
+            write_query_as_matrix(catalog, query, target).await
+        }
+
+        /// The product of `a` (7 x 5, `i + 2j`) and `b` (5 x 8, `i - j` + 1), worked
+        /// out here.
+        fn expected() -> Vec<Vec<f64>> {
+            (0..7)
+                .map(|i| {
+                    (0..8)
+                        .map(|j| {
+                            (0..5)
+                                .map(|k| (i + 2 * k) as f64 * (k as f64 - j as f64 + 1.0))
+                                .sum()
+                        })
+                        .collect()
+                })
+                .collect()
+        }
+
+        async fn read(ctx: &SessionContext, name: &str) -> Vec<Vec<f64>> {
+            let batches = ctx
+                .sql(&format!("SELECT i, j, v FROM {name}"))
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let mut m = vec![vec![0.0; 8]; 7];
+            for b in batches {
+                let i = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+                let j = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+                let v = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+                for r in 0..b.num_rows() {
+                    m[i.value(r) as usize][j.value(r) as usize] = v.value(r);
+                }
+            }
+            m
+        }
+
+        /// Every write and every sync of `CREATE MATRIX c AS matmul(a, b)` fails in turn
+        /// while the blocks stream to the writer: each failure is the statement's error
+        /// and leaves no matrix and no file behind; then the statement succeeds.
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_streamed_product_is_all_or_nothing_when_writes_fail() {
+            let faulty = Arc::new(FaultyBackend::new(Arc::new(MemoryBackend::new())));
+            let backend: Arc<dyn Backend> = faulty.clone();
+            let store = Store::open(backend, StoreOptions::default()).unwrap();
+            let catalog = TesseraCatalog::in_memory(store.clone());
+            let ctx = session(&catalog);
+            put(&store, "a", (7, 5), |i, j| (i + 2 * j) as f64);
+            put(&store, "b", (5, 8), |i, j| i as f64 - j as f64 + 1.0);
+            ctx.sql("SET tessera.matmul_strategy = 'local'")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            let files_before = faulty.list("arrays/").unwrap();
+            for kind in [FaultKind::Write, FaultKind::Sync] {
+                for nth in 1.. {
+                    faulty.arm(kind, nth);
+                    let injected = faulty.injected();
+                    let result = create_product(&catalog, &ctx, "c").await;
+                    faulty.disarm();
+                    if faulty.injected() == injected {
+                        // Every operation of this kind went through.
+                        assert!(nth > 3, "{kind:?}: too few operations to test");
+                        result.unwrap();
+                        assert_eq!(read(&ctx, "c").await, expected());
+                        store.drop_array("c").unwrap();
+                        break;
+                    }
+                    let error = result.expect_err("an injected fault must fail the statement");
+                    assert!(
+                        error.to_string().contains("injected"),
+                        "{kind:?} #{nth}: {error}"
+                    );
+                    assert!(store.array("c").is_err(), "{kind:?} #{nth}: c exists");
+                    assert_eq!(
+                        faulty.list("arrays/").unwrap(),
+                        files_before,
+                        "{kind:?} #{nth}: files left behind"
+                    );
+                }
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_name_in_use_fails_the_product_and_keeps_what_was_there() {
+            let store = Store::in_memory();
+            let catalog = TesseraCatalog::in_memory(store.clone());
+            let ctx = session(&catalog);
+            put(&store, "a", (7, 5), |i, j| (i + 2 * j) as f64);
+            put(&store, "b", (5, 8), |i, j| i as f64 - j as f64 + 1.0);
+            ctx.sql("SET tessera.matmul_strategy = 'local'")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            create_product(&catalog, &ctx, "c").await.unwrap();
+            let version = store.array("c").unwrap();
+            let error = create_product(&catalog, &ctx, "c").await.unwrap_err();
+            assert!(error.to_string().contains("'c'"), "{error}");
+            assert_eq!(store.array("c").unwrap(), version);
+            assert_eq!(read(&ctx, "c").await, expected());
         }
     }
 

@@ -34,7 +34,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::expr::{Estimate, Op, op_name};
-use super::matrix::{BlockMatrix, Tile};
+use super::matrix::{BlockMatrix, Tile, TileSink};
 use super::ops::{self, Work};
 use super::strategy::{Choice, Strategy};
 
@@ -149,6 +149,16 @@ impl LaExec {
 
     /// Computes the matrix (children first), reserving its memory in the session pool.
     pub fn compute(&self, ctx: Arc<TaskContext>) -> BoxFuture<'_, Result<BlockMatrix>> {
+        self.compute_into(ctx, None)
+    }
+
+    /// [`LaExec::compute`], offering this operator's output blocks to `sink` as they are
+    /// finished (its inputs are computed whole).
+    pub fn compute_into(
+        &self,
+        ctx: Arc<TaskContext>,
+        sink: Option<Arc<dyn TileSink>>,
+    ) -> BoxFuture<'_, Result<BlockMatrix>> {
         async move {
             let mut inputs = Vec::with_capacity(self.children.len());
             for child in &self.children {
@@ -176,7 +186,10 @@ impl LaExec {
             let strategy = self.choice.as_ref().map(|c| c.chosen.strategy);
             let parts = self.parts;
             let (mut m, work) = tokio::task::spawn_blocking(move || {
-                let mut work = Work::default();
+                let mut work = Work {
+                    sink,
+                    ..Work::default()
+                };
                 let m = run(op, strategy, inputs, parts, &mut work)?;
                 Ok::<_, DataFusionError>((m, work))
             })
@@ -218,6 +231,9 @@ fn run(
     n: usize,
     work: &mut Work,
 ) -> Result<BlockMatrix> {
+    // Only a product that is this operator's result may hand its blocks to the sink
+    // (an mmchain forced into two products must not offer its intermediate one).
+    let sink = work.sink.take();
     let mut it = inputs.into_iter();
     let mut arg = || {
         it.next().ok_or_else(|| {
@@ -238,6 +254,7 @@ fn run(
         } => ops::rand(rows, cols, density, seed, min, max, n)?,
         Op::MatMul => {
             let (a, b) = (arg()?, arg()?);
+            work.sink = sink;
             ops::matmul(a, b, strategy.unwrap_or(Strategy::Repartition), n, work)?
         }
         Op::Tsmm => {
@@ -246,6 +263,7 @@ fn run(
                 None | Some(Strategy::Tsmm) => ops::tsmm(x, n, work)?,
                 Some(s) => {
                     let xt = ops::transpose(x.share())?;
+                    work.sink = sink;
                     ops::matmul(xt, x, s, n, work)?
                 }
             }

@@ -12,6 +12,23 @@ use tessera_storage::{Block, CooBuilder, CsrBlock, DenseBlock, datafusion_hash};
 /// One block: block row, block column, contents.
 pub type Tile = (u64, u64, Arc<Block>);
 
+/// Takes an operator's output blocks as they are finished, while the others are still
+/// being computed, so that `CREATE MATRIX ... AS` stores the first blocks of a product
+/// while the kernels work on the last ones.
+///
+/// The operator calls [`TileSink::open`] once with the result's geometry; if the sink
+/// accepts, every output block is passed to [`TileSink::put`] (from kernel threads, in
+/// any order) before the operator returns. Operators that only know their blocks at the
+/// end never open the sink, and their caller handles the returned matrix as usual.
+pub trait TileSink: Send + Sync {
+    /// The result will be `shape`, cut into blocks of `block`. Returns whether this sink
+    /// takes its blocks as they finish.
+    fn open(&self, shape: (u64, u64), block: (u64, u64)) -> Result<bool>;
+
+    /// One finished output block. An error stops the computation.
+    fn put(&self, tile: &Tile) -> Result<()>;
+}
+
 /// How the block rows (or columns) of a matrix map to partitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyFn {

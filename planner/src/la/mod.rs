@@ -28,7 +28,7 @@ use tessera_storage::Store;
 pub use exec::{LaExec, Output, cells_schema, human_bytes, rows_schema};
 pub use expr::{Estimate, MatExpr, Op, Reduction, Step, optimize};
 pub use functions::{MATRIX_FUNCTIONS, MatrixFunctions};
-pub use matrix::{BlockMatrix, Layout, Tile};
+pub use matrix::{BlockMatrix, Layout, Tile, TileSink};
 pub use node::{LaNode, LaPlanner, TesseraConfig, TesseraQueryPlanner};
 pub use strategy::{Candidate, Choice, CostContext, Strategy};
 
@@ -57,9 +57,13 @@ pub fn auto_block(rows: u64, cols: u64) -> (u64, u64) {
 /// Computes the matrix a physical plan produces when the plan is a matrix expression
 /// (an `LaExec` at the top), as blocks rather than rows: `CREATE MATRIX ... AS SELECT *
 /// FROM matmul(...)` writes these blocks without going through `(i, j, v)` rows.
+///
+/// With a `sink`, the top operator may hand over its blocks as they are finished (see
+/// [`TileSink`]); the returned matrix holds them all either way.
 pub async fn compute_blocks(
     plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
     ctx: Arc<datafusion::execution::TaskContext>,
+    sink: Option<Arc<dyn TileSink>>,
 ) -> datafusion::common::Result<Option<BlockMatrix>> {
     let node = exec::look_through(plan);
     match node.downcast_ref::<LaExec>() {
@@ -69,7 +73,7 @@ pub async fn compute_blocks(
                 .len()
                 == 3 =>
         {
-            la.compute(ctx).await.map(Some)
+            la.compute_into(ctx, sink).await.map(Some)
         }
         _ => Ok(None),
     }

@@ -11,18 +11,23 @@ use tessera_storage::kernels::{self, BinaryOp, DenseAccumulator, Operand, UnaryO
 use tessera_storage::{Block, DenseBlock, Partitioning, Snapshot};
 
 use super::expr::{Broadcast, Reduction, Step, broadcast};
-use super::matrix::{BlockMatrix, CellSink, KeyFn, Layout, Tile, block_bytes, zero_block};
+use super::matrix::{
+    BlockMatrix, CellSink, KeyFn, Layout, Tile, TileSink, block_bytes, zero_block,
+};
 use super::strategy::Strategy;
 
 fn storage(e: tessera_storage::StorageError) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
 
-/// What an operator did, for EXPLAIN ANALYZE.
-#[derive(Debug, Default, Clone, Copy)]
+/// What an operator did, for EXPLAIN ANALYZE, and where its finished blocks may go.
+#[derive(Default)]
 pub(crate) struct Work {
     /// Bytes of blocks that changed partition (shuffles, broadcasts, partial sums).
     pub bytes_moved: u64,
+    /// Takes output blocks as they are finished, if the operator can tell (a product
+    /// computed one output block per task).
+    pub sink: Option<Arc<dyn TileSink>>,
 }
 
 /// Runs `f` over `items` in the kernel pool, in parallel.
@@ -463,6 +468,11 @@ pub(crate) fn matmul(
             let keys: Vec<(u64, u64)> =
                 (0..gi).flat_map(|i| (0..gj).map(move |j| (i, j))).collect();
             let seq = tasks_fill_cores(keys.len());
+            // Each task finishes one output block, so a sink can take it at once.
+            let sink = match work.sink.take() {
+                Some(s) if s.open(shape, block)? => Some(s),
+                _ => None,
+            };
             let tiles = par_map(keys, |(i, j)| {
                 let mut acc = None;
                 for (_, k, ab) in a_by_i.get(&i).into_iter().flatten() {
@@ -470,7 +480,11 @@ pub(crate) fn matmul(
                         Acc::add_product(&mut acc, ab, &bb.2, seq)?;
                     }
                 }
-                Ok(acc.map(|a| (i, j, Arc::new(a.into_block()))))
+                let tile = acc.map(|a| (i, j, Arc::new(a.into_block())));
+                if let (Some(sink), Some(tile)) = (&sink, &tile) {
+                    sink.put(tile)?;
+                }
+                Ok(tile)
             })?;
             Ok(BlockMatrix::from_tiles(
                 shape,

@@ -209,6 +209,81 @@ async fn matmul_matches_naive_for_every_strategy_and_blocking() {
     }
 }
 
+/// Records what a product hands to its sink.
+#[derive(Default)]
+struct RecordingSink {
+    opened: std::sync::Mutex<Vec<((u64, u64), (u64, u64))>>,
+    tiles: std::sync::Mutex<Vec<super::Tile>>,
+}
+
+impl super::TileSink for RecordingSink {
+    fn open(&self, shape: (u64, u64), block: (u64, u64)) -> Result<bool> {
+        self.opened.lock().unwrap().push((shape, block));
+        Ok(true)
+    }
+    fn put(&self, tile: &super::Tile) -> Result<()> {
+        self.tiles.lock().unwrap().push(tile.clone());
+        Ok(())
+    }
+}
+
+/// The blocks of `m` as a dense `r x c` matrix.
+fn dense_of(tiles: &[super::Tile], block: (u64, u64), r: usize, c: usize) -> M {
+    let mut m = M::new(r, c, |_, _| 0.0);
+    for (bi, bj, b) in tiles {
+        let (r0, c0) = ((bi * block.0) as usize, (bj * block.1) as usize);
+        b.for_each_nonzero(|i, j, v| m.v[(r0 + i) * c + c0 + j] = v);
+    }
+    m
+}
+
+#[tokio::test]
+async fn a_local_product_hands_every_block_to_the_sink_as_it_finishes() {
+    let store = Store::in_memory();
+    let ctx = session(&store, None);
+    let a = M::random(37, 23, 0.9, 1);
+    let b = M::random(23, 19, 0.9, 2);
+    put(&store, "a", &a, (10, 7), Partitioning::Hash { shards: 2 });
+    put(&store, "b", &b, (7, 8), Partitioning::Hash { shards: 3 });
+    let compute = |sql: &'static str| {
+        let ctx = ctx.clone();
+        async move {
+            let sink = Arc::new(RecordingSink::default());
+            let plan = ctx.sql(sql).await?.create_physical_plan().await?;
+            let m = super::compute_blocks(&plan, ctx.task_ctx(), Some(sink.clone()))
+                .await?
+                .expect("a matrix expression");
+            Ok::<_, datafusion::common::DataFusionError>((m, sink))
+        }
+    };
+    for strategy in STRATEGIES {
+        run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
+            .await
+            .unwrap();
+        let (m, sink) = compute("SELECT * FROM matmul(a, b)").await.unwrap();
+        let opened = sink.opened.lock().unwrap().clone();
+        let tiles = sink.tiles.lock().unwrap().clone();
+        let all: Vec<super::Tile> = m.tiles().cloned().collect();
+        // Whatever the sink saw, the returned matrix is the product.
+        dense_of(&all, (10, 8), 37, 19).assert_close(&a.mm(&b), strategy);
+        if strategy == "local" {
+            assert_eq!(opened, vec![((37, 19), (10, 8))]);
+            assert_eq!(tiles.len(), all.len(), "every block once");
+            dense_of(&tiles, (10, 8), 37, 19).assert_close(&a.mm(&b), "blocks put");
+        } else if opened.is_empty() {
+            assert!(tiles.is_empty(), "{strategy}: blocks put without open");
+        }
+    }
+    // Only the product at the top is offered: an mmchain forced into two products
+    // never opens the sink for its intermediate `x v`.
+    run(&ctx, "SET tessera.matmul_strategy = 'local'").await.unwrap();
+    let v = M::random(23, 1, 1.0, 5);
+    put(&store, "v", &v, (7, 1), Partitioning::Hash { shards: 1 });
+    let (m, sink) = compute("SELECT * FROM matmul(t(a), matmul(a, v))").await.unwrap();
+    assert_eq!(m.shape(), (23, 1));
+    assert!(sink.opened.lock().unwrap().iter().all(|(shape, _)| *shape == (23, 1)));
+}
+
 #[tokio::test]
 async fn fused_products_and_chains_match_naive() {
     let store = Store::in_memory();

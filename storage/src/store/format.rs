@@ -269,9 +269,9 @@ pub(crate) fn encode_block(
     array_id: u64,
     version: u64,
     key: &BlockKey,
-    blocks: &[Block],
+    blocks: &[&Block],
 ) -> Result<(RecordBatch, u32)> {
-    let wires: Vec<WireBlock> = blocks.iter().map(WireBlock::from_block).collect();
+    let wires: Vec<WireBlock> = blocks.iter().map(|b| WireBlock::from_block(b)).collect();
     let sum = checksum(array_id, version, key, &wires);
     let mut kb = FixedSizeListBuilder::new(Int64Builder::new(), key.0.len() as i32)
         .with_field(Arc::new(Field::new("item", DataType::Int64, false)));

@@ -1,5 +1,6 @@
 //! Writing a new version of an array.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -114,9 +115,20 @@ impl ArrayWriter {
         self.put(key, vec![block])
     }
 
+    /// Puts the block of a single-attribute array at `key` without taking it (a block
+    /// that is also kept elsewhere is written without a copy).
+    pub fn put_block_ref(&mut self, key: BlockKey, block: &Block) -> Result<()> {
+        self.put_refs(key, &[block])
+    }
+
     /// Puts one block per attribute at `key`. All-zero blocks store nothing (and, in
     /// [`WriteMode::Update`], remove the key).
     pub fn put(&mut self, key: BlockKey, blocks: Vec<Block>) -> Result<()> {
+        let refs: Vec<&Block> = blocks.iter().collect();
+        self.put_refs(key, &refs)
+    }
+
+    fn put_refs(&mut self, key: BlockKey, blocks: &[&Block]) -> Result<()> {
         let info = self.base.info();
         info.schema.check_key(&key)?;
         let attrs = info.schema.attributes().len();
@@ -142,23 +154,18 @@ impl ArrayWriter {
             self.puts.insert(key, None);
             return Ok(());
         }
-        let blocks: Vec<Block> = match info.block_format {
-            None => blocks,
-            Some(BlockFormat::Dense) => blocks
-                .into_iter()
-                .map(|b| match b {
-                    Block::Sparse(s) => Block::Dense(s.to_dense()),
-                    dense => dense,
-                })
-                .collect(),
-            Some(BlockFormat::Csr) => blocks
-                .into_iter()
-                .map(|b| match b {
-                    Block::Dense(d) => Block::Sparse(crate::block::CsrBlock::from_dense(&d)),
-                    sparse => sparse,
-                })
-                .collect(),
-        };
+        // The array's fixed format, if it has one; otherwise each block as it is.
+        let blocks: Vec<Cow<'_, Block>> = blocks
+            .iter()
+            .map(|&b| match (info.block_format, b) {
+                (Some(BlockFormat::Dense), Block::Sparse(s)) => Cow::Owned(Block::Dense(s.to_dense())),
+                (Some(BlockFormat::Csr), Block::Dense(d)) => {
+                    Cow::Owned(Block::Sparse(crate::block::CsrBlock::from_dense(d)))
+                }
+                (_, b) => Cow::Borrowed(b),
+            })
+            .collect();
+        let blocks: Vec<&Block> = blocks.iter().map(|b| b.as_ref()).collect();
         let shard = info.partitioning.shard_of(&key, &info.schema.block_grid());
         let (batch, _) =
             format::encode_block(&self.shard_schema, info.id, self.version, &key, &blocks)?;
@@ -178,11 +185,32 @@ impl ArrayWriter {
             offset,
             length: counter.bytes - offset,
             nnz: blocks.iter().map(|b| b.nnz() as u64).collect(),
-            formats: blocks.iter().map(Block::format).collect(),
+            formats: blocks.iter().map(|b| b.format()).collect(),
             written_version: version,
             checksum,
         };
         self.puts.insert(key, Some(entry));
+        Ok(())
+    }
+
+    /// Bytes written to shard files so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.files
+            .values()
+            .map(|f| f.writer.get_ref().bytes)
+            .sum()
+    }
+
+    /// Makes the blocks written so far durable, so that [`ArrayWriter::commit`] has less
+    /// left to sync. A writer that produces blocks while others are still being computed
+    /// calls this now and then to overlap the disk's work with the computation; it
+    /// commits nothing and changes no visible state.
+    pub fn sync_written(&mut self) -> Result<()> {
+        let backend = self.inner.backend().clone();
+        for f in self.files.values_mut() {
+            f.writer.flush().map_err(|e| ipc_error(&f.path, e))?;
+            backend.sync(&f.path)?;
+        }
         Ok(())
     }
 
