@@ -29,8 +29,8 @@ use tessera_storage::{
 };
 
 use crate::catalog::TesseraCatalog;
-use crate::la::{Tile, TileSink};
 use crate::error::{blocking, storage_error};
+use crate::la::{Tile, TileSink};
 
 /// Cells per block that [`auto_block_size`] aims for.
 pub const AUTO_BLOCK_CELLS: u64 = 1_000_000;
@@ -333,7 +333,8 @@ impl TileSink for StreamingMatrix {
         if self.target.shape.is_some_and(|s| s != shape) || wanted != block {
             return Ok(false);
         }
-        let schema = ArraySchema::matrix(shape.0, shape.1, block.0, block.1).map_err(storage_error)?;
+        let schema =
+            ArraySchema::matrix(shape.0, shape.1, block.0, block.1).map_err(storage_error)?;
         let (to_writer, tiles) = std::sync::mpsc::channel();
         let (catalog, target) = (self.catalog.clone(), self.target.clone());
         let thread = std::thread::Builder::new()
@@ -354,11 +355,10 @@ impl TileSink for StreamingMatrix {
     }
 
     fn put(&self, tile: &Tile) -> Result<()> {
-        let sent = self
-            .writer
-            .lock()
-            .ok()
-            .and_then(|w| w.as_ref().map(|w| w.to_writer.send(ToWriter::Tile(tile.clone())).is_ok()));
+        let sent = self.writer.lock().ok().and_then(|w| {
+            w.as_ref()
+                .map(|w| w.to_writer.send(ToWriter::Tile(tile.clone())).is_ok())
+        });
         match sent {
             Some(true) => Ok(()),
             // The writer failed; its error is the statement's (see `abort`).

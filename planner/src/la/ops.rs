@@ -624,8 +624,7 @@ fn one_block_column(x: BlockMatrix, n: usize, work: &mut Work) -> Result<BlockMa
 pub(crate) fn tsmm(x: BlockMatrix, n: usize, work: &mut Work) -> Result<BlockMatrix> {
     let x = one_block_column(x, n, work)?;
     let cols = x.cols as usize;
-    let tasks = x.parts.iter().filter(|p| !p.is_empty()).count();
-    let seq = tasks_fill_cores(tasks);
+    let seq = tasks_fill_cores(x.block_count());
     let total = sum_per_partition(&x, (cols, cols), work, |b| {
         if seq {
             kernels::tsmm_seq(b)
@@ -637,29 +636,44 @@ pub(crate) fn tsmm(x: BlockMatrix, n: usize, work: &mut Work) -> Result<BlockMat
     Ok(BlockMatrix::from_dense(&total, br, bc, n))
 }
 
-/// Runs a fused kernel over every block of `x`, summing its `shape` results per
-/// partition in parallel, then the partitions' partials in one place (counted as moved).
+/// Runs a fused kernel over every block of `x` and sums its `shape` results: each
+/// partition makes one partial sum, and the partials meet in one place (counted as
+/// moved).
+///
+/// In one process the blocks, not the partitions, are the unit of work: the kernel
+/// pool's threads take blocks as they free up and each keeps one running sum, so a
+/// partition that happens to hold more blocks (hash placement is uneven) does not leave
+/// a core idle.
 fn sum_per_partition(
     x: &BlockMatrix,
     shape: (usize, usize),
     work: &mut Work,
     kernel: impl Fn(&Block) -> tessera_storage::Result<DenseBlock> + Sync + Send,
 ) -> Result<DenseBlock> {
-    let partials = par_map(x.parts.iter().collect(), |p| {
-        let mut acc = DenseAccumulator::zeros(shape.0, shape.1).map_err(storage)?;
-        for (_, _, b) in p {
-            let r = kernel(b).map_err(storage)?;
-            kernels::add_into(&mut acc, &Block::Dense(r)).map_err(storage)?;
-        }
-        Ok(acc)
-    })?;
-    let mut total = DenseAccumulator::zeros(shape.0, shape.1).map_err(storage)?;
-    for (k, p) in partials.iter().enumerate() {
-        if k > 0 {
-            work.bytes_moved += (p.values().len() * 8) as u64;
-        }
-        total.merge(p).map_err(storage)?;
-    }
+    let zeros = || DenseAccumulator::zeros(shape.0, shape.1).map_err(storage);
+    let blocks: Vec<&Block> = x.tiles().map(|t| t.2.as_ref()).collect();
+    let total = cpu_pool().install(|| {
+        blocks
+            .into_par_iter()
+            .with_max_len(1)
+            .fold(zeros, |acc, b| {
+                let mut acc = acc?;
+                let r = kernel(b).map_err(storage)?;
+                kernels::add_into(&mut acc, &Block::Dense(r)).map_err(storage)?;
+                Ok(acc)
+            })
+            .reduce_with(|a, b| {
+                let mut a = a?;
+                a.merge(&b?).map_err(storage)?;
+                Ok(a)
+            })
+    });
+    let total = match total {
+        Some(t) => t?,
+        None => zeros()?,
+    };
+    let partitions = x.parts.iter().filter(|p| !p.is_empty()).count();
+    work.bytes_moved += (shape.0 * shape.1 * 8 * partitions.saturating_sub(1)) as u64;
     Ok(total.into_dense())
 }
 
@@ -682,9 +696,9 @@ pub(crate) fn mmchain(
     }
     let x = one_block_column(x, n, work)?;
     let vd = v.to_dense()?;
-    let tasks = x.parts.iter().filter(|p| !p.is_empty()).count();
-    work.bytes_moved += v.bytes() * tasks.saturating_sub(1) as u64;
-    let seq = tasks_fill_cores(tasks);
+    let partitions = x.parts.iter().filter(|p| !p.is_empty()).count();
+    work.bytes_moved += v.bytes() * partitions.saturating_sub(1) as u64;
+    let seq = tasks_fill_cores(x.block_count());
     let (cols, k) = (x.cols as usize, vd.cols());
     let total = sum_per_partition(&x, (cols, k), work, |b| {
         if seq {

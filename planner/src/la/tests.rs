@@ -276,12 +276,22 @@ async fn a_local_product_hands_every_block_to_the_sink_as_it_finishes() {
     }
     // Only the product at the top is offered: an mmchain forced into two products
     // never opens the sink for its intermediate `x v`.
-    run(&ctx, "SET tessera.matmul_strategy = 'local'").await.unwrap();
+    run(&ctx, "SET tessera.matmul_strategy = 'local'")
+        .await
+        .unwrap();
     let v = M::random(23, 1, 1.0, 5);
     put(&store, "v", &v, (7, 1), Partitioning::Hash { shards: 1 });
-    let (m, sink) = compute("SELECT * FROM matmul(t(a), matmul(a, v))").await.unwrap();
+    let (m, sink) = compute("SELECT * FROM matmul(t(a), matmul(a, v))")
+        .await
+        .unwrap();
     assert_eq!(m.shape(), (23, 1));
-    assert!(sink.opened.lock().unwrap().iter().all(|(shape, _)| *shape == (23, 1)));
+    assert!(
+        sink.opened
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(shape, _)| *shape == (23, 1))
+    );
 }
 
 #[tokio::test]

@@ -158,7 +158,9 @@ impl ArrayWriter {
         let blocks: Vec<Cow<'_, Block>> = blocks
             .iter()
             .map(|&b| match (info.block_format, b) {
-                (Some(BlockFormat::Dense), Block::Sparse(s)) => Cow::Owned(Block::Dense(s.to_dense())),
+                (Some(BlockFormat::Dense), Block::Sparse(s)) => {
+                    Cow::Owned(Block::Dense(s.to_dense()))
+                }
                 (Some(BlockFormat::Csr), Block::Dense(d)) => {
                     Cow::Owned(Block::Sparse(crate::block::CsrBlock::from_dense(d)))
                 }
@@ -195,10 +197,7 @@ impl ArrayWriter {
 
     /// Bytes written to shard files so far.
     pub fn bytes_written(&self) -> u64 {
-        self.files
-            .values()
-            .map(|f| f.writer.get_ref().bytes)
-            .sum()
+        self.files.values().map(|f| f.writer.get_ref().bytes).sum()
     }
 
     /// Makes the blocks written so far durable, so that [`ArrayWriter::commit`] has less
