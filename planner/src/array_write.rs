@@ -923,7 +923,7 @@ mod tests {
             )
         }
 
-        /// Stores `rows x cols` cells `f(i, j)` in blocks of `block`.
+        /// Stores a `shape` matrix of cells `f(i, j)` in 3 x 3 blocks.
         fn put(store: &Store, name: &str, shape: (u64, u64), f: impl Fn(u64, u64) -> f64) {
             let schema = ArraySchema::matrix(shape.0, shape.1, 3, 3).unwrap();
             store.create_array(name, schema, None, None).unwrap();
@@ -939,6 +939,23 @@ mod tests {
                 }
             }
             w.commit().unwrap();
+        }
+
+        /// A session over `store` holding `a` (7 x 5, `i + 2j`) and `b` (5 x 8,
+        /// `i - j + 1`), with products forced to the `local` strategy (the one that
+        /// streams its blocks).
+        async fn operands(store: &Store) -> (Arc<TesseraCatalog>, SessionContext) {
+            let catalog = TesseraCatalog::in_memory(store.clone());
+            let ctx = session(&catalog);
+            put(store, "a", (7, 5), |i, j| (i + 2 * j) as f64);
+            put(store, "b", (5, 8), |i, j| i as f64 - j as f64 + 1.0);
+            ctx.sql("SET tessera.matmul_strategy = 'local'")
+                .await
+                .unwrap()
+                .collect()
+                .await
+                .unwrap();
+            (catalog, ctx)
         }
 
         async fn create_product(
@@ -999,16 +1016,7 @@ mod tests {
             let faulty = Arc::new(FaultyBackend::new(Arc::new(MemoryBackend::new())));
             let backend: Arc<dyn Backend> = faulty.clone();
             let store = Store::open(backend, StoreOptions::default()).unwrap();
-            let catalog = TesseraCatalog::in_memory(store.clone());
-            let ctx = session(&catalog);
-            put(&store, "a", (7, 5), |i, j| (i + 2 * j) as f64);
-            put(&store, "b", (5, 8), |i, j| i as f64 - j as f64 + 1.0);
-            ctx.sql("SET tessera.matmul_strategy = 'local'")
-                .await
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
+            let (catalog, ctx) = operands(&store).await;
             let files_before = faulty.list("arrays/").unwrap();
             for kind in [FaultKind::Write, FaultKind::Sync] {
                 for nth in 1.. {
@@ -1042,16 +1050,7 @@ mod tests {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn a_name_in_use_fails_the_product_and_keeps_what_was_there() {
             let store = Store::in_memory();
-            let catalog = TesseraCatalog::in_memory(store.clone());
-            let ctx = session(&catalog);
-            put(&store, "a", (7, 5), |i, j| (i + 2 * j) as f64);
-            put(&store, "b", (5, 8), |i, j| i as f64 - j as f64 + 1.0);
-            ctx.sql("SET tessera.matmul_strategy = 'local'")
-                .await
-                .unwrap()
-                .collect()
-                .await
-                .unwrap();
+            let (catalog, ctx) = operands(&store).await;
             create_product(&catalog, &ctx, "c").await.unwrap();
             let version = store.array("c").unwrap();
             let error = create_product(&catalog, &ctx, "c").await.unwrap_err();
