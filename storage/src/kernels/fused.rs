@@ -8,12 +8,14 @@ use rayon::prelude::*;
 use super::accumulator::{add_slices, zeroed};
 use super::pool::{Parallelism, cpu_pool};
 use super::simd::{Isa, axpy, dot, multiversion};
+use super::syrk::Syrk;
 use crate::block::{Block, CsrBlock, DenseBlock};
 use crate::error::{Result, StorageError};
 
 /// `t(x) * x`, an `n x n` symmetric block for an `m x n` `x`: only the lower triangle is
-/// computed (half the flops of a general product) and then mirrored. Dense `x` goes to
-/// faer's triangular-output GEMM; CSR `x` sums the outer product of each row's non-zeros.
+/// computed (half the flops of a general product) and then mirrored. Dense `x` goes to a
+/// register-tiled AVX-512 or AVX2 kernel (faer's triangular GEMM on other CPUs); CSR `x` sums the
+/// outer product of each row's non-zeros.
 /// Parallel across the CPU pool when the work is large enough.
 ///
 /// For a matrix cut into row blocks, sum the `tsmm` of each block (see [`add_into`]).
@@ -61,9 +63,27 @@ pub(crate) fn tsmm_par(x: &Block, par: Parallelism) -> Result<DenseBlock> {
 }
 
 /// Lower triangle of `t(x) x` into `out` (`n x n`, row-major); the upper one is untouched.
+/// On a CPU with AVX-512 or AVX2 and FMA, Tessera's own register-tiled kernel
+/// ([`super::syrk`]); elsewhere faer's triangular GEMM.
 fn tsmm_dense_lower(out: &mut [f64], x: &DenseBlock, par: Parallelism) {
     let (m, n) = x.shape();
     if m == 0 || n == 0 {
+        return;
+    }
+    if let Some(syrk) = Syrk::detect() {
+        let np = syrk.padded(n);
+        let rows_of = |r: std::ops::Range<usize>| &x.values()[r.start * n..r.end * n];
+        let acc = match par {
+            Parallelism::Seq => {
+                let mut acc = vec![0.0; np * np];
+                syrk.gram_upper(x.values(), n, &mut acc);
+                acc
+            }
+            Parallelism::Pool => sum_partials(m, np * np, |rows, acc| {
+                syrk.gram_upper(rows_of(rows), n, acc)
+            }),
+        };
+        syrk.upper_to_lower(&acc, n, out);
         return;
     }
     let xm = MatRef::from_row_major_slice(x.values(), m, n);

@@ -56,6 +56,7 @@ mod pool;
 mod reduce;
 mod simd;
 mod sparse;
+mod syrk;
 #[cfg(test)]
 mod testing;
 mod transpose;
