@@ -109,7 +109,13 @@ impl Syrk {
         let panels = np / self.lanes();
         let most_rows = KC.min(x.len() / n);
         let mut buf = vec![0.0f64; panels * panel_stride(most_rows, self.lanes()) + LINE];
-        let line_start = buf.as_ptr().align_offset(64).min(LINE);
+        // The tiles load the panels with aligned loads (`vmovapd`), which the dev profile
+        // runs without the checks `loadu` carries there.
+        let line_start = buf.as_ptr().align_offset(64);
+        assert!(
+            line_start < LINE,
+            "an f64 lies within 7 values of a cache line"
+        );
         let pack = &mut buf[line_start..];
         let step = KC * n;
         let mut start = 0;
@@ -282,8 +288,8 @@ unsafe fn avx512_chunk(x: &[f64], next: &[f64], n: usize, pack: &mut [f64], acc:
 /// hint: `pf` may point anywhere).
 ///
 /// # Safety
-/// The CPU has AVX-512F; `a` and the `V` panels of `b` hold `rows x 8` values; `c`
-/// points at 8 rows of at least `8V` values, `ldc` apart.
+/// The CPU has AVX-512F; `a` and the `V` panels of `b` hold `rows x 8` values, each from
+/// a 64-byte boundary; `c` points at 8 rows of at least `8V` values, `ldc` apart.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_8xv<const V: usize>(
@@ -296,20 +302,32 @@ unsafe fn tile_8xv<const V: usize>(
     pf: *const f64,
 ) {
     let mut sums = [[_mm512_setzero_pd(); V]; 8];
-    // SAFETY: the caller's contract bounds every offset below.
+    // The loop moves pointers rather than computing offsets, and loads with aligned
+    // intrinsics only, so that the dev profile's overflow and pointer checks stay out of it
+    // (with them it ran at 60 % of the speed).
+    let (mut a, mut pf) = (a, pf);
+    let mut bp = [b; V];
+    for (v, bp) in bp.iter_mut().enumerate() {
+        *bp = b.wrapping_add(v * stride);
+    }
+    // SAFETY: the caller's contract: `a` and each `bp` move through `rows` rows of 8
+    // values of their panels; prefetching reads nothing.
     unsafe {
-        for k in 0..rows {
+        for _ in 0..rows {
             let mut bv = [_mm512_setzero_pd(); V];
-            for (v, bv) in bv.iter_mut().enumerate() {
-                *bv = _mm512_loadu_pd(b.add(v * stride + 8 * k));
+            for (bv, bp) in bv.iter_mut().zip(bp.iter_mut()) {
+                *bv = _mm512_load_pd(*bp);
+                *bp = bp.wrapping_add(8);
             }
-            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(8 * k) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(pf as *const i8);
+            pf = pf.wrapping_add(8);
             for (r, sums) in sums.iter_mut().enumerate() {
-                let av = _mm512_set1_pd(*a.add(8 * k + r));
+                let av = _mm512_broadcastsd_pd(_mm_load_sd(a.wrapping_add(r)));
                 for (s, bv) in sums.iter_mut().zip(&bv) {
                     *s = _mm512_fmadd_pd(av, *bv, *s);
                 }
             }
+            a = a.wrapping_add(8);
         }
         for (r, sums) in sums.iter().enumerate() {
             for (v, s) in sums.iter().enumerate() {
@@ -431,7 +449,8 @@ unsafe fn tile_4x12(
 /// [`tile_4x12`] for the last `4 x 4V` tile of a row (`V` is 1 or 2).
 ///
 /// # Safety
-/// As [`tile_4x12`], with `V` panels of `b` and rows of at least `4V` values in `c`.
+/// As [`tile_4x12`], with `V` panels of `b` and rows of at least `4V` values in `c`, and
+/// the panels starting on 32-byte boundaries.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_4xv<const V: usize>(
@@ -444,20 +463,30 @@ unsafe fn tile_4xv<const V: usize>(
     pf: *const f64,
 ) {
     let mut sums = [[_mm256_setzero_pd(); V]; 4];
-    // SAFETY: the caller's contract bounds every offset below.
+    // Moving pointers, as in [`tile_8xv`].
+    let (mut a, mut pf) = (a, pf);
+    let mut bp = [b; V];
+    for (v, bp) in bp.iter_mut().enumerate() {
+        *bp = b.wrapping_add(v * stride);
+    }
+    // SAFETY: the caller's contract: `a` and each `bp` move through `rows` rows of 4
+    // values of their panels; prefetching reads nothing.
     unsafe {
-        for k in 0..rows {
+        for _ in 0..rows {
             let mut bv = [_mm256_setzero_pd(); V];
-            for (v, bv) in bv.iter_mut().enumerate() {
-                *bv = _mm256_loadu_pd(b.add(v * stride + 4 * k));
+            for (bv, bp) in bv.iter_mut().zip(bp.iter_mut()) {
+                *bv = _mm256_load_pd(*bp);
+                *bp = bp.wrapping_add(4);
             }
-            _mm_prefetch::<_MM_HINT_T1>(pf.wrapping_add(8 * k) as *const i8);
+            _mm_prefetch::<_MM_HINT_T1>(pf as *const i8);
+            pf = pf.wrapping_add(8);
             for (r, sums) in sums.iter_mut().enumerate() {
-                let av = _mm256_broadcast_sd(&*a.add(4 * k + r));
+                let av = _mm256_broadcastsd_pd(_mm_load_sd(a.wrapping_add(r)));
                 for (s, bv) in sums.iter_mut().zip(&bv) {
                     *s = _mm256_fmadd_pd(av, *bv, *s);
                 }
             }
+            a = a.wrapping_add(4);
         }
         for (r, sums) in sums.iter().enumerate() {
             for (v, s) in sums.iter().enumerate() {
