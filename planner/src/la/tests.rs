@@ -209,10 +209,13 @@ async fn matmul_matches_naive_for_every_strategy_and_blocking() {
     }
 }
 
+/// What a sink is opened with: the matrix's shape and block size.
+type Opening = ((u64, u64), (u64, u64));
+
 /// Records what a product hands to its sink.
 #[derive(Default)]
 struct RecordingSink {
-    opened: std::sync::Mutex<Vec<((u64, u64), (u64, u64))>>,
+    opened: std::sync::Mutex<Vec<Opening>>,
     tiles: std::sync::Mutex<Vec<super::Tile>>,
 }
 

@@ -102,7 +102,7 @@ impl Syrk {
     pub(crate) fn gram_upper(self, x: &[f64], n: usize, acc: &mut [f64]) {
         let np = self.padded(n);
         assert!(
-            n > 0 && x.len() % n == 0,
+            n > 0 && x.len().is_multiple_of(n),
             "x is not whole rows of {n} columns"
         );
         assert_eq!(acc.len(), np * np, "the accumulator is not {np} x {np}");
