@@ -272,7 +272,10 @@ impl StreamingMatrix {
             // A sync that failed after the catalog's rename leaves the new matrix
             // visible; the statement failed, so it goes. (A name already in use is a
             // plan error and is left alone.)
-            if matches!(e, DataFusionError::Execution(_))
+            if !matches!(
+                crate::TesseraError::find(&e).map(crate::TesseraError::kind),
+                Some(crate::ErrorKind::DuplicateTable) | None
+            )
                 && store.array(&name).is_ok_and(|a| a.schema == schema)
                 && let Err(drop_error) = store.drop_array(&name)
             {

@@ -27,7 +27,7 @@ pub use catalog::{
 };
 pub use cell_scan::CellScanExec;
 pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
-pub use error::storage_error;
+pub use error::{ErrorKind, TesseraError, storage_error, storage_error_kind, tessera_error};
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
 pub use stored_table::StoredTable;
 pub use view::SqlView;

@@ -11,6 +11,7 @@
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
+use tessera_planner::{ErrorKind, TesseraError};
 
 /// `42601`: a syntax error.
 pub const SYNTAX_ERROR: &str = "42601";
@@ -66,6 +67,12 @@ pub const DATA_CORRUPTED: &str = "XX001";
 pub const OBJECT_IN_USE: &str = "55006";
 /// `40001`: a write that lost a race with a concurrent write; retry it.
 pub const SERIALIZATION_FAILURE: &str = "40001";
+/// `42501`: the role lacks a privilege, such as access to server files.
+pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
+/// `22021`: bytes that are not valid UTF-8.
+pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
+/// `54001`: a statement nested or chained too deeply to plan.
+pub const STATEMENT_TOO_COMPLEX: &str = "54001";
 /// `XX000`: a bug.
 pub const INTERNAL_ERROR: &str = "XX000";
 
@@ -94,8 +101,43 @@ impl std::fmt::Display for Cancelled {
 
 impl std::error::Error for Cancelled {}
 
-/// The SQLSTATE for an error.
+/// The SQLSTATE of an error kind.
+pub fn kind_sqlstate(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Syntax => SYNTAX_ERROR,
+        ErrorKind::UndefinedTable => UNDEFINED_TABLE,
+        ErrorKind::UndefinedFunction => UNDEFINED_FUNCTION,
+        ErrorKind::UndefinedColumn => UNDEFINED_COLUMN,
+        ErrorKind::UndefinedObject => UNDEFINED_OBJECT,
+        ErrorKind::DuplicateTable => DUPLICATE_TABLE,
+        ErrorKind::DatatypeMismatch => DATATYPE_MISMATCH,
+        ErrorKind::InvalidQuery => INVALID_QUERY,
+        ErrorKind::InsufficientPrivilege => INSUFFICIENT_PRIVILEGE,
+        ErrorKind::InvalidTextRepresentation => INVALID_TEXT_REPRESENTATION,
+        ErrorKind::DataException => DATA_EXCEPTION,
+        ErrorKind::SingularMatrix => DATA_EXCEPTION,
+        ErrorKind::DivisionByZero => DIVISION_BY_ZERO,
+        ErrorKind::NumericOutOfRange => NUMERIC_VALUE_OUT_OF_RANGE,
+        ErrorKind::CharacterNotInRepertoire => CHARACTER_NOT_IN_REPERTOIRE,
+        ErrorKind::StatementTooComplex => STATEMENT_TOO_COMPLEX,
+        ErrorKind::ProgramLimitExceeded => PROGRAM_LIMIT_EXCEEDED,
+        ErrorKind::OutOfMemory => OUT_OF_MEMORY,
+        ErrorKind::FeatureNotSupported => FEATURE_NOT_SUPPORTED,
+        ErrorKind::DataCorrupted => DATA_CORRUPTED,
+        ErrorKind::Io => IO_ERROR,
+        ErrorKind::ObjectInUse => OBJECT_IN_USE,
+        ErrorKind::SerializationFailure => SERIALIZATION_FAILURE,
+        _ => INTERNAL_ERROR,
+    }
+}
+
+/// The SQLSTATE for an error: its [`ErrorKind`] when Tessera raised it; for
+/// DataFusion's own errors, their variant (and, where one variant covers several
+/// classes, their message).
 pub fn sqlstate(error: &DataFusionError) -> &'static str {
+    if let Some(e) = TesseraError::find(error) {
+        return kind_sqlstate(e.kind());
+    }
     match error {
         DataFusionError::SQL(..) => SYNTAX_ERROR,
         DataFusionError::ResourcesExhausted(_) => OUT_OF_MEMORY,
@@ -169,7 +211,10 @@ pub fn grpc_code_of_sqlstate(state: &str) -> tonic::Code {
             Code::NotFound
         }
         DUPLICATE_TABLE => Code::AlreadyExists,
-        OUT_OF_MEMORY | TOO_MANY_CONNECTIONS | PROGRAM_LIMIT_EXCEEDED => Code::ResourceExhausted,
+        OUT_OF_MEMORY | TOO_MANY_CONNECTIONS | PROGRAM_LIMIT_EXCEEDED | STATEMENT_TOO_COMPLEX => {
+            Code::ResourceExhausted
+        }
+        INSUFFICIENT_PRIVILEGE => Code::PermissionDenied,
         QUERY_CANCELED => Code::Cancelled,
         ADMIN_SHUTDOWN | IO_ERROR => Code::Unavailable,
         FEATURE_NOT_SUPPORTED => Code::Unimplemented,
