@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)] // tests may panic
 
 mod clients;
+mod crash_soak;
 mod flight;
+mod guards;
 mod la_numpy;
 mod pg_catalog;
 mod pgwire;

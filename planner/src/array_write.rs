@@ -653,12 +653,10 @@ impl CellGrid {
                     None => {
                         let cell: Vec<String> =
                             coords.iter().map(|c| c.value(r).to_string()).collect();
-                        return plan_err!(
-                            "cell ({}) is outside array '{}' of shape {}",
+                        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("cell ({}) is outside array '{}' of shape {}",
                             cell.join(", "),
                             self.array,
-                            shape_text(&self.schema)
-                        );
+                            shape_text(&self.schema))));
                     }
                 }
             }
@@ -849,7 +847,7 @@ pub(crate) async fn copy_parquet_into_array(
     let df = ctx
         .read_parquet(path, Default::default())
         .await
-        .map_err(|e| DataFusionError::Execution(format!("{path}: {e}")))?;
+        .map_err(|e| DataFusionError::Context(path.to_string(), Box::new(e)))?;
     let wanted: Vec<String> = info
         .schema
         .dimensions()

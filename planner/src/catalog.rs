@@ -278,12 +278,10 @@ impl TesseraCatalog {
             return plan_err!("a table needs a name");
         }
         if self.store.array(name).is_ok() {
-            return plan_err!(
-                "'{name}' is already an array; arrays and tables share one namespace"
-            );
+            return Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("'{name}' is already an array; arrays and tables share one namespace")));
         }
         if !replace && read(&self.tables).contains_key(name) {
-            return plan_err!("table '{name}' already exists");
+            return Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("table '{name}' already exists")));
         }
         Ok(())
     }
@@ -299,7 +297,7 @@ impl TesseraCatalog {
     ) -> Result<ArrayInfo> {
         let _namespace = lock(&self.namespace);
         if read(&self.tables).contains_key(name) {
-            return plan_err!("'{name}' is already a table; arrays and tables share one namespace");
+            return Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("'{name}' is already a table; arrays and tables share one namespace")));
         }
         self.store
             .create_array_with_format(name, schema, partitioning, keep_versions, block_format)

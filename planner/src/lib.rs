@@ -11,6 +11,7 @@ mod cell_scan;
 mod copartition;
 pub mod ddl;
 mod error;
+mod file_access;
 pub mod la;
 mod partitioning;
 pub mod session;
@@ -27,6 +28,7 @@ pub use catalog::{
 };
 pub use cell_scan::CellScanExec;
 pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
+pub use file_access::{FileAccess, FileUse, check_file};
 pub use error::{ErrorKind, TesseraError, storage_error, storage_error_kind, tessera_error};
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
 pub use stored_table::StoredTable;

@@ -43,6 +43,8 @@ use crate::ddl::{
     TesseraStatement,
 };
 use crate::error::{blocking, storage_error};
+use crate::file_access::{FileUse, check_file};
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use crate::view::SqlView;
 
 /// Executes one statement (as split by [`crate::ddl::parse`]) in `ctx`, whose default
@@ -187,6 +189,7 @@ pub async fn execute_plan(
     plan: LogicalPlan,
     sql: &str,
 ) -> Result<SendableRecordBatchStream> {
+    check_plan_files(&state, &plan)?;
     match plan {
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) => {
             match local_name(ctx, &cmd.name) {
@@ -230,6 +233,29 @@ pub async fn execute_plan(
     }
 }
 
+/// Checks every server file `plan` would open (`CREATE EXTERNAL TABLE`, `COPY ... TO`,
+/// also under `EXPLAIN ANALYZE`) against the session's [`FileAccess`](crate::FileAccess).
+fn check_plan_files(state: &SessionState, plan: &LogicalPlan) -> Result<()> {
+    let mut result = Ok(());
+    plan.apply(|node| {
+        let checked = match node {
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
+                check_file(state, &cmd.location, FileUse::Read).map(|_| ())
+            }
+            LogicalPlan::Copy(copy) => check_file(state, &copy.output_url, FileUse::Write).map(|_| ()),
+            _ => Ok(()),
+        };
+        match checked {
+            Ok(()) => Ok(TreeNodeRecursion::Continue),
+            Err(e) => {
+                result = Err(e);
+                Ok(TreeNodeRecursion::Stop)
+            }
+        }
+    })?;
+    result
+}
+
 async fn run_plan(
     ctx: &SessionContext,
     state: SessionState,
@@ -255,7 +281,7 @@ fn check_new_table(
     what: &str,
 ) -> Result<bool> {
     if temporary {
-        return plan_err!("temporary {what}s are not supported");
+        return Err(crate::error::tessera_error(crate::error::ErrorKind::FeatureNotSupported, format!("temporary {what}s are not supported")));
     }
     if if_not_exists && or_replace {
         return plan_err!("IF NOT EXISTS and OR REPLACE cannot be used together");
@@ -263,11 +289,11 @@ fn check_new_table(
     match catalog.kind_of(name) {
         None => Ok(true),
         Some("array") => {
-            plan_err!("'{name}' is already an array; arrays and tables share one namespace")
+            Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("'{name}' is already an array; arrays and tables share one namespace")))
         }
         Some(_) if if_not_exists => Ok(false),
         Some(kind) if or_replace && (kind == what || what == "table") => Ok(true),
-        Some(kind) => plan_err!("{kind} '{name}' already exists"),
+        Some(kind) => Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("{kind} '{name}' already exists"))),
     }
 }
 
@@ -376,7 +402,7 @@ fn drop_relation(
 ) -> Result<SendableRecordBatchStream> {
     match catalog.kind_of(name) {
         None if if_exists => Ok(empty_stream()),
-        None => plan_err!("{what} '{name}' does not exist"),
+        None => Err(crate::error::tessera_error(crate::error::ErrorKind::UndefinedTable, format!("{what} '{name}' does not exist"))),
         Some("array") => plan_err!("'{name}' is an array, not a {what}; use DROP ARRAY {name}"),
         Some(kind) if what == "view" && kind != "view" => {
             plan_err!("'{name}' is a {kind}, not a view; use DROP TABLE {name}")
@@ -485,7 +511,7 @@ async fn execute_tessera(
                 match catalog.kind_of(name) {
                     Some("array") => {}
                     None if if_exists => {}
-                    None => return plan_err!("array '{name}' does not exist"),
+                    None => return Err(crate::error::tessera_error(crate::error::ErrorKind::UndefinedTable, format!("array '{name}' does not exist"))),
                     Some(kind) => {
                         return plan_err!(
                             "'{name}' is a {kind}, not an array; use DROP {} {name}",
@@ -517,9 +543,9 @@ fn check_new_array(catalog: &TesseraCatalog, name: &str, if_not_exists: bool) ->
     match catalog.kind_of(name) {
         None => Ok(true),
         Some("array") if if_not_exists => Ok(false),
-        Some("array") => plan_err!("array '{name}' already exists"),
+        Some("array") => Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("array '{name}' already exists"))),
         Some(kind) => {
-            plan_err!("'{name}' is already a {kind}; arrays and tables share one namespace")
+            Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("'{name}' is already a {kind}; arrays and tables share one namespace")))
         }
     }
 }
@@ -747,10 +773,8 @@ impl CopyOptions {
             }
         };
         if !allowed.contains(&format.as_str()) {
-            return plan_err!(
-                "{what}: FORMAT {format} is not supported here; use {}",
-                allowed.join(", ")
-            );
+            return Err(crate::error::tessera_error(crate::error::ErrorKind::FeatureNotSupported, format!("{what}: FORMAT {format} is not supported here; use {}",
+                allowed.join(", "))));
         }
         Ok(format)
     }
@@ -777,6 +801,8 @@ async fn copy(
         }
         CopyTarget::File(path) => path.clone(),
     };
+    let usage = if from { FileUse::Read } else { FileUse::Write };
+    check_file(&ctx.state_ref().read(), &path, usage)?;
     let what = format!("COPY {name} {} '{path}'", if from { "FROM" } else { "TO" });
     let options = CopyOptions::parse(&options, &what)?;
     let Some(local) = local_name(ctx, &name) else {
@@ -939,10 +965,13 @@ fn file_error(path: &str, e: DataFusionError) -> DataFusionError {
             } else {
                 format!(" ({tail})")
             };
-            return DataFusionError::Execution(format!("{path}:{}: {message}{tail}", line + 1));
+            return crate::error::tessera_error(
+                crate::error::ErrorKind::InvalidTextRepresentation,
+                format!("{path}:{}: {message}{tail}", line + 1),
+            );
         }
     }
-    DataFusionError::Execution(format!("{path}: {text}"))
+    DataFusionError::Context(path.to_string(), Box::new(e))
 }
 
 /// `COPY table FROM file` (appends rows) and `COPY table TO file`.

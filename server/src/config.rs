@@ -59,6 +59,25 @@ pub struct ServerConfig {
     pub users: Vec<UserConfig>,
     /// TLS certificate and key; no TLS without them.
     pub tls: Option<TlsConfig>,
+    /// Which roles may read and write files on the server.
+    pub files: FilesConfig,
+}
+
+/// The `[files]` table: server-side files (`COPY ... FROM 'file'`, `COPY ... TO 'file'`,
+/// `CREATE EXTERNAL TABLE ... LOCATION`), as PostgreSQL's `pg_read_server_files` and
+/// `pg_write_server_files` roles. No role has them unless listed here. `COPY ... FROM
+/// STDIN` / `TO STDOUT` and Flight ingest need none.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Roles that may read server files.
+    pub read_roles: Vec<String>,
+    /// Roles that may write server files.
+    pub write_roles: Vec<String>,
+    /// Directories readable files must be under. Default: the data directory's `import/`.
+    pub read_dirs: Vec<PathBuf>,
+    /// Directories written files must be under. Default: the data directory's `export/`.
+    pub write_dirs: Vec<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +95,7 @@ impl Default for ServerConfig {
             auth: AuthConfig::default(),
             users: Vec::new(),
             tls: None,
+            files: FilesConfig::default(),
         }
     }
 }

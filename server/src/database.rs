@@ -9,7 +9,7 @@ use datafusion::catalog::CatalogProviderList;
 use datafusion::error::Result;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use tessera_planner::{TesseraCatalog, storage_error};
+use tessera_planner::{FileAccess, TesseraCatalog, storage_error};
 use tessera_storage::Store;
 
 use crate::plan_cache::PlanCache;
@@ -96,6 +96,28 @@ pub(crate) struct Inner {
     /// Physical plans of repeated queries, shared by every session.
     pub(crate) plans: Arc<PlanCache>,
     dir: Option<PathBuf>,
+    /// Set by a server: which roles may use server files.
+    file_policy: std::sync::RwLock<Option<FilePolicy>>,
+}
+
+/// Server files each role may use; set by a server with [`Database::set_file_policy`].
+#[derive(Debug, Clone)]
+pub(crate) struct FilePolicy {
+    read_roles: Vec<String>,
+    write_roles: Vec<String>,
+    read_dirs: Vec<PathBuf>,
+    write_dirs: Vec<PathBuf>,
+}
+
+impl Inner {
+    /// The directories holding the database's own files, which no statement may read
+    /// or write as a file (none in memory).
+    pub(crate) fn storage_dirs(&self) -> Vec<PathBuf> {
+        match &self.dir {
+            Some(dir) => vec![dir.join("store"), dir.join("tables")],
+            None => Vec::new(),
+        }
+    }
 }
 
 impl Database {
@@ -148,6 +170,7 @@ impl Database {
             restored: tokio::sync::OnceCell::new(),
             plans: Arc::default(),
             dir,
+            file_policy: std::sync::RwLock::new(None),
         });
         let default_session = Session::new(inner.clone())?;
         Ok(Database {
@@ -186,6 +209,79 @@ impl Database {
     /// The data directory, or `None` for an in-memory database.
     pub fn data_dir(&self) -> Option<&Path> {
         self.inner.dir.as_deref()
+    }
+
+    /// Bytes reserved in the shared memory pool right now; zero when no statement runs
+    /// (nothing a finished statement computed stays charged).
+    pub fn memory_reserved(&self) -> usize {
+        self.inner.runtime.memory_pool.reserved()
+    }
+
+    /// Restricts server files to the roles and directories `files` names (a server
+    /// calls this once; an embedded database's sessions may use any file but the
+    /// store's). The default directories are the data directory's `import/` and
+    /// `export/`, created here.
+    pub fn set_file_policy(&self, files: &crate::config::FilesConfig) -> Result<()> {
+        let default_dir = |name: &str| -> Result<Vec<PathBuf>> {
+            match &self.inner.dir {
+                Some(dir) => {
+                    let path = dir.join(name);
+                    std::fs::create_dir_all(&path)?;
+                    Ok(vec![path])
+                }
+                None => Ok(Vec::new()),
+            }
+        };
+        let read_dirs = if files.read_dirs.is_empty() {
+            default_dir("import")?
+        } else {
+            files.read_dirs.clone()
+        };
+        let write_dirs = if files.write_dirs.is_empty() {
+            default_dir("export")?
+        } else {
+            files.write_dirs.clone()
+        };
+        *self
+            .inner
+            .file_policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = Some(FilePolicy {
+            read_roles: files.read_roles.clone(),
+            write_roles: files.write_roles.clone(),
+            read_dirs,
+            write_dirs,
+        });
+        Ok(())
+    }
+
+    /// The server files `role` may use: any but the store's without a file policy,
+    /// else what the policy grants the role.
+    pub fn file_access_for(&self, role: &str) -> FileAccess {
+        let forbidden = self.inner.storage_dirs();
+        let policy = self
+            .inner
+            .file_policy
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        match policy {
+            None => FileAccess::unrestricted(forbidden),
+            Some(p) => {
+                let grant = |roles: &[String], dirs: &[PathBuf]| {
+                    if roles.iter().any(|r| r == role) {
+                        dirs.to_vec()
+                    } else {
+                        Vec::new()
+                    }
+                };
+                FileAccess::restricted(
+                    grant(&p.read_roles, &p.read_dirs),
+                    grant(&p.write_roles, &p.write_dirs),
+                    forbidden,
+                )
+            }
+        }
     }
 
     /// The memory budget all sessions share, in bytes.

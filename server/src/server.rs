@@ -147,6 +147,7 @@ impl ServerBuilder {
                 },
             )?,
         };
+        database.set_file_policy(&config.files)?;
         let tls = match &config.tls {
             Some(t) => Some(tls_acceptor(t)?),
             None => None,

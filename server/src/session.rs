@@ -14,8 +14,10 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::common::collect;
 use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use tessera_planner::FileAccess;
 use futures::StreamExt;
 use tessera_planner::{DEFAULT_CATALOG, DEFAULT_SCHEMA, ddl, la, session};
 
@@ -70,6 +72,9 @@ impl Session {
         }
         // Tessera's settings first, then the builder: the linear-algebra extension
         // installs its functions, rewrites and physical planner.
+        // An embedded database may use any file its process can, but never the store's.
+        let forbidden = inner.storage_dirs();
+        config = config.with_extension(Arc::new(FileAccess::unrestricted(forbidden)));
         let config = la::session_config(config);
         let builder = SessionStateBuilder::new()
             .with_config(config)
@@ -84,6 +89,16 @@ impl Session {
             inner,
             derived: Arc::default(),
         })
+    }
+
+    /// Sets which server files this session's statements may read and write (a server
+    /// connection's role decides; see `[files]` in `docs/server.md`).
+    pub fn set_file_access(&self, access: FileAccess) {
+        self.ctx
+            .state_ref()
+            .write()
+            .config_mut()
+            .set_extension(Arc::new(access));
     }
 
     /// Runs a script of one or more statements (separated by `;`) and returns the
@@ -176,10 +191,14 @@ impl Session {
         let physical = state.create_physical_plan(&plan).await?;
         let settings = match cache {
             Some((ticket, settings)) => {
-                if cacheable && plan_cache::cacheable_physical(&physical) {
-                    self.inner
-                        .plans
-                        .insert(ticket, text, settings.id, physical.clone());
+                // The cache keeps a copy that never runs: the executed tree holds its
+                // operators' results and memory reservations until it is dropped, which
+                // must be when this statement ends, not when the entry is evicted.
+                if cacheable
+                    && plan_cache::cacheable_physical(&physical)
+                    && let Ok(pristine) = reset_plan_states(physical.clone())
+                {
+                    self.inner.plans.insert(ticket, text, settings.id, pristine);
                 }
                 settings
             }

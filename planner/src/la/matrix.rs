@@ -7,7 +7,11 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch};
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::memory_pool::MemoryReservation;
-use tessera_storage::{Block, CooBuilder, CsrBlock, DenseBlock, datafusion_hash};
+use tessera_storage::{
+    Block, CooBuilder, CsrBlock, DenseBlock, MAX_BLOCK_CELLS, datafusion_hash,
+};
+
+use crate::error::{ErrorKind, tessera_error};
 
 /// One block: block row, block column, contents.
 pub type Tile = (u64, u64, Arc<Block>);
@@ -103,6 +107,29 @@ impl Layout {
             Layout::Cols(KeyFn::Range { .. }) => format!("block-column ranges x{n}"),
             Layout::Other => format!("other x{n}"),
         }
+    }
+}
+
+/// Block positions one matrix may have. Operators visit grids (placement, products,
+/// fills), so a shape with more positions is refused before anything is allocated: a
+/// subquery coordinate of 9e18 must be an error, not an allocation the kernel kills.
+pub(crate) const MAX_GRID_BLOCKS: u64 = 1 << 24;
+
+/// Checks that a `rows x cols` matrix in `br x bc` blocks stays within
+/// [`MAX_GRID_BLOCKS`]; the error (54000) names `what` and the shape.
+pub(crate) fn check_shape(what: &str, rows: u64, cols: u64, br: u64, bc: u64) -> Result<()> {
+    let grid = rows
+        .div_ceil(br.max(1))
+        .checked_mul(cols.div_ceil(bc.max(1)));
+    match grid {
+        Some(g) if g <= MAX_GRID_BLOCKS => Ok(()),
+        _ => Err(tessera_error(
+            ErrorKind::ProgramLimitExceeded,
+            format!(
+                "{what}: a {rows}x{cols} matrix in {br}x{bc} blocks has more than \
+                 {MAX_GRID_BLOCKS} block positions, the most one matrix may have"
+            ),
+        )),
     }
 }
 
@@ -265,13 +292,23 @@ impl BlockMatrix {
 
     /// The whole matrix as one dense row-major buffer.
     pub fn to_dense(&self) -> Result<DenseBlock> {
+        if self.rows.saturating_mul(self.cols) > MAX_BLOCK_CELLS {
+            return Err(tessera_error(
+                ErrorKind::ProgramLimitExceeded,
+                format!(
+                    "a {}x{} matrix is too large to gather into one dense matrix (at most \
+                     {MAX_BLOCK_CELLS} cells)",
+                    self.rows, self.cols
+                ),
+            ));
+        }
         let (rows, cols) = (self.rows as usize, self.cols as usize);
         let mut values = vec![0.0; rows * cols];
         for (bi, bj, b) in self.tiles() {
             let (r0, c0) = ((bi * self.br) as usize, (bj * self.bc) as usize);
             b.for_each_nonzero(|r, c, v| values[(r0 + r) * cols + c0 + c] = v);
         }
-        DenseBlock::new(rows, cols, values).map_err(|e| DataFusionError::External(Box::new(e)))
+        DenseBlock::new(rows, cols, values).map_err(crate::error::storage_error)
     }
 
     /// Cuts a dense matrix into blocks of `br x bc`, stored dense or sparse by density.
@@ -351,9 +388,10 @@ impl BlockMatrix {
                 .fold((0, 0), |(r, c), &(i, j, _)| (r.max(i + 1), c.max(j + 1))),
         };
         if let Some(&(i, j, _)) = cells.iter().find(|&&(i, j, _)| i >= rows || j >= cols) {
-            return exec_err!("{what}: cell ({i}, {j}) is outside the {rows}x{cols} matrix");
+            return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("{what}: cell ({i}, {j}) is outside the {rows}x{cols} matrix")));
         }
         let (br, bc) = super::auto_block(rows.max(1), cols.max(1));
+        check_shape(what, rows, cols, br, bc)?;
         let mut sink = CellSink::new(rows, cols, br, bc);
         for (i, j, v) in cells {
             sink.push(i, j, v)?;
@@ -389,11 +427,9 @@ impl CellSink {
     /// Adds cell `(i, j)` (inside the shape).
     pub(crate) fn push(&mut self, i: u64, j: u64, v: f64) -> Result<()> {
         if i >= self.rows || j >= self.cols {
-            return exec_err!(
-                "cell ({i}, {j}) is outside the {}x{} matrix",
+            return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("cell ({i}, {j}) is outside the {}x{} matrix",
                 self.rows,
-                self.cols
-            );
+                self.cols)));
         }
         let (br, bc, rows, cols) = (self.br, self.bc, self.rows, self.cols);
         let key = (i / br, j / bc);
@@ -404,7 +440,7 @@ impl CellSink {
             )
         });
         b.push((i % br) as usize, (j % bc) as usize, v)
-            .map_err(|e| DataFusionError::External(Box::new(e)))
+            .map_err(crate::error::storage_error)
     }
 
     /// The matrix, placed by hash over `n` partitions.

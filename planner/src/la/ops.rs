@@ -12,12 +12,13 @@ use tessera_storage::{Block, DenseBlock, Partitioning, Snapshot};
 
 use super::expr::{Broadcast, Reduction, Step, broadcast};
 use super::matrix::{
-    BlockMatrix, CellSink, KeyFn, Layout, Tile, TileSink, block_bytes, zero_block,
+    BlockMatrix, CellSink, KeyFn, Layout, Tile, TileSink, block_bytes, check_shape, zero_block,
 };
 use super::strategy::Strategy;
+use crate::error::{ErrorKind, tessera_error};
 
 fn storage(e: tessera_storage::StorageError) -> DataFusionError {
-    DataFusionError::External(Box::new(e))
+    crate::error::storage_error(e)
 }
 
 /// What an operator did, for EXPLAIN ANALYZE, and where its finished blocks may go.
@@ -151,6 +152,7 @@ pub(crate) fn scan(snapshot: &Snapshot) -> Result<BlockMatrix> {
 /// `eye(n)`.
 pub(crate) fn eye(n: u64, parts: usize) -> Result<BlockMatrix> {
     let (br, bc) = super::auto_block(n, n);
+    check_shape("eye", n, n, br, bc)?;
     let mut sink = CellSink::new(n, n, br, bc);
     for i in 0..n {
         sink.push(i, i, 1.0)?;
@@ -189,6 +191,7 @@ pub(crate) fn rand(
     parts: usize,
 ) -> Result<BlockMatrix> {
     let (br, bc) = super::auto_block(rows, cols);
+    check_shape("rand", rows, cols, br, bc)?;
     if density.is_nan() || density <= 0.0 {
         return Ok(BlockMatrix::empty(rows, cols, br, bc, parts, Layout::Hash2));
     }
@@ -429,14 +432,15 @@ pub(crate) fn matmul(
 ) -> Result<BlockMatrix> {
     grow(&mut a, 0, b.rows);
     grow(&mut b, a.cols, 0);
+    check_shape("matmul", a.rows, a.cols, a.br, a.bc)?;
+    check_shape("matmul", b.rows, b.cols, b.br, b.bc)?;
+    check_shape("matmul", a.rows, b.cols, a.br, b.bc)?;
     if a.cols != b.rows {
-        return plan_err!(
-            "matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
+        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
             dims(a.shape()),
             dims(b.shape()),
             a.cols,
-            b.rows
-        );
+            b.rows)));
     }
     if a.bc != b.br {
         // Cut b's rows like a's columns so block k meets block k.
@@ -686,13 +690,11 @@ pub(crate) fn mmchain(
 ) -> Result<BlockMatrix> {
     grow(&mut v, x.cols, 0);
     if x.cols != v.rows {
-        return plan_err!(
-            "matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
+        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
             dims(x.shape()),
             dims(v.shape()),
             x.cols,
-            v.rows
-        );
+            v.rows)));
     }
     let x = one_block_column(x, n, work)?;
     let vd = v.to_dense()?;
@@ -972,11 +974,9 @@ pub(crate) fn fused(
     let mut others = Vec::new();
     for l in leaves {
         if l.shape() != first.shape() {
-            return plan_err!(
-                "elementwise: shapes do not conform: {} and {}",
+            return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("elementwise: shapes do not conform: {} and {}",
                 dims(first.shape()),
-                dims(l.shape())
-            );
+                dims(l.shape()))));
         }
         others.push(align(&mut first, l, n, work)?);
     }
@@ -1195,10 +1195,8 @@ pub(crate) fn diag(a: BlockMatrix, n: usize) -> Result<BlockMatrix> {
         return Ok(sink.finish(n));
     }
     if rows != cols {
-        return plan_err!(
-            "diag: the matrix must be square or a vector, it is {}",
-            dims(a.shape())
-        );
+        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("diag: the matrix must be square or a vector, it is {}",
+            dims(a.shape()))));
     }
     let mut sink = CellSink::new(rows, 1, a.br, 1);
     for_each_cell(
@@ -1260,12 +1258,10 @@ pub(crate) fn bind(
         a.rows == b.rows
     };
     if !conform {
-        return plan_err!(
-            "{name}: shapes do not conform: {} and {} ({} counts differ)",
+        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("{name}: shapes do not conform: {} and {} ({} counts differ)",
             dims(a.shape()),
             dims(b.shape()),
-            if rbind { "column" } else { "row" }
-        );
+            if rbind { "column" } else { "row" })));
     }
     let (rows, cols) = if rbind {
         (a.rows + b.rows, a.cols)
@@ -1318,10 +1314,8 @@ fn from_faer(m: faer::MatRef<'_, f64>, n: usize) -> BlockMatrix {
 
 fn square(name: &str, a: &BlockMatrix) -> Result<()> {
     if a.rows != a.cols {
-        return plan_err!(
-            "{name}: the matrix must be square, it is {}",
-            dims(a.shape())
-        );
+        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("{name}: the matrix must be square, it is {}",
+            dims(a.shape()))));
     }
     Ok(())
 }
@@ -1335,7 +1329,10 @@ fn lu_checked(name: &str, a: &DenseBlock) -> Result<faer::linalg::solvers::Parti
         !x.is_finite() || x <= scale * f64::EPSILON * u.nrows() as f64
     });
     if singular || scale == 0.0 {
-        return plan_err!("{name}: the matrix is singular (or numerically singular)");
+        return Err(tessera_error(
+            ErrorKind::SingularMatrix,
+            format!("{name}: the matrix is singular (or numerically singular)"),
+        ));
     }
     Ok(lu)
 }
@@ -1345,11 +1342,9 @@ pub(crate) fn solve(a: BlockMatrix, mut b: BlockMatrix, n: usize) -> Result<Bloc
     square("solve", &a)?;
     grow(&mut b, a.rows, 0);
     if a.rows != b.rows {
-        return plan_err!(
-            "solve: shapes do not conform: {} and {} (row counts differ)",
+        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("solve: shapes do not conform: {} and {} (row counts differ)",
             dims(a.shape()),
-            dims(b.shape())
-        );
+            dims(b.shape()))));
     }
     use faer::linalg::solvers::Solve;
     let (ad, bd) = (a.to_dense()?, b.to_dense()?);
@@ -1376,16 +1371,17 @@ pub(crate) fn cholesky(a: BlockMatrix, n: usize) -> Result<BlockMatrix> {
     for i in 0..m {
         for j in 0..i {
             if (ad.get(i, j) - ad.get(j, i)).abs() > tol {
-                return plan_err!(
-                    "cholesky: the matrix is not symmetric (cell ({i}, {j}) is {} but ({j}, {i}) is {})",
+                return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("cholesky: the matrix is not symmetric (cell ({i}, {j}) is {} but ({j}, {i}) is {})",
                     ad.get(i, j),
-                    ad.get(j, i)
-                );
+                    ad.get(j, i))));
             }
         }
     }
     match faer_of(&ad).llt(faer::Side::Lower) {
         Ok(llt) => Ok(from_faer(llt.L(), n)),
-        Err(_) => plan_err!("cholesky: the matrix is not positive definite"),
+        Err(_) => Err(tessera_error(
+            ErrorKind::SingularMatrix,
+            "cholesky: the matrix is not positive definite",
+        )),
     }
 }

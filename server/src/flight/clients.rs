@@ -109,7 +109,9 @@ pub(crate) struct Clients {
 
 impl Clients {
     pub(crate) fn new(database: Database, authenticator: Authenticator) -> Result<Clients> {
-        let anonymous = Arc::new(FlightClient::new("anonymous".into(), database.session()?));
+        let session = database.session()?;
+        session.set_file_access(database.file_access_for("anonymous"));
+        let anonymous = Arc::new(FlightClient::new("anonymous".into(), session));
         Ok(Clients {
             database,
             authenticator,
@@ -145,7 +147,7 @@ impl Clients {
                 if let Some(client) = basic.get(&user) {
                     return Ok(client.clone());
                 }
-                let client = Arc::new(FlightClient::new(user.clone(), self.new_session()?));
+                let client = Arc::new(FlightClient::new(user.clone(), self.new_session(&user)?));
                 basic.insert(user, client.clone());
                 Ok(client)
             }
@@ -186,7 +188,7 @@ impl Clients {
             },
         };
         let token = URL_SAFE_NO_PAD.encode(random_bytes::<32>().map_err(|e| super::status(&e))?);
-        let client = Arc::new(FlightClient::new(user, self.new_session()?));
+        let client = Arc::new(FlightClient::new(user.clone(), self.new_session(&user)?));
         let mut tokens = lock(&self.tokens);
         let now = Instant::now();
         tokens.retain(|_, c| now.duration_since(*lock(&c.last_used)) < TOKEN_IDLE_TIMEOUT);
@@ -194,8 +196,11 @@ impl Clients {
         Ok(token)
     }
 
-    fn new_session(&self) -> Result<Session, Status> {
-        self.database.session().map_err(|e| super::status(&e))
+    /// A session for `user`, with the server files its role may use.
+    fn new_session(&self, user: &str) -> Result<Session, Status> {
+        let session = self.database.session().map_err(|e| super::status(&e))?;
+        session.set_file_access(self.database.file_access_for(user));
+        Ok(session)
     }
 
     fn check_password(

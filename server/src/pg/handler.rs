@@ -162,6 +162,8 @@ impl PgConnection {
         over_limit: bool,
     ) -> Result<PgConnection, DataFusionError> {
         let session = shared.database.session()?;
+        // No server files until the startup message names the role.
+        session.set_file_access(shared.database.file_access_for(""));
         let driver = AuthDriver::new(shared.parameters.clone());
         let state = ConnectionState {
             statement_timeout: shared.statement_timeout,
@@ -398,6 +400,10 @@ impl PgConnection {
 
     /// Seeds the PostgreSQL settings from the startup parameters.
     fn remember_startup_parameters<C: ClientInfo>(&self, client: &C) {
+        if let Some(user) = client.metadata().get("user") {
+            self.session
+                .set_file_access(self.shared.database.file_access_for(user));
+        }
         let mut state = self.state();
         for (k, v) in client.metadata() {
             if !matches!(k.as_str(), "user" | "database" | "options" | "replication") {
