@@ -14,6 +14,7 @@ mod error;
 pub mod la;
 mod partitioning;
 pub mod session;
+mod sql_types;
 mod stored_table;
 mod view;
 
@@ -29,5 +30,6 @@ pub use cell_scan::CellScanExec;
 pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
 pub use error::{ErrorKind, TesseraError, storage_error, storage_error_kind, tessera_error};
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
+pub use sql_types::PostgresTypes;
 pub use stored_table::StoredTable;
 pub use view::SqlView;
