@@ -16,6 +16,7 @@ mod partitioning;
 pub mod session;
 mod sql_types;
 mod stored_table;
+mod table_files;
 mod view;
 
 pub use array_table::{ArrayTable, CellListing, cell_schema};
@@ -31,5 +32,5 @@ pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
 pub use error::{ErrorKind, TesseraError, storage_error, storage_error_kind, tessera_error};
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
 pub use sql_types::PostgresTypes;
-pub use stored_table::StoredTable;
+pub use stored_table::{StoredTable, StoredTableScanExec};
 pub use view::SqlView;
