@@ -867,3 +867,154 @@ fn new_file_name() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("part-{nanos}-{n}.parquet")
 }
+
+#[cfg(test)]
+mod tests {
+    use datafusion::arrow::array::Int64Array;
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use tessera_storage::backend::MemoryBackend;
+
+    use super::*;
+
+    fn open(memory: &MemoryBackend) -> TableFiles {
+        TableFiles::open(Arc::new(memory.clone()), "tables".into(), None).unwrap()
+    }
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]))
+    }
+
+    /// Stores table `name` holding `values`; returns its id.
+    fn store(files: &TableFiles, name: &str, values: Vec<i64>) -> u64 {
+        let id = files.next_id().unwrap();
+        let batch =
+            RecordBatch::try_new(schema(), vec![Arc::new(Int64Array::from(values))]).unwrap();
+        let data = files
+            .write_files(id, &schema(), std::iter::once(Ok(batch)))
+            .unwrap();
+        let meta = StoredTableMeta {
+            id,
+            schema_ipc: String::new(),
+            files: data,
+            defaults: BTreeMap::new(),
+            constraints: Vec::new(),
+            checksum: 0,
+        };
+        files.commit_table(name, meta).unwrap();
+        id
+    }
+
+    #[test]
+    fn the_sweep_deletes_only_what_the_catalog_proves_unused() {
+        let memory = MemoryBackend::new();
+        let files = open(&memory);
+        let t = store(&files, "t", vec![1, 2, 3]);
+        let listed = files.stored("t").unwrap().files[0].name.clone();
+        // A creation that never committed: its id is retired.
+        let orphan = files.next_id().unwrap();
+        memory.write(&format!("{orphan}/part-1.parquet"), b"half").unwrap();
+        // A leftover in t's directory, a directory no table claims, a stray root file.
+        memory.write(&format!("{t}/part-9.parquet"), b"old").unwrap();
+        memory.write("77/part-1.parquet", b"someone's").unwrap();
+        memory.write("notes.txt", b"keep").unwrap();
+        memory.write(CATALOG_TMP, b"{").unwrap();
+        drop(files);
+        let files = open(&memory);
+        assert_eq!(
+            memory.list("").unwrap(),
+            vec![
+                format!("{t}/{listed}"),
+                "77/part-1.parquet".to_string(),
+                CATALOG_FILE.to_string(),
+                "notes.txt".to_string(),
+            ]
+        );
+        assert!(files.catalog().retired.is_empty());
+        // Ids are never reused, not even one of a directory nobody claims.
+        assert_eq!(files.next_id().unwrap(), 78);
+    }
+
+    #[test]
+    fn an_entry_resealed_with_another_id_is_damaged_and_its_files_stay() {
+        let memory = MemoryBackend::new();
+        let files = open(&memory);
+        let t = store(&files, "t", vec![1, 2, 3]);
+        store(&files, "u", vec![4]);
+        let mut next = files.catalog();
+        if let Some(PersistedTable::Stored(meta)) = next.tables.get_mut("t") {
+            meta.id = 40;
+            meta.seal("t");
+        }
+        {
+            let _commit = lock(&files.commit);
+            files.commit_catalog(next).unwrap();
+        }
+        drop(files);
+        let before = memory.list("").unwrap();
+        let files = open(&memory);
+        let damaged = files.damaged();
+        assert!(damaged["t"].contains("tables/40/"), "{damaged:?}");
+        assert!(files.stored("t").is_none() && files.stored("u").is_some());
+        assert_eq!(memory.list("").unwrap(), before);
+        assert!(before.iter().any(|p| p.starts_with(&format!("{t}/"))));
+        // Dropping the damaged entry forgets it and deletes nothing.
+        assert_eq!(files.commit_drop("t").unwrap(), None);
+        drop(files);
+        open(&memory);
+        assert_eq!(memory.list("").unwrap(), before);
+    }
+
+    #[test]
+    fn two_tables_sharing_a_directory_refuse_to_open() {
+        let memory = MemoryBackend::new();
+        let files = open(&memory);
+        store(&files, "t", vec![1]);
+        let u = store(&files, "u", vec![2]);
+        let mut next = files.catalog();
+        let Some(PersistedTable::Stored(t_meta)) = next.tables.get("t").cloned() else {
+            panic!("t is stored");
+        };
+        if let Some(PersistedTable::Stored(meta)) = next.tables.get_mut("u") {
+            meta.id = t_meta.id;
+            meta.files = t_meta.files.clone();
+            meta.seal("u");
+        }
+        {
+            let _commit = lock(&files.commit);
+            files.commit_catalog(next).unwrap();
+        }
+        drop(files);
+        let e = TableFiles::open(Arc::new(memory.clone()), "tables".into(), None).unwrap_err();
+        assert!(e.to_string().contains("same directory"), "{e}");
+        assert!(memory.list(&format!("{u}/")).unwrap().len() == 1);
+    }
+
+    #[test]
+    fn a_format_1_catalog_is_upgraded_with_checksums_of_the_files() {
+        let memory = MemoryBackend::new();
+        let files = open(&memory);
+        let id = store(&files, "t", vec![5, 6]);
+        let file = files.stored("t").unwrap().files[0].clone();
+        drop(files);
+        let v1 = serde_json::json!({
+            "format": 1,
+            "next_id": id + 1,
+            "tables": {
+                "t": {"kind": "stored", "id": id, "schema_ipc": "", "files": [file.name],
+                      "defaults": {}, "constraints": []},
+                "v": {"kind": "definition", "seq": 9, "definition": "view", "sql": "CREATE VIEW v AS SELECT 1"}
+            }
+        });
+        memory
+            .write(CATALOG_FILE, &serde_json::to_vec(&v1).unwrap())
+            .unwrap();
+        let files = open(&memory);
+        assert_eq!(files.stored("t").unwrap().files, vec![file.clone()]);
+        assert!(files.damaged().is_empty());
+        let on_disk: serde_json::Value =
+            serde_json::from_slice(&memory.read(CATALOG_FILE).unwrap()).unwrap();
+        assert_eq!(on_disk["format"], TABLES_FORMAT);
+        // The file as written: the checksum the writer computed verifies.
+        assert_eq!(files.read_file("t", id, &file).unwrap().len() as u64, file.bytes);
+    }
+}
