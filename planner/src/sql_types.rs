@@ -53,6 +53,7 @@ fn float_type(info: &ExactNumberInfo) -> Result<DataType> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)] // tests may panic
     use super::*;
 
     #[test]

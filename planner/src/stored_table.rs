@@ -243,7 +243,7 @@ pub struct StoredTableScanExec {
 }
 
 impl StoredTableScanExec {
-    #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)] // one scan's parts, from `StoredTable::scan` only
     fn try_new(
         files: Arc<TableFiles>,
         name: String,
@@ -401,21 +401,21 @@ impl ExecutionPlan for StoredTableScanExec {
                 move |r| {
                     let decoded = r.and_then(|(bytes, file)| {
                         let shown = format!("{location}/{id}/{file}");
-                        decode_file(bytes, projection.as_deref(), &projected, batch_size).map_err(
-                            |e| {
-                                tessera_error(
-                                    ErrorKind::DataCorrupted,
-                                    format!(
-                                        "table '{name}': data file {shown} cannot be decoded: {e}"
-                                    ),
-                                )
-                            },
-                        )
+                        let name = name.clone();
+                        let damaged = move |e: DataFusionError| {
+                            tessera_error(
+                                ErrorKind::DataCorrupted,
+                                format!("table '{name}': data file {shown} cannot be decoded: {e}"),
+                            )
+                        };
+                        decode_file(bytes, projection.as_deref(), &projected, batch_size, damaged)
                     });
-                    match decoded {
-                        Ok(batches) => futures::stream::iter(batches).left_stream(),
-                        Err(e) => futures::stream::iter(vec![Err(e)]).right_stream(),
-                    }
+                    let batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> =
+                        match decoded {
+                            Ok(batches) => batches,
+                            Err(e) => Box::new(std::iter::once(Err(e))),
+                        };
+                    futures::stream::iter(batches)
                 }
             });
         let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
@@ -426,14 +426,17 @@ impl ExecutionPlan for StoredTableScanExec {
     }
 }
 
-/// Decodes a verified Parquet file's `projection` columns as batches of `schema`.
+/// Decodes a verified Parquet file's `projection` columns as batches of `schema`, one
+/// batch at a time; `damaged` says what a decoding error means.
 fn decode_file(
     bytes: bytes::Bytes,
     projection: Option<&[usize]>,
     schema: &SchemaRef,
     batch_size: usize,
-) -> Result<Vec<Result<RecordBatch>>> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)?;
+    damaged: impl Fn(DataFusionError) -> DataFusionError + Send + 'static,
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| damaged(DataFusionError::from(e)))?;
     let mask = match projection {
         Some(p) => ProjectionMask::roots(builder.parquet_schema(), p.iter().copied()),
         None => ProjectionMask::all(),
@@ -441,19 +444,15 @@ fn decode_file(
     let reader = builder
         .with_projection(mask)
         .with_batch_size(batch_size)
-        .build()?;
+        .build()
+        .map_err(|e| damaged(DataFusionError::from(e)))?;
     let schema = schema.clone();
-    Ok(reader
-        .map(move |batch| {
-            let batch = batch?;
-            let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-            Ok(RecordBatch::try_new_with_options(
-                schema.clone(),
-                batch.columns().to_vec(),
-                &options,
-            )?)
-        })
-        .collect())
+    Ok(Box::new(reader.map(move |batch| {
+        let batch = batch.map_err(|e| damaged(DataFusionError::from(e)))?;
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
+            .map_err(|e| damaged(DataFusionError::from(e)))
+    })))
 }
 
 /// Appends (or, for `INSERT OVERWRITE`, replaces) a stored table's rows as new files.

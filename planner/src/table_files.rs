@@ -870,6 +870,7 @@ fn new_file_name() -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)] // tests may panic
     use datafusion::arrow::array::Int64Array;
     use datafusion::arrow::datatypes::{DataType, Field, Schema};
     use tessera_storage::backend::MemoryBackend;
