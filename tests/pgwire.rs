@@ -925,7 +925,11 @@ async fn pgwire_float_columns_have_postgresql_widths() {
         .await
         .unwrap();
     let rows = client.query("SELECT * FROM t", &[]).await.unwrap();
-    let types: Vec<Type> = rows[0].columns().iter().map(|c| c.type_().clone()).collect();
+    let types: Vec<Type> = rows[0]
+        .columns()
+        .iter()
+        .map(|c| c.type_().clone())
+        .collect();
     assert_eq!(
         types.iter().map(Type::oid).collect::<Vec<_>>(),
         [701, 701, 700, 700, 701, 700, 701],

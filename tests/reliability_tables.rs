@@ -145,7 +145,10 @@ fn a_truncated_table_file_is_xx001() {
         assert_eq!(kind(&e), Some(ErrorKind::DataCorrupted), "{e}");
         let text = e.to_string();
         assert!(text.contains("'t'") && text.contains("truncated"), "{text}");
-        assert!(text.contains(&*file.file_name().unwrap().to_string_lossy()), "{text}");
+        assert!(
+            text.contains(&*file.file_name().unwrap().to_string_lossy()),
+            "{text}"
+        );
         let e = scalar(&db, "SELECT count(*) FROM t").await.unwrap_err();
         assert_eq!(kind(&e), Some(ErrorKind::DataCorrupted), "{e}");
     });
@@ -188,7 +191,11 @@ fn an_edited_id_in_the_table_catalog_deletes_nothing() {
     let after = listing(&path.join("tables"));
     for (file, bytes) in &before {
         if file.ends_with(".parquet") {
-            assert_eq!(after.get(file), Some(bytes), "{file} was changed or deleted");
+            assert_eq!(
+                after.get(file),
+                Some(bytes),
+                "{file} was changed or deleted"
+            );
         }
     }
     // Reopening again deletes nothing either; putting the id back restores the table.
@@ -301,7 +308,9 @@ async fn seed(catalog: &Arc<TesseraCatalog>) {
     let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
     let rows = RecordBatch::try_new(
         schema.clone(),
-        vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![1, 2]))],
+        vec![Arc::new(datafusion::arrow::array::Int64Array::from(vec![
+            1, 2,
+        ]))],
     )
     .unwrap();
     catalog
@@ -351,14 +360,29 @@ fn a_failed_fsync_torn_write_or_rename_during_insert_leaves_the_previous_content
                 assert!(e.to_string().contains("injected"), "{fault:?} #{nth}: {e}");
                 // The statement failed: this process, and the disk after a power loss,
                 // show the previous content, with no file left behind.
-                assert_eq!(table_sum(&catalog).await.unwrap(), (2, 3), "{fault:?} #{nth}");
+                assert_eq!(
+                    table_sum(&catalog).await.unwrap(),
+                    (2, 3),
+                    "{fault:?} #{nth}"
+                );
                 drop(catalog);
                 memory.crash();
                 let reopened = open(Arc::new(memory.clone()));
-                assert_eq!(table_sum(&reopened).await.unwrap(), (2, 3), "{fault:?} #{nth}");
-                assert_eq!(data_paths(&memory).len(), 1, "{fault:?} #{nth}: {:?}", data_paths(&memory));
+                assert_eq!(
+                    table_sum(&reopened).await.unwrap(),
+                    (2, 3),
+                    "{fault:?} #{nth}"
+                );
+                assert_eq!(
+                    data_paths(&memory).len(),
+                    1,
+                    "{fault:?} #{nth}: {:?}",
+                    data_paths(&memory)
+                );
                 // And the table takes writes again.
-                insert(&reopened, "INSERT INTO t VALUES (100)").await.unwrap();
+                insert(&reopened, "INSERT INTO t VALUES (100)")
+                    .await
+                    .unwrap();
                 assert_eq!(table_sum(&reopened).await.unwrap(), (3, 103));
                 nth += 1;
             }
@@ -374,18 +398,27 @@ fn every_acknowledged_write_survives_a_simulated_power_loss() {
         seed(&catalog).await;
         let (mut count, mut sum) = (2, 3);
         for k in 1..=5i64 {
-            insert(&catalog, &format!("INSERT INTO t VALUES ({k}), ({})", k * 10))
-                .await
-                .unwrap();
+            insert(
+                &catalog,
+                &format!("INSERT INTO t VALUES ({k}), ({})", k * 10),
+            )
+            .await
+            .unwrap();
             count += 2;
             sum += k * 11;
             drop(catalog);
             memory.crash();
             catalog = open(Arc::new(memory.clone()));
-            assert_eq!(table_sum(&catalog).await.unwrap(), (count, sum), "after insert {k}");
+            assert_eq!(
+                table_sum(&catalog).await.unwrap(),
+                (count, sum),
+                "after insert {k}"
+            );
         }
         // INSERT OVERWRITE, then a power loss: the new content, and the old file gone.
-        insert(&catalog, "INSERT OVERWRITE t VALUES (7)").await.unwrap();
+        insert(&catalog, "INSERT OVERWRITE t VALUES (7)")
+            .await
+            .unwrap();
         drop(catalog);
         memory.crash();
         let catalog = open(Arc::new(memory.clone()));
@@ -418,7 +451,9 @@ fn table_crash_writer_child() {
     runtime().block_on(async {
         let db = Database::open(&dir).unwrap();
         if db.sql("SELECT k FROM t LIMIT 0").await.is_err() {
-            db.sql("CREATE TABLE t (k BIGINT, pad VARCHAR)").await.unwrap();
+            db.sql("CREATE TABLE t (k BIGINT, pad VARCHAR)")
+                .await
+                .unwrap();
         }
         let mut n = scalar(&db, "SELECT COALESCE(max(k), -1) FROM t")
             .await
@@ -503,14 +538,21 @@ fn killed_table_writers_lose_no_acknowledged_insert() {
                     let c = b.column(1).as_primitive::<Int64Type>().value(r);
                     let d = b.column(2).as_primitive::<Int64Type>().value(r);
                     let p = b.column(3).as_primitive::<Int64Type>().value(r);
-                    assert_eq!((c, d, p), (ROWS, ROWS, ROWS * 200), "round {round}: insert {n} torn");
+                    assert_eq!(
+                        (c, d, p),
+                        (ROWS, ROWS, ROWS * 200),
+                        "round {round}: insert {n} torn"
+                    );
                     present.push(n);
                 }
             }
             let expected: Vec<i64> = (0..present.len() as i64).collect();
             assert_eq!(present, expected, "round {round}: inserts missing");
             let newest = present.last().copied().unwrap_or(-1);
-            assert!(newest >= last_ack, "round {round}: acknowledged insert {last_ack} lost");
+            assert!(
+                newest >= last_ack,
+                "round {round}: acknowledged insert {last_ack} lost"
+            );
             if newest > last_ack {
                 between += 1; // committed, killed before printing its ACK
             }
@@ -519,9 +561,14 @@ fn killed_table_writers_lose_no_acknowledged_insert() {
         let catalog: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join("tables/catalog.json")).unwrap())
                 .unwrap();
-        let named = catalog["tables"]["t"]["files"].as_array().map_or(0, Vec::len);
+        let named = catalog["tables"]["t"]["files"]
+            .as_array()
+            .map_or(0, Vec::len);
         assert_eq!(data_files(&dir).len(), named, "round {round}");
     }
-    assert!(last_ack >= 24, "the writer acknowledged only {last_ack} inserts");
+    assert!(
+        last_ack >= 24,
+        "the writer acknowledged only {last_ack} inserts"
+    );
     eprintln!("25 kills: {between} landed between a commit and its ACK; last insert {last_ack}");
 }

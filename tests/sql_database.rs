@@ -800,12 +800,16 @@ fn float_columns_have_postgresql_widths() {
     let check = |batches: &[RecordBatch]| {
         let schema = batches[0].schema();
         let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
-        use DataType::{Float32 as F32, Float64 as F64};
+        use datafusion::arrow::datatypes::DataType::{Float32 as F32, Float64 as F64};
         assert_eq!(types, [&F64, &F64, &F32, &F32, &F64, &F32, &F64]);
         for (col, ty) in types.iter().enumerate() {
             let column = batches[0].column(col);
             if **ty == F64 {
-                assert_eq!(column.as_primitive::<Float64Type>().value(0), third, "{col}");
+                assert_eq!(
+                    column.as_primitive::<Float64Type>().value(0),
+                    third,
+                    "{col}"
+                );
             } else {
                 let v = column.as_primitive::<Float32Type>().value(0);
                 assert_eq!(v, third as f32, "{col}");
@@ -833,7 +837,11 @@ fn float_columns_have_postgresql_widths() {
         );
         let e = error(db.sql("SELECT CAST(1 AS FLOAT(54))").await);
         let kind = tessera_planner::TesseraError::find(&e).map(|t| t.kind());
-        assert_eq!(kind, Some(tessera_planner::ErrorKind::InvalidParameterValue), "{e}");
+        assert_eq!(
+            kind,
+            Some(tessera_planner::ErrorKind::InvalidParameterValue),
+            "{e}"
+        );
     });
     runtime().block_on(async {
         let db = Database::open(&path).unwrap();

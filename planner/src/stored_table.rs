@@ -408,7 +408,13 @@ impl ExecutionPlan for StoredTableScanExec {
                                 format!("table '{name}': data file {shown} cannot be decoded: {e}"),
                             )
                         };
-                        decode_file(bytes, projection.as_deref(), &projected, batch_size, damaged)
+                        decode_file(
+                            bytes,
+                            projection.as_deref(),
+                            &projected,
+                            batch_size,
+                            damaged,
+                        )
                     });
                     let batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> =
                         match decoded {

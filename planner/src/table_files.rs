@@ -913,9 +913,13 @@ mod tests {
         let listed = files.stored("t").unwrap().files[0].name.clone();
         // A creation that never committed: its id is retired.
         let orphan = files.next_id().unwrap();
-        memory.write(&format!("{orphan}/part-1.parquet"), b"half").unwrap();
+        memory
+            .write(&format!("{orphan}/part-1.parquet"), b"half")
+            .unwrap();
         // A leftover in t's directory, a directory no table claims, a stray root file.
-        memory.write(&format!("{t}/part-9.parquet"), b"old").unwrap();
+        memory
+            .write(&format!("{t}/part-9.parquet"), b"old")
+            .unwrap();
         memory.write("77/part-1.parquet", b"someone's").unwrap();
         memory.write("notes.txt", b"keep").unwrap();
         memory.write(CATALOG_TMP, b"{").unwrap();
@@ -1016,6 +1020,9 @@ mod tests {
             serde_json::from_slice(&memory.read(CATALOG_FILE).unwrap()).unwrap();
         assert_eq!(on_disk["format"], TABLES_FORMAT);
         // The file as written: the checksum the writer computed verifies.
-        assert_eq!(files.read_file("t", id, &file).unwrap().len() as u64, file.bytes);
+        assert_eq!(
+            files.read_file("t", id, &file).unwrap().len() as u64,
+            file.bytes
+        );
     }
 }
