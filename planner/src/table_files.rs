@@ -1005,7 +1005,7 @@ mod tests {
             "format": 1,
             "next_id": id + 1,
             "tables": {
-                "t": {"kind": "stored", "id": id, "schema_ipc": "", "files": [file.name],
+                "t": {"kind": "stored", "id": id, "schema_ipc": "", "files": [file.name.clone()],
                       "defaults": {}, "constraints": []},
                 "v": {"kind": "definition", "seq": 9, "definition": "view", "sql": "CREATE VIEW v AS SELECT 1"}
             }
