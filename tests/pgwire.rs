@@ -908,3 +908,63 @@ async fn pgwire_cached_plans_see_other_connections_writes() {
     assert_eq!(read(reader.query(sum, &[]).await.unwrap()), None);
     assert_eq!(read(reader.query(at_least, &[&4i32]).await.unwrap()), None);
 }
+
+/// `FLOAT`, `FLOAT(p)`, `REAL` and `DOUBLE PRECISION` get PostgreSQL's widths: what
+/// pandas' `to_sql` creates (`FLOAT(53)`) keeps a Python float's 53 bits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pgwire_float_columns_have_postgresql_widths() {
+    use tokio_postgres::types::Type;
+    let server = start().await;
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (a FLOAT, b FLOAT(53), c FLOAT(10), d REAL, e DOUBLE PRECISION,
+                             f FLOAT(24), g FLOAT(25));
+             INSERT INTO t VALUES (1.0/3, 1.0/3, 1.0/3, 1.0/3, 1.0/3, 1.0/3, 1.0/3)",
+        )
+        .await
+        .unwrap();
+    let rows = client.query("SELECT * FROM t", &[]).await.unwrap();
+    let types: Vec<Type> = rows[0]
+        .columns()
+        .iter()
+        .map(|c| c.type_().clone())
+        .collect();
+    assert_eq!(
+        types.iter().map(Type::oid).collect::<Vec<_>>(),
+        [701, 701, 700, 700, 701, 700, 701],
+        "{types:?}"
+    );
+    let third = 1.0f64 / 3.0;
+    for (col, ty) in types.iter().enumerate() {
+        if *ty == Type::FLOAT8 {
+            let v: f64 = rows[0].get(col);
+            assert_eq!(v.to_bits(), third.to_bits(), "column {col}");
+        } else {
+            let v: f32 = rows[0].get(col);
+            assert_eq!(v.to_bits(), (third as f32).to_bits(), "column {col}");
+        }
+    }
+    // CAST and `::` alike.
+    let row = client
+        .query_one(
+            "SELECT CAST(1.0/3 AS FLOAT), (1.0/3)::FLOAT(53), (1.0/3)::FLOAT(3), CAST(1.0/3 AS REAL)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let oids: Vec<u32> = row.columns().iter().map(|c| c.type_().oid()).collect();
+    assert_eq!(oids, [701, 701, 700, 700]);
+    assert_eq!(row.get::<_, f64>(0), third);
+    assert_eq!(row.get::<_, f64>(1), third);
+    assert_eq!(row.get::<_, f32>(2), third as f32);
+    // Precision outside 1..=53, as PostgreSQL says it.
+    for (sql, words) in [
+        ("SELECT CAST(1 AS FLOAT(0))", "at least 1 bit"),
+        ("CREATE TABLE u (x FLOAT(54))", "less than 54 bits"),
+    ] {
+        let e = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(code(&e), "22023", "{sql}: {e}");
+        assert!(message(&e).contains(words), "{sql}: {e}");
+    }
+}

@@ -788,3 +788,63 @@ fn plan_cache_leaves_volatile_and_stable_functions_alone() {
         assert_ne!(query(&db, "SELECT t FROM v").await, first);
     });
 }
+
+/// `FLOAT` is double precision and `FLOAT(p)` is real for p <= 24, as in PostgreSQL,
+/// in CREATE TABLE (kept across reopening), CAST and `::`.
+#[test]
+fn float_columns_have_postgresql_widths() {
+    use datafusion::arrow::datatypes::{DataType, Float32Type};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let third = 1.0f64 / 3.0;
+    let check = |batches: &[RecordBatch]| {
+        let schema = batches[0].schema();
+        let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
+        use datafusion::arrow::datatypes::DataType::{Float32 as F32, Float64 as F64};
+        assert_eq!(types, [&F64, &F64, &F32, &F32, &F64, &F32, &F64]);
+        for (col, ty) in types.iter().enumerate() {
+            let column = batches[0].column(col);
+            if **ty == F64 {
+                assert_eq!(
+                    column.as_primitive::<Float64Type>().value(0),
+                    third,
+                    "{col}"
+                );
+            } else {
+                let v = column.as_primitive::<Float32Type>().value(0);
+                assert_eq!(v, third as f32, "{col}");
+            }
+        }
+    };
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        db.sql(
+            "CREATE TABLE t (a FLOAT, b FLOAT(53), c FLOAT(10), d REAL, e DOUBLE PRECISION,
+                             f FLOAT(24), g FLOAT(25));
+             INSERT INTO t VALUES (1.0/3, 1.0/3, 1.0/3, 1.0/3, 1.0/3, 1.0/3, 1.0/3)",
+        )
+        .await
+        .unwrap();
+        check(&db.sql("SELECT * FROM t").await.unwrap());
+        check(
+            &db.sql(
+                "SELECT CAST(1.0/3 AS FLOAT), (1.0/3)::FLOAT(53), CAST(1.0/3 AS FLOAT(1)),
+                        (1.0/3)::REAL, CAST(1.0/3 AS DOUBLE PRECISION), (1.0/3)::FLOAT4,
+                        (1.0/3)::FLOAT8",
+            )
+            .await
+            .unwrap(),
+        );
+        let e = error(db.sql("SELECT CAST(1 AS FLOAT(54))").await);
+        let kind = tessera_planner::TesseraError::find(&e).map(|t| t.kind());
+        assert_eq!(
+            kind,
+            Some(tessera_planner::ErrorKind::InvalidParameterValue),
+            "{e}"
+        );
+    });
+    runtime().block_on(async {
+        let db = Database::open(&path).unwrap();
+        check(&db.sql("SELECT * FROM t").await.unwrap());
+    });
+}

@@ -275,8 +275,7 @@ impl StreamingMatrix {
             if !matches!(
                 crate::TesseraError::find(&e).map(crate::TesseraError::kind),
                 Some(crate::ErrorKind::DuplicateTable) | None
-            )
-                && store.array(&name).is_ok_and(|a| a.schema == schema)
+            ) && store.array(&name).is_ok_and(|a| a.schema == schema)
                 && let Err(drop_error) = store.drop_array(&name)
             {
                 tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");

@@ -17,18 +17,18 @@
 //! an error. Persistent tables live under `tables/` in the data directory:
 //!
 //! ```text
-//! tables/catalog.json          every table: schema, files, defaults; definitions' SQL
-//! tables/<id>/part-<n>.parquet one file per CREATE TABLE AS / INSERT / COPY
+//! tables/catalog.json          every table: schema, files (sizes, checksums), defaults;
+//!                              definitions' SQL
+//! tables/<id>/part-<n>.parquet a table's rows, written by CREATE TABLE AS / INSERT / COPY
 //! ```
 //!
-//! `catalog.json` is replaced by write-temp, fsync, rename, fsync-directory, so an
-//! `INSERT` (a new file, then a catalog naming it) is atomic: after a crash the table has
-//! the file or not, and files no catalog names are deleted on the next open.
+//! [`crate::table_files`] keeps them through a storage `Backend` with the arrays' commit
+//! protocol: an `INSERT` (new files, then a catalog naming them) is atomic, every file is
+//! checked against its checksum before it is decoded, and a damaged table is reported
+//! (XX001) while the others are served.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use async_trait::async_trait;
@@ -36,26 +36,23 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::memory::{MemoryCatalogProvider, MemoryCatalogProviderList};
 use datafusion::catalog::{CatalogProvider, CatalogProviderList, SchemaProvider, TableProvider};
-use datafusion::common::{
-    Constraint, Constraints, DataFusionError, Result, exec_datafusion_err, plan_err,
-};
+use datafusion::common::{Constraint, Constraints, Result, plan_err};
 use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{Expr, TableType};
 use serde::{Deserialize, Serialize};
+use tessera_storage::backend::{Backend, LocalBackend};
 use tessera_storage::{ArrayInfo, ArraySchema, BlockFormat, Partitioning, Store};
 
 use crate::array_table::{ArrayTable, CellListing};
-use crate::error::storage_error;
+use crate::error::{ErrorKind, storage_error, tessera_error};
 use crate::stored_table::StoredTable;
+use crate::table_files::{PersistedTable, StoredTableMeta, TableFiles};
 
 /// The name of the schema Tessera's catalog is registered as (DataFusion's default).
 pub const DEFAULT_SCHEMA: &str = "public";
 
 /// The name of the catalog holding [`DEFAULT_SCHEMA`] (DataFusion's default).
 pub const DEFAULT_CATALOG: &str = "datafusion";
-
-/// Version of `tables/catalog.json`.
-const TABLES_FORMAT: u32 = 1;
 
 /// Arrays and tables, as DataFusion's default schema.
 #[derive(Debug)]
@@ -78,6 +75,9 @@ enum TableEntry {
     Pending(String),
     /// A stored definition that could not be planned again; queries get the reason.
     Broken(String),
+    /// A stored table whose catalog entry or files are damaged; queries get the reason
+    /// (XX001) and its files are left as they are.
+    Damaged(String),
 }
 
 /// The kind of a stored definition.
@@ -140,23 +140,53 @@ impl TesseraCatalog {
         })
     }
 
-    /// A catalog over `store` whose tables are stored under `dir` (created if missing);
-    /// stored tables are loaded, files no table uses are deleted. Definitions are
-    /// loaded as pending: plan them with [`TesseraCatalog::pending_definitions`].
+    /// A catalog over `store` whose tables are stored under `dir` (created if missing,
+    /// locked while open); see [`TesseraCatalog::open_backend`].
     pub fn open(store: Store, dir: impl Into<PathBuf>) -> Result<Arc<Self>> {
-        let files = Arc::new(TableFiles::open(dir.into())?);
+        let dir = dir.into();
+        let backend = LocalBackend::open(&dir).map_err(storage_error)?;
+        let location = dir.display().to_string();
+        Self::open_with(store, Arc::new(backend), location, Some(dir))
+    }
+
+    /// A catalog over `store` whose tables are stored in `backend` (`location` names it
+    /// in messages). The table catalog is checked: damaged tables are reported (XX001
+    /// on every use) and the rest served; only files it proves unused are deleted; table
+    /// data without a readable catalog refuses to open. Definitions are loaded as
+    /// pending: plan them with [`TesseraCatalog::pending_definitions`].
+    pub fn open_backend(
+        store: Store,
+        backend: Arc<dyn Backend>,
+        location: impl Into<String>,
+    ) -> Result<Arc<Self>> {
+        Self::open_with(store, backend, location.into(), None)
+    }
+
+    fn open_with(
+        store: Store,
+        backend: Arc<dyn Backend>,
+        location: String,
+        local_root: Option<PathBuf>,
+    ) -> Result<Arc<Self>> {
+        let files = Arc::new(TableFiles::open(backend, location, local_root)?);
+        let damaged = files.damaged();
         let mut tables = BTreeMap::new();
-        let persisted = lock(&files.catalog).clone();
-        for (name, table) in &persisted.tables {
+        for (name, table) in &files.catalog().tables {
             let entry = match table {
-                PersistedTable::Stored { .. } => {
-                    TableEntry::Ready(Arc::new(StoredTable::open(files.clone(), name)?))
-                }
+                PersistedTable::Stored(_) => match damaged.get(name) {
+                    Some(reason) => TableEntry::Damaged(reason.clone()),
+                    None => match StoredTable::open(files.clone(), name) {
+                        Ok(t) => TableEntry::Ready(Arc::new(t)),
+                        Err(e) => {
+                            tracing::error!(table = %name, error = %e, "a stored table cannot be opened");
+                            TableEntry::Damaged(e.to_string())
+                        }
+                    },
+                },
                 PersistedTable::Definition { sql, .. } => TableEntry::Pending(sql.clone()),
             };
             tables.insert(name.clone(), entry);
         }
-        files.collect_garbage()?;
         Ok(Arc::new(Self {
             store,
             tables: RwLock::new(tables),
@@ -191,11 +221,7 @@ impl TesseraCatalog {
     pub fn pending_definitions(&self) -> Vec<(String, String)> {
         let tables = read(&self.tables);
         let mut pending: Vec<(u64, String, String)> = Vec::new();
-        let order = self
-            .files
-            .as_ref()
-            .map(|f| lock(&f.catalog).clone())
-            .unwrap_or_default();
+        let order = self.files.as_ref().map(|f| f.catalog()).unwrap_or_default();
         for (name, entry) in tables.iter() {
             if let TableEntry::Pending(sql) = entry {
                 let seq = match order.tables.get(name) {
@@ -363,11 +389,11 @@ impl TesseraCatalog {
         if let (Some(files), Some(meta)) = (&self.files, meta) {
             let committed = checked.and_then(|()| files.commit_table(&name, meta));
             if let Err(e) = committed {
-                files.delete_table_files(&provider);
+                delete_stored_files(files, &provider);
                 return Err(e);
             }
             if let Some(TableEntry::Ready(old)) = read(&self.tables).get(&name) {
-                files.delete_table_files(old);
+                delete_stored_files(files, old);
             }
         } else {
             checked?;
@@ -392,7 +418,7 @@ impl TesseraCatalog {
             let old = write(&self.tables).get(name).cloned();
             files.commit_definition(name, kind, sql)?;
             if let Some(TableEntry::Ready(old)) = old {
-                files.delete_table_files(&old);
+                delete_stored_files(files, &old);
             }
         }
         write(&self.tables).insert(name.to_string(), TableEntry::Ready(provider));
@@ -403,17 +429,16 @@ impl TesseraCatalog {
     /// none of that name; a plan error if `name` is an array.
     pub fn drop_table(&self, name: &str) -> Result<bool> {
         let _namespace = lock(&self.namespace);
-        let Some(entry) = read(&self.tables).get(name).cloned() else {
+        if !read(&self.tables).contains_key(name) {
             if self.store.array(name).is_ok() {
                 return plan_err!("'{name}' is an array, not a table; use DROP ARRAY {name}");
             }
             return Ok(false);
-        };
-        if let Some(files) = &self.files {
-            files.commit_drop(name)?;
-            if let TableEntry::Ready(p) = &entry {
-                files.delete_table_files(p);
-            }
+        }
+        if let Some(files) = &self.files
+            && let Some(id) = files.commit_drop(name)?
+        {
+            files.delete_table(id);
         }
         write(&self.tables).remove(name);
         Ok(true)
@@ -441,6 +466,9 @@ impl SchemaProvider for TesseraCatalog {
             Some(TableEntry::Ready(p)) => return Ok(Some(p)),
             Some(TableEntry::Broken(reason)) => {
                 return plan_err!("table '{name}' could not be restored: {reason}");
+            }
+            Some(TableEntry::Damaged(reason)) => {
+                return Err(tessera_error(ErrorKind::DataCorrupted, reason));
             }
             // Only seen while stored definitions are planned again (the statement that
             // made it is planned and must not find it).
@@ -505,270 +533,12 @@ impl SchemaProvider for TesseraCatalog {
     }
 }
 
-// ---- persistence ------------------------------------------------------------------------
-
-/// `tables/catalog.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct PersistedCatalog {
-    format: u32,
-    next_id: u64,
-    tables: BTreeMap<String, PersistedTable>,
-}
-
-impl Default for PersistedCatalog {
-    fn default() -> Self {
-        Self {
-            format: TABLES_FORMAT,
-            next_id: 1,
-            tables: BTreeMap::new(),
-        }
+/// Deletes the files of a stored table that the catalog no longer names (its id is
+/// retired); anything else has no files of its own.
+fn delete_stored_files(files: &TableFiles, provider: &Arc<dyn TableProvider>) {
+    if let Some(stored) = provider.downcast_ref::<StoredTable>() {
+        files.delete_table(stored.id());
     }
-}
-
-/// One table in `tables/catalog.json`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub(crate) enum PersistedTable {
-    /// Rows in Parquet files under `tables/<id>/`.
-    Stored(StoredTableMeta),
-    /// A statement planned again on open.
-    Definition {
-        /// Creation order, so definitions are planned after what they use.
-        seq: u64,
-        /// External table or view.
-        definition: DefinitionKind,
-        /// The statement as the user wrote it.
-        sql: String,
-    },
-}
-
-/// What the catalog records about a stored table.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct StoredTableMeta {
-    /// Directory `tables/<id>/`.
-    pub id: u64,
-    /// The Arrow schema as an IPC file with no batches, hex-encoded.
-    pub schema_ipc: String,
-    /// Data files in `tables/<id>/`, in insertion order.
-    pub files: Vec<String>,
-    /// Column defaults as SQL expressions.
-    #[serde(default)]
-    pub defaults: BTreeMap<String, String>,
-    /// Primary key (`"primary_key"`) and unique (`"unique"`) constraints by column index.
-    #[serde(default)]
-    pub constraints: Vec<(String, Vec<usize>)>,
-}
-
-/// The tables directory and its catalog file.
-#[derive(Debug)]
-pub(crate) struct TableFiles {
-    dir: PathBuf,
-    catalog: Mutex<PersistedCatalog>,
-    /// Serializes catalog commits.
-    commit: Mutex<()>,
-}
-
-const CATALOG_FILE: &str = "catalog.json";
-
-impl TableFiles {
-    fn open(dir: PathBuf) -> Result<Self> {
-        fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-        let path = dir.join(CATALOG_FILE);
-        let catalog = match fs::read(&path) {
-            Ok(bytes) => {
-                let c: PersistedCatalog = serde_json::from_slice(&bytes).map_err(|e| {
-                    exec_datafusion_err!("corrupt table catalog {}: {e}", path.display())
-                })?;
-                if c.format != TABLES_FORMAT {
-                    return Err(exec_datafusion_err!(
-                        "table catalog {} has format {}; this build reads {TABLES_FORMAT}",
-                        path.display(),
-                        c.format
-                    ));
-                }
-                c
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => PersistedCatalog::default(),
-            Err(e) => return Err(io_error(&path, e)),
-        };
-        Ok(Self {
-            dir,
-            catalog: Mutex::new(catalog),
-            commit: Mutex::new(()),
-        })
-    }
-
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub(crate) fn table_dir(&self, id: u64) -> PathBuf {
-        self.dir.join(id.to_string())
-    }
-
-    /// A new table id (never reused, even if the table is never committed).
-    pub(crate) fn next_id(&self) -> Result<u64> {
-        let _commit = lock(&self.commit);
-        let mut next = lock(&self.catalog).clone();
-        let id = next.next_id;
-        next.next_id += 1;
-        self.commit_catalog(next)?;
-        Ok(id)
-    }
-
-    /// The stored table `name` as the catalog records it.
-    pub(crate) fn stored(&self, name: &str) -> Option<StoredTableMeta> {
-        match lock(&self.catalog).tables.get(name) {
-            Some(PersistedTable::Stored(meta)) => Some(meta.clone()),
-            _ => None,
-        }
-    }
-
-    /// Records a (new or replaced) stored table.
-    fn commit_table(&self, name: &str, meta: StoredTableMeta) -> Result<()> {
-        let _commit = lock(&self.commit);
-        let mut next = lock(&self.catalog).clone();
-        next.tables
-            .insert(name.to_string(), PersistedTable::Stored(meta));
-        self.commit_catalog(next)
-    }
-
-    fn commit_definition(&self, name: &str, definition: DefinitionKind, sql: &str) -> Result<()> {
-        let _commit = lock(&self.commit);
-        let mut next = lock(&self.catalog).clone();
-        let seq = next.next_id;
-        next.next_id += 1;
-        next.tables.insert(
-            name.to_string(),
-            PersistedTable::Definition {
-                seq,
-                definition,
-                sql: sql.to_string(),
-            },
-        );
-        self.commit_catalog(next)
-    }
-
-    fn commit_drop(&self, name: &str) -> Result<()> {
-        let _commit = lock(&self.commit);
-        let mut next = lock(&self.catalog).clone();
-        if next.tables.remove(name).is_some() {
-            self.commit_catalog(next)?;
-        }
-        Ok(())
-    }
-
-    /// Changes the file list of stored table `id` (called `name`): `f` gets the current
-    /// list. Fails if the table was dropped or replaced meanwhile.
-    pub(crate) fn commit_files(
-        &self,
-        name: &str,
-        id: u64,
-        f: impl FnOnce(&mut Vec<String>),
-    ) -> Result<Vec<String>> {
-        let _commit = lock(&self.commit);
-        let mut next = lock(&self.catalog).clone();
-        let files = match next.tables.get_mut(name) {
-            Some(PersistedTable::Stored(meta)) if meta.id == id => {
-                f(&mut meta.files);
-                meta.files.clone()
-            }
-            _ => {
-                return Err(exec_datafusion_err!(
-                    "table '{name}' was dropped or replaced while rows were written to it"
-                ));
-            }
-        };
-        self.commit_catalog(next)?;
-        Ok(files)
-    }
-
-    /// Replaces `catalog.json` durably; on failure memory keeps the old catalog.
-    fn commit_catalog(&self, next: PersistedCatalog) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(&next)
-            .map_err(|e| DataFusionError::Internal(format!("table catalog: {e}")))?;
-        let tmp = self.dir.join("catalog.json.tmp");
-        let path = self.dir.join(CATALOG_FILE);
-        write_durably(&tmp, &bytes)?;
-        fs::rename(&tmp, &path).map_err(|e| io_error(&path, e))?;
-        sync_dir(&self.dir)?;
-        *lock(&self.catalog) = next;
-        Ok(())
-    }
-
-    /// Deletes the files of a stored table that is no longer in the catalog.
-    fn delete_table_files(&self, provider: &Arc<dyn TableProvider>) {
-        if let Some(stored) = provider.downcast_ref::<StoredTable>() {
-            let dir = self.table_dir(stored.id());
-            if let Err(e) = fs::remove_dir_all(&dir)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                // Left for the next open's garbage collection.
-                tracing::warn!(dir = %dir.display(), error = %e, "could not delete a dropped table's files");
-            }
-        }
-    }
-
-    /// Deletes table directories and files the catalog does not name (left by a crash or
-    /// a failed write).
-    fn collect_garbage(&self) -> Result<()> {
-        let catalog = lock(&self.catalog).clone();
-        let mut keep: HashMap<String, Vec<String>> = HashMap::new();
-        for table in catalog.tables.values() {
-            if let PersistedTable::Stored(meta) = table {
-                keep.insert(meta.id.to_string(), meta.files.clone());
-            }
-        }
-        let entries = fs::read_dir(&self.dir).map_err(|e| io_error(&self.dir, e))?;
-        for entry in entries {
-            let entry = entry.map_err(|e| io_error(&self.dir, e))?;
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !path.is_dir() {
-                if name != CATALOG_FILE {
-                    tracing::debug!(file = %path.display(), "removing a file no table uses");
-                    let _ = fs::remove_file(&path);
-                }
-                continue;
-            }
-            match keep.get(&name) {
-                None => {
-                    tracing::debug!(dir = %path.display(), "removing a directory no table uses");
-                    let _ = fs::remove_dir_all(&path);
-                }
-                Some(files) => {
-                    let inner = fs::read_dir(&path).map_err(|e| io_error(&path, e))?;
-                    for file in inner {
-                        let file = file.map_err(|e| io_error(&path, e))?;
-                        let fname = file.file_name().to_string_lossy().into_owned();
-                        if !files.contains(&fname) {
-                            tracing::debug!(file = %file.path().display(), "removing a file no table uses");
-                            let _ = fs::remove_file(file.path());
-                        }
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Writes a whole file and fsyncs it.
-pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = fs::File::create(path).map_err(|e| io_error(path, e))?;
-    f.write_all(bytes).map_err(|e| io_error(path, e))?;
-    f.sync_all().map_err(|e| io_error(path, e))
-}
-
-/// Makes a directory's entries (a rename into it) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io_error(dir, e))
-}
-
-pub(crate) fn io_error(path: &Path, e: std::io::Error) -> DataFusionError {
-    exec_datafusion_err!("I/O error on {}: {e}", path.display())
 }
 
 /// Constraints as `(kind, columns)` for the catalog file.

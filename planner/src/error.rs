@@ -35,6 +35,8 @@ pub enum ErrorKind {
     InsufficientPrivilege,
     /// A value or input line that cannot be read as its type (22P02).
     InvalidTextRepresentation,
+    /// A parameter outside its domain, such as `FLOAT(0)` (22023).
+    InvalidParameterValue,
     /// Data that do not fit the operation: shapes, a cell outside its array, a bad file
     /// (22000).
     DataException,

@@ -15,7 +15,9 @@ mod file_access;
 pub mod la;
 mod partitioning;
 pub mod session;
+mod sql_types;
 mod stored_table;
+mod table_files;
 mod view;
 
 pub use array_table::{ArrayTable, CellListing, cell_schema};
@@ -31,5 +33,6 @@ pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
 pub use file_access::{FileAccess, FileUse, check_file};
 pub use error::{ErrorKind, TesseraError, storage_error, storage_error_kind, tessera_error};
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
-pub use stored_table::StoredTable;
+pub use sql_types::PostgresTypes;
+pub use stored_table::{StoredTable, StoredTableScanExec};
 pub use view::SqlView;

@@ -1,39 +1,45 @@
-//! Tables stored in the data directory: Parquet files under `tables/<id>/`, listed in
-//! the table catalog (`tables/catalog.json`). A scan reads exactly the files the catalog
-//! names; an `INSERT` writes one new file (temporary name, fsync, rename) and then
-//! commits a catalog naming it, so it is atomic.
+//! Tables stored in the data directory: Parquet files under `tables/<id>/`, listed (with
+//! their sizes and checksums) in the table catalog ([`crate::table_files`]). A scan
+//! ([`StoredTableScanExec`]) reads exactly the files the catalog names, each checked
+//! against its checksum before it is decoded; an `INSERT` writes new files (fsync'd) and
+//! then commits a catalog naming them, so it is atomic.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatchOptions;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::stats::Precision;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{
-    Constraints, DataFusionError, Result, SchemaExt, exec_datafusion_err, not_impl_err,
-};
-use datafusion::datasource::file_format::parquet::ParquetFormat;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+    Constraints, DataFusionError, Result, SchemaExt, Statistics, exec_datafusion_err, exec_err,
+    not_impl_err,
 };
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
 use datafusion::logical_expr::{Expr, TableType};
-use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::ProjectionMask;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
 use futures::StreamExt;
 
-use crate::catalog::{
-    StoredTableMeta, TableFiles, constraints_from_meta, constraints_to_meta, io_error, sync_dir,
-};
+use crate::catalog::{constraints_from_meta, constraints_to_meta};
+use crate::error::{ErrorKind, tessera_error};
+use crate::table_files::{DataFile, StoredTableMeta, TableFiles};
 
 /// A table whose rows are Parquet files in the data directory.
 #[derive(Debug)]
@@ -48,7 +54,7 @@ pub struct StoredTable {
 }
 
 impl StoredTable {
-    /// Writes `batches` as a new table's first file. The table is not in the catalog
+    /// Writes `batches` as a new table's first files. The table is not in the catalog
     /// until the caller commits the returned metadata.
     pub(crate) fn create(
         files: Arc<TableFiles>,
@@ -68,22 +74,14 @@ impl StoredTable {
             default_sql.insert(column.clone(), sql.to_string());
         }
         let id = files.next_id()?;
-        let dir = files.table_dir(id);
-        fs::create_dir_all(&dir).map_err(|e| io_error(&dir, e))?;
-        let mut data = Vec::new();
-        if batches.iter().any(|b| b.num_rows() > 0) {
-            let file = new_file_name();
-            write_parquet_file(&dir, &file, &schema, batches.into_iter().map(Ok))?;
-            data.push(file);
-        }
-        sync_dir(&dir)?;
-        sync_dir(files.dir())?;
+        let data = files.write_files(id, &schema, batches.into_iter().map(Ok))?;
         let meta = StoredTableMeta {
             id,
             schema_ipc: encode_schema(&schema)?,
             files: data,
             defaults: default_sql.clone(),
             constraints: constraints_to_meta(&constraints),
+            checksum: 0,
         };
         let defaults_lock = OnceLock::new();
         let _ = defaults_lock.set(defaults);
@@ -106,8 +104,15 @@ impl StoredTable {
         let meta = files
             .stored(name)
             .ok_or_else(|| exec_datafusion_err!("table '{name}' is not in the table catalog"))?;
-        let schema = decode_schema(&meta.schema_ipc)
-            .map_err(|e| exec_datafusion_err!("corrupt schema of table '{name}': {e}"))?;
+        let schema = decode_schema(&meta.schema_ipc).map_err(|e| {
+            tessera_error(
+                ErrorKind::DataCorrupted,
+                format!(
+                    "table '{name}': its schema in {}/catalog.json cannot be read: {e}",
+                    files.location()
+                ),
+            )
+        })?;
         Ok(StoredTable {
             files,
             name: name.to_string(),
@@ -139,13 +144,12 @@ impl StoredTable {
         let _ = self.defaults.set(defaults);
     }
 
-    fn paths(&self) -> Result<Vec<PathBuf>> {
-        let meta = self.files.stored(&self.name).filter(|m| m.id == self.id);
-        let Some(meta) = meta else {
-            return Err(exec_datafusion_err!("table '{}' was dropped", self.name));
-        };
-        let dir = self.files.table_dir(self.id);
-        Ok(meta.files.iter().map(|f| dir.join(f)).collect())
+    /// The data files as the catalog lists them now.
+    fn data_files(&self) -> Result<Vec<DataFile>> {
+        match self.files.stored(&self.name).filter(|m| m.id == self.id) {
+            Some(meta) => Ok(meta.files),
+            None => Err(exec_datafusion_err!("table '{}' was dropped", self.name)),
+        }
     }
 }
 
@@ -171,29 +175,28 @@ impl TableProvider for StoredTable {
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        filters: &[Expr],
+        _filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let paths = self.paths()?;
-        if paths.is_empty() {
+        let files = self.data_files()?;
+        if files.is_empty() {
             let schema = match projection {
                 Some(p) => Arc::new(self.schema.project(p)?),
                 None => self.schema.clone(),
             };
             return Ok(Arc::new(EmptyExec::new(schema)));
         }
-        let urls = paths
-            .iter()
-            .map(|p| ListingTableUrl::parse(p.to_string_lossy()))
-            .collect::<Result<Vec<_>>>()?;
-        let options =
-            ListingOptions::new(Arc::new(ParquetFormat::default())).with_file_extension(".parquet");
-        let config = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .with_schema(self.schema.clone());
-        ListingTable::try_new(config)?
-            .scan(state, projection, filters, limit)
-            .await
+        let partitions = state.config().target_partitions().max(1);
+        Ok(Arc::new(StoredTableScanExec::try_new(
+            self.files.clone(),
+            self.name.clone(),
+            self.id,
+            self.schema.clone(),
+            projection.cloned(),
+            files,
+            partitions,
+            limit,
+        )?))
     }
 
     async fn insert_into(
@@ -222,7 +225,243 @@ impl TableProvider for StoredTable {
     }
 }
 
-/// Appends (or, for `INSERT OVERWRITE`, replaces) a stored table's rows as one new file.
+/// Reads a stored table's data files, verified, one group of files per partition.
+#[derive(Debug)]
+pub struct StoredTableScanExec {
+    files: Arc<TableFiles>,
+    name: String,
+    id: u64,
+    /// The table's columns.
+    schema: SchemaRef,
+    /// The output columns.
+    projected: SchemaRef,
+    projection: Option<Vec<usize>>,
+    /// Files to read, by output partition.
+    groups: Vec<Arc<Vec<DataFile>>>,
+    limit: Option<usize>,
+    props: Arc<PlanProperties>,
+}
+
+impl StoredTableScanExec {
+    #[allow(clippy::too_many_arguments)] // one scan's parts, from `StoredTable::scan` only
+    fn try_new(
+        files: Arc<TableFiles>,
+        name: String,
+        id: u64,
+        schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+        data: Vec<DataFile>,
+        partitions: usize,
+        limit: Option<usize>,
+    ) -> Result<Self> {
+        let projected = match &projection {
+            Some(p) => Arc::new(schema.project(p)?),
+            None => schema.clone(),
+        };
+        let n = partitions.min(data.len()).max(1);
+        let mut groups = vec![Vec::new(); n];
+        for (k, file) in data.into_iter().enumerate() {
+            groups[k % n].push(file);
+        }
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(projected.clone()),
+            Partitioning::UnknownPartitioning(n),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        )
+        .with_scheduling_type(SchedulingType::Cooperative);
+        Ok(Self {
+            files,
+            name,
+            id,
+            schema,
+            projected,
+            projection,
+            groups: groups.into_iter().map(Arc::new).collect(),
+            limit,
+            props: Arc::new(props),
+        })
+    }
+}
+
+impl DisplayAs for StoredTableScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let files: usize = self.groups.iter().map(|g| g.len()).sum();
+        write!(
+            f,
+            "StoredTableScanExec: table={} files={files} partitions={}",
+            self.name,
+            self.groups.len()
+        )?;
+        if let Some(p) = &self.projection {
+            let names: Vec<&str> = p
+                .iter()
+                .map(|&c| self.schema.field(c).name().as_str())
+                .collect();
+            write!(f, " projection=[{}]", names.join(", "))?;
+        }
+        if let Some(n) = self.limit {
+            write!(f, " limit={n}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for StoredTableScanExec {
+    fn name(&self) -> &str {
+        "StoredTableScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            exec_err!("StoredTableScanExec has no children")
+        }
+    }
+
+    fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
+        let mut s = Statistics::new_unknown(&self.projected);
+        let files: Vec<&DataFile> = match partition {
+            Some(p) => self
+                .groups
+                .get(p)
+                .map(|g| g.iter().collect())
+                .unwrap_or_default(),
+            None => self.groups.iter().flat_map(|g| g.iter()).collect(),
+        };
+        // Inexact: the files are checked only when read, so no answer comes from here.
+        let rows: u64 = files.iter().map(|f| f.rows).sum();
+        let bytes: u64 = files.iter().map(|f| f.bytes).sum();
+        let rows = usize::try_from(rows).unwrap_or(usize::MAX);
+        s.num_rows = Precision::Inexact(self.limit.map_or(rows, |n| rows.min(n)));
+        s.total_byte_size = Precision::Inexact(usize::try_from(bytes).unwrap_or(usize::MAX));
+        Ok(Arc::new(s))
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let Some(group) = self.groups.get(partition).cloned() else {
+            return exec_err!(
+                "StoredTableScanExec: partition {partition} of {}",
+                self.groups.len()
+            );
+        };
+        let reservation = Arc::new(std::sync::Mutex::new(
+            MemoryConsumer::new(format!("StoredTableScanExec[{partition}]"))
+                .register(context.memory_pool()),
+        ));
+        let batch_size = context.session_config().batch_size();
+        let (files, name, id) = (self.files.clone(), self.name.clone(), self.id);
+        let (projection, projected) = (self.projection.clone(), self.projected.clone());
+        let group_len = group.len();
+        let stream = futures::stream::iter(0..group_len)
+            .then(move |k| {
+                let (files, name, group) = (files.clone(), name.clone(), group.clone());
+                let reservation = reservation.clone();
+                async move {
+                    let bytes = crate::error::blocking(move || {
+                        let file = &group[k];
+                        let bytes = files.read_file(&name, id, file)?;
+                        Ok((bytes, file.name.clone()))
+                    })
+                    .await?;
+                    // The file is held while it is decoded.
+                    reservation
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .try_resize(bytes.0.len())?;
+                    Ok::<_, DataFusionError>(bytes)
+                }
+            })
+            .flat_map({
+                let name = self.name.clone();
+                let location = self.files.location().to_string();
+                move |r| {
+                    let decoded = r.and_then(|(bytes, file)| {
+                        let shown = format!("{location}/{id}/{file}");
+                        let name = name.clone();
+                        let damaged = move |e: DataFusionError| {
+                            tessera_error(
+                                ErrorKind::DataCorrupted,
+                                format!("table '{name}': data file {shown} cannot be decoded: {e}"),
+                            )
+                        };
+                        decode_file(
+                            bytes,
+                            projection.as_deref(),
+                            &projected,
+                            batch_size,
+                            damaged,
+                        )
+                    });
+                    let batches: Box<dyn Iterator<Item = Result<RecordBatch>> + Send> =
+                        match decoded {
+                            Ok(batches) => batches,
+                            Err(e) => Box::new(std::iter::once(Err(e))),
+                        };
+                    futures::stream::iter(batches)
+                }
+            });
+        let stream: SendableRecordBatchStream = Box::pin(RecordBatchStreamAdapter::new(
+            self.projected.clone(),
+            stream,
+        ));
+        Ok(stream)
+    }
+}
+
+/// Decodes a verified Parquet file's `projection` columns as batches of `schema`, one
+/// batch at a time; `damaged` says what a decoding error means.
+fn decode_file(
+    bytes: bytes::Bytes,
+    projection: Option<&[usize]>,
+    schema: &SchemaRef,
+    batch_size: usize,
+    damaged: impl Fn(DataFusionError) -> DataFusionError + Send + 'static,
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch>> + Send>> {
+    let builder = ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(|e| damaged(DataFusionError::from(e)))?;
+    let mask = match projection {
+        Some(p) => ProjectionMask::roots(builder.parquet_schema(), p.iter().copied()),
+        None => ProjectionMask::all(),
+    };
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(batch_size)
+        .build()
+        .map_err(|e| damaged(DataFusionError::from(e)))?;
+    let schema = schema.clone();
+    Ok(Box::new(reader.map(move |batch| {
+        let batch = batch.map_err(|e| damaged(DataFusionError::from(e)))?;
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        RecordBatch::try_new_with_options(schema.clone(), batch.columns().to_vec(), &options)
+            .map_err(|e| damaged(DataFusionError::from(e)))
+    })))
+}
+
+/// Appends (or, for `INSERT OVERWRITE`, replaces) a stored table's rows as new files.
 #[derive(Debug)]
 struct ParquetAppendSink {
     files: Arc<TableFiles>,
@@ -249,40 +488,35 @@ impl DataSink for ParquetAppendSink {
         mut data: SendableRecordBatchStream,
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
-        let dir = self.files.table_dir(self.id);
-        let file = new_file_name();
-        // Batches go to a blocking thread that writes the file; the channel is bounded
+        // Batches go to a blocking thread that writes the files; the channel is bounded
         // so the writer holds back the query when the disk is slower.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
-        let (writer_dir, writer_file, schema) = (dir.clone(), file.clone(), self.schema.clone());
-        let writer = tokio::task::spawn_blocking(move || {
-            write_parquet_file(&writer_dir, &writer_file, &schema, rx.into_iter())
-        });
+        let (files, id, schema) = (self.files.clone(), self.id, self.schema.clone());
+        let writer =
+            tokio::task::spawn_blocking(move || files.write_files(id, &schema, rx.into_iter()));
         let mut failed = None;
         while let Some(batch) = data.next().await {
-            let stop = batch.is_err();
-            if tx.send(batch).is_err() || stop {
-                failed = Some(());
+            if let Err(e) = &batch {
+                failed = Some(e.to_string());
+            }
+            if tx.send(batch).is_err() || failed.is_some() {
                 break;
             }
         }
         drop(tx);
         let written = writer
             .await
-            .map_err(|e| DataFusionError::Internal(format!("table writer failed: {e}")))?;
-        let rows = match written {
-            Ok(rows) => rows,
-            Err(e) => return Err(e),
-        };
-        if failed.is_some() {
-            let _ = fs::remove_file(dir.join(&file));
+            .map_err(|e| DataFusionError::Internal(format!("table writer failed: {e}")))??;
+        let names: Vec<String> = written.iter().map(|f| f.name.clone()).collect();
+        if let Some(e) = failed {
+            self.files.delete_unreferenced(self.id, &names);
             return Err(exec_datafusion_err!(
-                "INSERT INTO {} was interrupted",
+                "INSERT INTO {} was interrupted: {e}",
                 self.name
             ));
         }
-        if rows == 0 && !self.overwrite {
-            let _ = fs::remove_file(dir.join(&file));
+        let rows: u64 = written.iter().map(|f| f.rows).sum();
+        if written.is_empty() && !self.overwrite {
             return Ok(0);
         }
         let mut replaced = Vec::new();
@@ -291,58 +525,16 @@ impl DataSink for ParquetAppendSink {
             if overwrite {
                 replaced = std::mem::take(list);
             }
-            list.push(file.clone());
+            list.extend(written);
         });
         if let Err(e) = committed {
-            let _ = fs::remove_file(dir.join(&file));
+            self.files.delete_unreferenced(self.id, &names);
             return Err(e);
         }
-        for old in replaced {
-            let _ = fs::remove_file(dir.join(old));
-        }
+        let replaced: Vec<String> = replaced.into_iter().map(|f| f.name).collect();
+        self.files.delete_unreferenced(self.id, &replaced);
         Ok(rows)
     }
-}
-
-/// A file name no other write of this process or an earlier one uses.
-fn new_file_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("part-{nanos}-{n}.parquet")
-}
-
-/// Writes `batches` to `dir/file` through a temporary file that is fsync'd and renamed
-/// into place; returns the number of rows. An error from `batches` removes the file.
-pub(crate) fn write_parquet_file(
-    dir: &Path,
-    file: &str,
-    schema: &SchemaRef,
-    batches: impl Iterator<Item = Result<RecordBatch>>,
-) -> Result<u64> {
-    let tmp = dir.join(format!(".tmp-{file}"));
-    let target = dir.join(file);
-    let result = (|| -> Result<u64> {
-        let out = fs::File::create(&tmp).map_err(|e| io_error(&tmp, e))?;
-        let mut writer = ArrowWriter::try_new(out, schema.clone(), None)?;
-        let mut rows = 0u64;
-        for batch in batches {
-            let batch = batch?;
-            rows += batch.num_rows() as u64;
-            writer.write(&batch)?;
-        }
-        let out = writer.into_inner()?;
-        out.sync_all().map_err(|e| io_error(&tmp, e))?;
-        fs::rename(&tmp, &target).map_err(|e| io_error(&target, e))?;
-        sync_dir(dir)?;
-        Ok(rows)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// A schema as a hex-encoded Arrow IPC file with no batches.

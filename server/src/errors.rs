@@ -34,6 +34,8 @@ pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
 /// `22000`: data that do not fit the operation, such as matrices whose shapes do not
 /// conform, or a cell outside its array.
 pub const DATA_EXCEPTION: &str = "22000";
+/// `22023`: a parameter outside its domain, such as the precision of `FLOAT(0)`.
+pub const INVALID_PARAMETER_VALUE: &str = "22023";
 /// `22012`: division by zero.
 pub const DIVISION_BY_ZERO: &str = "22012";
 /// `22003`: a number out of its type's range.
@@ -115,6 +117,7 @@ pub fn kind_sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::InsufficientPrivilege => INSUFFICIENT_PRIVILEGE,
         ErrorKind::InvalidTextRepresentation => INVALID_TEXT_REPRESENTATION,
         ErrorKind::DataException => DATA_EXCEPTION,
+        ErrorKind::InvalidParameterValue => INVALID_PARAMETER_VALUE,
         ErrorKind::SingularMatrix => DATA_EXCEPTION,
         ErrorKind::DivisionByZero => DIVISION_BY_ZERO,
         ErrorKind::NumericOutOfRange => NUMERIC_VALUE_OUT_OF_RANGE,

@@ -44,6 +44,8 @@ pub fn session_config(config: SessionConfig) -> SessionConfig {
 pub fn install(builder: SessionStateBuilder, store: Store) -> SessionStateBuilder {
     builder
         .with_relation_planners(vec![Arc::new(MatrixFunctions::new(store))])
+        // `FLOAT` / `FLOAT(p)` with PostgreSQL's widths (DataFusion makes every FLOAT 32-bit).
+        .with_type_planner(Arc::new(crate::PostgresTypes))
         .with_query_planner(Arc::new(TesseraQueryPlanner))
         .with_physical_optimizer_rule(Arc::new(crate::copartition::CoPartitionedJoins))
 }
