@@ -9,6 +9,7 @@ mod pg_catalog;
 mod pgwire;
 mod psql;
 mod python;
+mod reliability_storage;
 mod rust_client;
 mod slt;
 mod sql_database;
