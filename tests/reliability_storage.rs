@@ -105,7 +105,11 @@ fn a_store_without_its_catalog_refuses_to_open_and_deletes_nothing() {
     let store = dir.join("store");
     std::fs::rename(store.join("catalog.json"), dir.join("cat.bak")).unwrap();
     let before = tree(&store);
-    assert!(before.iter().any(|(p, _)| p.to_string_lossy().contains("shard-")));
+    assert!(
+        before
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().contains("shard-"))
+    );
 
     let e = open_error(&dir);
     assert_eq!(sqlstate(&e), "XX001", "{e}");
@@ -150,8 +154,15 @@ fn an_undecodable_catalog_refuses_to_open_and_deletes_nothing() {
         let before = tree(&store);
         let e = open_error(&dir);
         assert_eq!(sqlstate(&e), "XX001", "{damage}: {e}");
-        assert!(e.to_string().contains(&path.display().to_string()), "{damage}: {e}");
-        assert_eq!(tree(&store), before, "{damage}: the refused open changed the store");
+        assert!(
+            e.to_string().contains(&path.display().to_string()),
+            "{damage}: {e}"
+        );
+        assert_eq!(
+            tree(&store),
+            before,
+            "{damage}: the refused open changed the store"
+        );
     }
     std::fs::write(&path, &good).unwrap();
     runtime().block_on(async {
@@ -178,7 +189,10 @@ fn a_damaged_manifest_spoils_only_its_array() {
     std::fs::write(&manifest, &bytes).unwrap();
     let array_files = |t: &[(PathBuf, Vec<u8>)]| -> Vec<(PathBuf, Vec<u8>)> {
         let prefix = store.join(format!("arrays/{id}"));
-        t.iter().filter(|(p, _)| p.starts_with(&prefix)).cloned().collect()
+        t.iter()
+            .filter(|(p, _)| p.starts_with(&prefix))
+            .cloned()
+            .collect()
     };
     let before = array_files(&tree(&store));
     assert!(before.len() >= 2);
@@ -220,7 +234,10 @@ fn a_damaged_manifest_spoils_only_its_array() {
         // VERIFY reports the manifest, and nothing of n.
         let problems = query(&db, "VERIFY").await;
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].starts_with(&format!("m|1|{manifest_rel}|NULL|")), "{problems:?}");
+        assert!(
+            problems[0].starts_with(&format!("m|1|{manifest_rel}|NULL|")),
+            "{problems:?}"
+        );
     });
     // The damaged array's files were all kept, through two opens.
     assert_eq!(array_files(&tree(&store)), before);
@@ -266,8 +283,16 @@ fn verify_finds_damaged_blocks_footers_and_magic() {
     let footer_len = i32::from_le_bytes(good[good.len() - 10..good.len() - 6].try_into().unwrap());
     let footer_start = good.len() - 10 - footer_len as usize;
     let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
-        ("a byte in a block", Box::new(|b: &mut Vec<u8>| b[b.len() / 2] ^= 0x10), "checksum mismatch"),
-        ("the leading magic", Box::new(|b: &mut Vec<u8>| b[0] = b'X'), "does not start with the Arrow IPC magic"),
+        (
+            "a byte in a block",
+            Box::new(|b: &mut Vec<u8>| b[b.len() / 2] ^= 0x10),
+            "checksum mismatch",
+        ),
+        (
+            "the leading magic",
+            Box::new(|b: &mut Vec<u8>| b[0] = b'X'),
+            "does not start with the Arrow IPC magic",
+        ),
         (
             "the trailing magic",
             Box::new(|b: &mut Vec<u8>| {
@@ -293,12 +318,21 @@ fn verify_finds_damaged_blocks_footers_and_magic() {
             let db = Database::open(&dir).unwrap();
             let problems = query(&db, "VERIFY").await;
             assert!(!problems.is_empty(), "{what}: VERIFY found nothing");
-            let file = shard.strip_prefix(dir.join("store")).unwrap().display().to_string();
+            let file = shard
+                .strip_prefix(dir.join("store"))
+                .unwrap()
+                .display()
+                .to_string();
             assert!(
-                problems.iter().all(|p| p.starts_with("m|") && p.contains(&file)),
+                problems
+                    .iter()
+                    .all(|p| p.starts_with("m|") && p.contains(&file)),
                 "{what}: {problems:?}"
             );
-            assert!(problems.iter().any(|p| p.contains(expected)), "{what}: {problems:?}");
+            assert!(
+                problems.iter().any(|p| p.contains(expected)),
+                "{what}: {problems:?}"
+            );
             assert_eq!(query(&db, "VERIFY ARRAY m").await, problems, "{what}");
             assert!(query(&db, "VERIFY ARRAY s").await.is_empty(), "{what}");
             // Reading m fails too, as damaged data, naming the file.
@@ -338,7 +372,9 @@ fn verify_reports_a_damaged_catalog_copy_and_missing_files() {
         std::fs::write(&catalog, &bytes).unwrap();
         let problems = query(&db, "VERIFY").await;
         assert!(
-            problems.iter().any(|p| p.starts_with("NULL|NULL|catalog.json|NULL|checksum mismatch")),
+            problems
+                .iter()
+                .any(|p| p.starts_with("NULL|NULL|catalog.json|NULL|checksum mismatch")),
             "{problems:?}"
         );
     });
@@ -407,7 +443,8 @@ fn create_matrix_as_survives_kill_9() {
     let mut expected = vec![0.0; (ROWS * COLS) as usize];
     for i in 0..ROWS {
         for j in 0..COLS {
-            expected[(i * COLS + j) as usize] = (0..INNER).map(|k| a_cell(i, k) * b_cell(k, j)).sum();
+            expected[(i * COLS + j) as usize] =
+                (0..INNER).map(|k| a_cell(i, k) * b_cell(k, j)).sum();
         }
     }
     runtime().block_on(async {
@@ -470,7 +507,10 @@ fn create_matrix_as_survives_kill_9() {
                 Some(cells) => {
                     present += 1;
                     assert_eq!(db.store().array("c").unwrap().current().version, 1);
-                    assert!(cells == expected, "round {round}: c exists with other content");
+                    assert!(
+                        cells == expected,
+                        "round {round}: c exists with other content"
+                    );
                 }
             }
             // Only live arrays have files: a create that never committed left nothing.
@@ -488,7 +528,10 @@ fn create_matrix_as_survives_kill_9() {
             // The retry (or the next create after a drop) succeeds.
             db.sql("DROP MATRIX IF EXISTS c").await.unwrap();
             db.sql(CREATE_C).await.unwrap();
-            assert!(read_c(&db).await.unwrap() == expected, "round {round}: retry");
+            assert!(
+                read_c(&db).await.unwrap() == expected,
+                "round {round}: retry"
+            );
             db.sql("DROP MATRIX c").await.unwrap();
         });
     }

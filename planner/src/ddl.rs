@@ -261,7 +261,11 @@ fn parse_statement(sql: &str, tokens: &[SourceToken<'_>]) -> Result<Statement> {
             None
         };
         parser.expect_end(
-            if array.is_none() { "ARRAY, MATRIX or " } else { "" },
+            if array.is_none() {
+                "ARRAY, MATRIX or "
+            } else {
+                ""
+            },
             "after VERIFY",
         )?;
         Some(TesseraStatement::Verify { array })

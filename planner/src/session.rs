@@ -1230,7 +1230,10 @@ async fn verify(
                 problems.iter().map(|p| p.block.clone()).collect::<Vec<_>>(),
             )),
             Arc::new(StringArray::from(
-                problems.iter().map(|p| p.problem.clone()).collect::<Vec<_>>(),
+                problems
+                    .iter()
+                    .map(|p| p.problem.clone())
+                    .collect::<Vec<_>>(),
             )),
         ],
     )?;

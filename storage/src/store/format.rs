@@ -452,16 +452,20 @@ pub(crate) fn check_shard_file(
     };
     let footer = arrow_ipc::root_as_footer(&bytes[start..tail])
         .map_err(|e| format!("the Arrow IPC footer cannot be decoded: {e}"))?;
-    let fb_schema = footer.schema().ok_or("the Arrow IPC footer has no schema")?;
+    let fb_schema = footer
+        .schema()
+        .ok_or("the Arrow IPC footer has no schema")?;
     // Arrow's conversion panics on some type ids a damaged footer can hold.
     let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         arrow_ipc::convert::fb_to_schema(fb_schema)
     }))
-        .map_err(|_| "the Arrow IPC footer's schema cannot be decoded".to_string())?;
+    .map_err(|_| "the Arrow IPC footer's schema cannot be decoded".to_string())?;
     if stored.fields() != schema.fields() {
         return Err("the Arrow IPC footer's schema is not the array's shard schema".into());
     }
-    let batches = footer.recordBatches().ok_or("the Arrow IPC footer lists no record batches")?;
+    let batches = footer
+        .recordBatches()
+        .ok_or("the Arrow IPC footer lists no record batches")?;
     Ok(batches
         .iter()
         .map(|b| {

@@ -282,8 +282,7 @@ impl Store {
         keep_versions: Option<u32>,
         block_format: Option<BlockFormat>,
     ) -> Result<ArrayInfo> {
-        let mut entry =
-            self.new_entry(name, schema, partitioning, keep_versions, block_format)?;
+        let mut entry = self.new_entry(name, schema, partitioning, keep_versions, block_format)?;
         let _commit = lock(&self.inner.commit_lock);
         let mut next = lock(&self.inner.catalog).clone();
         if next.arrays.contains_key(name) {
@@ -315,8 +314,7 @@ impl Store {
         keep_versions: Option<u32>,
         block_format: Option<BlockFormat>,
     ) -> Result<ArrayWriter> {
-        let mut entry =
-            self.new_entry(name, schema, partitioning, keep_versions, block_format)?;
+        let mut entry = self.new_entry(name, schema, partitioning, keep_versions, block_format)?;
         {
             let _commit = lock(&self.inner.commit_lock);
             let mut next = lock(&self.inner.catalog).clone();
@@ -582,14 +580,19 @@ impl Inner {
     }
 
     /// Decodes a manifest and checks it belongs to `entry`'s version `v`.
-    fn check_manifest(&self, entry: &ArrayEntry, v: &VersionEntry, bytes: &[u8]) -> Result<Manifest> {
+    fn check_manifest(
+        &self,
+        entry: &ArrayEntry,
+        v: &VersionEntry,
+        bytes: &[u8],
+    ) -> Result<Manifest> {
         let m: Manifest = format::decode_json(&v.manifest, bytes)?;
         if m.array_id != entry.id || m.version != v.version {
             return Err(StorageError::CorruptCatalog {
-                    file: v.manifest.clone(),
-                    message: format!(
-                        "manifest is for array id {} version {}, expected array '{}' (id {}) version {}",
-                        m.array_id, m.version, entry.name, entry.id, v.version
+                file: v.manifest.clone(),
+                message: format!(
+                    "manifest is for array id {} version {}, expected array '{}' (id {}) version {}",
+                    m.array_id, m.version, entry.name, entry.id, v.version
                 ),
             });
         }

@@ -338,7 +338,9 @@ fn a_new_array_appears_with_its_blocks_or_not_at_all() {
     let schema = ArraySchema::matrix(9, 9, 3, 3).unwrap();
     let mem = MemoryBackend::new();
     let store = new_store(Arc::new(mem.clone()), 5);
-    store.create_array("keep", schema.clone(), None, None).unwrap();
+    store
+        .create_array("keep", schema.clone(), None, None)
+        .unwrap();
     write_all(&store, "keep", 4).unwrap();
     let files_before = mem.list("arrays/").unwrap();
 
@@ -382,9 +384,14 @@ fn a_new_array_appears_with_its_blocks_or_not_at_all() {
     let mut w = store
         .create_array_writer("late", schema.clone(), None, None, None)
         .unwrap();
-    w.put_block(BlockKey::matrix(0, 0), block_for(&schema, &BlockKey::matrix(0, 0), 3))
+    w.put_block(
+        BlockKey::matrix(0, 0),
+        block_for(&schema, &BlockKey::matrix(0, 0), 3),
+    )
+    .unwrap();
+    store
+        .create_array("late", schema.clone(), None, None)
         .unwrap();
-    store.create_array("late", schema.clone(), None, None).unwrap();
     assert!(matches!(w.commit(), Err(StorageError::ArrayExists(n)) if n == "late"));
     assert_eq!(mem.list("arrays/").unwrap(), files_before);
     assert!(store.array("late").unwrap().current().blocks == 0);
@@ -448,7 +455,9 @@ fn a_damaged_manifest_does_not_stop_the_open() {
     let mem = MemoryBackend::new();
     let store = new_store(Arc::new(mem.clone()), 5);
     for name in ["a", "b"] {
-        store.create_array(name, schema.clone(), None, None).unwrap();
+        store
+            .create_array(name, schema.clone(), None, None)
+            .unwrap();
         write_all(&store, name, 2).unwrap();
     }
     let a = store.array("a").unwrap().id;
@@ -457,12 +466,17 @@ fn a_damaged_manifest_does_not_stop_the_open() {
     let k = bytes.len() - 3;
     bytes[k] ^= 0x20;
     mem.write(&manifest, &bytes).unwrap();
-    mem.write(&format!("arrays/{a}/v9/shard-0.arrow"), b"?").unwrap();
+    mem.write(&format!("arrays/{a}/v9/shard-0.arrow"), b"?")
+        .unwrap();
     let before = mem.list("").unwrap();
     drop(store);
 
     let store = new_store(Arc::new(mem.clone()), 5);
-    assert_eq!(mem.list("").unwrap(), before, "files of a damaged array were deleted");
+    assert_eq!(
+        mem.list("").unwrap(),
+        before,
+        "files of a damaged array were deleted"
+    );
     assert!(store.damage("a").unwrap().contains(&manifest));
     assert_eq!(store.damage("b"), None);
     for _ in 0..2 {
@@ -493,7 +507,11 @@ fn no_catalog_no_open() {
     write_all(&store, "a", 2).unwrap();
     drop(store);
     let catalog = mem.read("catalog.json").unwrap();
-    for bad in [None, Some(b"TESSERA1 00000000\n{}".to_vec()), Some(catalog[..40].to_vec())] {
+    for bad in [
+        None,
+        Some(b"TESSERA1 00000000\n{}".to_vec()),
+        Some(catalog[..40].to_vec()),
+    ] {
         match &bad {
             None => mem.delete("catalog.json").unwrap(),
             Some(b) => mem.write("catalog.json", b).unwrap(),

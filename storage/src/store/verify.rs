@@ -2,8 +2,8 @@
 //! manifest, every shard file's magic, footer and schema, and every block's checksums)
 //! and reports each problem found, naming the array, version, file and block.
 
-use std::collections::{BTreeMap, BTreeSet};
 use bytes::Bytes;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::catalog::{ArrayEntry, CATALOG_FILE, Catalog};
 use super::snapshot::{Pin, check_block};
@@ -119,31 +119,27 @@ impl Store {
                             Some(v.version),
                             file,
                             None,
-                            format!(
-                                "file has {} bytes, the manifest says {size}",
-                                bytes.len()
-                            ),
+                            format!("file has {} bytes, the manifest says {size}", bytes.len()),
                         );
                         None
                     }
                     Ok(bytes) => {
-                        let footer = match format::check_shard_file(&bytes, &schema).and_then(
-                            |batches| {
+                        let footer =
+                            match format::check_shard_file(&bytes, &schema).and_then(|batches| {
                                 readable_by_arrow(&bytes)?;
                                 Ok(batches)
-                            },
-                        ) {
-                            Ok(batches) => Some(batches.into_iter().collect()),
-                            Err(message) => {
-                                damage(
-                                    None,
-                                    file,
-                                    None,
-                                    format!("not a valid Arrow IPC file: {message}"),
-                                );
-                                None
-                            }
-                        };
+                            }) {
+                                Ok(batches) => Some(batches.into_iter().collect()),
+                                Err(message) => {
+                                    damage(
+                                        None,
+                                        file,
+                                        None,
+                                        format!("not a valid Arrow IPC file: {message}"),
+                                    );
+                                    None
+                                }
+                            };
                         Some(CheckedFile { bytes, footer })
                     }
                 };
@@ -159,7 +155,10 @@ impl Store {
                             Some(v.version),
                             &v.manifest,
                             Some(b.key.to_string()),
-                            format!("block is in {}, which the manifest's files do not list", b.file),
+                            format!(
+                                "block is in {}, which the manifest's files do not list",
+                                b.file
+                            ),
                         );
                     }
                     continue; // the file itself was reported
