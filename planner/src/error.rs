@@ -112,7 +112,9 @@ impl TesseraError {
     }
 }
 
-fn find_in_dyn(e: &(dyn std::error::Error + Send + Sync + 'static)) -> Option<&TesseraError> {
+fn find_in_dyn<'a>(
+    e: &'a (dyn std::error::Error + Send + Sync + 'static),
+) -> Option<&'a TesseraError> {
     if let Some(t) = e.downcast_ref::<TesseraError>() {
         return Some(t);
     }
