@@ -11,6 +11,7 @@ mod pg_catalog;
 mod pgwire;
 mod psql;
 mod python;
+mod reliability_storage;
 mod reliability_tables;
 mod rust_client;
 mod slt;

@@ -173,32 +173,21 @@ pub async fn write_query_as_matrix(
     drop(batches);
     reservation.free();
     let cells = grid.rows();
-    catalog.create_array(
+    // The matrix and its blocks appear in one commit; a failure (or a crash) leaves
+    // nothing of it.
+    let mut writer = catalog.create_array_writer(
         &name,
         schema,
         target.partitioning,
         target.keep_versions,
         target.format,
     )?;
-    let store = catalog.store().clone();
-    let written = {
-        let (store, name) = (store.clone(), name.clone());
-        blocking(move || {
-            let mut writer = store
-                .writer(&name, WriteMode::Replace)
-                .map_err(storage_error)?;
-            grid.write(&mut writer, false)?;
-            writer.commit().map_err(storage_error)
-        })
-        .await
-    };
-    if let Err(e) = written {
-        // Nothing is left behind: the array was created by this statement.
-        if let Err(drop_error) = store.drop_array(&name) {
-            tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");
-        }
-        return Err(e);
-    }
+    let catalog = catalog.clone();
+    blocking(move || {
+        grid.write(&mut writer, false)?;
+        catalog.commit_new_array(writer)
+    })
+    .await?;
     Ok(cells)
 }
 
@@ -208,10 +197,10 @@ pub async fn write_query_as_matrix(
 const SYNC_EVERY_BYTES: u64 = if cfg!(test) { 1 } else { 32 << 20 };
 
 /// `CREATE MATRIX ... AS` a product, stored while it is computed: when the product
-/// opens it (its geometry is the new matrix's), a writer thread creates the matrix and
-/// puts each block as the kernels finish it, syncing the shard files as it goes. The
-/// statement commits once the product is complete, or drops the matrix if anything
-/// fails, as the blocking path does.
+/// opens it (its geometry is the new matrix's), a writer thread starts the new matrix's
+/// write and puts each block as the kernels finish it, syncing the shard files as it
+/// goes. The statement commits the matrix with all its blocks once the product is
+/// complete; if anything fails (or the process dies) the matrix never appears.
 struct StreamingMatrix {
     catalog: Arc<TesseraCatalog>,
     target: NewMatrix,
@@ -252,8 +241,8 @@ impl StreamingMatrix {
         self.writer.lock().ok()?.take()
     }
 
-    /// The writer thread: creates the matrix, puts every block it is sent, commits on
-    /// [`ToWriter::Commit`]; drops the matrix on any other ending.
+    /// The writer thread: puts every block it is sent into the new matrix's write and
+    /// commits it on [`ToWriter::Commit`]; on any other ending the write is dropped.
     fn write(
         catalog: Arc<TesseraCatalog>,
         target: NewMatrix,
@@ -261,31 +250,16 @@ impl StreamingMatrix {
         tiles: std::sync::mpsc::Receiver<ToWriter>,
     ) -> WriterEnd {
         let name = target.name.clone();
-        let store = catalog.store().clone();
-        if let Err(e) = catalog.create_array(
-            &name,
-            schema.clone(),
-            target.partitioning,
-            target.keep_versions,
-            target.format,
-        ) {
-            // A sync that failed after the catalog's rename leaves the new matrix
-            // visible; the statement failed, so it goes. (A name already in use is a
-            // plan error and is left alone.)
-            if !matches!(
-                crate::TesseraError::find(&e).map(crate::TesseraError::kind),
-                Some(crate::ErrorKind::DuplicateTable) | None
-            ) && store.array(&name).is_ok_and(|a| a.schema == schema)
-                && let Err(drop_error) = store.drop_array(&name)
-            {
-                tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");
-            }
-            return WriterEnd::Failed(e);
-        }
         let end = (|| {
-            let mut writer = store
-                .writer(&name, WriteMode::Replace)
-                .map_err(storage_error)?;
+            // Nothing is visible until the commit, which adds the matrix and all its
+            // blocks at once; a writer dropped before it deletes what it wrote.
+            let mut writer = catalog.create_array_writer(
+                &name,
+                schema,
+                target.partitioning,
+                target.keep_versions,
+                target.format,
+            )?;
             let mut put = std::collections::HashSet::new();
             let mut synced = 0;
             for message in tiles {
@@ -306,21 +280,14 @@ impl StreamingMatrix {
                                 "CREATE MATRIX {name} AS: block ({i}, {j}) of the product was never stored"
                             )));
                         }
-                        writer.commit().map_err(storage_error)?;
+                        catalog.commit_new_array(writer)?;
                         return Ok(WriterEnd::Committed);
                     }
                 }
             }
             Ok(WriterEnd::Abandoned)
         })();
-        let end = end.unwrap_or_else(WriterEnd::Failed);
-        if !matches!(end, WriterEnd::Committed) {
-            // The writer is gone (its files deleted); nothing of the matrix is left.
-            if let Err(e) = store.drop_array(&name) {
-                tracing::warn!(array = %name, error = %e, "could not drop a half-created matrix");
-            }
-        }
-        end
+        end.unwrap_or_else(WriterEnd::Failed)
     }
 }
 
@@ -411,7 +378,7 @@ impl StreamingWriter {
 /// Stores a computed matrix as the new matrix `target`, block by block (cut again when
 /// `target` asks for another block size). Returns the number of non-zero cells.
 async fn write_blocks_as_matrix(
-    catalog: &TesseraCatalog,
+    catalog: &Arc<TesseraCatalog>,
     m: crate::la::BlockMatrix,
     target: NewMatrix,
 ) -> Result<u64> {
@@ -438,36 +405,24 @@ async fn write_blocks_as_matrix(
         blocking(move || m.reblock(br, bc, parts)).await?
     };
     let cells = m.nnz();
-    catalog.create_array(
+    let mut writer = catalog.create_array_writer(
         &name,
         schema,
         target.partitioning,
         target.keep_versions,
         target.format,
     )?;
-    let store = catalog.store().clone();
-    let written = {
-        let (store, name) = (store.clone(), name.clone());
-        blocking(move || {
-            let mut writer = store
-                .writer(&name, WriteMode::Replace)
+    let catalog = catalog.clone();
+    blocking(move || {
+        for (i, j, b) in m.tiles() {
+            let block = Arc::unwrap_or_clone(b.clone());
+            writer
+                .put_block(BlockKey::matrix(*i as i64, *j as i64), block)
                 .map_err(storage_error)?;
-            for (i, j, b) in m.tiles() {
-                let block = Arc::unwrap_or_clone(b.clone());
-                writer
-                    .put_block(BlockKey::matrix(*i as i64, *j as i64), block)
-                    .map_err(storage_error)?;
-            }
-            writer.commit().map_err(storage_error)
-        })
-        .await
-    };
-    if let Err(e) = written {
-        if let Err(drop_error) = store.drop_array(&name) {
-            tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");
         }
-        return Err(e);
-    }
+        catalog.commit_new_array(writer)
+    })
+    .await?;
     Ok(cells)
 }
 

@@ -41,7 +41,7 @@ use datafusion::datasource::MemTable;
 use datafusion::logical_expr::{Expr, TableType};
 use serde::{Deserialize, Serialize};
 use tessera_storage::backend::{Backend, LocalBackend};
-use tessera_storage::{ArrayInfo, ArraySchema, BlockFormat, Partitioning, Store};
+use tessera_storage::{ArrayInfo, ArraySchema, ArrayWriter, BlockFormat, Partitioning, Store};
 
 use crate::array_table::{ArrayTable, CellListing};
 use crate::error::{ErrorKind, storage_error, tessera_error};
@@ -328,6 +328,48 @@ impl TesseraCatalog {
         self.store
             .create_array_with_format(name, schema, partitioning, keep_versions, block_format)
             .map_err(storage_error)
+    }
+
+    /// Starts writing a new array that becomes visible, with all its blocks, only when
+    /// [`TesseraCatalog::commit_new_array`] commits it (see
+    /// [`Store::create_array_writer`]).
+    pub fn create_array_writer(
+        &self,
+        name: &str,
+        schema: ArraySchema,
+        partitioning: Option<Partitioning>,
+        keep_versions: Option<u32>,
+        block_format: Option<BlockFormat>,
+    ) -> Result<ArrayWriter> {
+        if read(&self.tables).contains_key(name) {
+            return plan_err!("'{name}' is already a table; arrays and tables share one namespace");
+        }
+        self.store
+            .create_array_writer(name, schema, partitioning, keep_versions, block_format)
+            .map_err(storage_error)
+    }
+
+    /// Commits a writer from [`TesseraCatalog::create_array_writer`]: the array and its
+    /// content appear together, unless a table or an array took the name meanwhile
+    /// (then nothing of it is left).
+    pub fn commit_new_array(&self, writer: ArrayWriter) -> Result<u64> {
+        let _namespace = lock(&self.namespace);
+        let name = &writer.base().info().name;
+        if read(&self.tables).contains_key(name) {
+            return plan_err!("'{name}' is already a table; arrays and tables share one namespace");
+        }
+        let id = writer.base().info().id;
+        let name = name.clone();
+        writer.commit().map_err(|e| {
+            // A sync that failed after the catalog's rename leaves the matrix visible;
+            // the statement failed, so it goes.
+            if self.store.array(&name).is_ok_and(|a| a.id == id)
+                && let Err(drop_error) = self.store.drop_array(&name)
+            {
+                tracing::warn!(array = %name, error = %drop_error, "could not drop a half-created matrix");
+            }
+            storage_error(e)
+        })
     }
 
     /// Drops an array. Fails with a plan error naming the kind if `name` is a table.

@@ -16,6 +16,7 @@
 //! COPY name [(col, ...)] TO 'path' | STDOUT [WITH] [(option [=] value, ...)]
 //! SHOW ARRAYS | MATRICES
 //! DESCRIBE | DESC name
+//! VERIFY [ARRAY | MATRIX name]
 //! ```
 
 use std::fmt::Display;
@@ -96,6 +97,12 @@ pub enum TesseraStatement {
     Describe {
         /// The array or table to describe.
         name: TableReference,
+    },
+    /// `VERIFY` (the whole store) or `VERIFY ARRAY name` / `VERIFY MATRIX name`: reads
+    /// every byte and returns one row per problem found.
+    Verify {
+        /// The array to check; `None`: the catalog and every array.
+        array: Option<String>,
     },
 }
 
@@ -247,6 +254,21 @@ fn parse_statement(sql: &str, tokens: &[SourceToken<'_>]) -> Result<Statement> {
         } else {
             None
         }
+    } else if parser.parse_keyword("VERIFY") {
+        let array = if parser.parse_keyword("ARRAY") || parser.parse_keyword("MATRIX") {
+            Some(parser.identifier("an array name", "after VERIFY ARRAY")?)
+        } else {
+            None
+        };
+        parser.expect_end(
+            if array.is_none() {
+                "ARRAY, MATRIX or "
+            } else {
+                ""
+            },
+            "after VERIFY",
+        )?;
+        Some(TesseraStatement::Verify { array })
     } else if parser.parse_keyword("DESCRIBE") || parser.parse_keyword("DESC") {
         // Only `DESCRIBE name`; any other form (`DESCRIBE SELECT ...`) is DataFusion's.
         match parser.object_name("", "") {
@@ -1360,6 +1382,21 @@ mod tests {
     fn show_and_describe() {
         assert_eq!(one("SHOW ARRAYS"), TesseraStatement::ShowArrays);
         assert_eq!(one("show matrices;"), TesseraStatement::ShowArrays);
+        assert_eq!(one("VERIFY"), TesseraStatement::Verify { array: None });
+        assert_eq!(
+            one("verify matrix \"M\";"),
+            TesseraStatement::Verify {
+                array: Some("M".into())
+            }
+        );
+        assert_eq!(
+            one("VERIFY ARRAY m"),
+            TesseraStatement::Verify {
+                array: Some("m".into())
+            }
+        );
+        assert!(parse("VERIFY m").is_err());
+        assert!(parse("VERIFY ARRAY").is_err());
         assert_eq!(
             one("DESCRIBE x"),
             TesseraStatement::Describe {
@@ -1683,6 +1720,7 @@ mod tests {
         "COPY x TO STDOUT (FORMAT 'npy')",
         "COPY (SELECT 1) TO 'f.csv'",
         "SHOW ARRAYS",
+        "VERIFY ARRAY m",
         "DESC s.\"T\"",
         "SELECT $$a;b$$, 'c;d' /* ; */ FROM t -- ;\n WHERE x = 1",
     ];

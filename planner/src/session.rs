@@ -42,7 +42,7 @@ use crate::ddl::{
     CopyDirection, CopyTarget, DimensionSpec, MatrixFormat, OptionValue, Statement,
     TesseraStatement,
 };
-use crate::error::{blocking, storage_error};
+use crate::error::{ErrorKind, blocking, storage_error, tessera_error};
 use crate::file_access::{FileUse, check_file};
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use crate::view::SqlView;
@@ -535,6 +535,7 @@ async fn execute_tessera(
         } => copy(ctx, catalog, name, columns, direction, options).await,
         TesseraStatement::ShowArrays => show_arrays(catalog),
         TesseraStatement::Describe { name } => describe(ctx, catalog, name).await,
+        TesseraStatement::Verify { array } => verify(catalog, array).await,
     }
 }
 
@@ -1170,7 +1171,8 @@ fn format_text(format: Option<BlockFormat>) -> &'static str {
 }
 
 fn show_arrays(catalog: &Arc<TesseraCatalog>) -> Result<SendableRecordBatchStream> {
-    let mut arrays = catalog.store().arrays();
+    let store = catalog.store();
+    let mut arrays = store.arrays();
     arrays.sort_by(|a, b| a.name.cmp(&b.name));
     let text = |f: &dyn Fn(&ArrayInfo) -> String| -> ArrayRef {
         Arc::new(StringArray::from(arrays.iter().map(f).collect::<Vec<_>>()))
@@ -1188,6 +1190,10 @@ fn show_arrays(catalog: &Arc<TesseraCatalog>) -> Result<SendableRecordBatchStrea
         number(&|a| a.current().blocks),
         number(&|a| a.current().version),
         text(&|a| partitioning_text(&a.partitioning)),
+        text(&|a| match store.damage(&a.name) {
+            None => "ok".to_string(),
+            Some(damage) => format!("damaged: {damage}"),
+        }),
     ];
     let schema = Arc::new(Schema::new(vec![
         Field::new("name", DataType::Utf8, false),
@@ -1199,8 +1205,67 @@ fn show_arrays(catalog: &Arc<TesseraCatalog>) -> Result<SendableRecordBatchStrea
         Field::new("blocks", DataType::UInt64, false),
         Field::new("version", DataType::UInt64, false),
         Field::new("partitioning", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
     ]));
     let batch = RecordBatch::try_new(schema.clone(), columns)?;
+    Ok(batches_stream(schema, vec![batch]))
+}
+
+/// The columns `VERIFY` returns (known without running it, for `Describe`).
+pub fn verify_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("array", DataType::Utf8, true),
+        Field::new("version", DataType::UInt64, true),
+        Field::new("file", DataType::Utf8, false),
+        Field::new("block", DataType::Utf8, true),
+        Field::new("problem", DataType::Utf8, false),
+    ]))
+}
+
+/// `VERIFY [ARRAY name]`: one row per problem (array, version, file, block, problem);
+/// no rows when every byte checks out.
+async fn verify(
+    catalog: &Arc<TesseraCatalog>,
+    array: Option<String>,
+) -> Result<SendableRecordBatchStream> {
+    if let Some(name) = &array {
+        match catalog.kind_of(name) {
+            Some("array") => {}
+            None => {
+                return Err(tessera_error(
+                    ErrorKind::UndefinedTable,
+                    format!("array '{name}' does not exist"),
+                ));
+            }
+            Some(kind) => return plan_err!("'{name}' is a {kind}, not an array"),
+        }
+    }
+    let store = catalog.store().clone();
+    let problems = blocking(move || store.verify(array.as_deref()).map_err(storage_error)).await?;
+    let schema = verify_schema();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(StringArray::from(
+                problems.iter().map(|p| p.array.clone()).collect::<Vec<_>>(),
+            )) as ArrayRef,
+            Arc::new(UInt64Array::from(
+                problems.iter().map(|p| p.version).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                problems.iter().map(|p| p.file.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                problems.iter().map(|p| p.block.clone()).collect::<Vec<_>>(),
+            )),
+            Arc::new(StringArray::from(
+                problems
+                    .iter()
+                    .map(|p| p.problem.clone())
+                    .collect::<Vec<_>>(),
+            )),
+        ],
+    )?;
     Ok(batches_stream(schema, vec![batch]))
 }
 

@@ -298,6 +298,8 @@ impl Session {
                 // `SHOW ARRAYS` and `DESCRIBE` return rows: run them once (they only
                 // read) so the result can be described before it is executed.
                 let schema = match t {
+                    // VERIFY reads the whole store: its columns are known without it.
+                    ddl::TesseraStatement::Verify { .. } => session::verify_schema(),
                     ddl::TesseraStatement::ShowArrays | ddl::TesseraStatement::Describe { .. } => {
                         session::execute(&self.ctx, &self.inner.catalog, statement.clone())
                             .await?

@@ -30,6 +30,6 @@ pub use error::{Result, StorageError};
 pub use partition::{MAX_SHARDS, Partitioning, datafusion_hash};
 pub use schema::{ArraySchema, Attribute, AttributeType, BlockKey, Dimension, MAX_BLOCK_CELLS};
 pub use store::{
-    ArrayInfo, ArrayWriter, BlockMeta, LoadOptions, LoadSummary, Snapshot, Store, StoreOptions,
-    VersionInfo, WriteMode,
+    ArrayInfo, ArrayWriter, BlockMeta, Damage, LoadOptions, LoadSummary, Snapshot, Store,
+    StoreOptions, VersionInfo, WriteMode,
 };

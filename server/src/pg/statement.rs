@@ -409,7 +409,9 @@ pub(crate) fn command_tag(statement: &Statement) -> String {
             TesseraStatement::CreateMatrix { .. } => "CREATE MATRIX".into(),
             TesseraStatement::DropArrays { .. } => "DROP ARRAY".into(),
             TesseraStatement::Copy { .. } => "COPY".into(),
-            TesseraStatement::ShowArrays | TesseraStatement::Describe { .. } => "SELECT".into(),
+            TesseraStatement::ShowArrays
+            | TesseraStatement::Describe { .. }
+            | TesseraStatement::Verify { .. } => "SELECT".into(),
         },
         Statement::Sql(sql) => {
             let words = leading_words(sql, 5);

@@ -2,7 +2,7 @@
 //! versions) and the per-version manifests (`arrays/<id>/v<N>/manifest.json`: where
 //! each block of that version is stored and its checksum).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -16,12 +16,19 @@ pub(crate) const FORMAT_VERSION: u32 = 1;
 /// Name of the catalog file at the root of the data directory.
 pub(crate) const CATALOG_FILE: &str = "catalog.json";
 
+/// The catalog being committed, renamed over [`CATALOG_FILE`] once durable.
+pub(crate) const CATALOG_TMP_FILE: &str = "catalog.json.tmp";
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Catalog {
     pub format: u32,
     pub next_array_id: u64,
     /// Arrays by name.
     pub arrays: BTreeMap<String, ArrayEntry>,
+    /// Ids reserved by `CREATE MATRIX ... AS` writes that have not committed: their
+    /// files exist but no entry does yet. Absent in format-v1 catalogs (none pending).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub pending: BTreeSet<u64>,
 }
 
 impl Default for Catalog {
@@ -30,6 +37,7 @@ impl Default for Catalog {
             format: FORMAT_VERSION,
             next_array_id: 1,
             arrays: BTreeMap::new(),
+            pending: BTreeSet::new(),
         }
     }
 }
@@ -80,6 +88,19 @@ pub(crate) struct Manifest {
     pub files: BTreeMap<String, u64>,
     /// Blocks by key; blocks not listed are all zeros.
     pub blocks: Vec<BlockEntry>,
+}
+
+impl Manifest {
+    /// The manifest of a version without blocks (version 0 of every array).
+    pub(crate) fn empty(array_id: u64, version: u64) -> Self {
+        Manifest {
+            format: FORMAT_VERSION,
+            array_id,
+            version,
+            files: BTreeMap::new(),
+            blocks: Vec::new(),
+        }
+    }
 }
 
 /// Where one block lives and how to verify it.

@@ -410,3 +410,67 @@ pub(crate) fn decode_block(
     }
     Ok(blocks)
 }
+
+/// Checks that `bytes` is a whole Arrow IPC file of the shard schema `schema`: the
+/// `ARROW1` magic at both ends, a footer that decodes, the schema in it. Returns the
+/// record batches the footer lists, as `(offset, length)` of their messages. It reads
+/// only the file's ends, so it is cheap enough for every file a snapshot opens.
+pub(crate) fn check_shard_file(
+    bytes: &[u8],
+    schema: &SchemaRef,
+) -> std::result::Result<Vec<(u64, u64)>, String> {
+    const MAGIC: &[u8] = b"ARROW1";
+    // Leading magic and its padding, trailing footer length and magic.
+    if bytes.len() < 8 + 10 {
+        return Err(format!(
+            "{} bytes is too short for an Arrow IPC file",
+            bytes.len()
+        ));
+    }
+    if &bytes[..MAGIC.len()] != MAGIC {
+        return Err("the file does not start with the Arrow IPC magic ARROW1".into());
+    }
+    let tail = bytes.len() - 10;
+    if &bytes[tail + 4..] != MAGIC {
+        return Err("the file does not end with the Arrow IPC magic ARROW1".into());
+    }
+    let footer_len = i32::from_le_bytes([
+        bytes[tail],
+        bytes[tail + 1],
+        bytes[tail + 2],
+        bytes[tail + 3],
+    ]);
+    let start = usize::try_from(footer_len)
+        .ok()
+        .and_then(|n| tail.checked_sub(n))
+        .filter(|&s| s >= 8);
+    let Some(start) = start else {
+        return Err(format!(
+            "the Arrow IPC footer length {footer_len} does not fit the file's {} bytes",
+            bytes.len()
+        ));
+    };
+    let footer = arrow_ipc::root_as_footer(&bytes[start..tail])
+        .map_err(|e| format!("the Arrow IPC footer cannot be decoded: {e}"))?;
+    let fb_schema = footer
+        .schema()
+        .ok_or("the Arrow IPC footer has no schema")?;
+    // Arrow's conversion panics on some type ids a damaged footer can hold.
+    let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        arrow_ipc::convert::fb_to_schema(fb_schema)
+    }))
+    .map_err(|_| "the Arrow IPC footer's schema cannot be decoded".to_string())?;
+    if stored.fields() != schema.fields() {
+        return Err("the Arrow IPC footer's schema is not the array's shard schema".into());
+    }
+    let batches = footer
+        .recordBatches()
+        .ok_or("the Arrow IPC footer lists no record batches")?;
+    Ok(batches
+        .iter()
+        .map(|b| {
+            let length = i64::from(b.metaDataLength()).saturating_add(b.bodyLength());
+            (b.offset().max(0) as u64, length.max(0) as u64)
+        })
+        .collect())
+}

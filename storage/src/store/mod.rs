@@ -12,6 +12,7 @@ mod catalog;
 mod format;
 mod ingest;
 mod snapshot;
+mod verify;
 mod writer;
 
 use std::collections::{BTreeSet, HashMap};
@@ -19,6 +20,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use ingest::{LoadOptions, LoadSummary};
 pub use snapshot::{BlockMeta, Snapshot};
+pub use verify::Damage;
 pub use writer::{ArrayWriter, WriteMode};
 
 use crate::backend::{Backend, LocalBackend, MemoryBackend};
@@ -26,7 +28,7 @@ use crate::block::BlockFormat;
 use crate::error::{Result, StorageError};
 use crate::partition::Partitioning;
 use crate::schema::ArraySchema;
-use catalog::{ArrayEntry, CATALOG_FILE, Catalog, Manifest, VersionEntry};
+use catalog::{ArrayEntry, CATALOG_FILE, CATALOG_TMP_FILE, Catalog, Manifest, VersionEntry};
 
 /// Store-wide settings.
 #[derive(Debug, Clone)]
@@ -128,6 +130,8 @@ pub(crate) struct Inner {
     pins: Mutex<HashMap<(u64, u64), usize>>,
     /// Files to delete once no snapshot of the versions that used them is alive.
     doomed: Mutex<Vec<Doomed>>,
+    /// Arrays (by id) with a manifest that could not be read, and why.
+    damaged: Mutex<HashMap<u64, String>>,
 }
 
 /// Files of retired versions, waiting for their last reader.
@@ -151,13 +155,33 @@ fn now_ms() -> u64 {
 
 impl Store {
     /// Opens the store in `backend`, creating an empty catalog if there is none, and
-    /// removes files no committed version uses (left by a crash or a failed write).
+    /// removes files that the catalog proves no committed version uses (left by a crash
+    /// or a failed write).
+    ///
+    /// A store that holds array files but no `catalog.json`, or a catalog that cannot be
+    /// read or decoded, is refused with [`StorageError::CorruptCatalog`] and nothing is
+    /// touched. An array whose manifest is damaged does not stop the open: it is
+    /// reported by [`Store::damage`], every read of that version fails naming the file,
+    /// and none of its files are deleted.
     pub fn open(backend: Arc<dyn Backend>, options: StoreOptions) -> Result<Self> {
         let catalog = match backend.read(CATALOG_FILE) {
             Ok(bytes) => format::decode_json::<Catalog>(CATALOG_FILE, &bytes)?,
             Err(StorageError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
+                // A new store has no array files; files without a catalog are arrays
+                // nobody can account for, so nothing may be taken for garbage.
+                let data = backend.list("arrays/")?;
+                if let Some(first) = data.first() {
+                    return Err(StorageError::CorruptCatalog {
+                        file: CATALOG_FILE.into(),
+                        message: format!(
+                            "the file is missing, but the store holds {} array files (such as {first}); \
+                             refusing to open it (nothing was changed). Restore {CATALOG_FILE} from a backup",
+                            data.len()
+                        ),
+                    });
+                }
                 Catalog::default()
             }
             Err(e) => return Err(e),
@@ -187,6 +211,7 @@ impl Store {
                 manifests: Mutex::new(HashMap::new()),
                 pins: Mutex::new(HashMap::new()),
                 doomed: Mutex::new(Vec::new()),
+                damaged: Mutex::new(HashMap::new()),
             }),
         };
         store.collect_garbage()?;
@@ -194,8 +219,17 @@ impl Store {
     }
 
     /// Opens (creating) a data directory on the local filesystem, taking its lock.
+    /// A damaged or missing catalog is reported with its full path.
     pub fn open_dir(path: impl Into<std::path::PathBuf>) -> Result<Self> {
-        Self::open(Arc::new(LocalBackend::open(path)?), StoreOptions::default())
+        let path = path.into();
+        let backend = Arc::new(LocalBackend::open(&path)?);
+        Self::open(backend, StoreOptions::default()).map_err(|e| match e {
+            StorageError::CorruptCatalog { file, message } => StorageError::CorruptCatalog {
+                file: path.join(file).display().to_string(),
+                message,
+            },
+            other => other,
+        })
     }
 
     /// An empty store in memory.
@@ -248,6 +282,70 @@ impl Store {
         keep_versions: Option<u32>,
         block_format: Option<BlockFormat>,
     ) -> Result<ArrayInfo> {
+        let mut entry = self.new_entry(name, schema, partitioning, keep_versions, block_format)?;
+        let _commit = lock(&self.inner.commit_lock);
+        let mut next = lock(&self.inner.catalog).clone();
+        if next.arrays.contains_key(name) {
+            return Err(StorageError::ArrayExists(name.to_string()));
+        }
+        entry.id = next.next_array_id;
+        next.next_array_id += 1;
+        let info = ArrayInfo::from(&entry);
+        next.arrays.insert(name.to_string(), entry);
+        self.inner.commit_catalog(next)?;
+        lock(&self.inner.next_version).insert(info.id, 1);
+        Ok(info)
+    }
+
+    /// Starts writing a new array whose first version is committed together with its
+    /// catalog entry, in one catalog replace: until [`ArrayWriter::commit`] nobody sees
+    /// the array, and after a crash it either exists with all its blocks or not at all.
+    ///
+    /// The array's id is reserved first (a catalog commit that records it as pending),
+    /// so that files of a write that never committed are provably unused at the next
+    /// open. The name is checked now and again at commit, which fails with
+    /// [`StorageError::ArrayExists`] (deleting what was written) if another array took
+    /// it meanwhile.
+    pub fn create_array_writer(
+        &self,
+        name: &str,
+        schema: ArraySchema,
+        partitioning: Option<Partitioning>,
+        keep_versions: Option<u32>,
+        block_format: Option<BlockFormat>,
+    ) -> Result<ArrayWriter> {
+        let mut entry = self.new_entry(name, schema, partitioning, keep_versions, block_format)?;
+        {
+            let _commit = lock(&self.inner.commit_lock);
+            let mut next = lock(&self.inner.catalog).clone();
+            if next.arrays.contains_key(name) {
+                return Err(StorageError::ArrayExists(name.to_string()));
+            }
+            entry.id = next.next_array_id;
+            next.next_array_id += 1;
+            next.pending.insert(entry.id);
+            self.inner.commit_catalog(next)?;
+        }
+        let pin = snapshot::Pin::new(self.inner.clone(), entry.id, 0);
+        let base = Snapshot::new(
+            self.inner.clone(),
+            ArrayInfo::from(&entry),
+            0,
+            Arc::new(Manifest::empty(entry.id, 0)),
+            pin,
+        );
+        ArrayWriter::for_new_array(self.inner.clone(), base, entry)
+    }
+
+    /// A new array's catalog entry at version 0, not yet given an id.
+    fn new_entry(
+        &self,
+        name: &str,
+        schema: ArraySchema,
+        partitioning: Option<Partitioning>,
+        keep_versions: Option<u32>,
+        block_format: Option<BlockFormat>,
+    ) -> Result<ArrayEntry> {
         if name.is_empty() {
             return Err(StorageError::InvalidArgument(
                 "an array needs a name".into(),
@@ -261,15 +359,8 @@ impl Store {
                 "an array must keep at least one version".into(),
             ));
         }
-        let _commit = lock(&self.inner.commit_lock);
-        let mut next = lock(&self.inner.catalog).clone();
-        if next.arrays.contains_key(name) {
-            return Err(StorageError::ArrayExists(name.to_string()));
-        }
-        let id = next.next_array_id;
-        next.next_array_id += 1;
-        let entry = ArrayEntry {
-            id,
+        Ok(ArrayEntry {
+            id: 0,
             name: name.to_string(),
             schema,
             partitioning,
@@ -283,12 +374,7 @@ impl Store {
                 bytes: 0,
                 created_unix_ms: now_ms(),
             }],
-        };
-        let info = ArrayInfo::from(&entry);
-        next.arrays.insert(name.to_string(), entry);
-        self.inner.commit_catalog(next)?;
-        lock(&self.inner.next_version).insert(id, 1);
-        Ok(info)
+        })
     }
 
     /// Drops an array. Its files are deleted once no snapshot reads them.
@@ -304,7 +390,16 @@ impl Store {
         let versions = entry.versions.iter().map(|v| v.version).collect();
         self.inner.retire(entry.id, versions, files);
         lock(&self.inner.next_version).remove(&entry.id);
+        lock(&self.inner.damaged).remove(&entry.id);
         Ok(())
+    }
+
+    /// What is known to be damaged in an array (a manifest that could not be read at
+    /// open or since), naming the file; `None` when nothing is.
+    /// [`Store::verify`] checks every byte.
+    pub fn damage(&self, name: &str) -> Option<String> {
+        let id = lock(&self.inner.catalog).arrays.get(name)?.id;
+        lock(&self.inner.damaged).get(&id).cloned()
     }
 
     /// A consistent read view of a committed version (the current one if `None`).
@@ -349,25 +444,85 @@ impl Store {
         ArrayWriter::new(self.inner.clone(), base, version, mode)
     }
 
-    /// Deletes every file that no retained version of any array uses.
+    /// Deletes the files the catalog proves unused: files of dropped arrays (ids below
+    /// `next_array_id` that no entry has), of creates that never committed (pending
+    /// ids), and files of a live array that no retained version names, unless one of
+    /// its manifests cannot be read (then nothing of it is deleted: the damaged
+    /// manifest may name any of them). A file of any other shape is left alone and
+    /// logged; so is a file of an id the catalog has not handed out.
     fn collect_garbage(&self) -> Result<()> {
         let catalog = lock(&self.inner.catalog).clone();
         let mut keep = BTreeSet::new();
+        let mut live = HashMap::new();
         for entry in catalog.arrays.values() {
+            let mut readable = true;
             for v in &entry.versions {
-                let manifest = self.inner.manifest(entry, v)?;
                 keep.insert(v.manifest.clone());
-                keep.extend(manifest.files.keys().cloned());
+                match self.inner.manifest(entry, v) {
+                    Ok(manifest) => keep.extend(manifest.files.keys().cloned()),
+                    Err(e) => {
+                        tracing::error!(array = %entry.name, version = v.version, error = %e,
+                            "array is damaged: its files are kept and its uses fail");
+                        readable = false;
+                    }
+                }
             }
+            live.insert(entry.id, readable);
         }
         for file in self.inner.backend.list("")? {
-            if file != CATALOG_FILE && !keep.contains(&file) {
+            if file == CATALOG_FILE || keep.contains(&file) {
+                continue;
+            }
+            let unused = if file == CATALOG_TMP_FILE {
+                // A catalog commit that never reached its rename.
+                true
+            } else {
+                match array_file_id(&file) {
+                    None => false,
+                    Some(id) => match live.get(&id) {
+                        Some(readable) => *readable,
+                        None => catalog.pending.contains(&id) || id < catalog.next_array_id,
+                    },
+                }
+            };
+            if unused {
                 tracing::debug!(file, "removing a file no committed version uses");
                 self.inner.backend.delete(&file)?;
+            } else {
+                tracing::warn!(file, "leaving a file the catalog does not account for");
             }
+        }
+        if !catalog.pending.is_empty() {
+            // Their files are gone: the ids need no reservation any more.
+            let _commit = lock(&self.inner.commit_lock);
+            let mut next = lock(&self.inner.catalog).clone();
+            next.pending.clear();
+            self.inner.commit_catalog(next)?;
         }
         Ok(())
     }
+}
+
+/// The array id of a file the store writes (`arrays/<id>/v<N>/manifest.json` or
+/// `arrays/<id>/v<N>/shard-<k>.arrow`); `None` for any other path.
+fn array_file_id(path: &str) -> Option<u64> {
+    let mut parts = path.split('/');
+    let (Some("arrays"), Some(id), Some(version), Some(name), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let shard = name
+        .strip_prefix("shard-")
+        .and_then(|n| n.strip_suffix(".arrow"))
+        .is_some_and(|k| k.split('-').all(digits));
+    let ok = version.strip_prefix('v').is_some_and(digits) && (name == "manifest.json" || shard);
+    if ok { id.parse().ok() } else { None }
 }
 
 impl Inner {
@@ -389,29 +544,58 @@ impl Inner {
             return Ok(m.clone());
         }
         let manifest = if v.manifest.is_empty() {
-            Manifest {
-                format: catalog::FORMAT_VERSION,
-                array_id: entry.id,
-                version: v.version,
-                files: Default::default(),
-                blocks: Vec::new(),
-            }
+            Manifest::empty(entry.id, v.version)
         } else {
-            let bytes = self.backend.read(&v.manifest)?;
-            let m: Manifest = format::decode_json(&v.manifest, &bytes)?;
-            if m.array_id != entry.id || m.version != v.version {
-                return Err(StorageError::CorruptCatalog {
-                    file: v.manifest.clone(),
-                    message: format!(
-                        "manifest is for array id {} version {}, expected array '{}' (id {}) version {}",
-                        m.array_id, m.version, entry.name, entry.id, v.version
-                    ),
-                });
+            let read = match self.backend.read(&v.manifest) {
+                Err(StorageError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Err(StorageError::CorruptCatalog {
+                        file: v.manifest.clone(),
+                        message: format!(
+                            "the manifest of array '{}' version {} is missing",
+                            entry.name, v.version
+                        ),
+                    })
+                }
+                other => other,
+            };
+            let decoded = read.and_then(|bytes| self.check_manifest(entry, v, &bytes));
+            match decoded {
+                Ok(m) => m,
+                Err(e) => {
+                    if let StorageError::CorruptCatalog { file, message } = &e {
+                        lock(&self.damaged).insert(
+                            entry.id,
+                            format!("version {}: {file}: {message}", v.version),
+                        );
+                    }
+                    return Err(e);
+                }
             }
-            m
         };
         let m = Arc::new(manifest);
         lock(&self.manifests).insert((entry.id, v.version), m.clone());
+        Ok(m)
+    }
+
+    /// Decodes a manifest and checks it belongs to `entry`'s version `v`.
+    fn check_manifest(
+        &self,
+        entry: &ArrayEntry,
+        v: &VersionEntry,
+        bytes: &[u8],
+    ) -> Result<Manifest> {
+        let m: Manifest = format::decode_json(&v.manifest, bytes)?;
+        if m.array_id != entry.id || m.version != v.version {
+            return Err(StorageError::CorruptCatalog {
+                file: v.manifest.clone(),
+                message: format!(
+                    "manifest is for array id {} version {}, expected array '{}' (id {}) version {}",
+                    m.array_id, m.version, entry.name, entry.id, v.version
+                ),
+            });
+        }
         Ok(m)
     }
 
@@ -419,7 +603,7 @@ impl Inner {
     /// `catalog.json`, fsync the directory. On failure the in-memory catalog is reloaded
     /// from what the backend now shows, so memory and disk agree.
     fn commit_catalog(&self, next: Catalog) -> Result<()> {
-        const TMP: &str = "catalog.json.tmp";
+        const TMP: &str = CATALOG_TMP_FILE;
         let bytes = format::encode_json(&next)?;
         let result = (|| {
             self.backend.write(TMP, &bytes)?;
@@ -442,6 +626,18 @@ impl Inner {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Drops the reservation of an array id whose create did not commit (its files are
+    /// deleted by the writer).
+    fn release_pending(&self, id: u64) {
+        let _commit = lock(&self.commit_lock);
+        let mut next = lock(&self.catalog).clone();
+        if next.pending.remove(&id)
+            && let Err(e) = self.commit_catalog(next)
+        {
+            tracing::warn!(id, error = %e, "could not release a reserved array id");
         }
     }
 

@@ -329,3 +329,212 @@ fn a_fixed_block_format_is_honoured_by_every_write() {
         assert_eq!(store.array("m").unwrap().block_format, Some(format));
     }
 }
+
+/// A new array's write is invisible until its commit, which adds the array with all its
+/// blocks at once; a crash at any point before leaves no array and, after the reopen,
+/// no file; a name taken meanwhile fails the commit and deletes what was written.
+#[test]
+fn a_new_array_appears_with_its_blocks_or_not_at_all() {
+    let schema = ArraySchema::matrix(9, 9, 3, 3).unwrap();
+    let mem = MemoryBackend::new();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    store
+        .create_array("keep", schema.clone(), None, None)
+        .unwrap();
+    write_all(&store, "keep", 4).unwrap();
+    let files_before = mem.list("arrays/").unwrap();
+
+    // Crashed before the commit: nothing of it survives the reopen.
+    let mut w = store
+        .create_array_writer("new", schema.clone(), None, None, None)
+        .unwrap();
+    for k in keys(&schema) {
+        w.put_block(k.clone(), block_for(&schema, &k, 1)).unwrap();
+    }
+    w.sync_written().unwrap();
+    assert!(store.array("new").is_err(), "visible before its commit");
+    std::mem::forget(w); // the process dies: no cleanup runs
+    assert!(mem.list("arrays/").unwrap().len() > files_before.len());
+    let store = new_store(Arc::new(mem.clone()), 5);
+    assert!(store.array("new").is_err());
+    assert_eq!(mem.list("arrays/").unwrap(), files_before);
+    assert_version(&store, "keep", None, 4);
+
+    // Committed: the array and its blocks, at version 1, survive a crash.
+    let mut w = store
+        .create_array_writer("new", schema.clone(), None, Some(3), None)
+        .unwrap();
+    for k in keys(&schema) {
+        w.put_block(k.clone(), block_for(&schema, &k, 1)).unwrap();
+    }
+    assert_eq!(w.commit().unwrap(), 1);
+    mem.crash();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    let info = store.array("new").unwrap();
+    assert_eq!(
+        info.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [0, 1]
+    );
+    assert_eq!(info.keep_versions, 3);
+    assert_version(&store, "new", None, 1);
+    assert_eq!(write_all(&store, "new", 2).unwrap(), 2);
+
+    // A name taken between the start and the commit: ArrayExists, files deleted.
+    let files_before = mem.list("arrays/").unwrap();
+    let mut w = store
+        .create_array_writer("late", schema.clone(), None, None, None)
+        .unwrap();
+    w.put_block(
+        BlockKey::matrix(0, 0),
+        block_for(&schema, &BlockKey::matrix(0, 0), 3),
+    )
+    .unwrap();
+    store
+        .create_array("late", schema.clone(), None, None)
+        .unwrap();
+    assert!(matches!(w.commit(), Err(StorageError::ArrayExists(n)) if n == "late"));
+    assert_eq!(mem.list("arrays/").unwrap(), files_before);
+    assert!(store.array("late").unwrap().current().blocks == 0);
+    // A name in use from the start is refused at once.
+    assert!(matches!(
+        store.create_array_writer("keep", schema, None, None, None),
+        Err(StorageError::ArrayExists(_))
+    ));
+}
+
+/// The open deletes only what the catalog proves unused: files of dropped arrays, of
+/// retired versions, a stale `catalog.json.tmp`; files it cannot account for stay.
+#[test]
+fn the_open_deletes_only_what_the_catalog_proves_unused() {
+    let schema = ArraySchema::matrix(6, 6, 3, 3).unwrap();
+    let mem = MemoryBackend::new();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    store.create_array("a", schema.clone(), None, None).unwrap();
+    write_all(&store, "a", 2).unwrap();
+    store.create_array("b", schema.clone(), None, None).unwrap();
+    write_all(&store, "b", 2).unwrap();
+    let a = store.array("a").unwrap().id;
+    let b = store.array("b").unwrap().id;
+    let kept = mem.list("").unwrap();
+    let stray = |path: &str| {
+        mem.write(path, b"x").unwrap();
+        mem.sync(path).unwrap();
+    };
+    // Provably unused.
+    stray(&format!("arrays/{a}/v7/shard-0.arrow"));
+    stray(&format!("arrays/{a}/v7/manifest.json"));
+    store.drop_array("b").unwrap();
+    stray(&format!("arrays/{b}/v1/shard-1.arrow"));
+    stray("catalog.json.tmp");
+    // Not accounted for: left alone.
+    let unknown = [
+        format!("arrays/{a}/notes.txt"),
+        "arrays/999/v1/shard-0.arrow".to_string(),
+        "README".to_string(),
+    ];
+    for u in &unknown {
+        stray(u);
+    }
+    drop(store);
+    let store = new_store(Arc::new(mem.clone()), 5);
+    let mut expected: Vec<String> = kept
+        .into_iter()
+        .filter(|f| !f.starts_with(&format!("arrays/{b}/")))
+        .chain(unknown.iter().cloned())
+        .collect();
+    expected.sort();
+    assert_eq!(mem.list("").unwrap(), expected);
+    assert_version(&store, "a", None, 2);
+}
+
+/// One damaged manifest: the open succeeds, that array reports it on every use and
+/// keeps every file, the other array is served.
+#[test]
+fn a_damaged_manifest_does_not_stop_the_open() {
+    let schema = ArraySchema::matrix(6, 6, 3, 3).unwrap();
+    let mem = MemoryBackend::new();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    for name in ["a", "b"] {
+        store
+            .create_array(name, schema.clone(), None, None)
+            .unwrap();
+        write_all(&store, name, 2).unwrap();
+    }
+    let a = store.array("a").unwrap().id;
+    let manifest = format!("arrays/{a}/v1/manifest.json");
+    let mut bytes = mem.read(&manifest).unwrap().to_vec();
+    let k = bytes.len() - 3;
+    bytes[k] ^= 0x20;
+    mem.write(&manifest, &bytes).unwrap();
+    mem.write(&format!("arrays/{a}/v9/shard-0.arrow"), b"?")
+        .unwrap();
+    let before = mem.list("").unwrap();
+    drop(store);
+
+    let store = new_store(Arc::new(mem.clone()), 5);
+    assert_eq!(
+        mem.list("").unwrap(),
+        before,
+        "files of a damaged array were deleted"
+    );
+    assert!(store.damage("a").unwrap().contains(&manifest));
+    assert_eq!(store.damage("b"), None);
+    for _ in 0..2 {
+        match store.snapshot("a", None) {
+            Err(StorageError::CorruptCatalog { file, .. }) => assert_eq!(file, manifest),
+            other => panic!("expected a corrupt manifest, got {other:?}"),
+        }
+    }
+    assert!(store.writer("a", WriteMode::Update).is_err());
+    assert_version(&store, "b", None, 2);
+    let problems = store.verify(None).unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].file, manifest);
+    // Dropping the damaged array removes it and its files.
+    store.drop_array("a").unwrap();
+    assert!(mem.list(&format!("arrays/{a}/")).unwrap().is_empty());
+    assert!(store.verify(None).unwrap().is_empty());
+}
+
+/// A store with array files but no catalog, or a catalog that does not decode, is
+/// refused and left exactly as it was.
+#[test]
+fn no_catalog_no_open() {
+    let schema = ArraySchema::matrix(6, 6, 3, 3).unwrap();
+    let mem = MemoryBackend::new();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    store.create_array("a", schema, None, None).unwrap();
+    write_all(&store, "a", 2).unwrap();
+    drop(store);
+    let catalog = mem.read("catalog.json").unwrap();
+    for bad in [
+        None,
+        Some(b"TESSERA1 00000000\n{}".to_vec()),
+        Some(catalog[..40].to_vec()),
+    ] {
+        match &bad {
+            None => mem.delete("catalog.json").unwrap(),
+            Some(b) => mem.write("catalog.json", b).unwrap(),
+        }
+        let before: Vec<(String, bytes::Bytes)> = mem
+            .list("")
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.clone(), mem.read(&f).unwrap()))
+            .collect();
+        match Store::open(Arc::new(mem.clone()), StoreOptions::default()) {
+            Err(StorageError::CorruptCatalog { file, .. }) => assert_eq!(file, "catalog.json"),
+            other => panic!("expected a refused open, got {other:?}"),
+        }
+        let after: Vec<(String, bytes::Bytes)> = mem
+            .list("")
+            .unwrap()
+            .into_iter()
+            .map(|f| (f.clone(), mem.read(&f).unwrap()))
+            .collect();
+        assert_eq!(after, before);
+    }
+    mem.write("catalog.json", &catalog).unwrap();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    assert_version(&store, "a", None, 2);
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::SchemaRef;
 
-use super::catalog::{BlockEntry, Manifest, VersionEntry};
+use super::catalog::{ArrayEntry, BlockEntry, Manifest, VersionEntry};
 use super::format;
 use super::{Inner, Snapshot, lock, now_ms};
 use crate::backend::BackendWriter;
@@ -66,6 +66,9 @@ pub struct ArrayWriter {
     /// Files this write created (for cleanup on failure), with their final sizes.
     written: Vec<String>,
     finished: bool,
+    /// The catalog entry (at version 0) of the array this write creates, inserted by
+    /// the commit; `None` for a write to an existing array.
+    creating: Option<ArrayEntry>,
 }
 
 impl std::fmt::Debug for ArrayWriter {
@@ -97,7 +100,20 @@ impl ArrayWriter {
             puts: BTreeMap::new(),
             written: Vec::new(),
             finished: false,
+            creating: None,
         })
+    }
+
+    /// The write of version 1 of the array `entry` (reserved as pending in the catalog,
+    /// `base` its empty version 0), whose commit inserts the entry.
+    pub(crate) fn for_new_array(
+        inner: Arc<Inner>,
+        base: Snapshot,
+        entry: ArrayEntry,
+    ) -> Result<Self> {
+        let mut writer = Self::new(inner, base, 1, WriteMode::Replace)?;
+        writer.creating = Some(entry);
+        Ok(writer)
     }
 
     /// The version this write will commit as.
@@ -342,6 +358,14 @@ impl ArrayWriter {
 
         let _commit = lock(&self.inner.commit_lock);
         let mut next = lock(&self.inner.catalog).clone();
+        if let Some(created) = &self.creating {
+            // The entry and its first version become visible in this one replace.
+            if next.arrays.contains_key(&info.name) {
+                return Err(StorageError::ArrayExists(info.name.clone()));
+            }
+            next.pending.remove(&info.id);
+            next.arrays.insert(info.name.clone(), created.clone());
+        }
         let array = match next.arrays.get_mut(&info.name) {
             Some(a) if a.id == info.id => a,
             _ => return Err(StorageError::ArrayNotFound(info.name.clone())),
@@ -373,6 +397,11 @@ impl ArrayWriter {
         }
         let manifest = Arc::new(manifest);
         lock(&self.inner.manifests).insert((info.id, self.version), manifest);
+        if self.creating.is_some() {
+            let mut next_version = lock(&self.inner.next_version);
+            let n = next_version.entry(info.id).or_insert(self.version + 1);
+            *n = (*n).max(self.version + 1);
+        }
 
         // Files only the retired versions used can go once no snapshot reads them.
         if !retired.is_empty() {
@@ -410,6 +439,10 @@ impl Drop for ArrayWriter {
             self.files.clear();
             for f in &self.written {
                 let _ = self.inner.backend().delete(f);
+            }
+            if self.creating.is_some() {
+                // Best effort: a reservation left behind is cleared at the next open.
+                self.inner.release_pending(self.base.info().id);
             }
         }
     }
