@@ -239,9 +239,10 @@ fn check_plan_files(state: &SessionState, plan: &LogicalPlan) -> Result<()> {
     let mut result = Ok(());
     plan.apply(|node| {
         let checked = match node {
-            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => {
-                check_file(state, &cmd.location, FileUse::Read).map(|_| ())
-            }
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(cmd)) => cmd
+                .locations
+                .iter()
+                .try_for_each(|l| check_file(state, l, FileUse::Read).map(|_| ())),
             LogicalPlan::Copy(copy) => check_file(state, &copy.output_url, FileUse::Write).map(|_| ()),
             _ => Ok(()),
         };
