@@ -4,6 +4,8 @@
 
 mod clients;
 mod flight;
+mod generated_statements;
+mod hostile_clients;
 mod la_numpy;
 mod pg_catalog;
 mod pgwire;
