@@ -71,7 +71,12 @@ fn matrix(rng: &mut Rng) -> &'static str {
 fn matrix_expr(rng: &mut Rng, depth: usize) -> String {
     if depth == 0 || rng.chance(35) {
         return match rng.below(5) {
-            0 => format!("rand({}, {}, seed => {})", rng.range(1, 4), rng.range(1, 4), rng.below(9)),
+            0 => format!(
+                "rand({}, {}, seed => {})",
+                rng.range(1, 4),
+                rng.range(1, 4),
+                rng.below(9)
+            ),
             1 => format!("eye({})", rng.range(1, 4)),
             2 => "(SELECT i, j, v FROM ma WHERE v > 0)".to_string(),
             _ => matrix(rng).to_string(),
@@ -122,7 +127,10 @@ fn scalar(rng: &mut Rng, depth: usize) -> String {
         4 => format!("({x}) % ({y})"),
         5 => format!("{x} || {y}"),
         6 => format!("CASE WHEN {x} > {y} THEN {x} ELSE {y} END"),
-        7 => format!("CAST({x} AS {})", rng.pick(&["INT", "DOUBLE", "VARCHAR", "BIGINT"])),
+        7 => format!(
+            "CAST({x} AS {})",
+            rng.pick(&["INT", "DOUBLE", "VARCHAR", "BIGINT"])
+        ),
         8 => format!("abs({x})"),
         9 => format!("coalesce({x}, {y})"),
         10 => format!("({x} = {y} OR {x} IS NULL)"),
@@ -279,13 +287,15 @@ fn mutate(rng: &mut Rng, g: &Generated) -> String {
             // Deep nesting around the first number.
             let depth = rng.range(20, 3000);
             match text.find(|c: char| c.is_ascii_digit()) {
-                Some(at) => format!(
-                    "{}{}{}{}",
-                    &text[..at],
-                    "(".repeat(depth),
-                    &text[at..at + 1],
-                    ")".repeat(depth)
-                ) + &text[at + 1..],
+                Some(at) => {
+                    format!(
+                        "{}{}{}{}",
+                        &text[..at],
+                        "(".repeat(depth),
+                        &text[at..at + 1],
+                        ")".repeat(depth)
+                    ) + &text[at + 1..]
+                }
                 None => text.clone(),
             }
         }
@@ -381,10 +391,12 @@ impl Paths {
 
     async fn flight(&mut self, sql: &str) -> Outcome {
         let code = |e: arrow_flight::error::FlightError| match e {
-            arrow_flight::error::FlightError::Tonic(s) => match s.metadata().get(SQLSTATE_METADATA_KEY) {
-                Some(v) => Outcome::Error(v.to_str().unwrap_or("?").to_string()),
-                None => Outcome::Broken(format!("a status without SQLSTATE: {s}")),
-            },
+            arrow_flight::error::FlightError::Tonic(s) => {
+                match s.metadata().get(SQLSTATE_METADATA_KEY) {
+                    Some(v) => Outcome::Error(v.to_str().unwrap_or("?").to_string()),
+                    None => Outcome::Broken(format!("a status without SQLSTATE: {s}")),
+                }
+            }
             other => Outcome::Broken(other.to_string()),
         };
         let info = match self.flight.execute(sql.to_string(), None).await {
@@ -437,7 +449,9 @@ async fn generated_statements_never_panic_or_break_a_connection() {
 
     let pg_port = server.local_addr().port();
     let pg = pg_connect(pg_port).await;
-    pg.simple_query("SET statement_timeout = '5s'").await.unwrap();
+    pg.simple_query("SET statement_timeout = '5s'")
+        .await
+        .unwrap();
     let channel = Endpoint::from_shared(format!("http://{}", server.flight_addr().unwrap()))
         .unwrap()
         .connect()
@@ -500,7 +514,12 @@ async fn generated_statements_never_panic_or_break_a_connection() {
     }
     let elapsed = started.elapsed();
     eprintln!("{cases} cases in {elapsed:?}; outcomes: {states:?}");
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(cases >= 2000, "only {cases} cases");
 
     // The server still answers on every path, and on a fresh connection.

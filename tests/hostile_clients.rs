@@ -106,20 +106,14 @@ fn deep_statements() -> Vec<Deep> {
         // Within the limit: answered, on 2 MiB worker stacks too.
         deep(
             "300 additions of a column",
-            format!(
-                "SELECT {} FROM (SELECT 2 AS a) t",
-                chain("a", " + ", 300)
-            ),
+            format!("SELECT {} FROM (SELECT 2 AS a) t", chain("a", " + ", 300)),
             "600",
             1,
         ),
         // Just under the bound (`MAX_NESTING` is 1,000 levels).
         deep(
             "990 additions of a column",
-            format!(
-                "SELECT {} FROM (SELECT 1 AS a) t",
-                chain("a", " + ", 990)
-            ),
+            format!("SELECT {} FROM (SELECT 1 AS a) t", chain("a", " + ", 990)),
             "990",
             1,
         ),
@@ -127,7 +121,10 @@ fn deep_statements() -> Vec<Deep> {
             "990 ORs of comparisons",
             format!(
                 "SELECT count(*) FROM (SELECT 5 AS a) t WHERE {}",
-                (0..990).map(|k| format!("a = {k}")).collect::<Vec<_>>().join(" OR ")
+                (0..990)
+                    .map(|k| format!("a = {k}"))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
             ),
             "1",
             1,
@@ -282,7 +279,10 @@ async fn send_deep_statements(pg_port: u16, flight: std::net::SocketAddr) {
         }
     }
     assert_eq!(pg_answer(&pg, "SELECT 1").await, Ok(("1".into(), 1)));
-    assert_eq!(flight_answer(&mut fl, "SELECT 1").await, Ok(("1".into(), 1)));
+    assert_eq!(
+        flight_answer(&mut fl, "SELECT 1").await,
+        Ok(("1".into(), 1))
+    );
     let fresh = pg_connect(pg_port).await;
     assert_eq!(pg_answer(&fresh, "SELECT 1").await, Ok(("1".into(), 1)));
 }
@@ -326,12 +326,17 @@ async fn deep_statements_never_abort_tessera_serve() {
         .unwrap()
         .port();
     let flight = format!("127.0.0.1:{flight_port}");
-    let (mut child, _stderr, port) = spawn_serve(
+    let (mut child, mut stderr, port) = spawn_serve(
         &tessera_binary(),
         &dir.path().join("db"),
         &["--flight-listen", &flight],
         &[],
     );
+    // Read the server's log so that it never blocks on a full pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        let _ = stderr.read_to_string(&mut sink);
+    });
     send_deep_statements(port, flight.parse().unwrap()).await;
     assert!(
         child.0.try_wait().unwrap().is_none(),
@@ -484,7 +489,8 @@ async fn invalid_utf8_in_a_query_is_22021_and_the_connection_goes_on() {
         let answer = until_ready(&mut s);
         assert_eq!(errors_of(&answer), ["22021"], "{answer:?}");
         // The same connection answers a good query; 'é' in UTF-8 is fine.
-        s.write_all(&query("SELECT 'café' AS s".as_bytes())).unwrap();
+        s.write_all(&query("SELECT 'café' AS s".as_bytes()))
+            .unwrap();
         let answer = until_ready(&mut s);
         assert!(errors_of(&answer).is_empty(), "{answer:?}");
         let row = answer.iter().find(|m| m.0 == b'D').expect("a row");
@@ -807,10 +813,17 @@ async fn flight_garbage_protobuf_is_invalid_argument() {
                 .await
                 .expect_err(method)
         };
-        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{method}: {status}");
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{method}: {status}"
+        );
         assert_eq!(status_sqlstate(&status), "08P01", "{method}: {status}");
     }
     let mut client = flight_client(addr).await;
-    assert_eq!(flight_answer(&mut client, "SELECT 1").await, Ok(("1".into(), 1)));
+    assert_eq!(
+        flight_answer(&mut client, "SELECT 1").await,
+        Ok(("1".into(), 1))
+    );
     server.shutdown().await;
 }

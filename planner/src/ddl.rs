@@ -275,7 +275,10 @@ pub const MAX_NESTING: usize = 1000;
 fn check_nesting(tokens: &[SourceToken<'_>]) -> Result<()> {
     let depth = nesting_estimate(tokens.iter().map(|t| &t.token));
     if depth > MAX_NESTING {
-        let at = tokens.first().map(|t| position(t.start)).unwrap_or_default();
+        let at = tokens
+            .first()
+            .map(|t| position(t.start))
+            .unwrap_or_default();
         return Err(tessera_error(
             ErrorKind::StatementTooComplex,
             format!(
@@ -1261,7 +1264,9 @@ mod tests {
     }
 
     fn depth(sql: &str) -> usize {
-        let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql).tokenize().unwrap();
+        let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+            .tokenize()
+            .unwrap();
         nesting_estimate(&tokens)
     }
 
@@ -1282,7 +1287,10 @@ mod tests {
         // A parenthesis opens a level; a comma starts a new list item.
         assert_eq!(depth("SELECT f(1 + 1, 2)"), 3);
         assert_eq!(depth("SELECT (1 + (1 + 1))"), 5);
-        assert_eq!(depth("INSERT INTO m VALUES (0, 0, -1), (1, 1, -2), (2, 2, -3)"), 3);
+        assert_eq!(
+            depth("INSERT INTO m VALUES (0, 0, -1), (1, 1, -2), (2, 2, -3)"),
+            3
+        );
         // CASE branches sit side by side.
         let case = format!(
             "SELECT CASE {} END",

@@ -45,6 +45,8 @@ impl<S, B> Service<http::Request<tonic::body::Body>> for CheckedRequests<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
     S::Future: Send + 'static,
+    S::Error: 'static,
+    B: 'static,
 {
     type Response = S::Response;
     type Error = S::Error;

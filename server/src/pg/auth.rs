@@ -11,10 +11,10 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use pgwire::api::auth::sasl::scram::ScramSecret;
+use pgwire::api::auth::sasl::scram::gen_salted_password;
 use pgwire::api::auth::{AuthSource, LoginInfo, Password};
 use pgwire::error::{PgWireError, PgWireResult};
 use ring::rand::SecureRandom;
-use pgwire::api::auth::sasl::scram::gen_salted_password;
 use ring::{digest, hmac};
 
 use crate::config::UserConfig;
