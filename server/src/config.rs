@@ -48,7 +48,8 @@ pub struct ServerConfig {
     /// Authenticated connections served at once, as PostgreSQL counts backends; one
     /// more gets SQLSTATE 53300 once it has authenticated. Default 100.
     pub max_connections: usize,
-    /// Of `max_connections`, the slots only `auth.superusers` may take. Default 3.
+    /// Of `max_connections`, the slots only `auth.superusers` may take (at most
+    /// `max_connections - 1`: one slot is always open to every user). Default 3.
     pub superuser_reserved_connections: usize,
     /// Connections that have not finished authenticating, at most; a newer one closes
     /// the one that has waited longest (with 53300). Default 64.
@@ -245,12 +246,6 @@ impl ServerConfig {
         parse_duration(&self.statement_timeout).map_err(|e| format!("statement_timeout: {e}"))?;
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
-        }
-        if self.superuser_reserved_connections >= self.max_connections {
-            return Err(format!(
-                "superuser_reserved_connections ({}) must be less than max_connections ({})",
-                self.superuser_reserved_connections, self.max_connections
-            ));
         }
         if self.max_startup_connections == 0 {
             return Err("max_startup_connections must be at least 1".into());

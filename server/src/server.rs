@@ -320,7 +320,8 @@ impl BackendSlots {
         BackendSlots {
             taken: AtomicUsize::new(0),
             max,
-            reserved,
+            // One slot stays open to every user.
+            reserved: reserved.min(max.saturating_sub(1)),
         }
     }
 
