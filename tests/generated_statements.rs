@@ -302,7 +302,7 @@ fn mutate(rng: &mut Rng, g: &Generated) -> String {
         5 => {
             // A long operator chain in place of the first number.
             let terms = rng.range(10, 4000);
-            let op = rng.pick(&[" + ", " * ", " || ", " AND ", " OR ", " - "]);
+            let op = *rng.pick(&[" + ", " * ", " || ", " AND ", " OR ", " - "]);
             match text.find(|c: char| c.is_ascii_digit()) {
                 Some(at) => format!(
                     "{}{}{}",
