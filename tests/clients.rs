@@ -263,7 +263,7 @@ async fn serve_keeps_answering_while_worker_threads_log() {
 
 /// Starts `binary serve` on `data` and a free port, with `options` and `env` added, and
 /// waits for its banner. Returns the process, the rest of its stderr, and the port.
-fn spawn_serve(
+pub(crate) fn spawn_serve(
     binary: &Path,
     data: &Path,
     options: &[&str],
@@ -295,7 +295,7 @@ fn spawn_serve(
 }
 
 /// A child process that a failing test does not leave running.
-struct KillOnDrop(std::process::Child);
+pub(crate) struct KillOnDrop(pub(crate) std::process::Child);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

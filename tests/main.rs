@@ -5,7 +5,9 @@
 mod clients;
 mod crash_soak;
 mod flight;
+mod generated_statements;
 mod guards;
+mod hostile_clients;
 mod la_numpy;
 mod pg_catalog;
 mod pgwire;

@@ -538,6 +538,7 @@ async fn pgwire_memory_budget_and_connection_limit() {
         .database(db)
         .pg_listen("127.0.0.1:0")
         .max_connections(1)
+        .superuser_reserved_connections(0)
         .build()
         .await
         .unwrap();

@@ -27,6 +27,8 @@ use datafusion::sql::sqlparser::parser::ParserError;
 use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer, Word};
 use tessera_storage::AttributeType;
 
+use crate::error::{ErrorKind, tessera_error};
+
 /// One statement of a script: either Tessera's own, or SQL for DataFusion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
@@ -222,6 +224,7 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
 
 /// Parses one statement's significant tokens (no whitespace, comments or `;`; never empty).
 fn parse_statement(sql: &str, tokens: &[SourceToken<'_>]) -> Result<Statement> {
+    check_nesting(tokens)?;
     let mut parser = Parser {
         sql,
         tokens,
@@ -282,6 +285,194 @@ fn parse_statement(sql: &str, tokens: &[SourceToken<'_>]) -> Result<Statement> {
         Some(statement) => Statement::Tessera(statement),
         None => Statement::Sql(parser.text_from(0).to_string()),
     })
+}
+
+/// The deepest expression or plan a statement may build, as [`nesting_estimate`]
+/// counts it. Deeper statements fail with [`ErrorKind::StatementTooComplex`] (54001)
+/// before anything parses them: the parser, the planner and the executor all recurse
+/// once per level, and a few thousand levels overflow a thread's stack.
+pub const MAX_NESTING: usize = 1000;
+
+/// Refuses a statement whose [`nesting_estimate`] exceeds [`MAX_NESTING`].
+fn check_nesting(tokens: &[SourceToken<'_>]) -> Result<()> {
+    let depth = nesting_estimate(tokens.iter().map(|t| &t.token));
+    if depth > MAX_NESTING {
+        let at = tokens
+            .first()
+            .map(|t| position(t.start))
+            .unwrap_or_default();
+        return Err(tessera_error(
+            ErrorKind::StatementTooComplex,
+            format!(
+                "statement too complex: its expressions nest or chain about {depth} levels deep, more than the {MAX_NESTING} allowed (statement at {at})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An upper bound, from the tokens alone, of how deep the syntax tree of a statement
+/// is, computed without recursion. Every parenthesis, bracket or `CASE` opens a group,
+/// one level deeper than its enclosing group's own depth (a group written first in a
+/// chain `(...) + b + c` ends up at the bottom of it). Within a group, a chain of
+/// operators `a + b + c` nests one node per operator, and an operator of looser
+/// binding starts new chains for the tighter ones (`a = 1 OR a = 2 OR ...` is as deep
+/// as its ORs plus one), so a group counts its operators by precedence class: the
+/// longest chain of each class, summed. A comma starts a new list item (in a `FROM`
+/// list it joins, and counts as an operator). Operators it does not know it counts in
+/// the tightest class: the estimate may only err upwards.
+pub fn nesting_estimate<'a>(tokens: impl IntoIterator<Item = &'a Token>) -> usize {
+    /// Precedence classes, loosest first.
+    const CLASSES: usize = 6;
+    const SET_OR_JOIN: usize = 0;
+    const OR: usize = 1;
+    const AND: usize = 2;
+    const NOT: usize = 3;
+    const COMPARISON: usize = 4;
+    const TIGHT: usize = 5;
+    /// One group: per precedence class, the operators of the current chain and of
+    /// the longest one so far; the deepest group inside it; whether it is in a FROM
+    /// list.
+    #[derive(Default)]
+    struct Group {
+        current: [usize; CLASSES],
+        longest: [usize; CLASSES],
+        deepest_inside: usize,
+        in_from: bool,
+    }
+    impl Group {
+        /// Ends the chains of class `from` and tighter.
+        fn end_chains(&mut self, from: usize) {
+            for class in from..CLASSES {
+                self.longest[class] = self.longest[class].max(self.current[class]);
+                self.current[class] = 0;
+            }
+        }
+
+        /// How deep the group is: its own chains, itself, the deepest group inside.
+        fn depth(&mut self) -> usize {
+            self.end_chains(0);
+            self.longest.iter().sum::<usize>() + 1 + self.deepest_inside
+        }
+    }
+    let mut groups = vec![Group::default()];
+    for token in tokens {
+        let word = match token {
+            Token::Word(w) if w.quote_style.is_none() => Some(w.value.to_ascii_uppercase()),
+            _ => None,
+        };
+        let class = match (token, word.as_deref()) {
+            (_, Some("CASE")) | (Token::LParen | Token::LBracket | Token::LBrace, _) => {
+                groups.push(Group::default());
+                None
+            }
+            (_, Some("END")) | (Token::RParen | Token::RBracket | Token::RBrace, _) => {
+                if groups.len() > 1
+                    && let Some(mut group) = groups.pop()
+                    && let Some(outer) = groups.last_mut()
+                {
+                    outer.deepest_inside = outer.deepest_inside.max(group.depth());
+                }
+                None
+            }
+            // The branches of a CASE nest side by side, as list items do.
+            (_, Some("WHEN" | "THEN" | "ELSE")) => {
+                if let Some(group) = groups.last_mut() {
+                    group.end_chains(0);
+                }
+                None
+            }
+            (Token::Comma, _) => match groups.last_mut() {
+                Some(group) if group.in_from => Some(SET_OR_JOIN),
+                Some(group) => {
+                    group.end_chains(0);
+                    None
+                }
+                None => None,
+            },
+            (_, Some("FROM")) => {
+                if let Some(group) = groups.last_mut() {
+                    group.in_from = true;
+                }
+                None
+            }
+            (
+                _,
+                Some(
+                    "WHERE" | "GROUP" | "HAVING" | "ORDER" | "LIMIT" | "OFFSET" | "FETCH"
+                    | "WINDOW" | "QUALIFY" | "SELECT" | "VALUES" | "SET" | "RETURNING",
+                ),
+            ) => {
+                if let Some(group) = groups.last_mut() {
+                    group.in_from = false;
+                }
+                None
+            }
+            (_, Some("UNION" | "INTERSECT" | "EXCEPT")) => {
+                if let Some(group) = groups.last_mut() {
+                    group.in_from = false;
+                }
+                Some(SET_OR_JOIN)
+            }
+            (_, Some("JOIN")) => Some(SET_OR_JOIN),
+            (_, Some("OR")) => Some(OR),
+            (_, Some("AND")) => Some(AND),
+            (_, Some("NOT")) => Some(NOT),
+            (
+                _,
+                Some(
+                    "IS" | "LIKE" | "ILIKE" | "SIMILAR" | "IN" | "BETWEEN" | "ESCAPE" | "OVERLAPS",
+                ),
+            ) => Some(COMPARISON),
+            (_, Some("COLLATE" | "AT")) => Some(TIGHT),
+            (
+                Token::Eq
+                | Token::DoubleEq
+                | Token::Neq
+                | Token::Lt
+                | Token::Gt
+                | Token::LtEq
+                | Token::GtEq
+                | Token::Spaceship,
+                _,
+            ) => Some(COMPARISON),
+            (
+                Token::Word(_)
+                | Token::Whitespace(_)
+                | Token::EOF
+                | Token::SemiColon
+                | Token::Period
+                | Token::Number(..)
+                | Token::Placeholder(_)
+                | Token::Char(_)
+                | Token::SingleQuotedString(_)
+                | Token::DoubleQuotedString(_)
+                | Token::DollarQuotedString(_)
+                | Token::EscapedStringLiteral(_)
+                | Token::NationalStringLiteral(_)
+                | Token::HexStringLiteral(_)
+                | Token::UnicodeStringLiteral(_)
+                | Token::SingleQuotedByteStringLiteral(_)
+                | Token::DoubleQuotedByteStringLiteral(_),
+                _,
+            ) => None,
+            // Every other token is an operator of some kind.
+            _ => Some(TIGHT),
+        };
+        if let Some(class) = class
+            && let Some(group) = groups.last_mut()
+        {
+            group.end_chains(class + 1);
+            group.current[class] += 1;
+        }
+    }
+    // Close the groups left open (an unbalanced statement is the parser's to refuse).
+    let mut depth = 0;
+    while let Some(mut group) = groups.pop() {
+        group.deepest_inside = group.deepest_inside.max(depth);
+        depth = group.depth();
+    }
+    depth
 }
 
 /// A significant token with its place in the source.
@@ -1058,6 +1249,7 @@ fn is_legacy_copy_option(token: Option<&SourceToken<'_>>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::TesseraError;
     use proptest::prelude::*;
 
     fn one(sql: &str) -> TesseraStatement {
@@ -1091,6 +1283,66 @@ mod tests {
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let column = sql[line_start..byte].chars().count() + 1;
         format!("line {line}, column {column}")
+    }
+
+    fn depth(sql: &str) -> usize {
+        let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+            .tokenize()
+            .unwrap();
+        nesting_estimate(&tokens)
+    }
+
+    /// The estimate against depths counted by hand.
+    #[test]
+    fn nesting_is_estimated_from_tokens() {
+        assert_eq!(depth("SELECT 1"), 1);
+        // A chain nests one node per operator.
+        assert_eq!(depth("SELECT 1 + 1 + 1"), 3);
+        assert_eq!(depth("SELECT a AND b OR c"), 3);
+        // A looser operator starts new chains for the tighter ones.
+        let ors: Vec<String> = (0..900).map(|k| format!("a = {k}")).collect();
+        assert_eq!(depth(&format!("SELECT 1 WHERE {}", ors.join(" OR "))), 901);
+        assert_eq!(depth("SELECT 1 * 2 + 3 * 4 + 5"), 5);
+        // A group first in a chain ends up at its bottom.
+        let first = format!("SELECT ((1 + 1)){}", " + 1".repeat(600));
+        assert_eq!(depth(&first), 604);
+        // A parenthesis opens a level; a comma starts a new list item.
+        assert_eq!(depth("SELECT f(1 + 1, 2)"), 3);
+        assert_eq!(depth("SELECT (1 + (1 + 1))"), 5);
+        assert_eq!(
+            depth("INSERT INTO m VALUES (0, 0, -1), (1, 1, -2), (2, 2, -3)"),
+            3
+        );
+        // CASE branches sit side by side.
+        let case = format!(
+            "SELECT CASE {} END",
+            (0..500)
+                .map(|k| format!("WHEN a = {k} THEN {k}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        assert_eq!(depth(&case), 3);
+        // UNION chains and FROM lists join.
+        assert_eq!(depth("SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3"), 3);
+        // (`*` counts as an operator: the estimate may only err upwards.)
+        assert_eq!(depth("SELECT * FROM a, b, c WHERE x = 1, 2"), 5);
+    }
+
+    #[test]
+    fn statements_nested_too_deeply_are_statement_too_complex() {
+        let chain = format!("SELECT {}", vec!["1"; 2000].join("+"));
+        let e = parse(&chain).unwrap_err();
+        assert_eq!(
+            TesseraError::find(&e).map(TesseraError::kind),
+            Some(ErrorKind::StatementTooComplex),
+            "{e}"
+        );
+        let parens = format!("SELECT {}1{}", "(".repeat(5000), ")".repeat(5000));
+        assert!(parse(&parens).is_err());
+        // Within the limit, and a long flat list: parsed.
+        assert!(parse(&format!("SELECT {}", vec!["1"; 900].join("+"))).is_ok());
+        let values: Vec<String> = (0..20_000).map(|k| format!("({k}, 0, -1.5)")).collect();
+        assert!(parse(&format!("INSERT INTO m VALUES {}", values.join(", "))).is_ok());
     }
 
     fn options(pairs: &[(&str, OptionValue)]) -> Vec<(String, OptionValue)> {

@@ -224,6 +224,7 @@ fn parse_serve_args(
 fn run_serve(config: ServerConfig, stderr: &mut dyn Write) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(crate::THREAD_STACK_SIZE)
         .build()
     {
         Ok(r) => r,
@@ -296,6 +297,7 @@ fn run_sql(
 ) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(crate::THREAD_STACK_SIZE)
         .build()
     {
         Ok(r) => r,

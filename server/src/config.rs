@@ -7,10 +7,14 @@
 //! pg_listen = "127.0.0.1:5433"
 //! flight_listen = "127.0.0.1:50051" # Arrow Flight SQL; "off" serves none
 //! max_connections = 100
+//! superuser_reserved_connections = 3 # of max_connections, for auth.superusers only
+//! max_startup_connections = 64     # connections still authenticating
+//! startup_timeout = "5s"
 //! statement_timeout = "0"          # default for every session; SET changes it
 //!
 //! [auth]
 //! method = "scram-sha-256"         # or "trust" (the default: loopback clients only)
+//! superusers = ["alice"]
 //!
 //! [[users]]
 //! name = "alice"
@@ -41,13 +45,20 @@ pub struct ServerConfig {
     pub flight_listen: Option<String>,
     /// Memory budget of all queries together, e.g. `"2G"`. Default: 70% of RAM.
     pub memory_limit: Option<String>,
-    /// Connections served at once; more get SQLSTATE 53300 and are closed. Default 100.
+    /// Authenticated connections served at once, as PostgreSQL counts backends; one
+    /// more gets SQLSTATE 53300 once it has authenticated. Default 100.
     pub max_connections: usize,
+    /// Of `max_connections`, the slots only `auth.superusers` may take (at most
+    /// `max_connections - 1`: one slot is always open to every user). Default 3.
+    pub superuser_reserved_connections: usize,
+    /// Connections that have not finished authenticating, at most; a newer one closes
+    /// the one that has waited longest (with 53300). Default 64.
+    pub max_startup_connections: usize,
     /// The longest protocol message a client may send (a query, a bound parameter
     /// set, a COPY chunk), e.g. `"64M"`. Longer ones end the connection with 54000.
     /// Flight SQL takes it as gRPC's message limit, for both directions.
     pub max_message_size: String,
-    /// Time a client has from connecting to finishing authentication. Default `"10s"`.
+    /// Time a client has from connecting to finishing authentication. Default `"5s"`.
     pub startup_timeout: String,
     /// On shutdown, how long running statements may take to finish. Default `"30s"`.
     pub shutdown_timeout: String,
@@ -88,8 +99,10 @@ impl Default for ServerConfig {
             flight_listen: None,
             memory_limit: None,
             max_connections: 100,
+            superuser_reserved_connections: 3,
+            max_startup_connections: 64,
             max_message_size: "64M".to_string(),
-            startup_timeout: "10s".to_string(),
+            startup_timeout: "5s".to_string(),
             shutdown_timeout: "30s".to_string(),
             statement_timeout: "0".to_string(),
             auth: AuthConfig::default(),
@@ -109,6 +122,8 @@ pub struct AuthConfig {
     /// With `trust`, also accept clients that are not on the loopback interface.
     /// Default false: trust is for local use.
     pub trust_remote: bool,
+    /// Users who may take the `superuser_reserved_connections` slots. Default none.
+    pub superusers: Vec<String>,
 }
 
 /// How clients prove who they are.
@@ -172,6 +187,11 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TESSERA_FLIGHT_LISTEN", "flight_listen"),
     ("TESSERA_MEMORY_LIMIT", "memory_limit"),
     ("TESSERA_MAX_CONNECTIONS", "max_connections"),
+    (
+        "TESSERA_SUPERUSER_RESERVED_CONNECTIONS",
+        "superuser_reserved_connections",
+    ),
+    ("TESSERA_MAX_STARTUP_CONNECTIONS", "max_startup_connections"),
     ("TESSERA_MAX_MESSAGE_SIZE", "max_message_size"),
     ("TESSERA_STARTUP_TIMEOUT", "startup_timeout"),
     ("TESSERA_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
@@ -210,6 +230,12 @@ impl ServerConfig {
                     .parse()
                     .map_err(|_| format!("max_connections: '{value}' is not a whole number"))?;
             }
+            "superuser_reserved_connections" => {
+                self.superuser_reserved_connections = whole_number(key, value)?;
+            }
+            "max_startup_connections" => {
+                self.max_startup_connections = whole_number(key, value)?;
+            }
             "max_message_size" => self.max_message_size = value.to_string(),
             "startup_timeout" => self.startup_timeout = value.to_string(),
             "shutdown_timeout" => self.shutdown_timeout = value.to_string(),
@@ -240,6 +266,9 @@ impl ServerConfig {
         parse_duration(&self.statement_timeout).map_err(|e| format!("statement_timeout: {e}"))?;
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
+        }
+        if self.max_startup_connections == 0 {
+            return Err("max_startup_connections must be at least 1".into());
         }
         for user in &self.users {
             match (&user.password, &user.scram_verifier) {
@@ -282,7 +311,7 @@ impl ServerConfig {
 
     /// `startup_timeout` as a duration.
     pub fn startup_timeout_duration(&self) -> Duration {
-        parse_duration(&self.startup_timeout).unwrap_or(Duration::from_secs(10))
+        parse_duration(&self.startup_timeout).unwrap_or(Duration::from_secs(5))
     }
 
     /// `shutdown_timeout` as a duration.
@@ -296,6 +325,13 @@ impl ServerConfig {
             .ok()
             .filter(|d| !d.is_zero())
     }
+}
+
+fn whole_number(key: &str, value: &str) -> Result<usize, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{key}: '{value}' is not a whole number"))
 }
 
 /// `1024`, `64K`, `512M`, `2G` (powers of 1024; a trailing `B` or `iB` is allowed).

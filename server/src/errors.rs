@@ -11,6 +11,7 @@
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::SchemaError;
 use datafusion::error::DataFusionError;
+use datafusion::sql::sqlparser::parser::ParserError;
 use tessera_planner::{ErrorKind, TesseraError};
 
 /// `42601`: a syntax error.
@@ -142,7 +143,11 @@ pub fn sqlstate(error: &DataFusionError) -> &'static str {
         return kind_sqlstate(e.kind());
     }
     match error {
-        DataFusionError::SQL(..) => SYNTAX_ERROR,
+        DataFusionError::SQL(e, _) => match e.as_ref() {
+            // The parser's nesting limit (`datafusion.sql_parser.recursion_limit`).
+            ParserError::RecursionLimitExceeded => STATEMENT_TOO_COMPLEX,
+            _ => SYNTAX_ERROR,
+        },
         DataFusionError::ResourcesExhausted(_) => OUT_OF_MEMORY,
         DataFusionError::NotImplemented(_) => FEATURE_NOT_SUPPORTED,
         DataFusionError::Internal(_) | DataFusionError::ExecutionJoin(_) => INTERNAL_ERROR,

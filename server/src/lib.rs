@@ -33,3 +33,9 @@ pub use datafusion::error::{DataFusionError as Error, Result};
 pub use flight::SQLSTATE_METADATA_KEY;
 pub use server::{Server, ServerBuilder, ServerHandle};
 pub use session::{PreparedStatement, Session};
+
+/// The stack size of the `tessera` binary's runtime threads. Statements are refused
+/// beyond a nesting depth (`tessera_planner::ddl::MAX_NESTING`, SQLSTATE 54001) that
+/// fits tokio's default 2 MiB; the larger stacks leave room to spare for the
+/// recursion DataFusion does not guard (clones, drops, expression evaluation).
+pub const THREAD_STACK_SIZE: usize = 16 << 20;

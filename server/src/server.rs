@@ -20,10 +20,11 @@
 //! # }
 //! ```
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use datafusion::error::{DataFusionError, Result};
@@ -32,7 +33,7 @@ use pgwire::api::auth::sasl::scram::ScramAuth;
 use pgwire::tokio::TlsAcceptor;
 use pgwire::tokio::tokio_rustls::rustls;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{AuthMethod, ServerConfig, TlsConfig, UserConfig};
@@ -127,9 +128,15 @@ impl ServerBuilder {
         self
     }
 
-    /// At most `n` connections at once.
+    /// At most `n` authenticated connections at once.
     pub fn max_connections(mut self, n: usize) -> Self {
         self.config.max_connections = n;
+        self
+    }
+
+    /// Of `max_connections`, `n` only the users of `auth.superusers` may take.
+    pub fn superuser_reserved_connections(mut self, n: usize) -> Self {
+        self.config.superuser_reserved_connections = n;
         self
     }
 
@@ -152,14 +159,38 @@ impl ServerBuilder {
             Some(t) => Some(tls_acceptor(t)?),
             None => None,
         };
-        let sasl = match config.auth.method {
+        let (sasl, sasl_tls) = match config.auth.method {
             AuthMethod::ScramSha256 => {
                 let users = Users::new(&config.users).map_err(DataFusionError::Configuration)?;
                 let mut scram = ScramAuth::new(Arc::new(UserSource(Arc::new(users))));
                 scram.set_iterations(crate::pg::SCRAM_ITERATIONS_USIZE);
-                Some(Arc::new(SaslMechanisms::new(vec![Arc::new(scram)])))
+                // Over TLS, SCRAM-SHA-256-PLUS too: channel binding to the server's
+                // certificate (`tls-server-end-point`), for `channel_binding=require`.
+                let tls = match &config.tls {
+                    Some(t) => {
+                        let pem = std::fs::read(&t.cert).map_err(|e| {
+                            DataFusionError::Configuration(format!(
+                                "tls.cert {}: {e}",
+                                t.cert.display()
+                            ))
+                        })?;
+                        let mut plus = scram.clone();
+                        plus.configure_certificate(&pem).map_err(|e| {
+                            DataFusionError::Configuration(format!(
+                                "tls.cert {}: cannot use it for SCRAM channel binding: {e}",
+                                t.cert.display()
+                            ))
+                        })?;
+                        Some(Arc::new(SaslMechanisms::new(vec![Arc::new(plus)])))
+                    }
+                    None => None,
+                };
+                (
+                    Some(Arc::new(SaslMechanisms::new(vec![Arc::new(scram)]))),
+                    tls,
+                )
             }
-            AuthMethod::Trust => None,
+            AuthMethod::Trust => (None, None),
         };
         let cancels = Arc::new(CancelRegistry::default());
         let shared = Arc::new(PgShared {
@@ -169,9 +200,15 @@ impl ServerBuilder {
             trust_remote: config.auth.trust_remote,
             tls_required: config.tls.as_ref().is_some_and(|t| t.required),
             sasl,
+            sasl_tls,
             parameters: Arc::new(server_parameters()),
             statement_timeout: config.statement_timeout_duration(),
             max_connections: config.max_connections,
+            backends: Arc::new(BackendSlots::new(
+                config.max_connections,
+                config.superuser_reserved_connections,
+            )),
+            superusers: config.auth.superusers.iter().cloned().collect(),
         });
         let listener = TcpListener::bind(&config.pg_listen).await.map_err(|e| {
             DataFusionError::Configuration(format!("cannot listen on {}: {e}", config.pg_listen))
@@ -194,7 +231,7 @@ impl ServerBuilder {
             shared,
             cancels,
             limits,
-            max_connections: config.max_connections,
+            startup_slots: Arc::new(StartupSlots::new(config.max_startup_connections)),
             shutdown: shutdown_rx,
             shutdown_timeout: config.shutdown_timeout_duration(),
         }));
@@ -264,24 +301,125 @@ struct AcceptLoop {
     shared: Arc<PgShared>,
     cancels: Arc<CancelRegistry>,
     limits: ConnectionLimits,
-    max_connections: usize,
+    startup_slots: Arc<StartupSlots>,
     shutdown: watch::Receiver<bool>,
     shutdown_timeout: Duration,
 }
 
-/// Decrements the count of served connections when a connection ends.
-struct ConnectionSlot(Option<Arc<AtomicUsize>>);
+/// The authenticated connections, counted as PostgreSQL counts backends: a slot is
+/// taken once a client has authenticated and kept until it leaves. The last
+/// `reserved` slots are for superusers.
+#[derive(Debug)]
+pub(crate) struct BackendSlots {
+    taken: AtomicUsize,
+    max: usize,
+    reserved: usize,
+}
 
-impl Drop for ConnectionSlot {
+impl BackendSlots {
+    pub(crate) fn new(max: usize, reserved: usize) -> BackendSlots {
+        BackendSlots {
+            taken: AtomicUsize::new(0),
+            max,
+            // One slot stays open to every user.
+            reserved: reserved.min(max.saturating_sub(1)),
+        }
+    }
+
+    /// A slot for a client that has authenticated, or PostgreSQL's message for why
+    /// there is none.
+    pub(crate) fn take(self: &Arc<Self>, superuser: bool) -> Result<BackendSlot, &'static str> {
+        let limit = if superuser {
+            self.max
+        } else {
+            self.max.saturating_sub(self.reserved)
+        };
+        match self
+            .taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            }) {
+            Ok(_) => Ok(BackendSlot(self.clone())),
+            Err(n) if n < self.max => {
+                Err("remaining connection slots are reserved for superusers (auth.superusers)")
+            }
+            Err(_) => Err("sorry, too many clients already"),
+        }
+    }
+}
+
+/// One taken [`BackendSlots`] slot, given back when dropped.
+#[derive(Debug)]
+pub(crate) struct BackendSlot(Arc<BackendSlots>);
+
+impl Drop for BackendSlot {
     fn drop(&mut self) {
-        if let Some(count) = &self.0 {
-            count.fetch_sub(1, Ordering::AcqRel);
+        self.0.taken.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The connections still authenticating, oldest first, at most `max`. When a new one
+/// arrives and all are taken, the oldest is told to close: a client that opens
+/// connections and sends nothing cannot keep real clients out for longer than they
+/// take to authenticate.
+#[derive(Debug)]
+pub(crate) struct StartupSlots {
+    waiting: std::sync::Mutex<VecDeque<(u64, oneshot::Sender<()>)>>,
+    next_id: AtomicU64,
+    max: usize,
+}
+
+impl StartupSlots {
+    fn new(max: usize) -> StartupSlots {
+        StartupSlots {
+            waiting: std::sync::Mutex::default(),
+            next_id: AtomicU64::new(0),
+            max: max.max(1),
+        }
+    }
+
+    /// A slot for a new connection, and the signal that it must give the slot up.
+    fn take(self: &Arc<Self>) -> (StartupSlot, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (evict, evicted) = oneshot::channel();
+        let mut waiting = self.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        while waiting.len() >= self.max {
+            match waiting.pop_front() {
+                Some((_, oldest)) => {
+                    let _ = oldest.send(());
+                }
+                None => break,
+            }
+        }
+        waiting.push_back((id, evict));
+        (
+            StartupSlot {
+                slots: self.clone(),
+                id,
+            },
+            evicted,
+        )
+    }
+}
+
+/// A connection's place among those still authenticating; dropped once it has
+/// authenticated (or left).
+#[derive(Debug)]
+pub(crate) struct StartupSlot {
+    slots: Arc<StartupSlots>,
+    id: u64,
+}
+
+impl Drop for StartupSlot {
+    fn drop(&mut self) {
+        let mut waiting = self.slots.waiting.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = waiting.iter().position(|(id, _)| *id == self.id) {
+            waiting.remove(at);
         }
     }
 }
 
 async fn accept_loop(mut a: AcceptLoop) {
-    let active = Arc::new(AtomicUsize::new(0));
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -298,13 +436,8 @@ async fn accept_loop(mut a: AcceptLoop) {
                 continue;
             }
         };
-        let admitted = active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < a.max_connections).then_some(n + 1)
-            })
-            .is_ok();
-        let slot = ConnectionSlot(admitted.then(|| active.clone()));
-        let connection = match PgConnection::new(a.shared.clone(), peer, !admitted) {
+        let (slot, evicted) = a.startup_slots.take();
+        let connection = match PgConnection::new(a.shared.clone(), peer, slot) {
             Ok(c) => Arc::new(c),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start a session for a connection");
@@ -318,8 +451,7 @@ async fn accept_loop(mut a: AcceptLoop) {
             a.shutdown.clone(),
         );
         connections.spawn(async move {
-            let _slot = slot;
-            serve_connection(tcp, tls, connection, cancels, limits, shutdown).await;
+            serve_connection(tcp, tls, connection, cancels, limits, shutdown, evicted).await;
         });
     }
     drop(a.listener);

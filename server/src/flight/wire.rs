@@ -41,13 +41,16 @@ impl<S: NamedService> NamedService for CheckedRequests<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S> Service<http::Request<tonic::body::Body>> for CheckedRequests<S>
+impl<S, B> Service<http::Request<tonic::body::Body>> for CheckedRequests<S>
 where
-    S: Service<http::Request<tonic::body::Body>>,
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    B: 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -55,13 +58,38 @@ where
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let limit = self.max_message_size;
-        self.inner.call(request.map(|body| {
+        let answer = self.inner.call(request.map(|body| {
             tonic::body::Body::new(CheckedBody {
                 inner: body,
                 lengths: MessageLengths::default(),
                 limit,
             })
-        }))
+        }));
+        Box::pin(async move {
+            let mut response = answer.await?;
+            undecodable_is_invalid_argument(response.headers_mut());
+            Ok(response)
+        })
+    }
+}
+
+/// tonic answers a unary request whose protobuf it cannot decode with `INTERNAL`
+/// before any of Tessera's code runs (a trailers-only response: the status is in the
+/// headers). Every status Tessera sends carries a SQLSTATE, so an `INTERNAL` without
+/// one is that malformed request: `INVALID_ARGUMENT`, 08P01.
+fn undecodable_is_invalid_argument(headers: &mut http::HeaderMap) {
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|code| code.as_bytes() == b"13");
+    if internal && !headers.contains_key(super::SQLSTATE_METADATA_KEY) {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from_static("3"), // INVALID_ARGUMENT
+        );
+        headers.insert(
+            super::SQLSTATE_METADATA_KEY,
+            http::HeaderValue::from_static(errors::PROTOCOL_VIOLATION),
+        );
     }
 }
 

@@ -11,10 +11,11 @@ use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use pgwire::api::auth::sasl::scram::ScramSecret;
+use pgwire::api::auth::sasl::scram::gen_salted_password;
 use pgwire::api::auth::{AuthSource, LoginInfo, Password};
 use pgwire::error::{PgWireError, PgWireResult};
 use ring::rand::SecureRandom;
-use ring::{digest, hmac, pbkdf2};
+use ring::{digest, hmac};
 
 use crate::config::UserConfig;
 
@@ -133,16 +134,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The SCRAM keys of `password`, normalized with SASLprep first as libpq and
+/// PostgreSQL normalize it (a decomposed accent or a no-break space would otherwise
+/// derive other keys than the client's); a password SASLprep refuses is used as is,
+/// as PostgreSQL does.
 fn derive(password: &str, salt: &[u8], iterations: u32) -> Verifier {
-    let mut salted = [0u8; 32];
-    let iterations_nz = std::num::NonZeroU32::new(iterations).unwrap_or(std::num::NonZeroU32::MIN);
-    pbkdf2::derive(
-        pbkdf2::PBKDF2_HMAC_SHA256,
-        iterations_nz,
-        salt,
-        password.as_bytes(),
-        &mut salted,
-    );
+    let salted = gen_salted_password(password, salt, iterations.max(1) as usize);
     let client_key = hmac_sha256(&salted, b"Client Key");
     Verifier {
         salt: salt.to_vec(),
@@ -214,6 +211,34 @@ mod tests {
         assert_eq!(again.stored_key, v.stored_key);
         assert_eq!(again.server_key, v.server_key);
         assert!(parse_verifier("md5abc").is_none());
+    }
+
+    /// RFC 4013: SASLprep maps a no-break space to a space and composes decomposed
+    /// characters (NFKC), so both spellings derive the same keys, as libpq's do.
+    #[test]
+    fn passwords_are_saslprepped() {
+        let salt = [7u8; 16];
+        let composed = derive("caf\u{e9} au\u{a0}lait", &salt, 4096);
+        let decomposed = derive("cafe\u{301} au lait", &salt, 4096);
+        assert_eq!(composed.stored_key, decomposed.stored_key);
+        assert_eq!(composed.server_key, decomposed.server_key);
+        // Against a plain PBKDF2 of the normalized bytes, computed another way.
+        let mut salted = [0u8; 32];
+        ring::pbkdf2::derive(
+            ring::pbkdf2::PBKDF2_HMAC_SHA256,
+            std::num::NonZeroU32::new(4096).unwrap(),
+            &salt,
+            "caf\u{e9} au lait".as_bytes(),
+            &mut salted,
+        );
+        assert_eq!(composed.server_key, hmac_sha256(&salted, b"Server Key"));
+        let users = Users::new(&[UserConfig {
+            name: "zoe".into(),
+            password: Some("cafe\u{301}\u{a0}1".into()),
+            scram_verifier: None,
+        }])
+        .unwrap();
+        assert!(users.verify_password("zoe", "caf\u{e9} 1"));
     }
 
     #[test]

@@ -45,6 +45,7 @@ use super::{PG_SERVER_VERSION, PG_SERVER_VERSION_NUM};
 use crate::Database;
 use crate::config::{AuthMethod, parse_duration};
 use crate::errors;
+use crate::server::{BackendSlot, BackendSlots, StartupSlot};
 use crate::session::{PreparedStatement, Session};
 
 /// What every connection of one server shares.
@@ -55,9 +56,15 @@ pub(crate) struct PgShared {
     pub(crate) trust_remote: bool,
     pub(crate) tls_required: bool,
     pub(crate) sasl: Option<Arc<SaslMechanisms>>,
+    /// SCRAM-SHA-256 and SCRAM-SHA-256-PLUS, for clients connected over TLS.
+    pub(crate) sasl_tls: Option<Arc<SaslMechanisms>>,
     pub(crate) parameters: Arc<DefaultServerParameterProvider>,
     pub(crate) statement_timeout: Option<Duration>,
     pub(crate) max_connections: usize,
+    /// The authenticated connections (`max_connections`).
+    pub(crate) backends: Arc<BackendSlots>,
+    /// Users who may take the slots reserved for superusers.
+    pub(crate) superusers: std::collections::HashSet<String>,
 }
 
 impl Debug for PgShared {
@@ -100,6 +107,10 @@ struct ConnectionState {
     statement_timeout: Option<Duration>,
     copy_in: Option<CopyIn>,
     cancel_guard: Option<CancelGuard>,
+    /// Held while the client authenticates; given back once it has.
+    startup_slot: Option<StartupSlot>,
+    /// Held from authentication until the connection ends.
+    backend_slot: Option<BackendSlot>,
 }
 
 /// A `COPY ... FROM STDIN` receiving data.
@@ -117,8 +128,6 @@ pub(crate) struct PgConnection {
     session: Session,
     control: Arc<QueryControl>,
     state: Mutex<ConnectionState>,
-    /// The server already has `max_connections`: refuse at startup with 53300.
-    over_limit: bool,
     driver: AuthDriver<Arc<DefaultServerParameterProvider>>,
     parser: Arc<StatementParser>,
     peer: SocketAddr,
@@ -159,7 +168,7 @@ impl PgConnection {
     pub(crate) fn new(
         shared: Arc<PgShared>,
         peer: SocketAddr,
-        over_limit: bool,
+        startup_slot: StartupSlot,
     ) -> Result<PgConnection, DataFusionError> {
         let session = shared.database.session()?;
         // No server files until the startup message names the role.
@@ -167,6 +176,7 @@ impl PgConnection {
         let driver = AuthDriver::new(shared.parameters.clone());
         let state = ConnectionState {
             statement_timeout: shared.statement_timeout,
+            startup_slot: Some(startup_slot),
             ..ConnectionState::default()
         };
         Ok(PgConnection {
@@ -177,7 +187,6 @@ impl PgConnection {
             session,
             control: Arc::new(QueryControl::default()),
             state: Mutex::new(state),
-            over_limit,
             driver,
             peer,
         })
@@ -413,6 +422,17 @@ impl PgConnection {
     }
 }
 
+/// Splits a query string into statements, after rewriting PostgreSQL-only catalog
+/// syntax. The text as sent is split first: that refuses a statement nested too deeply
+/// (54001) before the rewriter parses it.
+fn split_statements(sql: &str) -> Result<Vec<ddl::Statement>, DataFusionError> {
+    let statements = ddl::parse(sql)?;
+    match super::rewrite(sql) {
+        std::borrow::Cow::Borrowed(_) => Ok(statements),
+        std::borrow::Cow::Owned(rewritten) => ddl::parse(&rewritten),
+    }
+}
+
 /// A one-column text result.
 fn text_rows(name: &str, values: Vec<String>) -> Outcome {
     let schema = Arc::new(Schema::new(vec![Field::new(name, DataType::Utf8, true)]));
@@ -462,7 +482,7 @@ impl SimpleQueryHandler for PgConnection {
             return Err(PgWireError::NotReadyForQuery);
         }
         client.set_state(PgWireConnectionState::QueryInProgress);
-        let statements = ddl::parse(&super::rewrite(&query.query)).map_err(|e| pg_error(&e))?;
+        let statements = split_statements(&query.query).map_err(|e| pg_error(&e))?;
         if statements.is_empty() {
             client
                 .feed(PgWireBackendMessage::EmptyQueryResponse(
@@ -628,8 +648,7 @@ impl QueryParser for StatementParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        let sql = super::rewrite(sql);
-        let mut statements = ddl::parse(&sql).map_err(|e| pg_error(&e))?;
+        let mut statements = split_statements(sql).map_err(|e| pg_error(&e))?;
         if statements.len() > 1 {
             return Err(user_error(
                 "ERROR",
@@ -921,13 +940,6 @@ impl StartupHandler for PgConnection {
             PgWireFrontendMessage::Startup(ref startup) => {
                 protocol_negotiation(client, startup).await?;
                 save_startup_parameters_to_metadata(client, startup);
-                if self.over_limit {
-                    return Err(user_error(
-                        "FATAL",
-                        errors::TOO_MANY_CONNECTIONS,
-                        "sorry, too many clients already",
-                    ));
-                }
                 if self.shared.tls_required && !client.is_secure() {
                     return Err(user_error(
                         "FATAL",
@@ -936,7 +948,11 @@ impl StartupHandler for PgConnection {
                     ));
                 }
                 self.remember_startup_parameters(client);
-                match (&self.shared.sasl, self.shared.auth_method) {
+                let sasl = match &self.shared.sasl_tls {
+                    Some(plus) if client.is_secure() => Some(plus),
+                    _ => self.shared.sasl.as_ref(),
+                };
+                match (sasl, self.shared.auth_method) {
                     (Some(sasl), AuthMethod::ScramSha256) => {
                         let outcome = self
                             .driver
@@ -955,6 +971,7 @@ impl StartupHandler for PgConnection {
                                 ),
                             ));
                         }
+                        self.take_backend_slot(client)?;
                         self.driver.complete_authentication(client, None).await?;
                         self.register_cancel(client);
                         Ok(())
@@ -985,6 +1002,22 @@ impl StartupHandler for PgConnection {
 }
 
 impl PgConnection {
+    /// A client has authenticated: it takes one of `max_connections` (or fails with
+    /// 53300, as PostgreSQL does) and gives back its startup slot.
+    fn take_backend_slot<C: ClientInfo>(&self, client: &C) -> PgWireResult<()> {
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        let superuser = self.shared.superusers.contains(&user);
+        let slot = self
+            .shared
+            .backends
+            .take(superuser)
+            .map_err(|why| user_error("FATAL", errors::TOO_MANY_CONNECTIONS, why))?;
+        let mut state = self.state();
+        state.backend_slot = Some(slot);
+        state.startup_slot = None;
+        Ok(())
+    }
+
     async fn after_auth_step<C>(&self, client: &mut C, outcome: AuthOutcome) -> PgWireResult<()>
     where
         C: ClientInfo + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
@@ -994,6 +1027,7 @@ impl PgConnection {
         match outcome {
             AuthOutcome::InProgress => Ok(()),
             AuthOutcome::Authenticated { final_message, .. } => {
+                self.take_backend_slot(client)?;
                 self.driver
                     .complete_authentication(client, final_message)
                     .await?;

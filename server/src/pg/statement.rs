@@ -163,10 +163,14 @@ fn is_version_query(sql: &str) -> bool {
 /// `SET [SESSION | LOCAL] name { = | TO } value`, `SET TIME ZONE value`.
 fn classify_set(sql: &str) -> Result<Command> {
     let body = sql.trim().trim_end_matches(';').trim();
-    let mut rest = body[3..].trim_start();
+    // Every slice below is checked: the text is the client's, and a byte offset may
+    // fall inside a multi-byte character.
+    let mut rest = body.get(3..).unwrap_or("").trim_start();
     for prefix in ["session ", "local "] {
-        if rest.len() >= prefix.len() && rest[..prefix.len()].eq_ignore_ascii_case(prefix) {
-            rest = rest[prefix.len()..].trim_start();
+        if let Some(head) = rest.get(..prefix.len())
+            && head.eq_ignore_ascii_case(prefix)
+        {
+            rest = rest.get(prefix.len()..).unwrap_or("").trim_start();
         }
     }
     let lower = rest.to_ascii_lowercase();
@@ -174,17 +178,22 @@ fn classify_set(sql: &str) -> Result<Command> {
         return Ok(Command::Ignore("SET"));
     }
     let (name, value) = if lower.starts_with("time zone") {
-        ("timezone".to_string(), rest[9..].trim())
+        ("timezone".to_string(), rest.get(9..).unwrap_or("").trim())
     } else {
         let end = rest
             .find(|c: char| c.is_whitespace() || c == '=')
             .unwrap_or(rest.len());
-        let name = rest[..end].to_string();
-        let after = rest[end..].trim_start();
+        let (name, after) = rest.split_at(end);
+        let name = name.to_string();
+        let after = after.trim_start();
         let value = if let Some(v) = after.strip_prefix('=') {
             v
-        } else if after.len() >= 2 && after[..2].eq_ignore_ascii_case("to") {
-            &after[2..]
+        } else if let Some(v) = after
+            .get(..2)
+            .filter(|to| to.eq_ignore_ascii_case("to"))
+            .and_then(|_| after.get(2..))
+        {
+            v
         } else {
             return plan_err!("syntax error at or near \"{after}\": expected = or TO in SET");
         };
@@ -461,6 +470,34 @@ mod tests {
 
     fn one(sql: &str) -> Command {
         classify(parse(sql).unwrap().remove(0)).unwrap()
+    }
+
+    /// Byte offsets that fall inside a multi-byte character once panicked here.
+    #[test]
+    fn set_with_multibyte_characters_is_an_error_not_a_panic() {
+        for sql in [
+            "SET application_name 'é'",
+            "SET é",
+            "SET sessé x",
+            "SET session é = 1",
+            "SET ééééééé",
+            "SETé",
+        ] {
+            match parse(sql) {
+                Ok(mut statements) if !statements.is_empty() => {
+                    let _ = classify(statements.remove(0));
+                }
+                _ => {}
+            }
+        }
+        assert!(classify(parse("SET application_name 'é'").unwrap().remove(0)).is_err());
+        assert_eq!(
+            one("SET application_name = 'é'"),
+            Command::SetClient {
+                name: "application_name".into(),
+                value: Some("é".into())
+            }
+        );
     }
 
     #[test]
