@@ -285,7 +285,10 @@ fn verify_finds_damaged_blocks_footers_and_magic() {
     let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
         (
             "a byte in a block",
-            Box::new(|b: &mut Vec<u8>| b[b.len() / 2] ^= 0x10),
+            Box::new(|b: &mut Vec<u8>| {
+                let at = b.len() / 2;
+                b[at] ^= 0x10
+            }),
             "checksum mismatch",
         ),
         (
