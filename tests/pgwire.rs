@@ -949,7 +949,7 @@ async fn pgwire_float_columns_have_postgresql_widths() {
     // CAST and `::` alike.
     let row = client
         .query_one(
-            "SELECT CAST(1.0/3 AS FLOAT), (1.0/3)::FLOAT(53), (1.0/3)::FLOAT(3), CAST(1.0/3 AS REAL)",
+            "SELECT CAST(1.0/3 AS FLOAT) AS a, (1.0/3)::FLOAT(53) AS b, (1.0/3)::FLOAT(3) AS c, CAST(1.0/3 AS REAL) AS d",
             &[],
         )
         .await

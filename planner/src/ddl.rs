@@ -291,7 +291,7 @@ fn parse_statement(sql: &str, tokens: &[SourceToken<'_>]) -> Result<Statement> {
 /// counts it. Deeper statements fail with [`ErrorKind::StatementTooComplex`] (54001)
 /// before anything parses them: the parser, the planner and the executor all recurse
 /// once per level, and a few thousand levels overflow a thread's stack.
-pub const MAX_NESTING: usize = 1000;
+pub const MAX_NESTING: usize = 200;
 
 /// Refuses a statement whose [`nesting_estimate`] exceeds [`MAX_NESTING`].
 fn check_nesting(tokens: &[SourceToken<'_>]) -> Result<()> {

@@ -65,13 +65,30 @@ pub(crate) fn status(error: &DataFusionError) -> Status {
     )
 }
 
+/// The longest status message sent: a status travels in HTTP/2 headers, and a message
+/// over the peer's header limit (an error quoting a long statement) resets the stream.
+const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// `message`, cut at a character boundary to [`MAX_STATUS_MESSAGE`] bytes.
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_STATUS_MESSAGE {
+        let mut end = MAX_STATUS_MESSAGE - 3;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 /// A gRPC status with its SQLSTATE in the `tessera-sqlstate` metadata entry.
 pub(crate) fn coded_status(
     code: Code,
     sqlstate: &'static str,
     message: impl Into<String>,
 ) -> Status {
-    let mut status = Status::new(code, message);
+    let mut status = Status::new(code, bounded_message(message.into()));
     status
         .metadata_mut()
         .insert(SQLSTATE_METADATA_KEY, MetadataValue::from_static(sqlstate));

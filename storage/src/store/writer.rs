@@ -335,8 +335,9 @@ impl ArrayWriter {
             blocks: blocks.into_values().collect(),
         };
         let manifest_path = format!("{vdir}/manifest.json");
-        backend.write(&manifest_path, &format::encode_json(&manifest)?)?;
+        // Recorded before the write: a torn write leaves a file to delete too.
         self.written.push(manifest_path.clone());
+        backend.write(&manifest_path, &format::encode_json(&manifest)?)?;
         backend.sync(&manifest_path)?;
         // New directories must be durable entries of their parents too.
         for d in [vdir.as_str(), &dir(info.id), "arrays", ""] {
