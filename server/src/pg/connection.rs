@@ -221,6 +221,8 @@ pub(crate) async fn serve_connection(
             break;
         }
     }
+    // The socket is closed: its slots go back now, whoever still holds the handler.
+    connection.release_slots();
 }
 
 /// Sends a FATAL error (and whatever replies wait in the buffer before it); the

@@ -1002,6 +1002,13 @@ impl StartupHandler for PgConnection {
 }
 
 impl PgConnection {
+    /// Gives back this connection's startup and backend slots (its socket is closed).
+    pub(crate) fn release_slots(&self) {
+        let mut state = self.state();
+        state.backend_slot = None;
+        state.startup_slot = None;
+    }
+
     /// A client has authenticated: it takes one of `max_connections` (or fails with
     /// 53300, as PostgreSQL does) and gives back its startup slot.
     fn take_backend_slot<C: ClientInfo>(&self, client: &C) -> PgWireResult<()> {
