@@ -21,7 +21,7 @@ use tokio_postgres::NoTls;
 use crate::sql_database::tessera_binary;
 
 /// What the clients were told was committed.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Acknowledged {
     /// Values inserted into table `t` with `INSERT`.
     inserted: BTreeSet<i64>,
@@ -221,7 +221,10 @@ async fn check(port: u16, acked: &Acknowledged, product_sum: f64) -> (usize, usi
             present.insert(i);
         }
         let lost: Vec<_> = rows.difference(&present).collect();
-        assert!(lost.is_empty(), "{matrix}: acknowledged rows lost: {lost:?}");
+        assert!(
+            lost.is_empty(),
+            "{matrix}: acknowledged rows lost: {lost:?}"
+        );
     }
 
     let names = client
@@ -233,7 +236,10 @@ async fn check(port: u16, acked: &Acknowledged, product_sum: f64) -> (usize, usi
         .unwrap();
     let existing: BTreeSet<String> = names.iter().map(|r| r.get(0)).collect();
     for id in &acked.created {
-        assert!(existing.contains(&format!("c{id}")), "acknowledged c{id} lost");
+        assert!(
+            existing.contains(&format!("c{id}")),
+            "acknowledged c{id} lost"
+        );
     }
     for name in &existing {
         let row = client
@@ -284,11 +290,9 @@ async fn crash_soak_loses_no_acknowledged_write() {
     let (mut matrices_seen, mut started) = (0, 0);
     for round in 0..kills {
         let server = start(&binary, &data);
-        {
-            let acked_now = acked.lock().unwrap();
-            let (m, _) = check(server.pg, &acked_now, product_sum).await;
-            matrices_seen += m;
-        }
+        let acked_now = acked.lock().unwrap().clone();
+        let (m, _) = check(server.pg, &acked_now, product_sum).await;
+        matrices_seen += m;
         let writing = tokio::spawn({
             let acked = acked.clone();
             let server_ports = Server {
@@ -307,7 +311,7 @@ async fn crash_soak_loses_no_acknowledged_write() {
         started += 1;
     }
     let server = start(&binary, &data);
-    let acked = acked.lock().unwrap();
+    let acked = acked.lock().unwrap().clone();
     let (m, rows) = check(server.pg, &acked, product_sum).await;
     println!(
         "crash soak: {started} kills; acknowledged: {rows} INSERTs, {} COPY rows, {} ingested rows, {} matrices created ({} seen whole after restarts); 0 lost, 0 torn",

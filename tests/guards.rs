@@ -51,7 +51,10 @@ async fn server_files_need_a_grant_and_stay_under_their_directories() {
     let db = dir.path().join("db");
     let import = db.join("import");
     let export = db.join("export");
-    assert!(import.is_dir() && export.is_dir(), "the default directories exist");
+    assert!(
+        import.is_dir() && export.is_dir(),
+        "the default directories exist"
+    );
     std::fs::write(import.join("cells.csv"), "0,0,1.5\n1,1,2.5\n").unwrap();
     let outside = dir.path().join("outside.csv");
     std::fs::write(&outside, "0,0,9\n").unwrap();
@@ -113,7 +116,10 @@ async fn server_files_need_a_grant_and_stay_under_their_directories() {
         .await
         .unwrap();
     let written = std::fs::read_to_string(export.join("m.csv")).unwrap();
-    assert!(written.contains("1.5") && written.contains("2.5"), "{written}");
+    assert!(
+        written.contains("1.5") && written.contains("2.5"),
+        "{written}"
+    );
     for target in [catalog.clone(), dir.path().join("elsewhere.csv")] {
         let (code, _) = pg_error(
             &admin,
@@ -158,7 +164,10 @@ async fn an_embedded_database_may_not_write_into_its_own_store() {
         .await
         .unwrap();
     assert!(out.exists());
-    assert_eq!(db.sql("SELECT count(*) FROM m").await.unwrap()[0].num_rows(), 1);
+    assert_eq!(
+        db.sql("SELECT count(*) FROM m").await.unwrap()[0].num_rows(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -209,10 +218,7 @@ async fn finished_statements_leave_nothing_in_the_memory_pool() {
     assert_eq!(db.memory_reserved(), 0);
     // The same text three times: planned once, then served from the plan cache.
     for _ in 0..3 {
-        let n = db
-            .sql("SELECT count(*) FROM matmul(a, b)")
-            .await
-            .unwrap();
+        let n = db.sql("SELECT count(*) FROM matmul(a, b)").await.unwrap();
         assert_eq!(n[0].num_rows(), 1);
         assert_eq!(
             db.memory_reserved(),
@@ -222,7 +228,9 @@ async fn finished_statements_leave_nothing_in_the_memory_pool() {
     }
     // So the budget is whole for the next statement: an 18 MB result and 36 MB of
     // inputs fit only if nothing earlier is still charged.
-    db.sql("SELECT count(*) FROM matmul(t(a), b)").await.unwrap();
+    db.sql("SELECT count(*) FROM matmul(t(a), b)")
+        .await
+        .unwrap();
     assert_eq!(db.memory_reserved(), 0);
 }
 

@@ -162,7 +162,11 @@ fn check(d: &Deep, via: &str, answer: Result<(String, usize), String>) {
     match answer {
         Ok((first, rows)) => {
             // pgwire's text format writes a boolean as `t`.
-            let first = if first == "t" { "true".to_string() } else { first };
+            let first = if first == "t" {
+                "true".to_string()
+            } else {
+                first
+            };
             assert_eq!(
                 (first.as_str(), rows),
                 (d.first.as_str(), d.rows),
@@ -604,7 +608,10 @@ async fn silent_connections_cannot_lock_clients_out() {
     .err()
     .expect("a fifth ordinary connection");
     assert_eq!(e.code().unwrap().code(), "53300", "{e}");
-    let message = e.as_db_error().map(|d| d.message().to_string()).unwrap_or_default();
+    let message = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
     assert!(message.contains("reserved"), "{e}: {message}");
     // The superuser takes the reserved slot; after it, nobody gets in.
     let (boss, connection) = tokio_postgres::connect(

@@ -282,7 +282,8 @@ fn verify_finds_damaged_blocks_footers_and_magic() {
     let good = std::fs::read(&shard).unwrap();
     let footer_len = i32::from_le_bytes(good[good.len() - 10..good.len() - 6].try_into().unwrap());
     let footer_start = good.len() - 10 - footer_len as usize;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let cases: Vec<(&str, Damage, &str)> = vec![
         (
             "a byte in a block",
             Box::new(|b: &mut Vec<u8>| {

@@ -183,7 +183,10 @@ impl TableProvider for ArrayTable {
             );
         }
         if insert_op != InsertOp::Append {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::FeatureNotSupported, format!("{insert_op} is not supported for arrays; use INSERT INTO {name}")));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::FeatureNotSupported,
+                format!("{insert_op} is not supported for arrays; use INSERT INTO {name}"),
+            ));
         }
         let sink = ArraySink {
             store: self.store.clone(),

@@ -607,10 +607,15 @@ impl CellGrid {
                     None => {
                         let cell: Vec<String> =
                             coords.iter().map(|c| c.value(r).to_string()).collect();
-                        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("cell ({}) is outside array '{}' of shape {}",
-                            cell.join(", "),
-                            self.array,
-                            shape_text(&self.schema))));
+                        return Err(crate::error::tessera_error(
+                            crate::error::ErrorKind::DataException,
+                            format!(
+                                "cell ({}) is outside array '{}' of shape {}",
+                                cell.join(", "),
+                                self.array,
+                                shape_text(&self.schema)
+                            ),
+                        ));
                     }
                 }
             }

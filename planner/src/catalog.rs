@@ -304,10 +304,16 @@ impl TesseraCatalog {
             return plan_err!("a table needs a name");
         }
         if self.store.array(name).is_ok() {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("'{name}' is already an array; arrays and tables share one namespace")));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::DuplicateTable,
+                format!("'{name}' is already an array; arrays and tables share one namespace"),
+            ));
         }
         if !replace && read(&self.tables).contains_key(name) {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("table '{name}' already exists")));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::DuplicateTable,
+                format!("table '{name}' already exists"),
+            ));
         }
         Ok(())
     }
@@ -323,7 +329,10 @@ impl TesseraCatalog {
     ) -> Result<ArrayInfo> {
         let _namespace = lock(&self.namespace);
         if read(&self.tables).contains_key(name) {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("'{name}' is already a table; arrays and tables share one namespace")));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::DuplicateTable,
+                format!("'{name}' is already a table; arrays and tables share one namespace"),
+            ));
         }
         self.store
             .create_array_with_format(name, schema, partitioning, keep_versions, block_format)

@@ -30,8 +30,8 @@ pub use catalog::{
 };
 pub use cell_scan::CellScanExec;
 pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
-pub use file_access::{FileAccess, FileUse, check_file};
 pub use error::{ErrorKind, TesseraError, storage_error, storage_error_kind, tessera_error};
+pub use file_access::{FileAccess, FileUse, check_file};
 pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
 pub use sql_types::PostgresTypes;
 pub use stored_table::{StoredTable, StoredTableScanExec};

@@ -44,8 +44,8 @@ use crate::ddl::{
 };
 use crate::error::{ErrorKind, blocking, storage_error, tessera_error};
 use crate::file_access::{FileUse, check_file};
-use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use crate::view::SqlView;
+use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 
 /// Executes one statement (as split by [`crate::ddl::parse`]) in `ctx`, whose default
 /// schema must be `catalog`.
@@ -243,7 +243,9 @@ fn check_plan_files(state: &SessionState, plan: &LogicalPlan) -> Result<()> {
                 .locations
                 .iter()
                 .try_for_each(|l| check_file(state, l, FileUse::Read).map(|_| ())),
-            LogicalPlan::Copy(copy) => check_file(state, &copy.output_url, FileUse::Write).map(|_| ()),
+            LogicalPlan::Copy(copy) => {
+                check_file(state, &copy.output_url, FileUse::Write).map(|_| ())
+            }
             _ => Ok(()),
         };
         match checked {
@@ -282,19 +284,26 @@ fn check_new_table(
     what: &str,
 ) -> Result<bool> {
     if temporary {
-        return Err(crate::error::tessera_error(crate::error::ErrorKind::FeatureNotSupported, format!("temporary {what}s are not supported")));
+        return Err(crate::error::tessera_error(
+            crate::error::ErrorKind::FeatureNotSupported,
+            format!("temporary {what}s are not supported"),
+        ));
     }
     if if_not_exists && or_replace {
         return plan_err!("IF NOT EXISTS and OR REPLACE cannot be used together");
     }
     match catalog.kind_of(name) {
         None => Ok(true),
-        Some("array") => {
-            Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("'{name}' is already an array; arrays and tables share one namespace")))
-        }
+        Some("array") => Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DuplicateTable,
+            format!("'{name}' is already an array; arrays and tables share one namespace"),
+        )),
         Some(_) if if_not_exists => Ok(false),
         Some(kind) if or_replace && (kind == what || what == "table") => Ok(true),
-        Some(kind) => Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("{kind} '{name}' already exists"))),
+        Some(kind) => Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DuplicateTable,
+            format!("{kind} '{name}' already exists"),
+        )),
     }
 }
 
@@ -403,7 +412,10 @@ fn drop_relation(
 ) -> Result<SendableRecordBatchStream> {
     match catalog.kind_of(name) {
         None if if_exists => Ok(empty_stream()),
-        None => Err(crate::error::tessera_error(crate::error::ErrorKind::UndefinedTable, format!("{what} '{name}' does not exist"))),
+        None => Err(crate::error::tessera_error(
+            crate::error::ErrorKind::UndefinedTable,
+            format!("{what} '{name}' does not exist"),
+        )),
         Some("array") => plan_err!("'{name}' is an array, not a {what}; use DROP ARRAY {name}"),
         Some(kind) if what == "view" && kind != "view" => {
             plan_err!("'{name}' is a {kind}, not a view; use DROP TABLE {name}")
@@ -512,7 +524,12 @@ async fn execute_tessera(
                 match catalog.kind_of(name) {
                     Some("array") => {}
                     None if if_exists => {}
-                    None => return Err(crate::error::tessera_error(crate::error::ErrorKind::UndefinedTable, format!("array '{name}' does not exist"))),
+                    None => {
+                        return Err(crate::error::tessera_error(
+                            crate::error::ErrorKind::UndefinedTable,
+                            format!("array '{name}' does not exist"),
+                        ));
+                    }
                     Some(kind) => {
                         return plan_err!(
                             "'{name}' is a {kind}, not an array; use DROP {} {name}",
@@ -545,10 +562,14 @@ fn check_new_array(catalog: &TesseraCatalog, name: &str, if_not_exists: bool) ->
     match catalog.kind_of(name) {
         None => Ok(true),
         Some("array") if if_not_exists => Ok(false),
-        Some("array") => Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("array '{name}' already exists"))),
-        Some(kind) => {
-            Err(crate::error::tessera_error(crate::error::ErrorKind::DuplicateTable, format!("'{name}' is already a {kind}; arrays and tables share one namespace")))
-        }
+        Some("array") => Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DuplicateTable,
+            format!("array '{name}' already exists"),
+        )),
+        Some(kind) => Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DuplicateTable,
+            format!("'{name}' is already a {kind}; arrays and tables share one namespace"),
+        )),
     }
 }
 
@@ -775,8 +796,13 @@ impl CopyOptions {
             }
         };
         if !allowed.contains(&format.as_str()) {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::FeatureNotSupported, format!("{what}: FORMAT {format} is not supported here; use {}",
-                allowed.join(", "))));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::FeatureNotSupported,
+                format!(
+                    "{what}: FORMAT {format} is not supported here; use {}",
+                    allowed.join(", ")
+                ),
+            ));
         }
         Ok(format)
     }

@@ -17,8 +17,8 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use tessera_planner::FileAccess;
 use futures::StreamExt;
+use tessera_planner::FileAccess;
 use tessera_planner::{DEFAULT_CATALOG, DEFAULT_SCHEMA, ddl, la, session};
 
 use crate::database::Inner;

@@ -511,11 +511,16 @@ pub(crate) fn broadcast(name: &str, a: (u64, u64), b: (u64, u64)) -> Result<Broa
     } else if b.1 == 1 && b.0 == a.0 {
         Ok(Broadcast::Col)
     } else {
-        Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("{name}: shapes do not conform: {} and {} (the second must be the same shape, 1x{} or {}x1)",
-            dims(a),
-            dims(b),
-            a.1,
-            a.0)))
+        Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DataException,
+            format!(
+                "{name}: shapes do not conform: {} and {} (the second must be the same shape, 1x{} or {}x1)",
+                dims(a),
+                dims(b),
+                a.1,
+                a.0
+            ),
+        ))
     }
 }
 
@@ -525,7 +530,10 @@ pub(crate) fn result_shape(op: &Op, s: &[(u64, u64)]) -> Result<(u64, u64)> {
         if a.0 == a.1 {
             Ok(a)
         } else {
-            Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("{name}: the matrix must be square, it is {}", dims(a))))
+            Err(crate::error::tessera_error(
+                crate::error::ErrorKind::DataException,
+                format!("{name}: the matrix must be square, it is {}", dims(a)),
+            ))
         }
     };
     Ok(match op {
@@ -536,11 +544,16 @@ pub(crate) fn result_shape(op: &Op, s: &[(u64, u64)]) -> Result<(u64, u64)> {
         Op::MatMul => {
             let (a, b) = (s[0], s[1]);
             if a.1 != b.0 {
-                return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
-                    dims(a),
-                    dims(b),
-                    a.1,
-                    b.0)));
+                return Err(crate::error::tessera_error(
+                    crate::error::ErrorKind::DataException,
+                    format!(
+                        "matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
+                        dims(a),
+                        dims(b),
+                        a.1,
+                        b.0
+                    ),
+                ));
             }
             (a.0, b.1)
         }
@@ -548,9 +561,14 @@ pub(crate) fn result_shape(op: &Op, s: &[(u64, u64)]) -> Result<(u64, u64)> {
         Op::MMChain => {
             let (x, v) = (s[0], s[1]);
             if x.1 != v.0 {
-                return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("matmul: shapes do not conform: {} times {}",
-                    dims(x),
-                    dims(v))));
+                return Err(crate::error::tessera_error(
+                    crate::error::ErrorKind::DataException,
+                    format!(
+                        "matmul: shapes do not conform: {} times {}",
+                        dims(x),
+                        dims(v)
+                    ),
+                ));
             }
             (x.1, v.1)
         }
@@ -602,18 +620,28 @@ pub(crate) fn result_shape(op: &Op, s: &[(u64, u64)]) -> Result<(u64, u64)> {
         Op::CBind => {
             let (a, b) = (s[0], s[1]);
             if a.0 != b.0 {
-                return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("cbind: shapes do not conform: {} and {} (row counts differ)",
-                    dims(a),
-                    dims(b))));
+                return Err(crate::error::tessera_error(
+                    crate::error::ErrorKind::DataException,
+                    format!(
+                        "cbind: shapes do not conform: {} and {} (row counts differ)",
+                        dims(a),
+                        dims(b)
+                    ),
+                ));
             }
             (a.0, a.1 + b.1)
         }
         Op::RBind => {
             let (a, b) = (s[0], s[1]);
             if a.1 != b.1 {
-                return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("rbind: shapes do not conform: {} and {} (column counts differ)",
-                    dims(a),
-                    dims(b))));
+                return Err(crate::error::tessera_error(
+                    crate::error::ErrorKind::DataException,
+                    format!(
+                        "rbind: shapes do not conform: {} and {} (column counts differ)",
+                        dims(a),
+                        dims(b)
+                    ),
+                ));
             }
             (a.0 + b.0, a.1)
         }
@@ -621,9 +649,14 @@ pub(crate) fn result_shape(op: &Op, s: &[(u64, u64)]) -> Result<(u64, u64)> {
             let (a, b) = (s[0], s[1]);
             square("solve", a)?;
             if a.0 != b.0 {
-                return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("solve: shapes do not conform: {} and {} (row counts differ)",
-                    dims(a),
-                    dims(b))));
+                return Err(crate::error::tessera_error(
+                    crate::error::ErrorKind::DataException,
+                    format!(
+                        "solve: shapes do not conform: {} and {} (row counts differ)",
+                        dims(a),
+                        dims(b)
+                    ),
+                ));
             }
             (a.1, b.1)
         }

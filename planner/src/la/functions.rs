@@ -161,8 +161,13 @@ impl Builder<'_, '_> {
     /// Plans `name(args)`; `top` is true for the outermost call (where `rows` may be).
     fn call(&mut self, name: &str, args: &[FunctionArg], top: bool) -> Result<MatExpr> {
         let Some(sig) = signature(name) else {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::UndefinedFunction, format!("unknown matrix function '{name}'; the matrix functions are {}",
-                MATRIX_FUNCTIONS.join(", "))));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::UndefinedFunction,
+                format!(
+                    "unknown matrix function '{name}'; the matrix functions are {}",
+                    MATRIX_FUNCTIONS.join(", ")
+                ),
+            ));
         };
         // min(m) and max(m) reduce; min(a, b) and max(a, b) are elementwise.
         let sig: &[Param] = if matches!(name, "min" | "max") && args.len() == 1 {
@@ -348,7 +353,12 @@ impl Builder<'_, '_> {
                 let c1 = count(nums[3], "c1")?;
                 one(Op::Slice { r0, r1, c0, c1 }, mats)
             }
-            _ => return Err(crate::error::tessera_error(crate::error::ErrorKind::UndefinedFunction, format!("unknown matrix function '{name}'"))),
+            _ => {
+                return Err(crate::error::tessera_error(
+                    crate::error::ErrorKind::UndefinedFunction,
+                    format!("unknown matrix function '{name}'"),
+                ));
+            }
         })
     }
 
@@ -360,8 +370,13 @@ impl Builder<'_, '_> {
             SqlExpr::CompoundIdentifier(ids) => self.named(fname, k, ObjectName::from(ids.clone())),
             SqlExpr::Function(f) => {
                 let Some(id) = single_name(&f.name) else {
-                    return Err(crate::error::tessera_error(crate::error::ErrorKind::UndefinedFunction, format!("{fname}: argument {k}: unknown matrix function '{}'",
-                        f.name)));
+                    return Err(crate::error::tessera_error(
+                        crate::error::ErrorKind::UndefinedFunction,
+                        format!(
+                            "{fname}: argument {k}: unknown matrix function '{}'",
+                            f.name
+                        ),
+                    ));
                 };
                 let name = self.context.normalize_ident(id.clone());
                 let args: &[FunctionArg] = match &f.args {
@@ -425,7 +440,10 @@ impl Builder<'_, '_> {
             .get_table_source(reference.clone())
             .is_err()
         {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::UndefinedTable, format!("{fname}: argument {k}: unknown array or table '{reference}'")));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::UndefinedTable,
+                format!("{fname}: argument {k}: unknown array or table '{reference}'"),
+            ));
         }
         let plan = self.context.plan(TableFactor::Table {
             name,

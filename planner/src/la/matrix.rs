@@ -7,9 +7,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch};
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::memory_pool::MemoryReservation;
-use tessera_storage::{
-    Block, CooBuilder, CsrBlock, DenseBlock, MAX_BLOCK_CELLS, datafusion_hash,
-};
+use tessera_storage::{Block, CooBuilder, CsrBlock, DenseBlock, MAX_BLOCK_CELLS, datafusion_hash};
 
 use crate::error::{ErrorKind, tessera_error};
 
@@ -388,7 +386,10 @@ impl BlockMatrix {
                 .fold((0, 0), |(r, c), &(i, j, _)| (r.max(i + 1), c.max(j + 1))),
         };
         if let Some(&(i, j, _)) = cells.iter().find(|&&(i, j, _)| i >= rows || j >= cols) {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("{what}: cell ({i}, {j}) is outside the {rows}x{cols} matrix")));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::DataException,
+                format!("{what}: cell ({i}, {j}) is outside the {rows}x{cols} matrix"),
+            ));
         }
         let (br, bc) = super::auto_block(rows.max(1), cols.max(1));
         check_shape(what, rows, cols, br, bc)?;
@@ -427,9 +428,13 @@ impl CellSink {
     /// Adds cell `(i, j)` (inside the shape).
     pub(crate) fn push(&mut self, i: u64, j: u64, v: f64) -> Result<()> {
         if i >= self.rows || j >= self.cols {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("cell ({i}, {j}) is outside the {}x{} matrix",
-                self.rows,
-                self.cols)));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::DataException,
+                format!(
+                    "cell ({i}, {j}) is outside the {}x{} matrix",
+                    self.rows, self.cols
+                ),
+            ));
         }
         let (br, bc, rows, cols) = (self.br, self.bc, self.rows, self.cols);
         let key = (i / br, j / bc);

@@ -436,11 +436,16 @@ pub(crate) fn matmul(
     check_shape("matmul", b.rows, b.cols, b.br, b.bc)?;
     check_shape("matmul", a.rows, b.cols, a.br, b.bc)?;
     if a.cols != b.rows {
-        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
-            dims(a.shape()),
-            dims(b.shape()),
-            a.cols,
-            b.rows)));
+        return Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DataException,
+            format!(
+                "matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
+                dims(a.shape()),
+                dims(b.shape()),
+                a.cols,
+                b.rows
+            ),
+        ));
     }
     if a.bc != b.br {
         // Cut b's rows like a's columns so block k meets block k.
@@ -690,11 +695,16 @@ pub(crate) fn mmchain(
 ) -> Result<BlockMatrix> {
     grow(&mut v, x.cols, 0);
     if x.cols != v.rows {
-        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
-            dims(x.shape()),
-            dims(v.shape()),
-            x.cols,
-            v.rows)));
+        return Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DataException,
+            format!(
+                "matmul: shapes do not conform: {} times {} (inner dimensions {} and {} differ)",
+                dims(x.shape()),
+                dims(v.shape()),
+                x.cols,
+                v.rows
+            ),
+        ));
     }
     let x = one_block_column(x, n, work)?;
     let vd = v.to_dense()?;
@@ -974,9 +984,14 @@ pub(crate) fn fused(
     let mut others = Vec::new();
     for l in leaves {
         if l.shape() != first.shape() {
-            return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("elementwise: shapes do not conform: {} and {}",
-                dims(first.shape()),
-                dims(l.shape()))));
+            return Err(crate::error::tessera_error(
+                crate::error::ErrorKind::DataException,
+                format!(
+                    "elementwise: shapes do not conform: {} and {}",
+                    dims(first.shape()),
+                    dims(l.shape())
+                ),
+            ));
         }
         others.push(align(&mut first, l, n, work)?);
     }
@@ -1195,8 +1210,13 @@ pub(crate) fn diag(a: BlockMatrix, n: usize) -> Result<BlockMatrix> {
         return Ok(sink.finish(n));
     }
     if rows != cols {
-        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("diag: the matrix must be square or a vector, it is {}",
-            dims(a.shape()))));
+        return Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DataException,
+            format!(
+                "diag: the matrix must be square or a vector, it is {}",
+                dims(a.shape())
+            ),
+        ));
     }
     let mut sink = CellSink::new(rows, 1, a.br, 1);
     for_each_cell(
@@ -1258,10 +1278,15 @@ pub(crate) fn bind(
         a.rows == b.rows
     };
     if !conform {
-        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("{name}: shapes do not conform: {} and {} ({} counts differ)",
-            dims(a.shape()),
-            dims(b.shape()),
-            if rbind { "column" } else { "row" })));
+        return Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DataException,
+            format!(
+                "{name}: shapes do not conform: {} and {} ({} counts differ)",
+                dims(a.shape()),
+                dims(b.shape()),
+                if rbind { "column" } else { "row" }
+            ),
+        ));
     }
     let (rows, cols) = if rbind {
         (a.rows + b.rows, a.cols)
@@ -1314,8 +1339,13 @@ fn from_faer(m: faer::MatRef<'_, f64>, n: usize) -> BlockMatrix {
 
 fn square(name: &str, a: &BlockMatrix) -> Result<()> {
     if a.rows != a.cols {
-        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("{name}: the matrix must be square, it is {}",
-            dims(a.shape()))));
+        return Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DataException,
+            format!(
+                "{name}: the matrix must be square, it is {}",
+                dims(a.shape())
+            ),
+        ));
     }
     Ok(())
 }
@@ -1342,9 +1372,14 @@ pub(crate) fn solve(a: BlockMatrix, mut b: BlockMatrix, n: usize) -> Result<Bloc
     square("solve", &a)?;
     grow(&mut b, a.rows, 0);
     if a.rows != b.rows {
-        return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("solve: shapes do not conform: {} and {} (row counts differ)",
-            dims(a.shape()),
-            dims(b.shape()))));
+        return Err(crate::error::tessera_error(
+            crate::error::ErrorKind::DataException,
+            format!(
+                "solve: shapes do not conform: {} and {} (row counts differ)",
+                dims(a.shape()),
+                dims(b.shape())
+            ),
+        ));
     }
     use faer::linalg::solvers::Solve;
     let (ad, bd) = (a.to_dense()?, b.to_dense()?);
@@ -1371,9 +1406,14 @@ pub(crate) fn cholesky(a: BlockMatrix, n: usize) -> Result<BlockMatrix> {
     for i in 0..m {
         for j in 0..i {
             if (ad.get(i, j) - ad.get(j, i)).abs() > tol {
-                return Err(crate::error::tessera_error(crate::error::ErrorKind::DataException, format!("cholesky: the matrix is not symmetric (cell ({i}, {j}) is {} but ({j}, {i}) is {})",
-                    ad.get(i, j),
-                    ad.get(j, i))));
+                return Err(crate::error::tessera_error(
+                    crate::error::ErrorKind::DataException,
+                    format!(
+                        "cholesky: the matrix is not symmetric (cell ({i}, {j}) is {} but ({j}, {i}) is {})",
+                        ad.get(i, j),
+                        ad.get(j, i)
+                    ),
+                ));
             }
         }
     }

@@ -662,7 +662,11 @@ mod tests {
         assert!(limit.scan(&[3, 4]).is_ok());
         // Query 'Q' of length 10, header split across reads.
         assert!(limit.scan(&[b'Q', 0, 0]).is_ok());
-        assert!(limit.scan(&[0, 10, b'S', b'E', b'L', b' ', b'1', 0]).is_ok());
+        assert!(
+            limit
+                .scan(&[0, 10, b'S', b'E', b'L', b' ', b'1', 0])
+                .is_ok()
+        );
         // A message of 1000 bytes is refused at its header.
         match limit.scan(&[b'Q', 0, 0, 3, 232]).unwrap_err() {
             ScanError::TooLarge(e) => assert_eq!((e.length, e.max), (1000, 100)),
