@@ -1,11 +1,14 @@
 //! psql's catalog queries against Tessera's `pg_catalog` emulation: every query psql 15
 //! sends for `\d`, `\dt`, `\d name`, `\l`, `\dn`, `\df`, ... (captured from a real
-//! psql with `-E`, in `fixtures/psql15/`) runs after `rewrite_sql`, and the rows are
+//! psql with `-E`, in `fixtures/psql15/`) runs after `rewrite_statement`, and the rows are
 //! those psql would show.
 
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::display::array_value_to_string;
-use tessera_server::pg_catalog::rewrite_sql;
+use datafusion::error::Result;
+use datafusion::physical_plan::common::collect;
+use tessera_planner::ddl;
+use tessera_server::pg_catalog::rewrite_statement;
 use tessera_server::{Database, Session};
 
 /// The queries of one captured psql command.
@@ -45,11 +48,37 @@ fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
     out
 }
 
+/// Runs `sql` as the PostgreSQL server does: parsed, rewritten in the tree, executed.
+/// Returns the last statement's batches and the statements' texts after the rewrite.
+async fn run_rewritten(session: &Session, sql: &str) -> (Result<Vec<RecordBatch>>, String) {
+    let statements = match ddl::parse(sql) {
+        Ok(statements) => statements,
+        Err(e) => return (Err(e), sql.to_string()),
+    };
+    let mut texts = Vec::new();
+    let mut last = Ok(Vec::new());
+    for mut statement in statements {
+        rewrite_statement(&mut statement);
+        if let ddl::Statement::Sql(text) = &statement {
+            texts.push(text.text.clone());
+        }
+        last = match session.execute_statement(statement).await {
+            Ok(stream) => collect(stream).await,
+            Err(e) => Err(e),
+        };
+        if last.is_err() {
+            break;
+        }
+    }
+    (last, texts.join(";\n"))
+}
+
 async fn run(session: &Session, sql: &str) -> Vec<Vec<String>> {
-    let rewritten = rewrite_sql(sql);
-    match session.sql(&rewritten).await {
-        Ok(batches) => rows(&batches),
-        Err(e) => panic!("{e}\n--- psql sent:\n{sql}\n--- rewritten:\n{rewritten}"),
+    match run_rewritten(session, sql).await {
+        (Ok(batches), _) => rows(&batches),
+        (Err(e), rewritten) => {
+            panic!("{e}\n--- psql sent:\n{sql}\n--- rewritten:\n{rewritten}")
+        }
     }
 }
 
@@ -106,8 +135,7 @@ async fn pg_catalog_every_captured_query_runs() {
         "du", "di", "ds", "dT", "dx",
     ] {
         for q in fixture(name) {
-            let rewritten = rewrite_sql(&q);
-            if let Err(e) = session.sql(&rewritten).await {
+            if let (Err(e), rewritten) = run_rewritten(&session, &q).await {
                 failures.push(format!("{name}: {e}\n{rewritten}\n"));
             }
         }

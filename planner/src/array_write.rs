@@ -950,8 +950,10 @@ mod tests {
 
         async fn read(ctx: &SessionContext, name: &str) -> Vec<Vec<f64>> {
             let batches = ctx
-                .sql(&format!("SELECT i, j, v FROM {name}"))
+                .table(name)
                 .await
+                .unwrap()
+                .select_columns(&["i", "j", "v"])
                 .unwrap()
                 .collect()
                 .await

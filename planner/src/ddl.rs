@@ -1,10 +1,14 @@
-//! Tessera's own statements (`CREATE ARRAY`, `CREATE MATRIX`, `COPY`, ...), parsed
-//! before DataFusion sees the rest of the SQL.
+//! Every statement is parsed once, here, where it enters: Tessera's own statements
+//! (`CREATE ARRAY`, `CREATE MATRIX`, `COPY`, ...) into [`TesseraStatement`], every other
+//! statement by DataFusion's parser ([`DFParser`]) into its syntax tree.
 //!
-//! [`parse`] splits a script into statements with the SQL tokenizer DataFusion re-exports,
-//! so a semicolon inside a string, a quoted identifier, a comment or a `$$` string never
-//! ends a statement. It recognises Tessera's statements and hands every other statement
-//! on, as its exact source text, in [`Statement::Sql`].
+//! [`parse`] tokenizes a script once with sqlparser's PostgreSQL tokenizer and drives one
+//! [`DFParser`] over the tokens: at each statement, Tessera's grammar is tried first
+//! (with sqlparser's own helpers for identifiers, names, lists and queries), and any
+//! statement that is not Tessera's is parsed by DataFusion. So a semicolon inside a
+//! string, a quoted identifier, a comment or a `$$` string never ends a statement, and
+//! nothing is cut back out of the text and parsed again. The protocol servers classify
+//! statements by the tree's variants, and the planner plans the tree.
 //!
 //! ```text
 //! CREATE ARRAY [IF NOT EXISTS] name (attr DOUBLE [PRECISION] | FLOAT8, ...)
@@ -22,21 +26,61 @@
 use std::fmt::Display;
 
 use datafusion::common::{DataFusionError, Result, TableReference, plan_datafusion_err};
+use datafusion::sql::parser::{DFParser, DFParserBuilder, Statement as DFStatement};
+use datafusion::sql::sqlparser::ast::{
+    CopyTarget as SqlCopyTarget, Ident, ObjectName, ObjectNamePart, Query,
+    Statement as SqlStatement,
+};
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::ParserError;
-use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer, Word};
+use datafusion::sql::sqlparser::keywords::Keyword;
+use datafusion::sql::sqlparser::parser::{Parser as SqlParser, ParserError};
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 use tessera_storage::AttributeType;
 
 use crate::error::{ErrorKind, tessera_error};
+
+/// How deep sqlparser may recurse while parsing one statement: DataFusion's default
+/// (`datafusion.sql_parser.recursion_limit`). [`MAX_NESTING`] bounds what the planner
+/// and executor see; this bounds the parser's own recursion.
+pub const PARSER_RECURSION_LIMIT: usize = 50;
 
 /// One statement of a script: either Tessera's own, or SQL for DataFusion.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Statement {
     /// A statement Tessera plans itself.
     Tessera(TesseraStatement),
-    /// Any other statement, as its exact source text (without the ending `;`), to be
-    /// handed to DataFusion unchanged.
-    Sql(String),
+    /// Any other statement, as DataFusion's syntax tree.
+    Sql(SqlText),
+}
+
+/// A statement for DataFusion: its syntax tree, and the source text it was parsed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SqlText {
+    /// The syntax tree; this is what is planned.
+    pub tree: DFStatement,
+    /// The statement's source text, from its first token to its last (no surrounding
+    /// whitespace, comments or `;`). Never parsed again: it keys the plan cache and is
+    /// the definition a stored view or external table keeps.
+    pub text: String,
+}
+
+impl SqlText {
+    /// A statement whose tree was built or rewritten by the server (the psql catalog
+    /// rewrites): its text is the tree's own rendering.
+    pub fn from_tree(tree: DFStatement) -> Self {
+        let text = tree.to_string();
+        Self { tree, text }
+    }
+
+    /// The sqlparser statement inside, when DataFusion's parser left it as one (every
+    /// statement but DataFusion's `CREATE EXTERNAL TABLE`, `COPY ... TO 'file'`,
+    /// `EXPLAIN` and `RESET`).
+    pub fn sql(&self) -> Option<&SqlStatement> {
+        match &self.tree {
+            DFStatement::Statement(statement) => Some(statement),
+            _ => None,
+        }
+    }
 }
 
 /// A parsed Tessera statement. Identifiers are normalised the SQL way: unquoted ones are
@@ -70,8 +114,8 @@ pub enum TesseraStatement {
         format: Option<MatrixFormat>,
         /// `WITH (...)` options in the order written; keys lowercased.
         options: Vec<(String, OptionValue)>,
-        /// The exact source text after `AS`, to be planned by DataFusion.
-        query: Option<String>,
+        /// The query after `AS`, as a syntax tree.
+        query: Option<Box<Query>>,
     },
     /// `DROP ARRAY name, ...` or `DROP MATRIX name, ...` (the two are the same).
     DropArrays {
@@ -162,25 +206,40 @@ pub enum OptionValue {
     Ident(String),
 }
 
-/// Splits `sql` into statements at top-level semicolons and parses each.
+/// Parses a script of statements separated by `;`.
 ///
 /// Semicolons inside strings, quoted identifiers, comments and dollar-quoted strings do
 /// not split; empty statements (including comment-only ones) are dropped. Tessera's own
 /// statements come back as [`Statement::Tessera`], every other statement as
-/// [`Statement::Sql`] with its exact source text. A mistake in any statement fails the
-/// whole script, with a message that names what was expected and the line and column.
+/// [`Statement::Sql`] with DataFusion's syntax tree. A mistake in any statement fails
+/// the whole script, with a message that names what was expected, the token found and
+/// its line and column.
 ///
 /// ```
 /// use tessera_planner::ddl::{parse, Statement, TesseraStatement};
 /// let statements = parse("SHOW ARRAYS; SELECT ';' AS s").unwrap();
-/// assert_eq!(statements, vec![
-///     Statement::Tessera(TesseraStatement::ShowArrays),
-///     Statement::Sql("SELECT ';' AS s".to_string()),
-/// ]);
+/// assert_eq!(statements[0], Statement::Tessera(TesseraStatement::ShowArrays));
+/// let Statement::Sql(select) = &statements[1] else { panic!() };
+/// assert_eq!(select.text, "SELECT ';' AS s");
 /// ```
 pub fn parse(sql: &str) -> Result<Vec<Statement>> {
+    parse_with(sql, ParseOptions::default())
+}
+
+/// How [`parse_with`] reads a script.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Numbers `?` placeholders `$1`, `$2`, ... in the order written (the DB-API's
+    /// `qmark` style, which ADBC's Python driver declares), unless the script already
+    /// numbers its placeholders. The tokenizer finds them, so a `?` inside a string,
+    /// a quoted name or a comment is not one.
+    pub number_question_marks: bool,
+}
+
+/// [`parse`], with options.
+pub fn parse_with(sql: &str, options: ParseOptions) -> Result<Vec<Statement>> {
     let dialect = PostgreSqlDialect {};
-    let spanned = Tokenizer::new(&dialect, sql)
+    let mut tokens = Tokenizer::new(&dialect, sql)
         .tokenize_with_location()
         .map_err(|e| {
             syntax_error(ParserError::TokenizerError(format!(
@@ -189,102 +248,199 @@ pub fn parse(sql: &str) -> Result<Vec<Statement>> {
                 position(e.location)
             )))
         })?;
+    check_nesting(&tokens)?;
+    if options.number_question_marks {
+        number_question_marks(&mut tokens);
+    }
     let source = SourceMap::new(sql);
+    let spans: Vec<(bool, Location)> = tokens
+        .iter()
+        .map(|t| (matches!(t.token, Token::Whitespace(_)), t.span.end))
+        .collect();
+    let mut parser = DFParserBuilder::new(tokens)
+        .with_dialect(&dialect)
+        .with_recursion_limit(PARSER_RECURSION_LIMIT)
+        .build()?;
 
     let mut statements = Vec::new();
-    let mut current: Vec<SourceToken<'_>> = Vec::new();
-    for spanned in spanned {
-        match spanned.token {
-            Token::Whitespace(_) | Token::EOF => {}
-            Token::SemiColon => {
-                if !current.is_empty() {
-                    statements.push(parse_statement(sql, &current)?);
-                    current.clear();
-                }
-            }
-            token => {
-                let start_byte = source.byte_offset(spanned.span.start);
-                let end_byte = source.byte_offset(spanned.span.end);
-                current.push(SourceToken {
-                    token,
-                    start: spanned.span.start,
-                    end: spanned.span.end,
-                    start_byte,
-                    end_byte,
-                    text: sql.get(start_byte..end_byte).unwrap_or(""),
-                });
-            }
+    loop {
+        while parser.parser.consume_token(&Token::SemiColon) {}
+        let start = parser.parser.peek_token_ref().span.start;
+        if parser.parser.peek_token_ref().token == Token::EOF {
+            break;
         }
-    }
-    if !current.is_empty() {
-        statements.push(parse_statement(sql, &current)?);
+        let statement = match tessera_statement(&mut parser.parser)? {
+            Some(statement) => Statement::Tessera(statement),
+            None => {
+                let tree = sql_statement(&mut parser)?;
+                // The end of the last significant token consumed (the parser may have
+                // stepped over whitespace after it).
+                let end = spans[..parser.parser.index().min(spans.len())]
+                    .iter()
+                    .rev()
+                    .find(|(blank, _)| !blank)
+                    .map_or(start, |(_, end)| *end);
+                let text = sql
+                    .get(source.byte_offset(start)..source.byte_offset(end))
+                    .unwrap_or_default()
+                    .to_string();
+                Statement::Sql(SqlText { tree, text })
+            }
+        };
+        let next = parser.parser.peek_token_ref();
+        if !matches!(next.token, Token::SemiColon | Token::EOF) {
+            return Err(syntax_error(ParserError::ParserError(format!(
+                "expected `;` or end of statement, found `{}` at {}",
+                shorten(&next.token.to_string()),
+                position(next.span.start)
+            ))));
+        }
+        statements.push(statement);
     }
     Ok(statements)
 }
 
-/// Parses one statement's significant tokens (no whitespace, comments or `;`; never empty).
-fn parse_statement(sql: &str, tokens: &[SourceToken<'_>]) -> Result<Statement> {
-    check_nesting(tokens)?;
-    let mut parser = Parser {
-        sql,
-        tokens,
-        pos: 0,
-    };
-    let ours = if parser.parse_keyword("CREATE") {
-        if parser.parse_keyword("ARRAY") {
-            Some(parser.create_array()?)
-        } else if parser.parse_keyword("MATRIX") {
-            Some(parser.create_matrix()?)
-        } else {
-            None
+/// Numbers the `?` placeholders among `tokens` `$1`, `$2`, ..., unless a numbered one
+/// (`$1`) is already there.
+fn number_question_marks(tokens: &mut [TokenWithSpan]) {
+    let numbered = tokens
+        .iter()
+        .any(|t| matches!(&t.token, Token::Placeholder(p) if p.starts_with('$')));
+    if numbered {
+        return;
+    }
+    let mut count = 0;
+    for token in tokens {
+        // PostgreSQL's tokenizer reads a lone `?` as an operator, others as a placeholder.
+        let question_mark = match &token.token {
+            Token::Question => true,
+            Token::Placeholder(p) => p == "?",
+            _ => false,
+        };
+        if question_mark {
+            count += 1;
+            token.token = Token::Placeholder(format!("${count}"));
         }
-    } else if parser.parse_keyword("DROP") {
-        if parser.parse_keyword("ARRAY") || parser.parse_keyword("MATRIX") {
-            Some(parser.drop_arrays()?)
-        } else {
-            None
+    }
+}
+
+/// A statement that is not Tessera's, parsed by DataFusion. `COPY (query) TO STDOUT` is
+/// PostgreSQL's form, which DataFusion's own `COPY` does not know: sqlparser parses it.
+fn sql_statement(parser: &mut DFParser<'_>) -> Result<DFStatement> {
+    // PostgreSQL's `ABORT [WORK | TRANSACTION]` is `ROLLBACK`; sqlparser has no `ABORT`.
+    if is_word(parser.parser.peek_token_ref(), "ABORT") {
+        parser.parser.advance_token();
+        let _ = parser
+            .parser
+            .parse_one_of_keywords(&[Keyword::WORK, Keyword::TRANSACTION]);
+        return Ok(DFStatement::Statement(Box::new(SqlStatement::Rollback {
+            chain: false,
+            savepoint: None,
+        })));
+    }
+    let copy_query = matches!(
+        parser.parser.peek_tokens_ref::<2>(),
+        [first, second] if is_word(first, "COPY") && second.token == Token::LParen
+    );
+    if copy_query {
+        let to_stdout = parser.parser.try_parse(|p| match p.parse_statement()? {
+            statement @ SqlStatement::Copy {
+                target: SqlCopyTarget::Stdout,
+                ..
+            } => Ok(statement),
+            _ => Err(ParserError::ParserError(String::new())),
+        });
+        if let Ok(statement) = to_stdout {
+            return Ok(DFStatement::Statement(Box::new(statement)));
         }
-    } else if parser.peek_keyword("COPY")
-        && matches!(parser.peek_at(1), Some(t) if matches!(t.token, Token::Word(_)))
-    {
-        // `COPY (query) TO ...` is DataFusion's; so is `COPY t TO 'f' STORED AS ...`.
-        parser.pos += 1;
-        parser.copy()?
-    } else if parser.parse_keyword("SHOW") {
-        if parser.parse_keyword("ARRAYS") || parser.parse_keyword("MATRICES") {
-            parser.expect_end("", "after SHOW ARRAYS")?;
-            Some(TesseraStatement::ShowArrays)
-        } else {
-            None
-        }
-    } else if parser.parse_keyword("VERIFY") {
-        let array = if parser.parse_keyword("ARRAY") || parser.parse_keyword("MATRIX") {
+    }
+    parser.parse_statement()
+}
+
+/// Tessera's statement at the parser's position, or `None` (nothing consumed) when the
+/// statement is not one of Tessera's.
+fn tessera_statement(p: &mut SqlParser<'_>) -> Result<Option<TesseraStatement>> {
+    let [first, second] = p.peek_tokens_with_location::<2>();
+    let (first, second) = (&first, &second);
+    let starts = |a: &str, b: &[&str]| is_word(first, a) && b.iter().any(|w| is_word(second, w));
+    let mut parser = Parser { p };
+    if starts("CREATE", &["ARRAY"]) {
+        parser.skip(2);
+        return parser.create_array().map(Some);
+    }
+    if starts("CREATE", &["MATRIX"]) {
+        parser.skip(2);
+        return parser.create_matrix().map(Some);
+    }
+    if starts("DROP", &["ARRAY", "MATRIX"]) {
+        parser.skip(2);
+        return parser.drop_arrays().map(Some);
+    }
+    if starts("SHOW", &["ARRAYS", "MATRICES"]) {
+        parser.skip(2);
+        parser.expect_end("", "after SHOW ARRAYS")?;
+        return Ok(Some(TesseraStatement::ShowArrays));
+    }
+    if is_word(first, "VERIFY") {
+        parser.skip(1);
+        let array = if parser.parse_word("ARRAY") || parser.parse_word("MATRIX") {
             Some(parser.identifier("an array name", "after VERIFY ARRAY")?)
         } else {
             None
         };
-        parser.expect_end(
-            if array.is_none() {
-                "ARRAY, MATRIX or "
-            } else {
-                ""
-            },
-            "after VERIFY",
-        )?;
-        Some(TesseraStatement::Verify { array })
-    } else if parser.parse_keyword("DESCRIBE") || parser.parse_keyword("DESC") {
+        let alternatives = if array.is_none() {
+            "ARRAY, MATRIX or "
+        } else {
+            ""
+        };
+        parser.expect_end(alternatives, "after VERIFY")?;
+        return Ok(Some(TesseraStatement::Verify { array }));
+    }
+    if is_word(first, "DESCRIBE") || is_word(first, "DESC") {
         // Only `DESCRIBE name`; any other form (`DESCRIBE SELECT ...`) is DataFusion's.
-        match parser.object_name("", "") {
-            Ok(name) if parser.at_end() => Some(TesseraStatement::Describe { name }),
-            _ => None,
-        }
-    } else {
-        None
-    };
-    Ok(match ours {
-        Some(statement) => Statement::Tessera(statement),
-        None => Statement::Sql(parser.text_from(0).to_string()),
-    })
+        let described = parser.p.try_parse(|p| {
+            p.next_token();
+            let name = p.parse_object_name(false)?;
+            if at_end(p) {
+                Ok(name)
+            } else {
+                Err(ParserError::ParserError(String::new()))
+            }
+        });
+        return match described {
+            Ok(name) => Ok(Some(TesseraStatement::Describe {
+                name: table_reference(&name, p_location(&parser))?,
+            })),
+            Err(_) => Ok(None),
+        };
+    }
+    if is_word(first, "COPY") && matches!(second.token, Token::Word(_)) {
+        // `COPY t TO 'f' STORED AS ...` (DataFusion's) is told apart only after the
+        // target: parse Tessera's form, and go back when it turns out to be DataFusion's.
+        let mut datafusion_form = false;
+        let parsed = parser.p.try_parse(|p| {
+            p.next_token();
+            match (Parser { p }).copy() {
+                Ok(Some(statement)) => Ok(Ok(statement)),
+                Ok(None) => {
+                    datafusion_form = true;
+                    Err(ParserError::ParserError(String::new()))
+                }
+                Err(e) => Ok(Err(e)),
+            }
+        });
+        return match parsed {
+            Ok(result) => result.map(Some),
+            Err(_) if datafusion_form => Ok(None),
+            Err(e) => Err(syntax_error(e)),
+        };
+    }
+    Ok(None)
+}
+
+/// Where the parser is, for messages about what it just consumed.
+fn p_location(parser: &Parser<'_, '_>) -> Location {
+    parser.p.get_current_token().span.start
 }
 
 /// The deepest expression or plan a statement may build, as [`nesting_estimate`]
@@ -293,24 +449,26 @@ fn parse_statement(sql: &str, tokens: &[SourceToken<'_>]) -> Result<Statement> {
 /// once per level, and a few thousand levels overflow a thread's stack.
 pub const MAX_NESTING: usize = 200;
 
-/// Refuses a statement whose [`nesting_estimate`] exceeds [`MAX_NESTING`].
-fn check_nesting(tokens: &[SourceToken<'_>]) -> Result<()> {
-    let depth = nesting_estimate(tokens.iter().map(|t| &t.token));
-    if depth > MAX_NESTING {
-        let at = tokens
-            .first()
-            .map(|t| position(t.start))
-            .unwrap_or_default();
-        return Err(tessera_error(
-            ErrorKind::StatementTooComplex,
-            format!(
-                "statement too complex: its expressions nest or chain about {depth} levels deep, more than the {MAX_NESTING} allowed (statement at {at})"
-            ),
-        ));
+/// Refuses a script with a statement whose [`nesting_estimate`] exceeds [`MAX_NESTING`].
+fn check_nesting(tokens: &[TokenWithSpan]) -> Result<()> {
+    for statement in tokens.split(|t| t.token == Token::SemiColon) {
+        let depth = nesting_estimate(statement.iter().map(|t| &t.token));
+        if depth > MAX_NESTING {
+            let at = statement
+                .iter()
+                .find(|t| !matches!(t.token, Token::Whitespace(_) | Token::EOF))
+                .map(|t| position(t.span.start))
+                .unwrap_or_default();
+            return Err(tessera_error(
+                ErrorKind::StatementTooComplex,
+                format!(
+                    "statement too complex: its expressions nest or chain about {depth} levels deep, more than the {MAX_NESTING} allowed (statement at {at})"
+                ),
+            ));
+        }
     }
     Ok(())
 }
-
 /// An upper bound, from the tokens alone, of how deep the syntax tree of a statement
 /// is, computed without recursion. Every parenthesis, bracket or `CASE` opens a group,
 /// one level deeper than its enclosing group's own depth (a group written first in a
@@ -475,16 +633,6 @@ pub fn nesting_estimate<'a>(tokens: impl IntoIterator<Item = &'a Token>) -> usiz
     depth
 }
 
-/// A significant token with its place in the source.
-struct SourceToken<'a> {
-    token: Token,
-    start: Location,
-    end: Location,
-    start_byte: usize,
-    end_byte: usize,
-    /// The token exactly as written.
-    text: &'a str,
-}
 
 /// Maps the tokenizer's locations (1-based line and column, counted in characters) to
 /// byte offsets in the source.
@@ -527,14 +675,13 @@ impl SourceMap {
     }
 }
 
-/// A recursive-descent parser over one statement's significant tokens.
-struct Parser<'s, 't> {
-    sql: &'s str,
-    tokens: &'t [SourceToken<'s>],
-    pos: usize,
+/// Tessera's grammar, on sqlparser's parser: Tessera's statements and DataFusion's share
+/// one token stream and one position.
+struct Parser<'p, 'a> {
+    p: &'p mut SqlParser<'a>,
 }
 
-impl<'s, 't> Parser<'s, 't> {
+impl Parser<'_, '_> {
     // ---- statements ----------------------------------------------------------------
 
     /// After `CREATE ARRAY`.
@@ -561,7 +708,7 @@ impl<'s, 't> Parser<'s, 't> {
             }
         }
 
-        self.expect_keyword(
+        self.expect_word(
             "DIMENSIONS",
             format!("after the attribute list of array {name}"),
         )?;
@@ -580,7 +727,7 @@ impl<'s, 't> Parser<'s, 't> {
             }
         }
 
-        let options = if self.parse_keyword("WITH") {
+        let options = if self.parse_word("WITH") {
             self.option_list("after WITH")?
         } else {
             Vec::new()
@@ -604,7 +751,7 @@ impl<'s, 't> Parser<'s, 't> {
             "a dimension name",
             format!("in the dimension list of array {array}"),
         )?;
-        let start_pos = self.pos;
+        let start_at = self.location();
         let start = self.signed_integer(format!("as the start of dimension {name} (start:end)"))?;
         self.expect(
             &Token::Colon,
@@ -615,10 +762,10 @@ impl<'s, 't> Parser<'s, 't> {
         if end < start {
             return Err(plan_datafusion_err!(
                 "dimension {name} has range {start}:{end}, whose end is before its start, at {}",
-                position(self.location_of(start_pos))
+                position(start_at)
             ));
         }
-        self.expect_keyword("BLOCK", format!("after dimension range {start}:{end}"))?;
+        self.expect_word("BLOCK", format!("after dimension range {start}:{end}"))?;
         let block = self.positive_integer(
             format!("after BLOCK in dimension {name}"),
             format!("the block length of dimension {name}"),
@@ -633,26 +780,21 @@ impl<'s, 't> Parser<'s, 't> {
 
     /// The type after an attribute name: `DOUBLE [PRECISION]` or `FLOAT8`.
     fn attribute_type(&mut self, attribute: &str) -> Result<AttributeType> {
-        let Some(token) = self.peek() else {
-            return Err(self.expected("a type (DOUBLE)", format!("after attribute {attribute}")));
-        };
-        let Token::Word(word) = &token.token else {
-            return Err(self.expected("a type (DOUBLE)", format!("after attribute {attribute}")));
-        };
-        let unquoted = word.quote_style.is_none();
-        if unquoted && word.value.eq_ignore_ascii_case("DOUBLE") {
-            self.pos += 1;
-            self.parse_keyword("PRECISION");
-            Ok(AttributeType::Double)
-        } else if unquoted && word.value.eq_ignore_ascii_case("FLOAT8") {
-            self.pos += 1;
-            Ok(AttributeType::Double)
-        } else {
-            Err(plan_datafusion_err!(
+        if self.parse_word("DOUBLE") {
+            self.parse_word("PRECISION");
+            return Ok(AttributeType::Double);
+        }
+        if self.parse_word("FLOAT8") {
+            return Ok(AttributeType::Double);
+        }
+        let next = self.p.peek_token_ref();
+        match &next.token {
+            Token::Word(word) => Err(plan_datafusion_err!(
                 "unsupported type {} for attribute {attribute} at {}: only DOUBLE is supported",
                 word.value.to_ascii_uppercase(),
-                position(token.start)
-            ))
+                position(next.span.start)
+            )),
+            _ => Err(self.expected("a type (DOUBLE)", format!("after attribute {attribute}"))),
         }
     }
 
@@ -660,7 +802,6 @@ impl<'s, 't> Parser<'s, 't> {
     fn create_matrix(&mut self) -> Result<TesseraStatement> {
         let if_not_exists = self.if_not_exists()?;
         let name = self.identifier("a matrix name", "after CREATE MATRIX")?;
-        let shape_pos = self.pos;
         let shape = if self.peek_is(&Token::LParen) {
             Some(self.pair(&format!("the shape (rows, cols) of matrix {name}"))?)
         } else {
@@ -672,33 +813,33 @@ impl<'s, 't> Parser<'s, 't> {
         let mut options = None;
         let mut query = None;
         while !self.at_end() {
-            let clause_pos = self.pos;
-            if self.parse_keyword("BLOCK") {
+            let clause_at = self.location();
+            if self.parse_word("BLOCK") {
                 if block.is_some() {
-                    return Err(self.duplicate("BLOCK", clause_pos));
+                    return Err(duplicate("BLOCK", clause_at));
                 }
                 block = Some(self.pair(&format!("the block size (r, c) of matrix {name}"))?);
-            } else if self.peek_keyword("SPARSE") || self.peek_keyword("DENSE") {
+            } else if self.peek_word("SPARSE") || self.peek_word("DENSE") {
                 if format.is_some() {
-                    return Err(self.duplicate("SPARSE or DENSE", clause_pos));
+                    return Err(duplicate("SPARSE or DENSE", clause_at));
                 }
-                format = Some(if self.parse_keyword("SPARSE") {
+                format = Some(if self.parse_word("SPARSE") {
                     MatrixFormat::Sparse
                 } else {
-                    self.pos += 1;
+                    self.skip(1);
                     MatrixFormat::Dense
                 });
-            } else if self.parse_keyword("WITH") {
+            } else if self.parse_word("WITH") {
                 if options.is_some() {
-                    return Err(self.duplicate("WITH", clause_pos));
+                    return Err(duplicate("WITH", clause_at));
                 }
                 options = Some(self.option_list("after WITH")?);
-            } else if self.parse_keyword("AS") {
+            } else if self.parse_word("AS") {
                 if self.at_end() {
                     return Err(self.expected("a query", "after AS"));
                 }
-                query = Some(self.text_from(self.pos).to_string());
-                self.pos = self.tokens.len();
+                query = Some(self.p.parse_query().map_err(syntax_error)?);
+                self.expect_end("", "after the query of CREATE MATRIX ... AS")?;
             } else {
                 let expected = if shape.is_none() && block.is_none() && format.is_none() {
                     "`(rows, cols)`, BLOCK, SPARSE, DENSE, WITH or AS"
@@ -709,7 +850,6 @@ impl<'s, 't> Parser<'s, 't> {
             }
         }
         if shape.is_none() && query.is_none() {
-            self.pos = shape_pos;
             return Err(self.expected(
                 "`(rows, cols)`",
                 format!("after matrix name {name} (only CREATE MATRIX ... AS <query> may leave the shape out)"),
@@ -742,16 +882,21 @@ impl<'s, 't> Parser<'s, 't> {
 
     /// After `DROP ARRAY` or `DROP MATRIX`.
     fn drop_arrays(&mut self) -> Result<TesseraStatement> {
-        let if_exists = if self.peek_keyword("IF") && is_keyword(self.peek_at(1), "EXISTS") {
-            self.pos += 2;
+        let if_exists = if self.peek_word("IF") && self.peek_word_at(1, "EXISTS") {
+            self.skip(2);
             true
         } else {
             false
         };
-        let mut names = vec![self.identifier("an array name", "after DROP ARRAY")?];
-        while self.consume(&Token::Comma) {
-            names.push(self.identifier("an array name", "after `,` in DROP ARRAY")?);
+        if !self.peek_identifier() {
+            return Err(self.expected("an array name", "after DROP ARRAY"));
         }
+        let names = self
+            .p
+            .parse_comma_separated(|p| p.parse_identifier())
+            .map_err(syntax_error)?;
+        let names: Vec<String> = names.iter().map(normalize).collect();
+        check_names(&names, self.location())?;
         let last = names.last().cloned().unwrap_or_default();
         self.expect_end("`,`", format!("after array name {last}"))?;
         Ok(TesseraStatement::DropArrays { names, if_exists })
@@ -762,23 +907,27 @@ impl<'s, 't> Parser<'s, 't> {
     fn copy(&mut self) -> Result<Option<TesseraStatement>> {
         let name = self.object_name("a table or array name", "after COPY")?;
         let mut columns = Vec::new();
-        if self.consume(&Token::LParen) {
-            loop {
-                let column = self.identifier("a column name", "in the column list of COPY")?;
-                let more = self.list_continues(format!("after column {column}"))?;
-                columns.push(column);
-                if !more {
-                    break;
-                }
+        if self.peek_is(&Token::LParen) {
+            self.skip(1);
+            if !self.peek_identifier() {
+                return Err(self.expected("a column name", "in the column list of COPY"));
             }
+            let listed = self
+                .p
+                .parse_comma_separated(|p| p.parse_identifier())
+                .map_err(syntax_error)?;
+            columns = listed.iter().map(normalize).collect();
+            check_names(&columns, self.location())?;
+            let last = columns.last().cloned().unwrap_or_default();
+            self.expect(&Token::RParen, "`,` or `)`", format!("after column {last}"))?;
         }
-        let direction = if self.parse_keyword("FROM") {
+        let direction = if self.parse_word("FROM") {
             CopyDirection::From(self.copy_target("FROM", "STDIN")?)
-        } else if self.parse_keyword("TO") {
+        } else if self.parse_word("TO") {
             let target = self.copy_target("TO", "STDOUT")?;
             if ["STORED", "PARTITIONED", "OPTIONS"]
                 .iter()
-                .any(|keyword| self.peek_keyword(keyword))
+                .any(|keyword| self.peek_word(keyword))
             {
                 return Ok(None);
             }
@@ -786,10 +935,11 @@ impl<'s, 't> Parser<'s, 't> {
         } else {
             return Err(self.expected("FROM or TO", format!("after COPY {name}")));
         };
-        let options = if self.peek_keyword("WITH") && is_legacy_copy_option(self.peek_at(1)) {
-            self.pos += 1;
+        let options = if self.peek_word("WITH") && is_legacy_copy_option(self.p.peek_nth_token_ref(1))
+        {
+            self.skip(1);
             self.legacy_copy_options()?
-        } else if self.parse_keyword("WITH") {
+        } else if self.parse_word("WITH") {
             self.option_list("after WITH")?
         } else if self.peek_is(&Token::LParen) {
             self.option_list("")?
@@ -817,31 +967,28 @@ impl<'s, 't> Parser<'s, 't> {
     /// parenthesised form.
     fn legacy_copy_options(&mut self) -> Result<Vec<(String, OptionValue)>> {
         let mut options: Vec<(String, OptionValue)> = Vec::new();
-        while is_legacy_copy_option(self.peek()) {
-            let at = self.pos;
-            let Some(word) = self.peek().and_then(|t| match &t.token {
-                Token::Word(w) => Some(w.value.to_ascii_lowercase()),
-                _ => None,
-            }) else {
+        while is_legacy_copy_option(self.p.peek_token_ref()) {
+            let at = self.location();
+            let Token::Word(word) = self.p.next_token().token else {
                 break;
             };
-            self.pos += 1;
+            let word = word.value.to_ascii_lowercase();
             let (key, value) = match word.as_str() {
                 "csv" | "binary" => ("format".to_string(), OptionValue::Ident(word)),
                 "header" => (word, OptionValue::Bool(true)),
                 _ => {
-                    self.parse_keyword("AS");
-                    let Some(text) = self.peek().and_then(|t| string_value(&t.token)) else {
+                    self.parse_word("AS");
+                    let Some(text) = string_value(&self.p.peek_token_ref().token) else {
                         return Err(self.expected("a quoted string", format!("after {word}")));
                     };
-                    self.pos += 1;
+                    self.skip(1);
                     (word, OptionValue::String(text))
                 }
             };
             if options.iter().any(|(existing, _)| *existing == key) {
                 return Err(plan_datafusion_err!(
                     "option {key} is given twice at {}",
-                    position(self.location_of(at))
+                    position(at)
                 ));
             }
             options.push((key, value));
@@ -851,12 +998,12 @@ impl<'s, 't> Parser<'s, 't> {
 
     /// `'path'` or the stdio keyword after `FROM` / `TO`.
     fn copy_target(&mut self, direction: &str, stdio: &str) -> Result<CopyTarget> {
-        if self.parse_keyword(stdio) {
+        if self.parse_word(stdio) {
             return Ok(CopyTarget::Stdio);
         }
-        match self.peek().and_then(|token| string_value(&token.token)) {
+        match string_value(&self.p.peek_token_ref().token) {
             Some(path) => {
-                self.pos += 1;
+                self.skip(1);
                 Ok(CopyTarget::File(path))
             }
             None => Err(self.expected(
@@ -870,9 +1017,9 @@ impl<'s, 't> Parser<'s, 't> {
 
     /// `IF NOT EXISTS`, if present.
     fn if_not_exists(&mut self) -> Result<bool> {
-        if self.peek_keyword("IF") && is_keyword(self.peek_at(1), "NOT") {
-            self.pos += 2;
-            self.expect_keyword("EXISTS", "after IF NOT")?;
+        if self.peek_word("IF") && self.peek_word_at(1, "NOT") {
+            self.skip(2);
+            self.expect_word("EXISTS", "after IF NOT")?;
             Ok(true)
         } else {
             Ok(false)
@@ -889,16 +1036,16 @@ impl<'s, 't> Parser<'s, 't> {
         self.expect(&Token::LParen, "`(`", open_context)?;
         let mut options: Vec<(String, OptionValue)> = Vec::new();
         loop {
-            let key_pos = self.pos;
+            let key_at = self.location();
             let key = self
                 .identifier("an option name", "in the option list")?
                 .to_lowercase();
-            self.consume(&Token::Eq);
+            let _ = self.p.consume_token(&Token::Eq);
             let value = self.option_value(&key)?;
             if options.iter().any(|(existing, _)| *existing == key) {
                 return Err(plan_datafusion_err!(
                     "option {key} is given twice at {}",
-                    position(self.location_of(key_pos))
+                    position(key_at)
                 ));
             }
             let more = self.list_continues(format!("after option {key}"))?;
@@ -912,40 +1059,27 @@ impl<'s, 't> Parser<'s, 't> {
 
     /// The value of option `key`, if any.
     fn option_value(&mut self, key: &str) -> Result<OptionValue> {
-        let Some(token) = self.peek() else {
-            return Err(self.expected("an option value", format!("after option {key}")));
-        };
-        if let Some(string) = string_value(&token.token) {
-            self.pos += 1;
+        let next = self.p.peek_token_ref().token.clone();
+        if let Some(string) = string_value(&next) {
+            self.skip(1);
             return Ok(OptionValue::String(string));
         }
-        match &token.token {
+        match next {
             Token::Comma | Token::RParen => Ok(OptionValue::Bool(true)),
-            Token::Word(word)
-                if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("TRUE") =>
-            {
-                self.pos += 1;
-                Ok(OptionValue::Bool(true))
-            }
-            Token::Word(word)
-                if word.quote_style.is_none() && word.value.eq_ignore_ascii_case("FALSE") =>
-            {
-                self.pos += 1;
-                Ok(OptionValue::Bool(false))
-            }
+            _ if self.parse_word("TRUE") => Ok(OptionValue::Bool(true)),
+            _ if self.parse_word("FALSE") => Ok(OptionValue::Bool(false)),
             Token::Word(_) => Ok(OptionValue::Ident(self.identifier("", "")?)),
             Token::Number(number, _) => {
-                self.pos += 1;
-                Ok(OptionValue::Number(number.clone()))
+                self.skip(1);
+                Ok(OptionValue::Number(number))
             }
             Token::Minus | Token::Plus => {
-                let sign = if token.token == Token::Minus { "-" } else { "" };
-                self.pos += 1;
-                match self.peek().map(|token| &token.token) {
-                    Some(Token::Number(number, _)) => {
-                        let number = format!("{sign}{number}");
-                        self.pos += 1;
-                        Ok(OptionValue::Number(number))
+                let sign = if next == Token::Minus { "-" } else { "" };
+                self.skip(1);
+                match self.p.peek_token_ref().token.clone() {
+                    Token::Number(number, _) => {
+                        self.skip(1);
+                        Ok(OptionValue::Number(format!("{sign}{number}")))
                     }
                     _ => Err(self.expected("a number", format!("after the sign of option {key}"))),
                 }
@@ -956,55 +1090,32 @@ impl<'s, 't> Parser<'s, 't> {
 
     /// An identifier, normalised: unquoted lowercased, quoted kept exactly.
     fn identifier(&mut self, what: &str, context: impl Display) -> Result<String> {
-        match self.peek() {
-            Some(SourceToken {
-                token: Token::Word(word),
-                start,
-                ..
-            }) => {
-                if word.quote_style.is_some() && word.value.is_empty() {
-                    return Err(syntax_error(ParserError::ParserError(format!(
-                        "zero-length quoted identifier at {}",
-                        position(*start)
-                    ))));
-                }
-                let name = normalize(word);
-                self.pos += 1;
-                Ok(name)
-            }
-            _ => Err(self.expected(what, context)),
+        if !self.peek_identifier() {
+            return Err(self.expected(what, context));
         }
+        let at = self.location();
+        let ident = self.p.parse_identifier().map_err(syntax_error)?;
+        let name = normalize(&ident);
+        check_names(std::slice::from_ref(&name), at)?;
+        Ok(name)
     }
 
     /// `name`, `schema.name` or `catalog.schema.name`.
     fn object_name(&mut self, what: &str, context: impl Display) -> Result<TableReference> {
-        let mut parts = vec![self.identifier(what, context)?];
-        while self.consume(&Token::Period) {
-            parts.push(self.identifier("a name", "after `.`")?);
+        if !self.peek_identifier() {
+            return Err(self.expected(what, context));
         }
-        match <[String; 3]>::try_from(parts) {
-            Ok([catalog, schema, table]) => Ok(TableReference::full(catalog, schema, table)),
-            Err(parts) => match <[String; 2]>::try_from(parts) {
-                Ok([schema, table]) => Ok(TableReference::partial(schema, table)),
-                Err(mut parts) if parts.len() == 1 => {
-                    Ok(TableReference::bare(parts.pop().unwrap_or_default()))
-                }
-                Err(parts) => Err(syntax_error(ParserError::ParserError(format!(
-                    "name {} has {} parts; expected at most catalog.schema.name, at {}",
-                    parts.join("."),
-                    parts.len(),
-                    position(self.location_of(self.pos.saturating_sub(1)))
-                )))),
-            },
-        }
+        let at = self.location();
+        let name = self.p.parse_object_name(false).map_err(syntax_error)?;
+        table_reference(&name, at)
     }
 
     /// An optionally signed integer that fits in an `i64`.
     fn signed_integer(&mut self, context: String) -> Result<i64> {
-        let negative = if self.consume(&Token::Minus) {
+        let negative = if self.p.consume_token(&Token::Minus) {
             true
         } else {
-            self.consume(&Token::Plus);
+            let _ = self.p.consume_token(&Token::Plus);
             false
         };
         let (digits, location) = self.digits("an integer", &context)?;
@@ -1041,16 +1152,12 @@ impl<'s, 't> Parser<'s, 't> {
 
     /// An unsigned integer literal's digits (`_` separators removed) and its location.
     fn digits(&mut self, what: &str, context: &str) -> Result<(String, Location)> {
-        if let Some(SourceToken {
-            token: Token::Number(number, _),
-            start,
-            ..
-        }) = self.peek()
-        {
+        let next = self.p.peek_token_ref();
+        if let Token::Number(number, _) = &next.token {
             let digits: String = number.chars().filter(|c| *c != '_').collect();
             if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
-                let start = *start;
-                self.pos += 1;
+                let start = next.span.start;
+                self.skip(1);
                 return Ok((digits, start));
             }
         }
@@ -1059,65 +1166,72 @@ impl<'s, 't> Parser<'s, 't> {
 
     // ---- token plumbing ------------------------------------------------------------
 
-    fn peek(&self) -> Option<&'t SourceToken<'s>> {
-        self.tokens.get(self.pos)
+    /// Consumes `n` tokens already looked at.
+    fn skip(&mut self, n: usize) {
+        for _ in 0..n {
+            self.p.advance_token();
+        }
     }
 
-    fn peek_at(&self, ahead: usize) -> Option<&'t SourceToken<'s>> {
-        self.tokens.get(self.pos.saturating_add(ahead))
+    /// Where the next token starts; where the last one ends at the end of the input.
+    fn location(&self) -> Location {
+        next_location(self.p)
     }
 
     fn at_end(&self) -> bool {
-        self.pos >= self.tokens.len()
+        at_end(self.p)
     }
 
     fn peek_is(&self, token: &Token) -> bool {
-        self.peek().is_some_and(|next| next.token == *token)
+        self.p.peek_token_ref().token == *token
     }
 
-    /// Consumes the next token if it is `token`.
-    fn consume(&mut self, token: &Token) -> bool {
-        let found = self.peek_is(token);
-        if found {
-            self.pos += 1;
-        }
-        found
+    /// Whether an identifier (a word, quoted or not) comes next.
+    fn peek_identifier(&self) -> bool {
+        matches!(self.p.peek_token_ref().token, Token::Word(_))
     }
 
     fn expect(&mut self, token: &Token, shown: &str, context: impl Display) -> Result<()> {
-        if self.consume(token) {
+        if self.p.consume_token(token) {
             Ok(())
         } else {
             Err(self.expected(shown, context))
         }
     }
 
-    fn peek_keyword(&self, keyword: &str) -> bool {
-        is_keyword(self.peek(), keyword)
+    /// Whether the next token is the (unquoted, any case) word `word`.
+    fn peek_word(&self, word: &str) -> bool {
+        is_word(self.p.peek_token_ref(), word)
     }
 
-    /// Consumes the next token if it is the (unquoted, any case) `keyword`.
-    fn parse_keyword(&mut self, keyword: &str) -> bool {
-        let found = self.peek_keyword(keyword);
+    fn peek_word_at(&self, ahead: usize, word: &str) -> bool {
+        is_word(self.p.peek_nth_token_ref(ahead), word)
+    }
+
+    /// Consumes the next token if it is the (unquoted, any case) word `word`. Tessera's
+    /// words (`MATRIX`, `DIMENSIONS`, ...) are not all sqlparser keywords, so words are
+    /// compared, not [`Keyword`](datafusion::sql::sqlparser::keywords::Keyword)s.
+    fn parse_word(&mut self, word: &str) -> bool {
+        let found = self.peek_word(word);
         if found {
-            self.pos += 1;
+            self.skip(1);
         }
         found
     }
 
-    fn expect_keyword(&mut self, keyword: &str, context: impl Display) -> Result<()> {
-        if self.parse_keyword(keyword) {
+    fn expect_word(&mut self, word: &str, context: impl Display) -> Result<()> {
+        if self.parse_word(word) {
             Ok(())
         } else {
-            Err(self.expected(keyword, context))
+            Err(self.expected(word, context))
         }
     }
 
     /// After a list item: `,` (more follow) or `)` (the list ends).
     fn list_continues(&mut self, context: String) -> Result<bool> {
-        if self.consume(&Token::Comma) {
+        if self.p.consume_token(&Token::Comma) {
             Ok(true)
-        } else if self.consume(&Token::RParen) {
+        } else if self.p.consume_token(&Token::RParen) {
             Ok(false)
         } else {
             Err(self.expected("`,` or `)`", context))
@@ -1139,56 +1253,87 @@ impl<'s, 't> Parser<'s, 't> {
     fn expected(&self, what: impl Display, context: impl Display) -> DataFusionError {
         let context = context.to_string();
         let separator = if context.is_empty() { "" } else { " " };
-        let found = match self.peek() {
-            Some(token) => format!("`{}`", shorten(token.text)),
-            None => "end of statement".to_string(),
+        let next = self.p.peek_token_ref();
+        let found = match &next.token {
+            Token::EOF | Token::SemiColon => "end of statement".to_string(),
+            token => format!("`{}`", shorten(&token.to_string())),
         };
         syntax_error(ParserError::ParserError(format!(
             "expected {what}{separator}{context}, found {found} at {}",
-            position(self.location_of(self.pos))
+            position(next_location(self.p))
         )))
-    }
-
-    fn duplicate(&self, clause: &str, at: usize) -> DataFusionError {
-        syntax_error(ParserError::ParserError(format!(
-            "{clause} is given twice at {}",
-            position(self.location_of(at))
-        )))
-    }
-
-    /// Where token `index` starts; the end of the statement when past its last token.
-    fn location_of(&self, index: usize) -> Location {
-        match (self.tokens.get(index), self.tokens.last()) {
-            (Some(token), _) => token.start,
-            (None, Some(last)) => last.end,
-            (None, None) => Location { line: 1, column: 1 },
-        }
-    }
-
-    /// The exact source text from token `index` to the end of the statement.
-    fn text_from(&self, index: usize) -> &'s str {
-        match (self.tokens.get(index), self.tokens.last()) {
-            (Some(first), Some(last)) => {
-                self.sql.get(first.start_byte..last.end_byte).unwrap_or("")
-            }
-            _ => "",
-        }
     }
 }
 
-fn is_keyword(token: Option<&SourceToken<'_>>, keyword: &str) -> bool {
-    matches!(
-        token,
-        Some(SourceToken { token: Token::Word(word), .. })
-            if word.quote_style.is_none() && word.value.eq_ignore_ascii_case(keyword)
-    )
+/// Where the next token starts; at the end of the input (whose token has no place),
+/// where the last token ends.
+fn next_location(p: &SqlParser<'_>) -> Location {
+    let next = p.peek_token_ref();
+    if next.token == Token::EOF {
+        p.get_current_token().span.end
+    } else {
+        next.span.start
+    }
+}
+
+/// Whether the statement ends at the parser's position.
+fn at_end(p: &SqlParser<'_>) -> bool {
+    matches!(p.peek_token_ref().token, Token::SemiColon | Token::EOF)
+}
+
+/// Whether `token` is the (unquoted, any case) word `word`.
+fn is_word(token: &TokenWithSpan, word: &str) -> bool {
+    matches!(&token.token, Token::Word(w)
+        if w.quote_style.is_none() && w.value.eq_ignore_ascii_case(word))
 }
 
 /// SQL identifier rules, as DataFusion applies them: unquoted lowercased, quoted kept.
-fn normalize(word: &Word) -> String {
-    match word.quote_style {
-        Some(_) => word.value.clone(),
-        None => word.value.to_ascii_lowercase(),
+fn normalize(ident: &Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
+}
+
+/// Refuses the zero-length quoted identifier `""` among `names`.
+fn check_names(names: &[String], at: Location) -> Result<()> {
+    if names.iter().any(String::is_empty) {
+        return Err(syntax_error(ParserError::ParserError(format!(
+            "zero-length quoted identifier at {}",
+            position(at)
+        ))));
+    }
+    Ok(())
+}
+
+/// `name`, `schema.name` or `catalog.schema.name` as a table reference, normalised.
+fn table_reference(name: &ObjectName, at: Location) -> Result<TableReference> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part {
+            ObjectNamePart::Identifier(ident) => Ok(normalize(ident)),
+            other => Err(syntax_error(ParserError::ParserError(format!(
+                "{other} is not a name, at {}",
+                position(at)
+            )))),
+        })
+        .collect::<Result<_>>()?;
+    check_names(&parts, at)?;
+    match <[String; 3]>::try_from(parts) {
+        Ok([catalog, schema, table]) => Ok(TableReference::full(catalog, schema, table)),
+        Err(parts) => match <[String; 2]>::try_from(parts) {
+            Ok([schema, table]) => Ok(TableReference::partial(schema, table)),
+            Err(mut parts) if parts.len() == 1 => {
+                Ok(TableReference::bare(parts.pop().unwrap_or_default()))
+            }
+            Err(parts) => Err(syntax_error(ParserError::ParserError(format!(
+                "name {} has {} parts; expected at most catalog.schema.name, at {}",
+                parts.join("."),
+                parts.len(),
+                position(at)
+            )))),
+        },
     }
 }
 
@@ -1206,6 +1351,13 @@ fn string_value(token: &Token) -> Option<String> {
 
 fn position(location: Location) -> String {
     format!("line {}, column {}", location.line, location.column)
+}
+
+fn duplicate(clause: &str, at: Location) -> DataFusionError {
+    syntax_error(ParserError::ParserError(format!(
+        "{clause} is given twice at {}",
+        position(at)
+    )))
 }
 
 /// At most 40 characters of a token's text, for messages.
@@ -1232,18 +1384,10 @@ fn syntax_error(error: ParserError) -> DataFusionError {
 }
 
 /// Whether `token` starts one of PostgreSQL's unparenthesised COPY options.
-fn is_legacy_copy_option(token: Option<&SourceToken<'_>>) -> bool {
-    const WORDS: [&str; 7] = [
-        "CSV",
-        "BINARY",
-        "HEADER",
-        "DELIMITER",
-        "NULL",
-        "QUOTE",
-        "ESCAPE",
-    ];
-    matches!(token.map(|t| &t.token), Some(Token::Word(w))
-        if WORDS.iter().any(|k| w.value.eq_ignore_ascii_case(k)))
+fn is_legacy_copy_option(token: &TokenWithSpan) -> bool {
+    ["CSV", "BINARY", "HEADER", "DELIMITER", "NULL", "QUOTE", "ESCAPE"]
+        .iter()
+        .any(|word| matches!(&token.token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)))
 }
 
 #[cfg(test)]
@@ -1259,8 +1403,23 @@ mod tests {
         }
     }
 
+    /// `text` as one DataFusion statement, parsed by DataFusion's own parser.
     fn sql(text: &str) -> Statement {
-        Statement::Sql(text.to_string())
+        let mut trees = DFParser::parse_sql_with_dialect(text, &PostgreSqlDialect {}).unwrap();
+        assert_eq!(trees.len(), 1, "{text}");
+        Statement::Sql(SqlText {
+            tree: trees.pop_front().unwrap(),
+            text: text.to_string(),
+        })
+    }
+
+    /// `text` as a query, parsed by sqlparser's own parser.
+    fn parsed_query(text: &str) -> Box<Query> {
+        SqlParser::new(&PostgreSqlDialect {})
+            .try_with_sql(text)
+            .unwrap()
+            .parse_query()
+            .unwrap()
     }
 
     /// The error message, and whether it is a syntax error (`SQL`) or a plan error.
@@ -1359,6 +1518,39 @@ mod tests {
             end,
             block,
         }
+    }
+
+    /// The tree of the one statement in `sql` parsed with `?` placeholders numbered, as
+    /// sqlparser prints it.
+    fn numbered(sql: &str) -> String {
+        let options = ParseOptions {
+            number_question_marks: true,
+        };
+        match parse_with(sql, options).unwrap().as_slice() {
+            [Statement::Sql(statement)] => statement.tree.to_string(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn question_marks_become_numbered_placeholders() {
+        assert_eq!(
+            numbered("INSERT INTO t VALUES (?, ?)"),
+            "INSERT INTO t VALUES ($1, $2)"
+        );
+        // Inside strings, quoted names and comments a `?` is not a placeholder.
+        assert_eq!(
+            numbered("SELECT '?', \"a?\" -- ?\n FROM t WHERE a = ? /* ? */"),
+            "SELECT '?', \"a?\" FROM t WHERE a = $1"
+        );
+        assert_eq!(numbered("SELECT 'it''s ?', ?"), "SELECT 'it''s ?', $1");
+        // Already numbered: left alone.
+        assert_eq!(numbered("SELECT $1, '?'"), "SELECT $1, '?'");
+        // Without the option, `?` stays `?`.
+        let Statement::Sql(plain) = &parse("SELECT ?").unwrap()[0] else {
+            panic!()
+        };
+        assert_eq!(plain.tree.to_string(), "SELECT ?");
     }
 
     // ---- CREATE ARRAY ----------------------------------------------------------------
@@ -1480,7 +1672,7 @@ mod tests {
     }
 
     #[test]
-    fn create_matrix_as_keeps_the_exact_query_text() {
+    fn create_matrix_as_holds_the_query_tree() {
         let query = "SELECT *\n  FROM matmul(t(x), x) -- gram ; matrix\n  WHERE v <> 0 /* ; */";
         let script = format!("CREATE MATRIX g AS {query};\nSELECT 1");
         let statements = parse(&script).unwrap();
@@ -1494,8 +1686,7 @@ mod tests {
                     block: None,
                     format: None,
                     options: vec![],
-                    // From the first token after AS to the last; the trailing comment is not part.
-                    query: Some(query.trim_end_matches(" /* ; */").to_string()),
+                    query: Some(parsed_query(query)),
                 }),
                 sql("SELECT 1"),
             ]
@@ -1511,19 +1702,22 @@ mod tests {
                 block: Some((1, 1)),
                 format: Some(MatrixFormat::Sparse),
                 options: options(&[("k", OptionValue::Ident("v".into()))]),
-                query: Some("select  'a;b' , $$;$$".to_string()),
+                query: Some(parsed_query("select  'a;b' , $$;$$")),
             }
         );
     }
 
     #[test]
-    fn query_text_is_exact_after_multibyte_characters() {
-        let TesseraStatement::CreateMatrix { query, .. } =
-            one("CREATE MATRIX \"größe\" AS SELECT 'ü€' AS \"Ω\"")
+    fn statement_text_is_exact_after_multibyte_characters() {
+        let script = "CREATE MATRIX \"größe\" AS SELECT 'ü€' AS \"Ω\";\n  SELECT 'ü€' AS \"Ω\" -- ü\n";
+        let statements = parse(script).unwrap();
+        let Statement::Tessera(TesseraStatement::CreateMatrix { name, query, .. }) = &statements[0]
         else {
-            panic!()
+            panic!("{statements:?}")
         };
-        assert_eq!(query.as_deref(), Some("SELECT 'ü€' AS \"Ω\""));
+        assert_eq!(name, "größe");
+        assert_eq!(query.as_ref().map(|q| q.to_string()).as_deref(), Some("SELECT 'ü€' AS \"Ω\""));
+        assert_eq!(statements[1], sql("SELECT 'ü€' AS \"Ω\""));
     }
 
     // ---- DROP ------------------------------------------------------------------------
@@ -1665,10 +1859,14 @@ mod tests {
             "SHOW TABLES",
             "SHOW ALL",
             "DESCRIBE SELECT 1",
-            "DESC t extra",
         ] {
             assert_eq!(parse(text).unwrap(), vec![sql(text)], "{text}");
         }
+        // Not `DESCRIBE name`, and not DataFusion's either: refused where it goes wrong.
+        assert_eq!(
+            error("DESC t extra").0,
+            "expected `;` or end of statement, found `extra` at line 1, column 8"
+        );
     }
 
     #[test]
@@ -2056,7 +2254,8 @@ mod tests {
     /// Every `Sql` text is a non-empty slice of the input.
     fn check_sql_texts(input: &str, statements: &[Statement]) {
         for statement in statements {
-            if let Statement::Sql(text) = statement {
+            if let Statement::Sql(sql) = statement {
+                let text = &sql.text;
                 assert!(!text.is_empty());
                 assert!(input.contains(text.as_str()), "{text:?} not in {input:?}");
             }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::error::ArrowError;
 use datafusion::catalog::TableProvider;
 use datafusion::common::config::CsvOptions;
 use datafusion::common::{DataFusionError, Result, TableReference, plan_datafusion_err, plan_err};
@@ -39,9 +40,11 @@ use crate::array_write::{
 };
 use crate::catalog::{DefinitionKind, NewTable, TesseraCatalog, split_version};
 use crate::ddl::{
-    CopyDirection, CopyTarget, DimensionSpec, MatrixFormat, OptionValue, Statement,
+    CopyDirection, CopyTarget, DimensionSpec, MatrixFormat, OptionValue, SqlText, Statement,
     TesseraStatement,
 };
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 use crate::error::{ErrorKind, blocking, storage_error, tessera_error};
 use crate::file_access::{FileUse, check_file};
 use crate::view::SqlView;
@@ -55,7 +58,7 @@ pub async fn execute(
     statement: Statement,
 ) -> Result<SendableRecordBatchStream> {
     match statement {
-        Statement::Sql(sql) => execute_sql(ctx, catalog, &sql).await,
+        Statement::Sql(sql) => execute_sql(ctx, catalog, sql).await,
         Statement::Tessera(statement) => execute_tessera(ctx, catalog, statement).await,
     }
 }
@@ -171,11 +174,11 @@ fn local_name(ctx: &SessionContext, name: &TableReference) -> Option<String> {
 async fn execute_sql(
     ctx: &SessionContext,
     catalog: &Arc<TesseraCatalog>,
-    sql: &str,
+    sql: SqlText,
 ) -> Result<SendableRecordBatchStream> {
     let state = ctx.state();
-    let plan = state.create_logical_plan(sql).await?;
-    execute_plan(ctx, catalog, state, plan, sql).await
+    let plan = state.statement_to_plan(sql.tree).await?;
+    execute_plan(ctx, catalog, state, plan, &sql.text).await
 }
 
 /// Executes the logical plan of the SQL statement `sql`, planned in `state` (a
@@ -498,7 +501,7 @@ async fn execute_tessera(
                     )?;
                 }
                 Some(query) => {
-                    let df = query_frame(ctx, &query, &format!("CREATE MATRIX {name} AS")).await?;
+                    let df = query_frame(ctx, query, &format!("CREATE MATRIX {name} AS")).await?;
                     // The partitioning is checked against the final shape by the store.
                     let probe = ArraySchema::matrix(1, 1, 1, 1).map_err(storage_error)?;
                     let partitioning = options.partitioning(&probe)?;
@@ -573,10 +576,11 @@ fn check_new_array(catalog: &TesseraCatalog, name: &str, if_not_exists: bool) ->
     }
 }
 
-/// Plans `sql`, which must be a query, as a DataFrame.
-async fn query_frame(ctx: &SessionContext, sql: &str, what: &str) -> Result<DataFrame> {
+/// Plans `query` as a DataFrame.
+async fn query_frame(ctx: &SessionContext, query: Box<Query>, what: &str) -> Result<DataFrame> {
     let state = ctx.state();
-    let plan = state.create_logical_plan(sql).await?;
+    let tree = DFStatement::Statement(Box::new(SqlStatement::Query(query)));
+    let plan = state.statement_to_plan(tree).await?;
     if matches!(
         plan,
         LogicalPlan::Ddl(_)
@@ -975,31 +979,49 @@ async fn copy_array_out(
     count_stream(nnz)
 }
 
-/// A failure reading `path` as an execution error naming the file and, for the CSV
-/// reader's parse errors (which count lines from 0), the 1-based line:
-/// `data.csv:5: Error while parsing value 'oops' as type 'Int64' for column 1`.
+/// A failure reading `path`, naming the file. A value the reader could not parse
+/// (arrow's parse, cast and CSV errors, which name the value, the column and the line)
+/// is [`ErrorKind::InvalidTextRepresentation`], judged by the error's variant.
 fn file_error(path: &str, e: DataFusionError) -> DataFusionError {
-    let text = e.find_root().to_string();
-    if let Some(at) = text.find(" at line ") {
-        let rest = &text[at + " at line ".len()..];
-        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if let Ok(line) = digits.parse::<u64>() {
-            let message = text[..at]
-                .trim_start_matches("Arrow error: ")
-                .trim_start_matches("Parser error: ");
-            let tail = rest[digits.len()..].trim_start_matches('.').trim();
-            let tail = if tail.is_empty() {
-                String::new()
-            } else {
-                format!(" ({tail})")
-            };
-            return crate::error::tessera_error(
-                crate::error::ErrorKind::InvalidTextRepresentation,
-                format!("{path}:{}: {message}{tail}", line + 1),
-            );
-        }
+    let unparsable = matches!(
+        e.find_root(),
+        DataFusionError::ArrowError(inner, _) if matches!(
+            inner.as_ref(),
+            ArrowError::ParseError(_) | ArrowError::CsvError(_) | ArrowError::CastError(_)
+        )
+    );
+    if unparsable {
+        return crate::error::tessera_error(
+            crate::error::ErrorKind::InvalidTextRepresentation,
+            format!("{path}: {}", e.find_root()),
+        );
     }
     DataFusionError::Context(path.to_string(), Box::new(e))
+}
+
+/// DataFusion's `DESCRIBE` of a table: `column_name`, `data_type`, `is_nullable`.
+fn describe_columns(schema: &Schema) -> Result<SendableRecordBatchStream> {
+    let fields = schema.fields();
+    let names: Vec<&str> = fields.iter().map(|f| f.name().as_str()).collect();
+    let types: Vec<String> = fields.iter().map(|f| f.data_type().to_string()).collect();
+    let nullable: Vec<&str> = fields
+        .iter()
+        .map(|f| if f.is_nullable() { "YES" } else { "NO" })
+        .collect();
+    let out = Arc::new(Schema::new(vec![
+        Field::new("column_name", DataType::Utf8, false),
+        Field::new("data_type", DataType::Utf8, false),
+        Field::new("is_nullable", DataType::Utf8, false),
+    ]));
+    let batch = RecordBatch::try_new(
+        out.clone(),
+        vec![
+            Arc::new(StringArray::from(names)) as ArrayRef,
+            Arc::new(StringArray::from(types)),
+            Arc::new(StringArray::from(nullable)),
+        ],
+    )?;
+    Ok(batches_stream(out, vec![batch]))
 }
 
 /// `COPY table FROM file` (appends rows) and `COPY table TO file`.
@@ -1313,15 +1335,9 @@ async fn describe(
         }
     });
     let Some((info, version)) = array else {
-        // A table: DataFusion's column listing.
-        let quoted = name
-            .to_vec()
-            .iter()
-            .map(|part| format!("\"{}\"", part.replace('"', "\"\"")))
-            .collect::<Vec<_>>()
-            .join(".");
-        let df = ctx.sql(&format!("DESCRIBE {quoted}")).await?;
-        return df.execute_stream().await;
+        // A table: its columns, as DataFusion's DESCRIBE lists them.
+        let schema = ctx.table(name.clone()).await?.schema().as_arrow().clone();
+        return describe_columns(&schema);
     };
     let shown = match version {
         None => info.current().clone(),

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::{ParamValues, ScalarValue, plan_err};
+use datafusion::common::config::Dialect;
+use datafusion::common::{ParamValues, ScalarValue, TableReference, plan_err};
 use datafusion::error::Result;
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -17,8 +18,13 @@ use datafusion::physical_plan::execute_stream;
 use datafusion::physical_plan::execution_plan::reset_plan_states;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{
+    DataType as SqlDataType, ExactNumberInfo, Ident, Statement as SqlStatement, TimezoneInfo,
+};
 use futures::StreamExt;
 use tessera_planner::FileAccess;
+use tessera_planner::ddl::SqlText;
 use tessera_planner::{DEFAULT_CATALOG, DEFAULT_SCHEMA, ddl, la, session};
 
 use crate::database::Inner;
@@ -70,6 +76,10 @@ impl Session {
         if let Some(n) = inner.options.target_partitions {
             config = config.with_target_partitions(n.max(1));
         }
+        // Statements are parsed at the edge with PostgreSQL's dialect (`ddl::parse`);
+        // the text DataFusion parses itself (stored view and table definitions, column
+        // defaults) is read the same way.
+        config.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
         // Tessera's settings first, then the builder: the linear-algebra extension
         // installs its functions, rewrites and physical planner.
         // An embedded database may use any file its process can, but never the store's.
@@ -138,7 +148,7 @@ impl Session {
 
     async fn run_statement(&self, statement: ddl::Statement) -> Result<SendableRecordBatchStream> {
         match statement {
-            ddl::Statement::Sql(text) => self.run_sql(&text).await,
+            ddl::Statement::Sql(sql) => self.run_sql(sql).await,
             statement => {
                 let guard = self.begin_write();
                 let stream =
@@ -154,20 +164,38 @@ impl Session {
     /// Planning goes through a boxed future: DataFusion's planner futures are tens of
     /// kilobytes, and every future that awaits one inline grows by as much and is
     /// copied at each level, which cost more than running a cached `SELECT 1`.
-    async fn run_sql(&self, text: &str) -> Result<SendableRecordBatchStream> {
+    async fn run_sql(&self, sql: SqlText) -> Result<SendableRecordBatchStream> {
         let settings = self.settings();
-        if let Some(plan) = self.inner.plans.get(text, settings.id) {
+        if let Some(plan) = self.inner.plans.get(&sql.text, settings.id) {
             return execute_stream(plan, settings.task);
         }
-        Box::pin(self.plan_sql(text, settings)).await
+        Box::pin(self.plan_sql(sql, settings)).await
     }
 
-    async fn plan_sql(&self, text: &str, settings: Settings) -> Result<SendableRecordBatchStream> {
+    async fn plan_sql(&self, sql: SqlText, settings: Settings) -> Result<SendableRecordBatchStream> {
         let ticket = self.inner.plans.ticket();
         let state = self.ctx.state();
-        let plan = state.create_logical_plan(text).await?;
-        self.run_plan(state, plan, text, Some((ticket, settings)))
+        let plan = state.statement_to_plan(sql.tree).await?;
+        self.run_plan(state, plan, &sql.text, Some((ticket, settings)))
             .await
+    }
+
+    /// The columns `columns` (all when empty) of table or array `name`, as a stream:
+    /// `COPY name TO STDOUT`. Planned from the catalog, not from SQL text.
+    pub async fn read_table(
+        &self,
+        name: TableReference,
+        columns: &[String],
+    ) -> Result<SendableRecordBatchStream> {
+        self.restore().await;
+        let frame = self.ctx.table(name).await?;
+        let frame = if columns.is_empty() {
+            frame
+        } else {
+            let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
+            frame.select_columns(&columns)?
+        };
+        frame.execute_stream().await
     }
 
     /// Runs a logical plan made in `state` from `text`. A query is planned in `state`
@@ -261,25 +289,43 @@ impl Session {
         sql: &str,
         declared: &[Option<DataType>],
     ) -> Result<PreparedStatement> {
-        let mut statements = ddl::parse(sql)?;
+        self.prepare_parsed(ddl::parse(sql)?, declared).await
+    }
+
+    /// [`Session::prepare`] of a script already parsed (by
+    /// [`ddl::parse_with`](tessera_planner::ddl::parse_with), for instance).
+    pub async fn prepare_parsed(
+        &self,
+        mut statements: Vec<ddl::Statement>,
+        declared: &[Option<DataType>],
+    ) -> Result<PreparedStatement> {
         if statements.len() > 1 {
             return plan_err!(
                 "cannot insert multiple commands into a prepared statement ({} given)",
                 statements.len()
             );
         }
-        let Some(statement) = statements.pop() else {
-            return Ok(PreparedStatement {
+        match statements.pop() {
+            Some(statement) => self.prepare_statement(statement, declared).await,
+            None => Ok(PreparedStatement {
                 statement: None,
                 parameter_types: Vec::new(),
                 schema: Arc::new(Schema::empty()),
-            });
-        };
+            }),
+        }
+    }
+
+    /// [`Session::prepare`] of a statement already parsed.
+    pub async fn prepare_statement(
+        &self,
+        statement: ddl::Statement,
+        declared: &[Option<DataType>],
+    ) -> Result<PreparedStatement> {
         self.restore().await;
         match &statement {
-            ddl::Statement::Sql(text) => {
+            ddl::Statement::Sql(sql) => {
                 let plan = self
-                    .plan_with_parameters(&self.ctx.state(), text, declared)
+                    .plan_with_parameters(&self.ctx.state(), sql, declared)
                     .await?;
                 let parameter_types = parameter_types(&plan)?;
                 let schema = match &plan {
@@ -336,8 +382,8 @@ impl Session {
             );
         }
         match statement {
-            ddl::Statement::Sql(text) if !params.is_empty() => {
-                Box::pin(self.execute_with_parameters(text, params, declared)).await
+            ddl::Statement::Sql(sql) if !params.is_empty() => {
+                Box::pin(self.execute_with_parameters(sql, params, declared)).await
             }
             other => self.execute_statement(other.clone()).await,
         }
@@ -345,13 +391,13 @@ impl Session {
 
     async fn execute_with_parameters(
         &self,
-        text: &str,
+        sql: &SqlText,
         params: Vec<ScalarValue>,
         declared: &[Option<DataType>],
     ) -> Result<SendableRecordBatchStream> {
         self.restore().await;
         let state = self.ctx.state();
-        let plan = self.plan_with_parameters(&state, text, declared).await?;
+        let plan = self.plan_with_parameters(&state, sql, declared).await?;
         let expected = parameter_types(&plan)?;
         let values = params
             .into_iter()
@@ -362,7 +408,7 @@ impl Session {
             })
             .collect::<Result<Vec<_>>>()?;
         let plan = plan.with_param_values(ParamValues::from(values))?;
-        self.run_plan(state, plan, text, None).await
+        self.run_plan(state, plan, &sql.text, None).await
     }
 
     /// Plans `sql` with typed placeholders. Each placeholder takes the type its context
@@ -379,27 +425,27 @@ impl Session {
     async fn plan_with_parameters(
         &self,
         state: &SessionState,
-        sql: &str,
+        sql: &SqlText,
         declared: &[Option<DataType>],
     ) -> Result<LogicalPlan> {
         let settings = self.settings().id;
         let plans = &self.inner.plans;
-        if let Some(plan) = plans.get_generic(sql, settings, declared) {
+        if let Some(plan) = plans.get_generic(&sql.text, settings, declared) {
             return Ok(plan);
         }
         let ticket = plans.ticket();
         let plan = self.plan_parameters(state, sql, declared).await?;
-        plans.insert_generic(ticket, sql, settings, declared, &plan);
+        plans.insert_generic(ticket, &sql.text, settings, declared, &plan);
         Ok(plan)
     }
 
     async fn plan_parameters(
         &self,
         state: &SessionState,
-        sql: &str,
+        sql: &SqlText,
         declared: &[Option<DataType>],
     ) -> Result<LogicalPlan> {
-        let plain = state.create_logical_plan(sql).await;
+        let plain = state.statement_to_plan(sql.tree.clone()).await;
         let inferred = match &plain {
             Ok(plan) => parameter_types(plan)?,
             Err(_) => Vec::new(),
@@ -415,11 +461,19 @@ impl Session {
             })
             .collect();
         if chosen.iter().any(|(_, changes)| *changes) || plain.is_err() {
-            let names: Option<Vec<String>> =
-                chosen.iter().map(|(ty, _)| sql_type_name(ty)).collect();
-            if let Some(names) = names.filter(|n| !n.is_empty()) {
-                let wrapped = format!("PREPARE tessera_prepared({}) AS {sql}", names.join(", "));
-                if let Ok(plan) = state.create_logical_plan(&wrapped).await {
+            let types: Option<Vec<SqlDataType>> =
+                chosen.iter().map(|(ty, _)| sql_data_type(ty)).collect();
+            if let (Some(types), DFStatement::Statement(statement)) = (
+                types.filter(|t| !t.is_empty()),
+                &sql.tree,
+            ) {
+                let prepare = SqlStatement::Prepare {
+                    name: Ident::new("tessera_prepared"),
+                    data_types: types,
+                    statement: statement.clone(),
+                };
+                let wrapped = DFStatement::Statement(Box::new(prepare));
+                if let Ok(plan) = state.statement_to_plan(wrapped).await {
                     return Ok(plan);
                 }
             }
@@ -563,20 +617,23 @@ fn cast_placeholder_types(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>>
 }
 
 /// The SQL name DataFusion's `PREPARE` accepts for a parameter type.
-fn sql_type_name(ty: &DataType) -> Option<String> {
+fn sql_data_type(ty: &DataType) -> Option<SqlDataType> {
     Some(match ty {
-        DataType::Boolean => "BOOLEAN".into(),
-        DataType::Int16 => "SMALLINT".into(),
-        DataType::Int32 => "INT".into(),
-        DataType::Int64 => "BIGINT".into(),
-        DataType::Float32 => "REAL".into(),
-        DataType::Float64 => "DOUBLE".into(),
-        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => "VARCHAR".into(),
-        DataType::Date32 => "DATE".into(),
-        DataType::Timestamp(_, None) => "TIMESTAMP".into(),
-        DataType::Timestamp(_, Some(_)) => "TIMESTAMPTZ".into(),
-        DataType::Binary => "BYTEA".into(),
-        DataType::Decimal128(p, s) => format!("DECIMAL({p}, {s})"),
+        DataType::Boolean => SqlDataType::Boolean,
+        DataType::Int16 => SqlDataType::SmallInt(None),
+        DataType::Int32 => SqlDataType::Int(None),
+        DataType::Int64 => SqlDataType::BigInt(None),
+        DataType::Float32 => SqlDataType::Real,
+        DataType::Float64 => SqlDataType::Double(ExactNumberInfo::None),
+        DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8 => SqlDataType::Varchar(None),
+        DataType::Date32 => SqlDataType::Date,
+        DataType::Timestamp(_, None) => SqlDataType::Timestamp(None, TimezoneInfo::None),
+        DataType::Timestamp(_, Some(_)) => SqlDataType::Timestamp(None, TimezoneInfo::Tz),
+        DataType::Binary => SqlDataType::Bytea,
+        DataType::Decimal128(p, s) => SqlDataType::Decimal(ExactNumberInfo::PrecisionAndScale(
+            u64::from(*p),
+            i64::from(*s),
+        )),
         _ => return None,
     })
 }

@@ -1,7 +1,6 @@
 //! Tessera's `FlightSqlService`: statements and prepared statements run in the
 //! caller's [`Session`]; GetFlightInfo runs them and DoGet streams the result.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +42,11 @@ use super::{coded_status, ingest, metadata, status};
 use crate::errors;
 use crate::pg::{Interrupt, QueryControl, dml_tag};
 use crate::session::PreparedStatement;
+
+/// Flight SQL statements are parsed with `?` placeholders numbered, as ADBC sends them.
+const QMARK_PLACEHOLDERS: ddl::ParseOptions = ddl::ParseOptions {
+    number_question_marks: true,
+};
 use crate::{Database, Session};
 
 /// The action that cancels a query by its FlightInfo (Flight RPC's own; the Flight SQL
@@ -303,39 +307,6 @@ async fn execute_bound(
     )))
 }
 
-/// `?` placeholders (the DB-API's `qmark` style that ADBC's Python driver declares)
-/// as `$1`, `$2`, ...; text that already numbers its placeholders, and `?` inside
-/// quotes or comments, stay as they are.
-fn numbered_placeholders(sql: &str) -> Cow<'_, str> {
-    let bytes = sql.as_bytes();
-    let numbered = bytes
-        .windows(2)
-        .any(|w| w[0] == b'$' && w[1].is_ascii_digit());
-    if numbered || !sql.contains('?') {
-        return Cow::Borrowed(sql);
-    }
-    let mut out = String::with_capacity(sql.len() + 8);
-    let mut count = 0;
-    let mut rest = sql;
-    while let Some(c) = rest.chars().next() {
-        let skip = match c {
-            '\'' | '"' => rest[1..].find(c).map_or(rest.len(), |end| end + 2),
-            '-' if rest.starts_with("--") => rest.find('\n').map_or(rest.len(), |end| end + 1),
-            '/' if rest.starts_with("/*") => rest.find("*/").map_or(rest.len(), |end| end + 2),
-            '?' => {
-                count += 1;
-                out.push_str(&format!("${count}"));
-                rest = &rest[1..];
-                continue;
-            }
-            other => other.len_utf8(),
-        };
-        out.push_str(&rest[..skip]);
-        rest = &rest[skip..];
-    }
-    Cow::Owned(out)
-}
-
 /// A schema as Flight SQL carries it in prepared statement results.
 fn schema_bytes(schema: &Schema) -> Result<Bytes, Status> {
     let message: std::result::Result<IpcMessage, _> =
@@ -487,9 +458,10 @@ impl FlightSqlService for TesseraFlightSql {
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
         let client = caller(&request)?;
+        let parsed = ddl::parse_with(&query.query, QMARK_PLACEHOLDERS).map_err(|e| status(&e))?;
         let statement = client
             .session
-            .prepare(&numbered_placeholders(&query.query), &[])
+            .prepare_parsed(parsed, &[])
             .await
             .map_err(|e| status(&e))?;
         let dataset_schema = schema_bytes(statement.schema())?;
@@ -766,28 +738,4 @@ impl FlightSqlService for TesseraFlightSql {
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn question_marks_become_numbered_placeholders() {
-        assert_eq!(
-            numbered_placeholders("INSERT INTO t VALUES (?, ?)"),
-            "INSERT INTO t VALUES ($1, $2)"
-        );
-        assert_eq!(
-            numbered_placeholders("SELECT '?', \"a?\" -- ?\n FROM t WHERE a = ? /* ? */"),
-            "SELECT '?', \"a?\" -- ?\n FROM t WHERE a = $1 /* ? */"
-        );
-        // A doubled quote inside a string: the string goes on.
-        assert_eq!(
-            numbered_placeholders("SELECT 'it''s ?', ?"),
-            "SELECT 'it''s ?', $1"
-        );
-        assert_eq!(numbered_placeholders("SELECT $1, '?'"), "SELECT $1, '?'");
-        assert_eq!(numbered_placeholders("SELECT 1"), "SELECT 1");
-    }
 }

@@ -39,7 +39,7 @@ use tessera_planner::ddl;
 
 use super::cancel::{CancelGuard, CancelRegistry, Interrupt, QueryControl};
 use super::copy;
-use super::statement::{Command, CopyFormat, classify, command_tag, dml_tag};
+use super::statement::{Command, CopyFormat, CopyOutSource, classify, command_tag, dml_tag};
 use super::types::{arrow_type, decode_parameter, encode_field, field_infos, pg_type};
 use super::{PG_SERVER_VERSION, PG_SERVER_VERSION_NUM};
 use crate::Database;
@@ -280,11 +280,19 @@ impl PgConnection {
                     std::env::consts::ARCH
                 )],
             )),
-            Command::CopyOut { query, format } => {
-                let statement = ddl::Statement::Sql(query.clone());
-                let stream = interrupt
-                    .run(self.session.execute_statement(statement))
-                    .await?;
+            Command::CopyOut { source, format } => {
+                let stream = match source {
+                    CopyOutSource::Query(statement) => {
+                        interrupt
+                            .run(self.session.execute_statement(statement.clone()))
+                            .await?
+                    }
+                    CopyOutSource::Table { name, columns } => {
+                        interrupt
+                            .run(self.session.read_table(name.clone(), columns))
+                            .await?
+                    }
+                };
                 let schema = stream.schema();
                 Ok(Outcome::CopyOut(
                     schema,
@@ -422,15 +430,14 @@ impl PgConnection {
     }
 }
 
-/// Splits a query string into statements, after rewriting PostgreSQL-only catalog
-/// syntax. The text as sent is split first: that refuses a statement nested too deeply
-/// (54001) before the rewriter parses it.
+/// Parses a query string into statements and rewrites their PostgreSQL-only catalog
+/// syntax in the trees (see [`crate::pg_catalog::rewrite_statement`]).
 fn split_statements(sql: &str) -> Result<Vec<ddl::Statement>, DataFusionError> {
-    let statements = ddl::parse(sql)?;
-    match super::rewrite(sql) {
-        std::borrow::Cow::Borrowed(_) => Ok(statements),
-        std::borrow::Cow::Owned(rewritten) => ddl::parse(&rewritten),
+    let mut statements = ddl::parse(sql)?;
+    for statement in &mut statements {
+        crate::pg_catalog::rewrite_statement(statement);
     }
+    Ok(statements)
 }
 
 /// A one-column text result.
@@ -666,13 +673,9 @@ impl QueryParser for StatementParser {
         let command = classify(statement).map_err(|e| pg_error(&e))?;
         let (prepared, fields) = match &command {
             Command::Run(statement) => {
-                let text = match statement {
-                    ddl::Statement::Sql(text) => text.clone(),
-                    ddl::Statement::Tessera(_) => sql.to_string(),
-                };
                 let prepared = self
                     .session
-                    .prepare(&text, &declared)
+                    .prepare_statement(statement.clone(), &declared)
                     .await
                     .map_err(|e| pg_error(&e))?;
                 let fields = if dml_tag(statement).is_some() {

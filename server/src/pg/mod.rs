@@ -23,7 +23,6 @@ mod handler;
 mod statement;
 mod types;
 
-use std::borrow::Cow;
 
 pub use auth::scram_verifier;
 pub(crate) const SCRAM_ITERATIONS_USIZE: usize = auth::SCRAM_ITERATIONS as usize;
@@ -39,8 +38,3 @@ pub const PG_SERVER_VERSION: &str = "15.0";
 /// [`PG_SERVER_VERSION`] as `server_version_num`.
 pub const PG_SERVER_VERSION_NUM: &str = "150000";
 
-/// Rewrites the PostgreSQL-only syntax of catalog queries (psql's `\d` family) before
-/// planning; see [`crate::pg_catalog::rewrite_sql`].
-fn rewrite(sql: &str) -> Cow<'_, str> {
-    crate::pg_catalog::rewrite_sql(sql)
-}

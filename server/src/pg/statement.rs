@@ -1,15 +1,19 @@
 //! What the PostgreSQL front end does with each statement before (or instead of)
 //! handing it to the session: transaction control, the client settings drivers send,
-//! `COPY ... FROM STDIN / TO STDOUT`, and the command tag a client sees.
+//! `COPY ... FROM STDIN / TO STDOUT`, and the command tag a client sees. Statements are
+//! told apart by their syntax tree ([`ddl::parse`](tessera_planner::ddl::parse)), never
+//! by their text.
 
 use datafusion::common::{DataFusionError, Result, TableReference, plan_err};
+use datafusion::sql::parser::{ResetStatement, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget as SqlCopyTarget,
-    Statement as SqlStatement,
+    Expr, FunctionArguments, Ident, ObjectName, Query, SelectItem, Set, SetExpr,
+    Statement as SqlStatement, Value,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
-use tessera_planner::ddl::{CopyDirection, CopyTarget, OptionValue, Statement, TesseraStatement};
+use tessera_planner::ddl::{
+    CopyDirection, CopyTarget, OptionValue, SqlText, Statement, TesseraStatement,
+};
 
 /// A statement as the protocol front end sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,8 +44,20 @@ pub(crate) enum Command {
         columns: Vec<String>,
         format: CopyFormat,
     },
-    /// `COPY table TO STDOUT` or `COPY (query) TO STDOUT`: the query to run.
-    CopyOut { query: String, format: CopyFormat },
+    /// `COPY table TO STDOUT` or `COPY (query) TO STDOUT`.
+    CopyOut { source: CopyOutSource, format: CopyFormat },
+}
+
+/// What a `COPY ... TO STDOUT` sends.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum CopyOutSource {
+    /// `COPY (query) TO STDOUT`: the query, to run as any statement.
+    Query(Statement),
+    /// `COPY name [(columns)] TO STDOUT`: a table's or array's columns (all when empty).
+    Table {
+        name: TableReference,
+        columns: Vec<String>,
+    },
 }
 
 /// The settings of a `COPY ... STDIN / STDOUT` (PostgreSQL's text and CSV formats).
@@ -74,39 +90,35 @@ impl CopyFormat {
     }
 }
 
-/// The lowercased leading words of a statement, skipping comments.
-pub(crate) fn leading_words(sql: &str, n: usize) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut rest = sql;
-    while words.len() < n {
-        rest = rest.trim_start();
-        if let Some(r) = rest.strip_prefix("--") {
-            rest = r.split_once('\n').map_or("", |(_, after)| after);
-            continue;
-        }
-        if let Some(r) = rest.strip_prefix("/*") {
-            rest = r.split_once("*/").map_or("", |(_, after)| after);
-            continue;
-        }
-        let end = rest
-            .find(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
-            .unwrap_or(rest.len());
-        if end == 0 {
-            break;
-        }
-        words.push(rest[..end].to_ascii_lowercase());
-        rest = &rest[end..];
-    }
-    words
-}
-
 /// Settings that belong to DataFusion or Tessera and go through the session's `SET`.
 fn is_engine_setting(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
     lower.starts_with("datafusion.") || lower.starts_with("tessera.")
 }
 
-/// Classifies one statement split by `ddl::parse`.
+/// A setting's name as PostgreSQL spells it: the parts joined by `.`, lowercased unless
+/// quoted.
+fn setting_name(parts: &[Ident]) -> String {
+    parts
+        .iter()
+        .map(|part| match part.quote_style {
+            Some(_) => part.value.clone(),
+            None => part.value.to_ascii_lowercase(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+fn object_setting_name(name: &ObjectName) -> String {
+    let parts: Vec<Ident> = name
+        .0
+        .iter()
+        .filter_map(|part| part.as_ident().cloned())
+        .collect();
+    setting_name(&parts)
+}
+
+/// Classifies one statement parsed by `ddl::parse`, by its syntax tree.
 pub(crate) fn classify(statement: Statement) -> Result<Command> {
     let sql = match statement {
         Statement::Tessera(TesseraStatement::Copy {
@@ -118,113 +130,132 @@ pub(crate) fn classify(statement: Statement) -> Result<Command> {
         Statement::Tessera(other) => return Ok(Command::Run(Statement::Tessera(other))),
         Statement::Sql(sql) => sql,
     };
-    let words = leading_words(&sql, 4);
-    let w = |i: usize| words.get(i).map(String::as_str).unwrap_or("");
-    Ok(match w(0) {
-        "begin" | "start" => Command::Begin,
-        "commit" | "end" => Command::Commit,
-        "rollback" | "abort" if w(1) == "to" || w(2) == "to" => Command::Ignore("ROLLBACK"),
-        "rollback" | "abort" => Command::Rollback,
-        "savepoint" => Command::Ignore("SAVEPOINT"),
-        "release" => Command::Ignore("RELEASE"),
-        "discard" => Command::Ignore("DISCARD ALL"),
-        "deallocate" => Command::Ignore("DEALLOCATE"),
-        "listen" => Command::Ignore("LISTEN"),
-        "unlisten" => Command::Ignore("UNLISTEN"),
-        "set" => classify_set(&sql)?,
-        "reset" if w(1) == "all" => Command::Reset(None),
-        "reset" if !is_engine_setting(w(1)) => Command::Reset(Some(w(1).to_string())),
-        "show" if !is_engine_setting(w(1)) && w(1) != "all" && !w(1).is_empty() => {
-            let name = if w(1) == "transaction" && w(2) == "isolation" {
-                "transaction_isolation".to_string()
-            } else if w(1) == "time" && w(2) == "zone" {
-                "timezone".to_string()
+    let tree = match &sql.tree {
+        DFStatement::Statement(tree) => tree.as_ref(),
+        DFStatement::Reset(ResetStatement::Variable(name)) => {
+            let name = object_setting_name(name);
+            return Ok(if name == "all" {
+                Command::Reset(None)
+            } else if is_engine_setting(&name) {
+                Command::Run(Statement::Sql(sql))
             } else {
-                w(1).to_string()
-            };
-            Command::Show(name)
+                Command::Reset(Some(name))
+            });
         }
-        "select" if is_version_query(&sql) => Command::Version,
-        "copy" => classify_sql_copy(&sql)?,
+        _ => return Ok(Command::Run(Statement::Sql(sql))),
+    };
+    Ok(match tree {
+        SqlStatement::StartTransaction { .. } => Command::Begin,
+        SqlStatement::Commit { .. } => Command::Commit,
+        SqlStatement::Rollback {
+            savepoint: Some(_), ..
+        } => Command::Ignore("ROLLBACK"),
+        SqlStatement::Rollback { .. } => Command::Rollback,
+        SqlStatement::Savepoint { .. } => Command::Ignore("SAVEPOINT"),
+        SqlStatement::ReleaseSavepoint { .. } => Command::Ignore("RELEASE"),
+        SqlStatement::Discard { .. } => Command::Ignore("DISCARD ALL"),
+        SqlStatement::Deallocate { .. } => Command::Ignore("DEALLOCATE"),
+        SqlStatement::LISTEN { .. } => Command::Ignore("LISTEN"),
+        SqlStatement::UNLISTEN { .. } => Command::Ignore("UNLISTEN"),
+        SqlStatement::Set(set) => match classify_set(set)? {
+            Some(command) => command,
+            None => Command::Run(Statement::Sql(sql)),
+        },
+        SqlStatement::ShowVariable { variable } => {
+            let name = match setting_name(variable).as_str() {
+                "transaction.isolation.level" => "transaction_isolation".to_string(),
+                "time.zone" => "timezone".to_string(),
+                other => other.to_string(),
+            };
+            if is_engine_setting(&name) || name == "all" || name.is_empty() {
+                Command::Run(Statement::Sql(sql))
+            } else {
+                Command::Show(name)
+            }
+        }
+        SqlStatement::Query(query) if is_version_query(query) => Command::Version,
+        SqlStatement::Copy {
+            source: CopySource::Query(query),
+            to: true,
+            target: SqlCopyTarget::Stdout,
+            options,
+            legacy_options,
+            ..
+        } => classify_sql_copy(query, options, legacy_options)?,
         _ => Command::Run(Statement::Sql(sql)),
     })
 }
 
 /// `SELECT version()` / `SELECT pg_catalog.version()`, nothing else.
-fn is_version_query(sql: &str) -> bool {
-    let compact: String = sql
-        .chars()
-        .filter(|c| !c.is_whitespace() && *c != ';')
-        .collect::<String>()
-        .to_ascii_lowercase();
-    compact == "selectversion()" || compact == "selectpg_catalog.version()"
+fn is_version_query(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    let plain = query.with.is_none()
+        && query.order_by.is_none()
+        && query.limit_clause.is_none()
+        && select.from.is_empty()
+        && select.selection.is_none();
+    let [SelectItem::UnnamedExpr(Expr::Function(function))] = select.projection.as_slice() else {
+        return false;
+    };
+    let no_arguments = match &function.args {
+        FunctionArguments::None => true,
+        FunctionArguments::List(list) => list.args.is_empty(),
+        FunctionArguments::Subquery(_) => false,
+    };
+    let name = object_setting_name(&function.name);
+    plain && no_arguments && (name == "version" || name == "pg_catalog.version")
 }
 
-/// `SET [SESSION | LOCAL] name { = | TO } value`, `SET TIME ZONE value`.
-fn classify_set(sql: &str) -> Result<Command> {
-    let body = sql.trim().trim_end_matches(';').trim();
-    // Every slice below is checked: the text is the client's, and a byte offset may
-    // fall inside a multi-byte character.
-    let mut rest = body.get(3..).unwrap_or("").trim_start();
-    for prefix in ["session ", "local "] {
-        if let Some(head) = rest.get(..prefix.len())
-            && head.eq_ignore_ascii_case(prefix)
-        {
-            rest = rest.get(prefix.len()..).unwrap_or("").trim_start();
+/// `SET [SESSION | LOCAL] name { = | TO } value`, `SET TIME ZONE value`, `SET
+/// TRANSACTION ...`. `None`: an engine setting, for the session to run.
+fn classify_set(set: &Set) -> Result<Option<Command>> {
+    let (name, values) = match set {
+        Set::SingleAssignment {
+            variable, values, ..
+        } => (object_setting_name(variable), values.as_slice()),
+        Set::SetTimeZone { value, .. } => ("timezone".to_string(), std::slice::from_ref(value)),
+        Set::SetTransaction { .. } => return Ok(Some(Command::Ignore("SET"))),
+        other => {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{other} is not supported"
+            )));
         }
-    }
-    let lower = rest.to_ascii_lowercase();
-    if lower.starts_with("transaction") || lower.starts_with("characteristics") {
-        return Ok(Command::Ignore("SET"));
-    }
-    let (name, value) = if lower.starts_with("time zone") {
-        ("timezone".to_string(), rest.get(9..).unwrap_or("").trim())
-    } else {
-        let end = rest
-            .find(|c: char| c.is_whitespace() || c == '=')
-            .unwrap_or(rest.len());
-        let (name, after) = rest.split_at(end);
-        let name = name.to_string();
-        let after = after.trim_start();
-        let value = if let Some(v) = after.strip_prefix('=') {
-            v
-        } else if let Some(v) = after
-            .get(..2)
-            .filter(|to| to.eq_ignore_ascii_case("to"))
-            .and_then(|_| after.get(2..))
-        {
-            v
-        } else {
-            return plan_err!("syntax error at or near \"{after}\": expected = or TO in SET");
-        };
-        (name, value.trim())
     };
     if is_engine_setting(&name) {
-        return Ok(Command::Run(Statement::Sql(sql.to_string())));
+        return Ok(None);
     }
-    let value = if value.eq_ignore_ascii_case("default") {
+    let is_default = matches!(values, [Expr::Identifier(ident)]
+        if ident.quote_style.is_none() && ident.value.eq_ignore_ascii_case("default"));
+    let value = if is_default {
         None
     } else {
         // 'a', 'b' lists keep their commas; quotes go.
         Some(
-            value
-                .split(',')
-                .map(|part| {
-                    let p = part.trim();
-                    p.strip_prefix('\'')
-                        .and_then(|p| p.strip_suffix('\''))
-                        .or_else(|| p.strip_prefix('"').and_then(|p| p.strip_suffix('"')))
-                        .unwrap_or(p)
-                        .to_string()
-                })
+            values
+                .iter()
+                .map(setting_value)
                 .collect::<Vec<_>>()
                 .join(", "),
         )
     };
-    Ok(Command::SetClient {
-        name: name.to_ascii_lowercase(),
-        value,
-    })
+    Ok(Some(Command::SetClient { name, value }))
+}
+
+/// One value of a `SET`, as the setting receives it: strings and names without their
+/// quotes, anything else as written.
+fn setting_value(expr: &Expr) -> String {
+    match expr {
+        Expr::Identifier(ident) => ident.value.clone(),
+        Expr::Value(value) => match &value.value {
+            Value::SingleQuotedString(s)
+            | Value::DoubleQuotedString(s)
+            | Value::EscapedStringLiteral(s) => s.clone(),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    }
 }
 
 fn option_text(value: &OptionValue) -> String {
@@ -240,7 +271,6 @@ fn single_byte(name: &str, value: &str) -> Result<u8> {
         _ => plan_err!("COPY {name} must be a single one-byte character, got '{value}'"),
     }
 }
-
 fn classify_tessera_copy(
     name: TableReference,
     columns: Vec<String>,
@@ -307,44 +337,23 @@ fn classify_tessera_copy(
             columns,
             format,
         },
-        CopyDirection::To(_) => {
-            let select = if columns.is_empty() {
-                "*".to_string()
-            } else {
-                columns
-                    .iter()
-                    .map(|c| format!("\"{}\"", c.replace('"', "\"\"")))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            Command::CopyOut {
-                query: format!("SELECT {select} FROM {}", name.to_quoted_string()),
-                format,
-            }
-        }
+        CopyDirection::To(_) => Command::CopyOut {
+            source: CopyOutSource::Table { name, columns },
+            format,
+        },
     })
 }
 
 /// `COPY (query) TO STDOUT [WITH] (...)` and the other COPY forms DataFusion plans.
-fn classify_sql_copy(sql: &str) -> Result<Command> {
-    let Ok(mut parsed) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return Ok(Command::Run(Statement::Sql(sql.to_string())));
-    };
-    let Some(SqlStatement::Copy {
-        source: CopySource::Query(query),
-        to: true,
-        target: SqlCopyTarget::Stdout,
-        options,
-        legacy_options,
-        ..
-    }) = parsed.pop()
-    else {
-        return Ok(Command::Run(Statement::Sql(sql.to_string())));
-    };
+fn classify_sql_copy(
+    query: &Query,
+    options: &[CopyOption],
+    legacy_options: &[CopyLegacyOption],
+) -> Result<Command> {
     let mut format = CopyFormat::text();
     let mut delimiter = None;
     let mut null = None;
-    for option in options {
+    for option in options.iter().cloned() {
         match option {
             CopyOption::Format(f) => match f.value.to_ascii_lowercase().as_str() {
                 "csv" => format.set_csv(),
@@ -368,7 +377,7 @@ fn classify_sql_copy(sql: &str) -> Result<Command> {
             }
         }
     }
-    for option in legacy_options {
+    for option in legacy_options.iter().cloned() {
         match option {
             CopyLegacyOption::Csv(csv_options) => {
                 format.set_csv();
@@ -403,48 +412,65 @@ fn classify_sql_copy(sql: &str) -> Result<Command> {
     if let Some(n) = null {
         format.null = n;
     }
+    let query = DFStatement::Statement(Box::new(SqlStatement::Query(Box::new(query.clone()))));
     Ok(Command::CopyOut {
-        query: query.to_string(),
+        source: CopyOutSource::Query(Statement::Sql(SqlText::from_tree(query))),
         format,
     })
 }
 
 /// PostgreSQL's command tag for a statement that returns no rows (`CREATE TABLE`,
-/// `DROP MATRIX`, `SET`, ...).
+/// `DROP MATRIX`, `SET`, ...), from its syntax tree.
 pub(crate) fn command_tag(statement: &Statement) -> String {
-    match statement {
-        Statement::Tessera(t) => match t {
-            TesseraStatement::CreateArray { .. } => "CREATE ARRAY".into(),
-            TesseraStatement::CreateMatrix { .. } => "CREATE MATRIX".into(),
-            TesseraStatement::DropArrays { .. } => "DROP ARRAY".into(),
-            TesseraStatement::Copy { .. } => "COPY".into(),
-            TesseraStatement::ShowArrays
-            | TesseraStatement::Describe { .. }
-            | TesseraStatement::Verify { .. } => "SELECT".into(),
-        },
-        Statement::Sql(sql) => {
-            let words = leading_words(sql, 5);
-            let mut words: Vec<&str> = words.iter().map(String::as_str).collect();
-            match words.first().copied() {
-                Some("create") => {
-                    words.retain(|w| {
-                        !matches!(
-                            *w,
-                            "or" | "replace"
-                                | "external"
-                                | "temporary"
-                                | "temp"
-                                | "unlogged"
-                                | "unique"
-                        )
-                    });
-                    format!("CREATE {}", words.get(1).unwrap_or(&"")).to_uppercase()
-                }
-                Some("drop") => format!("DROP {}", words.get(1).unwrap_or(&"")).to_uppercase(),
-                Some(first) => first.to_uppercase(),
-                None => String::new(),
+    let sql = match statement {
+        Statement::Tessera(t) => {
+            return match t {
+                TesseraStatement::CreateArray { .. } => "CREATE ARRAY",
+                TesseraStatement::CreateMatrix { .. } => "CREATE MATRIX",
+                TesseraStatement::DropArrays { .. } => "DROP ARRAY",
+                TesseraStatement::Copy { .. } => "COPY",
+                TesseraStatement::ShowArrays
+                | TesseraStatement::Describe { .. }
+                | TesseraStatement::Verify { .. } => "SELECT",
             }
+            .to_string();
         }
+        Statement::Sql(sql) => sql,
+    };
+    let tree = match &sql.tree {
+        DFStatement::Statement(tree) => tree.as_ref(),
+        DFStatement::CreateExternalTable(_) => return "CREATE TABLE".into(),
+        DFStatement::CopyTo(_) => return "COPY".into(),
+        DFStatement::Explain(_) => return "EXPLAIN".into(),
+        DFStatement::Reset(_) => return "RESET".into(),
+    };
+    match tree {
+        SqlStatement::CreateTable(_) => "CREATE TABLE".into(),
+        SqlStatement::CreateView(_) => "CREATE VIEW".into(),
+        SqlStatement::CreateSchema { .. } => "CREATE SCHEMA".into(),
+        SqlStatement::CreateDatabase { .. } => "CREATE DATABASE".into(),
+        SqlStatement::CreateFunction(_) => "CREATE FUNCTION".into(),
+        SqlStatement::CreateIndex(_) => "CREATE INDEX".into(),
+        SqlStatement::Drop { object_type, .. } => format!("DROP {object_type}"),
+        SqlStatement::DropFunction(_) => "DROP FUNCTION".into(),
+        SqlStatement::Truncate { .. } => "TRUNCATE TABLE".into(),
+        SqlStatement::AlterTable(_) => "ALTER TABLE".into(),
+        SqlStatement::Insert(_) => "INSERT".into(),
+        SqlStatement::Update(_) => "UPDATE".into(),
+        SqlStatement::Delete(_) => "DELETE".into(),
+        SqlStatement::Prepare { .. } => "PREPARE".into(),
+        SqlStatement::Execute { .. } => "EXECUTE".into(),
+        SqlStatement::Deallocate { .. } => "DEALLOCATE".into(),
+        SqlStatement::Set(_) => "SET".into(),
+        SqlStatement::Comment { .. } => "COMMENT".into(),
+        SqlStatement::Analyze(_) => "ANALYZE".into(),
+        SqlStatement::Explain { .. } | SqlStatement::ExplainTable { .. } => "EXPLAIN".into(),
+        SqlStatement::ShowVariable { .. } => "SHOW".into(),
+        SqlStatement::Copy { .. } => "COPY".into(),
+        SqlStatement::StartTransaction { .. } => "BEGIN".into(),
+        SqlStatement::Commit { .. } => "COMMIT".into(),
+        SqlStatement::Rollback { .. } => "ROLLBACK".into(),
+        _ => "SELECT".into(),
     }
 }
 
@@ -453,11 +479,15 @@ pub(crate) fn dml_tag(statement: &Statement) -> Option<&'static str> {
     match statement {
         Statement::Tessera(TesseraStatement::Copy { .. }) => Some("COPY"),
         Statement::Tessera(_) => None,
-        Statement::Sql(sql) => match leading_words(sql, 1).first().map(String::as_str) {
-            Some("insert") => Some("INSERT 0"),
-            Some("update") => Some("UPDATE"),
-            Some("delete") => Some("DELETE"),
-            Some("copy") => Some("COPY"),
+        Statement::Sql(sql) => match &sql.tree {
+            DFStatement::CopyTo(_) => Some("COPY"),
+            DFStatement::Statement(tree) => match tree.as_ref() {
+                SqlStatement::Insert(_) => Some("INSERT 0"),
+                SqlStatement::Update(_) => Some("UPDATE"),
+                SqlStatement::Delete(_) => Some("DELETE"),
+                SqlStatement::Copy { .. } => Some("COPY"),
+                _ => None,
+            },
             _ => None,
         },
     }
@@ -490,7 +520,9 @@ mod tests {
                 _ => {}
             }
         }
-        assert!(classify(parse("SET application_name 'é'").unwrap().remove(0)).is_err());
+        // Without `=` or `TO`: a syntax error, named where it is.
+        let e = parse("SET application_name 'é'").unwrap_err();
+        assert!(e.to_string().contains("Line: 1, Column: 22"), "{e}");
         assert_eq!(
             one("SET application_name = 'é'"),
             Command::SetClient {
@@ -562,15 +594,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         match one("COPY (SELECT 1 AS a) TO STDOUT WITH (FORMAT csv)") {
-            Command::CopyOut { query, format } => {
-                assert_eq!(query, "SELECT 1 AS a");
+            Command::CopyOut {
+                source: CopyOutSource::Query(Statement::Sql(query)),
+                format,
+            } => {
+                assert_eq!(query.text, "SELECT 1 AS a");
                 assert!(format.csv);
             }
             other => panic!("{other:?}"),
         }
-        match one("COPY t TO STDOUT") {
-            Command::CopyOut { query, format } => {
-                assert_eq!(query, "SELECT * FROM t");
+        match one("COPY \"T\" (\"A\", b) TO STDOUT") {
+            Command::CopyOut {
+                source: CopyOutSource::Table { name, columns },
+                format,
+            } => {
+                assert_eq!(name.table(), "T");
+                assert_eq!(columns, ["A", "b"]);
                 assert!(!format.csv && format.delimiter == b'\t');
             }
             other => panic!("{other:?}"),

@@ -5,13 +5,13 @@
 //! Three parts, in the order a query meets them:
 //!
 //! ```text
-//!  SQL from a client ── rewrite_sql ──► DataFusion SQL ── planned in a Session with:
+//!  a client's parsed statement ── rewrite_statement ──► DataFusion's tree ── planned in a Session with:
 //!     OPERATOR(pg_catalog.~), ::regclass,      pg_catalog.pg_class, pg_attribute, ...  (tables.rs)
 //!     COLLATE, pg_catalog.f(), ARRAY(...)      pg_table_is_visible, format_type, ...   (functions.rs)
 //! ```
 //!
-//! - [`rewrite_sql`] / [`rewrite`] turn PostgreSQL-only syntax into SQL DataFusion
-//!   plans (see [`rewrite`'s module](self::rewrite_sql) for the list).
+//! - [`rewrite_statement`] / [`rewrite`] turn PostgreSQL-only syntax into trees
+//!   DataFusion plans (see [`rewrite_statement`]'s module for the list).
 //! - [`install`] registers schema `pg_catalog` in the session's default catalog, with
 //!   tables built from the live catalog at each query, and the catalog functions.
 //!
@@ -33,7 +33,7 @@ use datafusion::common::{Result, internal_datafusion_err};
 use datafusion::prelude::SessionContext;
 use tessera_planner::{DEFAULT_CATALOG, TesseraCatalog};
 
-pub use rewrite::{rewrite, rewrite_sql};
+pub use rewrite::{rewrite, rewrite_statement};
 pub use types::pg_type_of;
 
 /// The schema name the emulated catalog is registered under.

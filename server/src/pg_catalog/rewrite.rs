@@ -16,116 +16,56 @@
 //! Everything else is left as written. A statement that does not parse (Tessera's own
 //! statements, for instance) is returned unchanged, as is one nothing applies to.
 
-use std::borrow::Cow;
 use std::ops::ControlFlow;
+
+use datafusion::sql::parser::Statement as DFStatement;
+use tessera_planner::ddl;
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
     FunctionArgumentList, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SetExpr,
     Statement, TableFactor, Value, VisitMut, VisitorMut,
 };
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 
-/// Rewrites the PostgreSQL-only constructs of `sql` (see the module docs). Returns the
-/// text unchanged (borrowed) when it does not parse or nothing applies.
+/// Rewrites the PostgreSQL-only constructs of a parsed statement in its syntax tree
+/// (see the module docs); true if anything changed. The text of a rewritten statement
+/// becomes the tree's own rendering, so the plan cache and stored definitions see what
+/// is planned.
 ///
 /// ```
-/// use tessera_server::pg_catalog::rewrite_sql;
-/// let sql = "SELECT c.relname FROM pg_catalog.pg_class c \
-///            WHERE c.relname OPERATOR(pg_catalog.~) '^(x)$' COLLATE pg_catalog.default";
+/// use tessera_planner::ddl::{parse, Statement};
+/// use tessera_server::pg_catalog::rewrite_statement;
+/// let mut statements = parse(
+///     "SELECT c.relname FROM pg_catalog.pg_class c \
+///      WHERE c.relname OPERATOR(pg_catalog.~) '^(x)$' COLLATE pg_catalog.default",
+/// )
+/// .unwrap();
+/// assert!(rewrite_statement(&mut statements[0]));
+/// let Statement::Sql(sql) = &statements[0] else { panic!() };
 /// assert_eq!(
-///     rewrite_sql(sql),
+///     sql.text,
 ///     "SELECT c.relname FROM pg_catalog.pg_class c WHERE c.relname ~ '^(x)$'"
 /// );
-/// assert_eq!(rewrite_sql("SELECT 1"), "SELECT 1");
 /// ```
-pub fn rewrite_sql(sql: &str) -> Cow<'_, str> {
-    if !may_rewrite(sql) {
-        return Cow::Borrowed(sql);
-    }
-    parse_and_rewrite(sql)
-}
-
-/// [`rewrite_sql`] without the check of the text.
-fn parse_and_rewrite(sql: &str) -> Cow<'_, str> {
-    let Ok(mut statements) = Parser::parse_sql(&PostgreSqlDialect {}, sql) else {
-        return Cow::Borrowed(sql);
+pub fn rewrite_statement(statement: &mut ddl::Statement) -> bool {
+    let ddl::Statement::Sql(sql) = statement else {
+        return false;
     };
-    let mut changed = false;
-    for statement in &mut statements {
-        changed |= rewrite(statement);
+    let changed = rewrite_tree(&mut sql.tree);
+    if changed {
+        sql.text = sql.tree.to_string();
     }
-    if !changed {
-        return Cow::Borrowed(sql);
+    changed
+}
+
+/// [`rewrite`] of the sqlparser statement inside DataFusion's, or of the statement an
+/// `EXPLAIN` explains.
+fn rewrite_tree(tree: &mut DFStatement) -> bool {
+    match tree {
+        DFStatement::Statement(statement) => rewrite(statement),
+        DFStatement::Explain(explain) => rewrite_tree(&mut explain.statement),
+        _ => false,
     }
-    Cow::Owned(
-        statements
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join(";\n"),
-    )
-}
-
-/// False when no rule of [`rewrite`] can apply to `sql`, judged from its text alone:
-/// parsing costs more than planning a trivial query, and most statements hold none of
-/// these. Errs towards true (a word inside a string or comment counts).
-fn may_rewrite(sql: &str) -> bool {
-    // What each rule needs in the text: an operator, a collation, a cast, `ARRAY(...)`,
-    // a `pg_catalog` name or table, an array literal, a Unicode-escaped name (which
-    // may spell any of those), a second select item (duplicate column names).
-    const NEEDLES: [&[u8]; 9] = [
-        b"operator",
-        b"collate",
-        b"::",
-        b"cast",
-        b"array",
-        b"pg_",
-        b"'{",
-        b"u&",
-        b",",
-    ];
-    let bytes = sql.as_bytes();
-    NEEDLES
-        .iter()
-        .any(|needle| contains_ignore_case(bytes, needle))
-        || has_subquery(bytes)
-}
-
-fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|w| w.eq_ignore_ascii_case(needle))
-}
-
-/// True when a `(` is followed (past blanks and more parentheses) by `SELECT`, `WITH`
-/// or a comment: a subquery expression, which the rules for set-returning functions of
-/// outer columns look at.
-fn has_subquery(bytes: &[u8]) -> bool {
-    bytes.iter().enumerate().any(|(at, b)| {
-        if *b != b'(' {
-            return false;
-        }
-        let rest = &bytes[at + 1..];
-        let Some(start) = rest
-            .iter()
-            .position(|c| !(c.is_ascii_whitespace() || *c == b'('))
-        else {
-            return false;
-        };
-        let rest = &rest[start..];
-        if rest.starts_with(b"-") || rest.starts_with(b"/") {
-            return true;
-        }
-        [&b"select"[..], &b"with"[..]].iter().any(|word| {
-            rest.len() >= word.len()
-                && rest[..word.len()].eq_ignore_ascii_case(word)
-                && rest
-                    .get(word.len())
-                    .is_none_or(|c| !(c.is_ascii_alphanumeric() || *c == b'_' || *c == b'$'))
-        })
-    })
 }
 
 /// Rewrites one parsed statement in place (see the module docs); true if anything
@@ -740,7 +680,17 @@ fn call(name: &str, args: Vec<Expr>) -> Expr {
 
 #[cfg(test)]
 mod tests {
-    use super::rewrite_sql;
+    use tessera_planner::ddl::{Statement, parse};
+
+    /// The statement's text after the rewrite, and whether anything changed.
+    fn rewritten(sql: &str) -> (String, bool) {
+        let mut statements = parse(sql).unwrap();
+        let changed = super::rewrite_statement(&mut statements[0]);
+        match &statements[0] {
+            Statement::Sql(sql) => (sql.text.clone(), changed),
+            Statement::Tessera(_) => (sql.to_string(), changed),
+        }
+    }
 
     #[test]
     fn psql_constructs_become_datafusion_sql() {
@@ -781,38 +731,11 @@ mod tests {
             ("SELECT NULL, NULL, 1", "SELECT NULL, NULL AS \"NULL_2\", 1"),
         ];
         for (sql, expected) in cases {
-            assert_eq!(rewrite_sql(sql), expected, "{sql}");
-            assert!(super::may_rewrite(sql), "{sql}");
-        }
-    }
-
-    #[test]
-    fn the_text_check_passes_everything_a_rule_could_change() {
-        // Each changes when parsed and rewritten, so the check must let it through.
-        for sql in [
-            "SELECT a OPERATOR(pg_catalog.~) b",
-            "SELECT x COLLATE \"C\" FROM t",
-            "SELECT CAST(x AS CHAR) FROM t",
-            "SELECT a FROM t WHERE a = '{1}'",
-            "SELECT 1 AS a, 1 AS b, NULL, NULL",
-            "SELECT (/* c */ SELECT n FROM generate_series(t.k) s) FROM t",
-            "SELECT (WITH q AS (SELECT 1) SELECT n FROM generate_series(t.k) s) FROM t",
-        ] {
-            assert!(
-                matches!(super::parse_and_rewrite(sql), std::borrow::Cow::Owned(_)),
-                "a rule applies to {sql}"
+            assert_eq!(
+                rewritten(sql),
+                (expected.to_string(), expected != sql),
+                "{sql}"
             );
-            assert!(super::may_rewrite(sql), "{sql}");
-        }
-        // Nothing to rewrite and no parse.
-        for sql in [
-            "SELECT 1",
-            "SELECT balance FROM accounts WHERE id = 42",
-            "INSERT INTO t VALUES (1)",
-            "SELECT count(*) FROM selection",
-            "SELECT (1 + with_tax) FROM t",
-        ] {
-            assert!(!super::may_rewrite(sql), "{sql}");
         }
     }
 
@@ -823,10 +746,7 @@ mod tests {
             "select  1",
             "SELECT * FROM information_schema.tables",
         ] {
-            assert!(
-                matches!(rewrite_sql(sql), std::borrow::Cow::Borrowed(_)),
-                "{sql}"
-            );
+            assert_eq!(rewritten(sql), (sql.to_string(), false), "{sql}");
         }
     }
 }
