@@ -633,7 +633,6 @@ pub fn nesting_estimate<'a>(tokens: impl IntoIterator<Item = &'a Token>) -> usiz
     depth
 }
 
-
 /// Maps the tokenizer's locations (1-based line and column, counted in characters) to
 /// byte offsets in the source.
 struct SourceMap {
@@ -802,6 +801,11 @@ impl Parser<'_, '_> {
     fn create_matrix(&mut self) -> Result<TesseraStatement> {
         let if_not_exists = self.if_not_exists()?;
         let name = self.identifier("a matrix name", "after CREATE MATRIX")?;
+        // Where a missing shape should have been, for the message if no query follows.
+        let missing_shape = self.expected(
+            "`(rows, cols)`",
+            format!("after matrix name {name} (only CREATE MATRIX ... AS <query> may leave the shape out)"),
+        );
         let shape = if self.peek_is(&Token::LParen) {
             Some(self.pair(&format!("the shape (rows, cols) of matrix {name}"))?)
         } else {
@@ -850,10 +854,7 @@ impl Parser<'_, '_> {
             }
         }
         if shape.is_none() && query.is_none() {
-            return Err(self.expected(
-                "`(rows, cols)`",
-                format!("after matrix name {name} (only CREATE MATRIX ... AS <query> may leave the shape out)"),
-            ));
+            return Err(missing_shape);
         }
         Ok(TesseraStatement::CreateMatrix {
             name,
@@ -935,17 +936,17 @@ impl Parser<'_, '_> {
         } else {
             return Err(self.expected("FROM or TO", format!("after COPY {name}")));
         };
-        let options = if self.peek_word("WITH") && is_legacy_copy_option(self.p.peek_nth_token_ref(1))
-        {
-            self.skip(1);
-            self.legacy_copy_options()?
-        } else if self.parse_word("WITH") {
-            self.option_list("after WITH")?
-        } else if self.peek_is(&Token::LParen) {
-            self.option_list("")?
-        } else {
-            self.legacy_copy_options()?
-        };
+        let options =
+            if self.peek_word("WITH") && is_legacy_copy_option(self.p.peek_nth_token_ref(1)) {
+                self.skip(1);
+                self.legacy_copy_options()?
+            } else if self.parse_word("WITH") {
+                self.option_list("after WITH")?
+            } else if self.peek_is(&Token::LParen) {
+                self.option_list("")?
+            } else {
+                self.legacy_copy_options()?
+            };
         self.expect_end(
             if options.is_empty() {
                 "WITH (options)"
@@ -1327,12 +1328,19 @@ fn table_reference(name: &ObjectName, at: Location) -> Result<TableReference> {
             Err(mut parts) if parts.len() == 1 => {
                 Ok(TableReference::bare(parts.pop().unwrap_or_default()))
             }
-            Err(parts) => Err(syntax_error(ParserError::ParserError(format!(
-                "name {} has {} parts; expected at most catalog.schema.name, at {}",
-                parts.join("."),
-                parts.len(),
-                position(at)
-            )))),
+            Err(parts) => {
+                let last = name
+                    .0
+                    .last()
+                    .and_then(|part| part.as_ident())
+                    .map_or(at, |ident| ident.span.start);
+                Err(syntax_error(ParserError::ParserError(format!(
+                    "name {} has {} parts; expected at most catalog.schema.name, at {}",
+                    parts.join("."),
+                    parts.len(),
+                    position(last)
+                ))))
+            }
         },
     }
 }
@@ -1385,9 +1393,17 @@ fn syntax_error(error: ParserError) -> DataFusionError {
 
 /// Whether `token` starts one of PostgreSQL's unparenthesised COPY options.
 fn is_legacy_copy_option(token: &TokenWithSpan) -> bool {
-    ["CSV", "BINARY", "HEADER", "DELIMITER", "NULL", "QUOTE", "ESCAPE"]
-        .iter()
-        .any(|word| matches!(&token.token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)))
+    [
+        "CSV",
+        "BINARY",
+        "HEADER",
+        "DELIMITER",
+        "NULL",
+        "QUOTE",
+        "ESCAPE",
+    ]
+    .iter()
+    .any(|word| matches!(&token.token, Token::Word(w) if w.value.eq_ignore_ascii_case(word)))
 }
 
 #[cfg(test)]
@@ -1546,11 +1562,11 @@ mod tests {
         assert_eq!(numbered("SELECT 'it''s ?', ?"), "SELECT 'it''s ?', $1");
         // Already numbered: left alone.
         assert_eq!(numbered("SELECT $1, '?'"), "SELECT $1, '?'");
-        // Without the option, `?` stays `?`.
-        let Statement::Sql(plain) = &parse("SELECT ?").unwrap()[0] else {
-            panic!()
-        };
-        assert_eq!(plain.tree.to_string(), "SELECT ?");
+        // Without the option, `?` is PostgreSQL's operator, not a placeholder.
+        assert_eq!(
+            error("SELECT ?").0,
+            "Expected: an expression, found: ? at Line: 1, Column: 8"
+        );
     }
 
     // ---- CREATE ARRAY ----------------------------------------------------------------
@@ -1709,14 +1725,18 @@ mod tests {
 
     #[test]
     fn statement_text_is_exact_after_multibyte_characters() {
-        let script = "CREATE MATRIX \"größe\" AS SELECT 'ü€' AS \"Ω\";\n  SELECT 'ü€' AS \"Ω\" -- ü\n";
+        let script =
+            "CREATE MATRIX \"größe\" AS SELECT 'ü€' AS \"Ω\";\n  SELECT 'ü€' AS \"Ω\" -- ü\n";
         let statements = parse(script).unwrap();
         let Statement::Tessera(TesseraStatement::CreateMatrix { name, query, .. }) = &statements[0]
         else {
             panic!("{statements:?}")
         };
         assert_eq!(name, "größe");
-        assert_eq!(query.as_ref().map(|q| q.to_string()).as_deref(), Some("SELECT 'ü€' AS \"Ω\""));
+        assert_eq!(
+            query.as_ref().map(|q| q.to_string()).as_deref(),
+            Some("SELECT 'ü€' AS \"Ω\"")
+        );
         assert_eq!(statements[1], sql("SELECT 'ü€' AS \"Ω\""));
     }
 
@@ -1855,11 +1875,7 @@ mod tests {
                 name: TableReference::partial("public", "Emp")
             }
         );
-        for text in [
-            "SHOW TABLES",
-            "SHOW ALL",
-            "DESCRIBE SELECT 1",
-        ] {
+        for text in ["SHOW TABLES", "SHOW ALL", "DESCRIBE SELECT 1"] {
             assert_eq!(parse(text).unwrap(), vec![sql(text)], "{text}");
         }
         // Not `DESCRIBE name`, and not DataFusion's either: refused where it goes wrong.

@@ -43,12 +43,12 @@ use crate::ddl::{
     CopyDirection, CopyTarget, DimensionSpec, MatrixFormat, OptionValue, SqlText, Statement,
     TesseraStatement,
 };
-use datafusion::sql::parser::Statement as DFStatement;
-use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 use crate::error::{ErrorKind, blocking, storage_error, tessera_error};
 use crate::file_access::{FileUse, check_file};
 use crate::view::SqlView;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 
 /// Executes one statement (as split by [`crate::ddl::parse`]) in `ctx`, whose default
 /// schema must be `catalog`.

@@ -183,6 +183,13 @@ pub fn sqlstate(error: &DataFusionError) -> &'static str {
                 arrow_sqlstate(inner)
             } else if e.downcast_ref::<std::io::Error>().is_some() {
                 IO_ERROR
+            } else if e.downcast_ref::<std::num::ParseIntError>().is_some()
+                || e.downcast_ref::<std::num::ParseFloatError>().is_some()
+                || e.downcast_ref::<std::str::ParseBoolError>().is_some()
+            {
+                // A setting's value that does not parse as its type (`SET
+                // tessera.broadcast_budget = x`).
+                INVALID_PARAMETER_VALUE
             } else {
                 INTERNAL_ERROR
             }

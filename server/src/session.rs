@@ -172,7 +172,11 @@ impl Session {
         Box::pin(self.plan_sql(sql, settings)).await
     }
 
-    async fn plan_sql(&self, sql: SqlText, settings: Settings) -> Result<SendableRecordBatchStream> {
+    async fn plan_sql(
+        &self,
+        sql: SqlText,
+        settings: Settings,
+    ) -> Result<SendableRecordBatchStream> {
         let ticket = self.inner.plans.ticket();
         let state = self.ctx.state();
         let plan = state.statement_to_plan(sql.tree).await?;
@@ -463,10 +467,9 @@ impl Session {
         if chosen.iter().any(|(_, changes)| *changes) || plain.is_err() {
             let types: Option<Vec<SqlDataType>> =
                 chosen.iter().map(|(ty, _)| sql_data_type(ty)).collect();
-            if let (Some(types), DFStatement::Statement(statement)) = (
-                types.filter(|t| !t.is_empty()),
-                &sql.tree,
-            ) {
+            if let (Some(types), DFStatement::Statement(statement)) =
+                (types.filter(|t| !t.is_empty()), &sql.tree)
+            {
                 let prepare = SqlStatement::Prepare {
                     name: Ident::new("tessera_prepared"),
                     data_types: types,

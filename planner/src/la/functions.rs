@@ -204,6 +204,11 @@ impl Builder<'_, '_> {
                     name: n,
                     arg: FunctionArgExpr::Expr(e),
                     ..
+                }
+                | FunctionArg::ExprNamed {
+                    name: SqlExpr::Identifier(n),
+                    arg: FunctionArgExpr::Expr(e),
+                    ..
                 } => {
                     let n = self.context.normalize_ident(n.clone());
                     match sig.iter().position(|p| p.name() == n) {

@@ -23,7 +23,6 @@ mod handler;
 mod statement;
 mod types;
 
-
 pub use auth::scram_verifier;
 pub(crate) const SCRAM_ITERATIONS_USIZE: usize = auth::SCRAM_ITERATIONS as usize;
 pub(crate) use auth::{UserSource, Users};
@@ -37,4 +36,3 @@ pub(crate) use statement::dml_tag;
 pub const PG_SERVER_VERSION: &str = "15.0";
 /// [`PG_SERVER_VERSION`] as `server_version_num`.
 pub const PG_SERVER_VERSION_NUM: &str = "150000";
-

@@ -45,7 +45,10 @@ pub(crate) enum Command {
         format: CopyFormat,
     },
     /// `COPY table TO STDOUT` or `COPY (query) TO STDOUT`.
-    CopyOut { source: CopyOutSource, format: CopyFormat },
+    CopyOut {
+        source: CopyOutSource,
+        format: CopyFormat,
+    },
 }
 
 /// What a `COPY ... TO STDOUT` sends.
