@@ -839,8 +839,11 @@ impl Parser<'_, '_> {
                 }
                 options = Some(self.option_list("after WITH")?);
             } else if self.parse_word("AS") {
-                if self.at_end() {
-                    return Err(self.expected("a query", "after AS"));
+                if !starts_query(self.p.peek_token_ref()) {
+                    return Err(self.expected(
+                        "a query (SELECT, VALUES, WITH or a parenthesised query)",
+                        format!("after CREATE MATRIX {name} AS"),
+                    ));
                 }
                 query = Some(self.p.parse_query().map_err(syntax_error)?);
                 self.expect_end("", "after the query of CREATE MATRIX ... AS")?;
@@ -1275,6 +1278,14 @@ fn next_location(p: &SqlParser<'_>) -> Location {
     } else {
         next.span.start
     }
+}
+
+/// Whether `token` can begin a query body (what `CREATE MATRIX ... AS` takes).
+fn starts_query(token: &TokenWithSpan) -> bool {
+    token.token == Token::LParen
+        || ["SELECT", "VALUES", "WITH", "TABLE"]
+            .iter()
+            .any(|word| is_word(token, word))
 }
 
 /// Whether the statement ends at the parser's position.
@@ -1973,7 +1984,11 @@ mod tests {
             ),
             (
                 "CREATE MATRIX m (2, 2) AS",
-                "expected a query after AS, found end of statement at line 1, column 26".into(),
+                "expected a query (SELECT, VALUES, WITH or a parenthesised query) after CREATE MATRIX m AS, found end of statement at line 1, column 26".into(),
+            ),
+            (
+                "CREATE MATRIX m AS DROP TABLE t",
+                "expected a query (SELECT, VALUES, WITH or a parenthesised query) after CREATE MATRIX m AS, found `DROP` at line 1, column 20".into(),
             ),
             (
                 "CREATE MATRIX m (2 2)",
