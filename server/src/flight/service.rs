@@ -41,7 +41,8 @@ use super::clients::{Caller, FlightClient, not_authorized};
 use super::results::ResultStore;
 use super::{coded_status, ingest, metadata, status};
 use crate::errors;
-use crate::pg::{Interrupt, QueryControl, dml_tag};
+use crate::edge::{Interrupt, QueryControl};
+use crate::pg::dml_tag;
 use crate::session::PreparedStatement;
 use crate::{Database, Session};
 
