@@ -43,8 +43,8 @@ use tonic::{Code, Status};
 
 use crate::Database;
 use crate::config::{AuthMethod, ServerConfig};
-use crate::errors;
 use crate::edge::Users;
+use crate::errors;
 
 use clients::{Authenticator, Clients};
 use gate::Gate;

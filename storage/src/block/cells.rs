@@ -60,7 +60,12 @@ impl CooBuilder {
     }
 
     /// No cells yet, with room for `capacity` of them.
-    pub fn with_capacity(rows: usize, cols: usize, duplicates: Duplicates, capacity: usize) -> Self {
+    pub fn with_capacity(
+        rows: usize,
+        cols: usize,
+        duplicates: Duplicates,
+        capacity: usize,
+    ) -> Self {
         Self {
             rows,
             cols,
@@ -122,7 +127,9 @@ impl CooBuilder {
             BlockFormat::Csr => Block::Sparse(csr_of_sorted(
                 rows,
                 cols,
-                cells.into_iter().map(|(r, c, v)| (r as usize, c as usize, v)),
+                cells
+                    .into_iter()
+                    .map(|(r, c, v)| (r as usize, c as usize, v)),
             )),
         }
     }
