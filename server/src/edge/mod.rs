@@ -15,7 +15,9 @@
 
 mod auth;
 mod cancel;
+mod tags;
 
 pub use auth::scram_verifier;
 pub(crate) use auth::{SCRAM_ITERATIONS, Users, is_loopback};
 pub(crate) use cancel::{Interrupt, QueryControl};
+pub(crate) use tags::dml_tag;

@@ -39,12 +39,12 @@ use tessera_planner::ddl;
 
 use super::cancel::{CancelGuard, CancelRegistry};
 use super::copy;
-use super::statement::{Command, CopyFormat, CopyOutSource, classify, command_tag, dml_tag};
+use super::statement::{Command, CopyFormat, CopyOutSource, classify, command_tag};
 use super::types::{arrow_type, decode_parameter, encode_field, field_infos, pg_type};
 use super::{PG_SERVER_VERSION, PG_SERVER_VERSION_NUM};
 use crate::Database;
 use crate::config::{AuthMethod, parse_duration};
-use crate::edge::{Interrupt, QueryControl, is_loopback};
+use crate::edge::{Interrupt, QueryControl, dml_tag, is_loopback};
 use crate::errors;
 use crate::server::{BackendSlot, BackendSlots, StartupSlot};
 use crate::session::{PreparedStatement, Session};

@@ -33,7 +33,6 @@ pub(crate) use auth::UserSource;
 pub(crate) use cancel::CancelRegistry;
 pub(crate) use connection::{ConnectionLimits, serve_connection};
 pub(crate) use handler::{PgConnection, PgShared, server_parameters};
-pub(crate) use statement::dml_tag;
 
 /// The PostgreSQL version Tessera reports (`server_version`, `SELECT version()`):
 /// clients pick their catalog queries by it, and the emulated catalog follows 15.
