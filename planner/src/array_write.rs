@@ -24,7 +24,7 @@ use datafusion::physical_plan::{DisplayAs, DisplayFormatType};
 use datafusion::prelude::{DataFrame, SessionContext};
 use futures::StreamExt;
 use tessera_storage::{
-    ArraySchema, ArrayWriter, Block, BlockFormat, BlockKey, CsrBlock, Partitioning, Store,
+    ArraySchema, ArrayWriter, BlockFormat, BlockKey, CooBuilder, Duplicates, Partitioning, Store,
     WriteMode,
 };
 
@@ -662,16 +662,6 @@ impl CellGrid {
         let mut count = 0;
         for (key, cells) in std::mem::take(&mut self.blocks) {
             let (rows, cols) = self.schema.block_shape(&key);
-            // Stable sort, then keep the last cell of each position: later cells win.
-            let mut order: Vec<usize> = (0..cells.positions.len()).collect();
-            order.sort_by_key(|&n| cells.positions[n]);
-            let mut unique: Vec<usize> = Vec::with_capacity(order.len());
-            for n in order {
-                match unique.last_mut() {
-                    Some(last) if cells.positions[*last] == cells.positions[n] => *last = n,
-                    _ => unique.push(n),
-                }
-            }
             let old = if merge {
                 writer.base().read(&key).map_err(storage_error)?
             } else {
@@ -679,16 +669,19 @@ impl CellGrid {
             };
             let mut blocks = Vec::with_capacity(attrs);
             for a in 0..attrs {
-                let mut stored: Vec<(usize, usize, f64)> = Vec::new();
-                if let Some(old) = old.as_ref().and_then(|o| o.get(a)) {
-                    old.for_each_nonzero(|r, c, v| stored.push((r, c, v)));
+                // Later cells win over earlier ones at the same position.
+                let mut fresh =
+                    CooBuilder::with_capacity(rows, cols, Duplicates::Last, cells.positions.len());
+                for (n, &(r, c)) in cells.positions.iter().enumerate() {
+                    fresh
+                        .push(r as usize, c as usize, cells.values[n * attrs + a])
+                        .map_err(storage_error)?;
                 }
-                let fresh = unique.iter().map(|&n| {
-                    let (r, c) = cells.positions[n];
-                    (r as usize, c as usize, cells.values[n * attrs + a])
-                });
-                let merged = overwrite(&stored, fresh);
-                blocks.push(csr_block(rows, cols, &merged)?);
+                let block = match old.as_ref().and_then(|o| o.get(a)) {
+                    Some(old) => fresh.build_over(old).map_err(storage_error)?,
+                    None => fresh.build(),
+                };
+                blocks.push(block);
             }
             writer.put(key, blocks).map_err(storage_error)?;
             count += 1;
@@ -696,46 +689,6 @@ impl CellGrid {
         self.reservation.free();
         Ok(count)
     }
-}
-
-/// `stored` (sorted, unique) with `fresh` (sorted, unique) overwriting it.
-fn overwrite(
-    stored: &[(usize, usize, f64)],
-    fresh: impl Iterator<Item = (usize, usize, f64)>,
-) -> Vec<(usize, usize, f64)> {
-    let mut out = Vec::with_capacity(stored.len());
-    let mut s = 0;
-    for cell in fresh {
-        while s < stored.len() && (stored[s].0, stored[s].1) < (cell.0, cell.1) {
-            out.push(stored[s]);
-            s += 1;
-        }
-        if s < stored.len() && (stored[s].0, stored[s].1) == (cell.0, cell.1) {
-            s += 1;
-        }
-        out.push(cell);
-    }
-    out.extend_from_slice(&stored[s..]);
-    out
-}
-
-/// A block from sorted unique cells (zeros dropped), in the format its density calls for.
-fn csr_block(rows: usize, cols: usize, cells: &[(usize, usize, f64)]) -> Result<Block> {
-    let mut indptr = vec![0usize; rows + 1];
-    let mut indices = Vec::with_capacity(cells.len());
-    let mut data = Vec::with_capacity(cells.len());
-    for &(r, c, v) in cells {
-        if v != 0.0 {
-            indptr[r + 1] += 1;
-            indices.push(c);
-            data.push(v);
-        }
-    }
-    for r in 0..rows {
-        indptr[r + 1] += indptr[r];
-    }
-    let csr = CsrBlock::from_parts(rows, cols, indptr, indices, data).map_err(storage_error)?;
-    Ok(Block::Sparse(csr).into_preferred_format())
 }
 
 /// `4x4`, or for other arrays `i 0:9, j -3:3`.
@@ -862,7 +815,7 @@ mod tests {
         use datafusion::execution::SessionStateBuilder;
         use datafusion::prelude::SessionConfig;
         use tessera_storage::backend::{Backend, FaultKind, FaultyBackend, MemoryBackend};
-        use tessera_storage::{DenseBlock, StoreOptions};
+        use tessera_storage::{Block, DenseBlock, StoreOptions};
 
         use super::*;
         use crate::catalog::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
@@ -1020,21 +973,5 @@ mod tests {
             assert_eq!(store.array("c").unwrap(), version);
             assert_eq!(read(&ctx, "c").await, expected());
         }
-    }
-
-    #[test]
-    fn later_cells_overwrite_stored_ones() {
-        let stored = [(0, 0, 1.0), (0, 2, 2.0), (3, 1, 3.0)];
-        let fresh = [(0, 1, 9.0), (0, 2, 0.0), (4, 0, 5.0)];
-        assert_eq!(
-            overwrite(&stored, fresh.into_iter()),
-            vec![
-                (0, 0, 1.0),
-                (0, 1, 9.0),
-                (0, 2, 0.0),
-                (3, 1, 3.0),
-                (4, 0, 5.0)
-            ]
-        );
     }
 }

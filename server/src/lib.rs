@@ -19,6 +19,7 @@
 pub mod cli;
 pub mod config;
 mod database;
+mod edge;
 pub mod errors;
 mod flight;
 pub mod pg;

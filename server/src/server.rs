@@ -37,8 +37,9 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::config::{AuthMethod, ServerConfig, TlsConfig, UserConfig};
+use crate::edge::{SCRAM_ITERATIONS, Users};
 use crate::pg::{
-    CancelRegistry, ConnectionLimits, PgConnection, PgShared, UserSource, Users, serve_connection,
+    CancelRegistry, ConnectionLimits, PgConnection, PgShared, UserSource, serve_connection,
     server_parameters,
 };
 use crate::{Database, DatabaseOptions};
@@ -163,7 +164,7 @@ impl ServerBuilder {
             AuthMethod::ScramSha256 => {
                 let users = Users::new(&config.users).map_err(DataFusionError::Configuration)?;
                 let mut scram = ScramAuth::new(Arc::new(UserSource(Arc::new(users))));
-                scram.set_iterations(crate::pg::SCRAM_ITERATIONS_USIZE);
+                scram.set_iterations(SCRAM_ITERATIONS as usize);
                 // Over TLS, SCRAM-SHA-256-PLUS too: channel binding to the server's
                 // certificate (`tls-server-end-point`), for `channel_binding=require`.
                 let tls = match &config.tls {

@@ -5,7 +5,7 @@
 //! the sharded, versioned block store, and file ingest and export.
 //!
 //! ```text
-//!   files (csv, mtx, npy) --io--> cells --blockify--> Block (dense | CSR)
+//!   files (csv, mtx, npy) --io--> cells --CooBuilder--> Block (dense | CSR)
 //!                                                       |
 //!              kernels (gemm, spmm, tsmm, ...) <--------+--------> store
 //!                                                                   |
@@ -25,7 +25,9 @@ mod partition;
 mod schema;
 mod store;
 
-pub use block::{Block, BlockFormat, CooBuilder, CsrBlock, DenseBlock, SPARSE_THRESHOLD};
+pub use block::{
+    Block, BlockFormat, CooBuilder, CsrBlock, DenseBlock, Duplicates, SPARSE_THRESHOLD,
+};
 pub use error::{Result, StorageError};
 pub use partition::{MAX_SHARDS, Partitioning, datafusion_hash};
 pub use schema::{ArraySchema, Attribute, AttributeType, BlockKey, Dimension, MAX_BLOCK_CELLS};

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch};
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::memory_pool::MemoryReservation;
-use tessera_storage::{Block, CooBuilder, CsrBlock, DenseBlock, MAX_BLOCK_CELLS, datafusion_hash};
+use tessera_storage::{
+    Block, CooBuilder, CsrBlock, DenseBlock, Duplicates, MAX_BLOCK_CELLS, datafusion_hash,
+};
 
 use crate::error::{ErrorKind, tessera_error};
 
@@ -259,16 +261,7 @@ impl BlockMatrix {
             return Ok(self.share());
         }
         let mut sink = CellSink::new(self.rows, self.cols, br, bc);
-        for (bi, bj, b) in self.tiles() {
-            let (r0, c0) = (bi * self.br, bj * self.bc);
-            let mut err = Ok(());
-            b.for_each_nonzero(|r, c, v| {
-                if err.is_ok() {
-                    err = sink.push(r0 + r as u64, c0 + c as u64, v);
-                }
-            });
-            err?;
-        }
+        for_each_cell(self, |i, j, v| sink.push(i, j, v))?;
         let mut m = sink.finish(n);
         m.inferred = self.inferred;
         Ok(m)
@@ -403,8 +396,19 @@ impl BlockMatrix {
     }
 }
 
+/// Calls `f(i, j, v)` for every non-zero cell of `m`, in the matrix's coordinates.
+pub(crate) fn for_each_cell(
+    m: &BlockMatrix,
+    mut f: impl FnMut(u64, u64, f64) -> Result<()>,
+) -> Result<()> {
+    for (bi, bj, b) in m.tiles() {
+        b.try_for_each_nonzero_at((bi * m.br, bj * m.bc), &mut f)?;
+    }
+    Ok(())
+}
+
 /// Collects cells by block and builds the blocks (duplicates summed, each block dense or
-/// sparse by density).
+/// sparse by density; see [`CooBuilder`]).
 pub(crate) struct CellSink {
     rows: u64,
     cols: u64,
@@ -442,6 +446,7 @@ impl CellSink {
             CooBuilder::new(
                 br.min(rows - key.0 * br) as usize,
                 bc.min(cols - key.1 * bc) as usize,
+                Duplicates::Sum,
             )
         });
         b.push((i % br) as usize, (j % bc) as usize, v)

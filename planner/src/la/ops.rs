@@ -12,7 +12,8 @@ use tessera_storage::{Block, DenseBlock, Partitioning, Snapshot};
 
 use super::expr::{Broadcast, Reduction, Step, broadcast};
 use super::matrix::{
-    BlockMatrix, CellSink, KeyFn, Layout, Tile, TileSink, block_bytes, check_shape, zero_block,
+    BlockMatrix, CellSink, KeyFn, Layout, Tile, TileSink, block_bytes, check_shape, for_each_cell,
+    zero_block,
 };
 use super::strategy::Strategy;
 use crate::error::{ErrorKind, tessera_error};
@@ -1184,21 +1185,6 @@ pub(crate) fn reduce(
     }
 }
 
-/// Calls `f(i, j, v)` for every non-zero cell, in global coordinates.
-fn for_each_cell(a: &BlockMatrix, mut f: impl FnMut(u64, u64, f64) -> Result<()>) -> Result<()> {
-    for (bi, bj, b) in a.tiles() {
-        let (r0, c0) = (bi * a.br, bj * a.bc);
-        let mut res = Ok(());
-        b.for_each_nonzero(|r, c, v| {
-            if res.is_ok() {
-                res = f(r0 + r as u64, c0 + c as u64, v);
-            }
-        });
-        res?;
-    }
-    Ok(())
-}
-
 /// `diag(a)`.
 pub(crate) fn diag(a: BlockMatrix, n: usize) -> Result<BlockMatrix> {
     let (rows, cols) = a.shape();
@@ -1245,14 +1231,13 @@ pub(crate) fn slice(
         if g1 <= r0 || g0 >= r1 || h1 <= c0 || h0 >= c1 {
             continue;
         }
-        let mut res = Ok(());
-        b.for_each_nonzero(|r, c, v| {
-            let (i, j) = (g0 + r as u64, h0 + c as u64);
-            if res.is_ok() && (r0..r1).contains(&i) && (c0..c1).contains(&j) {
-                res = sink.push(i - r0, j - c0, v);
+        b.try_for_each_nonzero_at((g0, h0), |i, j, v| {
+            if (r0..r1).contains(&i) && (c0..c1).contains(&j) {
+                sink.push(i - r0, j - c0, v)
+            } else {
+                Ok(())
             }
-        });
-        res?;
+        })?;
     }
     Ok(sink.finish(n))
 }

@@ -20,8 +20,8 @@ use tonic::{Code, Status};
 
 use super::coded_status;
 use super::service::FlightPrepared;
+use crate::edge::{Users, is_loopback};
 use crate::errors;
-use crate::pg::{Users, is_loopback};
 use crate::{Database, Session};
 
 /// A client's token is forgotten after this long without a call.

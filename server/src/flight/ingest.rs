@@ -27,7 +27,7 @@ use tonic::Status;
 
 use super::status;
 use crate::Session;
-use crate::pg::Interrupt;
+use crate::edge::Interrupt;
 
 type BatchStream = std::pin::Pin<Box<dyn Stream<Item = Result<RecordBatch>> + Send>>;
 

@@ -43,8 +43,8 @@ use tonic::{Code, Status};
 
 use crate::Database;
 use crate::config::{AuthMethod, ServerConfig};
+use crate::edge::Users;
 use crate::errors;
-use crate::pg::Users;
 
 use clients::{Authenticator, Clients};
 use gate::Gate;
@@ -52,8 +52,9 @@ use results::ResultStore;
 use service::TesseraFlightSql;
 use wire::CheckedRequests;
 
-/// The gRPC metadata key that carries the SQLSTATE of an error status.
-pub const SQLSTATE_METADATA_KEY: &str = "tessera-sqlstate";
+/// The gRPC metadata key that carries the SQLSTATE of an error status; the client
+/// crate defines it, so the server sends what clients read.
+pub use tessera_client::SQLSTATE_METADATA_KEY;
 
 /// A Tessera error as a gRPC status: the code from [`errors::grpc_code`], the message
 /// a client sees, and the SQLSTATE in the `tessera-sqlstate` metadata entry.

@@ -17,7 +17,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use futures::Stream;
 
 use super::clients::random_bytes;
-use crate::pg::QueryControl;
+use crate::edge::QueryControl;
 
 /// A result nobody fetched is dropped after this long (its statement is stopped).
 const UNFETCHED_RESULT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -39,8 +39,8 @@ use tonic::{Code, Request, Response, Status};
 use super::clients::{Caller, FlightClient, not_authorized};
 use super::results::ResultStore;
 use super::{coded_status, ingest, metadata, status};
+use crate::edge::{Interrupt, QueryControl, dml_tag};
 use crate::errors;
-use crate::pg::{Interrupt, QueryControl, dml_tag};
 use crate::session::PreparedStatement;
 
 /// Flight SQL statements are parsed with `?` placeholders numbered, as ADBC sends them.

@@ -1,183 +1,14 @@
-//! Authentication: trust (loopback clients only unless `auth.trust_remote`) or
-//! SCRAM-SHA-256 against the configured users. Every user is kept as a SCRAM verifier
-//! (derived at start from a configured password); an unknown user gets a made-up
-//! verifier with a salt stable per name, so that a wrong password and an unknown user
-//! fail the same way, at the same step, with the same 28P01 message.
+//! pgwire's side of authentication: the SCRAM-SHA-256 exchange pgwire runs looks its
+//! verifiers up here, in the users the edge keeps ([`crate::edge`]'s `Users`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use pgwire::api::auth::sasl::scram::ScramSecret;
-use pgwire::api::auth::sasl::scram::gen_salted_password;
 use pgwire::api::auth::{AuthSource, LoginInfo, Password};
 use pgwire::error::{PgWireError, PgWireResult};
-use ring::rand::SecureRandom;
-use ring::{digest, hmac};
 
-use crate::config::UserConfig;
-
-/// SCRAM iterations for verifiers derived from configured passwords (PostgreSQL's
-/// default).
-pub(crate) const SCRAM_ITERATIONS: u32 = 4096;
-
-#[derive(Clone)]
-struct Verifier {
-    salt: Vec<u8>,
-    iterations: usize,
-    stored_key: Vec<u8>,
-    server_key: Vec<u8>,
-}
-
-/// The configured users as SCRAM verifiers.
-pub(crate) struct Users {
-    verifiers: HashMap<String, Verifier>,
-    /// Seeds the made-up salts of unknown users.
-    mock_secret: [u8; 32],
-}
-
-impl std::fmt::Debug for Users {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Users")
-            .field("names", &self.verifiers.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-fn random_bytes<const N: usize>() -> Result<[u8; N], String> {
-    let mut bytes = [0u8; N];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| "the system random number generator failed".to_string())?;
-    Ok(bytes)
-}
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    hmac::sign(&key, data).as_ref().to_vec()
-}
-
-impl Users {
-    /// Derives or parses a verifier for every user.
-    pub(crate) fn new(users: &[UserConfig]) -> Result<Users, String> {
-        let mut verifiers = HashMap::new();
-        for user in users {
-            let verifier = match (&user.password, &user.scram_verifier) {
-                (Some(password), _) => {
-                    let salt = random_bytes::<16>()?.to_vec();
-                    derive(password, &salt, SCRAM_ITERATIONS)
-                }
-                (None, Some(text)) => parse_verifier(text)
-                    .ok_or_else(|| format!("user '{}': scram_verifier is not of the form SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>", user.name))?,
-                (None, None) => return Err(format!("user '{}' has no password", user.name)),
-            };
-            verifiers.insert(user.name.clone(), verifier);
-        }
-        Ok(Users {
-            verifiers,
-            mock_secret: random_bytes::<32>()?,
-        })
-    }
-
-    /// True when `password` is `user`'s: for protocols that send the password itself
-    /// (Flight SQL's Basic authentication, over TLS). The check derives the SCRAM keys
-    /// from the password and compares them in constant time; an unknown user costs the
-    /// same derivation and fails.
-    pub(crate) fn verify_password(&self, user: &str, password: &str) -> bool {
-        let (verifier, known) = match self.verifiers.get(user) {
-            Some(v) => (v.clone(), true),
-            None => (
-                Verifier {
-                    salt: hmac_sha256(&self.mock_secret, user.as_bytes())[..16].to_vec(),
-                    iterations: SCRAM_ITERATIONS as usize,
-                    stored_key: hmac_sha256(&self.mock_secret, b"stored"),
-                    server_key: Vec::new(),
-                },
-                false,
-            ),
-        };
-        let iterations = u32::try_from(verifier.iterations).unwrap_or(SCRAM_ITERATIONS);
-        let derived = derive(password, &verifier.salt, iterations);
-        constant_time_eq(&derived.stored_key, &verifier.stored_key) && known
-    }
-
-    fn secret_for(&self, user: &str) -> ScramSecret {
-        let v = match self.verifiers.get(user) {
-            Some(v) => v.clone(),
-            None => {
-                // A salt stable per name, keys nobody can match.
-                let salt = hmac_sha256(&self.mock_secret, user.as_bytes())[..16].to_vec();
-                let stored_key = random_bytes::<32>()
-                    .map(|b| b.to_vec())
-                    .unwrap_or_else(|_| hmac_sha256(&self.mock_secret, b"stored").to_vec());
-                Verifier {
-                    salt,
-                    iterations: SCRAM_ITERATIONS as usize,
-                    stored_key,
-                    server_key: hmac_sha256(&self.mock_secret, b"server"),
-                }
-            }
-        };
-        ScramSecret::Verifier {
-            salt: v.salt,
-            iterations: v.iterations,
-            stored_key: v.stored_key,
-            server_key: v.server_key,
-        }
-    }
-}
-
-/// Compares two keys without an early exit that would tell how much of a guess matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// The SCRAM keys of `password`, normalized with SASLprep first as libpq and
-/// PostgreSQL normalize it (a decomposed accent or a no-break space would otherwise
-/// derive other keys than the client's); a password SASLprep refuses is used as is,
-/// as PostgreSQL does.
-fn derive(password: &str, salt: &[u8], iterations: u32) -> Verifier {
-    let salted = gen_salted_password(password, salt, iterations.max(1) as usize);
-    let client_key = hmac_sha256(&salted, b"Client Key");
-    Verifier {
-        salt: salt.to_vec(),
-        iterations: iterations as usize,
-        stored_key: digest::digest(&digest::SHA256, &client_key)
-            .as_ref()
-            .to_vec(),
-        server_key: hmac_sha256(&salted, b"Server Key"),
-    }
-}
-
-/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, as PostgreSQL stores.
-fn parse_verifier(text: &str) -> Option<Verifier> {
-    let rest = text.strip_prefix("SCRAM-SHA-256$")?;
-    let (params, keys) = rest.split_once('$')?;
-    let (iterations, salt) = params.split_once(':')?;
-    let (stored, server) = keys.split_once(':')?;
-    Some(Verifier {
-        salt: STANDARD.decode(salt).ok()?,
-        iterations: iterations.parse().ok()?,
-        stored_key: STANDARD.decode(stored).ok()?,
-        server_key: STANDARD.decode(server).ok()?,
-    })
-}
-
-/// A PostgreSQL-style verifier for `password` (for docs and tests: what to put in
-/// `scram_verifier`).
-pub fn scram_verifier(password: &str) -> Result<String, String> {
-    let salt = random_bytes::<16>()?;
-    let v = derive(password, &salt, SCRAM_ITERATIONS);
-    Ok(format!(
-        "SCRAM-SHA-256${}:{}${}:{}",
-        v.iterations,
-        STANDARD.encode(&v.salt),
-        STANDARD.encode(&v.stored_key),
-        STANDARD.encode(&v.server_key)
-    ))
-}
+use crate::edge::Users;
 
 /// pgwire's view of [`Users`].
 #[derive(Debug)]
@@ -192,74 +23,15 @@ impl AuthSource for UserSource {
     }
 
     async fn get_scram_secret(&self, login: &LoginInfo) -> PgWireResult<(ScramSecret, Option<()>)> {
-        Ok((self.0.secret_for(login.user().unwrap_or_default()), None))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn verifiers_parse_back() {
-        let text = scram_verifier("pw").unwrap();
-        let v = parse_verifier(&text).unwrap();
-        assert_eq!(v.iterations, 4096);
-        assert_eq!(v.salt.len(), 16);
-        // The same password and salt derive the same keys.
-        let again = derive("pw", &v.salt, 4096);
-        assert_eq!(again.stored_key, v.stored_key);
-        assert_eq!(again.server_key, v.server_key);
-        assert!(parse_verifier("md5abc").is_none());
-    }
-
-    /// RFC 4013: SASLprep maps a no-break space to a space and composes decomposed
-    /// characters (NFKC), so both spellings derive the same keys, as libpq's do.
-    #[test]
-    fn passwords_are_saslprepped() {
-        let salt = [7u8; 16];
-        let composed = derive("caf\u{e9} au\u{a0}lait", &salt, 4096);
-        let decomposed = derive("cafe\u{301} au lait", &salt, 4096);
-        assert_eq!(composed.stored_key, decomposed.stored_key);
-        assert_eq!(composed.server_key, decomposed.server_key);
-        // Against a plain PBKDF2 of the normalized bytes, computed another way.
-        let mut salted = [0u8; 32];
-        ring::pbkdf2::derive(
-            ring::pbkdf2::PBKDF2_HMAC_SHA256,
-            std::num::NonZeroU32::new(4096).unwrap(),
-            &salt,
-            "caf\u{e9} au lait".as_bytes(),
-            &mut salted,
-        );
-        assert_eq!(composed.server_key, hmac_sha256(&salted, b"Server Key"));
-        let users = Users::new(&[UserConfig {
-            name: "zoe".into(),
-            password: Some("cafe\u{301}\u{a0}1".into()),
-            scram_verifier: None,
-        }])
-        .unwrap();
-        assert!(users.verify_password("zoe", "caf\u{e9} 1"));
-    }
-
-    #[test]
-    fn passwords_verify_against_both_kinds_of_user() {
-        let users = Users::new(&[
-            UserConfig {
-                name: "alice".into(),
-                password: Some("secret".into()),
-                scram_verifier: None,
+        let keys = self.0.scram_keys(login.user().unwrap_or_default());
+        Ok((
+            ScramSecret::Verifier {
+                salt: keys.salt,
+                iterations: keys.iterations,
+                stored_key: keys.stored_key,
+                server_key: keys.server_key,
             },
-            UserConfig {
-                name: "bob".into(),
-                password: None,
-                scram_verifier: Some(scram_verifier("hunter2").unwrap()),
-            },
-        ])
-        .unwrap();
-        assert!(users.verify_password("alice", "secret"));
-        assert!(!users.verify_password("alice", "Secret"));
-        assert!(users.verify_password("bob", "hunter2"));
-        assert!(!users.verify_password("bob", "secret"));
-        assert!(!users.verify_password("carol", "secret"));
+            None,
+        ))
     }
 }

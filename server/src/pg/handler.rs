@@ -37,13 +37,14 @@ use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionS
 use pgwire::messages::simplequery::Query;
 use tessera_planner::ddl;
 
-use super::cancel::{CancelGuard, CancelRegistry, Interrupt, QueryControl};
+use super::cancel::{CancelGuard, CancelRegistry};
 use super::copy;
-use super::statement::{Command, CopyFormat, CopyOutSource, classify, command_tag, dml_tag};
+use super::statement::{Command, CopyFormat, CopyOutSource, classify, command_tag};
 use super::types::{arrow_type, decode_parameter, encode_field, field_infos, pg_type};
 use super::{PG_SERVER_VERSION, PG_SERVER_VERSION_NUM};
 use crate::Database;
 use crate::config::{AuthMethod, parse_duration};
+use crate::edge::{Interrupt, QueryControl, dml_tag, is_loopback};
 use crate::errors;
 use crate::server::{BackendSlot, BackendSlots, StartupSlot};
 use crate::session::{PreparedStatement, Session};
@@ -914,16 +915,6 @@ impl PgConnection {
                     .map(|c| c.iter().flatten().sum::<u64>())
             })
             .sum())
-    }
-}
-
-/// True for an address on the loopback interface (IPv4, IPv6 or IPv4-mapped).
-pub(crate) fn is_loopback(addr: &SocketAddr) -> bool {
-    match addr.ip() {
-        std::net::IpAddr::V4(ip) => ip.is_loopback(),
-        std::net::IpAddr::V6(ip) => {
-            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
-        }
     }
 }
 

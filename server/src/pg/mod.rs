@@ -3,12 +3,16 @@
 //! ```text
 //!  TcpStream ─ TLS negotiation ─ MessageSizeLimit ─ Framed(pgwire codec)
 //!     └ serve_connection: one loop per connection, one PgConnection (its Session)
-//!          Startup/SCRAM ─ PgConnection as StartupHandler           (auth.rs)
+//!          Startup/SCRAM ─ PgConnection as StartupHandler; verifiers from
+//!                          the edge's Users through UserSource        (auth.rs)
 //!          Query         ─ on_query: statements one by one            (handler.rs)
 //!          Parse/Bind/Describe/Execute ─ StatementParser + do_query   (handler.rs)
 //!          CopyData/Done ─ COPY FROM STDIN                            (copy.rs)
 //!          CancelRequest ─ CancelRegistry ─ the running statement's Interrupt (cancel.rs)
 //! ```
+//!
+//! What the PostgreSQL and Flight SQL wires share (users, loopback trust, cancellation)
+//! lives in [`crate::edge`]; this module holds only the pgwire glue.
 //!
 //! Statements go through [`statement::classify`] first: transaction control, the
 //! PostgreSQL settings drivers send, `SHOW`, `SELECT version()` and COPY over the
@@ -23,13 +27,12 @@ mod handler;
 mod statement;
 mod types;
 
-pub use auth::scram_verifier;
-pub(crate) const SCRAM_ITERATIONS_USIZE: usize = auth::SCRAM_ITERATIONS as usize;
-pub(crate) use auth::{UserSource, Users};
-pub(crate) use cancel::{CancelRegistry, Interrupt, QueryControl};
+/// Makes a PostgreSQL-style SCRAM verifier for a `[[users]]` entry's `scram_verifier`.
+pub use crate::edge::scram_verifier;
+pub(crate) use auth::UserSource;
+pub(crate) use cancel::CancelRegistry;
 pub(crate) use connection::{ConnectionLimits, serve_connection};
-pub(crate) use handler::{PgConnection, PgShared, is_loopback, server_parameters};
-pub(crate) use statement::dml_tag;
+pub(crate) use handler::{PgConnection, PgShared, server_parameters};
 
 /// The PostgreSQL version Tessera reports (`server_version`, `SELECT version()`):
 /// clients pick their catalog queries by it, and the emulated catalog follows 15.

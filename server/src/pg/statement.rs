@@ -477,28 +477,10 @@ pub(crate) fn command_tag(statement: &Statement) -> String {
     }
 }
 
-/// The DML statements whose `count` result is a command tag (`INSERT 0 3`), not rows.
-pub(crate) fn dml_tag(statement: &Statement) -> Option<&'static str> {
-    match statement {
-        Statement::Tessera(TesseraStatement::Copy { .. }) => Some("COPY"),
-        Statement::Tessera(_) => None,
-        Statement::Sql(sql) => match &sql.tree {
-            DFStatement::CopyTo(_) => Some("COPY"),
-            DFStatement::Statement(tree) => match tree.as_ref() {
-                SqlStatement::Insert(_) => Some("INSERT 0"),
-                SqlStatement::Update(_) => Some("UPDATE"),
-                SqlStatement::Delete(_) => Some("DELETE"),
-                SqlStatement::Copy { .. } => Some("COPY"),
-                _ => None,
-            },
-            _ => None,
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edge::dml_tag;
     use tessera_planner::ddl::parse;
 
     fn one(sql: &str) -> Command {

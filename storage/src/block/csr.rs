@@ -1,6 +1,6 @@
 //! Sparse blocks in compressed sparse row form, stored as an `sprs` matrix.
 
-use sprs::{CsMat, TriMat};
+use sprs::CsMat;
 
 use super::DenseBlock;
 use crate::error::{Result, StorageError};
@@ -81,9 +81,19 @@ impl CsrBlock {
         }
     }
 
-    /// Builds from triplets, summing duplicates and dropping zeros.
-    pub(crate) fn from_triplets(tri: &TriMat<f64>) -> Self {
-        Self::from_sprs(tri.to_csr())
+    /// Wraps CSR parts its caller built valid: offsets monotone, indices in range and
+    /// strictly increasing per row, no zeros.
+    pub(crate) fn from_sorted_parts(
+        rows: usize,
+        cols: usize,
+        indptr: Vec<usize>,
+        indices: Vec<usize>,
+        data: Vec<f64>,
+    ) -> Self {
+        debug_assert!(!data.contains(&0.0));
+        Self {
+            mat: CsMat::new((rows, cols), indptr, indices, data),
+        }
     }
 
     /// A dense copy.

@@ -2,13 +2,14 @@
 //!
 //! A block is dense (row-major `f64`, [`DenseBlock`]) or sparse (CSR through `sprs`,
 //! [`CsrBlock`]), chosen per block by its density: below [`SPARSE_THRESHOLD`] non-zeros
-//! per cell a block is stored sparse. [`CooBuilder`] collects cells during ingest.
+//! per cell a block is stored sparse. Cells become blocks through [`CooBuilder`], and
+//! blocks list their cells through [`Block::for_each_nonzero`] (both in `cells.rs`).
 
-mod coo;
+mod cells;
 mod csr;
 mod dense;
 
-pub use coo::CooBuilder;
+pub use cells::{CooBuilder, Duplicates};
 pub use csr::CsrBlock;
 pub use dense::DenseBlock;
 
@@ -130,31 +131,6 @@ impl Block {
         }
     }
 
-    /// Visits every non-zero cell as `(row, col, value)`, row by row.
-    pub fn for_each_nonzero(&self, mut f: impl FnMut(usize, usize, f64)) {
-        match self {
-            Block::Dense(d) => {
-                let cols = d.cols();
-                if cols == 0 {
-                    return;
-                }
-                for (n, &v) in d.values().iter().enumerate() {
-                    if v != 0.0 {
-                        f(n / cols, n % cols, v);
-                    }
-                }
-            }
-            Block::Sparse(s) => {
-                for r in 0..s.rows() {
-                    let (cols, vals) = s.row(r);
-                    for (&c, &v) in cols.iter().zip(vals) {
-                        f(r, c, v);
-                    }
-                }
-            }
-        }
-    }
-
     /// True when both blocks hold the same cells, whatever their formats.
     pub fn same_cells(&self, other: &Block) -> bool {
         self.shape() == other.shape() && self.to_dense().values() == other.to_dense().values()
@@ -198,7 +174,7 @@ mod tests {
 
     #[test]
     fn nonzeros_are_visited_in_row_order() {
-        let mut coo = CooBuilder::new(3, 3);
+        let mut coo = CooBuilder::new(3, 3, Duplicates::Sum);
         coo.push(2, 0, 3.0).unwrap();
         coo.push(0, 2, 1.0).unwrap();
         coo.push(0, 2, 1.0).unwrap(); // duplicates are summed

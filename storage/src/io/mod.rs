@@ -100,7 +100,7 @@ pub struct ReadOptions {
 ///
 /// Readers yield only non-zero cells (NaN is non-zero): a cell not listed is zero, as in a
 /// sparse block. A cell may be listed more than once (triples, Matrix Market coordinate
-/// entries); like [`CooBuilder`](crate::CooBuilder), a loader sums duplicates.
+/// entries); a loader sums duplicates ([`Duplicates::Sum`](crate::Duplicates::Sum)).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Cells {
     /// Row of each cell.

@@ -209,23 +209,7 @@ pub(super) fn dense_row(band: &BlockBand, r: usize, row: &mut [f64]) {
 /// Calls `f(col, value)` for each non-zero of row `r` of a band, in column order.
 pub(super) fn for_each_nonzero_in_row(band: &BlockBand, r: usize, mut f: impl FnMut(u64, f64)) {
     for (col0, block) in &band.blocks {
-        match block {
-            Block::Dense(d) => {
-                for (c, &v) in d.row(r).iter().enumerate() {
-                    if v != 0.0 {
-                        f(col0 + c as u64, v);
-                    }
-                }
-            }
-            Block::Sparse(s) => {
-                let (cols, vals) = s.row(r);
-                for (&c, &v) in cols.iter().zip(vals) {
-                    if v != 0.0 {
-                        f(col0 + c as u64, v);
-                    }
-                }
-            }
-        }
+        block.for_each_nonzero_in_row(r, |c, v| f(col0 + c as u64, v));
     }
 }
 

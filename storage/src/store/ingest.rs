@@ -12,7 +12,7 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{Store, WriteMode, writer::ArrayWriter};
-use crate::block::{Block, CsrBlock};
+use crate::block::{CooBuilder, Duplicates};
 use crate::error::{Result, StorageError};
 use crate::io::{self, BlockBand, CellReader, Cells, CsvLayout, FileFormat, ReadOptions};
 use crate::schema::{ArraySchema, BlockKey};
@@ -54,7 +54,7 @@ pub struct LoadSummary {
 }
 
 /// Bytes per cell while grouping: row and column within the block, and the value.
-const CELL_BYTES: usize = 16;
+const CELL_BYTES: usize = CooBuilder::CELL_BYTES;
 
 /// Number of spill buckets (each holds a contiguous range of block rows).
 const SPILL_BUCKETS: u64 = 64;
@@ -147,13 +147,8 @@ struct Blockifier<'a> {
     blocks: u64,
 }
 
-/// A cell within its block.
-#[derive(Clone, Copy)]
-struct Cell {
-    r: u32,
-    c: u32,
-    v: f64,
-}
+/// Cells grouped by block, each block's in the builder that will make it.
+type Pending = BTreeMap<BlockKey, CooBuilder>;
 
 impl Blockifier<'_> {
     fn block_lens(&self) -> (u64, u64) {
@@ -161,22 +156,25 @@ impl Blockifier<'_> {
         (d[0].block_len, d[1].block_len)
     }
 
-    fn split(&self, r: u64, c: u64) -> (BlockKey, Cell) {
+    /// Adds the matrix cell `(r, c)` to its block's cells; duplicates within one file
+    /// are summed (Matrix Market and SciPy's convention).
+    fn add(&self, pending: &mut Pending, r: u64, c: u64, v: f64) -> Result<()> {
         let (br, bc) = self.block_lens();
-        (
-            BlockKey::matrix((r / br) as i64, (c / bc) as i64),
-            Cell {
-                r: (r % br) as u32,
-                c: (c % bc) as u32,
-                v: 0.0,
-            },
-        )
+        let key = BlockKey::matrix((r / br) as i64, (c / bc) as i64);
+        let cells = match pending.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let (rows, cols) = self.schema.block_shape(e.key());
+                e.insert(CooBuilder::new(rows, cols, Duplicates::Sum))
+            }
+        };
+        cells.push((r % br) as usize, (c % bc) as usize, v)
     }
 
     fn load_ordered(&mut self, reader: &mut dyn CellReader) -> Result<u64> {
         let (br, _) = self.block_lens();
         let mut band: Option<u64> = None;
-        let mut pending: BTreeMap<BlockKey, Vec<Cell>> = BTreeMap::new();
+        let mut pending = Pending::new();
         let mut count = 0u64;
         while let Some(cells) = reader.next_cells()? {
             count += cells.len() as u64;
@@ -191,9 +189,7 @@ impl Blockifier<'_> {
                     self.flush(std::mem::take(&mut pending))?;
                     band = Some(bi);
                 }
-                let (key, mut cell) = self.split(cells.rows[n], cells.cols[n]);
-                cell.v = cells.values[n];
-                pending.entry(key).or_default().push(cell);
+                self.add(&mut pending, cells.rows[n], cells.cols[n], cells.values[n])?;
             }
         }
         self.flush(pending)?;
@@ -202,7 +198,7 @@ impl Blockifier<'_> {
 
     fn load_unordered(&mut self, reader: &mut dyn CellReader, budget: usize) -> Result<u64> {
         let max_cells = (budget / CELL_BYTES).max(1);
-        let mut held: BTreeMap<BlockKey, Vec<Cell>> = BTreeMap::new();
+        let mut held = Pending::new();
         let mut held_cells = 0usize;
         let mut count = 0u64;
         let mut spill: Option<Spill> = None;
@@ -213,9 +209,7 @@ impl Blockifier<'_> {
                 continue;
             }
             for n in 0..cells.len() {
-                let (key, mut cell) = self.split(cells.rows[n], cells.cols[n]);
-                cell.v = cells.values[n];
-                held.entry(key).or_default().push(cell);
+                self.add(&mut held, cells.rows[n], cells.cols[n], cells.values[n])?;
             }
             held_cells += cells.len();
             if held_cells > max_cells {
@@ -230,12 +224,8 @@ impl Blockifier<'_> {
             None => self.flush(held)?,
             Some(s) => {
                 for bucket in s.finish()? {
-                    let mut group: BTreeMap<BlockKey, Vec<Cell>> = BTreeMap::new();
-                    read_bucket(&bucket, |r, c, v| {
-                        let (key, mut cell) = self.split(r, c);
-                        cell.v = v;
-                        group.entry(key).or_default().push(cell);
-                    })?;
+                    let mut group = Pending::new();
+                    read_bucket(&bucket, |r, c, v| self.add(&mut group, r, c, v))?;
                     self.flush(group)?;
                     let _ = std::fs::remove_file(&bucket);
                 }
@@ -244,83 +234,25 @@ impl Blockifier<'_> {
         Ok(count)
     }
 
-    /// Turns each block's cells into a block (merging with the stored block in update
-    /// mode) and puts it.
-    fn flush(&mut self, pending: BTreeMap<BlockKey, Vec<Cell>>) -> Result<()> {
-        for (key, mut cells) in pending {
-            let (rows, cols) = self.schema.block_shape(&key);
-            // Sort by position; duplicates within one file are summed (Matrix Market and
-            // SciPy's convention).
-            cells.sort_unstable_by_key(|c| (c.r, c.c));
-            cells.dedup_by(|later, first| {
-                let same = later.r == first.r && later.c == first.c;
-                if same {
-                    first.v += later.v;
-                }
-                same
-            });
+    /// Turns each block's cells into a block (written over the stored block in update
+    /// mode: cells in the file overwrite stored cells, other stored cells stay) and puts
+    /// it.
+    fn flush(&mut self, pending: Pending) -> Result<()> {
+        for (key, cells) in pending {
             let old = if self.merge {
                 self.writer.base().read_block(&key)?
             } else {
                 None
             };
-            let merged = match old {
-                Some(old) => merge_cells(&old, &cells),
-                None => cells
-                    .into_iter()
-                    .map(|c| (c.r as usize, c.c as usize, c.v))
-                    .collect(),
+            let block = match old {
+                Some(old) => cells.build_over(&old)?,
+                None => cells.build(),
             };
-            let mut indptr = vec![0usize; rows + 1];
-            let mut indices = Vec::with_capacity(merged.len());
-            let mut data = Vec::with_capacity(merged.len());
-            for &(r, c, v) in &merged {
-                if v != 0.0 {
-                    indptr[r + 1] += 1;
-                    indices.push(c);
-                    data.push(v);
-                }
-            }
-            for r in 0..rows {
-                indptr[r + 1] += indptr[r];
-            }
-            let block = Block::Sparse(CsrBlock::from_parts(rows, cols, indptr, indices, data)?)
-                .into_preferred_format();
             self.writer.put_block(key, block)?;
             self.blocks += 1;
         }
         Ok(())
     }
-}
-
-/// The stored block's non-zeros with `cells` (sorted, unique) overwriting them, sorted.
-fn merge_cells(old: &Block, cells: &[Cell]) -> Vec<(usize, usize, f64)> {
-    let mut stored = Vec::with_capacity(old.nnz());
-    old.for_each_nonzero(|r, c, v| stored.push((r, c, v)));
-    let mut out = Vec::with_capacity(stored.len() + cells.len());
-    let (mut a, mut b) = (0, 0);
-    while a < stored.len() || b < cells.len() {
-        let take_new = match (stored.get(a), cells.get(b)) {
-            (Some(s), Some(n)) => {
-                let np = (n.r as usize, n.c as usize);
-                if (s.0, s.1) == np {
-                    a += 1; // overwritten
-                }
-                np <= (s.0, s.1)
-            }
-            (None, Some(_)) => true,
-            _ => false,
-        };
-        if take_new {
-            let n = cells[b];
-            out.push((n.r as usize, n.c as usize, n.v));
-            b += 1;
-        } else {
-            out.push(stored[a]);
-            a += 1;
-        }
-    }
-    out
 }
 
 /// Temporary bucket files of `(row, col, value)` cells, one per range of block rows.
@@ -369,15 +301,11 @@ impl Spill {
         Ok(())
     }
 
-    fn write_held(
-        &mut self,
-        held: &BTreeMap<BlockKey, Vec<Cell>>,
-        (br, bc): (u64, u64),
-    ) -> Result<()> {
+    fn write_held(&mut self, held: &Pending, (br, bc): (u64, u64)) -> Result<()> {
         for (key, cells) in held {
             let (r0, c0) = (key.0[0] as u64 * br, key.0[1] as u64 * bc);
-            for c in cells {
-                self.put(r0 + c.r as u64, c0 + c.c as u64, c.v)?;
+            for (r, c, v) in cells.cells() {
+                self.put(r0 + r as u64, c0 + c as u64, v)?;
             }
         }
         Ok(())
@@ -403,7 +331,7 @@ impl Drop for Spill {
     }
 }
 
-fn read_bucket(path: &Path, mut f: impl FnMut(u64, u64, f64)) -> Result<()> {
+fn read_bucket(path: &Path, mut f: impl FnMut(u64, u64, f64) -> Result<()>) -> Result<()> {
     let file = File::open(path).map_err(|e| StorageError::io(path.display(), e))?;
     let mut r = BufReader::with_capacity(1 << 20, file);
     let mut rec = [0u8; 24];
@@ -422,7 +350,7 @@ fn read_bucket(path: &Path, mut f: impl FnMut(u64, u64, f64)) -> Result<()> {
             u64::from_le_bytes(word(0)),
             u64::from_le_bytes(word(1)),
             f64::from_le_bytes(word(2)),
-        );
+        )?;
     }
     if let Some(dir) = path.parent() {
         // The last bucket read removes the directory.
