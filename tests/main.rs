@@ -10,6 +10,7 @@ mod guards;
 mod hostile_clients;
 mod la_numpy;
 mod pg_catalog;
+mod placement;
 mod pgwire;
 mod psql;
 mod python;

@@ -185,9 +185,14 @@ impl Placement {
         &self.id
     }
 
+    /// The 64-bit hash of block `key`, before it is reduced to a shard.
+    pub fn hash_of(&self, key: &BlockKey) -> u64 {
+        (self.hash)(&key.0)
+    }
+
     /// The shard, of `shards`, that this placement puts block `key` in.
     pub fn shard_of(&self, key: &BlockKey, shards: u32) -> u32 {
-        ((self.hash)(&key.0) % shards.max(1) as u64) as u32
+        (self.hash_of(key) % shards.max(1) as u64) as u32
     }
 }
 
