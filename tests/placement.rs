@@ -48,7 +48,12 @@ fn by_block_row(key: &[i64]) -> u64 {
 
 /// Writes every block of the `ROWS x COLS` matrix `name` from `cell`, placed by
 /// `placement` (this build's when `None`).
-fn write_matrix(store: &Store, name: &str, cell: fn(i64, i64) -> f64, placement: Option<Placement>) {
+fn write_matrix(
+    store: &Store,
+    name: &str,
+    cell: fn(i64, i64) -> f64,
+    placement: Option<Placement>,
+) {
     let mut w = store.writer(name, WriteMode::Replace).unwrap();
     if let Some(p) = placement {
         w.place_with(p).unwrap();
@@ -171,12 +176,20 @@ const PRODUCT: &str = "SELECT i, j, v FROM matmul(odd, t(norm)) ORDER BY i, j";
 /// Every answer, exactly.
 async fn check_answers(db: &Database, what: &str) {
     let want = expected();
-    assert_eq!(count_and_sum(db, JOIN_TOTAL).await, want.join, "{what}: join");
+    assert_eq!(
+        count_and_sum(db, JOIN_TOTAL).await,
+        want.join,
+        "{what}: join"
+    );
     let mut joined = cells(db, JOIN).await;
     joined.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
     assert_eq!(joined.len() as i64, want.join.0, "{what}: joined rows");
     for (i, j, v) in joined {
-        assert_eq!(v, a_cell(i, j) * b_cell(i, j), "{what}: joined cell ({i}, {j})");
+        assert_eq!(
+            v,
+            a_cell(i, j) * b_cell(i, j),
+            "{what}: joined cell ({i}, {j})"
+        );
     }
     assert_eq!(cells(db, SUM).await, want.sum, "{what}: add(odd, norm)");
     assert_eq!(

@@ -178,7 +178,12 @@ fn format_v1_fixture_reads_back() {
     let grid = dense.schema.block_grid();
     assert!(!current.blocks().is_empty());
     for b in current.blocks() {
-        assert_eq!(b.shard, dense.partitioning.shard_of(&b.key, &grid), "{}", b.key);
+        assert_eq!(
+            b.shard,
+            dense.partitioning.shard_of(&b.key, &grid),
+            "{}",
+            b.key
+        );
     }
     drop(current);
     assert_eq!(

@@ -1591,8 +1591,16 @@ mod tests {
             }
         );
         assert!(error("ALTER ARRAY a").0.contains("REPARTITION"));
-        assert!(error("ALTER ARRAY a REPARTITION WITH (shards = 0)").0.contains("positive"));
-        assert!(error("ALTER ARRAY a REPARTITION WITH (copies 2)").0.contains("unknown option"));
+        assert!(
+            error("ALTER ARRAY a REPARTITION WITH (shards = 0)")
+                .0
+                .contains("positive")
+        );
+        assert!(
+            error("ALTER ARRAY a REPARTITION WITH (copies 2)")
+                .0
+                .contains("unknown option")
+        );
         assert!(error("ALTER ARRAY a REPARTITION now").0.contains("WITH"));
         assert_eq!(
             parse("ALTER TABLE t ADD COLUMN c INT").unwrap(),

@@ -196,7 +196,9 @@ fn probe(placement: &Placement, dims: usize) -> Result<Option<String>> {
                 .filter_map(|c| c.as_any().downcast_ref::<Int64Array>())
                 .collect();
             if coordinates.len() != dims {
-                mismatch = Some(format!("DataFusion's partitioner changed the key columns: {part:?}"));
+                mismatch = Some(format!(
+                    "DataFusion's partitioner changed the key columns: {part:?}"
+                ));
             }
             routed += part.num_rows();
             for row in 0..part.num_rows() {
@@ -342,7 +344,11 @@ mod tests {
         assert!(placement_mismatch(&rotated).is_some());
         let mostly = Placement::new("test-mostly", |k| {
             let h = tessera_storage::datafusion_hash(k);
-            if k.first() == Some(&i64::MIN) { h ^ 1 } else { h }
+            if k.first() == Some(&i64::MIN) {
+                h ^ 1
+            } else {
+                h
+            }
         })
         .unwrap();
         let why = placement_mismatch(&mostly).unwrap();
