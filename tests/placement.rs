@@ -182,7 +182,7 @@ async fn check_answers(db: &Database, what: &str) {
         "{what}: join"
     );
     let mut joined = cells(db, JOIN).await;
-    joined.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    joined.sort_by_key(|c| (c.0, c.1));
     assert_eq!(joined.len() as i64, want.join.0, "{what}: joined rows");
     for (i, j, v) in joined {
         assert_eq!(
