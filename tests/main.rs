@@ -11,6 +11,7 @@ mod hostile_clients;
 mod la_numpy;
 mod pg_catalog;
 mod pgwire;
+mod placement;
 mod psql;
 mod python;
 mod reliability_storage;

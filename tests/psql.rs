@@ -156,6 +156,28 @@ async fn psql_errors_show_their_sqlstate_and_the_session_goes_on() {
     server.shutdown().await;
 }
 
+/// `ALTER MATRIX ... REPARTITION` over psql: its tag, and the matrix unchanged in
+/// content (worked by hand: 1 + 2 + 3 + 4 = 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn psql_alter_matrix_repartition() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let port = server.local_addr().port();
+    let (code, out, err) = run(
+        port,
+        dir.path(),
+        "CREATE MATRIX m (3, 4) BLOCK (2, 2) WITH (shards = 2);
+         INSERT INTO m VALUES (0, 0, 1), (0, 2, 2), (1, 3, 3), (2, 0, 4);
+         ALTER MATRIX m REPARTITION WITH (shards = 3);
+         SELECT count(*), sum(v) FROM m;",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(lines(&out).contains(&"ALTER ARRAY"), "psql printed:\n{out}");
+    assert!(lines(&out).contains(&"4|10"), "psql printed:\n{out}");
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn psql_copy_round_trips_tables_and_arrays_with_timing_on() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use tessera_storage::{
     ArraySchema, Attribute, Block, BlockFormat, BlockKey, CsrBlock, DenseBlock, Dimension,
-    Partitioning, Store, WriteMode,
+    Partitioning, Store, UNRECORDED_PLACEMENT, WriteMode,
 };
 
 fn fixture_dir() -> PathBuf {
@@ -169,6 +169,23 @@ fn format_v1_fixture_reads_back() {
 
     let dense = store.array("dense").unwrap();
     assert_eq!(dense.partitioning, Partitioning::Hash { shards: 2 });
+    // Format-v1 catalogs record no placement: read as the one every build that wrote
+    // them used, which is this build's live placement, so the array stays trusted; and
+    // its blocks are indeed where this build's hash puts them.
+    assert_eq!(dense.placement.as_deref(), Some(UNRECORDED_PLACEMENT));
+    assert!(tessera_planner::hash_placement_is_live(&dense));
+    let current = store.snapshot("dense", None).unwrap();
+    let grid = dense.schema.block_grid();
+    assert!(!current.blocks().is_empty());
+    for b in current.blocks() {
+        assert_eq!(
+            b.shard,
+            dense.partitioning.shard_of(&b.key, &grid),
+            "{}",
+            b.key
+        );
+    }
+    drop(current);
     assert_eq!(
         dense.versions.iter().map(|v| v.version).collect::<Vec<_>>(),
         [0, 1, 2]

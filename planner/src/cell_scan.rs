@@ -23,6 +23,7 @@ use futures::StreamExt;
 use tessera_storage::{ArrayInfo, BlockKey, Snapshot};
 
 use crate::array_table::{CellListing, block_batches};
+use crate::partitioning::hash_placement_is_live;
 
 /// Scans the cells of one committed version of an array, one output partition per
 /// shard (shards with no block to read are empty partitions).
@@ -147,7 +148,13 @@ impl DisplayAs for CellScanExec {
 /// How the array's shards are laid out, for EXPLAIN.
 fn partitioning_name(info: &ArrayInfo) -> String {
     match info.partitioning {
-        tessera_storage::Partitioning::Hash { .. } => "hash of block".into(),
+        tessera_storage::Partitioning::Hash { .. } if hash_placement_is_live(info) => {
+            "hash of block".into()
+        }
+        tessera_storage::Partitioning::Hash { .. } => format!(
+            "hash of block placed by '{}', not this build's hash: partitioning unknown",
+            info.placement.as_deref().unwrap_or("")
+        ),
         tessera_storage::Partitioning::RowBlock { .. } => "block rows".into(),
         tessera_storage::Partitioning::Grid {
             row_shards,

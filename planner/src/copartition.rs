@@ -12,9 +12,15 @@
 //!
 //! | stored partitioning | shard depends on | joins that qualify |
 //! |---|---|---|
-//! | `hash` (default) | every block index | on every dimension (`a.i = b.i AND a.j = b.j`) |
+//! | `hash` (default), placed by the live placement | every block index | on every dimension (`a.i = b.i AND a.j = b.j`) |
+//! | `hash`, placed by another function | unknown | none |
 //! | `rows` | the block row | on `i` (and possibly more) |
 //! | `grid` | block row and column | on `i` and `j` |
+//!
+//! A hash-partitioned array qualifies only when the function that placed its blocks
+//! is the one this build's DataFusion computes ([`hash_placement_is_live`]): an array
+//! written by a build that hashed differently would meet the other side's shard `k`
+//! with blocks of other keys, and the join would drop matches.
 //!
 //! The rule runs after DataFusion's own rules (including join selection, which
 //! broadcasts a small side by its statistics, and the sanity check). An operator above
@@ -49,6 +55,7 @@ use datafusion::physical_plan::{Distribution, ExecutionPlan, Partitioning};
 use tessera_storage::{ArrayInfo, Partitioning as Stored};
 
 use crate::cell_scan::CellScanExec;
+use crate::partitioning::hash_placement_is_live;
 
 /// The physical optimizer rule; see the module documentation.
 #[derive(Debug, Default)]
@@ -137,7 +144,7 @@ fn copartitioned(join: &HashJoinExec, relied: bool) -> Result<Option<Arc<dyn Exe
         }
     }
     let (a, b) = (left.scan.info(), right.scan.info());
-    let Some(placing) = placing_dimensions(a) else {
+    let (Some(placing), Some(_)) = (placing_dimensions(a), placing_dimensions(b)) else {
         return Ok(None);
     };
     let alike = a.partitioning == b.partitioning
@@ -253,11 +260,12 @@ impl ExecutionPlan for CoPartitionedJoinExec {
 }
 
 /// The dimensions whose block index decides an array's shard, or `None` when the
-/// layout is not one this rule knows.
+/// layout is not one this rule knows (including a hash placement that is not live).
 fn placing_dimensions(info: &ArrayInfo) -> Option<Vec<usize>> {
     let ndims = info.schema.dimensions().len();
     match info.partitioning {
-        Stored::Hash { .. } => Some((0..ndims).collect()),
+        Stored::Hash { .. } if hash_placement_is_live(info) => Some((0..ndims).collect()),
+        Stored::Hash { .. } => None,
         Stored::RowBlock { .. } => Some(vec![0]),
         Stored::Grid { .. } if ndims >= 2 => Some(vec![0, 1]),
         Stored::Grid { .. } => None,

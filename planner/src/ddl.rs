@@ -150,6 +150,14 @@ pub enum TesseraStatement {
         /// The array to check; `None`: the catalog and every array.
         array: Option<String>,
     },
+    /// `ALTER ARRAY name REPARTITION [WITH (shards = n)]` (or `ALTER MATRIX`): rewrites
+    /// the array as a new version placed by the live hash placement.
+    AlterArrayRepartition {
+        /// The array to rewrite.
+        name: String,
+        /// `WITH (shards = n)`: the new shard count; `None` keeps the array's.
+        shards: Option<u32>,
+    },
 }
 
 /// One dimension of `CREATE ARRAY`: `name start:end BLOCK block`, with `start:end`
@@ -375,6 +383,10 @@ fn tessera_statement(p: &mut SqlParser<'_>) -> Result<Option<TesseraStatement>> 
     if starts("DROP", &["ARRAY", "MATRIX"]) {
         parser.skip(2);
         return parser.drop_arrays().map(Some);
+    }
+    if starts("ALTER", &["ARRAY", "MATRIX"]) {
+        parser.skip(2);
+        return parser.alter_array_repartition().map(Some);
     }
     if starts("SHOW", &["ARRAYS", "MATRICES"]) {
         parser.skip(2);
@@ -904,6 +916,39 @@ impl Parser<'_, '_> {
         let last = names.last().cloned().unwrap_or_default();
         self.expect_end("`,`", format!("after array name {last}"))?;
         Ok(TesseraStatement::DropArrays { names, if_exists })
+    }
+
+    /// After `ALTER ARRAY` / `ALTER MATRIX`: `name REPARTITION [WITH (shards = n)]`.
+    fn alter_array_repartition(&mut self) -> Result<TesseraStatement> {
+        let name = self.identifier("an array name", "after ALTER ARRAY")?;
+        self.expect_word("REPARTITION", format!("after ALTER ARRAY {name}"))?;
+        let mut shards = None;
+        if self.parse_word("WITH") {
+            for (key, value) in self.option_list("after REPARTITION")? {
+                let number = match &value {
+                    OptionValue::Number(n) if key == "shards" => n.parse::<u32>().ok(),
+                    _ if key == "shards" => None,
+                    _ => {
+                        return Err(plan_datafusion_err!(
+                            "ALTER ARRAY {name} REPARTITION: unknown option {key}; the one option is shards"
+                        ));
+                    }
+                };
+                match number {
+                    Some(n) if n > 0 => shards = Some(n),
+                    _ => {
+                        return Err(plan_datafusion_err!(
+                            "ALTER ARRAY {name} REPARTITION: option shards must be a positive whole number"
+                        ));
+                    }
+                }
+            }
+        }
+        self.expect_end(
+            if shards.is_none() { "WITH" } else { "" },
+            format!("after ALTER ARRAY {name} REPARTITION"),
+        )?;
+        Ok(TesseraStatement::AlterArrayRepartition { name, shards })
     }
 
     /// After `COPY`, when a name follows. `None` for DataFusion's own `COPY t TO 'f'
@@ -1752,6 +1797,40 @@ mod tests {
     }
 
     // ---- DROP ------------------------------------------------------------------------
+
+    #[test]
+    fn alter_array_repartition() {
+        assert_eq!(
+            one("ALTER ARRAY a REPARTITION"),
+            TesseraStatement::AlterArrayRepartition {
+                name: "a".into(),
+                shards: None
+            }
+        );
+        assert_eq!(
+            one("alter matrix \"B\" repartition with (SHARDS = 8)"),
+            TesseraStatement::AlterArrayRepartition {
+                name: "B".into(),
+                shards: Some(8)
+            }
+        );
+        assert!(error("ALTER ARRAY a").0.contains("REPARTITION"));
+        assert!(
+            error("ALTER ARRAY a REPARTITION WITH (shards = 0)")
+                .0
+                .contains("positive")
+        );
+        assert!(
+            error("ALTER ARRAY a REPARTITION WITH (copies 2)")
+                .0
+                .contains("unknown option")
+        );
+        assert!(error("ALTER ARRAY a REPARTITION now").0.contains("WITH"));
+        assert_eq!(
+            parse("ALTER TABLE t ADD COLUMN c INT").unwrap(),
+            vec![sql("ALTER TABLE t ADD COLUMN c INT")]
+        );
+    }
 
     #[test]
     fn drop_arrays_and_matrices() {

@@ -14,6 +14,7 @@ mod error;
 mod file_access;
 pub mod la;
 mod partitioning;
+mod repartition;
 pub mod session;
 mod sql_types;
 mod stored_table;
@@ -32,7 +33,11 @@ pub use cell_scan::CellScanExec;
 pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
 pub use error::{ErrorKind, TesseraError, storage_error, storage_error_kind, tessera_error};
 pub use file_access::{FileAccess, FileUse, check_file};
-pub use partitioning::{BLOCK_KEY_COLUMNS, stored_partitioning};
+pub use partitioning::{
+    BLOCK_KEY_COLUMNS, hash_placement_is_live, live_placement, placement_mismatch,
+    stored_partitioning,
+};
+pub use repartition::alter_array_repartition;
 pub use sql_types::PostgresTypes;
 pub use stored_table::{StoredTable, StoredTableScanExec};
 pub use view::SqlView;

@@ -557,6 +557,10 @@ async fn execute_tessera(
         TesseraStatement::ShowArrays => show_arrays(catalog),
         TesseraStatement::Describe { name } => describe(ctx, catalog, name).await,
         TesseraStatement::Verify { array } => verify(catalog, array).await,
+        TesseraStatement::AlterArrayRepartition { name, shards } => {
+            crate::repartition::alter_array_repartition(catalog, &name, shards).await?;
+            Ok(empty_stream())
+        }
     }
 }
 

@@ -29,7 +29,10 @@ pub use block::{
     Block, BlockFormat, CooBuilder, CsrBlock, DenseBlock, Duplicates, SPARSE_THRESHOLD,
 };
 pub use error::{Result, StorageError};
-pub use partition::{MAX_SHARDS, Partitioning, datafusion_hash};
+pub use partition::{
+    HASH_PLACEMENT, MAX_SHARDS, MIXED_PLACEMENT, Partitioning, Placement, UNRECORDED_PLACEMENT,
+    datafusion_hash,
+};
 pub use schema::{ArraySchema, Attribute, AttributeType, BlockKey, Dimension, MAX_BLOCK_CELLS};
 pub use store::{
     ArrayInfo, ArrayWriter, BlockMeta, Damage, LoadOptions, LoadSummary, Snapshot, Store,

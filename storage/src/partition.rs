@@ -19,7 +19,8 @@ pub enum Partitioning {
     /// `shard = hash(block key) mod shards`, with the hash DataFusion's hash
     /// repartitioning computes over the block-key columns `(bi, bj, ...)`, so a
     /// `RepartitionExec` on those columns with `shards` partitions sends every block to
-    /// the partition that stores it.
+    /// the partition that stores it. Which hash placed a version's blocks is recorded
+    /// with it ([`Placement`], [`HASH_PLACEMENT`]).
     Hash {
         /// Number of shards.
         shards: u32,
@@ -80,7 +81,8 @@ impl Partitioning {
     }
 
     /// The shard that stores block `key` of an array with block grid `grid`
-    /// (blocks per dimension, [`ArraySchema::block_grid`]).
+    /// (blocks per dimension, [`ArraySchema::block_grid`]), when written by this build
+    /// (hash partitioning by [`Placement::current`]).
     pub fn shard_of(&self, key: &BlockKey, grid: &[u64]) -> u32 {
         let range = |b: i64, n: u64, parts: u32| -> u32 {
             let n = n.max(1);
@@ -112,6 +114,85 @@ impl Partitioning {
             Partitioning::RowBlock { .. } => a.first() == b.first(),
             Partitioning::Grid { .. } => a.get(..2) == b.get(..2),
         }
+    }
+}
+
+/// The placement function this build's writes use for hash-partitioned arrays: block
+/// `(b0, b1, ...)` goes to shard [`datafusion_hash`]`(b0, b1, ...) mod shards`, the hash
+/// DataFusion 55's `RepartitionExec` computes (its `create_hashes` with foldhash 0.2's
+/// fast hasher and the fixed seed 0). The name is recorded with every version of a
+/// hash-partitioned array; a build that hashes differently must use a new name.
+pub const HASH_PLACEMENT: &str = "df55-foldhash-0.2-seed0";
+
+/// What a hash-partitioned version recorded without a placement means: catalogs written
+/// before placements were recorded have none, and every build that wrote them placed
+/// blocks with DataFusion 55's hash over foldhash 0.2 with seed 0. This stays that
+/// name even when [`HASH_PLACEMENT`] changes.
+pub const UNRECORDED_PLACEMENT: &str = "df55-foldhash-0.2-seed0";
+
+/// Recorded for a version whose blocks were placed by more than one function (a write
+/// that kept blocks of a version placed by another function than its own). It names no
+/// function, so such a version is never taken to be hash-partitioned; rewriting it
+/// whole (the planner's `ALTER ARRAY ... REPARTITION`) places it by one again.
+pub const MIXED_PLACEMENT: &str = "mixed";
+
+/// A function that puts the blocks of a hash-partitioned array in shards, with the name
+/// recorded for it in the catalog.
+///
+/// Writes use [`Placement::current`] unless told otherwise
+/// ([`ArrayWriter::place_with`](crate::ArrayWriter::place_with)): a store written by
+/// another build, or by another system, may place blocks differently, and readers
+/// compare the recorded name with the function they rely on.
+///
+/// ```
+/// use tessera_storage::{BlockKey, HASH_PLACEMENT, Partitioning, Placement};
+/// let current = Placement::current();
+/// assert_eq!(current.id(), HASH_PLACEMENT);
+/// let key = BlockKey::matrix(3, 4);
+/// let hash = Partitioning::Hash { shards: 7 };
+/// assert_eq!(current.shard_of(&key, 7), hash.shard_of(&key, &[10, 10]));
+/// ```
+#[derive(Debug, Clone)]
+pub struct Placement {
+    id: String,
+    hash: fn(&[i64]) -> u64,
+}
+
+impl Placement {
+    /// This build's placement: [`HASH_PLACEMENT`], by [`datafusion_hash`].
+    pub fn current() -> Self {
+        Placement {
+            id: HASH_PLACEMENT.to_string(),
+            hash: datafusion_hash,
+        }
+    }
+
+    /// A placement by `hash` (block key to 64-bit hash; the shard is the hash mod the
+    /// shard count), recorded as `id`. The caller vouches that `id` names exactly this
+    /// function. An empty id and [`MIXED_PLACEMENT`] are refused.
+    pub fn new(id: impl Into<String>, hash: fn(&[i64]) -> u64) -> Result<Self> {
+        let id = id.into();
+        if id.trim().is_empty() || id == MIXED_PLACEMENT {
+            return Err(StorageError::InvalidArgument(format!(
+                "'{id}' cannot name a placement function"
+            )));
+        }
+        Ok(Placement { id, hash })
+    }
+
+    /// The name recorded for this placement.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The 64-bit hash of block `key`, before it is reduced to a shard.
+    pub fn hash_of(&self, key: &BlockKey) -> u64 {
+        (self.hash)(&key.0)
+    }
+
+    /// The shard, of `shards`, that this placement puts block `key` in.
+    pub fn shard_of(&self, key: &BlockKey, shards: u32) -> u32 {
+        (self.hash_of(key) % shards.max(1) as u64) as u32
     }
 }
 
@@ -164,6 +245,24 @@ mod tests {
             }
         }
         assert!(counts.iter().all(|&c| c > 60), "{counts:?}");
+    }
+
+    #[test]
+    fn placements_are_named_and_place_by_their_hash() {
+        let current = Placement::current();
+        assert_eq!(current.id(), HASH_PLACEMENT);
+        let p = Partitioning::Hash { shards: 5 };
+        for bi in -3..10 {
+            for bj in [0, 1, 7, i64::MAX, i64::MIN] {
+                let key = BlockKey::matrix(bi, bj);
+                assert_eq!(current.shard_of(&key, 5), p.shard_of(&key, &[10, 10]));
+            }
+        }
+        let by_row = Placement::new("test-by-row", |k| k[0] as u64).unwrap();
+        assert_eq!(by_row.id(), "test-by-row");
+        assert_eq!(by_row.shard_of(&BlockKey::matrix(7, 3), 4), 3);
+        assert!(Placement::new("", |_| 0).is_err());
+        assert!(Placement::new(MIXED_PLACEMENT, |_| 0).is_err());
     }
 
     #[test]

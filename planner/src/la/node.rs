@@ -23,6 +23,7 @@ use super::exec::{LaExec, Output, cells_schema, rows_schema};
 use super::expr::{Estimate, MatExpr, Op};
 use super::matrix::{KeyFn, Layout};
 use super::strategy::{self, CostContext, Operand, Pattern, Strategy};
+use crate::partitioning::hash_placement_is_live;
 
 extensions_options! {
     /// Tessera's session settings (`SET tessera.<name> = ...`).
@@ -208,7 +209,8 @@ fn build(e: &MatExpr, ctx: &Ctx<'_>, output: Output) -> Result<(Arc<LaExec>, Ope
     let (choice, operand) = match &e.op {
         Op::Array(p) => {
             let layout = match p.partitioning() {
-                Partitioning::Hash { .. } => Layout::Hash2,
+                Partitioning::Hash { .. } if hash_placement_is_live(p.0.info()) => Layout::Hash2,
+                Partitioning::Hash { .. } => Layout::Other,
                 Partitioning::RowBlock { .. } => Layout::Rows(KeyFn::Range {
                     blocks: p.shape().0.div_ceil(p.block().0.max(1)),
                 }),

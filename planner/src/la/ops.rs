@@ -17,6 +17,7 @@ use super::matrix::{
 };
 use super::strategy::Strategy;
 use crate::error::{ErrorKind, tessera_error};
+use crate::partitioning::hash_placement_is_live;
 
 fn storage(e: tessera_storage::StorageError) -> DataFusionError {
     crate::error::storage_error(e)
@@ -123,7 +124,9 @@ pub(crate) fn scan(snapshot: &Snapshot) -> Result<BlockMatrix> {
     let (br, bc) = (d[0].block_len, d[1].block_len);
     let shards = info.partitioning.shard_count().max(1) as usize;
     let layout = match info.partitioning {
-        Partitioning::Hash { .. } => Layout::Hash2,
+        // Blocks placed by another hash are where Layout::Hash2 would not look for them.
+        Partitioning::Hash { .. } if hash_placement_is_live(info) => Layout::Hash2,
+        Partitioning::Hash { .. } => Layout::Other,
         Partitioning::RowBlock { .. } => Layout::Rows(KeyFn::Range {
             blocks: rows.div_ceil(br),
         }),

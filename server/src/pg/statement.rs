@@ -432,6 +432,7 @@ pub(crate) fn command_tag(statement: &Statement) -> String {
                 TesseraStatement::CreateMatrix { .. } => "CREATE MATRIX",
                 TesseraStatement::DropArrays { .. } => "DROP ARRAY",
                 TesseraStatement::Copy { .. } => "COPY",
+                TesseraStatement::AlterArrayRepartition { .. } => "ALTER ARRAY",
                 TesseraStatement::ShowArrays
                 | TesseraStatement::Describe { .. }
                 | TesseraStatement::Verify { .. } => "SELECT",
@@ -608,6 +609,7 @@ mod tests {
         assert_eq!(tag("CREATE TABLE t (a INT)"), "CREATE TABLE");
         assert_eq!(tag("create or replace view v as select 1"), "CREATE VIEW");
         assert_eq!(tag("CREATE MATRIX m (2, 2)"), "CREATE MATRIX");
+        assert_eq!(tag("ALTER MATRIX m REPARTITION"), "ALTER ARRAY");
         assert_eq!(tag("DROP TABLE t"), "DROP TABLE");
         let dml = |sql: &str| dml_tag(&parse(sql).unwrap().remove(0));
         assert_eq!(dml("INSERT INTO t VALUES (1)"), Some("INSERT 0"));

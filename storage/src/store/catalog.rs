@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::block::BlockFormat;
-use crate::partition::Partitioning;
+use crate::partition::{Partitioning, UNRECORDED_PLACEMENT};
 use crate::schema::{ArraySchema, BlockKey};
 
 /// Version of the catalog and manifest layout.
@@ -77,6 +77,36 @@ pub(crate) struct VersionEntry {
     pub nnz: u64,
     pub bytes: u64,
     pub created_unix_ms: u64,
+    /// For a hash-partitioned version, the placement function that put its blocks in
+    /// their shards ([`crate::Placement`]). Absent in catalogs written before placements
+    /// were recorded: read as [`UNRECORDED_PLACEMENT`] (see [`placement_of`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<String>,
+    /// The version's partitioning when it is not the array's: recorded on the versions
+    /// a rewrite with another partitioning leaves behind. Absent: the array's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioning: Option<Partitioning>,
+}
+
+impl VersionEntry {
+    /// The version's partitioning, given the array's.
+    pub(crate) fn partitioning(&self, array: &Partitioning) -> Partitioning {
+        self.partitioning.unwrap_or(*array)
+    }
+}
+
+/// The placement that put a version's blocks in their shards, given the one it recorded
+/// and its partitioning; `None` unless the partitioning is by hash (row-block and grid
+/// layouts depend on no hash).
+///
+/// A hash-partitioned version that recorded none was written before placements were
+/// recorded, by a build placing blocks with DataFusion 55's hash over foldhash 0.2 with
+/// seed 0 (every such build did): it is [`UNRECORDED_PLACEMENT`].
+pub(crate) fn placement_of(recorded: Option<&str>, partitioning: &Partitioning) -> Option<String> {
+    match partitioning {
+        Partitioning::Hash { .. } => Some(recorded.unwrap_or(UNRECORDED_PLACEMENT).to_string()),
+        Partitioning::RowBlock { .. } | Partitioning::Grid { .. } => None,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -26,7 +26,7 @@ pub use writer::{ArrayWriter, WriteMode};
 use crate::backend::{Backend, LocalBackend, MemoryBackend};
 use crate::block::BlockFormat;
 use crate::error::{Result, StorageError};
-use crate::partition::Partitioning;
+use crate::partition::{HASH_PLACEMENT, Partitioning};
 use crate::schema::ArraySchema;
 use catalog::{ArrayEntry, CATALOG_FILE, CATALOG_TMP_FILE, Catalog, Manifest, VersionEntry};
 
@@ -61,6 +61,15 @@ pub struct ArrayInfo {
     /// The format every block is stored in (`CREATE MATRIX ... SPARSE | DENSE`);
     /// `None`: chosen per block by density ([`Block::preferred_format`](crate::Block::preferred_format)).
     pub block_format: Option<BlockFormat>,
+    /// For a hash-partitioned array, the name of the placement function that put the
+    /// blocks of the version described in their shards ([`Placement`]); `None` for
+    /// row-block and grid layouts, which depend on no hash. The version described is
+    /// the current one ([`Store::array`]) or the snapshot's ([`Snapshot::info`]), whose
+    /// `partitioning` is likewise that version's.
+    ///
+    /// Versions written before placements were recorded read as
+    /// [`UNRECORDED_PLACEMENT`](crate::UNRECORDED_PLACEMENT).
+    pub placement: Option<String>,
 }
 
 impl ArrayInfo {
@@ -87,12 +96,22 @@ pub struct VersionInfo {
 }
 
 impl From<&ArrayEntry> for ArrayInfo {
+    /// The array as of its current version.
     fn from(e: &ArrayEntry) -> Self {
+        ArrayInfo::at_version(e, e.current())
+    }
+}
+
+impl ArrayInfo {
+    /// The array as of version `v` (that version's partitioning and placement).
+    fn at_version(e: &ArrayEntry, v: Option<&VersionEntry>) -> Self {
+        let partitioning = v.map_or(e.partitioning, |v| v.partitioning(&e.partitioning));
         ArrayInfo {
             id: e.id,
             name: e.name.clone(),
             schema: e.schema.clone(),
-            partitioning: e.partitioning,
+            partitioning,
+            placement: catalog::placement_of(v.and_then(|v| v.placement.as_deref()), &partitioning),
             keep_versions: e.keep_versions,
             block_format: e.block_format,
             versions: e
@@ -373,6 +392,9 @@ impl Store {
                 nnz: 0,
                 bytes: 0,
                 created_unix_ms: now_ms(),
+                // No blocks yet: any placement holds; this build's places the next ones.
+                placement: catalog::placement_of(Some(HASH_PLACEMENT), &partitioning),
+                partitioning: None,
             }],
         })
     }
@@ -424,7 +446,7 @@ impl Store {
         let manifest = self.inner.manifest(&entry, &v)?;
         Ok(Snapshot::new(
             self.inner.clone(),
-            ArrayInfo::from(&entry),
+            ArrayInfo::at_version(&entry, Some(&v)),
             v.version,
             manifest,
             pin,
@@ -442,6 +464,30 @@ impl Store {
             v
         };
         ArrayWriter::new(self.inner.clone(), base, version, mode)
+    }
+
+    /// Rewrites the current version of `name` whole, as a new version whose blocks are
+    /// placed by this build ([`Placement::current`](crate::Placement::current)) and
+    /// stored with `partitioning` (`None`: the array's), and returns its number.
+    ///
+    /// It commits like any write (atomically, failing with
+    /// [`StorageError::WriteConflict`] if another write committed meanwhile); older
+    /// versions stay readable as they were stored until they are retired, and their
+    /// files are deleted as usual then. This is how an array placed by another function
+    /// (another build's hash) is brought to this build's placement.
+    pub fn repartition(&self, name: &str, partitioning: Option<Partitioning>) -> Result<u64> {
+        let mut writer = self.writer(name, WriteMode::Replace)?;
+        if let Some(p) = partitioning {
+            writer.repartition(p)?;
+        }
+        let shards: BTreeSet<u32> = writer.base().blocks().iter().map(|b| b.shard).collect();
+        // One stored shard in memory at a time.
+        for shard in shards {
+            for (key, blocks) in writer.base().read_shard(shard)? {
+                writer.put(key, blocks)?;
+            }
+        }
+        writer.commit()
     }
 
     /// Deletes the files the catalog proves unused: files of dropped arrays (ids below

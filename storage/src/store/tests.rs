@@ -8,8 +8,11 @@ use std::sync::Arc;
 use crate::backend::{Backend, FaultKind, FaultyBackend, MemoryBackend};
 use crate::block::{Block, CsrBlock, DenseBlock};
 use crate::error::StorageError;
-use crate::partition::Partitioning;
+use crate::partition::{
+    HASH_PLACEMENT, MIXED_PLACEMENT, Partitioning, Placement, UNRECORDED_PLACEMENT,
+};
 use crate::schema::{ArraySchema, BlockKey};
+use crate::store::catalog::CATALOG_FILE;
 use crate::store::{Store, StoreOptions, WriteMode};
 
 /// A block whose every cell is derived from `(seed, key, r, c)`; sparse when `seed` is odd.
@@ -537,4 +540,174 @@ fn no_catalog_no_open() {
     mem.write("catalog.json", &catalog).unwrap();
     let store = new_store(Arc::new(mem.clone()), 5);
     assert_version(&store, "a", None, 2);
+}
+
+/// Places block `(bi, bj)` by its block row alone: another function than this build's.
+fn by_block_row(key: &[i64]) -> u64 {
+    key[0] as u64
+}
+
+/// Every stored block's shard, by key.
+fn shards_of(store: &Store, name: &str, version: Option<u64>) -> Vec<(BlockKey, u32)> {
+    let snap = store.snapshot(name, version).unwrap();
+    snap.blocks()
+        .into_iter()
+        .map(|b| (b.key, b.shard))
+        .collect()
+}
+
+/// Every version records the function that placed its blocks: this build's by default,
+/// another when a writer is told so; a write that keeps blocks placed by another
+/// function records a mix; a repartition places every block by this build again,
+/// while the versions before it keep their placement and partitioning.
+#[test]
+fn versions_record_their_placement_and_repartition_rewrites_it() {
+    let mem = MemoryBackend::new();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    let schema = ArraySchema::matrix(12, 12, 3, 3).unwrap();
+    let hash = Partitioning::Hash { shards: 3 };
+    store
+        .create_array("m", schema.clone(), Some(hash), None)
+        .unwrap();
+    store
+        .create_array(
+            "rows",
+            schema.clone(),
+            Some(Partitioning::RowBlock { shards: 2 }),
+            None,
+        )
+        .unwrap();
+    let current = Some(HASH_PLACEMENT.to_string());
+    assert_eq!(store.array("m").unwrap().placement, current);
+    assert_eq!(store.array("rows").unwrap().placement, None);
+    write_all(&store, "rows", 2).unwrap();
+    assert_eq!(store.array("rows").unwrap().placement, None);
+
+    // Version 1: placed by block row, recorded as such.
+    let other = Placement::new("test-by-block-row", by_block_row).unwrap();
+    let mut w = store.writer("m", WriteMode::Replace).unwrap();
+    w.place_with(other.clone()).unwrap();
+    for k in keys(&schema) {
+        w.put_block(k.clone(), block_for(&schema, &k, 2)).unwrap();
+    }
+    assert!(w.place_with(Placement::current()).is_err(), "after a put");
+    w.commit().unwrap();
+    assert_eq!(
+        store.array("m").unwrap().placement.as_deref(),
+        Some("test-by-block-row")
+    );
+    let placed = shards_of(&store, "m", None);
+    assert!(
+        placed
+            .iter()
+            .all(|(k, s)| *s == other.shard_of(k, 3) && *s == k.0[0] as u32 % 3)
+    );
+    assert!(
+        placed.iter().any(|(k, s)| *s != hash.shard_of(k, &[4, 4])),
+        "the test placement must differ from this build's somewhere"
+    );
+    let row_writer = store.writer("rows", WriteMode::Update);
+    assert!(row_writer.unwrap().place_with(other.clone()).is_err());
+
+    // Version 2: one block rewritten by this build, the rest kept: a mix.
+    let mut w = store.writer("m", WriteMode::Update).unwrap();
+    let k = BlockKey::matrix(1, 1);
+    w.put_block(k.clone(), block_for(&schema, &k, 4)).unwrap();
+    w.commit().unwrap();
+    assert_eq!(
+        store.array("m").unwrap().placement.as_deref(),
+        Some(MIXED_PLACEMENT)
+    );
+
+    // Version 3: rewritten whole, with 4 shards, by this build.
+    let v3 = store
+        .repartition("m", Some(Partitioning::Hash { shards: 4 }))
+        .unwrap();
+    assert_eq!(v3, 3);
+    let info = store.array("m").unwrap();
+    assert_eq!(info.placement, current);
+    assert_eq!(info.partitioning, Partitioning::Hash { shards: 4 });
+    for (k, s) in shards_of(&store, "m", None) {
+        assert_eq!(s, Partitioning::Hash { shards: 4 }.shard_of(&k, &[4, 4]));
+    }
+    let snap = store.snapshot("m", None).unwrap();
+    for k in keys(&schema) {
+        let seed = if k == BlockKey::matrix(1, 1) { 4 } else { 2 };
+        assert!(
+            snap.read_block(&k)
+                .unwrap()
+                .unwrap()
+                .same_cells(&block_for(&schema, &k, seed))
+        );
+    }
+    // The versions before keep what they were stored with, also after a reopen.
+    drop(snap);
+    drop(store);
+    let store = new_store(Arc::new(mem.clone()), 5);
+    for (version, placement) in [(1, "test-by-block-row"), (2, MIXED_PLACEMENT)] {
+        let old = store.snapshot("m", Some(version)).unwrap();
+        assert_eq!(old.info().placement.as_deref(), Some(placement));
+        assert_eq!(old.info().partitioning, hash);
+    }
+    assert_version(&store, "m", Some(1), 2);
+    assert_eq!(
+        store.snapshot("m", None).unwrap().info().partitioning,
+        Partitioning::Hash { shards: 4 }
+    );
+
+    // A rewrite that keeps the shard count; a row-block array keeps its layout.
+    store.repartition("m", None).unwrap();
+    assert_eq!(
+        store.array("m").unwrap().partitioning,
+        Partitioning::Hash { shards: 4 }
+    );
+    let rows = store.repartition("rows", None).unwrap();
+    assert_eq!(rows, 2);
+    assert_version(&store, "rows", None, 2);
+    assert!(
+        store
+            .repartition("rows", Some(Partitioning::Hash { shards: 0 }))
+            .is_err()
+    );
+    let mut w = store.writer("m", WriteMode::Update).unwrap();
+    assert!(w.repartition(Partitioning::Hash { shards: 2 }).is_err());
+}
+
+/// A catalog written before placements were recorded has no `placement` field: its
+/// hash-partitioned arrays read as placed by [`UNRECORDED_PLACEMENT`], DataFusion 55's
+/// hash over foldhash 0.2 with seed 0, which this build's writes also use.
+#[test]
+fn a_catalog_without_placements_reads_as_the_unrecorded_placement() {
+    let mem = MemoryBackend::new();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    let schema = ArraySchema::matrix(6, 6, 3, 3).unwrap();
+    store
+        .create_array("m", schema, Some(Partitioning::Hash { shards: 2 }), None)
+        .unwrap();
+    write_all(&store, "m", 2).unwrap();
+    drop(store);
+
+    let bytes = mem.read(CATALOG_FILE).unwrap();
+    let mut json: serde_json::Value = super::format::decode_json(CATALOG_FILE, &bytes).unwrap();
+    let mut removed = 0;
+    for version in json["arrays"]["m"]["versions"].as_array_mut().unwrap() {
+        let fields = version.as_object_mut().unwrap();
+        removed += usize::from(fields.remove("placement").is_some());
+    }
+    assert_eq!(removed, 2, "versions 0 and 1 record their placement");
+    mem.write(CATALOG_FILE, &super::format::encode_json(&json).unwrap())
+        .unwrap();
+
+    let store = new_store(Arc::new(mem.clone()), 5);
+    assert_eq!(UNRECORDED_PLACEMENT, HASH_PLACEMENT);
+    let info = store.array("m").unwrap();
+    assert_eq!(info.placement.as_deref(), Some(UNRECORDED_PLACEMENT));
+    assert_version(&store, "m", None, 2);
+    // The next write records it.
+    write_all(&store, "m", 3).unwrap();
+    let bytes = mem.read(CATALOG_FILE).unwrap();
+    let json: serde_json::Value = super::format::decode_json(CATALOG_FILE, &bytes).unwrap();
+    let versions = json["arrays"]["m"]["versions"].as_array().unwrap();
+    assert!(versions[0].get("placement").is_none());
+    assert_eq!(versions[2]["placement"], HASH_PLACEMENT);
 }

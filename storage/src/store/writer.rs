@@ -13,6 +13,7 @@ use super::{Inner, Snapshot, lock, now_ms};
 use crate::backend::BackendWriter;
 use crate::block::{Block, BlockFormat};
 use crate::error::{Result, StorageError};
+use crate::partition::{MIXED_PLACEMENT, Partitioning, Placement};
 use crate::schema::BlockKey;
 
 /// What a write does with the blocks it does not touch.
@@ -69,6 +70,11 @@ pub struct ArrayWriter {
     /// The catalog entry (at version 0) of the array this write creates, inserted by
     /// the commit; `None` for a write to an existing array.
     creating: Option<ArrayEntry>,
+    /// How the new version is partitioned: the base's unless
+    /// [`ArrayWriter::repartition`] says otherwise.
+    partitioning: Partitioning,
+    /// What places this write's blocks when `partitioning` is by hash.
+    placement: Placement,
 }
 
 impl std::fmt::Debug for ArrayWriter {
@@ -90,6 +96,7 @@ impl ArrayWriter {
         mode: WriteMode,
     ) -> Result<Self> {
         let shard_schema = format::shard_schema(&base.info().schema);
+        let partitioning = base.info().partitioning;
         Ok(Self {
             inner,
             base,
@@ -101,6 +108,8 @@ impl ArrayWriter {
             written: Vec::new(),
             finished: false,
             creating: None,
+            partitioning,
+            placement: Placement::current(),
         })
     }
 
@@ -124,6 +133,58 @@ impl ArrayWriter {
     /// The committed version this write started from.
     pub fn base(&self) -> &Snapshot {
         &self.base
+    }
+
+    /// Places this write's blocks with `placement` instead of this build's
+    /// ([`Placement::current`]), and records its name with the new version. Only for a
+    /// hash-partitioned array, before the first block is put.
+    ///
+    /// Readers trust a version's hash placement only when its recorded name is the
+    /// function they rely on; this is how a store placed by another function (another
+    /// build's, another system's) is written, for instance to test that it is read
+    /// correctly. A write in [`WriteMode::Update`] that keeps blocks of a version placed
+    /// by another function records [`MIXED_PLACEMENT`].
+    pub fn place_with(&mut self, placement: Placement) -> Result<()> {
+        self.check_unstarted("choose a placement")?;
+        if !matches!(self.partitioning, Partitioning::Hash { .. }) {
+            return Err(StorageError::InvalidArgument(format!(
+                "array '{}' is not hash-partitioned: its shards depend on no placement function",
+                self.base.info().name
+            )));
+        }
+        self.placement = placement;
+        Ok(())
+    }
+
+    /// Stores the new version with `partitioning` instead of the array's, which it
+    /// becomes at the commit (versions written before keep theirs). Only in
+    /// [`WriteMode::Replace`] (every block of the new version is put by this write),
+    /// before the first block is put, and not for a write that creates its array.
+    pub fn repartition(&mut self, partitioning: Partitioning) -> Result<()> {
+        self.check_unstarted("change the partitioning")?;
+        if self.mode != WriteMode::Replace || self.creating.is_some() {
+            return Err(StorageError::InvalidArgument(format!(
+                "array '{}': only a write that replaces every block of an existing array \
+                 can change its partitioning",
+                self.base.info().name
+            )));
+        }
+        partitioning.validate(&self.base.info().schema)?;
+        self.partitioning = partitioning;
+        Ok(())
+    }
+
+    /// Fails once a block has been put: blocks already written were placed by the
+    /// settings in force.
+    fn check_unstarted(&self, what: &str) -> Result<()> {
+        if self.puts.is_empty() && self.files.is_empty() {
+            Ok(())
+        } else {
+            Err(StorageError::InvalidArgument(format!(
+                "array '{}': cannot {what} after blocks were written",
+                self.base.info().name
+            )))
+        }
     }
 
     /// Puts the block of a single-attribute array at `key`.
@@ -184,7 +245,10 @@ impl ArrayWriter {
             })
             .collect();
         let blocks: Vec<&Block> = blocks.iter().map(|b| b.as_ref()).collect();
-        let shard = info.partitioning.shard_of(&key, &info.schema.block_grid());
+        let shard = match self.partitioning {
+            Partitioning::Hash { shards } => self.placement.shard_of(&key, shards),
+            other => other.shard_of(&key, &info.schema.block_grid()),
+        };
         let (batch, _) =
             format::encode_block(&self.shard_schema, info.id, self.version, &key, &blocks)?;
         let (id, version) = (info.id, self.version);
@@ -308,6 +372,17 @@ impl ArrayWriter {
                 None => blocks.remove(&key),
             };
         }
+        // Blocks kept from the base were placed as the base was.
+        let kept = blocks.values().any(|b| b.written_version != self.version);
+        let placement = match self.partitioning {
+            Partitioning::Hash { .. }
+                if kept && self.base.info().placement.as_deref() != Some(self.placement.id()) =>
+            {
+                Some(MIXED_PLACEMENT.to_string())
+            }
+            Partitioning::Hash { .. } => Some(self.placement.id().to_string()),
+            Partitioning::RowBlock { .. } | Partitioning::Grid { .. } => None,
+        };
         let mut files = BTreeMap::new();
         for b in blocks.values() {
             let size = match sizes.get(&b.file) {
@@ -355,6 +430,8 @@ impl ArrayWriter {
                 .sum(),
             bytes: manifest.files.values().sum(),
             created_unix_ms: now_ms(),
+            placement,
+            partitioning: None,
         };
 
         let _commit = lock(&self.inner.commit_lock);
@@ -373,6 +450,13 @@ impl ArrayWriter {
         };
         if array.current().map(|v| v.version) != Some(self.base.version()) {
             return Err(StorageError::WriteConflict(info.name.clone()));
+        }
+        if array.partitioning != self.partitioning {
+            // The versions before keep the partitioning they were stored with.
+            for v in &mut array.versions {
+                v.partitioning.get_or_insert(array.partitioning);
+            }
+            array.partitioning = self.partitioning;
         }
         array.versions.push(entry);
         let excess = array
