@@ -87,7 +87,6 @@ const STRATEGIES: &[&str] = &[
     "local",
     "broadcast",
     "broadcast_left",
-    "copartitioned",
     "repartition",
     "replication",
 ];

@@ -607,14 +607,10 @@ pub(crate) fn tessera_binary() -> PathBuf {
     let release = dir.file_name().is_some_and(|n| n == "release");
     let mut build = Command::new(cargo);
     build
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "tessera-server",
-            "--bin",
-            "tessera",
-        ])
+        // The whole workspace, as `cargo nextest run --workspace` builds it: `-p
+        // tessera-server` alone unifies dependency features differently and would
+        // rebuild half the dependency tree (and again on the next workspace build).
+        .args(["build", "--quiet", "--workspace", "--bins"])
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if release {
         build.arg("--release");

@@ -26,7 +26,9 @@ mod schema;
 mod store;
 
 pub use block::{
-    Block, BlockFormat, CooBuilder, CsrBlock, DenseBlock, Duplicates, SPARSE_THRESHOLD,
+    BLOCK_COLS, BLOCK_FIELD_COUNT, BLOCK_INDICES, BLOCK_INDPTR, BLOCK_NNZ, BLOCK_ROWS,
+    BLOCK_VALUES, Block, BlockColumns, BlockColumnsBuilder, BlockFormat, CooBuilder, CsrBlock,
+    DenseBlock, Duplicates, SPARSE_THRESHOLD, block_fields,
 };
 pub use error::{Result, StorageError};
 pub use partition::{

@@ -80,6 +80,18 @@ pub struct LaExec {
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
     result: Arc<tokio::sync::OnceCell<Arc<BlockMatrix>>>,
+    /// Set when the only child is a block dataflow that computes this operator's
+    /// result (see [`super::flow`]): the result's shape and block size.
+    flow: Option<FlowGeometry>,
+}
+
+/// The shape and block size of a matrix a block dataflow computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowGeometry {
+    /// `(rows, cols)`.
+    pub shape: (u64, u64),
+    /// `(block rows, block cols)`.
+    pub block: (u64, u64),
 }
 
 impl LaExec {
@@ -117,7 +129,20 @@ impl LaExec {
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
             result: Arc::new(tokio::sync::OnceCell::new()),
+            flow: None,
         }
+    }
+
+    /// This operator with its result computed by its one child, a block dataflow
+    /// producing a matrix of `geometry`.
+    pub fn with_flow(mut self, geometry: FlowGeometry) -> Self {
+        self.flow = Some(geometry);
+        self
+    }
+
+    /// The geometry of the block dataflow computing this operator, if one does.
+    pub fn flow(&self) -> Option<FlowGeometry> {
+        self.flow
     }
 
     /// The operation.
@@ -137,14 +162,17 @@ impl LaExec {
 
     /// The same operator with another output form.
     pub fn with_output(&self, output: Output) -> LaExec {
-        LaExec::new(
-            self.op.clone(),
-            self.choice.clone(),
-            self.est,
-            self.children.clone(),
-            output,
-            self.parts,
-        )
+        LaExec {
+            flow: self.flow,
+            ..LaExec::new(
+                self.op.clone(),
+                self.choice.clone(),
+                self.est,
+                self.children.clone(),
+                output,
+                self.parts,
+            )
+        }
     }
 
     /// Computes the matrix (children first), reserving its memory in the session pool.
@@ -165,6 +193,14 @@ impl LaExec {
                 let child = look_through(child);
                 let m = match child.downcast_ref::<LaExec>() {
                     Some(la) => la.compute(ctx.clone()).await?,
+                    None if self.flow.is_some() => {
+                        let geometry = self.flow.unwrap_or(FlowGeometry {
+                            shape: (0, 0),
+                            block: (1, 1),
+                        });
+                        let batches = collect(child.clone(), ctx.clone()).await?;
+                        BlockMatrix::from_block_batches(&batches, geometry, self.parts)?
+                    }
                     None => {
                         let batches = collect(child.clone(), ctx.clone()).await?;
                         BlockMatrix::from_batches(&self.label(), &batches, None, self.parts)?
@@ -234,6 +270,7 @@ fn run(
     // Only a product that is this operator's result may hand its blocks to the sink
     // (an mmchain forced into two products must not offer its intermediate one).
     let sink = work.sink.take();
+    let one_input = inputs.len() == 1;
     let mut it = inputs.into_iter();
     let mut arg = || {
         it.next().ok_or_else(|| {
@@ -252,6 +289,8 @@ fn run(
             min,
             max,
         } => ops::rand(rows, cols, density, seed, min, max, n)?,
+        // A product its block dataflow child computed.
+        Op::MatMul if one_input => arg()?,
         Op::MatMul => {
             let (a, b) = (arg()?, arg()?);
             work.sink = sink;
@@ -423,14 +462,17 @@ impl ExecutionPlan for LaExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        Ok(Arc::new(LaExec::new(
-            self.op.clone(),
-            self.choice.clone(),
-            self.est,
-            children,
-            self.output,
-            self.parts,
-        )))
+        Ok(Arc::new(LaExec {
+            flow: self.flow,
+            ..LaExec::new(
+                self.op.clone(),
+                self.choice.clone(),
+                self.est,
+                children,
+                self.output,
+                self.parts,
+            )
+        }))
     }
 
     fn metrics(&self) -> Option<MetricsSet> {
@@ -472,6 +514,7 @@ impl ExecutionPlan for LaExec {
         // Share metrics with the plan node, so EXPLAIN ANALYZE sees them.
         let this = LaExec {
             metrics: self.metrics.clone(),
+            flow: self.flow,
             ..this
         };
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);

@@ -188,6 +188,32 @@ impl BlockMatrix {
         m
     }
 
+    /// Builds from the batches of a block stream (see [`super::flow`]), placing each
+    /// block by its key: by this build's hash placement when it is live, else by the
+    /// same function marked [`Layout::Other`].
+    pub fn from_block_batches(
+        batches: &[RecordBatch],
+        geometry: super::exec::FlowGeometry,
+        n: usize,
+    ) -> Result<Self> {
+        let layout = if crate::partitioning::live_placement().is_some() {
+            Layout::Hash2
+        } else {
+            Layout::Other
+        };
+        let (rows, cols) = geometry.shape;
+        let (br, bc) = geometry.block;
+        let mut tiles = Vec::new();
+        for batch in batches {
+            let blocks = super::flow::BlockRows::new(batch, 0)?;
+            for row in 0..blocks.len() {
+                let (bi, bj) = blocks.key(row);
+                tiles.push((bi, bj, Arc::new(blocks.block(row)?)));
+            }
+        }
+        Ok(Self::from_tiles((rows, cols), (br, bc), tiles, n, layout))
+    }
+
     /// Block rows and block columns.
     pub fn grid(&self) -> (u64, u64) {
         (self.rows.div_ceil(self.br), self.cols.div_ceil(self.bc))

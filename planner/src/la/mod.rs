@@ -13,6 +13,7 @@
 
 mod exec;
 mod expr;
+pub mod flow;
 mod functions;
 mod matrix;
 mod node;
@@ -25,7 +26,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use tessera_storage::Store;
 
-pub use exec::{LaExec, Output, cells_schema, human_bytes, rows_schema};
+pub use exec::{FlowGeometry, LaExec, Output, cells_schema, human_bytes, rows_schema};
 pub use expr::{Estimate, MatExpr, Op, Reduction, Step, optimize};
 pub use functions::{MATRIX_FUNCTIONS, MatrixFunctions};
 pub use matrix::{BlockMatrix, Layout, Tile, TileSink};
@@ -48,6 +49,7 @@ pub fn install(builder: SessionStateBuilder, store: Store) -> SessionStateBuilde
         .with_type_planner(Arc::new(crate::PostgresTypes))
         .with_query_planner(Arc::new(TesseraQueryPlanner))
         .with_physical_optimizer_rule(Arc::new(crate::copartition::CoPartitionedJoins))
+        .with_physical_optimizer_rule(Arc::new(flow::MeterExchanges))
 }
 
 /// The block size for a matrix the planner makes (generated, read from a subquery or

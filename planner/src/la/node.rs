@@ -19,8 +19,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use tessera_storage::Partitioning;
 
-use super::exec::{LaExec, Output, cells_schema, rows_schema};
+use super::exec::{FlowGeometry, LaExec, Output, cells_schema, rows_schema};
 use super::expr::{Estimate, MatExpr, Op};
+use super::flow::{BlockScanExec, FlowStrategy, matmul_plan};
 use super::matrix::{KeyFn, Layout};
 use super::strategy::{self, CostContext, Operand, Pattern, Strategy};
 use crate::partitioning::hash_placement_is_live;
@@ -243,7 +244,7 @@ fn build(e: &MatExpr, ctx: &Ctx<'_>, output: Output) -> Result<(Arc<LaExec>, Ope
                 }
                 _ => (operands[0], operands[1], Pattern::MMChain),
             };
-            let choice = strategy::choose(&a, &b, pattern, &ctx.cost, ctx.forced);
+            let choice = strategy::choose(&a, &b, pattern, &ctx.cost, ctx.forced)?;
             let layout = match choice.chosen.strategy {
                 Strategy::Local => Layout::Single,
                 Strategy::BroadcastRight if matches!(a.layout, Layout::Rows(_)) => a.layout,
@@ -288,8 +289,67 @@ fn build(e: &MatExpr, ctx: &Ctx<'_>, output: Output) -> Result<(Arc<LaExec>, Ope
         }
         _ => (None, hashed(auto)),
     };
+    if let Some(exec) = block_dataflow(e, choice.as_ref(), est, output, parts)? {
+        return Ok((Arc::new(exec), operand));
+    }
     let exec = LaExec::new(e.op.clone(), choice, est, children, output, parts);
     Ok((Arc::new(exec), operand))
+}
+
+/// The dataflow strategy a chosen matmul strategy runs as, if it has one.
+fn flow_strategy(strategy: Strategy) -> Option<FlowStrategy> {
+    match strategy {
+        Strategy::Repartition => Some(FlowStrategy::Repartition),
+        Strategy::BroadcastRight => Some(FlowStrategy::BroadcastRight),
+        Strategy::BroadcastLeft => Some(FlowStrategy::BroadcastLeft),
+        _ => None,
+    }
+}
+
+/// A product of two stored matrices whose blocks meet (`a`'s block columns are `b`'s
+/// block rows), with a strategy that has a dataflow shape, planned as that dataflow:
+/// block scans, DataFusion's join and exchanges, Tessera's block product and sum.
+fn block_dataflow(
+    e: &MatExpr,
+    choice: Option<&strategy::Choice>,
+    est: Estimate,
+    output: Output,
+    parts: usize,
+) -> Result<Option<LaExec>> {
+    let (Op::MatMul, Some(choice)) = (&e.op, choice) else {
+        return Ok(None);
+    };
+    let Some(flow) = flow_strategy(choice.chosen.strategy) else {
+        return Ok(None);
+    };
+    let [a, b] = e.args.as_slice() else {
+        return Ok(None);
+    };
+    let (Op::Array(pa), Op::Array(pb)) = (&a.op, &b.op) else {
+        return Ok(None);
+    };
+    if pa.block().1 != pb.block().0 {
+        return Ok(None);
+    }
+    let plan = matmul_plan(
+        Arc::new(BlockScanExec::new(pa.clone())),
+        Arc::new(BlockScanExec::new(pb.clone())),
+        flow,
+    )?;
+    let geometry = FlowGeometry {
+        shape: (pa.shape().0, pb.shape().1),
+        block: (pa.block().0, pb.block().1),
+    };
+    let exec = LaExec::new(
+        e.op.clone(),
+        Some(choice.clone()),
+        est,
+        vec![plan],
+        output,
+        parts,
+    )
+    .with_flow(geometry);
+    Ok(Some(exec))
 }
 
 #[async_trait]

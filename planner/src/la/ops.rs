@@ -271,13 +271,18 @@ fn grow(m: &mut BlockMatrix, rows: u64, cols: u64) {
 // Products
 
 /// A partial sum of products for one output block.
-enum Acc {
+pub(crate) enum Acc {
     Dense(DenseAccumulator),
     Sparse(Block),
 }
 
 impl Acc {
-    fn add_product(slot: &mut Option<Acc>, a: &Block, b: &Block, seq: bool) -> Result<()> {
+    pub(crate) fn add_product(
+        slot: &mut Option<Acc>,
+        a: &Block,
+        b: &Block,
+        seq: bool,
+    ) -> Result<()> {
         match slot {
             Some(Acc::Dense(acc)) => if seq {
                 kernels::matmul_into_seq(acc, a, b)
@@ -297,7 +302,7 @@ impl Acc {
         }
     }
 
-    fn add_block(slot: &mut Option<Acc>, p: Block) -> Result<()> {
+    pub(crate) fn add_block(slot: &mut Option<Acc>, p: Block) -> Result<()> {
         *slot = Some(match slot.take() {
             None => Acc::wrap(p),
             Some(Acc::Dense(mut acc)) => {
@@ -313,7 +318,7 @@ impl Acc {
         Ok(())
     }
 
-    fn merge(slot: &mut Option<Acc>, other: Acc) -> Result<()> {
+    pub(crate) fn merge(slot: &mut Option<Acc>, other: Acc) -> Result<()> {
         match (slot.as_mut(), other) {
             (Some(Acc::Dense(a)), Acc::Dense(b)) => a.merge(&b).map_err(storage),
             (_, Acc::Dense(b)) => Acc::add_block(slot, b.into_block()),
@@ -321,21 +326,21 @@ impl Acc {
         }
     }
 
-    fn wrap(p: Block) -> Acc {
+    pub(crate) fn wrap(p: Block) -> Acc {
         match p {
             d @ Block::Dense(_) => Acc::Dense(DenseAccumulator::from_block(d)),
             s => Acc::Sparse(s),
         }
     }
 
-    fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         match self {
             Acc::Dense(a) => (a.values().len() * 8) as u64,
             Acc::Sparse(b) => block_bytes(b),
         }
     }
 
-    fn into_block(self) -> Block {
+    pub(crate) fn into_block(self) -> Block {
         match self {
             Acc::Dense(a) => a.into_block(),
             Acc::Sparse(b) => b,

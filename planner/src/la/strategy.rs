@@ -19,8 +19,11 @@
 
 use std::fmt;
 
+use datafusion::common::Result;
+
 use super::expr::Estimate;
 use super::matrix::{KeyFn, Layout};
+use crate::error::{ErrorKind, tessera_error};
 
 /// A physical matmul strategy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -199,7 +202,7 @@ pub(crate) fn choose(
     pattern: Pattern,
     ctx: &CostContext,
     forced: Option<Strategy>,
-) -> Choice {
+) -> Result<Choice> {
     let n = ctx.parts.max(1) as f64;
     let cores = ctx.cores.max(1) as f64;
     let (ga, gb) = (a.grid(), b.grid());
@@ -314,22 +317,34 @@ pub(crate) fn choose(
     });
     if let Some(f) = forced {
         if let Some(c) = candidates.iter().find(|c| c.strategy == f).copied() {
-            return Choice {
+            return Ok(Choice {
                 chosen: c,
                 why: format!("forced by tessera.matmul_strategy = '{}'", f.name()),
                 candidates,
-            };
+            });
         }
         if let Some(c) = forced_anyway(f, a, b, pattern, flops, n) {
-            return Choice {
+            return Ok(Choice {
                 chosen: c,
                 why: format!(
                     "forced by tessera.matmul_strategy = '{}' (outside the cost model's limits)",
                     f.name()
                 ),
                 candidates,
-            };
+            });
         }
+        // Never relabel: a forced strategy that cannot run this product is an error.
+        return Err(tessera_error(
+            ErrorKind::InvalidParameterValue,
+            format!(
+                "tessera.matmul_strategy = '{}' cannot run this product ({} times {}): {}; \
+                 set it to 'auto' or to a strategy that applies",
+                f.name(),
+                dims(a),
+                dims(b),
+                not_applicable(f, a, b, ctx.parts)
+            ),
+        ));
     }
     let chosen = candidates[0];
     let why = match candidates.get(1) {
@@ -341,17 +356,35 @@ pub(crate) fn choose(
         ),
         None => "only candidate".into(),
     };
-    let why = match forced {
-        Some(f) => format!(
-            "tessera.matmul_strategy = '{}' does not apply here; {why}",
-            f.name()
-        ),
-        None => why,
-    };
-    Choice {
+    Ok(Choice {
         chosen,
         why,
         candidates,
+    })
+}
+
+fn dims(x: &Operand) -> String {
+    format!("{}x{}", x.est.rows, x.est.cols)
+}
+
+/// Why the forced strategy `f` cannot run `a b`.
+fn not_applicable(f: Strategy, a: &Operand, b: &Operand, parts: usize) -> String {
+    match f {
+        Strategy::CoPartitioned => format!(
+            "copartitioned (zipmm) joins the blocks where they are, which needs the left \
+             operand partitioned by block column and the right by block row, by the same \
+             function over the same partitions; the left is partitioned {} and the right {}",
+            a.layout.describe(a.parts.max(1)),
+            b.layout.describe(b.parts.max(1))
+        ),
+        Strategy::Tsmm => "tsmm computes t(X) X, and this product is not of that form".into(),
+        Strategy::MMChain => {
+            "mmchain computes t(X) (X v), and this product is not of that form".into()
+        }
+        other => format!(
+            "{} does not apply to this product over {parts} partitions",
+            other.name()
+        ),
     }
 }
 
@@ -434,7 +467,7 @@ mod tests {
     #[test]
     fn small_times_small_runs_in_one_task_or_broadcasts() {
         let a = dense(100.0, 100.0, 100, Layout::Hash2);
-        let c = choose(&a, &a, Pattern::Plain, &ctx(), None);
+        let c = choose(&a, &a, Pattern::Plain, &ctx(), None).unwrap();
         assert!(matches!(
             c.chosen.strategy,
             Strategy::Local | Strategy::BroadcastRight | Strategy::BroadcastLeft
@@ -445,14 +478,14 @@ mod tests {
     fn big_times_vector_broadcasts_the_vector() {
         let x = dense(1e7, 1000.0, 1000, Layout::Hash2);
         let v = dense(1000.0, 1.0, 1000, Layout::Hash2);
-        let c = choose(&x, &v, Pattern::Plain, &ctx(), None);
+        let c = choose(&x, &v, Pattern::Plain, &ctx(), None).unwrap();
         assert_eq!(c.chosen.strategy, Strategy::BroadcastRight, "{c:?}");
     }
 
     #[test]
     fn two_big_operands_do_not_broadcast() {
         let a = dense(50_000.0, 50_000.0, 1000, Layout::Hash2);
-        let c = choose(&a, &a, Pattern::Plain, &ctx(), None);
+        let c = choose(&a, &a, Pattern::Plain, &ctx(), None).unwrap();
         assert!(
             matches!(
                 c.chosen.strategy,
@@ -477,7 +510,8 @@ mod tests {
                 ..ctx()
             },
             None,
-        );
+        )
+        .unwrap();
         assert_eq!(c.chosen.strategy, Strategy::CoPartitioned, "{c:?}");
     }
 
@@ -494,7 +528,7 @@ mod tests {
             layout: Layout::Other,
             ..x
         };
-        let c = choose(&xt, &x, Pattern::Tsmm, &ctx(), None);
+        let c = choose(&xt, &x, Pattern::Tsmm, &ctx(), None).unwrap();
         assert_eq!(c.chosen.strategy, Strategy::Tsmm, "{c:?}");
     }
 
@@ -506,19 +540,28 @@ mod tests {
             Strategy::Replication,
             Strategy::Local,
         ] {
-            let c = choose(&a, &a, Pattern::Plain, &ctx(), Some(s));
+            let c = choose(&a, &a, Pattern::Plain, &ctx(), Some(s)).unwrap();
             assert_eq!(c.chosen.strategy, s);
             assert!(c.why.contains("forced"));
         }
-        let c = choose(
+        let e = choose(
             &a,
             &a,
             Pattern::Plain,
             &ctx(),
             Some(Strategy::CoPartitioned),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("'copartitioned' cannot run this product (100x100 times 100x100)")
+                && e.contains("the left is partitioned hash(bi, bj)"),
+            "{e}"
         );
-        assert_ne!(c.chosen.strategy, Strategy::CoPartitioned);
-        assert!(c.why.contains("does not apply"));
+        let e = choose(&a, &a, Pattern::Plain, &ctx(), Some(Strategy::Tsmm))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("tsmm computes t(X) X"), "{e}");
     }
 
     #[test]

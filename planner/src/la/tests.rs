@@ -192,20 +192,47 @@ async fn matmul_matches_naive_for_every_strategy_and_blocking() {
         run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
             .await
             .unwrap();
+        // None of these operands is stored co-partitioned with the other, and only
+        // t(a) a is a tsmm: a forced strategy that cannot run a product is an error.
+        let applies = |sql: &str| match strategy {
+            "copartitioned" => false,
+            "tsmm" => sql.ends_with("matmul(t(a), a)"),
+            _ => true,
+        };
         for (x, y, mx, my) in [
             ("a", "b", &a, &b),
             ("s", "b", &s, &b),
             ("a", "u", &a, &u),
             ("s", "u", &s, &u),
         ] {
-            let got = matrix(&ctx, &format!("SELECT * FROM matmul({x}, {y})"), mx.r, my.c).await;
+            let sql = format!("SELECT * FROM matmul({x}, {y})");
+            if !applies(&sql) {
+                let e = error(&ctx, &sql).await;
+                assert!(
+                    e.contains(&format!("'{strategy}' cannot run this product")),
+                    "{e}"
+                );
+                continue;
+            }
+            let got = matrix(&ctx, &sql, mx.r, my.c).await;
             got.assert_close(&mx.mm(my), &format!("matmul({x}, {y}) with {strategy}"));
         }
         // Transposed operands: t(a) is 23 x 37.
-        let got = matrix(&ctx, "SELECT * FROM matmul(t(s), a)", 23, 23).await;
-        got.assert_close(&s.t().mm(&a), &format!("t(s) a with {strategy}"));
-        let got = matrix(&ctx, "SELECT * FROM matmul(t(a), a)", 23, 23).await;
-        got.assert_close(&a.t().mm(&a), &format!("t(a) a with {strategy}"));
+        for (sql, want) in [
+            ("SELECT * FROM matmul(t(s), a)", s.t().mm(&a)),
+            ("SELECT * FROM matmul(t(a), a)", a.t().mm(&a)),
+        ] {
+            if applies(sql) {
+                let got = matrix(&ctx, sql, 23, 23).await;
+                got.assert_close(&want, &format!("{sql} with {strategy}"));
+            } else {
+                let e = error(&ctx, sql).await;
+                assert!(
+                    e.contains("cannot run this product"),
+                    "{sql} with {strategy}: {e}"
+                );
+            }
+        }
     }
 }
 
@@ -263,6 +290,11 @@ async fn a_local_product_hands_every_block_to_the_sink_as_it_finishes() {
         run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
             .await
             .unwrap();
+        if matches!(strategy, "copartitioned" | "tsmm") {
+            // Cannot run a plain product of these operands (see the test above).
+            assert!(compute("SELECT * FROM matmul(a, b)").await.is_err());
+            continue;
+        }
         let (m, sink) = compute("SELECT * FROM matmul(a, b)").await.unwrap();
         let opened = sink.opened.lock().unwrap().clone();
         let tiles = sink.tiles.lock().unwrap().clone();
@@ -690,4 +722,195 @@ fn rewrites_remove_double_transposes_and_push_transposes_down() {
     let e = optimize(MatExpr::new(Op::MatMul, vec![x.clone().t(), x.clone()]));
     assert_eq!(e.op, Op::Tsmm);
     assert_eq!(Strategy::parse("cpmm"), Some(Strategy::Repartition));
+}
+
+/// The block products a stored `a b` needs: for each `k`, the stored (non-zero) blocks
+/// of block column `k` of `a` times those of block row `k` of `b`.
+fn block_products_needed(a: &M, ab: (u64, u64), b: &M, bb: (u64, u64)) -> u64 {
+    let nonzero = |m: &M, (br, bc): (u64, u64), bi: usize, bj: usize| {
+        let (br, bc) = (br as usize, bc as usize);
+        (bi * br..((bi + 1) * br).min(m.r))
+            .any(|i| (bj * bc..((bj + 1) * bc).min(m.c)).any(|j| m.at(i, j) != 0.0))
+    };
+    let k_blocks = a.c.div_ceil(ab.1 as usize);
+    (0..k_blocks)
+        .map(|k| {
+            let left = (0..a.r.div_ceil(ab.0 as usize))
+                .filter(|&i| nonzero(a, ab, i, k))
+                .count() as u64;
+            let right = (0..b.c.div_ceil(bb.1 as usize))
+                .filter(|&j| nonzero(b, bb, k, j))
+                .count() as u64;
+            left * right
+        })
+        .sum()
+}
+
+/// The plan's operators named `name`, depth first.
+fn operators<'p>(
+    plan: &'p Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    name: &str,
+    out: &mut Vec<&'p Arc<dyn datafusion::physical_plan::ExecutionPlan>>,
+) {
+    if plan.name() == name {
+        out.push(plan);
+    }
+    for child in plan.children() {
+        operators(child, name, out);
+    }
+}
+
+/// Per-partition values of the counter `metric` summed over the operators named `name`.
+fn counter_by_partition(
+    plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    name: &str,
+    metric: &str,
+) -> std::collections::BTreeMap<usize, usize> {
+    let mut found = Vec::new();
+    operators(plan, name, &mut found);
+    let mut by_partition = std::collections::BTreeMap::new();
+    for op in found {
+        for m in op.metrics().unwrap().iter() {
+            if m.value().name() == metric {
+                *by_partition.entry(m.partition().unwrap_or(0)).or_default() +=
+                    m.value().as_usize();
+            }
+        }
+    }
+    by_partition
+}
+
+/// Products of stored matrices whose blocks meet run as a dataflow: block scans,
+/// DataFusion's hash join and the exchanges DataFusion plans, block products and a
+/// block sum. For each strategy, the plan has its shape (and no exchange where none
+/// belongs), the result matches the naive product for 1 to 16 partitions over dense,
+/// sparse and mixed operands, and each needed block product is computed exactly once
+/// across the partitions.
+#[tokio::test]
+async fn dataflow_strategies_have_their_shape_match_naive_and_share_the_work() {
+    let store = Store::in_memory();
+    let a = M::random(37, 23, 0.9, 11);
+    let s = M::random(37, 23, 0.06, 12);
+    let b = M::random(23, 19, 0.9, 13);
+    let u = M::random(23, 19, 0.1, 14);
+    // 23 columns in blocks of 3: eight values of the shared block index k.
+    put(&store, "a", &a, (10, 3), Partitioning::Hash { shards: 3 });
+    put(&store, "s", &s, (10, 3), Partitioning::Hash { shards: 2 });
+    // One shard: a single partition satisfies any key partitioning.
+    put(&store, "b", &b, (3, 8), Partitioning::Hash { shards: 1 });
+    put(
+        &store,
+        "u",
+        &u,
+        (3, 5),
+        Partitioning::RowBlock { shards: 2 },
+    );
+    let cases = [
+        ("a", "b", &a, &b, (3u64, 8u64)),
+        ("s", "b", &s, &b, (3, 8)),
+        ("a", "u", &a, &u, (3, 5)),
+        ("s", "u", &s, &u, (3, 5)),
+    ];
+    for partitions in [1usize, 2, 3, 7, 16] {
+        let config = super::session_config(SessionConfig::new().with_target_partitions(partitions));
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config);
+        let ctx = SessionContext::new_with_state(super::install(state, store.clone()).build());
+        for strategy in ["repartition", "broadcast", "broadcast_left"] {
+            run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
+                .await
+                .unwrap();
+            for (x, y, mx, my, yb) in cases {
+                let what = format!("matmul({x}, {y}) with {strategy} over {partitions} partitions");
+                let sql = format!("SELECT * FROM matmul({x}, {y})");
+                let plan = ctx
+                    .sql(&sql)
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap();
+                let shape = datafusion::physical_plan::displayable(plan.as_ref())
+                    .indent(false)
+                    .to_string();
+                for op in ["BlockScanExec", "BlockProductExec", "BlockSumExec"] {
+                    assert!(shape.contains(op), "{what}: no {op} in\n{shape}");
+                }
+                let k_exchange = shape.contains("RepartitionExec: partitioning=Hash([bj@1]")
+                    || shape.contains("RepartitionExec: partitioning=Hash([bi@0], ");
+                match strategy {
+                    "repartition" => {
+                        assert!(
+                            shape.contains("HashJoinExec: mode=Partitioned"),
+                            "{what}:\n{shape}"
+                        );
+                        if partitions > 1 {
+                            assert!(
+                                shape.contains("RepartitionExec: partitioning=Hash([bj@1]")
+                                    && shape.contains("RepartitionExec: partitioning=Hash([bi@0]"),
+                                "{what}: both sides are repartitioned on k\n{shape}"
+                            );
+                        }
+                    }
+                    _ => {
+                        assert!(
+                            shape.contains("HashJoinExec: mode=CollectLeft"),
+                            "{what}:\n{shape}"
+                        );
+                        assert!(
+                            !k_exchange,
+                            "{what}: a broadcast repartitions on k\n{shape}"
+                        );
+                    }
+                }
+                let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
+                    .await
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+                let mut got = M::new(mx.r, my.c, |_, _| 0.0);
+                for batch in &batches {
+                    let i = batch
+                        .column(0)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap();
+                    let j = batch
+                        .column(1)
+                        .as_any()
+                        .downcast_ref::<Int64Array>()
+                        .unwrap();
+                    let v = batch
+                        .column(2)
+                        .as_any()
+                        .downcast_ref::<Float64Array>()
+                        .unwrap();
+                    for k in 0..batch.num_rows() {
+                        got.v[i.value(k) as usize * my.c + j.value(k) as usize] += v.value(k);
+                    }
+                }
+                got.assert_close(&mx.mm(my), &what);
+                let products = counter_by_partition(&plan, "BlockProductExec", "block_products");
+                let needed = block_products_needed(mx, (10, 3), my, yb);
+                assert_eq!(
+                    products.values().sum::<usize>() as u64,
+                    needed,
+                    "{what}: block products computed, by partition {products:?}"
+                );
+                if strategy == "repartition" && partitions > 1 {
+                    let busiest = products.values().max().copied().unwrap_or(0) as u64;
+                    assert!(
+                        busiest < needed,
+                        "{what}: one partition computed every product: {products:?}"
+                    );
+                }
+                if partitions > 1 {
+                    let moved = counter_by_partition(&plan, "ExchangeMeterExec", "bytes_moved");
+                    assert!(
+                        moved.values().sum::<usize>() > 0,
+                        "{what}: no bytes through any exchange\n{shape}"
+                    );
+                }
+            }
+        }
+    }
 }

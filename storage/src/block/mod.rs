@@ -5,10 +5,15 @@
 //! per cell a block is stored sparse. Cells become blocks through [`CooBuilder`], and
 //! blocks list their cells through [`Block::for_each_nonzero`] (both in `cells.rs`).
 
+mod batch;
 mod cells;
 mod csr;
 mod dense;
 
+pub use batch::{
+    BLOCK_COLS, BLOCK_FIELD_COUNT, BLOCK_INDICES, BLOCK_INDPTR, BLOCK_NNZ, BLOCK_ROWS,
+    BLOCK_VALUES, BlockColumns, BlockColumnsBuilder, block_fields,
+};
 pub use cells::{CooBuilder, Duplicates};
 pub use csr::CsrBlock;
 pub use dense::DenseBlock;

@@ -1,0 +1,179 @@
+//! Linear algebra as a partitioned dataflow of blocks.
+//!
+//! A *block stream* is record batches with one row per block: key columns (`bi`, `bj`
+//! for a matrix's own blocks) in front of the block columns of
+//! [`tessera_storage::block_fields`]. Blocks travel as Arrow data whose values are
+//! shared, never copied, by DataFusion's `take`, `concat` and hash repartition, so the
+//! strategies below are plans of DataFusion's own operators (hash repartitions, hash
+//! joins) with Tessera's kernels in three block operators:
+//!
+//! - [`BlockScanExec`] emits shard `k` of a stored matrix as partition `k`, and declares
+//!   `Hash([bi, bj], n)` when the stored placement is this build's hash placement;
+//! - [`BlockProductExec`] multiplies the `A(i, k)` and `B(k, j)` blocks of each joined
+//!   row and keeps one partial sum per output block `(i, j)`;
+//! - [`BlockSumExec`] sums partials by `(i, j)`, requiring its input hash-partitioned on
+//!   `(i, j)`, so DataFusion's own distribution rule puts the exchange below it.
+//!
+//! [`matmul_plan`] builds the plan shape of a strategy:
+//!
+//! ```text
+//! repartition (cpmm)           broadcast (mapmm)            co-partitioned (zipmm)
+//! BlockSumExec                 BlockSumExec                 BlockSumExec
+//!   Repartition hash(bi, bj)     Repartition hash(bi, bj)     Repartition hash(bi, bj)
+//!     BlockProductExec             BlockProductExec             BlockProductExec
+//!       HashJoin Partitioned k       HashJoin CollectLeft k       HashJoin Partitioned k
+//!         Repartition hash(k)          small side (build)           A, partitioned on k
+//!           scan A                     big side (streams)           B, partitioned on k
+//!         Repartition hash(k)
+//!           scan B
+//! ```
+//!
+//! The exchanges are planned by DataFusion (`EnforceDistribution` from the operators'
+//! declared requirements), not placed by hand, and [`MeterExchanges`] puts an
+//! [`ExchangeMeterExec`] above each one that carries blocks, so EXPLAIN ANALYZE shows
+//! the blocks and bytes that really went through it.
+
+mod meter;
+mod plan;
+mod product;
+mod scan;
+mod sum;
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::{DataFusionError, Result};
+use tessera_storage::{BLOCK_FIELD_COUNT, Block, BlockColumns, BlockColumnsBuilder, block_fields};
+
+pub use meter::{ExchangeMeterExec, MeterExchanges};
+pub use plan::{FlowStrategy, matmul_plan};
+pub use product::BlockProductExec;
+pub use scan::BlockScanExec;
+pub use sum::BlockSumExec;
+
+use crate::error::storage_error;
+
+/// Block row key column.
+pub const BI: &str = "bi";
+/// Block column key column.
+pub const BJ: &str = "bj";
+
+/// How many columns a block stream of a matrix has: `bi`, `bj` and the block.
+pub const BLOCK_STREAM_WIDTH: usize = 2 + BLOCK_FIELD_COUNT;
+
+/// Blocks per batch a block operator emits.
+const BLOCKS_PER_BATCH: usize = 64;
+
+/// The schema of a matrix's block stream: `bi`, `bj` (Int64, as the stored placement
+/// hashes them) and the block columns.
+pub fn block_stream_schema() -> SchemaRef {
+    let mut fields = vec![
+        Field::new(BI, DataType::Int64, false),
+        Field::new(BJ, DataType::Int64, false),
+    ];
+    fields.extend(block_fields());
+    Arc::new(Schema::new(fields))
+}
+
+/// True if `schema` is a block stream (a matrix's blocks with their keys).
+pub fn is_block_stream(schema: &Schema) -> bool {
+    schema.fields().len() >= BLOCK_STREAM_WIDTH
+        && schema
+            .fields()
+            .iter()
+            .any(|f| f.name() == tessera_storage::BLOCK_VALUES)
+}
+
+/// Collects blocks into batches of a block stream.
+pub(crate) struct BlockBatches {
+    schema: SchemaRef,
+    bi: Vec<i64>,
+    bj: Vec<i64>,
+    blocks: BlockColumnsBuilder,
+}
+
+impl BlockBatches {
+    pub(crate) fn new() -> Self {
+        Self {
+            schema: block_stream_schema(),
+            bi: Vec::new(),
+            bj: Vec::new(),
+            blocks: BlockColumnsBuilder::default(),
+        }
+    }
+
+    /// Adds block `(bi, bj)`; returns a batch when one is full.
+    pub(crate) fn push(&mut self, bi: u64, bj: u64, block: &Block) -> Result<Option<RecordBatch>> {
+        self.bi.push(bi as i64);
+        self.bj.push(bj as i64);
+        self.blocks.append(block);
+        if self.bi.len() >= BLOCKS_PER_BATCH {
+            return self.flush().map(Some);
+        }
+        Ok(None)
+    }
+
+    /// The blocks pushed since the last batch, as one batch (possibly empty).
+    pub(crate) fn flush(&mut self) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(std::mem::take(&mut self.bi))),
+            Arc::new(Int64Array::from(std::mem::take(&mut self.bj))),
+        ];
+        columns.extend(self.blocks.finish());
+        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+    }
+}
+
+/// The blocks of a block-stream batch whose key columns are at `at` and `at + 1` and
+/// block columns follow them.
+pub(crate) struct BlockRows<'a> {
+    bi: &'a Int64Array,
+    bj: &'a Int64Array,
+    blocks: BlockColumns<'a>,
+}
+
+impl<'a> BlockRows<'a> {
+    pub(crate) fn new(batch: &'a RecordBatch, at: usize) -> Result<Self> {
+        let columns = batch.columns();
+        if columns.len() < at + BLOCK_STREAM_WIDTH {
+            return Err(DataFusionError::Internal(format!(
+                "a block stream needs {BLOCK_STREAM_WIDTH} columns from column {at}, the batch has {}",
+                columns.len()
+            )));
+        }
+        let key = |c: usize| {
+            columns[c]
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .filter(|a| a.null_count() == 0)
+                .ok_or_else(|| {
+                    DataFusionError::Internal(format!(
+                        "block key column {c} is {}, not Int64 without nulls",
+                        columns[c].data_type()
+                    ))
+                })
+        };
+        Ok(Self {
+            bi: key(at)?,
+            bj: key(at + 1)?,
+            blocks: BlockColumns::try_new(&columns[at + 2..]).map_err(storage_error)?,
+        })
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bi.len()
+    }
+
+    pub(crate) fn key(&self, row: usize) -> (u64, u64) {
+        (self.bi.value(row) as u64, self.bj.value(row) as u64)
+    }
+
+    pub(crate) fn block(&self, row: usize) -> Result<Block> {
+        self.blocks.block(row).map_err(storage_error)
+    }
+
+    pub(crate) fn bytes(&self, row: usize) -> usize {
+        self.blocks.bytes(row)
+    }
+}

@@ -1,0 +1,205 @@
+//! Block products of joined block pairs, summed per output block within a partition.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use super::{BLOCK_STREAM_WIDTH, BlockBatches, BlockRows, block_stream_schema};
+use crate::error::blocking;
+use crate::la::ops::Acc;
+
+/// Multiplies, for each input row, the block `A(i, k)` whose block stream columns start
+/// at `a_at` with the block `B(k, j)` starting at `b_at` (the row of a join on `k`), and
+/// keeps one partial sum per output block `(i, j)`; emits the partials as a block
+/// stream keyed `(i, j)` when its input partition ends. Partials are charged to the
+/// memory pool.
+#[derive(Debug)]
+pub struct BlockProductExec {
+    input: Arc<dyn ExecutionPlan>,
+    a_at: usize,
+    b_at: usize,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl BlockProductExec {
+    /// Products of the rows of `input`, with `A`'s block stream at column `a_at` and
+    /// `B`'s at `b_at`.
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, a_at: usize, b_at: usize) -> Result<Self> {
+        let width = input.schema().fields().len();
+        for at in [a_at, b_at] {
+            if at + BLOCK_STREAM_WIDTH > width {
+                return exec_err!(
+                    "BlockProductExec: a block stream at column {at} does not fit in {width} columns"
+                );
+            }
+        }
+        let parts = input.output_partitioning().partition_count();
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(block_stream_schema()),
+            Partitioning::UnknownPartitioning(parts),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            input,
+            a_at,
+            b_at,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+impl DisplayAs for BlockProductExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "BlockProductExec: A(i, k) at column {} times B(k, j) at column {}, partial sums by (i, j)",
+            self.a_at, self.b_at
+        )
+    }
+}
+
+impl ExecutionPlan for BlockProductExec {
+    fn name(&self) -> &str {
+        "BlockProductExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(Self::try_new(input, self.a_at, self.b_at)?)),
+            _ => exec_err!("BlockProductExec takes one child"),
+        }
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context.clone())?;
+        let (a_at, b_at) = (self.a_at, self.b_at);
+        // With a partition per core, each product runs on one core; with fewer
+        // partitions than cores, the kernels spread over the pool.
+        let cores = tessera_storage::kernels::cpu_pool().current_num_threads();
+        let seq = self.props.partitioning.partition_count() >= cores;
+        let products = MetricBuilder::new(&self.metrics).counter("block_products", partition);
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
+        let reservation = MemoryConsumer::new(format!("BlockProductExec[{partition}]"))
+            .register(context.memory_pool());
+        let stream = futures::stream::once(async move {
+            let batches: Vec<_> = input.try_collect().await?;
+            let timer = elapsed.timer();
+            let (batches, products_done) = blocking(move || {
+                let reservation = reservation;
+                let mut partials: HashMap<(u64, u64), Option<Acc>> = HashMap::new();
+                let mut count = 0usize;
+                for batch in &batches {
+                    let a = BlockRows::new(batch, a_at)?;
+                    let b = BlockRows::new(batch, b_at)?;
+                    for row in 0..a.len() {
+                        let ((i, _), (_, j)) = (a.key(row), b.key(row));
+                        let (ab, bb) = (a.block(row)?, b.block(row)?);
+                        let slot = partials.entry((i, j)).or_default();
+                        let before = slot.as_ref().map_or(0, Acc::bytes);
+                        Acc::add_product(slot, &ab, &bb, seq)?;
+                        let after = slot.as_ref().map_or(0, Acc::bytes);
+                        if after > before {
+                            reservation
+                                .try_grow((after - before) as usize)
+                                .map_err(|e| exhausted(e, partials.len()))?;
+                        }
+                        count += 1;
+                    }
+                }
+                let mut keys: Vec<(u64, u64)> = partials.keys().copied().collect();
+                keys.sort_unstable();
+                let mut out = BlockBatches::new();
+                let mut batches = Vec::new();
+                for key in keys {
+                    let Some(Some(acc)) = partials.remove(&key) else {
+                        continue;
+                    };
+                    let block = acc.into_block();
+                    if block.nnz() == 0 {
+                        continue;
+                    }
+                    if let Some(batch) = out.push(key.0, key.1, &block)? {
+                        batches.push(batch);
+                    }
+                }
+                let last = out.flush()?;
+                if last.num_rows() > 0 {
+                    batches.push(last);
+                }
+                // The partials now live in the emitted batches, which their consumer
+                // holds and charges.
+                reservation.free();
+                Ok::<_, DataFusionError>((batches, count))
+            })
+            .await?;
+            timer.done();
+            products.add(products_done);
+            for b in &batches {
+                output_rows.add(b.num_rows());
+            }
+            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
+        })
+        .flat_map(|r| match r {
+            Ok(s) => s.boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
+    }
+}
+
+fn exhausted(e: DataFusionError, blocks: usize) -> DataFusionError {
+    DataFusionError::ResourcesExhausted(format!(
+        "BlockProductExec: the partial sums of {blocks} output blocks do not fit the session's memory budget: {e}"
+    ))
+}

@@ -1,0 +1,166 @@
+//! The scan of a stored matrix as a block stream: shard `k` is partition `k`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, exec_err};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream,
+};
+use futures::StreamExt;
+
+use super::{BI, BJ, BlockBatches, block_stream_schema};
+use crate::error::{blocking, storage_error};
+use crate::la::expr::Pinned;
+use crate::partitioning::hash_placement_is_live;
+
+/// Reads a pinned matrix version as a block stream, one partition per shard. When the
+/// version was placed by this build's hash placement, the scan declares
+/// `Hash([bi, bj], shards)`, which is exactly where DataFusion's hash repartition would
+/// have put each block; otherwise its partitioning is unknown.
+#[derive(Debug)]
+pub struct BlockScanExec {
+    pinned: Pinned,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl BlockScanExec {
+    /// A scan of `pinned`, which must be a matrix (checked when it was planned).
+    pub fn new(pinned: Pinned) -> Self {
+        let schema = block_stream_schema();
+        let info = pinned.0.info();
+        let shards = info.partitioning.shard_count().max(1) as usize;
+        let partitioning = if hash_placement_is_live(info) {
+            Partitioning::Hash(
+                vec![
+                    Arc::new(Column::new(BI, 0)) as Arc<dyn PhysicalExpr>,
+                    Arc::new(Column::new(BJ, 1)),
+                ],
+                shards,
+            )
+        } else {
+            Partitioning::UnknownPartitioning(shards)
+        };
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(schema),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Self {
+            pinned,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+
+    /// The matrix version scanned.
+    pub fn pinned(&self) -> &Pinned {
+        &self.pinned
+    }
+}
+
+impl DisplayAs for BlockScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (rows, cols) = self.pinned.shape();
+        let (br, bc) = self.pinned.block();
+        write!(
+            f,
+            "BlockScanExec: {:?} {rows}x{cols} in {br}x{bc} blocks, partitioning={}",
+            self.pinned, self.props.partitioning
+        )
+    }
+}
+
+impl ExecutionPlan for BlockScanExec {
+    fn name(&self) -> &str {
+        "BlockScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if !children.is_empty() {
+            return exec_err!("BlockScanExec has no children");
+        }
+        Ok(self)
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        _context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let shards = self.props.partitioning.partition_count();
+        if partition >= shards {
+            return exec_err!("BlockScanExec: partition {partition} of {shards}");
+        }
+        let snapshot = self.pinned.0.clone();
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let bytes = MetricBuilder::new(&self.metrics).counter("bytes_read", partition);
+        let stream = futures::stream::once(async move {
+            let blocks =
+                blocking(move || snapshot.read_shard(partition as u32).map_err(storage_error))
+                    .await?;
+            let mut out = BlockBatches::new();
+            let mut batches = Vec::new();
+            for (key, mut attrs) in blocks {
+                let Some(block) = attrs.drain(..).next() else {
+                    continue;
+                };
+                let (bi, bj) = (key.0[0] as u64, key.0[1] as u64);
+                bytes.add(crate::la::matrix::block_bytes(&block) as usize);
+                if let Some(batch) = out.push(bi, bj, &block)? {
+                    batches.push(batch);
+                }
+            }
+            let last = out.flush()?;
+            if last.num_rows() > 0 {
+                batches.push(last);
+            }
+            for b in &batches {
+                output_rows.add(b.num_rows());
+            }
+            Ok::<_, datafusion::common::DataFusionError>(futures::stream::iter(
+                batches.into_iter().map(Ok),
+            ))
+        })
+        .flat_map(|r| match r {
+            Ok(s) => s.boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.props.eq_properties.schema().clone(),
+            stream,
+        )))
+    }
+}

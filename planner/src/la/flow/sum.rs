@@ -1,0 +1,191 @@
+//! The block-sum aggregate: partial blocks summed by their key.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    Partitioning, PlanProperties, SendableRecordBatchStream,
+};
+use futures::{StreamExt, TryStreamExt};
+
+use super::{BI, BJ, BlockBatches, BlockRows, block_stream_schema, is_block_stream};
+use crate::error::blocking;
+use crate::la::ops::Acc;
+
+/// Sums the blocks of its input by `(bi, bj)`. It requires its input hash-partitioned
+/// on `(bi, bj)`, so every partial of an output block is in one partition: DataFusion's
+/// distribution rule plans the exchange below it (a hash repartition) unless the input
+/// is already partitioned so. The sums are charged to the memory pool while they grow.
+#[derive(Debug)]
+pub struct BlockSumExec {
+    input: Arc<dyn ExecutionPlan>,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+fn keys() -> Vec<Arc<dyn PhysicalExpr>> {
+    vec![Arc::new(Column::new(BI, 0)), Arc::new(Column::new(BJ, 1))]
+}
+
+impl BlockSumExec {
+    /// Sums of the block stream `input`.
+    pub fn try_new(input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        if !is_block_stream(&input.schema()) {
+            return exec_err!("BlockSumExec: the input is not a block stream");
+        }
+        let parts = input.output_partitioning().partition_count();
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(block_stream_schema()),
+            Partitioning::Hash(keys(), parts),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            input,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+impl DisplayAs for BlockSumExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BlockSumExec: sum by (bi, bj)")
+    }
+}
+
+impl ExecutionPlan for BlockSumExec {
+    fn name(&self) -> &str {
+        "BlockSumExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        vec![Distribution::KeyPartitioned(keys())]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(Self::try_new(input)?)),
+            _ => exec_err!("BlockSumExec takes one child"),
+        }
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context.clone())?;
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let blocks_in = MetricBuilder::new(&self.metrics).counter("blocks_in", partition);
+        let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
+        let reservation = MemoryConsumer::new(format!("BlockSumExec[{partition}]"))
+            .register(context.memory_pool());
+        let stream = futures::stream::once(async move {
+            let batches: Vec<_> = input.try_collect().await?;
+            let timer = elapsed.timer();
+            let (batches, count) = blocking(move || {
+                let reservation = reservation;
+                let mut sums: HashMap<(u64, u64), Option<Acc>> = HashMap::new();
+                let mut count = 0usize;
+                for batch in &batches {
+                    let rows = BlockRows::new(batch, 0)?;
+                    for row in 0..rows.len() {
+                        let slot = sums.entry(rows.key(row)).or_default();
+                        let before = slot.as_ref().map_or(0, Acc::bytes);
+                        match slot {
+                            None => *slot = Some(Acc::wrap(rows.block(row)?)),
+                            Some(_) => Acc::add_block(slot, rows.block(row)?)?,
+                        }
+                        let after = slot.as_ref().map_or(0, Acc::bytes);
+                        if after > before {
+                            reservation
+                                .try_grow((after - before) as usize)
+                                .map_err(|e| {
+                                    DataFusionError::ResourcesExhausted(format!(
+                                        "BlockSumExec: the block sums do not fit the session's memory budget: {e}"
+                                    ))
+                                })?;
+                        }
+                        count += 1;
+                    }
+                }
+                drop(batches);
+                let mut keys: Vec<(u64, u64)> = sums.keys().copied().collect();
+                keys.sort_unstable();
+                let mut out = BlockBatches::new();
+                let mut batches = Vec::new();
+                for key in keys {
+                    let Some(Some(acc)) = sums.remove(&key) else {
+                        continue;
+                    };
+                    let block = acc.into_block().into_preferred_format();
+                    if block.nnz() == 0 {
+                        continue;
+                    }
+                    if let Some(batch) = out.push(key.0, key.1, &block)? {
+                        batches.push(batch);
+                    }
+                }
+                let last = out.flush()?;
+                if last.num_rows() > 0 {
+                    batches.push(last);
+                }
+                reservation.free();
+                Ok::<_, DataFusionError>((batches, count))
+            })
+            .await?;
+            timer.done();
+            blocks_in.add(count);
+            for b in &batches {
+                output_rows.add(b.num_rows());
+            }
+            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
+        })
+        .flat_map(|r| match r {
+            Ok(s) => s.boxed(),
+            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            self.schema(),
+            stream,
+        )))
+    }
+}
