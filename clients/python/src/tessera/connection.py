@@ -4,7 +4,8 @@ or the PostgreSQL protocol (``postgresql://``, through psycopg 3).
 Both move whole columns: Flight SQL ingests Arrow record batches into an array
 (``CommandStatementIngest``, ADBC's ``adbc_ingest``) and returns results as Arrow;
 over PostgreSQL, cells go in with one ``COPY ... FROM STDIN`` and out with one
-``COPY ... TO STDOUT``, as CSV written and parsed by Arrow.
+``COPY ... TO STDOUT``, as CSV written and parsed by Arrow; other results arrive as
+rows (in text) and are converted to Arrow.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ class _FlightSql(_Wire):
         import adbc_driver_flightsql.dbapi as flight_sql
         import adbc_driver_manager
 
-        self._adbc_error = adbc_driver_manager.Error
+        self._adbc = adbc_driver_manager
         uri, user, password = _split_credentials(url, user, password)
         kwargs = {}
         if user is not None:
@@ -189,23 +190,39 @@ class _FlightSql(_Wire):
             kwargs["password"] = password
         with self._errors():
             self._conn = flight_sql.connect(uri, db_kwargs=kwargs, autocommit=True)
-            self._cur = self._conn.cursor()
 
     def _errors(self):
-        return _Translate(self._adbc_error, _adbc_sqlstate)
+        return _Translate(self._adbc.Error, _adbc_sqlstate)
 
     def query(self, sql):
+        # A statement of its own, executed without a prepare (the DB-API cursor
+        # prepares, and a prepared statement holds one statement, not a script).
         with self._errors():
-            self._cur.execute(sql)
-            return self._cur.fetch_arrow_table()
+            statement = self._adbc.AdbcStatement(self._conn.adbc_connection)
+            try:
+                statement.set_sql_query(sql)
+                stream, _ = statement.execute_query()
+                return self._reader(stream).read_all()
+            finally:
+                statement.close()
+
+    @staticmethod
+    def _reader(stream):
+        """A reader of a result stream. ADBC's own reader (what its DB-API uses) raises
+        ADBC errors with the server's metadata when the stream fails (a division by zero
+        found while the result is read); pyarrow's would keep only the message."""
+        try:
+            from adbc_driver_manager._reader import AdbcRecordBatchReader
+        except ImportError:
+            return pa.RecordBatchReader.from_stream(stream)
+        return AdbcRecordBatchReader._import_from_c(stream.address)
 
     def ingest(self, name, table):
-        with self._errors():
-            self._cur.adbc_ingest(name, table, mode="append")
+        with self._errors(), self._conn.cursor() as cursor:
+            cursor.adbc_ingest(name, table, mode="append")
 
     def close(self):
         with self._errors():
-            self._cur.close()
             self._conn.close()
 
 
@@ -213,11 +230,15 @@ def _adbc_sqlstate(e) -> Optional[str]:
     """The SQLSTATE of an ADBC error: the server's ``tessera-sqlstate`` metadata, which
     ADBC's Flight SQL driver passes on as an error detail."""
     for key, value in getattr(e, "details", None) or []:
-        if key.lower() == SQLSTATE_METADATA_KEY:
-            text = value.decode() if isinstance(value, (bytes, bytearray)) else str(value)
-            return text.strip() or None
+        if _text(key).lower() == SQLSTATE_METADATA_KEY:
+            return _text(value).strip() or None
     state = getattr(e, "sqlstate", None)
     return state if state and state != "00000" else None
+
+
+def _text(value) -> str:
+    """A metadata key or value as text (ADBC gives bytes)."""
+    return value.decode(errors="replace") if isinstance(value, (bytes, bytearray)) else str(value)
 
 
 class _Postgres(_Wire):
@@ -243,18 +264,24 @@ class _Postgres(_Wire):
         return _Translate(self._psycopg_error, lambda e: getattr(e, "sqlstate", None))
 
     def query(self, sql):
-        with self._errors(), self._conn.cursor(binary=True) as cur:
+        # Without parameters psycopg sends the simple query protocol, so a script runs
+        # whole; its results arrive one after the other and the last one is kept.
+        with self._errors(), self._conn.cursor() as cur:
             cur.execute(sql)
-            if cur.description is None:
-                return pa.table({})
-            names = [d.name for d in cur.description]
-            types = [_PG_TO_ARROW.get(d.type_code) for d in cur.description]
-            columns = list(zip(*cur.fetchall())) or [[] for _ in names]
-            arrays = [
-                pa.array(list(col), type=t) if t is not None or col else pa.array([], pa.null())
-                for col, t in zip(columns, types)
-            ]
-            return pa.Table.from_arrays(arrays, names=_unique(names))
+            last = (cur.description, cur.fetchall() if cur.description else [])
+            while cur.nextset():
+                last = (cur.description, cur.fetchall() if cur.description else [])
+        description, rows = last
+        if description is None:
+            return pa.table({})
+        names = [d.name for d in description]
+        types = [_PG_TO_ARROW.get(d.type_code) for d in description]
+        columns = list(zip(*rows)) or [() for _ in names]
+        arrays = [
+            pa.array(list(col), type=t) if t is not None or col else pa.array([], pa.null())
+            for col, t in zip(columns, types)
+        ]
+        return pa.Table.from_arrays(arrays, names=_unique(names))
 
     def ingest(self, name, table):
         buffer = io.BytesIO()
