@@ -99,6 +99,8 @@ class Connection:
         if replace:
             self._wire.execute(f"DROP MATRIX IF EXISTS {ident}")
         self._wire.execute(f"CREATE MATRIX {ident} ({rows}, {cols}){storage}")
+        if table.num_rows == 0:
+            return  # all zeros: the new matrix already is
         try:
             self._wire.ingest(name, table)
         except BaseException:
