@@ -39,11 +39,16 @@ mod product;
 mod scan;
 mod sum;
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
+use datafusion::physical_plan::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::StreamExt;
 use tessera_storage::{BLOCK_FIELD_COUNT, Block, BlockColumns, BlockColumnsBuilder, block_fields};
 
 pub use meter::{ExchangeMeterExec, MeterExchanges};
@@ -53,6 +58,7 @@ pub use scan::BlockScanExec;
 pub use sum::BlockSumExec;
 
 use crate::error::storage_error;
+use crate::la::ops::Acc;
 
 /// Block row key column.
 pub const BI: &str = "bi";
@@ -123,6 +129,47 @@ impl BlockBatches {
         columns.extend(self.blocks.finish());
         Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
     }
+}
+
+/// The sums in `sums` as block-stream batches in key order, each sum made a block by
+/// `finish`; all-zero blocks are left out.
+pub(crate) fn sum_batches(
+    mut sums: HashMap<(u64, u64), Option<Acc>>,
+    finish: impl Fn(Block) -> Block,
+) -> Result<Vec<RecordBatch>> {
+    let mut keys: Vec<(u64, u64)> = sums.keys().copied().collect();
+    keys.sort_unstable();
+    let mut out = BlockBatches::new();
+    let mut batches = Vec::new();
+    for key in keys {
+        let Some(Some(acc)) = sums.remove(&key) else {
+            continue;
+        };
+        let block = finish(acc.into_block());
+        if block.nnz() == 0 {
+            continue;
+        }
+        if let Some(batch) = out.push(key.0, key.1, &block)? {
+            batches.push(batch);
+        }
+    }
+    let last = out.flush()?;
+    if last.num_rows() > 0 {
+        batches.push(last);
+    }
+    Ok(batches)
+}
+
+/// A stream of the batches `batches` resolves to (or of its error).
+pub(crate) fn batches_stream(
+    schema: SchemaRef,
+    batches: impl Future<Output = Result<Vec<RecordBatch>>> + Send + 'static,
+) -> SendableRecordBatchStream {
+    let stream = futures::stream::once(batches).flat_map(|r| match r {
+        Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
+        Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, stream))
 }
 
 /// The blocks of a block-stream batch whose key columns are at `at` and `at + 1` and

@@ -11,14 +11,13 @@ use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 
-use super::{BLOCK_STREAM_WIDTH, BlockBatches, BlockRows, block_stream_schema};
+use super::{BLOCK_STREAM_WIDTH, BlockRows, batches_stream, block_stream_schema, sum_batches};
 use crate::error::blocking;
 use crate::la::ops::Acc;
 
@@ -129,7 +128,8 @@ impl ExecutionPlan for BlockProductExec {
         let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
         let reservation = MemoryConsumer::new(format!("BlockProductExec[{partition}]"))
             .register(context.memory_pool());
-        let stream = futures::stream::once(async move {
+        let schema = self.schema();
+        Ok(batches_stream(schema, async move {
             let batches: Vec<_> = input.try_collect().await?;
             let timer = elapsed.timer();
             let (batches, products_done) = blocking(move || {
@@ -154,26 +154,7 @@ impl ExecutionPlan for BlockProductExec {
                         count += 1;
                     }
                 }
-                let mut keys: Vec<(u64, u64)> = partials.keys().copied().collect();
-                keys.sort_unstable();
-                let mut out = BlockBatches::new();
-                let mut batches = Vec::new();
-                for key in keys {
-                    let Some(Some(acc)) = partials.remove(&key) else {
-                        continue;
-                    };
-                    let block = acc.into_block();
-                    if block.nnz() == 0 {
-                        continue;
-                    }
-                    if let Some(batch) = out.push(key.0, key.1, &block)? {
-                        batches.push(batch);
-                    }
-                }
-                let last = out.flush()?;
-                if last.num_rows() > 0 {
-                    batches.push(last);
-                }
+                let batches = sum_batches(partials, |block| block)?;
                 // The partials now live in the emitted batches, which their consumer
                 // holds and charges.
                 reservation.free();
@@ -185,16 +166,8 @@ impl ExecutionPlan for BlockProductExec {
             for b in &batches {
                 output_rows.add(b.num_rows());
             }
-            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
-        })
-        .flat_map(|r| match r {
-            Ok(s) => s.boxed(),
-            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema(),
-            stream,
-        )))
+            Ok(batches)
+        }))
     }
 }
 

@@ -10,14 +10,12 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
     SendableRecordBatchStream,
 };
-use futures::StreamExt;
 
-use super::{BI, BJ, BlockBatches, block_stream_schema};
+use super::{BI, BJ, BlockBatches, batches_stream, block_stream_schema};
 use crate::error::{blocking, storage_error};
 use crate::la::expr::Pinned;
 use crate::partitioning::hash_placement_is_live;
@@ -127,7 +125,8 @@ impl ExecutionPlan for BlockScanExec {
         let snapshot = self.pinned.0.clone();
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let bytes = MetricBuilder::new(&self.metrics).counter("bytes_read", partition);
-        let stream = futures::stream::once(async move {
+        let schema = self.props.eq_properties.schema().clone();
+        Ok(batches_stream(schema, async move {
             let blocks =
                 blocking(move || snapshot.read_shard(partition as u32).map_err(storage_error))
                     .await?;
@@ -150,17 +149,7 @@ impl ExecutionPlan for BlockScanExec {
             for b in &batches {
                 output_rows.add(b.num_rows());
             }
-            Ok::<_, datafusion::common::DataFusionError>(futures::stream::iter(
-                batches.into_iter().map(Ok),
-            ))
-        })
-        .flat_map(|r| match r {
-            Ok(s) => s.boxed(),
-            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.props.eq_properties.schema().clone(),
-            stream,
-        )))
+            Ok(batches)
+        }))
     }
 }

@@ -12,16 +12,16 @@ use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
     Partitioning, PlanProperties, SendableRecordBatchStream,
 };
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 
-use super::{BI, BJ, BlockBatches, BlockRows, block_stream_schema, is_block_stream};
+use super::{BI, BJ, BlockRows, batches_stream, block_stream_schema, is_block_stream, sum_batches};
 use crate::error::blocking;
 use crate::la::ops::Acc;
+use tessera_storage::Block;
 
 /// Sums the blocks of its input by `(bi, bj)`. It requires its input hash-partitioned
 /// on `(bi, bj)`, so every partial of an output block is in one partition: DataFusion's
@@ -118,7 +118,8 @@ impl ExecutionPlan for BlockSumExec {
         let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
         let reservation = MemoryConsumer::new(format!("BlockSumExec[{partition}]"))
             .register(context.memory_pool());
-        let stream = futures::stream::once(async move {
+        let schema = self.schema();
+        Ok(batches_stream(schema, async move {
             let batches: Vec<_> = input.try_collect().await?;
             let timer = elapsed.timer();
             let (batches, count) = blocking(move || {
@@ -148,26 +149,7 @@ impl ExecutionPlan for BlockSumExec {
                     }
                 }
                 drop(batches);
-                let mut keys: Vec<(u64, u64)> = sums.keys().copied().collect();
-                keys.sort_unstable();
-                let mut out = BlockBatches::new();
-                let mut batches = Vec::new();
-                for key in keys {
-                    let Some(Some(acc)) = sums.remove(&key) else {
-                        continue;
-                    };
-                    let block = acc.into_block().into_preferred_format();
-                    if block.nnz() == 0 {
-                        continue;
-                    }
-                    if let Some(batch) = out.push(key.0, key.1, &block)? {
-                        batches.push(batch);
-                    }
-                }
-                let last = out.flush()?;
-                if last.num_rows() > 0 {
-                    batches.push(last);
-                }
+                let batches = sum_batches(sums, Block::into_preferred_format)?;
                 reservation.free();
                 Ok::<_, DataFusionError>((batches, count))
             })
@@ -177,15 +159,7 @@ impl ExecutionPlan for BlockSumExec {
             for b in &batches {
                 output_rows.add(b.num_rows());
             }
-            Ok::<_, DataFusionError>(futures::stream::iter(batches.into_iter().map(Ok)))
-        })
-        .flat_map(|r| match r {
-            Ok(s) => s.boxed(),
-            Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-        });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(
-            self.schema(),
-            stream,
-        )))
+            Ok(batches)
+        }))
     }
 }
