@@ -4,6 +4,7 @@
 
 mod clients;
 mod crash_soak;
+mod docs_links;
 mod flight;
 mod generated_statements;
 mod guards;
@@ -14,6 +15,7 @@ mod pgwire;
 mod placement;
 mod psql;
 mod python;
+mod python_package;
 mod reliability_storage;
 mod reliability_tables;
 mod rust_client;

@@ -1,6 +1,7 @@
 """A matrix from NumPy into Tessera over Arrow Flight SQL with ADBC (bulk ingest, no
 row-by-row inserts), multiplied in SQL, and the product fetched as Arrow into NumPy and
-a SciPy sparse matrix.
+a SciPy sparse matrix: what the `tessera` package (matmul.py) does inside, with the
+driver alone.
 
     python3 adbc_matmul.py [grpc://127.0.0.1:50051] [user password]
 """
