@@ -66,6 +66,15 @@ async fn statement_error_kind(
             }
         }
     }
+    // A relation called with arguments that is neither a registered table function nor
+    // one of Tessera's matrix functions.
+    let unknown_table_function = names.table_functions.iter().any(|f| {
+        let name = f.table();
+        !state.table_functions().contains_key(name) && !crate::la::MATRIX_FUNCTIONS.contains(&name)
+    });
+    if unknown_table_function {
+        return Some(ErrorKind::UndefinedFunction);
+    }
     // Without `OR REPLACE` / `IF NOT EXISTS`, a name in use is what stops a CREATE.
     if let Some(target) = &names.created
         && !names.replaces
