@@ -29,7 +29,7 @@ use tessera_storage::{
 };
 
 use crate::catalog::TesseraCatalog;
-use crate::error::{blocking, storage_error};
+use crate::error::{ErrorKind, blocking, storage_error, tessera_error};
 use crate::la::{Tile, TileSink};
 
 /// Cells per block that [`auto_block_size`] aims for.
@@ -504,8 +504,12 @@ fn cells_batch(batch: &RecordBatch, dims: usize, attrs: usize, what: &str) -> Re
                 field.data_type()
             );
         }
-        let converted = cast(column, &ty)
-            .map_err(|e| DataFusionError::Plan(format!("{what}: column {}: {e}", field.name())))?;
+        let converted = cast(column, &ty).map_err(|e| {
+            tessera_error(
+                ErrorKind::DatatypeMismatch,
+                format!("{what}: column {}: {e}", field.name()),
+            )
+        })?;
         if converted.null_count() > 0 {
             let row = (0..converted.len())
                 .find(|&r| converted.is_null(r))
@@ -775,14 +779,8 @@ pub(crate) async fn copy_parquet_into_array(
     } else {
         df
     };
-    write_cells(store, name, df, mode, &format!("COPY {name} FROM '{path}'"))
-        .await
-        .map_err(|e| match e {
-            DataFusionError::Plan(m) if !m.contains(path) => {
-                DataFusionError::Execution(format!("{path}: {m}"))
-            }
-            other => other,
-        })
+    // Its errors name the statement, and so the file.
+    write_cells(store, name, df, mode, &format!("COPY {name} FROM '{path}'")).await
 }
 
 #[cfg(test)]

@@ -351,7 +351,10 @@ impl TesseraCatalog {
         block_format: Option<BlockFormat>,
     ) -> Result<ArrayWriter> {
         if read(&self.tables).contains_key(name) {
-            return plan_err!("'{name}' is already a table; arrays and tables share one namespace");
+            return Err(tessera_error(
+                ErrorKind::DuplicateTable,
+                format!("'{name}' is already a table; arrays and tables share one namespace"),
+            ));
         }
         self.store
             .create_array_writer(name, schema, partitioning, keep_versions, block_format)
@@ -365,7 +368,10 @@ impl TesseraCatalog {
         let _namespace = lock(&self.namespace);
         let name = &writer.base().info().name;
         if read(&self.tables).contains_key(name) {
-            return plan_err!("'{name}' is already a table; arrays and tables share one namespace");
+            return Err(tessera_error(
+                ErrorKind::DuplicateTable,
+                format!("'{name}' is already a table; arrays and tables share one namespace"),
+            ));
         }
         let id = writer.base().info().id;
         let name = name.clone();

@@ -800,10 +800,13 @@ impl Parser<'_, '_> {
         }
         let next = self.p.peek_token_ref();
         match &next.token {
-            Token::Word(word) => Err(plan_datafusion_err!(
-                "unsupported type {} for attribute {attribute} at {}: only DOUBLE is supported",
-                word.value.to_ascii_uppercase(),
-                position(next.span.start)
+            Token::Word(word) => Err(tessera_error(
+                ErrorKind::FeatureNotSupported,
+                format!(
+                    "unsupported type {} for attribute {attribute} at {}: only DOUBLE is supported",
+                    word.value.to_ascii_uppercase(),
+                    position(next.span.start)
+                ),
             )),
             _ => Err(self.expected("a type (DOUBLE)", format!("after attribute {attribute}"))),
         }
@@ -1502,6 +1505,10 @@ mod tests {
                 other => panic!("unexpected parser error {other:?}"),
             },
             Err(DataFusionError::Plan(m)) => (m, "plan"),
+            Err(e) if TesseraError::find(&e).is_some() => (
+                TesseraError::find(&e).unwrap().message().to_string(),
+                "plan",
+            ),
             other => panic!("expected an error from {sql:?}, got {other:?}"),
         }
     }

@@ -70,10 +70,15 @@ pub enum ErrorKind {
 }
 
 /// An error with its [`ErrorKind`]; displayed as its message alone.
+///
+/// Either Tessera's own ([`TesseraError::new`]), or DataFusion's error with the class
+/// the planner found for it from the statement and the catalog
+/// ([`TesseraError::classified`]), which keeps the original as its source.
 #[derive(Debug)]
 pub struct TesseraError {
     kind: ErrorKind,
     message: String,
+    source: Option<Box<DataFusionError>>,
 }
 
 impl TesseraError {
@@ -82,7 +87,22 @@ impl TesseraError {
         Self {
             kind,
             message: message.into(),
+            source: None,
         }
+    }
+
+    /// DataFusion's `error`, classified as `kind`; displayed as `error` is.
+    pub fn classified(kind: ErrorKind, error: DataFusionError) -> Self {
+        Self {
+            kind,
+            message: error.to_string(),
+            source: Some(Box::new(error)),
+        }
+    }
+
+    /// The DataFusion error this one classifies, if it is not Tessera's own.
+    pub fn classified_error(&self) -> Option<&DataFusionError> {
+        self.source.as_deref()
     }
 
     /// Its kind.
@@ -138,7 +158,13 @@ impl std::fmt::Display for TesseraError {
     }
 }
 
-impl std::error::Error for TesseraError {}
+impl std::error::Error for TesseraError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 impl From<TesseraError> for DataFusionError {
     fn from(e: TesseraError) -> Self {

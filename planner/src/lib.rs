@@ -8,6 +8,7 @@ mod array_table;
 mod array_write;
 mod catalog;
 mod cell_scan;
+mod classify;
 mod copartition;
 pub mod ddl;
 mod error;
@@ -30,6 +31,7 @@ pub use catalog::{
     DEFAULT_CATALOG, DEFAULT_SCHEMA, DefinitionKind, NewTable, TesseraCatalog, split_version,
 };
 pub use cell_scan::CellScanExec;
+pub use classify::classify_statement_error;
 pub use copartition::{CoPartitionedJoinExec, CoPartitionedJoins};
 pub use error::{ErrorKind, TesseraError, storage_error, storage_error_kind, tessera_error};
 pub use file_access::{FileAccess, FileUse, check_file};

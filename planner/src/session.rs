@@ -39,6 +39,7 @@ use crate::array_write::{
     NewMatrix, auto_block_size, copy_parquet_into_array, shape_text, write_query_as_matrix,
 };
 use crate::catalog::{DefinitionKind, NewTable, TesseraCatalog, split_version};
+use crate::classify::classify_statement_error;
 use crate::ddl::{
     CopyDirection, CopyTarget, DimensionSpec, MatrixFormat, OptionValue, SqlText, Statement,
     TesseraStatement,
@@ -177,8 +178,14 @@ async fn execute_sql(
     sql: SqlText,
 ) -> Result<SendableRecordBatchStream> {
     let state = ctx.state();
-    let plan = state.statement_to_plan(sql.tree).await?;
-    execute_plan(ctx, catalog, state, plan, &sql.text).await
+    let result = match state.statement_to_plan(sql.tree.clone()).await {
+        Ok(plan) => execute_plan(ctx, catalog, state, plan, &sql.text).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(stream) => Ok(stream),
+        Err(e) => Err(classify_statement_error(&ctx.state(), &sql.tree, e).await),
+    }
 }
 
 /// Executes the logical plan of the SQL statement `sql`, planned in `state` (a
@@ -361,7 +368,12 @@ async fn external_table_provider(
     let factory = state
         .table_factories()
         .get(file_type.as_str())
-        .ok_or_else(|| plan_datafusion_err!("unsupported file type {}", cmd.file_type))?;
+        .ok_or_else(|| {
+            tessera_error(
+                ErrorKind::FeatureNotSupported,
+                format!("unsupported file type {}", cmd.file_type),
+            )
+        })?;
     factory.create(&state, cmd).await
 }
 
@@ -584,7 +596,10 @@ fn check_new_array(catalog: &TesseraCatalog, name: &str, if_not_exists: bool) ->
 async fn query_frame(ctx: &SessionContext, query: Box<Query>, what: &str) -> Result<DataFrame> {
     let state = ctx.state();
     let tree = DFStatement::Statement(Box::new(SqlStatement::Query(query)));
-    let plan = state.statement_to_plan(tree).await?;
+    let plan = match state.statement_to_plan(tree.clone()).await {
+        Ok(plan) => plan,
+        Err(e) => return Err(classify_statement_error(&state, &tree, e).await),
+    };
     if matches!(
         plan,
         LogicalPlan::Ddl(_)
@@ -875,7 +890,10 @@ async fn copy(
         None if catalog.is_table(&local) => {
             copy_table(ctx, name, &columns, from, &path, &options, &what).await
         }
-        None => plan_err!("{what}: no table or array is called '{local}'"),
+        None => Err(tessera_error(
+            ErrorKind::UndefinedTable,
+            format!("{what}: no table or array is called '{local}'"),
+        )),
     }
 }
 

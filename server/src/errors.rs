@@ -2,11 +2,13 @@
 //! PostgreSQL client sees, and the gRPC status code a Flight SQL client sees (derived
 //! from the SQLSTATE, so the two protocols never disagree).
 //!
-//! Errors are DataFusion errors whose kind says whose fault they are (`Plan` / `SQL`
-//! for the user's query, `Execution` for a run that failed, `ResourcesExhausted`,
-//! `Internal`); where two errors of one kind differ only by message (an unknown table
-//! and an unknown function are both `Plan`), the message decides. The table is in
-//! `docs/server.md`.
+//! An error's class is carried as a type, never read from its message. Tessera's own
+//! errors are a [`TesseraError`] with an [`ErrorKind`], raised where the class is known
+//! (storage, planner, the protocol servers). DataFusion's own errors of one variant
+//! that cover several classes (an unknown table and an unknown function are both
+//! `Plan`) are given a kind by the planner from the failed statement and the catalog
+//! (`tessera_planner::classify_statement_error`); the rest are classified by their
+//! variant (`Plan` 42000, `Execution` 22000, ...). The table is in `docs/server.md`.
 
 use datafusion::arrow::error::ArrowError;
 use datafusion::common::SchemaError;
@@ -135,9 +137,8 @@ pub fn kind_sqlstate(kind: ErrorKind) -> &'static str {
     }
 }
 
-/// The SQLSTATE for an error: its [`ErrorKind`] when Tessera raised it; for
-/// DataFusion's own errors, their variant (and, where one variant covers several
-/// classes, their message).
+/// The SQLSTATE for an error: its [`ErrorKind`] when Tessera raised or classified it;
+/// for DataFusion's own errors, their variant.
 pub fn sqlstate(error: &DataFusionError) -> &'static str {
     if let Some(e) = TesseraError::find(error) {
         return kind_sqlstate(e.kind());
@@ -162,18 +163,11 @@ pub fn sqlstate(error: &DataFusionError) -> &'static str {
         DataFusionError::IoError(_) => IO_ERROR,
         DataFusionError::ObjectStore(_) => IO_ERROR,
         DataFusionError::ParquetError(_) => DATA_EXCEPTION,
-        DataFusionError::Plan(message) => plan_sqlstate(message),
-        DataFusionError::Configuration(message) => {
-            if mentions(
-                message,
-                &["could not find config", "unknown", "unrecognized"],
-            ) {
-                UNDEFINED_OBJECT
-            } else {
-                INVALID_QUERY
-            }
-        }
-        DataFusionError::Execution(message) => execution_sqlstate(message),
+        // The planner gave the errors of these variants that need a finer class a kind
+        // (an unknown table, function or setting; a name taken), found from the
+        // statement and the catalog; the rest are classified by their variant.
+        DataFusionError::Plan(_) | DataFusionError::Configuration(_) => INVALID_QUERY,
+        DataFusionError::Execution(_) => DATA_EXCEPTION,
         DataFusionError::External(e) => {
             if e.downcast_ref::<Cancelled>().is_some() {
                 QUERY_CANCELED
@@ -276,10 +270,18 @@ pub fn client_message(error: &DataFusionError) -> String {
         }
         DataFusionError::Diagnostic(_, inner) => client_message(inner),
         DataFusionError::Shared(inner) => client_message(inner),
-        DataFusionError::External(e) => match e.downcast_ref::<DataFusionError>() {
-            Some(inner) => client_message(inner),
-            None => e.to_string(),
-        },
+        DataFusionError::External(e) => {
+            if let Some(inner) = e.downcast_ref::<DataFusionError>() {
+                client_message(inner)
+            } else if let Some(inner) = e
+                .downcast_ref::<TesseraError>()
+                .and_then(TesseraError::classified_error)
+            {
+                client_message(inner)
+            } else {
+                e.to_string()
+            }
+        }
         DataFusionError::Collection(errors) => match errors.first() {
             Some(first) => client_message(first),
             None => "unknown error".to_string(),
@@ -329,100 +331,6 @@ fn arrow_sqlstate(e: &ArrowError) -> &'static str {
         ArrowError::SchemaError(_) | ArrowError::InvalidArgumentError(_) => DATA_EXCEPTION,
         _ => INTERNAL_ERROR,
     }
-}
-
-/// True if `message` contains any of `needles`, ignoring case.
-fn mentions(message: &str, needles: &[&str]) -> bool {
-    let lower = message.to_ascii_lowercase();
-    needles.iter().any(|n| lower.contains(n))
-}
-
-fn plan_sqlstate(message: &str) -> &'static str {
-    let lower = message.to_ascii_lowercase();
-    let undefined_relation = (lower.contains("table") || lower.contains("view"))
-        && lower.contains("not found")
-        || lower.contains("unknown array or table")
-        || (lower.contains("array '") || lower.contains("table '") || lower.contains("view '"))
-            && lower.contains("does not exist")
-        || lower.contains("has no version");
-    if undefined_relation {
-        UNDEFINED_TABLE
-    } else if lower.contains("invalid function")
-        || lower.contains("unknown matrix function")
-        || lower.contains("no function matches")
-        || lower.contains("function") && lower.contains("not found")
-    {
-        UNDEFINED_FUNCTION
-    } else if lower.contains("already exists") || lower.contains("is already an array") {
-        DUPLICATE_TABLE
-    } else if lower.contains("shapes do not conform")
-        || lower.contains("shape mismatch")
-        || lower.contains("must be square")
-        || lower.contains("is outside")
-    {
-        DATA_EXCEPTION
-    } else if lower.contains("syntax error")
-        || lower.contains("sql error")
-        || lower.starts_with("expected ")
-    {
-        SYNTAX_ERROR
-    } else if lower.contains("cannot cast") || lower.contains("cannot be cast") {
-        DATATYPE_MISMATCH
-    } else if lower.contains("not supported") || lower.contains("unsupported") {
-        FEATURE_NOT_SUPPORTED
-    } else {
-        INVALID_QUERY
-    }
-}
-
-fn execution_sqlstate(message: &str) -> &'static str {
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("corruption") || lower.contains("corrupt catalog") {
-        DATA_CORRUPTED
-    } else if lower.contains("i/o error") {
-        IO_ERROR
-    } else if lower.contains("is locked by another process") {
-        OBJECT_IN_USE
-    } else if lower.contains("changed by a concurrent write") {
-        SERIALIZATION_FAILURE
-    } else if lower.contains("shapes do not conform")
-        || lower.contains("shape mismatch")
-        || lower.contains("is outside")
-    {
-        DATA_EXCEPTION
-    } else if lower.contains("cannot parse")
-        || lower.contains("invalid input syntax")
-        || lower.contains("error while parsing")
-        || lower.contains("cannot cast")
-        || has_line_number(&lower)
-    {
-        INVALID_TEXT_REPRESENTATION
-    } else if lower.contains("divide by zero") || lower.contains("division by zero") {
-        DIVISION_BY_ZERO
-    } else if lower.contains("resources exhausted") || lower.contains("memory") {
-        OUT_OF_MEMORY
-    } else if lower.contains("already exists") {
-        DUPLICATE_TABLE
-    } else if lower.contains("not found") && lower.contains("table") {
-        UNDEFINED_TABLE
-    } else {
-        DATA_EXCEPTION
-    }
-}
-
-/// A bad input file is reported as `path:line: ...` or `... line N ...`.
-fn has_line_number(lower: &str) -> bool {
-    let bytes = lower.as_bytes();
-    lower
-        .match_indices("line ")
-        .any(|(at, _)| bytes.get(at + 5).is_some_and(|b| b.is_ascii_digit()))
-        || lower.match_indices(':').any(|(at, _)| {
-            let digits = lower[at + 1..]
-                .bytes()
-                .take_while(|b| b.is_ascii_digit())
-                .count();
-            digits > 0 && lower[at + 1 + digits..].starts_with(':')
-        })
 }
 
 #[cfg(test)]
@@ -490,31 +398,142 @@ mod tests {
         assert_eq!(sqlstate(&error), OUT_OF_MEMORY, "{error}");
     }
 
+    /// The SQLSTATE of the error `sql` produces, for SQL that runs in a fresh database
+    /// after `setup`.
+    async fn state_after(setup: &str, sql: &str) -> String {
+        let db = Database::in_memory().unwrap();
+        db.sql(setup).await.unwrap();
+        let error = db.sql(sql).await.expect_err(sql);
+        sqlstate(&error).to_string()
+    }
+
+    /// PostgreSQL's classes for DataFusion's own errors, which say only `Plan` or
+    /// `Configuration`: the planner finds the class from the statement and the catalog.
+    #[tokio::test]
+    async fn datafusion_errors_are_classified_from_the_statement() {
+        // 42P01 undefined_table, wherever the unknown table is named.
+        for sql in [
+            "SELECT * FROM nosuch",
+            "SELECT * FROM t JOIN nosuch ON t.a = nosuch.a",
+            "SELECT * FROM t WHERE a IN (SELECT a FROM nosuch)",
+            "SELECT (SELECT max(a) FROM nosuch) FROM t",
+            "INSERT INTO nosuch VALUES (1)",
+            "INSERT INTO t SELECT * FROM nosuch",
+            "WITH c AS (SELECT * FROM nosuch) SELECT * FROM c",
+        ] {
+            assert_eq!(state_of(sql).await, UNDEFINED_TABLE, "{sql}");
+        }
+        // 42883 undefined_function, also in a join condition or a subquery.
+        for sql in [
+            "SELECT nosuchfn(1)",
+            "SELECT * FROM t WHERE nosuchfn(a) > 0",
+            "SELECT * FROM t WHERE a IN (SELECT nosuchfn(a) FROM t)",
+        ] {
+            assert_eq!(state_of(sql).await, UNDEFINED_FUNCTION, "{sql}");
+        }
+        // A CTE named like a table that does not exist is a table all the same.
+        let db = Database::in_memory().unwrap();
+        let rows = db
+            .sql("WITH nosuch AS (SELECT 7 AS a) SELECT a FROM nosuch")
+            .await
+            .unwrap();
+        assert_eq!(rows.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
+        assert_eq!(
+            state_of("WITH nosuch AS (SELECT 1 AS a) SELECT nosuchfn(a) FROM nosuch").await,
+            UNDEFINED_FUNCTION
+        );
+        // 42P07 duplicate_table.
+        assert_eq!(state_of("CREATE TABLE t (a INT)").await, DUPLICATE_TABLE);
+        assert_eq!(state_of("CREATE VIEW t AS SELECT 1").await, DUPLICATE_TABLE);
+        assert_eq!(
+            state_after(
+                "CREATE TABLE d AS SELECT 1 AS a",
+                "CREATE TABLE d AS SELECT 2 AS a"
+            )
+            .await,
+            DUPLICATE_TABLE
+        );
+        // 42704 undefined_object: a setting that does not exist, set or shown.
+        assert_eq!(state_of("SET nosuch.setting = 1").await, UNDEFINED_OBJECT);
+        assert_eq!(
+            state_of("SET datafusion.execution.nosuch = 1").await,
+            UNDEFINED_OBJECT
+        );
+        assert_eq!(state_of("SHOW datafusion.nosuch").await, UNDEFINED_OBJECT);
+        // A known setting with a bad value is not an unknown object.
+        assert_ne!(
+            state_of("SET datafusion.execution.batch_size = 'many'").await,
+            UNDEFINED_OBJECT
+        );
+        // Other planning mistakes keep the class of their variant: 42000.
+        assert_eq!(
+            state_of("SELECT a FROM t UNION SELECT a, b FROM t").await,
+            INVALID_QUERY
+        );
+    }
+
+    /// Tessera's own errors carry their kind: shapes (22000), unknown matrix functions
+    /// and arrays, and a value a loaded file cannot hold (22P02).
+    #[tokio::test]
+    async fn tessera_errors_carry_their_kind() {
+        assert_eq!(
+            state_of("SELECT * FROM matmul(sq, m)").await,
+            DATA_EXCEPTION,
+            "2x2 times 3x2"
+        );
+        assert_eq!(
+            state_of("SELECT * FROM frobnicate(m)").await,
+            UNDEFINED_FUNCTION
+        );
+        assert_eq!(
+            state_of("SELECT * FROM matmul(m, nosuch)").await,
+            UNDEFINED_TABLE
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("numbers.csv");
+        std::fs::write(&csv, "a,b\n1,2\n3,oops\n").unwrap();
+        let load = format!("COPY n FROM '{}'", csv.display());
+        assert_eq!(
+            state_after("CREATE TABLE n (a BIGINT, b BIGINT)", &load).await,
+            INVALID_TEXT_REPRESENTATION
+        );
+    }
+
     #[test]
     fn messages_lose_the_kind_prefix() {
         let e = DataFusionError::Plan("table 'x' not found".into());
         assert_eq!(client_message(&e), "table 'x' not found");
         let e = DataFusionError::Context("COPY m".into(), Box::new(e));
         assert_eq!(client_message(&e), "COPY m: table 'x' not found");
-        assert_eq!(sqlstate(&e), UNDEFINED_TABLE);
-        assert!(has_line_number("bad.csv:12: cannot read"));
-        assert!(has_line_number("error at line 3"));
-        assert!(!has_line_number("a 3x3 matrix"));
+        // A plan error is classified by its variant, not by what its message says.
+        assert_eq!(sqlstate(&e), INVALID_QUERY);
+        // Classified by the planner: the kind, with the message unchanged.
+        let classified: DataFusionError =
+            TesseraError::classified(ErrorKind::UndefinedTable, e).into();
+        assert_eq!(client_message(&classified), "COPY m: table 'x' not found");
+        assert_eq!(sqlstate(&classified), UNDEFINED_TABLE);
     }
 
     #[test]
     fn grpc_codes_follow_sqlstates() {
         use tonic::Code;
-        let plan = |m: &str| DataFusionError::Plan(m.into());
-        assert_eq!(grpc_code(&plan("table 'x' not found")), Code::NotFound);
-        assert_eq!(grpc_code(&plan("Invalid function 'f'")), Code::NotFound);
+        let kind = |k: ErrorKind| tessera_planner::tessera_error(k, "x");
+        assert_eq!(grpc_code(&kind(ErrorKind::UndefinedTable)), Code::NotFound);
         assert_eq!(
-            grpc_code(&plan("shapes do not conform")),
+            grpc_code(&kind(ErrorKind::UndefinedFunction)),
+            Code::NotFound
+        );
+        assert_eq!(
+            grpc_code(&kind(ErrorKind::DataException)),
             Code::InvalidArgument
         );
         assert_eq!(
-            grpc_code(&plan("table 't' already exists")),
+            grpc_code(&kind(ErrorKind::DuplicateTable)),
             Code::AlreadyExists
+        );
+        assert_eq!(
+            grpc_code(&DataFusionError::Plan("table 'x' not found".into())),
+            Code::InvalidArgument
         );
         assert_eq!(
             grpc_code(&DataFusionError::ResourcesExhausted("1 MiB".into())),

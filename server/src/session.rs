@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::{DataType, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::config::Dialect;
 use datafusion::common::{ParamValues, ScalarValue, TableReference, plan_err};
-use datafusion::error::Result;
+use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::session_state::{SessionState, SessionStateBuilder};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
@@ -23,9 +23,9 @@ use datafusion::sql::sqlparser::ast::{
     DataType as SqlDataType, ExactNumberInfo, Ident, Statement as SqlStatement, TimezoneInfo,
 };
 use futures::StreamExt;
-use tessera_planner::FileAccess;
 use tessera_planner::ddl::SqlText;
 use tessera_planner::{DEFAULT_CATALOG, DEFAULT_SCHEMA, ddl, la, session};
+use tessera_planner::{FileAccess, classify_statement_error};
 
 use crate::database::Inner;
 use crate::plan_cache::{self, Ticket, WriteGuard};
@@ -179,9 +179,22 @@ impl Session {
     ) -> Result<SendableRecordBatchStream> {
         let ticket = self.inner.plans.ticket();
         let state = self.ctx.state();
-        let plan = state.statement_to_plan(sql.tree).await?;
-        self.run_plan(state, plan, &sql.text, Some((ticket, settings)))
-            .await
+        let result = match state.statement_to_plan(sql.tree.clone()).await {
+            Ok(plan) => {
+                self.run_plan(state, plan, &sql.text, Some((ticket, settings)))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(stream) => Ok(stream),
+            Err(e) => Err(self.classify(&sql.tree, e).await),
+        }
+    }
+
+    /// `error` of statement `tree`, with the kind the tree and the catalog give it.
+    async fn classify(&self, tree: &DFStatement, error: DataFusionError) -> DataFusionError {
+        classify_statement_error(&self.ctx.state(), tree, error).await
     }
 
     /// The columns `columns` (all when empty) of table or array `name`, as a stream:
@@ -412,7 +425,10 @@ impl Session {
             })
             .collect::<Result<Vec<_>>>()?;
         let plan = plan.with_param_values(ParamValues::from(values))?;
-        self.run_plan(state, plan, &sql.text, None).await
+        match self.run_plan(state, plan, &sql.text, None).await {
+            Ok(stream) => Ok(stream),
+            Err(e) => Err(self.classify(&sql.tree, e).await),
+        }
     }
 
     /// Plans `sql` with typed placeholders. Each placeholder takes the type its context
@@ -481,7 +497,10 @@ impl Session {
                 }
             }
         }
-        plain
+        match plain {
+            Ok(plan) => Ok(plan),
+            Err(e) => Err(self.classify(&sql.tree, e).await),
+        }
     }
 
     /// The DataFusion context this session plans in (for embedders and the protocol

@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use datafusion::common::{DataFusionError, Result, plan_datafusion_err, plan_err};
+use datafusion::common::{Result, plan_datafusion_err, plan_err};
 use datafusion::logical_expr::planner::{
     PlannedRelation, RelationPlanner, RelationPlannerContext, RelationPlanning,
 };
@@ -21,6 +21,7 @@ use tessera_storage::kernels::{BinaryOp, UnaryOp};
 use super::exec::Output;
 use super::expr::{MatExpr, Op, Pinned, Reduction};
 use super::node::LaNode;
+use crate::error::{ErrorKind, storage_error_kind, tessera_error};
 
 /// What a parameter takes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -221,7 +222,12 @@ impl Builder<'_, '_> {
                         }
                     }
                 }
-                _ => return plan_err!("{name}: unsupported argument; usage: {}", usage()),
+                _ => {
+                    return Err(tessera_error(
+                        ErrorKind::FeatureNotSupported,
+                        format!("{name}: unsupported argument; usage: {}", usage()),
+                    ));
+                }
             };
             if slot >= sig.len() {
                 return plan_err!(
@@ -428,10 +434,12 @@ impl Builder<'_, '_> {
             _ => (table.clone(), None),
         };
         if reference.schema().is_none() && self.store.array(&array).is_ok() {
-            let snap = self
-                .store
-                .snapshot(&array, version)
-                .map_err(|e| DataFusionError::Plan(format!("{fname}: argument {k}: {e}")))?;
+            let snap = self.store.snapshot(&array, version).map_err(|e| {
+                tessera_error(
+                    storage_error_kind(&e),
+                    format!("{fname}: argument {k}: {e}"),
+                )
+            })?;
             if !snap.info().schema.is_matrix() {
                 return plan_err!(
                     "{fname}: argument {k}: array '{array}' is not a matrix (linear algebra takes 2-d arrays with one attribute)"

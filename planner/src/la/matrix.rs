@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch};
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{Result, exec_err};
 use datafusion::execution::memory_pool::MemoryReservation;
 use tessera_storage::{
     Block, CooBuilder, CsrBlock, DenseBlock, Duplicates, MAX_BLOCK_CELLS, datafusion_hash,
@@ -366,10 +366,13 @@ impl BlockMatrix {
             }
             let col = |k: usize, ty| {
                 datafusion::arrow::compute::cast(batch.column(k), &ty).map_err(|e| {
-                    DataFusionError::Plan(format!(
-                        "{what}: column {} of a matrix argument must be a number: {e}",
-                        k + 1
-                    ))
+                    tessera_error(
+                        ErrorKind::DatatypeMismatch,
+                        format!(
+                            "{what}: column {} of a matrix argument must be a number: {e}",
+                            k + 1
+                        ),
+                    )
                 })
             };
             use datafusion::arrow::datatypes::DataType;

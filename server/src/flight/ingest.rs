@@ -22,7 +22,9 @@ use datafusion::logical_expr::{Expr, cast};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::PartitionStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use tessera_planner::{DEFAULT_CATALOG, DEFAULT_SCHEMA, NewTable, TesseraCatalog};
+use tessera_planner::{
+    DEFAULT_CATALOG, DEFAULT_SCHEMA, ErrorKind, NewTable, TesseraCatalog, tessera_error,
+};
 use tonic::Status;
 
 use super::status;
@@ -147,7 +149,10 @@ pub(crate) async fn ingest(
                     );
                 }
                 TableExistsOption::Fail | TableExistsOption::Unspecified => {
-                    return plan_err!("{kind} '{target}' already exists");
+                    return Err(tessera_error(
+                        ErrorKind::DuplicateTable,
+                        format!("{kind} '{target}' already exists"),
+                    ));
                 }
             },
             None => match options.if_not_exist() {
@@ -155,9 +160,12 @@ pub(crate) async fn ingest(
                     create(session, catalog, &target, schema, batches).await?
                 }
                 TableNotExistOption::Fail | TableNotExistOption::Unspecified => {
-                    return plan_err!(
-                        "table '{target}' not found (ingest does not create it unless asked to)"
-                    );
+                    return Err(tessera_error(
+                        ErrorKind::UndefinedTable,
+                        format!(
+                            "table '{target}' not found (ingest does not create it unless asked to)"
+                        ),
+                    ));
                 }
             },
         };
@@ -169,10 +177,16 @@ pub(crate) async fn ingest(
 /// The target's name; only Tessera's one catalog and schema hold tables.
 fn target_name(command: &CommandStatementIngest) -> Result<String> {
     if command.temporary {
-        return plan_err!("temporary tables are not supported");
+        return Err(tessera_error(
+            ErrorKind::FeatureNotSupported,
+            "temporary tables are not supported",
+        ));
     }
     if command.transaction_id.is_some() {
-        return plan_err!("transactions are not supported");
+        return Err(tessera_error(
+            ErrorKind::FeatureNotSupported,
+            "transactions are not supported",
+        ));
     }
     if let Some(catalog) = command.catalog.as_deref().filter(|c| !c.is_empty())
         && catalog != DEFAULT_CATALOG

@@ -12,6 +12,8 @@ use datafusion::arrow::compute::{CastOptions, cast_with_options};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 
+use tessera_planner::{ErrorKind, tessera_error};
+
 use super::statement::CopyFormat;
 use super::types::encode_text;
 
@@ -22,8 +24,10 @@ pub(crate) struct CopyRow {
 }
 
 fn bad_input(what: &str, line: usize, message: impl std::fmt::Display) -> DataFusionError {
-    // An Execution error whose message carries the line: SQLSTATE 22P02.
-    DataFusionError::Execution(format!("COPY {what}, line {line}: {message}"))
+    tessera_error(
+        ErrorKind::InvalidTextRepresentation,
+        format!("COPY {what}, line {line}: {message}"),
+    )
 }
 
 /// Splits COPY data into rows.

@@ -35,7 +35,7 @@ use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyInResponse, CopyO
 use pgwire::messages::data::{DataRow, RowDescription};
 use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
-use tessera_planner::ddl;
+use tessera_planner::{ErrorKind, ddl, tessera_error};
 
 use super::cancel::{CancelGuard, CancelRegistry};
 use super::copy;
@@ -382,9 +382,10 @@ impl PgConnection {
             "max_connections" => self.shared.max_connections.to_string(),
             "default_transaction_deferrable" => "off".into(),
             _ => {
-                return Err(DataFusionError::Configuration(format!(
-                    "unrecognized configuration parameter \"{name}\""
-                )));
+                return Err(tessera_error(
+                    ErrorKind::UndefinedObject,
+                    format!("unrecognized configuration parameter \"{name}\""),
+                ));
             }
         })
     }
