@@ -598,28 +598,9 @@ fn the_tessera_binary_runs_sql() {
     assert!(err.starts_with("error: ") && err.contains("nope"), "{err}");
 }
 
+/// The `tessera` command as the test build made it (`tests/tessera_under_test.rs`).
 pub(crate) fn tessera_binary() -> PathBuf {
-    // target/debug/deps/main-<hash> -> target/debug/tessera
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let binary = dir.join(format!("tessera{}", std::env::consts::EXE_SUFFIX));
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let release = dir.file_name().is_some_and(|n| n == "release");
-    let mut build = Command::new(cargo);
-    build
-        // The whole workspace, as `cargo nextest run --workspace` builds it: `-p
-        // tessera-server` alone unifies dependency features differently and would
-        // rebuild half the dependency tree (and again on the next workspace build).
-        .args(["build", "--quiet", "--workspace", "--bins"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    if release {
-        build.arg("--release");
-    }
-    // Up to date or not, `cargo build` makes it so (a no-op when fresh).
-    let status = build.status().unwrap();
-    assert!(status.success(), "building the tessera binary failed");
-    assert!(binary.exists(), "{} was not built", binary.display());
-    binary
+    PathBuf::from(env!("CARGO_BIN_EXE_tessera-under-test"))
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The `tessera` command line, as a library function so it can be tested in-process;
-//! `src/main.rs` only installs logging and calls [`run`].
+//! `src/main.rs` only calls [`main`], which installs logging and calls [`run`].
 //!
 //! ```text
 //! tessera sql [--data-dir DIR] [--format table|csv|json] [--memory-limit BYTES] "SQL"
@@ -8,6 +8,7 @@
 //! ```
 
 use std::io::{Read, Write};
+use std::process::ExitCode;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -44,6 +45,33 @@ Logging goes to standard error; set TESSERA_LOG (e.g. TESSERA_LOG=debug) to see 
 EXAMPLE:
     tessera sql -d ./db \"CREATE MATRIX m (2, 2); INSERT INTO m VALUES (0, 1, 5.0); SELECT * FROM m\"
 ";
+
+/// The `tessera` process: logging to stderr, then [`run`] on the process's arguments
+/// and standard streams.
+pub fn main() -> ExitCode {
+    install_logging();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let code = run(
+        &args,
+        &mut std::io::stdin().lock(),
+        &mut std::io::stdout().lock(),
+        // Not locked for the whole run: `tessera serve`'s worker threads log and report
+        // panics to stderr too, and would wait on the lock forever.
+        &mut std::io::stderr(),
+    );
+    ExitCode::from(code)
+}
+
+/// Logs to stderr at the level `TESSERA_LOG` names (warnings by default). Only the
+/// process installs a subscriber; the libraries just emit events.
+fn install_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TESSERA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum OutputFormat {
