@@ -2,9 +2,9 @@
 //! when the `duckdb` Python package is installed), measured side by side in one run.
 //!
 //! ```text
-//! cargo bench --profile dev -p tessera-server --bench sql          # full sizes
-//! TESSERA_BENCH_SMALL=1 cargo bench --profile dev -p tessera-server --bench sql
-//! TESSERA_BENCH_ONLY=tsmm cargo bench --profile dev -p tessera-server --bench sql  # one workload
+//! cargo bench --profile dev --workspace --bench sql          # full sizes
+//! TESSERA_BENCH_SMALL=1 cargo bench --profile dev --workspace --bench sql
+//! TESSERA_BENCH_ONLY=tsmm cargo bench --profile dev --workspace --bench sql  # one workload
 //! ```
 //!
 //! Each side is timed best of 5 rounds, the two sides taking turns (never at once), so
@@ -102,7 +102,7 @@ fn alternate(mut ours: impl FnMut() -> Duration, numpy: &mut NumPy) -> (Duration
 
 fn main() {
     let small = std::env::var_os("TESSERA_BENCH_SMALL").is_some();
-    // TESSERA_BENCH_ONLY=matmul|tsmm|relational runs one workload.
+    // TESSERA_BENCH_ONLY=matmul|tsmm|relational|aggregates runs one workload.
     let only = std::env::var("TESSERA_BENCH_ONLY").ok();
     let runs = |what: &str| only.as_deref().is_none_or(|o| o == what);
     let (n, rows) = if small {
@@ -204,6 +204,69 @@ fn main() {
             ours,
             Some(relational.as_secs_f64()),
             100.0,
+        ));
+    }
+
+    // 4. SQL aggregates over matrix expressions, folded from blocks: the sum of a sparse
+    //    times dense product vs SciPy's (S @ D).sum(), and of an elementwise chain vs
+    //    NumPy's (A * B + A).sum(). Both sides read the same matrices.
+    if runs("aggregates") {
+        let sn = if small { 20_000 } else { 100_000 };
+        sql(&format!(
+            "CREATE MATRIX s AS SELECT * FROM rand({sn}, {sn}, 0.001, 6, 0, 1)"
+        ));
+        sql(&format!(
+            "CREATE MATRIX dn AS SELECT * FROM rand({sn}, 16, 1.0, 7, 0, 1)"
+        ));
+        let cells = dir.path().join("s.parquet");
+        sql(&format!("COPY s TO '{}' WITH (FORMAT parquet)", p(&cells)));
+        sql(&format!("COPY dn TO '{}' WITH (FORMAT npy)", p(&npy("dn"))));
+        let mut scipy = NumPy::start(&format!(
+            "import numpy as np, scipy.sparse as sp, pyarrow.parquet as pq\nt=pq.read_table('{cells}')\nS=sp.csr_matrix((t['v'].to_numpy(), (t['i'].to_numpy(), t['j'].to_numpy())), shape=({sn}, {sn}))\nD=np.load('{dn}')\ndef setup(): pass\ndef run(): (S @ D).sum()",
+            cells = p(&cells),
+            dn = p(&npy("dn"))
+        ));
+        let (ours, theirs) = alternate(
+            || {
+                let t = Instant::now();
+                sql("SELECT sum(v) FROM matmul(s, dn)");
+                t.elapsed()
+            },
+            &mut scipy,
+        );
+        table.push((
+            format!("SELECT sum(v) FROM matmul(s, dn), s {sn}^2 with 0.1% non-zeros, dn {sn}x16 vs (S @ D).sum()"),
+            ours,
+            theirs,
+            1.4,
+        ));
+
+        sql(&format!(
+            "CREATE MATRIX ea AS SELECT * FROM rand({n}, {n}, 1.0, 8, 0, 1)"
+        ));
+        sql(&format!(
+            "CREATE MATRIX eb AS SELECT * FROM rand({n}, {n}, 1.0, 9, 0, 1)"
+        ));
+        sql(&format!("COPY ea TO '{}' WITH (FORMAT npy)", p(&npy("ea"))));
+        sql(&format!("COPY eb TO '{}' WITH (FORMAT npy)", p(&npy("eb"))));
+        let mut numpy = NumPy::start(&format!(
+            "import numpy as np\nA=np.load('{a}'); B=np.load('{b}')\ndef setup(): pass\ndef run(): (A * B + A).sum()",
+            a = p(&npy("ea")),
+            b = p(&npy("eb"))
+        ));
+        let (ours, theirs) = alternate(
+            || {
+                let t = Instant::now();
+                sql("SELECT sum(v) FROM add(mul(ea, eb), ea)");
+                t.elapsed()
+            },
+            &mut numpy,
+        );
+        table.push((
+            format!("SELECT sum(v) FROM add(mul(a, b), a), {n}x{n} dense vs (A * B + A).sum()"),
+            ours,
+            theirs,
+            1.5,
         ));
     }
 

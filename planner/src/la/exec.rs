@@ -150,6 +150,11 @@ impl LaExec {
         &self.op
     }
 
+    /// What its rows look like.
+    pub fn output(&self) -> Output {
+        self.output
+    }
+
     /// The chosen strategy, for products.
     pub fn choice(&self) -> Option<&Choice> {
         self.choice.as_ref()
@@ -180,13 +185,12 @@ impl LaExec {
         self.compute_into(ctx, None)
     }
 
-    /// [`LaExec::compute`], offering this operator's output blocks to `sink` as they are
-    /// finished (its inputs are computed whole).
-    pub fn compute_into(
+    /// Computes this operator's inputs: child operators' matrices, a block dataflow's
+    /// blocks, or a subquery's `(i, j, v)` rows.
+    pub(crate) fn compute_inputs(
         &self,
         ctx: Arc<TaskContext>,
-        sink: Option<Arc<dyn TileSink>>,
-    ) -> BoxFuture<'_, Result<BlockMatrix>> {
+    ) -> BoxFuture<'_, Result<Vec<BlockMatrix>>> {
         async move {
             let mut inputs = Vec::with_capacity(self.children.len());
             for child in &self.children {
@@ -208,6 +212,20 @@ impl LaExec {
                 };
                 inputs.push(m);
             }
+            Ok(inputs)
+        }
+        .boxed()
+    }
+
+    /// [`LaExec::compute`], offering this operator's output blocks to `sink` as they are
+    /// finished (its inputs are computed whole).
+    pub fn compute_into(
+        &self,
+        ctx: Arc<TaskContext>,
+        sink: Option<Arc<dyn TileSink>>,
+    ) -> BoxFuture<'_, Result<BlockMatrix>> {
+        async move {
+            let inputs = self.compute_inputs(ctx.clone()).await?;
             let reservation = MemoryConsumer::new(format!("LaExec[{}]", self.label()))
                 .register(ctx.memory_pool());
             let expected = self.est.bytes().min(u64::MAX as f64 / 2.0) as usize;

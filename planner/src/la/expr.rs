@@ -94,26 +94,8 @@ impl PartialEq for Pinned {
     }
 }
 
-/// One step of a fused elementwise program. Slots are numbered in order: leaves first
-/// (slot `k` is leaf `k`), then one slot per step.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Step {
-    /// `op(slot a, slot b)`, both the same shape.
-    Binary(BinaryOp, usize, usize),
-    /// `op(slot, value)`, or `op(value, slot)` when `left`.
-    Scalar {
-        /// The operation.
-        op: BinaryOp,
-        /// The scalar.
-        value: f64,
-        /// The scalar is the left operand.
-        left: bool,
-        /// The matrix operand's slot.
-        x: usize,
-    },
-    /// `op(slot)`.
-    Unary(UnaryOp, usize),
-}
+/// One step of a fused elementwise program (a kernel's input, so it lives in storage).
+pub use tessera_storage::kernels::Step;
 
 /// An operation of the expression tree; its operands are the node's `args`.
 #[derive(Debug, Clone, PartialEq)]

@@ -11,6 +11,7 @@
 //!   -> LaExec tree                blocks flow between operators; the top one emits rows
 //! ```
 
+mod aggregate;
 mod exec;
 mod expr;
 pub mod flow;
@@ -26,6 +27,7 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionConfig;
 use tessera_storage::Store;
 
+pub use aggregate::{BlockAggregateExec, BlockAggregates, CellAggregate, CellGroups};
 pub use exec::{FlowGeometry, LaExec, Output, cells_schema, human_bytes, rows_schema};
 pub use expr::{Estimate, MatExpr, Op, Reduction, Step, optimize};
 pub use functions::{MATRIX_FUNCTIONS, MatrixFunctions};
@@ -49,6 +51,7 @@ pub fn install(builder: SessionStateBuilder, store: Store) -> SessionStateBuilde
         .with_type_planner(Arc::new(crate::PostgresTypes))
         .with_query_planner(Arc::new(TesseraQueryPlanner))
         .with_physical_optimizer_rule(Arc::new(crate::copartition::CoPartitionedJoins))
+        .with_physical_optimizer_rule(Arc::new(BlockAggregates))
         .with_physical_optimizer_rule(Arc::new(flow::MeterExchanges))
 }
 

@@ -979,13 +979,63 @@ fn expand(v: &BlockMatrix, shape: (u64, u64), block: (u64, u64), n: usize) -> Re
     Ok(BlockMatrix::from_dense(&d, block.0, block.1, n))
 }
 
-/// Runs a fused elementwise program over aligned leaves, block by block.
+/// A fused elementwise program's result for one block key, handed to the consumer of
+/// [`fused_each`].
+pub(crate) enum FusedBlock<'a> {
+    /// Computed by the block kernels step by step (a sparse leaf is involved).
+    Block(Block),
+    /// Every leaf dense here: the consumer runs the program over `leaves` with
+    /// [`kernels::fused_dense`], in one pass without intermediates.
+    Dense {
+        /// The block's `(rows, cols)`.
+        shape: (usize, usize),
+        /// The leaves' row-major values (zeros for a leaf without this block).
+        leaves: Vec<&'a [f64]>,
+    },
+}
+
+/// An elementwise program over `leaves`, fused: each output block in one pass.
 pub(crate) fn fused(
     steps: &[Step],
     leaves: Vec<BlockMatrix>,
     n: usize,
     work: &mut Work,
 ) -> Result<BlockMatrix> {
+    let (geometry, parts) = fused_each(steps, leaves, n, work, |i, j, block| {
+        let block = match block {
+            FusedBlock::Block(b) => b,
+            FusedBlock::Dense { shape, leaves } => {
+                let mut values = Vec::with_capacity(shape.0 * shape.1);
+                kernels::fused_dense(steps, &leaves, |_, chunk| values.extend_from_slice(chunk));
+                // The format the block kernels would have given it.
+                Block::Dense(
+                    tessera_storage::DenseBlock::new(shape.0, shape.1, values).map_err(storage)?,
+                )
+                .into_preferred_format()
+            }
+        };
+        Ok((block.nnz() > 0).then(|| (i, j, Arc::new(block))))
+    })?;
+    let (rows, cols, br, bc, layout) = geometry;
+    let mut m = BlockMatrix::empty(rows, cols, br, bc, parts.len(), layout);
+    m.parts = parts;
+    Ok(m)
+}
+
+/// The geometry of a fused program's result: rows, columns, block rows, block columns
+/// and layout.
+pub(crate) type FusedGeometry = (u64, u64, u64, u64, Layout);
+
+/// Runs the elementwise program `steps` over `leaves` (aligned block for block first),
+/// partition by partition in the kernel pool, and hands every output block key that
+/// needs computing to `each`; returns what `each` kept, by partition.
+pub(crate) fn fused_each<T: Send>(
+    steps: &[Step],
+    leaves: Vec<BlockMatrix>,
+    n: usize,
+    work: &mut Work,
+    each: impl Fn(u64, u64, FusedBlock<'_>) -> Result<Option<T>> + Sync,
+) -> Result<(FusedGeometry, Vec<Vec<T>>)> {
     let mut leaves = leaves.into_iter();
     let Some(mut first) = leaves.next() else {
         return exec_err!("internal: a fused operation without inputs");
@@ -1015,18 +1065,15 @@ pub(crate) fn fused(
     let nparts = first.parts.len();
     let mut inputs: Vec<Vec<Vec<Tile>>> = vec![std::mem::take(&mut first.parts)];
     inputs.extend(others.into_iter().map(|o| o.parts));
-    let per_part: Vec<(usize, Vec<Vec<Tile>>)> = (0..nparts)
+    let per_part: Vec<Vec<Vec<Tile>>> = (0..nparts)
         .map(|p| {
-            (
-                p,
-                inputs
-                    .iter_mut()
-                    .map(|l| std::mem::take(&mut l[p]))
-                    .collect(),
-            )
+            inputs
+                .iter_mut()
+                .map(|l| std::mem::take(&mut l[p]))
+                .collect()
         })
         .collect();
-    let parts = par_map(per_part, |(_, leaves)| {
+    let parts = par_map(per_part, |leaves| {
         let maps: Vec<HashMap<(u64, u64), Arc<Block>>> = leaves
             .into_iter()
             .map(|t| t.into_iter().map(|(i, j, b)| ((i, j), b)).collect())
@@ -1038,17 +1085,36 @@ pub(crate) fn fused(
             .into_iter()
             .collect();
         keys.sort_unstable();
+        let mut zero_values: Vec<f64> = Vec::new();
         let mut out = Vec::new();
         for (i, j) in keys {
             let r = br.min(rows - i * br) as usize;
             let c = bc.min(cols - j * bc) as usize;
-            let mut slots: Vec<Arc<Block>> = maps
+            let present: Vec<Option<&Arc<Block>>> = maps.iter().map(|m| m.get(&(i, j))).collect();
+            let all_dense = present
                 .iter()
-                .map(|m| {
-                    m.get(&(i, j))
-                        .cloned()
-                        .unwrap_or_else(|| Arc::new(zero_block(r, c)))
-                })
+                .all(|b| b.is_none_or(|b| matches!(b.as_ref(), Block::Dense(_))));
+            if all_dense {
+                if zero_values.len() < r * c {
+                    zero_values.resize(r * c, 0.0);
+                }
+                let leaves = present
+                    .iter()
+                    .map(|b| match b.map(|b| b.as_ref()) {
+                        Some(Block::Dense(d)) => d.values(),
+                        _ => &zero_values[..r * c],
+                    })
+                    .collect();
+                let block = FusedBlock::Dense {
+                    shape: (r, c),
+                    leaves,
+                };
+                out.extend(each(i, j, block)?);
+                continue;
+            }
+            let mut slots: Vec<Arc<Block>> = present
+                .into_iter()
+                .map(|b| b.cloned().unwrap_or_else(|| Arc::new(zero_block(r, c))))
                 .collect();
             for st in steps {
                 let z = match st {
@@ -1070,17 +1136,14 @@ pub(crate) fn fused(
                 };
                 slots.push(Arc::new(z));
             }
-            if let Some(z) = slots.pop()
-                && z.nnz() > 0
-            {
-                out.push((i, j, z));
+            if let Some(z) = slots.pop() {
+                let z = Arc::try_unwrap(z).unwrap_or_else(|shared| shared.as_ref().clone());
+                out.extend(each(i, j, FusedBlock::Block(z))?);
             }
         }
         Ok(out)
     })?;
-    let mut m = BlockMatrix::empty(rows, cols, br, bc, nparts, layout);
-    m.parts = parts;
-    Ok(m)
+    Ok(((rows, cols, br, bc, layout), parts))
 }
 
 /// The fused program on one cell.

@@ -914,3 +914,305 @@ async fn dataflow_strategies_have_their_shape_match_naive_and_share_the_work() {
         }
     }
 }
+
+/// The non-zero cells' `(count, sum, min, max)` of `m` per group key (`0` for all).
+fn naive_folds(m: &M, key: impl Fn(usize, usize) -> i64) -> Vec<(i64, u64, f64, f64, f64)> {
+    let mut folds = std::collections::BTreeMap::<i64, (u64, f64, f64, f64)>::new();
+    for i in 0..m.r {
+        for j in 0..m.c {
+            let v = m.at(i, j);
+            if v != 0.0 {
+                let e =
+                    folds
+                        .entry(key(i, j))
+                        .or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+                *e = (e.0 + 1, e.1 + v, e.2.min(v), e.3.max(v));
+            }
+        }
+    }
+    folds
+        .into_iter()
+        .map(|(k, (n, s, lo, hi))| (k, n, s, lo, hi))
+        .collect()
+}
+
+/// The rows of `sql`, whose columns are `key, count, sum, min, max, avg` (the key only
+/// when `keyed`), as `(key, count, sum, min, max)` after checking `avg`.
+async fn folds_of(ctx: &SessionContext, sql: &str, keyed: bool) -> Vec<(i64, u64, f64, f64, f64)> {
+    let batches = run(ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut out = Vec::new();
+    for b in batches {
+        let at = usize::from(keyed);
+        let f = |k: usize| {
+            b.column(at + k)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone()
+        };
+        let count = b.column(at).as_any().downcast_ref::<Int64Array>().unwrap();
+        let (sum, min, max, avg) = (f(1), f(2), f(3), f(4));
+        for r in 0..b.num_rows() {
+            let key = if keyed {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .unwrap()
+                    .value(r)
+            } else {
+                0
+            };
+            let n = count.value(r) as u64;
+            if n == 0 {
+                assert!(
+                    sum.is_null(r) && min.is_null(r) && max.is_null(r) && avg.is_null(r),
+                    "{sql}: no cells, not NULL"
+                );
+                continue;
+            }
+            assert!(
+                (avg.value(r) - sum.value(r) / n as f64).abs() < 1e-9,
+                "{sql}: avg"
+            );
+            out.push((key, n, sum.value(r), min.value(r), max.value(r)));
+        }
+    }
+    out
+}
+
+fn assert_folds(got: &[(i64, u64, f64, f64, f64)], want: &[(i64, u64, f64, f64, f64)], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: groups");
+    for (g, w) in got.iter().zip(want) {
+        assert_eq!((g.0, g.1), (w.0, w.1), "{what}: key and count");
+        assert!(
+            (g.2 - w.2).abs() < 1e-9 * (1.0 + w.2.abs()),
+            "{what}: sum {} vs {}",
+            g.2,
+            w.2
+        );
+        assert_eq!((g.3, g.4), (w.3, w.4), "{what}: min and max");
+    }
+}
+
+#[tokio::test]
+async fn aggregates_of_matrix_expressions_fold_blocks_and_match_naive() {
+    let store = Store::in_memory();
+    let a = M::random(37, 23, 0.3, 11);
+    let b = M::random(23, 29, 0.5, 12);
+    let z = M::new(23, 29, |_, _| 0.0);
+    put(&store, "a", &a, (8, 8), Partitioning::Hash { shards: 3 });
+    put(&store, "b", &b, (8, 8), Partitioning::Hash { shards: 3 });
+    put(&store, "z", &z, (8, 8), Partitioning::Hash { shards: 3 });
+    let ctx = session(&store, None);
+    let ab = a.mm(&b);
+    let all = " count(*), sum(v), min(v), max(v), avg(v) ";
+    for strategy in ["auto", "broadcast", "repartition", "local"] {
+        run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
+            .await
+            .unwrap();
+        let sql = format!("SELECT{all}FROM matmul(a, b)");
+        let plan = explain(&ctx, &sql).await;
+        assert!(plan.contains("BlockAggregateExec"), "{strategy}: {plan}");
+        assert!(!plan.contains("AggregateExec: mode"), "{strategy}: {plan}");
+        let want = naive_folds(&ab, |_, _| 0);
+        assert_folds(&folds_of(&ctx, &sql, false).await, &want, &sql);
+
+        let sql = format!("SELECT i,{all}FROM matmul(a, b) GROUP BY i ORDER BY i");
+        assert!(
+            explain(&ctx, &sql)
+                .await
+                .contains("BlockAggregateExec: aggr=[count, sum, min, max, avg], by=i")
+        );
+        let want = naive_folds(&ab, |i, _| i as i64);
+        assert_folds(&folds_of(&ctx, &sql, true).await, &want, &sql);
+
+        // Grouped by column, the group column named after the aggregates.
+        let sql = format!("SELECT j,{all}FROM matmul(a, b) GROUP BY j ORDER BY j");
+        let want = naive_folds(&ab, |_, j| j as i64);
+        assert_folds(&folds_of(&ctx, &sql, true).await, &want, &sql);
+    }
+    run(&ctx, "SET tessera.matmul_strategy = 'auto'")
+        .await
+        .unwrap();
+
+    // Elementwise chains too.
+    let sql = format!("SELECT{all}FROM add(mul(b, b), b)");
+    let bb = b.map2(&b, |x, y| x * y).map2(&b, |x, y| x + y);
+    assert!(explain(&ctx, &sql).await.contains("BlockAggregateExec"));
+    assert_folds(
+        &folds_of(&ctx, &sql, false).await,
+        &naive_folds(&bb, |_, _| 0),
+        &sql,
+    );
+
+    // No non-zero cell: one row, count 0 and NULLs, as over rows.
+    let sql = format!("SELECT{all}FROM matmul(a, z)");
+    assert!(explain(&ctx, &sql).await.contains("BlockAggregateExec"));
+    let batches = run(&ctx, &sql).await.unwrap();
+    assert_eq!(batches.iter().map(RecordBatch::num_rows).sum::<usize>(), 1);
+    assert!(folds_of(&ctx, &sql, false).await.is_empty());
+
+    // What blocks cannot answer stays a relational aggregate, and is still right.
+    let sql = "SELECT count(*), sum(v), min(v), max(v), avg(v) FROM matmul(a, b) WHERE i < 20";
+    let plan = explain(&ctx, sql).await;
+    assert!(!plan.contains("BlockAggregateExec"), "{plan}");
+    let want = naive_folds(&ab, |i, _| if i < 20 { 0 } else { 1 });
+    assert_folds(&folds_of(&ctx, sql, false).await, &want[..1], sql);
+    let sql = "SELECT sum(i) FROM matmul(a, b)";
+    assert!(!explain(&ctx, sql).await.contains("BlockAggregateExec"));
+    let batches = run(&ctx, sql).await.unwrap();
+    let got = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap()
+        .value(0);
+    let want: i64 = (0..ab.r)
+        .flat_map(|i| (0..ab.c).map(move |j| (i, j)))
+        .filter(|&(i, j)| ab.at(i, j) != 0.0)
+        .map(|(i, _)| i as i64)
+        .sum();
+    assert_eq!(got, want);
+}
+
+/// A small deterministic generator for the generated-expression test.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Dimensions the generated expressions use: one, a prime, and sizes that do and do
+/// not divide the block sizes the leaves are stored with.
+const DIMS: [usize; 4] = [1, 7, 13, 24];
+
+/// A random matrix expression of shape `r x c` over the stored leaves `g_<r>_<c>_<d|s>`
+/// (dense or sparse), as SQL and as its naive value.
+fn generate(
+    rng: &mut Lcg,
+    leaves: &std::collections::HashMap<String, M>,
+    r: usize,
+    c: usize,
+    depth: usize,
+) -> (String, M) {
+    let leaf = |rng: &mut Lcg| {
+        let kind = if rng.below(2) == 0 { "d" } else { "s" };
+        let name = format!("g_{r}_{c}_{kind}");
+        let m = leaves[&name].clone();
+        (name, m)
+    };
+    if depth == 0 || rng.below(10) < 3 {
+        return leaf(rng);
+    }
+    match rng.below(6) {
+        0 | 1 => {
+            let k = DIMS[rng.below(DIMS.len())];
+            let (x, xm) = generate(rng, leaves, r, k, depth - 1);
+            let (y, ym) = generate(rng, leaves, k, c, depth - 1);
+            (format!("matmul({x}, {y})"), xm.mm(&ym))
+        }
+        2 => {
+            let (x, xm) = generate(rng, leaves, c, r, depth - 1);
+            (format!("t({x})"), xm.t())
+        }
+        3 => {
+            let (x, xm) = generate(rng, leaves, r, c, depth - 1);
+            let f = [2.0, -0.5][rng.below(2)];
+            (
+                format!("scale({x}, {f})"),
+                xm.map2(&M::new(1, 1, |_, _| f), |a, b| a * b),
+            )
+        }
+        op => {
+            let (x, xm) = generate(rng, leaves, r, c, depth - 1);
+            let (y, ym) = generate(rng, leaves, r, c, depth - 1);
+            let (name, f): (&str, fn(f64, f64) -> f64) = match (op, rng.below(3)) {
+                (_, 0) => ("add", |a, b| a + b),
+                (_, 1) => ("sub", |a, b| a - b),
+                _ => ("mul", |a, b| a * b),
+            };
+            (format!("{name}({x}, {y})"), xm.map2(&ym, f))
+        }
+    }
+}
+
+/// Random nested expressions over dense and sparse leaves, each strategy setting in
+/// turn, against naive arithmetic: the cells, and the block-folded aggregates.
+#[tokio::test]
+async fn generated_expressions_match_naive_under_every_strategy() {
+    let store = Store::in_memory();
+    let mut leaves = std::collections::HashMap::new();
+    let mut seed = 100;
+    for &r in &DIMS {
+        for &c in &DIMS {
+            for (kind, density) in [("d", 0.9), ("s", 0.15)] {
+                seed += 1;
+                let m = M::random(r, c, density, seed);
+                let name = format!("g_{r}_{c}_{kind}");
+                let shards = 1 + (seed % 3) as u32;
+                let partitioning = if seed % 2 == 0 {
+                    Partitioning::Hash { shards }
+                } else {
+                    Partitioning::RowBlock { shards }
+                };
+                put(&store, &name, &m, (5, 6), partitioning);
+                leaves.insert(name, m);
+            }
+        }
+    }
+    let ctx = session(&store, None);
+    let strategies = [
+        "auto",
+        "local",
+        "broadcast",
+        "broadcast_left",
+        "repartition",
+        "replication",
+    ];
+    let mut rng = Lcg(2026);
+    let cases = 3000;
+    for case in 0..cases {
+        let strategy = strategies[case % strategies.len()];
+        run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
+            .await
+            .unwrap();
+        let (r, c) = (DIMS[rng.below(DIMS.len())], DIMS[rng.below(DIMS.len())]);
+        let depth = 1 + rng.below(3);
+        let (expr, want) = generate(&mut rng, &leaves, r, c, depth);
+        // A bare leaf is read through a matrix function (this session has no catalog).
+        let expr = if expr.starts_with("g_") {
+            format!("scale({expr}, 1)")
+        } else {
+            expr
+        };
+        let what = format!("case {case} [{strategy}] {expr}");
+        let got = matrix(&ctx, &format!("SELECT * FROM {expr}"), r, c).await;
+        got.assert_close(&want, &what);
+        if case % 4 == 0 {
+            let sql = format!("SELECT count(*), sum(v), min(v), max(v), avg(v) FROM {expr}");
+            let naive = naive_folds(&want, |_, _| 0);
+            let got = folds_of(&ctx, &sql, false).await;
+            assert_eq!(got.len(), naive.len(), "{what}: groups");
+            for (g, w) in got.iter().zip(&naive) {
+                assert_eq!(g.1, w.1, "{what}: count");
+                assert!(
+                    (g.2 - w.2).abs() <= 1e-9 * (1.0 + w.2.abs()) * (g.1 as f64),
+                    "{what}: sum {} vs {}",
+                    g.2,
+                    w.2
+                );
+                assert!((g.3 - w.3).abs() <= 1e-9 * (1.0 + w.3.abs()), "{what}: min");
+                assert!((g.4 - w.4).abs() <= 1e-9 * (1.0 + w.4.abs()), "{what}: max");
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@
 //!
 //! let block = Block::Dense(DenseBlock::new(2, 2, vec![1.0, 0.0, 0.0, 4.0]).unwrap());
 //! let mut builder = BlockColumnsBuilder::default();
-//! builder.append(&block);
+//! builder.append(&block).unwrap();
 //! let schema = Arc::new(Schema::new(block_fields()));
 //! let batch = RecordBatch::try_new(schema, builder.finish()).unwrap();
 //! let blocks = BlockColumns::try_new(batch.columns()).unwrap();
@@ -78,7 +78,11 @@ pub struct BlockColumnsBuilder {
 
 impl BlockColumnsBuilder {
     /// Appends `block` as the next row. A dense block's values are shared, not copied.
-    pub fn append(&mut self, block: &Block) {
+    ///
+    /// # Errors
+    /// If a buffer of the block does not fit an Arrow view (4 GiB; a block of at most
+    /// [`crate::MAX_BLOCK_CELLS`] cells always does).
+    pub fn append(&mut self, block: &Block) -> Result<()> {
         let (rows, cols) = block.shape();
         // A block has at most MAX_BLOCK_CELLS (2^28) cells, so each side fits in u32.
         self.rows.append_value(rows as u32);
@@ -88,7 +92,7 @@ impl BlockColumnsBuilder {
             Block::Dense(d) => {
                 let buffer = d.buffer().inner().clone();
                 self.bytes += buffer.len();
-                append_buffer(&mut self.values, buffer);
+                append_buffer(&mut self.values, buffer)?;
                 self.indptr.append_null();
                 self.indices.append_null();
             }
@@ -97,11 +101,12 @@ impl BlockColumnsBuilder {
                 let indptr = Buffer::from_vec(s.indptr().iter().map(|&x| x as u64).collect());
                 let indices = Buffer::from_vec(s.indices().iter().map(|&x| x as u64).collect());
                 self.bytes += data.len() + indptr.len() + indices.len();
-                append_buffer(&mut self.values, data);
-                append_buffer(&mut self.indptr, indptr);
-                append_buffer(&mut self.indices, indices);
+                append_buffer(&mut self.values, data)?;
+                append_buffer(&mut self.indptr, indptr)?;
+                append_buffer(&mut self.indices, indices)?;
             }
         }
+        Ok(())
     }
 
     /// The bytes of block data appended so far.
@@ -134,13 +139,19 @@ impl BlockColumnsBuilder {
 }
 
 /// Adds `buffer` as its own data buffer of `builder` and a view of all of it.
-fn append_buffer(builder: &mut BinaryViewBuilder, buffer: Buffer) {
-    let len = buffer.len() as u32;
-    let index = builder.append_block(buffer);
+fn append_buffer(builder: &mut BinaryViewBuilder, buffer: Buffer) -> Result<()> {
+    let too_large = || {
+        StorageError::InvalidArgument(format!(
+            "a block buffer of {} bytes is larger than an Arrow view holds",
+            buffer.len()
+        ))
+    };
+    let len = u32::try_from(buffer.len()).map_err(|_| too_large())?;
+    let index = builder.append_block(buffer.clone());
     // `try_append_view` checks the range; binary data needs no further validation.
     builder
         .try_append_view(index, 0, len)
-        .expect("a view of a whole buffer just appended is in range");
+        .map_err(|_| too_large())
 }
 
 /// The block columns of a batch, read in place.
@@ -252,7 +263,7 @@ fn view_buffer(array: &BinaryViewArray, row: usize) -> Buffer {
 /// made and for Arrow IPC), else copied.
 fn typed<T: ArrowNativeType>(buffer: Buffer, name: &str) -> Result<ScalarBuffer<T>> {
     let size = std::mem::size_of::<T>();
-    if buffer.len() % size != 0 {
+    if !buffer.len().is_multiple_of(size) {
         return Err(StorageError::InvalidArgument(format!(
             "block column {name} holds {} bytes, not a whole number of {size}-byte values",
             buffer.len()
@@ -295,7 +306,7 @@ mod tests {
     fn batch(blocks: &[Block]) -> RecordBatch {
         let mut builder = BlockColumnsBuilder::default();
         for b in blocks {
-            builder.append(b);
+            builder.append(b).unwrap();
         }
         RecordBatch::try_new(Arc::new(Schema::new(block_fields())), builder.finish()).unwrap()
     }

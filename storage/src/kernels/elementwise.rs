@@ -59,7 +59,7 @@ impl BinaryOp {
 }
 
 #[inline(always)]
-fn min_nan(a: f64, b: f64) -> f64 {
+pub(super) fn min_nan(a: f64, b: f64) -> f64 {
     if a < b {
         a
     } else if b <= a {
@@ -70,7 +70,7 @@ fn min_nan(a: f64, b: f64) -> f64 {
 }
 
 #[inline(always)]
-fn max_nan(a: f64, b: f64) -> f64 {
+pub(super) fn max_nan(a: f64, b: f64) -> f64 {
     if a > b {
         a
     } else if b >= a {

@@ -51,6 +51,7 @@
 mod accumulator;
 mod elementwise;
 mod fused;
+mod fused_elementwise;
 mod gemm;
 mod pool;
 mod reduce;
@@ -66,6 +67,7 @@ pub use elementwise::{
     BinaryOp, Operand, UnaryOp, elementwise, pow, scalar_elementwise_left, unary,
 };
 pub use fused::{mmchain, mmchain_seq, tsmm, tsmm_seq};
+pub use fused_elementwise::{FUSED_CHUNK, Step, fused_dense};
 pub use gemm::{matmul, matmul_into, matmul_into_seq, matmul_seq};
 pub use pool::{PARALLEL_MIN_FLOPS, cpu_pool};
 pub use reduce::{col_means, col_sums, max, min, nnz, row_means, row_sums, sum};

@@ -113,7 +113,7 @@ impl BlockBatches {
     pub(crate) fn push(&mut self, bi: u64, bj: u64, block: &Block) -> Result<Option<RecordBatch>> {
         self.bi.push(bi as i64);
         self.bj.push(bj as i64);
-        self.blocks.append(block);
+        self.blocks.append(block).map_err(storage_error)?;
         if self.bi.len() >= BLOCKS_PER_BATCH {
             return self.flush().map(Some);
         }
