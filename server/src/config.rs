@@ -196,6 +196,17 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TESSERA_STARTUP_TIMEOUT", "startup_timeout"),
     ("TESSERA_SHUTDOWN_TIMEOUT", "shutdown_timeout"),
     ("TESSERA_STATEMENT_TIMEOUT", "statement_timeout"),
+    ("TESSERA_AUTH_METHOD", "auth.method"),
+    ("TESSERA_AUTH_TRUST_REMOTE", "auth.trust_remote"),
+    ("TESSERA_AUTH_SUPERUSERS", "auth.superusers"),
+    ("TESSERA_USERS", "users"),
+    ("TESSERA_TLS_CERT", "tls.cert"),
+    ("TESSERA_TLS_KEY", "tls.key"),
+    ("TESSERA_TLS_REQUIRED", "tls.required"),
+    ("TESSERA_FILES_READ_ROLES", "files.read_roles"),
+    ("TESSERA_FILES_WRITE_ROLES", "files.write_roles"),
+    ("TESSERA_FILES_READ_DIRS", "files.read_dirs"),
+    ("TESSERA_FILES_WRITE_DIRS", "files.write_dirs"),
 ];
 
 impl ServerConfig {
@@ -213,8 +224,11 @@ impl ServerConfig {
         Ok(config)
     }
 
-    /// Sets the scalar key `key` (as named in the TOML file) from text, as flags and
-    /// environment variables do.
+    /// Sets the key `key` (as named in the TOML file, tables dotted: `tls.cert`) from
+    /// text, as flags and environment variables do. Lists are comma-separated; `users`
+    /// is `name:password` or `name:SCRAM-SHA-256$...` entries. The value itself is
+    /// checked here; what depends on other keys (users for SCRAM, a TLS key beside its
+    /// certificate) is checked by [`ServerConfig::validate`] once every layer is applied.
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), String> {
         match key {
             "data_dir" => self.data_dir = PathBuf::from(value),
@@ -240,12 +254,47 @@ impl ServerConfig {
             "startup_timeout" => self.startup_timeout = value.to_string(),
             "shutdown_timeout" => self.shutdown_timeout = value.to_string(),
             "statement_timeout" => self.statement_timeout = value.to_string(),
+            "auth.method" => {
+                self.auth.method = match value.trim().to_ascii_lowercase().as_str() {
+                    "trust" => AuthMethod::Trust,
+                    "scram-sha-256" => AuthMethod::ScramSha256,
+                    other => {
+                        return Err(format!(
+                            "auth.method: '{other}' is neither trust nor scram-sha-256"
+                        ));
+                    }
+                }
+            }
+            "auth.trust_remote" => self.auth.trust_remote = boolean(key, value)?,
+            "auth.superusers" => self.auth.superusers = list(value),
+            "users" => self.users = users(value)?,
+            "tls.cert" => self.tls_mut().cert = PathBuf::from(value),
+            "tls.key" => self.tls_mut().key = PathBuf::from(value),
+            "tls.required" => self.tls_mut().required = boolean(key, value)?,
+            "files.read_roles" => self.files.read_roles = list(value),
+            "files.write_roles" => self.files.write_roles = list(value),
+            "files.read_dirs" => {
+                self.files.read_dirs = list(value).into_iter().map(PathBuf::from).collect()
+            }
+            "files.write_dirs" => {
+                self.files.write_dirs = list(value).into_iter().map(PathBuf::from).collect()
+            }
             other => return Err(format!("unknown setting '{other}'")),
         }
-        self.validate()
+        self.validate_values()
     }
 
-    /// Applies the `TESSERA_*` variables `get` returns (see [`ENV_VARS`]).
+    /// The `[tls]` table, made empty (no certificate or key yet) if missing.
+    fn tls_mut(&mut self) -> &mut TlsConfig {
+        self.tls.get_or_insert_with(|| TlsConfig {
+            cert: PathBuf::new(),
+            key: PathBuf::new(),
+            required: false,
+        })
+    }
+
+    /// Applies the `TESSERA_*` variables `get` returns (see [`ENV_VARS`]). Call
+    /// [`ServerConfig::validate`] once the flags are applied too.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), String> {
         for (var, key) in ENV_VARS {
             if let Some(value) = get(var).filter(|v| !v.is_empty()) {
@@ -255,21 +304,10 @@ impl ServerConfig {
         Ok(())
     }
 
-    /// Checks the values that are text in the file (sizes, durations, users).
+    /// Checks every setting, and the ones that depend on each other (users for
+    /// SCRAM, a TLS certificate and key together).
     pub fn validate(&self) -> Result<(), String> {
-        if let Some(m) = &self.memory_limit {
-            parse_bytes(m).map_err(|e| format!("memory_limit: {e}"))?;
-        }
-        parse_bytes(&self.max_message_size).map_err(|e| format!("max_message_size: {e}"))?;
-        parse_duration(&self.startup_timeout).map_err(|e| format!("startup_timeout: {e}"))?;
-        parse_duration(&self.shutdown_timeout).map_err(|e| format!("shutdown_timeout: {e}"))?;
-        parse_duration(&self.statement_timeout).map_err(|e| format!("statement_timeout: {e}"))?;
-        if self.max_connections == 0 {
-            return Err("max_connections must be at least 1".into());
-        }
-        if self.max_startup_connections == 0 {
-            return Err("max_startup_connections must be at least 1".into());
-        }
+        self.validate_values()?;
         for user in &self.users {
             match (&user.password, &user.scram_verifier) {
                 (Some(_), None) | (None, Some(_)) => {}
@@ -285,6 +323,29 @@ impl ServerConfig {
             return Err(
                 "auth.method = \"scram-sha-256\" needs at least one [[users]] entry".into(),
             );
+        }
+        if let Some(tls) = &self.tls
+            && (tls.cert.as_os_str().is_empty() || tls.key.as_os_str().is_empty())
+        {
+            return Err("tls needs both a certificate (tls.cert) and a key (tls.key)".into());
+        }
+        Ok(())
+    }
+
+    /// Checks the values that are text in the file (sizes, durations, counts).
+    fn validate_values(&self) -> Result<(), String> {
+        if let Some(m) = &self.memory_limit {
+            parse_bytes(m).map_err(|e| format!("memory_limit: {e}"))?;
+        }
+        parse_bytes(&self.max_message_size).map_err(|e| format!("max_message_size: {e}"))?;
+        parse_duration(&self.startup_timeout).map_err(|e| format!("startup_timeout: {e}"))?;
+        parse_duration(&self.shutdown_timeout).map_err(|e| format!("shutdown_timeout: {e}"))?;
+        parse_duration(&self.statement_timeout).map_err(|e| format!("statement_timeout: {e}"))?;
+        if self.max_connections == 0 {
+            return Err("max_connections must be at least 1".into());
+        }
+        if self.max_startup_connections == 0 {
+            return Err("max_startup_connections must be at least 1".into());
         }
         Ok(())
     }
@@ -325,6 +386,48 @@ impl ServerConfig {
             .ok()
             .filter(|d| !d.is_zero())
     }
+}
+
+/// `true`/`on`/`yes`/`1` or `false`/`off`/`no`/`0`, as PostgreSQL reads a boolean.
+fn boolean(key: &str, value: &str) -> Result<bool, String> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "on" | "yes" | "1" => Ok(true),
+        "false" | "off" | "no" | "0" => Ok(false),
+        _ => Err(format!("{key}: '{value}' is not a boolean (true or false)")),
+    }
+}
+
+/// A comma-separated list; blanks around items are dropped, and so are empty items.
+fn list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `name:password` or `name:SCRAM-SHA-256$...` entries, comma-separated (a password
+/// with a comma must go in the file). Splits at the first colon: a name has none.
+fn users(value: &str) -> Result<Vec<UserConfig>, String> {
+    list(value)
+        .into_iter()
+        .map(|entry| {
+            let (name, secret) = entry.split_once(':').ok_or_else(|| {
+                format!(
+                    "users: '{}' is not name:password",
+                    entry.split(':').next().unwrap_or("")
+                )
+            })?;
+            let secret = secret.to_string();
+            let is_verifier = secret.starts_with("SCRAM-SHA-256$");
+            Ok(UserConfig {
+                name: name.trim().to_string(),
+                password: (!is_verifier).then(|| secret.clone()),
+                scram_verifier: is_verifier.then_some(secret),
+            })
+        })
+        .collect()
 }
 
 fn whole_number(key: &str, value: &str) -> Result<usize, String> {
@@ -416,6 +519,73 @@ mod tests {
         assert!(ServerConfig::from_toml("bogus = 1").is_err());
         assert!(ServerConfig::from_toml("[auth]\nmethod = \"scram-sha-256\"").is_err());
         assert!(config.set("startup_timeout", "soon").is_err());
+    }
+
+    #[test]
+    fn every_table_key_has_an_environment_variable() {
+        let vars = [
+            ("TESSERA_AUTH_METHOD", "scram-sha-256"),
+            ("TESSERA_AUTH_TRUST_REMOTE", "on"),
+            ("TESSERA_AUTH_SUPERUSERS", "alice, bob"),
+            (
+                "TESSERA_USERS",
+                "alice:pw:with:colons,bob:SCRAM-SHA-256$4096:c2FsdA==$a:b",
+            ),
+            ("TESSERA_TLS_CERT", "c.pem"),
+            ("TESSERA_TLS_KEY", "k.pem"),
+            ("TESSERA_TLS_REQUIRED", "true"),
+            ("TESSERA_FILES_READ_ROLES", "loader"),
+            ("TESSERA_FILES_WRITE_DIRS", "/out,/more"),
+        ];
+        let mut config = ServerConfig::default();
+        config
+            .apply_env(|v| {
+                vars.iter()
+                    .find(|(k, _)| *k == v)
+                    .map(|(_, x)| x.to_string())
+            })
+            .unwrap();
+        assert_eq!(config.auth.method, AuthMethod::ScramSha256);
+        assert!(config.auth.trust_remote);
+        assert_eq!(config.auth.superusers, ["alice", "bob"]);
+        assert_eq!(config.users[0].name, "alice");
+        assert_eq!(config.users[0].password.as_deref(), Some("pw:with:colons"));
+        assert_eq!(
+            config.users[1].scram_verifier.as_deref(),
+            Some("SCRAM-SHA-256$4096:c2FsdA==$a:b")
+        );
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(
+            (tls.cert.as_path(), tls.key.as_path(), tls.required),
+            (Path::new("c.pem"), Path::new("k.pem"), true)
+        );
+        assert_eq!(config.files.read_roles, ["loader"]);
+        assert_eq!(
+            config.files.write_dirs,
+            [PathBuf::from("/out"), PathBuf::from("/more")]
+        );
+        // Every variable is named once and names a key `set` knows.
+        for (var, key) in ENV_VARS {
+            let mut c = ServerConfig::default();
+            assert!(
+                !c.set(key, "").is_err_and(|e| e.contains("unknown setting")),
+                "{var}"
+            );
+        }
+        // SCRAM without users, or a certificate without its key, is refused once all is applied.
+        let mut c = ServerConfig::default();
+        c.apply_env(|v| (v == "TESSERA_AUTH_METHOD").then(|| "scram-sha-256".into()))
+            .unwrap();
+        assert!(c.validate().is_err());
+        let mut c = ServerConfig::default();
+        c.apply_env(|v| (v == "TESSERA_TLS_CERT").then(|| "c.pem".into()))
+            .unwrap();
+        assert!(c.validate().is_err());
+        assert!(
+            ServerConfig::default()
+                .set("auth.trust_remote", "maybe")
+                .is_err()
+        );
     }
 
     #[test]
