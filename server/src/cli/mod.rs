@@ -1,50 +1,47 @@
 //! The `tessera` command line, as a library function so it can be tested in-process;
-//! `src/main.rs` only calls [`main`], which installs logging and calls [`run`].
+//! `src/main.rs` only calls [`main`], which installs logging and calls [`run`]. Flags
+//! are parsed with clap.
 //!
 //! ```text
-//! tessera sql [--data-dir DIR] [--format table|csv|json] [--memory-limit BYTES] "SQL"
-//! tessera sql [--data-dir DIR] [--format ...] -f script.sql      (-f - reads stdin)
-//! tessera serve [--config FILE] [--data-dir DIR] [--pg-listen ADDR] [--flight-listen ADDR]
+//! tessera [-d DIR | --connect URL]                       the interactive shell (docs/shell.md)
+//! tessera sql [-d DIR] [--format table|csv|json] [--memory-limit BYTES] "SQL"
+//! tessera sql [-d DIR] [--format ...] -f script.sql      (-f - reads stdin)
+//! tessera sql [-d DIR | --connect URL]                   no SQL: the interactive shell
+//! tessera serve [--config FILE] [--data-dir DIR] [--pg-listen ADDR] [--flight-listen ADDR] ...
 //! ```
+//!
+//! `tessera serve` layers its settings: the file (`--config` or `TESSERA_CONFIG`), then
+//! the `TESSERA_*` environment variables ([`crate::config::ENV_VARS`]), then the flags.
+//! `-d` and `--memory-limit` of the shell and `tessera sql` read `TESSERA_DATA_DIR` and
+//! `TESSERA_MEMORY_LIMIT` too.
+
+mod output;
+mod shell;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use futures::StreamExt;
 
 use crate::{Database, DatabaseOptions, Server, ServerConfig};
 
-const USAGE: &str = "\
-tessera: a SQL database for matrices and arrays
+const AFTER_HELP: &str = "\
+With no command, `tessera` opens the interactive shell on the data directory (or, with
+--connect, on a running server); see docs/shell.md. `\\?` in the shell lists its commands.
 
-USAGE:
-    tessera sql [OPTIONS] \"SQL; ...\"     run statements, print the last result
-    tessera sql [OPTIONS] -f FILE         run a script file (-f - reads standard input)
-    tessera serve [SERVE OPTIONS]         serve the data directory over PostgreSQL and Flight SQL
-    tessera --help | --version
-
-OPTIONS:
-    -d, --data-dir DIR        data directory (default ./tessera-data; created if missing)
-        --format FORMAT       table (default), csv or json
-        --memory-limit BYTES  memory budget for queries, e.g. 2G, 512M (default 70% of RAM)
-    -f, --file FILE           read the statements from FILE ('-' for standard input)
-
-SERVE OPTIONS (flags win over TESSERA_* environment variables, which win over the file):
-    -c, --config FILE         TOML settings (see docs/server.md; also TESSERA_CONFIG)
-    -d, --data-dir DIR        data directory (default ./tessera-data; TESSERA_DATA_DIR)
-        --pg-listen ADDR      PostgreSQL protocol address (default 127.0.0.1:5433; TESSERA_PG_LISTEN)
-        --flight-listen ADDR  Arrow Flight SQL address (default 127.0.0.1:50051, off for none; TESSERA_FLIGHT_LISTEN)
-        --memory-limit BYTES  memory budget for queries (TESSERA_MEMORY_LIMIT)
-        --max-connections N   connections at once (default 100; TESSERA_MAX_CONNECTIONS)
-    SIGINT or SIGTERM stops accepting, lets running statements finish and exits 0.
+`tessera serve` takes its settings from a TOML file (--config or TESSERA_CONFIG), then
+TESSERA_* environment variables, then flags; flags win (docs/server.md lists them all).
+SIGINT or SIGTERM stops accepting, lets running statements finish and exits 0.
 
 Logging goes to standard error; set TESSERA_LOG (e.g. TESSERA_LOG=debug) to see more.
 
-EXAMPLE:
+EXAMPLES:
+    tessera -d ./db
     tessera sql -d ./db \"CREATE MATRIX m (2, 2); INSERT INTO m VALUES (0, 1, 5.0); SELECT * FROM m\"
-";
+    tessera --connect postgresql://tessera@127.0.0.1:5433/tessera";
 
 /// The `tessera` process: logging to stderr, then [`run`] on the process's arguments
 /// and standard streams.
@@ -73,120 +70,188 @@ fn install_logging() {
         .try_init();
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `tessera`: a SQL database for matrices and arrays.
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "tessera: a SQL database for matrices and arrays",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run statements and print the last result; with no SQL, open the shell.
+    Sql(SqlArgs),
+    /// Serve the data directory over PostgreSQL and Arrow Flight SQL.
+    Serve(ServeArgs),
+}
+
+/// Which database the shell and `tessera sql` work on.
+#[derive(Debug, Clone, Args)]
+struct Target {
+    /// Data directory (created if missing).
+    #[arg(
+        short = 'd',
+        long,
+        value_name = "DIR",
+        env = "TESSERA_DATA_DIR",
+        default_value = "./tessera-data"
+    )]
+    data_dir: String,
+    /// Work on a running server instead, e.g. postgresql://user@127.0.0.1:5433/tessera
+    /// (the shell only).
+    #[arg(long, value_name = "URL")]
+    connect: Option<String>,
+    /// How results are printed.
+    #[arg(long, value_enum, ignore_case = true, default_value_t = OutputFormat::Table)]
+    format: OutputFormat,
+    /// Memory budget for queries, e.g. 2G, 512M (default 70% of RAM).
+    #[arg(long, value_name = "BYTES", env = "TESSERA_MEMORY_LIMIT", value_parser = parse_bytes)]
+    memory_limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SqlArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Read the statements from FILE ('-' for standard input).
+    #[arg(
+        short = 'f',
+        long = "file",
+        value_name = "FILE",
+        conflicts_with = "sql"
+    )]
+    file: Option<String>,
+    /// Statements, separated by ';'; the last one's result is printed.
+    #[arg(value_name = "SQL")]
+    sql: Vec<String>,
+}
+
+/// The flags of `tessera serve`; each names the key of the settings file it sets.
+#[derive(Debug, Clone, Args)]
+struct ServeArgs {
+    /// TOML settings (see docs/server.md; also TESSERA_CONFIG).
+    #[arg(short = 'c', long, value_name = "FILE")]
+    config: Option<String>,
+    /// Data directory (default ./tessera-data; TESSERA_DATA_DIR).
+    #[arg(short = 'd', long, value_name = "DIR")]
+    data_dir: Option<String>,
+    /// PostgreSQL protocol address (default 127.0.0.1:5433; TESSERA_PG_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    pg_listen: Option<String>,
+    /// Arrow Flight SQL address (default 127.0.0.1:50051, off for none; TESSERA_FLIGHT_LISTEN).
+    #[arg(long, value_name = "ADDR")]
+    flight_listen: Option<String>,
+    /// Memory budget for queries (TESSERA_MEMORY_LIMIT).
+    #[arg(long, value_name = "BYTES")]
+    memory_limit: Option<String>,
+    /// Connections at once (default 100; TESSERA_MAX_CONNECTIONS).
+    #[arg(long, value_name = "N")]
+    max_connections: Option<String>,
+    /// Default statement timeout of every session, e.g. 30s (TESSERA_STATEMENT_TIMEOUT).
+    #[arg(long, value_name = "DURATION")]
+    statement_timeout: Option<String>,
+    /// PEM certificate chain for TLS (TESSERA_TLS_CERT).
+    #[arg(long, value_name = "FILE")]
+    tls_cert: Option<String>,
+    /// PEM private key for TLS (TESSERA_TLS_KEY).
+    #[arg(long, value_name = "FILE")]
+    tls_key: Option<String>,
+}
+
+impl ServeArgs {
+    /// The flags given, as `(settings key, value)`.
+    fn settings(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("data_dir", &self.data_dir),
+            ("pg_listen", &self.pg_listen),
+            ("flight_listen", &self.flight_listen),
+            ("memory_limit", &self.memory_limit),
+            ("max_connections", &self.max_connections),
+            ("statement_timeout", &self.statement_timeout),
+            ("tls.cert", &self.tls_cert),
+            ("tls.key", &self.tls_key),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| value.as_deref().map(|v| (key, v)))
+        .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum OutputFormat {
     Table,
     Csv,
     Json,
 }
 
-#[derive(Debug)]
-struct SqlCommand {
-    data_dir: String,
-    format: OutputFormat,
-    memory_limit: Option<usize>,
-    file: Option<String>,
-    sql: Vec<String>,
-}
-
 /// Runs the command line `args` (without the program name), reading a script from
 /// `stdin` for `-f -`, printing results to `stdout` and `error: <message>` to `stderr`.
 /// Returns the process exit code: 0 on success, 1 when a statement fails, 2 for a
-/// usage mistake.
+/// usage mistake. With no SQL to run it opens the interactive shell on the terminal.
 pub fn run(
     args: &[String],
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> u8 {
-    match args.first().map(String::as_str) {
-        None | Some("-h" | "--help" | "help") => {
-            let _ = write!(stdout, "{USAGE}");
-            if args.is_empty() { 2 } else { 0 }
+    let cli = match Cli::try_parse_from(
+        std::iter::once("tessera".to_string()).chain(args.iter().cloned()),
+    ) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            let text = e.render().to_string();
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = write!(stdout, "{text}");
+                    0
+                }
+                _ => {
+                    let _ = write!(stderr, "{text}");
+                    2
+                }
+            };
         }
-        Some("-V" | "--version") => {
-            let _ = writeln!(stdout, "tessera {}", env!("CARGO_PKG_VERSION"));
-            0
+    };
+    match cli.command {
+        None => shell::run(&cli.target, stdout, stderr),
+        Some(Command::Sql(sql)) if sql.file.is_none() && sql.sql.is_empty() => {
+            shell::run(&sql.target, stdout, stderr)
         }
-        Some("sql") => match parse_sql_args(&args[1..]) {
-            Ok(Some(command)) => run_sql(command, stdin, stdout, stderr),
-            Ok(None) => {
-                let _ = write!(stdout, "{USAGE}");
-                0
-            }
+        Some(Command::Sql(sql)) if sql.target.connect.is_some() => {
+            shell::run_script(&sql.target, &script_text(&sql, stdin), stdout, stderr)
+        }
+        Some(Command::Sql(sql)) => run_sql(sql, stdin, stdout, stderr),
+        Some(Command::Serve(serve)) => match serve_config(&serve, |var| std::env::var(var).ok()) {
+            Ok(config) => run_serve(config, stderr),
             Err(message) => {
                 let _ = writeln!(stderr, "error: {message}\n\nrun `tessera --help` for usage");
                 2
             }
         },
-        Some("serve") => match parse_serve_args(&args[1..], |var| std::env::var(var).ok()) {
-            Ok(Some(config)) => run_serve(config, stderr),
-            Ok(None) => {
-                let _ = write!(stdout, "{USAGE}");
-                0
-            }
-            Err(message) => {
-                let _ = writeln!(stderr, "error: {message}\n\nrun `tessera --help` for usage");
-                2
-            }
-        },
-        Some(other) => {
-            let _ = writeln!(
-                stderr,
-                "error: unknown command '{other}'\n\nrun `tessera --help` for usage"
-            );
-            2
-        }
     }
 }
 
-/// `Ok(None)` for `--help`.
-fn parse_sql_args(args: &[String]) -> Result<Option<SqlCommand>, String> {
-    let mut command = SqlCommand {
-        data_dir: "./tessera-data".into(),
-        format: OutputFormat::Table,
-        memory_limit: None,
-        file: None,
-        sql: Vec::new(),
-    };
-    // `--name=value` is `--name value`.
-    let args: Vec<String> = args
-        .iter()
-        .flat_map(|a| match a.split_once('=') {
-            Some((name, value)) if a.starts_with("--") => vec![name.to_string(), value.to_string()],
-            _ => vec![a.clone()],
-        })
-        .collect();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "-d" | "--data-dir" => command.data_dir = value(arg)?,
-            "-f" | "--file" => command.file = Some(value(arg)?),
-            "--format" => {
-                command.format = match value(arg)?.to_ascii_lowercase().as_str() {
-                    "table" => OutputFormat::Table,
-                    "csv" => OutputFormat::Csv,
-                    "json" => OutputFormat::Json,
-                    other => {
-                        return Err(format!("unknown format '{other}'; use table, csv or json"));
-                    }
-                }
-            }
-            "--memory-limit" => command.memory_limit = Some(parse_bytes(&value(arg)?)?),
-            s if s.starts_with('-') && s.len() > 1 => return Err(format!("unknown option '{s}'")),
-            _ => command.sql.push(arg.clone()),
+/// The statements of `tessera sql`: its arguments, or the file `-f` names.
+fn script_text(command: &SqlArgs, stdin: &mut dyn Read) -> Result<String, String> {
+    match &command.file {
+        Some(path) if path == "-" => {
+            let mut text = String::new();
+            stdin
+                .read_to_string(&mut text)
+                .map_err(|e| format!("reading standard input: {e}"))?;
+            Ok(text)
         }
-    }
-    match (&command.file, command.sql.is_empty()) {
-        (Some(_), false) => Err("give either SQL or -f FILE, not both".into()),
-        (None, true) => Err("no SQL given; pass statements or -f FILE".into()),
-        _ => Ok(Some(command)),
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}")),
+        None => Ok(command.sql.join(" ")),
     }
 }
 
@@ -197,67 +262,37 @@ fn parse_bytes(text: &str) -> Result<usize, String> {
 }
 
 /// The settings of `tessera serve`: the file (`--config` or `TESSERA_CONFIG`), then the
-/// environment (`env`), then the flags. `Ok(None)` for `--help`.
-fn parse_serve_args(
-    args: &[String],
+/// environment (`env`), then the flags.
+fn serve_config(
+    args: &ServeArgs,
     env: impl Fn(&str) -> Option<String>,
-) -> Result<Option<ServerConfig>, String> {
-    let args: Vec<String> = args
-        .iter()
-        .flat_map(|a| match a.split_once('=') {
-            Some((name, value)) if a.starts_with("--") => vec![name.to_string(), value.to_string()],
-            _ => vec![a.clone()],
-        })
-        .collect();
-    let mut file = env("TESSERA_CONFIG").filter(|f| !f.is_empty());
-    let mut flags = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        let key = match arg.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "-c" | "--config" => {
-                file = Some(value(arg)?);
-                continue;
-            }
-            "-d" | "--data-dir" => "data_dir",
-            "--pg-listen" => "pg_listen",
-            "--flight-listen" => "flight_listen",
-            "--memory-limit" => "memory_limit",
-            "--max-connections" => "max_connections",
-            other => return Err(format!("unknown option '{other}' for serve")),
-        };
-        flags.push((key, value(arg)?));
-    }
+) -> Result<ServerConfig, String> {
+    let file = args
+        .config
+        .clone()
+        .or_else(|| env("TESSERA_CONFIG").filter(|f| !f.is_empty()));
     let mut config = match file {
         Some(path) => ServerConfig::from_file(std::path::Path::new(&path))?,
         None => ServerConfig::default(),
     };
     config.apply_env(env)?;
-    for (key, value) in flags {
+    for (key, value) in args.settings() {
         config
-            .set(key, &value)
-            .map_err(|e| format!("--{}: {e}", key.replace('_', "-")))?;
+            .set(key, value)
+            .map_err(|e| format!("--{}: {e}", key.replace(['_', '.'], "-")))?;
     }
+    config.validate()?;
     if config.flight_listen.is_none() {
         config.flight_listen = Some(crate::config::DEFAULT_FLIGHT_LISTEN.to_string());
     }
-    Ok(Some(config))
+    Ok(config)
 }
 
 fn run_serve(config: ServerConfig, stderr: &mut dyn Write) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(crate::THREAD_STACK_SIZE)
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
-            let _ = writeln!(stderr, "error: cannot start the runtime: {e}");
+            let _ = writeln!(stderr, "error: {e}");
             return 1;
         }
     };
@@ -318,19 +353,15 @@ async fn wait_for_stop_signal() {
 }
 
 fn run_sql(
-    command: SqlCommand,
+    command: SqlArgs,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_stack_size(crate::THREAD_STACK_SIZE)
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
-            let _ = writeln!(stderr, "error: cannot start the runtime: {e}");
+            let _ = writeln!(stderr, "error: {e}");
             return 1;
         }
     };
@@ -344,34 +375,38 @@ fn run_sql(
 }
 
 async fn execute(
-    command: &SqlCommand,
+    command: &SqlArgs,
     stdin: &mut dyn Read,
     stdout: &mut dyn Write,
 ) -> Result<(), String> {
-    let sql = match &command.file {
-        Some(path) if path == "-" => {
-            let mut text = String::new();
-            stdin
-                .read_to_string(&mut text)
-                .map_err(|e| format!("reading standard input: {e}"))?;
-            text
-        }
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"))?,
-        None => command.sql.join(" "),
-    };
-    let options = DatabaseOptions {
-        memory_limit: command.memory_limit,
-        ..DatabaseOptions::default()
-    };
-    let db = Database::open_with(&command.data_dir, options).map_err(|e| e.to_string())?;
+    let sql = script_text(command, stdin)?;
+    let db = open_database(&command.target)?;
     let mut stream = db.sql_stream(&sql).await.map_err(|e| e.to_string())?;
     let schema = stream.schema();
     let mut batches = Vec::new();
     while let Some(batch) = stream.next().await {
         batches.push(batch.map_err(|e| e.to_string())?);
     }
-    print_result(stdout, schema, &batches, command.format)
+    print_result(stdout, schema, &batches, command.target.format)
         .map_err(|e| format!("writing the result: {e}"))
+}
+
+/// The embedded database `target` names.
+fn open_database(target: &Target) -> Result<Database, String> {
+    let options = DatabaseOptions {
+        memory_limit: target.memory_limit,
+        ..DatabaseOptions::default()
+    };
+    Database::open_with(&target.data_dir, options).map_err(|e| e.to_string())
+}
+
+/// A runtime for the command's work, with the larger stacks deep statements need.
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_stack_size(crate::THREAD_STACK_SIZE)
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
 }
 
 fn print_result(
@@ -430,28 +465,92 @@ mod tests {
         assert!(parse_bytes("0").is_err());
     }
 
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("tessera").chain(args.iter().copied()))
+    }
+
+    fn sql(args: &[&str]) -> SqlArgs {
+        match parse(args).unwrap().command {
+            Some(Command::Sql(sql)) => sql,
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
-    fn arguments_parse() {
-        let args =
-            |a: &[&str]| parse_sql_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        let c = args(&["-d", "x", "--format", "csv", "SELECT 1"])
-            .unwrap()
-            .unwrap();
+    fn old_command_lines_parse() {
+        let c = sql(&["sql", "-d", "x", "--format", "csv", "SELECT 1"]);
         assert_eq!(
-            (c.data_dir.as_str(), c.format, c.sql.len()),
+            (c.target.data_dir.as_str(), c.target.format, c.sql.len()),
             ("x", OutputFormat::Csv, 1)
         );
-        let c = args(&["--data-dir=y", "--format=json", "-f", "-"])
-            .unwrap()
-            .unwrap();
+        let c = sql(&["sql", "--data-dir=y", "--format=JSON", "-f", "-"]);
         assert_eq!(
-            (c.data_dir.as_str(), c.format, c.file.as_deref()),
+            (
+                c.target.data_dir.as_str(),
+                c.target.format,
+                c.file.as_deref()
+            ),
             ("y", OutputFormat::Json, Some("-"))
         );
-        assert!(args(&["--bogus"]).is_err());
-        assert!(args(&[]).is_err());
-        assert!(args(&["-f", "a.sql", "SELECT 1"]).is_err());
-        assert!(args(&["--help"]).unwrap().is_none());
+        let c = sql(&["sql", "--memory-limit", "512M", "SELECT 1;", "SELECT 2"]);
+        assert_eq!(c.target.memory_limit, Some(512 << 20));
+        assert_eq!(c.sql, ["SELECT 1;", "SELECT 2"]);
+        // No SQL: the shell, on the data directory or a server.
+        let c = sql(&["sql", "-d", "z"]);
+        assert!(c.sql.is_empty() && c.file.is_none());
+        let bare = parse(&["--connect", "postgresql://u@h:1/db"]).unwrap();
+        assert!(bare.command.is_none());
+        assert_eq!(
+            bare.target.connect.as_deref(),
+            Some("postgresql://u@h:1/db")
+        );
+        assert!(parse(&[]).unwrap().command.is_none());
+        for wrong in [
+            &["sql", "--bogus"][..],
+            &["sql", "-f", "a.sql", "SELECT 1"],
+            &["sql", "--format", "xml", "SELECT 1"],
+            &["sql", "--memory-limit", "lots", "SELECT 1"],
+            &["frobnicate"],
+        ] {
+            assert!(parse(wrong).is_err(), "{wrong:?}");
+        }
+        let help = |args: &[&str]| parse(args).unwrap_err().kind();
+        assert_eq!(help(&["--help"]), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(
+            help(&["sql", "--help"]),
+            clap::error::ErrorKind::DisplayHelp
+        );
+        assert_eq!(help(&["--version"]), clap::error::ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_outcome() {
+        let run_args = |args: &[&str]| {
+            let (mut out, mut err) = (Vec::new(), Vec::new());
+            let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+            let code = run(&args, &mut std::io::empty(), &mut out, &mut err);
+            (
+                code,
+                String::from_utf8(out).unwrap(),
+                String::from_utf8(err).unwrap(),
+            )
+        };
+        let (code, out, _) = run_args(&["--version"]);
+        assert_eq!(
+            (code, out.trim()),
+            (0, format!("tessera {}", env!("CARGO_PKG_VERSION")).as_str())
+        );
+        let (code, out, _) = run_args(&["--help"]);
+        assert!(
+            code == 0 && out.contains("serve") && out.contains("--connect"),
+            "{out}"
+        );
+        let (code, _, err) = run_args(&["sql", "--bogus", "SELECT 1"]);
+        assert!(code == 2 && err.contains("--bogus"), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db").display().to_string();
+        let (code, out, _) = run_args(&["sql", "-d", &db, "--format", "csv", "SELECT 6 * 7 AS x"]);
+        assert_eq!((code, out.as_str()), (0, "x\n42\n"));
     }
 
     #[test]
@@ -470,14 +569,15 @@ mod tests {
             "TESSERA_DATA_DIR" => Some("/env/dir".to_string()),
             _ => None,
         };
-        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let c = parse_serve_args(&args(&["--data-dir", "/flag/dir"]), env)
-            .unwrap()
-            .unwrap();
+        let args = |a: &[&str]| match parse(&[&["serve"][..], a].concat()).unwrap().command {
+            Some(Command::Serve(serve)) => serve,
+            other => panic!("{other:?}"),
+        };
+        let c = serve_config(&args(&["--data-dir", "/flag/dir"]), env).unwrap();
         assert_eq!(c.pg_listen, "127.0.0.1:7001");
         assert_eq!(c.max_connections, 3);
         assert_eq!(c.data_dir, std::path::PathBuf::from("/flag/dir"));
-        let c = parse_serve_args(&args(&[]), |_| None).unwrap().unwrap();
+        let c = serve_config(&args(&[]), |_| None).unwrap();
         // `tessera serve` serves Flight SQL by default; a library server only when asked.
         assert_eq!(
             c.flight_address(),
@@ -490,11 +590,18 @@ mod tests {
                 ..ServerConfig::default()
             }
         );
-        let c = parse_serve_args(&args(&["--flight-listen", "off"]), |_| None)
-            .unwrap()
-            .unwrap();
+        let c = serve_config(&args(&["--flight-listen", "off"]), |_| None).unwrap();
         assert_eq!(c.flight_address(), None);
-        assert!(parse_serve_args(&args(&["--bogus", "1"]), |_| None).is_err());
-        assert!(parse_serve_args(&args(&["--max-connections", "x"]), |_| None).is_err());
+        assert!(parse(&["serve", "--bogus", "1"]).is_err());
+        // TLS from the environment, its key from a flag: only the pair is complete.
+        let tls_env = |var: &str| (var == "TESSERA_TLS_CERT").then(|| "c.pem".to_string());
+        assert!(serve_config(&args(&[]), tls_env).is_err());
+        let c = serve_config(&args(&["--tls-key", "k.pem"]), tls_env).unwrap();
+        let tls = c.tls.unwrap();
+        assert_eq!(
+            (tls.cert.to_str(), tls.key.to_str()),
+            (Some("c.pem"), Some("k.pem"))
+        );
+        assert!(serve_config(&args(&["--max-connections", "x"]), |_| None).is_err());
     }
 }
