@@ -19,6 +19,7 @@ mod python_package;
 mod reliability_storage;
 mod reliability_tables;
 mod rust_client;
+mod shell;
 mod slt;
 mod sql_database;
 mod storage_format;
