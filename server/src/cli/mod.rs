@@ -48,12 +48,14 @@ EXAMPLES:
 pub fn main() -> ExitCode {
     install_logging();
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // None of the streams is locked for the whole run: the shell's line editor locks
+    // stdin and stdout itself when they are not a terminal it can drive (and would wait
+    // on our lock forever), and `tessera serve`'s worker threads log and report panics
+    // to stderr.
     let code = run(
         &args,
-        &mut std::io::stdin().lock(),
-        &mut std::io::stdout().lock(),
-        // Not locked for the whole run: `tessera serve`'s worker threads log and report
-        // panics to stderr too, and would wait on the lock forever.
+        &mut std::io::stdin(),
+        &mut std::io::stdout(),
         &mut std::io::stderr(),
     );
     ExitCode::from(code)
@@ -547,6 +549,10 @@ mod tests {
         );
         let (code, _, err) = run_args(&["sql", "--bogus", "SELECT 1"]);
         assert!(code == 2 && err.contains("--bogus"), "{err}");
+        // Refused before connecting: nothing listens on port 1.
+        let url = "postgresql://u@127.0.0.1:1/db";
+        let (code, _, err) = run_args(&["sql", "--connect", url, "--format", "json", "SELECT 1"]);
+        assert!(code == 2 && err.contains("--format json"), "{err}");
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("db").display().to_string();
         let (code, out, _) = run_args(&["sql", "-d", &db, "--format", "csv", "SELECT 6 * 7 AS x"]);

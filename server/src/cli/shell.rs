@@ -137,6 +137,13 @@ pub(super) fn run_script(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> u8 {
+    if target.format == OutputFormat::Json {
+        let _ = writeln!(
+            stderr,
+            "error: --format json is not available with --connect (table or csv are)"
+        );
+        return 2;
+    }
     let text = match script {
         Ok(text) => text,
         Err(e) => {
@@ -193,7 +200,7 @@ fn connect(target: &Target) -> Result<(Runtime, Backend), String> {
             });
             Ok::<_, String>(Backend::Remote {
                 cancel: client.cancel_token(),
-                client,
+                client: Box::new(client),
                 url: redact(url),
             })
         })?,
@@ -227,7 +234,8 @@ fn pg_error(e: &tokio_postgres::Error) -> String {
 enum Backend {
     Embedded(Database),
     Remote {
-        client: tokio_postgres::Client,
+        // Boxed: a client is several times the size of an embedded `Database`.
+        client: Box<tokio_postgres::Client>,
         cancel: CancelToken,
         url: String,
     },
@@ -605,7 +613,8 @@ async fn interruptible(
 ) -> Result<(), String> {
     tokio::select! {
         result = work => result,
-        _ = tokio::signal::ctrl_c() => {
+        // A handler that cannot be installed disables this branch, not the statement.
+        Ok(()) = tokio::signal::ctrl_c() => {
             if let Some(cancel) = cancel {
                 let _ = cancel.cancel_query(NoTls).await;
             }
