@@ -40,7 +40,9 @@ fn main() {
                 // this script's: a build cache shared by clones at other paths reuses the
                 // generated file.
                 "#[test]\nfn {name}_{suffix}() {{\n    crate::slt::run_file(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/slt/\", {:?}), {on_disk});\n}}\n",
-                file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+                file.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
             );
         }
     }

@@ -2,7 +2,7 @@
 //! checked by NumPy, writes that fail and commit nothing, the memory budget, and the
 //! `tessera` command line.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
