@@ -252,14 +252,7 @@ async fn pg_catalog_l_dn_df_du() {
     assert_eq!(
         l,
         vec![row(&[
-            "datafusion",
-            "tessera",
-            "UTF8",
-            "C.UTF-8",
-            "C.UTF-8",
-            "",
-            "libc",
-            ""
+            "tessera", "tessera", "UTF8", "C.UTF-8", "C.UTF-8", "", "libc", ""
         ])]
     );
     let dn = run(&session, &fixture("dn")[0]).await;
