@@ -21,6 +21,7 @@ mod reliability_tables;
 mod rust_client;
 mod slt;
 mod sql_database;
+mod sqlalchemy;
 mod storage_format;
 mod storage_io;
 mod storage_load;
