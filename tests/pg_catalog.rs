@@ -359,8 +359,8 @@ async fn pg_catalog_functions_sqlalchemy_and_psycopg_call() {
     assert_eq!(
         run(
             &session,
-            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'public'), \
-             (SELECT count(*) FROM pg_sequence), (SELECT count(*) FROM pg_opclass)"
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'public') AS n, \
+             (SELECT count(*) FROM pg_sequence) AS s, (SELECT count(*) FROM pg_opclass) AS o"
         )
         .await,
         vec![row(&["1", "0", "0"])]

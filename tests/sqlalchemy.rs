@@ -4,9 +4,31 @@
 //! NoData). `.ci/run` installs SQLAlchemy and pandas; a missing one fails the test.
 
 use std::io::Write;
+use std::path::Path;
 
 use crate::hostile_clients::{connected, message, until_ready};
 use crate::psql::start;
+use crate::python;
+
+const CLIENTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/clients");
+
+/// SQLAlchemy's engine, inspector and table reflection; pandas.read_sql of a table and
+/// of a matmul (checked against NumPy); DataFrame.to_sql and reading it back; the
+/// connection's own pid, role and settings from the catalog functions; SHOW TABLES.
+/// The checks are in the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlalchemy_inspector_pandas_read_sql_and_to_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let port = server.local_addr().port().to_string();
+    let script = std::fs::read_to_string(Path::new(CLIENTS).join("sqlalchemy_client.py")).unwrap();
+    let cwd = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || python::run_args(&cwd, &script, &[&port]))
+        .await
+        .unwrap();
+    assert_eq!(out.trim(), "ok");
+    server.shutdown().await;
+}
 
 /// Parse, Describe, Bind, Describe, Execute of one statement, as drivers send them;
 /// returns the backend messages' type bytes up to ReadyForQuery and the command tag.
