@@ -521,7 +521,10 @@ impl ValueBinder<'_, '_> {
             return None;
         };
         let name = object_setting_name(&function.name);
-        let name = name.strip_prefix("pg_catalog.").unwrap_or(&name).to_string();
+        let name = name
+            .strip_prefix("pg_catalog.")
+            .unwrap_or(&name)
+            .to_string();
         let args: Vec<&Expr> = match &function.args {
             FunctionArguments::None => Vec::new(),
             FunctionArguments::List(list) if list.clauses.is_empty() => {

@@ -506,10 +506,8 @@ fn push_literal(out: &mut String, c: char) {
 /// `json_build_object(k1, v1, ...)` as PostgreSQL prints it: `{"k1" : v1, ...}`, numbers
 /// and booleans bare, other values as JSON strings.
 fn json_build_object(args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
-    if args.len() % 2 != 0 {
-        return datafusion::common::plan_err!(
-            "argument list must have even number of elements"
-        );
+    if !args.len().is_multiple_of(2) {
+        return datafusion::common::plan_err!("argument list must have even number of elements");
     }
     let mut out = Vec::with_capacity(rows);
     for i in 0..rows {
@@ -528,7 +526,8 @@ fn json_build_object(args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
             }
             let shown = datafusion::arrow::util::display::array_value_to_string(value, i)?;
             let bare = value.data_type().is_integer()
-                || (value.data_type().is_floating() && shown.parse::<f64>().is_ok_and(f64::is_finite))
+                || (value.data_type().is_floating()
+                    && shown.parse::<f64>().is_ok_and(f64::is_finite))
                 || value.data_type() == &DataType::Boolean;
             object.push_str(&if bare { shown } else { json_string(&shown) });
         }

@@ -204,7 +204,7 @@ fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
         // `relkind = ANY('{r,p}')`, as pgcli writes it.
         Expr::AnyOp { right, .. } | Expr::AllOp { right, .. } => {
             let list = array_literal(unnested(right))?;
-            *right = Box::new(list);
+            **right = list;
             Some(expr.clone())
         }
         Expr::Like {
@@ -230,7 +230,7 @@ fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
                     Expr::value(Value::SingleQuotedString(escape)),
                 ],
             );
-            *pattern = Box::new(translated);
+            **pattern = translated;
             *escape_char = None;
             Some(expr.clone())
         }
