@@ -353,7 +353,7 @@ async fn deep_statements_never_abort_tessera_serve() {
 // ---- raw protocol -------------------------------------------------------------------
 
 /// A frontend message: type byte, length, body.
-fn message(kind: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn message(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut m = vec![kind];
     m.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
     m.extend_from_slice(body);
@@ -391,7 +391,7 @@ fn error_field(body: &[u8], field: u8) -> String {
 }
 
 /// Every message until ReadyForQuery (included) or the end of the connection.
-fn until_ready(s: &mut StdTcpStream) -> Vec<(u8, Vec<u8>)> {
+pub(crate) fn until_ready(s: &mut StdTcpStream) -> Vec<(u8, Vec<u8>)> {
     let mut out = Vec::new();
     while let Some(m) = read_message(s) {
         let ready = m.0 == b'Z';
@@ -404,7 +404,7 @@ fn until_ready(s: &mut StdTcpStream) -> Vec<(u8, Vec<u8>)> {
 }
 
 /// A connection past startup (trust).
-fn connected(port: u16) -> StdTcpStream {
+pub(crate) fn connected(port: u16) -> StdTcpStream {
     let mut s = StdTcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(&startup("tessera")).unwrap();

@@ -22,6 +22,7 @@ mod rust_client;
 mod shell;
 mod slt;
 mod sql_database;
+mod sqlalchemy;
 mod storage_format;
 mod storage_io;
 mod storage_load;

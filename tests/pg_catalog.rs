@@ -252,14 +252,7 @@ async fn pg_catalog_l_dn_df_du() {
     assert_eq!(
         l,
         vec![row(&[
-            "datafusion",
-            "tessera",
-            "UTF8",
-            "C.UTF-8",
-            "C.UTF-8",
-            "",
-            "libc",
-            ""
+            "tessera", "tessera", "UTF8", "C.UTF-8", "C.UTF-8", "", "libc", ""
         ])]
     );
     let dn = run(&session, &fixture("dn")[0]).await;
@@ -307,4 +300,98 @@ async fn pg_catalog_leaves_ordinary_sql_alone() {
     )
     .await;
     assert_eq!(regclass, vec![row(&["true"])]);
+}
+
+/// The catalog functions and tables SQLAlchemy's PostgreSQL dialect and psycopg's
+/// TypeInfo read, with PostgreSQL 15's answers worked by hand: schema and database
+/// names, identifiers quoted as `quote_ident` does, type OIDs (int4 is 23, float8 701),
+/// settings' defaults, catalog tables named without `pg_catalog.`, the empty sequence
+/// and operator-class catalogs, array subscripts and `LIKE ... ESCAPE`.
+#[tokio::test]
+async fn pg_catalog_functions_sqlalchemy_and_psycopg_call() {
+    let (_db, session) = database().await;
+    assert_eq!(
+        run(
+            &session,
+            "SELECT current_schema(), current_database(), quote_ident('emp'), \
+             quote_ident('Emp'), quote_ident('a\"b'), quote_ident('1x')"
+        )
+        .await,
+        vec![row(&[
+            "public",
+            "tessera",
+            "emp",
+            "\"Emp\"",
+            "\"a\"\"b\"",
+            "\"1x\""
+        ])]
+    );
+    assert_eq!(
+        run(
+            &session,
+            "SELECT to_regtype('int4'), to_regtype('double precision'), \
+             to_regtype('hstore') IS NULL, format_type(23, NULL), format_type(701, -1)"
+        )
+        .await,
+        vec![row(&["23", "701", "true", "integer", "double precision"])]
+    );
+    assert_eq!(
+        run(
+            &session,
+            "SELECT current_setting('default_table_access_method'), \
+             current_setting('standard_conforming_strings'), \
+             current_setting('nosuch', true) IS NULL, \
+             has_table_privilege('emp', 'SELECT'), current_user"
+        )
+        .await,
+        vec![row(&["heap", "on", "true", "true", "tessera"])]
+    );
+    // psycopg's TypeInfo.fetch, unqualified pg_type and all.
+    assert_eq!(
+        run(
+            &session,
+            "SELECT typname AS name, oid, typarray AS array_oid, oid::regtype::text AS regtype, \
+             typdelim AS delimiter FROM pg_type t WHERE t.oid = to_regtype('float8') ORDER BY t.oid"
+        )
+        .await,
+        vec![row(&["float8", "701", "1022", "double precision", ","])]
+    );
+    assert_eq!(
+        run(
+            &session,
+            "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'public') AS n, \
+             (SELECT count(*) FROM pg_sequence) AS s, (SELECT count(*) FROM pg_opclass) AS o"
+        )
+        .await,
+        vec![row(&["1", "0", "0"])]
+    );
+    assert_eq!(
+        run(
+            &session,
+            "SELECT unnest(a) AS v, generate_subscripts(a, 1) AS k \
+             FROM (SELECT make_array(10, 20, 30) AS a) ORDER BY k"
+        )
+        .await,
+        vec![row(&["10", "1"]), row(&["20", "2"]), row(&["30", "3"])]
+    );
+    // pgcli's relation kinds, as an array literal.
+    assert_eq!(
+        run(
+            &session,
+            "SELECT c.relname FROM pg_catalog.pg_class c \
+             WHERE c.relkind = ANY('{r,p}') AND c.relnamespace = 2200 ORDER BY 1"
+        )
+        .await,
+        vec![row(&["emp"]), row(&["m"]), row(&["temps"])]
+    );
+    // SQLAlchemy's `autoescape`: `_` is literal after the escape character.
+    assert_eq!(
+        run(
+            &session,
+            "SELECT relname FROM pg_class WHERE relname LIKE 'e/_%' ESCAPE '/' \
+             OR relname LIKE 'em%' ESCAPE '/' ORDER BY 1"
+        )
+        .await,
+        vec![row(&["emp"])]
+    );
 }

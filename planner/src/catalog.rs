@@ -51,8 +51,10 @@ use crate::table_files::{PersistedTable, StoredTableMeta, TableFiles};
 /// The name of the schema Tessera's catalog is registered as (DataFusion's default).
 pub const DEFAULT_SCHEMA: &str = "public";
 
-/// The name of the catalog holding [`DEFAULT_SCHEMA`] (DataFusion's default).
-pub const DEFAULT_CATALOG: &str = "datafusion";
+/// The name of the catalog holding [`DEFAULT_SCHEMA`]: the database's one name, as
+/// `current_database()`, `pg_database`, `information_schema` and Flight SQL's catalogs
+/// report it and as clients connect to it (`dbname=tessera`).
+pub const DEFAULT_CATALOG: &str = "tessera";
 
 /// Arrays and tables, as DataFusion's default schema.
 #[derive(Debug)]

@@ -1,7 +1,7 @@
 // PostgreSQL's JDBC driver (Debian's libpostgresql-jdbc-java) against `tessera serve`,
 // run by tests/clients.rs as `java -cp postgresql.jar JdbcClient.java PORT`. Checks
-// statements, prepared statements with parameters, float8[] from rows(m), metadata and
-// an error's SQLSTATE; prints "ok" when every check holds.
+// statements, prepared statements with parameters, executeBatch's counts, float8[] from
+// rows(m), metadata and an error's SQLSTATE; prints "ok" when every check holds.
 import java.sql.*;
 import java.util.Arrays;
 
@@ -28,6 +28,22 @@ public class JdbcClient {
                     ins.setDouble(3, k * 0.5);
                     check(ins.executeUpdate() == 1, "insert " + k);
                 }
+            }
+            // executeBatch counts each INSERT's row (the driver reads the counts only
+            // when Describe of the INSERT answers NoData, not an empty RowDescription).
+            try (PreparedStatement ins = conn.prepareStatement("INSERT INTO t VALUES (?, ?, ?)")) {
+                for (int k = 8; k < 11; k++) {
+                    ins.setInt(1, k);
+                    ins.setString(2, "n" + k);
+                    ins.setDouble(3, k * 0.5);
+                    ins.addBatch();
+                }
+                int[] counts = ins.executeBatch();
+                check(Arrays.equals(counts, new int[] {1, 1, 1}), "batch counts " + Arrays.toString(counts));
+            }
+            try (Statement st = conn.createStatement();
+                 ResultSet rs = st.executeQuery("SELECT count(*), sum(x) FROM t WHERE id >= 8")) {
+                check(rs.next() && rs.getLong(1) == 3 && rs.getDouble(2) == 13.5, "batch rows");
             }
             try (PreparedStatement q = conn.prepareStatement(
                     "SELECT name, x FROM t WHERE id >= ? AND x < ? ORDER BY id")) {

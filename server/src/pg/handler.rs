@@ -26,22 +26,26 @@ use pgwire::api::portal::{Format, Portal};
 use pgwire::api::query::{ExtendedQueryHandler, SimpleQueryHandler};
 use pgwire::api::results::{CopyResponse, FieldFormat, FieldInfo, QueryResponse, Response, Tag};
 use pgwire::api::stmt::{QueryParser, StoredStatement};
-use pgwire::api::store::PortalStore;
-use pgwire::api::{ClientInfo, ClientPortalStore, PgWireConnectionState, Type};
+use pgwire::api::store::{Entry, PortalStore};
+use pgwire::api::{ClientInfo, ClientPortalStore, DEFAULT_NAME, PgWireConnectionState, Type};
 use pgwire::error::{ErrorInfo, PgWireError, PgWireResult};
 use pgwire::messages::PgWireBackendMessage;
 use pgwire::messages::PgWireFrontendMessage;
 use pgwire::messages::copy::{CopyData, CopyDone, CopyFail, CopyInResponse, CopyOutResponse};
-use pgwire::messages::data::{DataRow, RowDescription};
+use pgwire::messages::data::{DataRow, NoData, ParameterDescription, RowDescription};
+use pgwire::messages::extendedquery::{Describe, TARGET_TYPE_BYTE_STATEMENT};
 use pgwire::messages::response::{EmptyQueryResponse, ReadyForQuery, TransactionStatus};
 use pgwire::messages::simplequery::Query;
-use tessera_planner::{ErrorKind, ddl, tessera_error};
+use tessera_planner::ddl;
 
+use super::PG_SERVER_VERSION;
 use super::cancel::{CancelGuard, CancelRegistry};
 use super::copy;
-use super::statement::{Command, CopyFormat, CopyOutSource, classify, command_tag};
+use super::statement::{
+    Command, ConnectionValues, CopyFormat, CopyOutSource, bind_connection_values, classify,
+    command_tag,
+};
 use super::types::{arrow_type, decode_parameter, encode_field, field_infos, pg_type};
-use super::{PG_SERVER_VERSION, PG_SERVER_VERSION_NUM};
 use crate::Database;
 use crate::config::{AuthMethod, parse_duration};
 use crate::edge::{Interrupt, QueryControl, dml_tag, is_loopback};
@@ -128,7 +132,7 @@ pub(crate) struct PgConnection {
     shared: Arc<PgShared>,
     session: Session,
     control: Arc<QueryControl>,
-    state: Mutex<ConnectionState>,
+    state: Arc<Mutex<ConnectionState>>,
     driver: AuthDriver<Arc<DefaultServerParameterProvider>>,
     parser: Arc<StatementParser>,
     peer: SocketAddr,
@@ -180,23 +184,24 @@ impl PgConnection {
             startup_slot: Some(startup_slot),
             ..ConnectionState::default()
         };
+        let state = Arc::new(Mutex::new(state));
         Ok(PgConnection {
             parser: Arc::new(StatementParser {
                 session: session.clone(),
+                shared: shared.clone(),
+                state: state.clone(),
             }),
             shared,
             session,
             control: Arc::new(QueryControl::default()),
-            state: Mutex::new(state),
+            state,
             driver,
             peer,
         })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, ConnectionState> {
-        // A poisoned lock only means another statement of this connection panicked;
-        // its state is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock_state(&self.state)
     }
 
     fn interrupt(&self) -> Interrupt {
@@ -348,46 +353,7 @@ impl PgConnection {
     }
 
     fn show(&self, name: &str) -> Result<String, DataFusionError> {
-        let state = self.state();
-        if name == "statement_timeout" {
-            return Ok(match state.statement_timeout {
-                None => "0".into(),
-                Some(d) if d.subsec_millis() == 0 && d.as_secs() > 0 => format!("{}s", d.as_secs()),
-                Some(d) => format!("{}ms", d.as_millis()),
-            });
-        }
-        if let Some(v) = state.settings.get(name) {
-            return Ok(v.clone());
-        }
-        Ok(match name {
-            "server_version" => PG_SERVER_VERSION.into(),
-            "server_version_num" => PG_SERVER_VERSION_NUM.into(),
-            "server_encoding" | "client_encoding" => "UTF8".into(),
-            "datestyle" => "ISO, MDY".into(),
-            "timezone" | "log_timezone" => "UTC".into(),
-            "intervalstyle" => "postgres".into(),
-            "standard_conforming_strings" | "integer_datetimes" | "is_superuser" => "on".into(),
-            "transaction_isolation" | "default_transaction_isolation" => "read committed".into(),
-            "transaction_read_only" | "default_transaction_read_only" | "in_hot_standby" => {
-                "off".into()
-            }
-            "search_path" => "\"$user\", public".into(),
-            "max_identifier_length" => "63".into(),
-            "extra_float_digits" => "1".into(),
-            "bytea_output" => "hex".into(),
-            "lc_messages" | "lc_monetary" | "lc_numeric" | "lc_time" | "lc_collate"
-            | "lc_ctype" => "C".into(),
-            "application_name" => String::new(),
-            "lock_timeout" | "idle_in_transaction_session_timeout" => "0".into(),
-            "max_connections" => self.shared.max_connections.to_string(),
-            "default_transaction_deferrable" => "off".into(),
-            _ => {
-                return Err(tessera_error(
-                    ErrorKind::UndefinedObject,
-                    format!("unrecognized configuration parameter \"{name}\""),
-                ));
-            }
-        })
+        show_setting(&self.state(), &self.shared, name)
     }
 
     /// The statement may not run: the transaction block failed earlier.
@@ -430,6 +396,54 @@ impl PgConnection {
             }
         }
     }
+}
+
+fn lock_state(state: &Mutex<ConnectionState>) -> std::sync::MutexGuard<'_, ConnectionState> {
+    // A poisoned lock only means another statement of this connection panicked; its
+    // state is still usable.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A setting's value as `SHOW` answers it: what the connection set, else the server's.
+fn show_setting(
+    state: &ConnectionState,
+    shared: &PgShared,
+    name: &str,
+) -> Result<String, DataFusionError> {
+    if name == "statement_timeout" {
+        return Ok(match state.statement_timeout {
+            None => "0".into(),
+            Some(d) if d.subsec_millis() == 0 && d.as_secs() > 0 => format!("{}s", d.as_secs()),
+            Some(d) => format!("{}ms", d.as_millis()),
+        });
+    }
+    if let Some(v) = state.settings.get(name) {
+        return Ok(v.clone());
+    }
+    match name {
+        "max_connections" => Ok(shared.max_connections.to_string()),
+        _ => crate::pg_catalog::setting_default(name)
+            .map(str::to_string)
+            .ok_or_else(|| crate::pg_catalog::unknown_setting(name)),
+    }
+}
+
+/// Writes the connection's pid, role and settings into `statement` (see
+/// [`bind_connection_values`]).
+fn bind_values<C: ClientInfo>(
+    client: &C,
+    state: &Mutex<ConnectionState>,
+    shared: &PgShared,
+    statement: &mut ddl::Statement,
+) {
+    let setting = |name: &str| show_setting(&lock_state(state), shared, name).ok();
+    let user = client.metadata().get("user").cloned().unwrap_or_default();
+    let values = ConnectionValues {
+        pid: client.pid_and_secret_key().0,
+        user: &user,
+        setting: &setting,
+    };
+    bind_connection_values(statement, &values);
 }
 
 /// Parses a query string into statements and rewrites their PostgreSQL-only catalog
@@ -500,7 +514,8 @@ impl SimpleQueryHandler for PgConnection {
                 .await?;
         }
         let count = statements.len();
-        for (n, statement) in statements.into_iter().enumerate() {
+        for (n, mut statement) in statements.into_iter().enumerate() {
+            bind_values(client, &self.state, &self.shared, &mut statement);
             let command = classify(statement).map_err(|e| pg_error(&e))?;
             Self::check_failed_transaction(client.transaction_status(), &command)?;
             let interrupt = self.interrupt();
@@ -639,9 +654,19 @@ impl SimpleQueryHandler for PgConnection {
 }
 
 /// Plans statements for the extended protocol.
-#[derive(Debug)]
 pub(crate) struct StatementParser {
     session: Session,
+    shared: Arc<PgShared>,
+    /// The connection's, for the values [`bind_values`] writes into statements.
+    state: Arc<Mutex<ConnectionState>>,
+}
+
+impl Debug for StatementParser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatementParser")
+            .field("session", &self.session)
+            .finish()
+    }
 }
 
 #[async_trait]
@@ -650,7 +675,7 @@ impl QueryParser for StatementParser {
 
     async fn parse_sql<C>(
         &self,
-        _client: &C,
+        client: &C,
         sql: &str,
         types: &[Option<Type>],
     ) -> PgWireResult<Option<PgStatement>>
@@ -665,9 +690,10 @@ impl QueryParser for StatementParser {
                 "cannot insert multiple commands into a prepared statement",
             ));
         }
-        let Some(statement) = statements.pop() else {
+        let Some(mut statement) = statements.pop() else {
             return Ok(None);
         };
+        bind_values(client, &self.state, &self.shared, &mut statement);
         let declared: Vec<Option<DataType>> = types
             .iter()
             .map(|t| t.as_ref().and_then(arrow_type))
@@ -740,6 +766,39 @@ impl ExtendedQueryHandler for PgConnection {
 
     fn query_parser(&self) -> Arc<StatementParser> {
         self.parser.clone()
+    }
+
+    /// Describe of a statement that returns no rows (INSERT, DDL, SET) answers its
+    /// parameters and NoData, as PostgreSQL does. pgwire's default sends an empty
+    /// RowDescription instead when the statement has parameters, which drivers read as a
+    /// query returning nothing: JDBC's executeBatch then counts 0 rows per INSERT.
+    async fn on_describe<C>(&self, client: &mut C, message: Describe) -> PgWireResult<()>
+    where
+        C: ClientInfo + ClientPortalStore + Sink<PgWireBackendMessage> + Unpin + Send + Sync,
+        C::PortalStore: PortalStore<Statement = Self::Statement>,
+        C::Error: Debug,
+        PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+    {
+        if message.target_type == TARGET_TYPE_BYTE_STATEMENT {
+            let name = message.name.as_deref().unwrap_or(DEFAULT_NAME);
+            if let Some(Entry::Value(stmt)) = client.portal_store().get_statement(name)
+                && stmt.statement.fields.is_empty()
+            {
+                let described = self.do_describe_statement(client, &stmt).await?;
+                let oids = described.parameters.iter().map(Type::oid).collect();
+                client
+                    .send(PgWireBackendMessage::ParameterDescription(
+                        ParameterDescription::new(oids),
+                    ))
+                    .await?;
+                client
+                    .send(PgWireBackendMessage::NoData(NoData::new()))
+                    .await?;
+                return Ok(());
+            }
+        }
+        // A portal without fields already answers NoData.
+        self._on_describe(client, message).await
     }
 
     async fn do_query<C>(

@@ -4,12 +4,14 @@
 //! told apart by their syntax tree ([`ddl::parse`](tessera_planner::ddl::parse)), never
 //! by their text.
 
+use std::ops::ControlFlow;
+
 use datafusion::common::{DataFusionError, Result, TableReference, plan_err};
 use datafusion::sql::parser::{ResetStatement, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
     CopyLegacyCsvOption, CopyLegacyOption, CopyOption, CopySource, CopyTarget as SqlCopyTarget,
-    Expr, FunctionArguments, Ident, ObjectName, Query, SelectItem, Set, SetExpr,
-    Statement as SqlStatement, Value,
+    Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, Query, Select,
+    SelectItem, Set, SetExpr, Statement as SqlStatement, Value, VisitMut, VisitorMut,
 };
 use tessera_planner::ddl::{
     CopyDirection, CopyTarget, OptionValue, SqlText, Statement, TesseraStatement,
@@ -422,6 +424,139 @@ fn classify_sql_copy(
     })
 }
 
+/// What a connection knows of itself that the catalog functions report.
+pub(crate) struct ConnectionValues<'a> {
+    /// The backend process ID the client was given (BackendKeyData).
+    pub(crate) pid: i32,
+    /// The role the client logged in as.
+    pub(crate) user: &'a str,
+    /// A setting's value as `SHOW` gives it, `None` for one the server does not know.
+    pub(crate) setting: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Writes the connection's own values into a statement, as literals: `pg_backend_pid()`,
+/// `current_user`, `session_user`, `user`, and `current_setting('name')` of a setting
+/// this connection knows (its `SET`s and startup parameters). The session's functions of
+/// those names cannot know the connection, and a literal keeps plans of different
+/// connections apart (the statement's text, the plan cache's key, changes with it). A
+/// prepared statement keeps the values of when it was parsed. True if anything changed.
+pub(crate) fn bind_connection_values(statement: &mut Statement, values: &ConnectionValues) -> bool {
+    let Statement::Sql(sql) = statement else {
+        return false;
+    };
+    let mut binder = ValueBinder {
+        values,
+        changed: false,
+    };
+    let _ = match &mut sql.tree {
+        DFStatement::Statement(tree) => tree.visit(&mut binder),
+        DFStatement::Explain(explain) => match explain.statement.as_mut() {
+            DFStatement::Statement(tree) => tree.visit(&mut binder),
+            _ => ControlFlow::Continue(()),
+        },
+        _ => ControlFlow::Continue(()),
+    };
+    if binder.changed {
+        sql.text = sql.tree.to_string();
+    }
+    binder.changed
+}
+
+struct ValueBinder<'a, 'b> {
+    values: &'a ConnectionValues<'b>,
+    changed: bool,
+}
+
+impl VisitorMut for ValueBinder<'_, '_> {
+    type Break = ();
+
+    fn pre_visit_select(&mut self, select: &mut Select) -> ControlFlow<()> {
+        // A select item the value replaces keeps the function's name as its column's
+        // name, as PostgreSQL names it (`SELECT current_user` has a `current_user`
+        // column), made unique when two would share one.
+        let mut taken: Vec<String> = select
+            .projection
+            .iter()
+            .filter_map(|item| match item {
+                SelectItem::ExprWithAlias { alias, .. } => Some(alias.value.clone()),
+                _ => None,
+            })
+            .collect();
+        for item in &mut select.projection {
+            let SelectItem::UnnamedExpr(expr) = item else {
+                continue;
+            };
+            let Some(name) = self.bound(expr).map(|(name, _)| name) else {
+                continue;
+            };
+            let mut alias = name.clone();
+            let mut n = 1;
+            while taken.contains(&alias) {
+                n += 1;
+                alias = format!("{name}_{n}");
+            }
+            taken.push(alias.clone());
+            *item = SelectItem::ExprWithAlias {
+                expr: expr.clone(),
+                alias: Ident::with_quote('"', alias),
+            };
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
+        if let Some((_, value)) = self.bound(expr) {
+            *expr = Expr::value(value);
+            self.changed = true;
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+impl ValueBinder<'_, '_> {
+    /// The function `expr` calls and the value it has on this connection, if it is one
+    /// of those bound.
+    fn bound(&self, expr: &Expr) -> Option<(String, Value)> {
+        let Expr::Function(function) = expr else {
+            return None;
+        };
+        let name = object_setting_name(&function.name);
+        let name = name
+            .strip_prefix("pg_catalog.")
+            .unwrap_or(&name)
+            .to_string();
+        let args: Vec<&Expr> = match &function.args {
+            FunctionArguments::None => Vec::new(),
+            FunctionArguments::List(list) if list.clauses.is_empty() => {
+                let mut args = Vec::new();
+                for arg in &list.args {
+                    match arg {
+                        FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => args.push(e),
+                        _ => return None,
+                    }
+                }
+                args
+            }
+            _ => return None,
+        };
+        let value = match (name.as_str(), args.as_slice()) {
+            ("pg_backend_pid", []) => Value::Number(self.values.pid.to_string(), false),
+            ("current_user" | "session_user" | "user", []) => {
+                Value::SingleQuotedString(self.values.user.to_string())
+            }
+            ("current_setting", [Expr::Value(v), ..]) if args.len() <= 2 => {
+                let Value::SingleQuotedString(setting) = &v.value else {
+                    return None;
+                };
+                // Unknown: the session's function reports the error, or NULL if missing_ok.
+                Value::SingleQuotedString((self.values.setting)(&setting.to_ascii_lowercase())?)
+            }
+            _ => return None,
+        };
+        Some((name, value))
+    }
+}
+
 /// PostgreSQL's command tag for a statement that returns no rows (`CREATE TABLE`,
 /// `DROP MATRIX`, `SET`, ...), from its syntax tree.
 pub(crate) fn command_tag(statement: &Statement) -> String {
@@ -601,6 +736,42 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(one("COPY m FROM 'x.csv'"), Command::Run(_)));
+    }
+
+    #[test]
+    fn connection_values_become_literals_named_as_postgres_names_them() {
+        let setting = |name: &str| (name == "application_name").then(|| "nb".to_string());
+        let values = ConnectionValues {
+            pid: 4242,
+            user: "ada",
+            setting: &setting,
+        };
+        let bound = |sql: &str| {
+            let mut statement = parse(sql).unwrap().remove(0);
+            let changed = bind_connection_values(&mut statement, &values);
+            match statement {
+                Statement::Sql(sql) => (sql.text, changed),
+                Statement::Tessera(_) => panic!("{sql}"),
+            }
+        };
+        assert_eq!(
+            bound(
+                "SELECT pg_backend_pid(), current_user, session_user AS s, \
+                 current_setting('Application_Name'), current_setting('nosuch', true), \
+                 current_setting('application_name') FROM t WHERE u = current_user"
+            ),
+            (
+                "SELECT 4242 AS \"pg_backend_pid\", 'ada' AS \"current_user\", 'ada' AS s, \
+                 'nb' AS \"current_setting\", current_setting('nosuch', true), \
+                 'nb' AS \"current_setting_2\" FROM t WHERE u = 'ada'"
+                    .to_string(),
+                true
+            )
+        );
+        assert_eq!(
+            bound("SELECT 1 FROM pg_catalog.pg_class"),
+            ("SELECT 1 FROM pg_catalog.pg_class".to_string(), false)
+        );
     }
 
     #[test]

@@ -88,9 +88,23 @@ fn function(
             n => TypeSignature::Any(*n),
         })
         .collect();
+    with_signature(
+        name,
+        Signature::one_of(signatures, Volatility::Stable),
+        returns,
+        body,
+    )
+}
+
+fn with_signature(
+    name: &'static str,
+    signature: Signature,
+    returns: DataType,
+    body: impl Fn(&[ArrayRef], usize) -> Result<ArrayRef> + Send + Sync + 'static,
+) -> ScalarUDF {
     ScalarUDF::new_from_impl(PgFunction {
         name,
-        signature: Signature::one_of(signatures, Volatility::Stable),
+        signature,
         returns,
         body: Arc::new(body),
     })
@@ -253,13 +267,61 @@ pub(crate) fn functions(sources: &Arc<Sources>) -> Vec<ScalarUDF> {
             let list: ListArray = builder.finish();
             Ok(Arc::new(list))
         }),
-        function("tessera_regtype_oid", &[1], DataType::Int64, |a, _| {
+        function("tessera_regtype_oid", &[1], DataType::Int64, regtype_oid),
+        // The type's OID, or NULL for a type Tessera does not have (psycopg's
+        // TypeInfo.fetch asks for `hstore` this way).
+        function("to_regtype", &[1], DataType::Int64, regtype_oid),
+        function("current_schema", &[0], text.clone(), |_, rows| {
+            Ok(Arc::new(StringArray::from(vec![DEFAULT_SCHEMA; rows])))
+        }),
+        // The protocol server replaces these two with the connection's own values (see
+        // `pg::statement::bind_connection_values`); elsewhere the session has no role
+        // and no backend of its own: the owner of everything, and this process.
+        function("current_user", &[0], text.clone(), |_, rows| {
+            Ok(Arc::new(StringArray::from(vec![OWNER; rows])))
+        }),
+        function("session_user", &[0], text.clone(), |_, rows| {
+            Ok(Arc::new(StringArray::from(vec![OWNER; rows])))
+        }),
+        function("user", &[0], text.clone(), |_, rows| {
+            Ok(Arc::new(StringArray::from(vec![OWNER; rows])))
+        }),
+        function("pg_backend_pid", &[0], DataType::Int32, |_, rows| {
+            let pid = i32::try_from(std::process::id()).unwrap_or(0);
+            Ok(Arc::new(Int32Array::from(vec![pid; rows])))
+        }),
+        function("current_setting", &[1, 2], text.clone(), current_setting),
+        function(
+            "pg_collation_is_visible",
+            &[1],
+            DataType::Boolean,
+            constant_bool(true),
+        ),
+        // Tessera has no sequences (SQLAlchemy asks for a column's identity options).
+        function("pg_get_serial_sequence", &[2], text.clone(), null_text),
+        function("tessera_like_escape", &[2], text.clone(), |a, _| {
+            let (patterns, escapes) = (texts(a, 0)?, texts(a, 1)?);
+            Ok(Arc::new(
+                patterns
+                    .iter()
+                    .zip(escapes.iter())
+                    .map(|(p, e)| Some(like_escape(p?, e?)))
+                    .collect::<StringArray>(),
+            ))
+        }),
+        with_signature(
+            "json_build_object",
+            Signature::variadic_any(Volatility::Stable),
+            text.clone(),
+            json_build_object,
+        ),
+        function("quote_ident", &[1], text.clone(), |a, _| {
             let names = texts(a, 0)?;
             Ok(Arc::new(
                 names
                     .iter()
-                    .map(|n| n.and_then(pg_type_by_name).map(|t| t.oid))
-                    .collect::<Int64Array>(),
+                    .map(|n| n.map(quote_ident))
+                    .collect::<StringArray>(),
             ))
         }),
     ];
@@ -388,10 +450,12 @@ pub(crate) fn functions(sources: &Arc<Sources>) -> Vec<ScalarUDF> {
             })
         }));
     }
-    let s = sources.clone();
-    all.push(function("current_database", &[0], text, move |_, rows| {
-        Ok(Arc::new(StringArray::from(vec![s.database_name(); rows])))
-    }));
+    for name in ["current_database", "current_catalog"] {
+        let s = sources.clone();
+        all.push(function(name, &[0], text.clone(), move |_, rows| {
+            Ok(Arc::new(StringArray::from(vec![s.database_name(); rows])))
+        }));
+    }
     all
 }
 
@@ -404,6 +468,176 @@ pub(crate) fn register(ctx: &SessionContext, sources: &Arc<Sources>) {
             ctx.register_udf(udf);
         }
     }
+}
+
+/// A LIKE pattern that escapes with `escape` (`''`: nothing escapes) as one that escapes
+/// with `\\`, the only escape character DataFusion's LIKE takes.
+fn like_escape(pattern: &str, escape: &str) -> String {
+    let escape = escape.chars().next();
+    let mut out = String::with_capacity(pattern.len() + 4);
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        if Some(c) == escape {
+            match chars.next() {
+                Some(next @ ('%' | '_' | '\\')) => {
+                    out.push('\\');
+                    out.push(next);
+                }
+                Some(next) => out.push(next),
+                // PostgreSQL refuses a pattern ending in its escape; match it literally.
+                None => push_literal(&mut out, c),
+            }
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn push_literal(out: &mut String, c: char) {
+    if matches!(c, '%' | '_' | '\\') {
+        out.push('\\');
+    }
+    out.push(c);
+}
+
+/// `json_build_object(k1, v1, ...)` as PostgreSQL prints it: `{"k1" : v1, ...}`, numbers
+/// and booleans bare, other values as JSON strings.
+fn json_build_object(args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
+    if !args.len().is_multiple_of(2) {
+        return datafusion::common::plan_err!("argument list must have even number of elements");
+    }
+    let mut out = Vec::with_capacity(rows);
+    for i in 0..rows {
+        let mut object = String::from("{");
+        for (n, pair) in args.chunks_exact(2).enumerate() {
+            if n > 0 {
+                object.push_str(", ");
+            }
+            let key = datafusion::arrow::util::display::array_value_to_string(&pair[0], i)?;
+            object.push_str(&json_string(&key));
+            object.push_str(" : ");
+            let value = &pair[1];
+            if value.is_null(i) {
+                object.push_str("null");
+                continue;
+            }
+            let shown = datafusion::arrow::util::display::array_value_to_string(value, i)?;
+            let bare = value.data_type().is_integer()
+                || (value.data_type().is_floating()
+                    && shown.parse::<f64>().is_ok_and(f64::is_finite))
+                || value.data_type() == &DataType::Boolean;
+            object.push_str(&if bare { shown } else { json_string(&shown) });
+        }
+        object.push('}');
+        out.push(object);
+    }
+    Ok(Arc::new(StringArray::from(out)))
+}
+
+/// `s` as a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The OID of the type each name names (`int4`, `integer`, `pg_catalog.text`), else
+/// `NULL`.
+fn regtype_oid(args: &[ArrayRef], _: usize) -> Result<ArrayRef> {
+    let names = texts(args, 0)?;
+    Ok(Arc::new(
+        names
+            .iter()
+            .map(|n| n.and_then(pg_type_by_name).map(|t| t.oid))
+            .collect::<Int64Array>(),
+    ))
+}
+
+/// `current_setting(name [, missing_ok])`: a PostgreSQL setting's default (the protocol
+/// server answers a literal name with the connection's value before planning). An
+/// unknown name is an error (42704) unless `missing_ok`, then `NULL`.
+fn current_setting(args: &[ArrayRef], rows: usize) -> Result<ArrayRef> {
+    let names = texts(args, 0)?;
+    let missing_ok = match args.get(1) {
+        Some(a) => Some(
+            datafusion::arrow::compute::cast(a, &DataType::Boolean)?
+                .as_boolean()
+                .clone(),
+        ),
+        None => None,
+    };
+    let mut values = Vec::with_capacity(rows);
+    for (i, name) in names.iter().enumerate() {
+        let Some(name) = name else {
+            values.push(None);
+            continue;
+        };
+        match setting_default(&name.to_ascii_lowercase()) {
+            Some(v) => values.push(Some(v.to_string())),
+            None if missing_ok
+                .as_ref()
+                .is_some_and(|m| m.is_valid(i) && m.value(i)) =>
+            {
+                values.push(None)
+            }
+            None => return Err(unknown_setting(name)),
+        }
+    }
+    Ok(Arc::new(StringArray::from(values)))
+}
+
+/// The error for a setting PostgreSQL would not know either.
+pub(crate) fn unknown_setting(name: &str) -> datafusion::common::DataFusionError {
+    tessera_planner::tessera_error(
+        tessera_planner::ErrorKind::UndefinedObject,
+        format!("unrecognized configuration parameter \"{name}\""),
+    )
+}
+
+/// The value a PostgreSQL 15 server reports for a setting clients read (`SHOW`,
+/// `current_setting`) before anything sets it, by lowercased name; `None` for a name it
+/// does not emulate.
+pub(crate) fn setting_default(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "server_version" => crate::pg::PG_SERVER_VERSION,
+        "server_version_num" => crate::pg::PG_SERVER_VERSION_NUM,
+        "server_encoding" | "client_encoding" => "UTF8",
+        "datestyle" => "ISO, MDY",
+        "timezone" | "log_timezone" => "UTC",
+        "intervalstyle" => "postgres",
+        "standard_conforming_strings" | "integer_datetimes" | "is_superuser" => "on",
+        "transaction_isolation" | "default_transaction_isolation" => "read committed",
+        "transaction_read_only"
+        | "default_transaction_read_only"
+        | "in_hot_standby"
+        | "transaction_deferrable"
+        | "default_transaction_deferrable" => "off",
+        "search_path" => "\"$user\", public",
+        "max_identifier_length" => "63",
+        "extra_float_digits" => "1",
+        "bytea_output" => "hex",
+        "lc_messages" | "lc_monetary" | "lc_numeric" | "lc_time" | "lc_collate" | "lc_ctype" => "C",
+        "application_name" => "",
+        "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => "0",
+        "default_table_access_method" => "heap",
+        "default_tablespace" => "",
+        _ => return None,
+    })
 }
 
 fn list_of_text() -> DataType {
@@ -471,5 +705,10 @@ mod tests {
             (Some("pg_catalog".into()), "pg_class".into())
         );
         assert_eq!(split_qualified("\"X\""), (None, "X".into()));
+        // SQLAlchemy's autoescape: `pg/_%` is `pg_` then anything.
+        assert_eq!(like_escape("pg/_%", "/"), "pg\\_%");
+        assert_eq!(like_escape("a//b\\c", "/"), "a/b\\\\c");
+        assert_eq!(like_escape("a_%", ""), "a_%");
+        assert_eq!(json_string("a\"b\n"), "\"a\\\"b\\n\"");
     }
 }

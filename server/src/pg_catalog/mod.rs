@@ -33,6 +33,7 @@ use datafusion::common::{Result, internal_datafusion_err};
 use datafusion::prelude::SessionContext;
 use tessera_planner::{DEFAULT_CATALOG, TesseraCatalog};
 
+pub(crate) use functions::{setting_default, unknown_setting};
 pub use rewrite::{rewrite, rewrite_statement};
 pub use types::pg_type_of;
 

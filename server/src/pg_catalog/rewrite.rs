@@ -10,8 +10,13 @@
 //! | `x::regclass`, `x::regtype`, `x::regnamespace`, `x::regproc`, `x::regrole` | the object's name as text |
 //! | `::pg_catalog.text`, `::name`, `::"char"`, `::oid`, `::int2[]` | the plain SQL type |
 //! | `ARRAY(subquery)` | `(SELECT array_agg(...) ...)`, or an empty array when the subquery reads a set-returning function of an outer column |
-//! | `'{1,2}'` compared with `=` / `<>` | `make_array(1, 2)` |
+//! | `'{1,2}'` compared with `=` / `<>`, or in `= ANY('{r,p}')` | `make_array(1, 2)` |
+//! | `FROM pg_type` (a catalog table, unqualified) | `FROM pg_catalog.pg_type` |
+//! | `generate_subscripts(a, 1)` | `unnest(generate_series(1, array_length(a, 1)))` |
+//! | `FLOAT`, `FLOAT(53)` in `CREATE TABLE` and casts | `DOUBLE PRECISION`, as in PostgreSQL |
+//! | `x LIKE p ESCAPE '/'` | `x LIKE tessera_like_escape(p, '/')` (the pattern with `\` escapes) |
 //! | a scalar subquery that reads a set-returning function of outer columns (psql's publication column lists) | `NULL` |
+//! | a scalar subquery that inner-joins a catalog table Tessera never fills (`pg_sequence`, `pg_constraint`, ...) and does not aggregate | `NULL` |
 //!
 //! Everything else is left as written. A statement that does not parse (Tessera's own
 //! statements, for instance) is returned unchanged, as is one nothing applies to.
@@ -84,14 +89,30 @@ impl VisitorMut for Rewriter {
     type Break = ();
 
     fn pre_visit_table_factor(&mut self, factor: &mut TableFactor) -> ControlFlow<()> {
-        // `FROM pg_catalog.unnest(...)`: a set-returning function, not a catalog table.
-        if let TableFactor::Table {
-            name,
-            args: Some(_),
-            ..
-        } = factor
-        {
-            self.changed |= strip_pg_catalog(name);
+        match factor {
+            // `FROM pg_catalog.unnest(...)`: a set-returning function, not a catalog table.
+            TableFactor::Table {
+                name,
+                args: Some(_),
+                ..
+            } => self.changed |= strip_pg_catalog(name),
+            // `FROM pg_type`: PostgreSQL searches pg_catalog first, always.
+            TableFactor::Table {
+                name, args: None, ..
+            } => self.changed |= qualify_catalog_table(name),
+            _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_statement(&mut self, statement: &mut Statement) -> ControlFlow<()> {
+        if let Statement::CreateTable(create) = statement {
+            for column in &mut create.columns {
+                if let Some(double) = double_precision_float(&column.data_type) {
+                    column.data_type = double;
+                    self.changed = true;
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -115,7 +136,7 @@ impl VisitorMut for Rewriter {
     fn pre_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
         // Before the children: a subquery that cannot be planned is dropped whole.
         if let Expr::Subquery(query) = expr {
-            if reads_function_of_outer_columns(query) {
+            if reads_function_of_outer_columns(query) || finds_nothing(query) {
                 *expr = null();
                 self.changed = true;
             } else if let Some(new) = split_outer_conditions(query) {
@@ -180,6 +201,39 @@ fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
             })
         }
         Expr::Collate { expr, .. } => Some((**expr).clone()),
+        // `relkind = ANY('{r,p}')`, as pgcli writes it.
+        Expr::AnyOp { right, .. } | Expr::AllOp { right, .. } => {
+            let list = array_literal(unnested(right))?;
+            **right = list;
+            Some(expr.clone())
+        }
+        Expr::Like {
+            pattern,
+            escape_char,
+            ..
+        }
+        | Expr::ILike {
+            pattern,
+            escape_char,
+            ..
+        } => {
+            // DataFusion escapes with `\` only: other escape characters are translated
+            // in the pattern, by a function, since the pattern is often a parameter.
+            let escape = match escape_char.as_ref().map(|e| &e.value) {
+                Some(Value::SingleQuotedString(c)) if c != "\\" => c.clone(),
+                _ => return None,
+            };
+            let translated = call(
+                "tessera_like_escape",
+                vec![
+                    (**pattern).clone(),
+                    Expr::value(Value::SingleQuotedString(escape)),
+                ],
+            );
+            **pattern = translated;
+            *escape_char = None;
+            Some(expr.clone())
+        }
         Expr::Cast {
             expr: inner,
             data_type,
@@ -349,8 +403,9 @@ fn qualifiers(expr: &Expr, inner: &[String]) -> (bool, bool) {
     let (mut outer, mut own) = (false, false);
     let _ = datafusion::sql::sqlparser::ast::visit_expressions(expr, |e| {
         match e {
-            Expr::CompoundIdentifier(parts) if parts.len() == 2 => {
-                if inner.contains(&parts[0].value.to_ascii_lowercase()) {
+            // `alias.column` or `schema.table.column`: the part before the column.
+            Expr::CompoundIdentifier(parts) if parts.len() >= 2 => {
+                if inner.contains(&parts[parts.len() - 2].value.to_ascii_lowercase()) {
                     own = true;
                 } else {
                     outer = true;
@@ -432,6 +487,14 @@ fn plain_operator(op: &str) -> Option<BinaryOperator> {
     })
 }
 
+/// `expr` without the parentheses around it.
+fn unnested(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Nested(inner) => unnested(inner),
+        other => other,
+    }
+}
+
 /// `'{1,2}'` (PostgreSQL's array text) as `make_array(1, 2)`.
 fn array_literal(expr: &Expr) -> Option<Expr> {
     let Expr::Value(v) = expr else { return None };
@@ -454,7 +517,23 @@ fn array_literal(expr: &Expr) -> Option<Expr> {
     Some(call("make_array", args))
 }
 
+/// PostgreSQL's `float` and `float(25)` to `float(53)` (SQLAlchemy's and pandas' `Float`)
+/// are `double precision`; DataFusion makes every `FLOAT` 32-bit.
+fn double_precision_float(data_type: &DataType) -> Option<DataType> {
+    use datafusion::sql::sqlparser::ast::ExactNumberInfo;
+    match data_type {
+        DataType::Float(ExactNumberInfo::None) => Some(DataType::DoublePrecision),
+        DataType::Float(ExactNumberInfo::Precision(p)) if (25..=53).contains(p) => {
+            Some(DataType::DoublePrecision)
+        }
+        _ => None,
+    }
+}
+
 fn rewrite_cast(inner: &Expr, data_type: &DataType) -> Option<Expr> {
+    if let Some(double) = double_precision_float(data_type) {
+        return Some(cast(inner, double));
+    }
     match pg_type_name(data_type)?.as_str() {
         "regclass" => Some(match string_literal(inner) {
             Some(_) => call("to_regclass", vec![inner.clone()]),
@@ -537,10 +616,24 @@ fn rewrite_function(f: &mut Function) -> Option<Expr> {
     {
         return Some(array_of_subquery(query));
     }
-    if strip_pg_catalog(&mut f.name) {
-        return Some(Expr::Function(f.clone()));
+    let stripped = strip_pg_catalog(&mut f.name);
+    // `generate_subscripts(a, 1)`, PostgreSQL's set-returning function of an array's
+    // subscripts, as DataFusion's unnest of the list `[1, ..., array_length(a, 1)]`.
+    if is_named(&f.name, "generate_subscripts")
+        && let FunctionArguments::List(list) = &f.args
+        && let [
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(array)),
+            FunctionArg::Unnamed(FunctionArgExpr::Expr(dimension)),
+        ] = list.args.as_slice()
+    {
+        let length = call("array_length", vec![array.clone(), dimension.clone()]);
+        let subscripts = call(
+            "generate_series",
+            vec![Expr::value(Value::Number("1".into(), false)), length],
+        );
+        return Some(call("unnest", vec![subscripts]));
     }
-    None
+    stripped.then(|| Expr::Function(f.clone()))
 }
 
 /// `ARRAY(subquery)` as a scalar subquery aggregating its one column with
@@ -588,6 +681,58 @@ fn array_of_subquery(query: &Query) -> Expr {
     null()
 }
 
+/// True when a scalar subquery must find no row, so is `NULL`: it does not aggregate and
+/// inner-joins a catalog table Tessera never fills (SQLAlchemy's identity options read
+/// `pg_sequence` with outer columns in the select list, which DataFusion cannot
+/// decorrelate).
+fn finds_nothing(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    let aggregates = select.projection.iter().any(|item| match item {
+        datafusion::sql::sqlparser::ast::SelectItem::UnnamedExpr(e)
+        | datafusion::sql::sqlparser::ast::SelectItem::ExprWithAlias { expr: e, .. } => {
+            is_aggregate_call(e)
+        }
+        _ => true,
+    });
+    let plain_group = matches!(&select.group_by, datafusion::sql::sqlparser::ast::GroupByExpr::Expressions(e, _) if e.is_empty());
+    if aggregates || !plain_group {
+        return false;
+    }
+    let empty = |factor: &TableFactor| match factor {
+        TableFactor::Table {
+            name, args: None, ..
+        } => match name.0.as_slice() {
+            [schema, table] => {
+                schema
+                    .as_ident()
+                    .is_some_and(|s| s.value.eq_ignore_ascii_case(super::PG_CATALOG_SCHEMA))
+                    && table
+                        .as_ident()
+                        .is_some_and(|t| super::tables::is_always_empty(&t.value))
+            }
+            // Not qualified yet: the rewrite of table names comes after.
+            [table] => table
+                .as_ident()
+                .is_some_and(|t| super::tables::is_always_empty(&t.value)),
+            _ => false,
+        },
+        _ => false,
+    };
+    select.from.iter().any(|t| {
+        empty(&t.relation)
+            || t.joins.iter().any(|j| {
+                matches!(
+                    j.join_operator,
+                    datafusion::sql::sqlparser::ast::JoinOperator::Join(_)
+                        | datafusion::sql::sqlparser::ast::JoinOperator::Inner(_)
+                        | datafusion::sql::sqlparser::ast::JoinOperator::CrossJoin(_)
+                ) && empty(&j.relation)
+            })
+    })
+}
+
 /// True when `query`'s `FROM` calls a table function with a non-literal argument: in
 /// psql's catalog queries that is always a lateral call on an outer column.
 fn reads_function_of_outer_columns(query: &Query) -> bool {
@@ -615,6 +760,28 @@ fn is_constant(expr: &Expr) -> bool {
         Expr::UnaryOp { expr, .. } => is_constant(expr),
         _ => false,
     }
+}
+
+/// Prefixes `pg_catalog.` to the unqualified name of one of its tables; true if it did.
+fn qualify_catalog_table(name: &mut ObjectName) -> bool {
+    let [part] = name.0.as_slice() else {
+        return false;
+    };
+    let Some(ident) = part.as_ident() else {
+        return false;
+    };
+    let table = match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_ascii_lowercase(),
+    };
+    if !super::tables::is_catalog_table(&table) {
+        return false;
+    }
+    name.0.insert(
+        0,
+        ObjectNamePart::Identifier(Ident::new(super::PG_CATALOG_SCHEMA)),
+    );
+    true
 }
 
 /// Drops a leading `pg_catalog.` from a function name; true if there was one.
@@ -709,6 +876,10 @@ mod tests {
             ),
             ("SELECT a = '{0}'", "SELECT a = make_array(0)"),
             (
+                "SELECT k = ANY('{r,p}'), k <> ALL ('{1, 2}'), k = ANY(make_array('r'))",
+                "SELECT k = ANY(make_array('r', 'p')), k <> ALL(make_array(1, 2)), k = ANY(make_array('r'))",
+            ),
+            (
                 "SELECT ARRAY(SELECT r FROM roles WHERE oid = 1 ORDER BY 1)",
                 "SELECT (SELECT coalesce(array_agg(r ORDER BY r), make_array()) FROM roles WHERE oid = 1)",
             ),
@@ -725,10 +896,35 @@ mod tests {
                 "SELECT NULL FROM t a",
             ),
             (
+                "SELECT (SELECT f(a.x, s.seqstart) FROM pg_catalog.pg_sequence s WHERE s.seqrelid = g(a.r)), \
+                 (SELECT count(*) FROM pg_catalog.pg_sequence) FROM t a",
+                "SELECT NULL, (SELECT count(*) FROM pg_catalog.pg_sequence) FROM t a",
+            ),
+            (
                 "SELECT (SELECT x FROM other WHERE other.k = a.k AND a.flag) FROM t a",
                 "SELECT (SELECT x FROM other WHERE other.k = a.k AND a.flag) FROM t a",
             ),
             ("SELECT NULL, NULL, 1", "SELECT NULL, NULL AS \"NULL_2\", 1"),
+            (
+                "CREATE TABLE f (a FLOAT(53), b FLOAT, c FLOAT(24), d REAL)",
+                "CREATE TABLE f (a DOUBLE PRECISION, b DOUBLE PRECISION, c FLOAT(24), d REAL)",
+            ),
+            (
+                "SELECT CAST(x AS FLOAT(53)), y::float",
+                "SELECT x::DOUBLE PRECISION, y::DOUBLE PRECISION",
+            ),
+            (
+                "SELECT t.typname FROM pg_type t JOIN Pg_Namespace n ON true, \"PG_CLASS\"",
+                "SELECT t.typname FROM pg_catalog.pg_type t JOIN pg_catalog.Pg_Namespace n ON true, \"PG_CLASS\"",
+            ),
+            (
+                "SELECT n LIKE $1 || '%' ESCAPE '/', n NOT ILIKE 'a/_' ESCAPE '/', n LIKE 'a\\_' ESCAPE '\\'",
+                "SELECT n LIKE tessera_like_escape($1 || '%', '/'), n NOT ILIKE tessera_like_escape('a/_', '/'), n LIKE 'a\\_' ESCAPE '\\'",
+            ),
+            (
+                "SELECT unnest(i.indkey), pg_catalog.generate_subscripts(i.indkey, 1) FROM pg_index i",
+                "SELECT unnest(i.indkey), unnest(generate_series(1, array_length(i.indkey, 1))) FROM pg_catalog.pg_index i",
+            ),
         ];
         for (sql, expected) in cases {
             assert_eq!(

@@ -41,6 +41,8 @@ enum Col {
     I16,
     /// `int4`.
     I32,
+    /// `int8`.
+    I64,
     /// `float4`.
     F32,
     /// `text[]`; `NULL` unless set.
@@ -60,6 +62,7 @@ impl Col {
             Col::Bool => DataType::Boolean,
             Col::I16 => DataType::Int16,
             Col::I32 => DataType::Int32,
+            Col::I64 => DataType::Int64,
             Col::F32 => DataType::Float32,
             Col::TextArray => list(DataType::Utf8),
             Col::OidArray => list(DataType::Int64),
@@ -74,6 +77,7 @@ impl Col {
             Col::Bool => ScalarValue::Boolean(Some(false)),
             Col::I16 => ScalarValue::Int16(Some(0)),
             Col::I32 => ScalarValue::Int32(Some(0)),
+            Col::I64 => ScalarValue::Int64(Some(0)),
             Col::F32 => ScalarValue::Float32(Some(0.0)),
             Col::Text | Col::TextArray | Col::OidArray | Col::I16Array => {
                 ScalarValue::try_from(&self.data_type())?
@@ -327,7 +331,12 @@ const TABLES: &[TableSpec] = &[
     },
     TableSpec {
         name: "pg_shdescription",
-        columns: &[("objoid", Oid), ("classoid", Oid), ("description", Text)],
+        columns: &[
+            ("objoid", Oid),
+            ("classoid", Oid),
+            ("objsubid", I32),
+            ("description", Text),
+        ],
     },
     TableSpec {
         name: "pg_index",
@@ -411,6 +420,33 @@ const TABLES: &[TableSpec] = &[
             ("collencoding", I32),
             ("collcollate", Text),
             ("collctype", Text),
+        ],
+    },
+    TableSpec {
+        name: "pg_sequence",
+        columns: &[
+            ("seqrelid", Oid),
+            ("seqtypid", Oid),
+            ("seqstart", I64),
+            ("seqincrement", I64),
+            ("seqmax", I64),
+            ("seqmin", I64),
+            ("seqcache", I64),
+            ("seqcycle", Bool),
+        ],
+    },
+    TableSpec {
+        name: "pg_opclass",
+        columns: &[
+            ("oid", Oid),
+            ("opcmethod", Oid),
+            ("opcname", Text),
+            ("opcnamespace", Oid),
+            ("opcowner", Oid),
+            ("opcfamily", Oid),
+            ("opcintype", Oid),
+            ("opcdefault", Bool),
+            ("opckeytype", Oid),
         ],
     },
     TableSpec {
@@ -575,6 +611,40 @@ const TABLES: &[TableSpec] = &[
     },
 ];
 
+/// The catalog tables that have no rows in Tessera, ever: it has no indexes, operator
+/// classes, constraints, sequences, inheritance, policies, extended statistics,
+/// publications, triggers, rules, foreign tables, partitions, extensions or role
+/// memberships.
+const ALWAYS_EMPTY: &[&str] = &[
+    "pg_index",
+    "pg_opclass",
+    "pg_constraint",
+    "pg_sequence",
+    "pg_inherits",
+    "pg_policy",
+    "pg_statistic_ext",
+    "pg_publication",
+    "pg_publication_rel",
+    "pg_publication_namespace",
+    "pg_trigger",
+    "pg_rewrite",
+    "pg_foreign_table",
+    "pg_partitioned_table",
+    "pg_extension",
+    "pg_auth_members",
+    "pg_shdescription",
+];
+
+/// True for a catalog table that never has a row (see [`ALWAYS_EMPTY`]).
+pub(crate) fn is_always_empty(name: &str) -> bool {
+    ALWAYS_EMPTY.contains(&name)
+}
+
+/// True for the name of a table of the emulated `pg_catalog`.
+pub(crate) fn is_catalog_table(name: &str) -> bool {
+    TABLES.iter().any(|t| t.name == name)
+}
+
 /// The `pg_catalog` schema.
 #[derive(Debug)]
 pub(crate) struct PgCatalogSchema {
@@ -609,7 +679,7 @@ impl SchemaProvider for PgCatalogSchema {
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        TABLES.iter().any(|t| t.name == name)
+        is_catalog_table(name)
     }
 }
 
@@ -973,9 +1043,7 @@ async fn rows(table: &str, sources: &Sources, state: &dyn Session) -> Vec<Row> {
                 ])
             })
             .collect(),
-        // Nothing Tessera has: indexes, constraints, inheritance, policies, extended
-        // statistics, publications, triggers, rules, foreign tables, partitions,
-        // extensions, role memberships.
+        // ALWAYS_EMPTY: nothing Tessera has.
         _ => Vec::new(),
     }
 }
@@ -1027,6 +1095,9 @@ mod tests {
             ));
             let batch = build_batch(spec, &schema, &[]).unwrap();
             assert_eq!(batch.num_rows(), 0, "{}", spec.name);
+        }
+        for name in ALWAYS_EMPTY {
+            assert!(is_catalog_table(name), "{name}");
         }
     }
 }
