@@ -19,6 +19,26 @@ use std::time::{Duration, Instant};
 
 use tessera_server::Database;
 
+/// The sum of every `name<number>` in EXPLAIN ANALYZE text (numbers may carry a unit
+/// suffix such as `K` or `M`, as DataFusion prints counts).
+fn metric_sum(text: &str, name: &str) -> String {
+    let mut total = 0.0f64;
+    for part in text.split(name).skip(1) {
+        let number: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let scale = match part[number.len()..].chars().next() {
+            Some('K') => 1e3,
+            Some('M') => 1e6,
+            Some('G') => 1e9,
+            _ => 1.0,
+        };
+        total += number.parse::<f64>().unwrap_or(0.0) * scale;
+    }
+    format!("{:.1} MB", total / 1e6)
+}
+
 fn best_of<F: FnMut()>(runs: usize, mut f: F) -> Duration {
     (0..runs)
         .map(|_| {
@@ -102,7 +122,7 @@ fn alternate(mut ours: impl FnMut() -> Duration, numpy: &mut NumPy) -> (Duration
 
 fn main() {
     let small = std::env::var_os("TESSERA_BENCH_SMALL").is_some();
-    // TESSERA_BENCH_ONLY=matmul|tsmm|relational|aggregates runs one workload.
+    // TESSERA_BENCH_ONLY=matmul|tsmm|relational|aggregates|strategies runs one workload.
     let only = std::env::var("TESSERA_BENCH_ONLY").ok();
     let runs = |what: &str| only.as_deref().is_none_or(|o| o == what);
     let (n, rows) = if small {
@@ -268,6 +288,55 @@ fn main() {
             theirs,
             1.5,
         ));
+    }
+
+    // 5. Every matmul strategy forced in turn on n x n dense (and t(x) x, t(x) (x v) for
+    //    the fused forms): time, and the bytes through exchanges EXPLAIN ANALYZE reports.
+    if runs("strategies") {
+        let shards = 4;
+        for (name, seed) in [("sa", 10), ("sb", 11)] {
+            sql(&format!(
+                "CREATE MATRIX {name} BLOCK (1024, 1024) WITH (partitioning = 'rows', shards = {shards}) AS SELECT * FROM rand({n}, {n}, 1.0, {seed}, 0, 1)"
+            ));
+        }
+        sql(&format!(
+            "CREATE MATRIX sx BLOCK (8192, 100) AS SELECT * FROM rand({rows}, 100, 1.0, 12, 0, 1)"
+        ));
+        sql("CREATE MATRIX sv BLOCK (100, 1) AS SELECT * FROM rand(100, 1, 1.0, 13, 0, 1)");
+        let mut rows_out = Vec::new();
+        for (strategy, query) in [
+            ("local", "matmul(sa, sb)"),
+            ("broadcast", "matmul(sa, sb)"),
+            ("broadcast_left", "matmul(sa, sb)"),
+            ("repartition", "matmul(sa, sb)"),
+            ("replication", "matmul(sa, sb)"),
+            ("copartitioned", "matmul(t(sa), sb)"),
+            ("tsmm", "matmul(t(sx), sx)"),
+            ("mmchain", "matmul(t(sx), matmul(sx, sv))"),
+        ] {
+            sql(&format!("SET tessera.matmul_strategy = '{strategy}'"));
+            let q = format!("SELECT sum(v) FROM {query}");
+            let time = best_of(3, || sql(&q));
+            let analyzed = rt
+                .block_on(db.sql(&format!("EXPLAIN ANALYZE {q}")))
+                .unwrap_or_else(|e| panic!("{q}: {e}"));
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&analyzed)
+                .expect("explain text")
+                .to_string();
+            rows_out.push((strategy, query, time, metric_sum(&text, "bytes_moved=")));
+        }
+        sql("SET tessera.matmul_strategy = 'auto'");
+        println!("| strategy | SELECT sum(v) FROM ... | s | bytes through exchanges |");
+        println!("|---|---|---|---|");
+        for (strategy, query, time, bytes) in rows_out {
+            println!(
+                "| {strategy} | {query} | {:.3} | {bytes} |",
+                time.as_secs_f64()
+            );
+        }
+        println!(
+            "(sa, sb: {n}x{n} dense in 1024x1024 blocks, stored by row over {shards} shards; sx: {rows}x100 dense, sv: 100x1)\n"
+        );
     }
 
     println!("| workload | Tessera s | other s | speed ratio (other / Tessera) | target |");

@@ -33,8 +33,9 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream,
+    SendableRecordBatchStream, execute_stream,
 };
+use futures::StreamExt;
 use rayon::prelude::*;
 use tessera_storage::Block;
 
@@ -42,9 +43,10 @@ use tessera_storage::kernels::{self, Step, cpu_pool};
 
 use super::exec::{LaExec, Output, look_through};
 use super::expr::Op;
-use super::flow::batches_stream;
+use super::flow::{BlockCellsExec, BlockRows, batches_stream};
 use super::matrix::BlockMatrix;
 use super::ops::{self, FusedBlock, Work};
+use crate::error::blocking;
 
 /// One aggregate of the cells `(i, j, v)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,14 +107,16 @@ impl BlockAggregateExec {
         aggregates: Vec<CellAggregate>,
         schema: SchemaRef,
     ) -> Result<Self> {
-        let Some(la) = input.downcast_ref::<LaExec>() else {
-            return exec_err!(
-                "BlockAggregateExec reads a matrix operator, not {}",
-                input.name()
-            );
-        };
-        if la.output() != Output::Cells {
-            return exec_err!("BlockAggregateExec reads a matrix operator's cells");
+        if input.downcast_ref::<BlockCellsExec>().is_none() {
+            let Some(la) = input.downcast_ref::<LaExec>() else {
+                return exec_err!(
+                    "BlockAggregateExec reads a matrix operator, not {}",
+                    input.name()
+                );
+            };
+            if la.output() != Output::Cells {
+                return exec_err!("BlockAggregateExec reads a matrix operator's cells");
+            }
         }
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema),
@@ -199,12 +203,31 @@ impl ExecutionPlan for BlockAggregateExec {
         let blocks = MetricBuilder::new(&self.metrics).global_counter("blocks_folded");
         let out_schema = schema.clone();
         Ok(batches_stream(schema, async move {
-            let Some(la) = input.downcast_ref::<LaExec>() else {
-                return exec_err!("BlockAggregateExec lost its matrix operator");
-            };
             let minmax = aggregates
                 .iter()
                 .any(|a| matches!(a, CellAggregate::Min | CellAggregate::Max));
+            if let Some(cells) = input.downcast_ref::<BlockCellsExec>() {
+                // A dataflow's blocks are folded as they arrive from its partitions.
+                let block = cells.geometry().block;
+                let mut stream = execute_stream(Arc::clone(cells.input()), context)?;
+                let mut per_batch = Vec::new();
+                while let Some(batch) = stream.next().await {
+                    let batch = batch?;
+                    let timer = baseline.elapsed_compute().timer();
+                    let (folds, count) =
+                        blocking(move || fold_block_batch(&batch, block, groups, minmax)).await?;
+                    timer.done();
+                    blocks.add(count);
+                    per_batch.push(folds);
+                }
+                let folded = merge_folds(per_batch.into_iter(), groups);
+                let batch = folded_batch(folded, &aggregates, &out_schema)?;
+                baseline.record_output(batch.num_rows());
+                return Ok(vec![batch]);
+            }
+            let Some(la) = input.downcast_ref::<LaExec>() else {
+                return exec_err!("BlockAggregateExec lost its matrix operator");
+            };
             let parts = la.properties().output_partitioning().partition_count();
             // An elementwise program is folded as it runs; anything else is computed,
             // then folded block by block.
@@ -466,6 +489,32 @@ fn fold_matrix(m: &BlockMatrix, groups: CellGroups, minmax: bool) -> Vec<(i64, F
     merge_folds(per_block.into_iter(), groups)
 }
 
+/// The folds of the non-zero cells of the blocks of one block-stream batch, and how
+/// many blocks it held.
+fn fold_block_batch(
+    batch: &RecordBatch,
+    (br, bc): (u64, u64),
+    groups: CellGroups,
+    minmax: bool,
+) -> Result<(Vec<(i64, Fold)>, usize)> {
+    let rows = BlockRows::new(batch, 0)?;
+    let mut per_block = Vec::with_capacity(rows.len());
+    for row in 0..rows.len() {
+        let (bi, bj) = rows.key(row);
+        let block = rows.block(row)?;
+        let origin = ((bi * br) as i64, (bj * bc) as i64);
+        let mut folds = BlockFolds::new(groups, minmax, origin, block.shape());
+        folds.block(&block);
+        per_block.push(folds.finish());
+    }
+    let mut merged: HashMap<i64, Fold> = HashMap::new();
+    for (k, f) in per_block.into_iter().flatten() {
+        let e = merged.entry(k).or_default();
+        *e = e.merge(f);
+    }
+    Ok((merged.into_iter().collect(), rows.len()))
+}
+
 /// The folds of the cells of the fused elementwise program `steps` over `leaves`,
 /// without making its result: dense blocks are folded chunk by chunk as the program
 /// produces them.
@@ -698,6 +747,9 @@ fn cells_source(plan: &Arc<dyn ExecutionPlan>) -> Option<(Arc<dyn ExecutionPlan>
             })
             .collect::<Option<Vec<_>>>()?;
         return Some((la, columns));
+    }
+    if node.downcast_ref::<BlockCellsExec>().is_some() {
+        return Some((Arc::clone(node), vec![0, 1, 2]));
     }
     let la = node.downcast_ref::<LaExec>()?;
     let scalar = matches!(la.op(), Op::Reduce(r) if r.is_scalar());

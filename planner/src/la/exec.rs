@@ -239,12 +239,23 @@ impl LaExec {
             let op = self.op.clone();
             let strategy = self.choice.as_ref().map(|c| c.chosen.strategy);
             let parts = self.parts;
+            let flow = self.flow.is_some();
             let (mut m, work) = tokio::task::spawn_blocking(move || {
                 let mut work = Work {
                     sink,
                     ..Work::default()
                 };
-                let m = run(op, strategy, inputs, parts, &mut work)?;
+                let m = match (flow, <[BlockMatrix; 1]>::try_from(inputs)) {
+                    // A product its block dataflow child computed.
+                    (true, Ok([m])) => m,
+                    (true, Err(_)) => {
+                        return Err(DataFusionError::Internal(
+                            "a dataflow operator has one input".into(),
+                        ));
+                    }
+                    (false, Ok(inputs)) => run(op, strategy, inputs.into(), parts, &mut work)?,
+                    (false, Err(inputs)) => run(op, strategy, inputs, parts, &mut work)?,
+                };
                 Ok::<_, DataFusionError>((m, work))
             })
             .await
@@ -288,7 +299,6 @@ fn run(
     // Only a product that is this operator's result may hand its blocks to the sink
     // (an mmchain forced into two products must not offer its intermediate one).
     let sink = work.sink.take();
-    let one_input = inputs.len() == 1;
     let mut it = inputs.into_iter();
     let mut arg = || {
         it.next().ok_or_else(|| {
@@ -307,8 +317,6 @@ fn run(
             min,
             max,
         } => ops::rand(rows, cols, density, seed, min, max, n)?,
-        // A product its block dataflow child computed.
-        Op::MatMul if one_input => arg()?,
         Op::MatMul => {
             let (a, b) = (arg()?, arg()?);
             work.sink = sink;

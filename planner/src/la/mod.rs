@@ -73,6 +73,9 @@ pub async fn compute_blocks(
     sink: Option<Arc<dyn TileSink>>,
 ) -> datafusion::common::Result<Option<BlockMatrix>> {
     let node = exec::look_through(plan);
+    if let Some(cells) = node.downcast_ref::<flow::BlockCellsExec>() {
+        return flow_blocks(cells, ctx, sink).await.map(Some);
+    }
     match node.downcast_ref::<LaExec>() {
         Some(la)
             if datafusion::physical_plan::ExecutionPlan::schema(la)
@@ -84,6 +87,43 @@ pub async fn compute_blocks(
         }
         _ => Ok(None),
     }
+}
+
+/// The blocks of a dataflow whose cells `cells` would make, each offered to `sink` as
+/// it arrives, and all of them as a matrix whose memory is reserved in the session pool.
+async fn flow_blocks(
+    cells: &flow::BlockCellsExec,
+    ctx: Arc<datafusion::execution::TaskContext>,
+    sink: Option<Arc<dyn TileSink>>,
+) -> datafusion::common::Result<BlockMatrix> {
+    use datafusion::execution::memory_pool::MemoryConsumer;
+    use futures::StreamExt;
+
+    let exec::FlowGeometry { shape, block } = cells.geometry();
+    let sink = match sink {
+        Some(s) if s.open(shape, block)? => Some(s),
+        _ => None,
+    };
+    let reservation = MemoryConsumer::new("matrix expression blocks").register(ctx.memory_pool());
+    let parts = ctx.session_config().target_partitions().max(1);
+    let mut stream =
+        datafusion::physical_plan::execute_stream(Arc::clone(cells.input()), ctx.clone())?;
+    let mut batches = Vec::new();
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        reservation.try_grow(batch.get_array_memory_size())?;
+        if let Some(sink) = &sink {
+            let rows = flow::BlockRows::new(&batch, 0)?;
+            for row in 0..rows.len() {
+                let (bi, bj) = rows.key(row);
+                sink.put(&(bi, bj, Arc::new(rows.block(row)?)))?;
+            }
+        }
+        batches.push(batch);
+    }
+    let mut m = BlockMatrix::from_block_batches(&batches, cells.geometry(), parts)?;
+    m.reservation = Some(reservation);
+    Ok(m)
 }
 
 #[cfg(test)]

@@ -21,7 +21,9 @@ use tessera_storage::Partitioning;
 
 use super::exec::{FlowGeometry, LaExec, Output, cells_schema, rows_schema};
 use super::expr::{Estimate, MatExpr, Op};
-use super::flow::{BlockScanExec, FlowStrategy, matmul_plan};
+use super::flow::{
+    BlockCellsExec, BlockMap, BlockMapExec, BlockScanExec, FlowStrategy, fused_plan, matmul_plan,
+};
 use super::matrix::{KeyFn, Layout};
 use super::strategy::{self, CostContext, Operand, Pattern, Strategy};
 use crate::partitioning::hash_placement_is_live;
@@ -299,16 +301,73 @@ fn build(e: &MatExpr, ctx: &Ctx<'_>, output: Output) -> Result<(Arc<LaExec>, Ope
 /// The dataflow strategy a chosen matmul strategy runs as, if it has one.
 fn flow_strategy(strategy: Strategy) -> Option<FlowStrategy> {
     match strategy {
+        Strategy::Local => Some(FlowStrategy::Local),
         Strategy::Repartition => Some(FlowStrategy::Repartition),
         Strategy::BroadcastRight => Some(FlowStrategy::BroadcastRight),
         Strategy::BroadcastLeft => Some(FlowStrategy::BroadcastLeft),
-        _ => None,
+        Strategy::CoPartitioned => Some(FlowStrategy::CoPartitioned),
+        Strategy::Replication => Some(FlowStrategy::Replication),
+        Strategy::Tsmm | Strategy::MMChain => None,
     }
 }
 
-/// A product of two stored matrices whose blocks meet (`a`'s block columns are `b`'s
-/// block rows), with a strategy that has a dataflow shape, planned as that dataflow:
-/// block scans, DataFusion's join and exchanges, Tessera's block product and sum.
+/// An operand that is a block stream: a stored matrix's scan, or the transpose of one.
+struct FlowOperand {
+    plan: Arc<dyn ExecutionPlan>,
+    shape: (u64, u64),
+    block: (u64, u64),
+    /// Each partition holds whole block rows (stored by row, or one block column).
+    rows_together: bool,
+}
+
+impl FlowOperand {
+    fn grid(&self) -> (u64, u64) {
+        (
+            self.shape.0.div_ceil(self.block.0.max(1)).max(1),
+            self.shape.1.div_ceil(self.block.1.max(1)).max(1),
+        )
+    }
+}
+
+fn flow_operand(e: &MatExpr) -> Result<Option<FlowOperand>> {
+    Ok(match &e.op {
+        Op::Array(p) => {
+            let operand = FlowOperand {
+                plan: Arc::new(BlockScanExec::new(p.clone())),
+                shape: p.shape(),
+                block: p.block(),
+                rows_together: false,
+            };
+            let rows_together =
+                matches!(p.partitioning(), Partitioning::RowBlock { .. }) || operand.grid().1 == 1;
+            Some(FlowOperand {
+                rows_together,
+                ..operand
+            })
+        }
+        Op::Transpose => {
+            let Some(x) = flow_operand(&e.args[0])? else {
+                return Ok(None);
+            };
+            let operand = FlowOperand {
+                plan: Arc::new(BlockMapExec::try_new(x.plan, BlockMap::Transpose)?),
+                shape: (x.shape.1, x.shape.0),
+                block: (x.block.1, x.block.0),
+                rows_together: false,
+            };
+            let rows_together = operand.grid().1 == 1;
+            Some(FlowOperand {
+                rows_together,
+                ..operand
+            })
+        }
+        _ => None,
+    })
+}
+
+/// A product whose operands are stored matrices (or their transposes) whose blocks
+/// meet, with a strategy that has a dataflow shape, planned as that dataflow: block
+/// scans, DataFusion's joins and exchanges, Tessera's block operators.
 fn block_dataflow(
     e: &MatExpr,
     choice: Option<&strategy::Choice>,
@@ -316,29 +375,68 @@ fn block_dataflow(
     output: Output,
     parts: usize,
 ) -> Result<Option<LaExec>> {
-    let (Op::MatMul, Some(choice)) = (&e.op, choice) else {
+    let Some(choice) = choice else {
         return Ok(None);
     };
-    let Some(flow) = flow_strategy(choice.chosen.strategy) else {
-        return Ok(None);
-    };
-    let [a, b] = e.args.as_slice() else {
-        return Ok(None);
-    };
-    let (Op::Array(pa), Op::Array(pb)) = (&a.op, &b.op) else {
-        return Ok(None);
-    };
-    if pa.block().1 != pb.block().0 {
-        return Ok(None);
-    }
-    let plan = matmul_plan(
-        Arc::new(BlockScanExec::new(pa.clone())),
-        Arc::new(BlockScanExec::new(pb.clone())),
-        flow,
-    )?;
-    let geometry = FlowGeometry {
-        shape: (pa.shape().0, pb.shape().1),
-        block: (pa.block().0, pb.block().1),
+    let strategy = choice.chosen.strategy;
+    let (plan, geometry) = match (&e.op, e.args.as_slice()) {
+        (Op::MatMul, [a, b]) => {
+            let Some(flow) = flow_strategy(strategy) else {
+                return Ok(None);
+            };
+            let (Some(a), Some(b)) = (flow_operand(a)?, flow_operand(b)?) else {
+                return Ok(None);
+            };
+            if a.block.1 != b.block.0 || a.shape.1 != b.shape.0 {
+                return Ok(None);
+            }
+            let grid = (a.grid().0, b.grid().1);
+            let geometry = FlowGeometry {
+                shape: (a.shape.0, b.shape.1),
+                block: (a.block.0, b.block.1),
+            };
+            (matmul_plan(a.plan, b.plan, flow, grid)?, geometry)
+        }
+        (Op::Tsmm, [x]) if strategy != Strategy::Tsmm => {
+            // The cost model chose a plain strategy for t(X) X: the product of the
+            // transposed scan with the scan.
+            let Some(flow) = flow_strategy(strategy) else {
+                return Ok(None);
+            };
+            let (Some(a), Some(b)) = (flow_operand(&x.clone().t())?, flow_operand(x)?) else {
+                return Ok(None);
+            };
+            let grid = (a.grid().0, b.grid().1);
+            let geometry = FlowGeometry {
+                shape: (a.shape.0, b.shape.1),
+                block: (a.block.0, b.block.1),
+            };
+            (matmul_plan(a.plan, b.plan, flow, grid)?, geometry)
+        }
+        (Op::Tsmm, [x]) => {
+            let Some(x) = flow_operand(x)? else {
+                return Ok(None);
+            };
+            let geometry = FlowGeometry {
+                shape: (x.shape.1, x.shape.1),
+                block: (x.block.1, x.block.1),
+            };
+            (fused_plan(x.plan, None, x.rows_together)?, geometry)
+        }
+        (Op::MMChain, [x, v]) if strategy == Strategy::MMChain => {
+            let (Some(x), Some(v)) = (flow_operand(x)?, flow_operand(v)?) else {
+                return Ok(None);
+            };
+            if x.block.1 != v.block.0 || x.shape.1 != v.shape.0 {
+                return Ok(None);
+            }
+            let geometry = FlowGeometry {
+                shape: (x.shape.1, v.shape.1),
+                block: (x.block.1, v.block.1),
+            };
+            (fused_plan(x.plan, Some(v.plan), x.rows_together)?, geometry)
+        }
+        _ => return Ok(None),
     };
     let exec = LaExec::new(
         e.op.clone(),
@@ -381,6 +479,22 @@ impl ExtensionPlanner for LaPlanner {
             forced,
         };
         let (exec, _) = build(&node.expr, &ctx, node.output)?;
+        // A dataflow at the top streams its cells as its blocks arrive; below another
+        // operator it is still computed into a matrix by its `LaExec`.
+        if let (Some(geometry), Output::Cells, [flow]) =
+            (exec.flow(), node.output, exec.children().as_slice())
+        {
+            let line = datafusion::physical_plan::displayable(exec.as_ref())
+                .one_line()
+                .to_string();
+            let planned = line
+                .trim()
+                .split_once(": ")
+                .map_or(line.trim(), |(_, rest)| rest)
+                .to_string();
+            let cells = BlockCellsExec::try_new(Arc::clone(flow), geometry, planned)?;
+            return Ok(Some(Arc::new(cells)));
+        }
         Ok(Some(exec))
     }
 }

@@ -557,7 +557,13 @@ pub(crate) fn matmul(
                 (Layout::Cols(f), Layout::Rows(g)) => f == g && a.parts.len() == b.parts.len(),
                 _ => false,
             };
-            if strategy == Strategy::Repartition || !co {
+            if strategy == Strategy::CoPartitioned && !co {
+                // Never relabel: the planner offers zipmm only where the placement holds.
+                return exec_err!(
+                    "internal: copartitioned (zipmm) was planned for operands that are not placed alike on k"
+                );
+            }
+            if strategy == Strategy::Repartition {
                 work.bytes_moved += a.repartition(Layout::Cols(KeyFn::Hash), n);
                 work.bytes_moved += b.repartition(Layout::Rows(KeyFn::Hash), n);
             }

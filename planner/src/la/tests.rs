@@ -817,7 +817,13 @@ async fn dataflow_strategies_have_their_shape_match_naive_and_share_the_work() {
             .with_default_features()
             .with_config(config);
         let ctx = SessionContext::new_with_state(super::install(state, store.clone()).build());
-        for strategy in ["repartition", "broadcast", "broadcast_left"] {
+        for strategy in [
+            "repartition",
+            "broadcast",
+            "broadcast_left",
+            "local",
+            "replication",
+        ] {
             run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
                 .await
                 .unwrap();
@@ -850,6 +856,36 @@ async fn dataflow_strategies_have_their_shape_match_naive_and_share_the_work() {
                                 shape.contains("RepartitionExec: partitioning=Hash([bj@1]")
                                     && shape.contains("RepartitionExec: partitioning=Hash([bi@0]"),
                                 "{what}: both sides are repartitioned on k\n{shape}"
+                            );
+                        }
+                    }
+                    "local" => {
+                        assert!(
+                            shape.contains("BlockSumExec: sum by (bi, bj) in one partition")
+                                && shape.contains("partial sums by (i, j), in one partition")
+                                && shape.contains("HashJoinExec: mode=CollectLeft")
+                                && !k_exchange
+                                && !shape.contains("RepartitionExec: partitioning=Hash"),
+                            "{what}: one task, no hash repartition\n{shape}"
+                        );
+                    }
+                    "replication" => {
+                        assert!(
+                            shape.contains("HashJoinExec: mode=Partitioned")
+                                && shape.contains("filter=")
+                                && shape.contains("to the")
+                                && !k_exchange
+                                && !shape
+                                    .contains("RepartitionExec: partitioning=Hash([bi@0, bj@1]"),
+                            "{what}: fan-out, one exchange on (i, j), no aggregation exchange\n{shape}"
+                        );
+                        if partitions > 1 {
+                            assert!(
+                                shape.contains("RepartitionExec: partitioning=Hash([bi@1, oj@0]")
+                                    && shape.contains(
+                                        "RepartitionExec: partitioning=Hash([oi@0, bj@2]"
+                                    ),
+                                "{what}: both sides sent to their output blocks\n{shape}"
                             );
                         }
                     }
@@ -896,7 +932,13 @@ async fn dataflow_strategies_have_their_shape_match_naive_and_share_the_work() {
                     needed,
                     "{what}: block products computed, by partition {products:?}"
                 );
-                if strategy == "repartition" && partitions > 1 {
+                if strategy == "local" {
+                    assert!(
+                        products.len() <= 1,
+                        "{what}: local runs in one task: {products:?}"
+                    );
+                }
+                if matches!(strategy, "repartition" | "replication") && partitions > 1 {
                     let busiest = products.values().max().copied().unwrap_or(0) as u64;
                     assert!(
                         busiest < needed,
@@ -911,6 +953,182 @@ async fn dataflow_strategies_have_their_shape_match_naive_and_share_the_work() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The cells of a plan's `(i, j, v)` batches as an `r x c` matrix.
+fn cells_of(batches: &[RecordBatch], r: usize, c: usize) -> M {
+    let mut got = M::new(r, c, |_, _| 0.0);
+    for batch in batches {
+        let i = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let j = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let v = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        for k in 0..batch.num_rows() {
+            got.v[i.value(k) as usize * c + j.value(k) as usize] += v.value(k);
+        }
+    }
+    got
+}
+
+/// zipmm, tsmm and mmchain as dataflows: `t(a) b` for two matrices stored by row alike
+/// joins partition p with partition p (no exchange before the join) and is refused for
+/// matrices stored otherwise; `t(x) x` and `t(x) (x v)` make one partial per partition
+/// and move `x` only when its partitions do not hold whole block rows. Each result is
+/// checked against the naive product, and each block product is made once.
+#[tokio::test]
+async fn zipmm_tsmm_and_mmchain_run_as_dataflows() {
+    let store = Store::in_memory();
+    let a = M::random(40, 12, 0.9, 21);
+    let s = M::random(40, 9, 0.08, 22);
+    let b = M::random(40, 9, 0.9, 23);
+    let x = M::random(50, 7, 0.9, 24);
+    let w = M::random(50, 11, 0.3, 25);
+    let v = M::random(7, 1, 1.0, 26);
+    let vw = M::random(11, 2, 1.0, 27);
+    // a, s and b: 8 block rows of 5, by row over 3 shards: placed alike on k.
+    put(
+        &store,
+        "a",
+        &a,
+        (5, 4),
+        Partitioning::RowBlock { shards: 3 },
+    );
+    put(
+        &store,
+        "s",
+        &s,
+        (5, 3),
+        Partitioning::RowBlock { shards: 3 },
+    );
+    put(
+        &store,
+        "b",
+        &b,
+        (5, 3),
+        Partitioning::RowBlock { shards: 3 },
+    );
+    // c: the same blocks over 2 shards, not placed like a.
+    put(
+        &store,
+        "c",
+        &b,
+        (5, 3),
+        Partitioning::RowBlock { shards: 2 },
+    );
+    // x: one block column (each block a whole block row); w: three block columns,
+    // hash-placed, so its block rows are gathered by bi first.
+    put(&store, "x", &x, (8, 7), Partitioning::Hash { shards: 3 });
+    put(&store, "w", &w, (8, 4), Partitioning::Hash { shards: 2 });
+    put(&store, "v", &v, (7, 1), Partitioning::Hash { shards: 1 });
+    put(&store, "vw", &vw, (4, 2), Partitioning::Hash { shards: 2 });
+    for partitions in [1usize, 2, 5, 16] {
+        let config = super::session_config(SessionConfig::new().with_target_partitions(partitions));
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config);
+        let ctx = SessionContext::new_with_state(super::install(state, store.clone()).build());
+        let plan_of = |sql: String| {
+            let ctx = ctx.clone();
+            async move {
+                let plan = ctx.sql(&sql).await?.create_physical_plan().await?;
+                let shape = datafusion::physical_plan::displayable(plan.as_ref())
+                    .indent(false)
+                    .to_string();
+                let batches =
+                    datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx()).await?;
+                Ok::<_, datafusion::common::DataFusionError>((plan, shape, batches))
+            }
+        };
+
+        run(&ctx, "SET tessera.matmul_strategy = 'copartitioned'")
+            .await
+            .unwrap();
+        for (y, my, cols) in [("b", &b, 9usize), ("s", &s, 9)] {
+            for (lhs, ml) in [("a", &a), ("s", &s)] {
+                let what = format!("t({lhs}) {y} zipmm over {partitions} partitions");
+                let (plan, shape, batches) =
+                    plan_of(format!("SELECT * FROM matmul(t({lhs}), {y})"))
+                        .await
+                        .unwrap();
+                assert!(
+                    shape.contains("BlockZipJoinExec")
+                        && shape.contains("BlockMapExec: transpose")
+                        && !shape.contains("RepartitionExec: partitioning=Hash([bj@1]")
+                        && !shape.contains("RepartitionExec: partitioning=Hash([bi@0], "),
+                    "{what}: no exchange before the join\n{shape}"
+                );
+                cells_of(&batches, ml.c, cols).assert_close(&ml.t().mm(my), &what);
+                let (lb, yb) = (if lhs == "a" { (4, 5) } else { (3, 5) }, (5, 3));
+                let needed = block_products_needed(&ml.t(), lb, my, yb);
+                let products = counter_by_partition(&plan, "BlockProductExec", "block_products");
+                assert_eq!(products.values().sum::<usize>() as u64, needed, "{what}");
+            }
+        }
+        let e = error(&ctx, "SELECT * FROM matmul(t(a), c)").await;
+        assert!(e.contains("'copartitioned' cannot run this product"), "{e}");
+        let e = error(&ctx, "SELECT * FROM matmul(a, t(a))").await;
+        assert!(e.contains("'copartitioned' cannot run this product"), "{e}");
+
+        run(&ctx, "SET tessera.matmul_strategy = 'tsmm'")
+            .await
+            .unwrap();
+        for (name, m, bc, gathered) in [("x", &x, 7usize, false), ("w", &w, 4, true)] {
+            let what = format!("t({name}) {name} tsmm over {partitions} partitions");
+            let (plan, shape, batches) =
+                plan_of(format!("SELECT * FROM matmul(t({name}), {name})"))
+                    .await
+                    .unwrap();
+            assert!(
+                shape.contains("FusedPartialExec: tsmm")
+                    && shape.contains("BlockSumExec: sum by (bi, bj) in one partition"),
+                "{what}\n{shape}"
+            );
+            assert_eq!(
+                shape.contains("RepartitionExec: partitioning=Hash([bi@0], "),
+                gathered,
+                "{what}: x moves only when its partitions lack whole block rows\n{shape}"
+            );
+            cells_of(&batches, m.c, m.c).assert_close(&m.t().mm(m), &what);
+            // Per block row of nb blocks: nb diagonal products and nb (nb - 1) / 2 others.
+            let nb = m.c.div_ceil(bc) as u64;
+            let rows = m.r.div_ceil(8) as u64;
+            let products = counter_by_partition(&plan, "FusedPartialExec", "block_products");
+            assert_eq!(
+                products.values().sum::<usize>() as u64,
+                rows * (nb + nb * (nb - 1) / 2),
+                "{what}: {products:?}"
+            );
+        }
+
+        run(&ctx, "SET tessera.matmul_strategy = 'mmchain'")
+            .await
+            .unwrap();
+        for (name, m, vec, mv) in [("x", &x, "v", &v), ("w", &w, "vw", &vw)] {
+            let what = format!("t({name}) ({name} {vec}) mmchain over {partitions} partitions");
+            let (_, shape, batches) = plan_of(format!(
+                "SELECT * FROM matmul(t({name}), matmul({name}, {vec}))"
+            ))
+            .await
+            .unwrap();
+            assert!(
+                shape.contains("FusedPartialExec: mmchain")
+                    && shape.contains("BlockSumExec: sum by (bi, bj) in one partition"),
+                "{what}\n{shape}"
+            );
+            cells_of(&batches, m.c, mv.c).assert_close(&m.t().mm(&m.mm(mv)), &what);
         }
     }
 }

@@ -19,7 +19,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::{BlockRows, is_block_stream};
+use super::{BlockRows, block_stream_at, is_block_stream};
 
 /// Passes the batches of the exchange below it through unchanged, counting the blocks
 /// and the bytes of block data that came out of it (`blocks_moved`, `bytes_moved` in
@@ -116,7 +116,7 @@ impl ExecutionPlan for ExchangeMeterExec {
         let schema = input.schema();
         let stream = input.map(move |batch| {
             let batch = batch?;
-            let rows = BlockRows::new(&batch, 0)?;
+            let rows = BlockRows::new(&batch, block_stream_at(&batch.schema()).unwrap_or(0))?;
             blocks.add(rows.len());
             bytes.add((0..rows.len()).map(|r| rows.bytes(r)).sum());
             Ok(batch)

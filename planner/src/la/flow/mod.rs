@@ -5,39 +5,62 @@
 //! [`tessera_storage::block_fields`]. Blocks travel as Arrow data whose values are
 //! shared, never copied, by DataFusion's `take`, `concat` and hash repartition, so the
 //! strategies below are plans of DataFusion's own operators (hash repartitions, hash
-//! joins) with Tessera's kernels in three block operators:
+//! joins, coalesces) with Tessera's kernels in block operators:
 //!
 //! - [`BlockScanExec`] emits shard `k` of a stored matrix as partition `k`, and declares
 //!   `Hash([bi, bj], n)` when the stored placement is this build's hash placement;
+//! - [`BlockMapExec`] maps each block alone: a transpose, or the fan-out of rmm;
+//! - [`BlockZipJoinExec`] joins partition `p` of two inputs placed alike on `k`;
 //! - [`BlockProductExec`] multiplies the `A(i, k)` and `B(k, j)` blocks of each joined
 //!   row and keeps one partial sum per output block `(i, j)`;
+//! - [`FusedPartialExec`] makes one partial `t(X) X` or `t(X) (X v)` per partition;
 //! - [`BlockSumExec`] sums partials by `(i, j)`, requiring its input hash-partitioned on
-//!   `(i, j)`, so DataFusion's own distribution rule puts the exchange below it.
+//!   `(i, j)` (or, after tsmm, mmchain and a local product, in one partition), so
+//!   DataFusion's own distribution rule puts the exchange below it;
+//! - [`BlockCellsExec`] turns the blocks at the top into `(i, j, v)` rows as they come.
 //!
-//! [`matmul_plan`] builds the plan shape of a strategy:
+//! [`matmul_plan`] and [`fused_plan`] build the plan shape of each strategy:
 //!
 //! ```text
 //! repartition (cpmm)           broadcast (mapmm)            co-partitioned (zipmm)
 //! BlockSumExec                 BlockSumExec                 BlockSumExec
 //!   Repartition hash(bi, bj)     Repartition hash(bi, bj)     Repartition hash(bi, bj)
 //!     BlockProductExec             BlockProductExec             BlockProductExec
-//!       HashJoin Partitioned k       HashJoin CollectLeft k       HashJoin Partitioned k
-//!         Repartition hash(k)          small side (build)           A, partitioned on k
-//!           scan A                     big side (streams)           B, partitioned on k
+//!       HashJoin Partitioned k       HashJoin CollectLeft k       BlockZipJoinExec k
+//!         Repartition hash(k)          small side (build)           A, placed on k
+//!           scan A                     big side (streams)           B, placed alike
 //!         Repartition hash(k)
 //!           scan B
+//!
+//! replication (rmm)                    local (mm)               tsmm / mmchain
+//! BlockSumExec (no exchange)           BlockSumExec, 1 part     BlockSumExec, 1 part
+//!   BlockProductExec                     BlockProductExec         Coalesce
+//!     HashJoin Partitioned (i, j),         Coalesce                 FusedPartialExec
+//!             filter A.k = B.k               HashJoin CollectLeft     scan X (gathered
+//!       Repartition hash(i, j)                 Coalesce, scan A; B      by bi only when
+//!         BlockMapExec fan-out A                                        its partitions
+//!       Repartition hash(i, j)                                          lack whole rows)
+//!         BlockMapExec fan-out B                                      [Coalesce, scan v]
 //! ```
+//!
+//! zipmm is planned only when the stored placement guarantees it (two matrices stored
+//! by row alike, the left transposed); a forced strategy that cannot apply is refused
+//! when the statement is planned, never relabelled.
 //!
 //! The exchanges are planned by DataFusion (`EnforceDistribution` from the operators'
 //! declared requirements), not placed by hand, and [`MeterExchanges`] puts an
 //! [`ExchangeMeterExec`] above each one that carries blocks, so EXPLAIN ANALYZE shows
 //! the blocks and bytes that really went through it.
 
+mod cells;
+mod fused;
+mod map;
 mod meter;
 mod plan;
 mod product;
 mod scan;
 mod sum;
+mod zip;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -51,11 +74,15 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::StreamExt;
 use tessera_storage::{BLOCK_FIELD_COUNT, Block, BlockColumns, BlockColumnsBuilder, block_fields};
 
+pub use cells::BlockCellsExec;
+pub use fused::FusedPartialExec;
+pub use map::{BlockMap, BlockMapExec};
 pub use meter::{ExchangeMeterExec, MeterExchanges};
-pub use plan::{FlowStrategy, matmul_plan};
-pub use product::BlockProductExec;
+pub use plan::{FlowStrategy, fused_plan, matmul_plan};
+pub use product::{BlockProductExec, OutputKeys};
 pub use scan::BlockScanExec;
 pub use sum::BlockSumExec;
+pub use zip::BlockZipJoinExec;
 
 use crate::error::storage_error;
 use crate::la::ops::Acc;
@@ -89,6 +116,17 @@ pub fn is_block_stream(schema: &Schema) -> bool {
             .fields()
             .iter()
             .any(|f| f.name() == tessera_storage::BLOCK_VALUES)
+}
+
+/// Where the (first) block stream of `schema` starts: the column of its `bi` key, with
+/// any columns in front of it (such as a fan-out's output key).
+pub fn block_stream_at(schema: &Schema) -> Option<usize> {
+    let values = schema
+        .fields()
+        .iter()
+        .position(|f| f.name() == tessera_storage::BLOCK_VALUES)?;
+    // bi, bj, then rows, cols and nnz before the values.
+    values.checked_sub(5)
 }
 
 /// Collects blocks into batches of a block stream.

@@ -12,14 +12,40 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
-    PlanProperties, SendableRecordBatchStream,
+    DisplayAs, DisplayFormatType, Distribution, ExecutionPlan, ExecutionPlanProperties,
+    Partitioning, PlanProperties, SendableRecordBatchStream,
 };
 use futures::TryStreamExt;
 
-use super::{BLOCK_STREAM_WIDTH, BlockRows, batches_stream, block_stream_schema, sum_batches};
+use datafusion::physical_expr::expressions::Column;
+
+use super::{
+    BI, BJ, BLOCK_STREAM_WIDTH, BlockRows, batches_stream, block_stream_schema, sum_batches,
+};
 use crate::error::blocking;
 use crate::la::ops::Acc;
+
+/// The input columns that hold an output block's row key `i` and column key `j`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputKeys {
+    /// Columns equal to `i`.
+    pub i: Vec<usize>,
+    /// Columns equal to `j`.
+    pub j: Vec<usize>,
+}
+
+impl OutputKeys {
+    fn placed_by_output(&self, exprs: &[Arc<dyn PhysicalExpr>]) -> bool {
+        let at = |e: &Arc<dyn PhysicalExpr>| e.downcast_ref::<Column>().map(|c| c.index());
+        match exprs {
+            [x, y] => {
+                at(x).is_some_and(|c| self.i.contains(&c))
+                    && at(y).is_some_and(|c| self.j.contains(&c))
+            }
+            _ => false,
+        }
+    }
+}
 
 /// Multiplies, for each input row, the block `A(i, k)` whose block stream columns start
 /// at `a_at` with the block `B(k, j)` starting at `b_at` (the row of a join on `k`), and
@@ -31,6 +57,8 @@ pub struct BlockProductExec {
     input: Arc<dyn ExecutionPlan>,
     a_at: usize,
     b_at: usize,
+    keys: OutputKeys,
+    single: bool,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -39,6 +67,31 @@ impl BlockProductExec {
     /// Products of the rows of `input`, with `A`'s block stream at column `a_at` and
     /// `B`'s at `b_at`.
     pub fn try_new(input: Arc<dyn ExecutionPlan>, a_at: usize, b_at: usize) -> Result<Self> {
+        let keys = OutputKeys {
+            i: vec![a_at],
+            j: vec![b_at + 1],
+        };
+        Self::with_keys(input, a_at, b_at, keys)
+    }
+
+    /// [`BlockProductExec::try_new`] making every product in one partition (the local
+    /// strategy): it requires its input in one partition, so the products are one task.
+    pub fn single(input: Arc<dyn ExecutionPlan>, a_at: usize, b_at: usize) -> Result<Self> {
+        let mut exec = Self::try_new(input, a_at, b_at)?;
+        exec.single = true;
+        Ok(exec)
+    }
+
+    /// [`BlockProductExec::try_new`] where the input columns `keys` also hold the output
+    /// block's `i` and `j`: when the input is hash-partitioned on one of each (in that
+    /// order), every output block `(i, j)` is made in one partition only, and the output
+    /// declares `Hash([bi, bj])`, so the block sum above needs no exchange.
+    pub fn with_keys(
+        input: Arc<dyn ExecutionPlan>,
+        a_at: usize,
+        b_at: usize,
+        keys: OutputKeys,
+    ) -> Result<Self> {
         let width = input.schema().fields().len();
         for at in [a_at, b_at] {
             if at + BLOCK_STREAM_WIDTH > width {
@@ -48,9 +101,19 @@ impl BlockProductExec {
             }
         }
         let parts = input.output_partitioning().partition_count();
+        let partitioning = match input.output_partitioning() {
+            Partitioning::Hash(exprs, n) if keys.placed_by_output(exprs) => Partitioning::Hash(
+                vec![
+                    Arc::new(Column::new(BI, 0)) as Arc<dyn PhysicalExpr>,
+                    Arc::new(Column::new(BJ, 1)),
+                ],
+                *n,
+            ),
+            _ => Partitioning::UnknownPartitioning(parts),
+        };
         let props = PlanProperties::new(
             EquivalenceProperties::new(block_stream_schema()),
-            Partitioning::UnknownPartitioning(parts),
+            partitioning,
             EmissionType::Final,
             Boundedness::Bounded,
         );
@@ -58,6 +121,8 @@ impl BlockProductExec {
             input,
             a_at,
             b_at,
+            keys,
+            single: false,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -68,8 +133,14 @@ impl DisplayAs for BlockProductExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "BlockProductExec: A(i, k) at column {} times B(k, j) at column {}, partial sums by (i, j)",
-            self.a_at, self.b_at
+            "BlockProductExec: A(i, k) at column {} times B(k, j) at column {}, partial sums by (i, j){}",
+            self.a_at,
+            self.b_at,
+            if self.single {
+                ", in one partition"
+            } else {
+                ""
+            }
         )
     }
 }
@@ -85,6 +156,14 @@ impl ExecutionPlan for BlockProductExec {
 
     fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
         vec![&self.input]
+    }
+
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        if self.single {
+            vec![Distribution::SinglePartition]
+        } else {
+            vec![Distribution::UnspecifiedDistribution]
+        }
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
@@ -103,7 +182,11 @@ impl ExecutionPlan for BlockProductExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::try_new(input, self.a_at, self.b_at)?)),
+            (Some(input), true) => {
+                let mut exec = Self::with_keys(input, self.a_at, self.b_at, self.keys.clone())?;
+                exec.single = self.single;
+                Ok(Arc::new(exec))
+            }
             _ => exec_err!("BlockProductExec takes one child"),
         }
     }

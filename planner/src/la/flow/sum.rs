@@ -30,6 +30,7 @@ use tessera_storage::Block;
 #[derive(Debug)]
 pub struct BlockSumExec {
     input: Arc<dyn ExecutionPlan>,
+    single: bool,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -41,18 +42,34 @@ fn keys() -> Vec<Arc<dyn PhysicalExpr>> {
 impl BlockSumExec {
     /// Sums of the block stream `input`.
     pub fn try_new(input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        Self::build(input, false)
+    }
+
+    /// The sums of all partials in one partition, after a coalesce (the partials of
+    /// tsmm and mmchain, or a local product).
+    pub fn single(input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        Self::build(input, true)
+    }
+
+    fn build(input: Arc<dyn ExecutionPlan>, single: bool) -> Result<Self> {
         if !is_block_stream(&input.schema()) {
             return exec_err!("BlockSumExec: the input is not a block stream");
         }
         let parts = input.output_partitioning().partition_count();
+        let partitioning = if single {
+            Partitioning::UnknownPartitioning(1)
+        } else {
+            Partitioning::Hash(keys(), parts)
+        };
         let props = PlanProperties::new(
             EquivalenceProperties::new(block_stream_schema()),
-            Partitioning::Hash(keys(), parts),
+            partitioning,
             EmissionType::Final,
             Boundedness::Bounded,
         );
         Ok(Self {
             input,
+            single,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -61,7 +78,11 @@ impl BlockSumExec {
 
 impl DisplayAs for BlockSumExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "BlockSumExec: sum by (bi, bj)")
+        if self.single {
+            write!(f, "BlockSumExec: sum by (bi, bj) in one partition")
+        } else {
+            write!(f, "BlockSumExec: sum by (bi, bj)")
+        }
     }
 }
 
@@ -79,7 +100,11 @@ impl ExecutionPlan for BlockSumExec {
     }
 
     fn required_input_distribution(&self) -> Vec<Distribution> {
-        vec![Distribution::KeyPartitioned(keys())]
+        if self.single {
+            vec![Distribution::SinglePartition]
+        } else {
+            vec![Distribution::KeyPartitioned(keys())]
+        }
     }
 
     fn benefits_from_input_partitioning(&self) -> Vec<bool> {
@@ -98,7 +123,7 @@ impl ExecutionPlan for BlockSumExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::try_new(input)?)),
+            (Some(input), true) => Ok(Arc::new(Self::build(input, self.single)?)),
             _ => exec_err!("BlockSumExec takes one child"),
         }
     }

@@ -1,0 +1,193 @@
+//! From blocks to cells: the `(i, j, v)` rows of a matrix that a block dataflow
+//! computed, made partition by partition as its blocks arrive.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, exec_err};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+
+use super::{BI, BlockRows, is_block_stream};
+use crate::la::exec::{FlowGeometry, cells_schema};
+
+/// The non-zero cells of the matrix whose blocks `input` streams, as `(i, j, v)` rows:
+/// each partition turns the blocks it receives into rows, one input batch at a time, so
+/// no partition waits for the whole matrix and nothing holds it.
+#[derive(Debug)]
+pub struct BlockCellsExec {
+    input: Arc<dyn ExecutionPlan>,
+    geometry: FlowGeometry,
+    planned: String,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl BlockCellsExec {
+    /// The cells of the blocks of `input`, a matrix of `geometry`; `planned` is what the
+    /// planner chose for it (the operation, strategy and estimates), shown in EXPLAIN.
+    pub fn try_new(
+        input: Arc<dyn ExecutionPlan>,
+        geometry: FlowGeometry,
+        planned: String,
+    ) -> Result<Self> {
+        let schema = input.schema();
+        if !is_block_stream(&schema) || schema.field(0).name() != BI {
+            return exec_err!("BlockCellsExec: the input is not a block stream");
+        }
+        let parts = input.output_partitioning().partition_count();
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(cells_schema()),
+            Partitioning::UnknownPartitioning(parts),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            input,
+            geometry,
+            planned,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The block stream whose cells this makes.
+    pub fn input(&self) -> &Arc<dyn ExecutionPlan> {
+        &self.input
+    }
+
+    /// The shape and block size of the matrix.
+    pub fn geometry(&self) -> FlowGeometry {
+        self.geometry
+    }
+}
+
+impl DisplayAs for BlockCellsExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let FlowGeometry { shape, block } = self.geometry;
+        write!(
+            f,
+            "BlockCellsExec: (i, j, v) of {}x{} in {}x{} blocks, {}",
+            shape.0, shape.1, block.0, block.1, self.planned
+        )
+    }
+}
+
+impl ExecutionPlan for BlockCellsExec {
+    fn name(&self) -> &str {
+        "BlockCellsExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(Self::try_new(
+                input,
+                self.geometry,
+                self.planned.clone(),
+            )?)),
+            _ => exec_err!("BlockCellsExec takes one child"),
+        }
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let batch_size = context.session_config().batch_size().max(1);
+        let input = self.input.execute(partition, context)?;
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
+        let block = self.geometry.block;
+        let schema = self.schema();
+        let out_schema = schema.clone();
+        let stream = input.flat_map(move |batch| {
+            let timer = elapsed.timer();
+            let out = batch.and_then(|b| cell_batches(&b, block, batch_size, &out_schema));
+            timer.done();
+            let items: Vec<Result<RecordBatch>> = match out {
+                Ok(batches) => {
+                    output_rows.add(batches.iter().map(RecordBatch::num_rows).sum());
+                    batches.into_iter().map(Ok).collect()
+                }
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(items)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+/// The non-zero cells of the blocks of `batch`, at most `batch_size` rows a batch.
+fn cell_batches(
+    batch: &RecordBatch,
+    (br, bc): (u64, u64),
+    batch_size: usize,
+    schema: &datafusion::arrow::datatypes::SchemaRef,
+) -> Result<Vec<RecordBatch>> {
+    let rows = BlockRows::new(batch, 0)?;
+    let mut out = Vec::new();
+    let (mut is, mut js, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut flush = |is: &mut Vec<i64>, js: &mut Vec<i64>, vs: &mut Vec<f64>| -> Result<()> {
+        if is.is_empty() {
+            return Ok(());
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(std::mem::take(is))),
+            Arc::new(Int64Array::from(std::mem::take(js))),
+            Arc::new(Float64Array::from(std::mem::take(vs))),
+        ];
+        out.push(RecordBatch::try_new(schema.clone(), columns)?);
+        Ok(())
+    };
+    for row in 0..rows.len() {
+        let (bi, bj) = rows.key(row);
+        let (r0, c0) = ((bi * br) as i64, (bj * bc) as i64);
+        rows.block(row)?.for_each_nonzero(|r, c, v| {
+            is.push(r0 + r as i64);
+            js.push(c0 + c as i64);
+            vs.push(v);
+        });
+        if is.len() >= batch_size {
+            flush(&mut is, &mut js, &mut vs)?;
+        }
+    }
+    flush(&mut is, &mut js, &mut vs)?;
+    Ok(out)
+}

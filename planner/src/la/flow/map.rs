@@ -1,0 +1,245 @@
+//! Block operators that map each block on its own: a transpose, and the fan-out of a
+//! replicated product.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{Result, exec_err};
+use datafusion::execution::TaskContext;
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties, SendableRecordBatchStream,
+};
+use futures::StreamExt;
+use tessera_storage::kernels;
+
+use super::{BI, BJ, BlockBatches, BlockRows, block_stream_schema, is_block_stream};
+
+/// What a [`BlockMapExec`] does to each block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlockMap {
+    /// `t(X)`: block `(i, j)` becomes block `(j, i)`, transposed.
+    Transpose,
+    /// The left operand of a replicated product: block `A(i, k)` goes once to each of
+    /// the `copies` output blocks `(i, j)` it feeds, as rows `(oj, i, k, block)`.
+    FanOutLeft {
+        /// Block columns of the product.
+        copies: u64,
+    },
+    /// The right operand of a replicated product: block `B(k, j)` goes once to each of
+    /// the `copies` output blocks `(i, j)` it feeds, as rows `(oi, k, j, block)`.
+    FanOutRight {
+        /// Block rows of the product.
+        copies: u64,
+    },
+}
+
+/// The output block-row key column of a fanned-out right operand.
+pub(super) const OI: &str = "oi";
+/// The output block-column key column of a fanned-out left operand.
+pub(super) const OJ: &str = "oj";
+
+impl BlockMap {
+    fn schema(self) -> SchemaRef {
+        let prefix = match self {
+            BlockMap::Transpose => return block_stream_schema(),
+            BlockMap::FanOutLeft { .. } => OJ,
+            BlockMap::FanOutRight { .. } => OI,
+        };
+        let mut fields = vec![Field::new(prefix, DataType::Int64, false)];
+        fields.extend(
+            block_stream_schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone()),
+        );
+        Arc::new(Schema::new(fields))
+    }
+}
+
+/// Maps every block of a block stream by itself ([`BlockMap`]), partition by partition,
+/// as the batches arrive. A transpose keeps its input's hash partitioning (with the keys
+/// swapped); a fan-out's partitioning is unknown, the exchange after it places its rows.
+#[derive(Debug)]
+pub struct BlockMapExec {
+    input: Arc<dyn ExecutionPlan>,
+    map: BlockMap,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl BlockMapExec {
+    /// `map` over the block stream `input`.
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, map: BlockMap) -> Result<Self> {
+        let schema = input.schema();
+        if !is_block_stream(&schema) || schema.field(0).name() != BI {
+            return exec_err!("BlockMapExec: the input is not a block stream");
+        }
+        let parts = input.output_partitioning().partition_count();
+        let partitioning = match (map, input.output_partitioning()) {
+            (BlockMap::Transpose, Partitioning::Hash(keys, n)) if is_bi_bj(keys) => {
+                // Placed by hash(bi, bj) of the input: hash(bj, bi) of the output.
+                Partitioning::Hash(
+                    vec![
+                        Arc::new(Column::new(BJ, 1)) as Arc<dyn PhysicalExpr>,
+                        Arc::new(Column::new(BI, 0)),
+                    ],
+                    *n,
+                )
+            }
+            _ => Partitioning::UnknownPartitioning(parts),
+        };
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(map.schema()),
+            partitioning,
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            input,
+            map,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+}
+
+/// True if `keys` are exactly the columns `bi@0, bj@1`.
+fn is_bi_bj(keys: &[Arc<dyn PhysicalExpr>]) -> bool {
+    let at = |k: &Arc<dyn PhysicalExpr>| k.downcast_ref::<Column>().map(|c| c.index());
+    keys.len() == 2 && at(&keys[0]) == Some(0) && at(&keys[1]) == Some(1)
+}
+
+impl DisplayAs for BlockMapExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.map {
+            BlockMap::Transpose => write!(f, "BlockMapExec: transpose"),
+            BlockMap::FanOutLeft { copies } => write!(
+                f,
+                "BlockMapExec: A(i, k) to the {copies} output blocks (i, oj) it feeds"
+            ),
+            BlockMap::FanOutRight { copies } => write!(
+                f,
+                "BlockMapExec: B(k, j) to the {copies} output blocks (oi, j) it feeds"
+            ),
+        }
+    }
+}
+
+impl ExecutionPlan for BlockMapExec {
+    fn name(&self) -> &str {
+        "BlockMapExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        vec![false]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        mut children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        match (children.pop(), children.is_empty()) {
+            (Some(input), true) => Ok(Arc::new(Self::try_new(input, self.map)?)),
+            _ => exec_err!("BlockMapExec takes one child"),
+        }
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        let input = self.input.execute(partition, context)?;
+        let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
+        let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
+        let (map, schema) = (self.map, self.schema());
+        let out_schema = schema.clone();
+        let stream = input.map(move |batch| {
+            let batch = batch?;
+            let timer = elapsed.timer();
+            let out = match map {
+                BlockMap::Transpose => transpose_batch(&batch)?,
+                BlockMap::FanOutLeft { copies } | BlockMap::FanOutRight { copies } => {
+                    vec![fan_out(&batch, copies, &out_schema)?]
+                }
+            };
+            timer.done();
+            output_rows.add(out.iter().map(RecordBatch::num_rows).sum());
+            Ok(out)
+        });
+        let stream = stream.flat_map(|out: Result<Vec<RecordBatch>>| {
+            let items: Vec<Result<RecordBatch>> = match out {
+                Ok(batches) => batches.into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(items)
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+fn transpose_batch(batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
+    let rows = BlockRows::new(batch, 0)?;
+    let mut out = BlockBatches::new();
+    let mut batches = Vec::new();
+    for row in 0..rows.len() {
+        let (i, j) = rows.key(row);
+        let block = kernels::transpose(&rows.block(row)?);
+        batches.extend(out.push(j, i, &block)?);
+    }
+    let last = out.flush()?;
+    if last.num_rows() > 0 {
+        batches.push(last);
+    }
+    Ok(batches)
+}
+
+/// Every row of `batch` `copies` times, the copy number in a new first column. The block
+/// columns are taken, so the copies share the values' buffers.
+fn fan_out(batch: &RecordBatch, copies: u64, schema: &SchemaRef) -> Result<RecordBatch> {
+    let n = batch.num_rows();
+    let copies = copies.max(1);
+    let mut index = Vec::with_capacity(n * copies as usize);
+    let mut copy = Vec::with_capacity(n * copies as usize);
+    for row in 0..n {
+        for c in 0..copies {
+            index.push(row as u32);
+            copy.push(c as i64);
+        }
+    }
+    let index = UInt32Array::from(index);
+    let mut columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(copy))];
+    for column in batch.columns() {
+        columns.push(take(column.as_ref(), &index, None)?);
+    }
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
+}
