@@ -11,6 +11,7 @@
 //! | `::pg_catalog.text`, `::name`, `::"char"`, `::oid`, `::int2[]` | the plain SQL type |
 //! | `ARRAY(subquery)` | `(SELECT array_agg(...) ...)`, or an empty array when the subquery reads a set-returning function of an outer column |
 //! | `'{1,2}'` compared with `=` / `<>`, or in `= ANY('{r,p}')` | `make_array(1, 2)` |
+//! | `'{1,NULL}'::int[]` (any array type) | `make_array('1', NULL)::INT[]` |
 //! | `FROM pg_type` (a catalog table, unqualified) | `FROM pg_catalog.pg_type` |
 //! | `generate_subscripts(a, 1)` | `unnest(generate_series(1, array_length(a, 1)))` |
 //! | `FLOAT`, `FLOAT(53)` in `CREATE TABLE` and casts | `DOUBLE PRECISION`, as in PostgreSQL |
