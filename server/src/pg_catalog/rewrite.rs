@@ -902,7 +902,7 @@ mod tests {
             (
                 r#"SELECT '{1,NULL}'::int[], '{r,"p q"}'::text[], '{}'::int8[], '{1}'::int2[]"#,
                 "SELECT make_array('1', NULL)::INT[], make_array('r', 'p q')::TEXT[], \
-                 make_array()::INT8[], make_array('1')::SMALLINT[]",
+                 make_array()::INT8[], make_array('1')::INT2[]",
             ),
             (
                 "SELECT k = ANY('{r,p}'), k <> ALL ('{1, 2}'), k = ANY(make_array('r'))",
