@@ -146,4 +146,17 @@ cur.execute("SELECT count(*) > 0 FROM pg_catalog.pg_class c WHERE c.relkind = AN
             (["r", "p", "v", "m", "f"],))
 assert cur.fetchone() == (True,)
 
+# pgcli's \\dt (pgspecial's list_objects), its relkinds bound as a list.
+cur.execute("""SELECT n.nspname AS schema, c.relname AS name,
+  CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'p' THEN 'partitioned table'
+    WHEN 'm' THEN 'materialized view' WHEN 'i' THEN 'index' WHEN 'S' THEN 'sequence'
+    WHEN 's' THEN 'special' WHEN 'f' THEN 'foreign table' END AS type,
+  pg_catalog.pg_get_userbyid(c.relowner) AS owner
+FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind = ANY(%s) AND n.nspname <> 'pg_catalog' AND n.nspname <> 'information_schema'
+  AND n.nspname !~ '^pg_toast' AND pg_catalog.pg_table_is_visible(c.oid)
+ORDER BY 1, 2""", (["r", "p", ""],))
+listed = {name: kind for _, name, kind, _ in cur.fetchall()}
+assert listed.get("emp") == "table", listed
+
 print("ok")
