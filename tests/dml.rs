@@ -18,8 +18,7 @@ async fn psycopg_update_delete_on_tables_and_matrices_and_array_parameters() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let port = server.local_addr().port().to_string();
-    let script =
-        std::fs::read_to_string(Path::new(CLIENTS).join("dml_arrays_client.py")).unwrap();
+    let script = std::fs::read_to_string(Path::new(CLIENTS).join("dml_arrays_client.py")).unwrap();
     let cwd = dir.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || python::run_args(&cwd, &script, &[&port]))
         .await

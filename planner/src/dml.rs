@@ -88,7 +88,10 @@ pub(crate) fn check_row_changes(plan: &LogicalPlan) -> Result<()> {
             if let Some(reason) = unsupported_input(&dml.input)? {
                 refused = Some(tessera_error(
                     ErrorKind::FeatureNotSupported,
-                    format!("{what} of {} with {reason} is not supported", dml.table_name),
+                    format!(
+                        "{what} of {} with {reason} is not supported",
+                        dml.table_name
+                    ),
                 ));
                 return Ok(TreeNodeRecursion::Stop);
             }
@@ -211,9 +214,13 @@ mod tests {
     #[tokio::test]
     async fn update_and_delete_rewrite_a_stored_table() {
         let (catalog, ctx) = database();
-        sql(&catalog, &ctx, "CREATE TABLE t (a BIGINT NOT NULL, b DOUBLE)")
-            .await
-            .unwrap();
+        sql(
+            &catalog,
+            &ctx,
+            "CREATE TABLE t (a BIGINT NOT NULL, b DOUBLE)",
+        )
+        .await
+        .unwrap();
         // Three INSERTs: three files, scanned in three partitions.
         for k in 0..3 {
             let values: Vec<String> = (0..10)
@@ -249,7 +256,11 @@ mod tests {
         assert_eq!(rows(&catalog, &ctx, all).await, expected(&deleted));
 
         // Nothing matches: nothing is committed, the count is 0.
-        let n = count(&sql(&catalog, &ctx, "DELETE FROM t WHERE a > 100").await.unwrap());
+        let n = count(
+            &sql(&catalog, &ctx, "DELETE FROM t WHERE a > 100")
+                .await
+                .unwrap(),
+        );
         assert_eq!(n, 0);
 
         // A failure midway (NULL into NOT NULL, a bad cast) changes nothing.
@@ -262,18 +273,34 @@ mod tests {
         }
         // A division by zero on rows the statement does not touch is not evaluated.
         let n = count(
-            &sql(&catalog, &ctx, "UPDATE t SET b = 1 / (a - 1) WHERE a > 1 AND b IS NOT NULL")
-                .await
-                .unwrap(),
+            &sql(
+                &catalog,
+                &ctx,
+                "UPDATE t SET b = 1 / (a - 1) WHERE a > 1 AND b IS NOT NULL",
+            )
+            .await
+            .unwrap(),
         );
         assert_eq!(n, 17);
         // NULLs: a predicate that is NULL does not match.
-        let n = count(&sql(&catalog, &ctx, "UPDATE t SET b = NULL WHERE a = 2").await.unwrap());
+        let n = count(
+            &sql(&catalog, &ctx, "UPDATE t SET b = NULL WHERE a = 2")
+                .await
+                .unwrap(),
+        );
         assert_eq!(n, 1);
         // Integer division: b is 1 for a = 2 (now NULL), 0 above; a = 1 kept its 3.0.
-        let n = count(&sql(&catalog, &ctx, "DELETE FROM t WHERE b > 0").await.unwrap());
+        let n = count(
+            &sql(&catalog, &ctx, "DELETE FROM t WHERE b > 0")
+                .await
+                .unwrap(),
+        );
         assert_eq!(n, 1);
-        let n = count(&sql(&catalog, &ctx, "DELETE FROM t WHERE b = 0").await.unwrap());
+        let n = count(
+            &sql(&catalog, &ctx, "DELETE FROM t WHERE b = 0")
+                .await
+                .unwrap(),
+        );
         assert_eq!(n, 16);
         assert_eq!(rows(&catalog, &ctx, all).await, vec![(2, None)]);
         let n = count(&sql(&catalog, &ctx, "DELETE FROM t").await.unwrap());
@@ -342,17 +369,27 @@ mod tests {
         let step1 = |i: i64, _: i64, v: f64| if i < 5 { 2.0 * v } else { v };
         assert_eq!(cells(&catalog, &ctx).await, expected(&step1));
 
-        let n = count(&sql(&catalog, &ctx, "DELETE FROM m WHERE j = 3").await.unwrap());
+        let n = count(
+            &sql(&catalog, &ctx, "DELETE FROM m WHERE j = 3")
+                .await
+                .unwrap(),
+        );
         assert_eq!(n, 10);
         let step2 = |i: i64, j: i64, v: f64| if j == 3 { 0.0 } else { step1(i, j, v) };
         assert_eq!(cells(&catalog, &ctx).await, expected(&step2));
         // Deleted cells are absent, so they are not updated again.
-        let n = count(&sql(&catalog, &ctx, "UPDATE m SET v = -1 WHERE j = 3").await.unwrap());
+        let n = count(
+            &sql(&catalog, &ctx, "UPDATE m SET v = -1 WHERE j = 3")
+                .await
+                .unwrap(),
+        );
         assert_eq!(n, 0);
         let version = catalog.store().array("m").unwrap().current().version;
 
         // Coordinates cannot change; a NULL or a failing value changes nothing.
-        let e = sql(&catalog, &ctx, "UPDATE m SET i = i + 1").await.unwrap_err();
+        let e = sql(&catalog, &ctx, "UPDATE m SET i = i + 1")
+            .await
+            .unwrap_err();
         let t = crate::TesseraError::find(&e).unwrap();
         assert_eq!(t.kind(), ErrorKind::FeatureNotSupported);
         assert!(t.message().contains("dimension i"), "{}", t.message());
@@ -364,7 +401,10 @@ mod tests {
             assert!(sql(&catalog, &ctx, bad).await.is_err(), "{bad}");
         }
         assert_eq!(cells(&catalog, &ctx).await, expected(&step2));
-        assert_eq!(catalog.store().array("m").unwrap().current().version, version);
+        assert_eq!(
+            catalog.store().array("m").unwrap().current().version,
+            version
+        );
         let n = count(&sql(&catalog, &ctx, "DELETE FROM m").await.unwrap());
         assert_eq!(n, 60);
         assert!(cells(&catalog, &ctx).await.is_empty());
@@ -389,8 +429,14 @@ mod tests {
             check_row_changes(&plan(ok).await).unwrap();
         }
         for (refused, reason) in [
-            ("DELETE FROM t WHERE a IN (SELECT a FROM u)", "subquery in WHERE"),
-            ("DELETE FROM t WHERE EXISTS (SELECT 1 FROM u)", "subquery in WHERE"),
+            (
+                "DELETE FROM t WHERE a IN (SELECT a FROM u)",
+                "subquery in WHERE",
+            ),
+            (
+                "DELETE FROM t WHERE EXISTS (SELECT 1 FROM u)",
+                "subquery in WHERE",
+            ),
             ("UPDATE t SET b = (SELECT max(a) FROM u)", "subquery in SET"),
         ] {
             let e = check_row_changes(&plan(refused).await).unwrap_err();

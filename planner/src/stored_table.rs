@@ -19,8 +19,8 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{
-    Column, Constraints, DFSchema, DataFusionError, Result, SchemaExt, Statistics, exec_datafusion_err, exec_err,
-    not_impl_err,
+    Column, Constraints, DFSchema, DataFusionError, Result, SchemaExt, Statistics,
+    exec_datafusion_err, exec_err, not_impl_err,
 };
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::memory_pool::MemoryConsumer;
@@ -32,8 +32,8 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
@@ -301,20 +301,20 @@ impl StoredTable {
         };
         let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, scan)?);
         // The sink reads partition 0 only.
-        let input: Arc<dyn ExecutionPlan> =
-            if projected.output_partitioning().partition_count() > 1 {
-                Arc::new(CoalescePartitionsExec::new(projected))
-            } else {
-                projected
-            };
+        let input: Arc<dyn ExecutionPlan> = if projected.output_partitioning().partition_count() > 1
+        {
+            Arc::new(CoalescePartitionsExec::new(projected))
+        } else {
+            projected
+        };
         let mut sink_fields = vec![Arc::new(Field::new(MATCHED, DataType::Boolean, false))];
         sink_fields.extend(self.schema.fields().iter().cloned());
         let sink = TableRewriteSink {
             files: self.files.clone(),
             name: self.name.clone(),
             id: self.id,
-            schema: self.schema.clone(),
-            input_schema: Arc::new(Schema::new(sink_fields)),
+            table_schema: self.schema.clone(),
+            schema: Arc::new(Schema::new(sink_fields)),
             read,
             delete: matches!(change, RowChange::Delete),
             statement: change.statement(&self.name),
@@ -645,9 +645,9 @@ struct TableRewriteSink {
     name: String,
     id: u64,
     /// The table's columns.
+    table_schema: SchemaRef,
+    /// `(matched, the table's columns)`: the input's.
     schema: SchemaRef,
-    /// `(matched, the table's columns)`.
-    input_schema: SchemaRef,
     /// The files the scan reads, all replaced by the commit.
     read: Vec<String>,
     delete: bool,
@@ -674,7 +674,7 @@ impl TableRewriteSink {
         let count = matched.true_count() as u64;
         let columns = batch.columns()[1..].to_vec();
         let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
-        let rows = RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)?;
+        let rows = RecordBatch::try_new_with_options(self.table_schema.clone(), columns, &options)?;
         if self.delete && count > 0 {
             let keep = datafusion::arrow::compute::not(matched)?;
             return Ok((filter_record_batch(&rows, &keep)?, count));
@@ -686,7 +686,7 @@ impl TableRewriteSink {
 #[async_trait]
 impl DataSink for TableRewriteSink {
     fn schema(&self) -> &SchemaRef {
-        &self.input_schema
+        &self.schema
     }
 
     async fn write_all(
@@ -695,7 +695,7 @@ impl DataSink for TableRewriteSink {
         _context: &Arc<TaskContext>,
     ) -> Result<u64> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
-        let (files, id, schema) = (self.files.clone(), self.id, self.schema.clone());
+        let (files, id, schema) = (self.files.clone(), self.id, self.table_schema.clone());
         let writer =
             tokio::task::spawn_blocking(move || files.write_files(id, &schema, rx.into_iter()));
         let mut matched = 0u64;

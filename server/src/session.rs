@@ -20,7 +20,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    ArrayElemTypeDef, DataType as SqlDataType, ExactNumberInfo, Ident, Statement as SqlStatement, TimezoneInfo,
+    ArrayElemTypeDef, DataType as SqlDataType, ExactNumberInfo, Ident, Statement as SqlStatement,
+    TimezoneInfo,
 };
 use futures::StreamExt;
 use tessera_planner::ddl::SqlText;

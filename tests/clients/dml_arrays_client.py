@@ -146,7 +146,7 @@ cur.execute("SELECT count(*) > 0 FROM pg_catalog.pg_class c WHERE c.relkind = AN
             (["r", "p", "v", "m", "f"],))
 assert cur.fetchone() == (True,)
 
-# pgcli's \\dt (pgspecial's list_objects), its relkinds bound as a list.
+# pgcli's \dt (pgspecial's list_objects), its relkinds bound as a list.
 cur.execute("""SELECT n.nspname AS schema, c.relname AS name,
   CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' WHEN 'p' THEN 'partitioned table'
     WHEN 'm' THEN 'materialized view' WHEN 'i' THEN 'index' WHEN 'S' THEN 'sequence'

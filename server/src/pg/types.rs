@@ -756,9 +756,8 @@ fn decode_binary(bytes: &[u8], ty: &Type) -> Result<ScalarValue, String> {
             let text = numeric_text(bytes).ok_or("a malformed binary numeric parameter")?;
             decode_text(&text, ty)?
         }
-        _ if array_element(ty).is_some() => {
-            binary_array(bytes, ty).ok_or_else(|| format!("a malformed binary {} parameter", ty.name()))??
-        }
+        _ if array_element(ty).is_some() => binary_array(bytes, ty)
+            .ok_or_else(|| format!("a malformed binary {} parameter", ty.name()))??,
         _ => ScalarValue::Utf8(Some(
             String::from_utf8(bytes.to_vec())
                 .map_err(|_| format!("invalid UTF-8 in a {} parameter", ty.name()))?,
@@ -909,7 +908,10 @@ mod tests {
             ],
             DataType::Int64,
         );
-        assert_eq!(decode_text("{1, NULL ,-3}", &Type::INT8_ARRAY), Ok(ints.clone()));
+        assert_eq!(
+            decode_text("{1, NULL ,-3}", &Type::INT8_ARRAY),
+            Ok(ints.clone())
+        );
         let words = list(
             vec![
                 ScalarValue::Utf8(Some("r".into())),
@@ -921,7 +923,10 @@ mod tests {
             DataType::Utf8,
         );
         assert_eq!(
-            decode_text(r#"{r,"a b","NULL","say \"hi\", \\o/",null}"#, &Type::TEXT_ARRAY),
+            decode_text(
+                r#"{r,"a b","NULL","say \"hi\", \\o/",null}"#,
+                &Type::TEXT_ARRAY
+            ),
             Ok(words.clone())
         );
         assert_eq!(
@@ -934,7 +939,11 @@ mod tests {
 
         // What the binary encoder writes (as PostgreSQL does) decodes back.
         let array = ScalarValue::List(ScalarValue::new_list_nullable(
-            &[ScalarValue::Int64(Some(1)), ScalarValue::Int64(None), ScalarValue::Int64(Some(-3))],
+            &[
+                ScalarValue::Int64(Some(1)),
+                ScalarValue::Int64(None),
+                ScalarValue::Int64(Some(-3)),
+            ],
             &DataType::Int64,
         ))
         .to_array()
