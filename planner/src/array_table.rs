@@ -235,10 +235,10 @@ impl TableProvider for ArrayTable {
 }
 
 impl ArrayTable {
-    /// The plan of an `UPDATE` or `DELETE`: the cells of this version that match
-    /// `filters` (the relation's cells: non-zeros), with their new values, written in
-    /// update mode by an [`ArraySink`] that commits only if this is still the current
-    /// version.
+    /// The plan of an `UPDATE` or `DELETE`: the cells of the current version that
+    /// match `filters` (the relation's cells: non-zeros), with their new values,
+    /// written in update mode by an [`ArraySink`] that commits only if that version is
+    /// still the current one.
     async fn change_cells(
         &self,
         state: &dyn Session,
@@ -282,9 +282,19 @@ impl ArrayTable {
             };
             columns.push(value.alias(&a.name));
         }
+        // The current version, not the one this table was opened at: a plan kept by a
+        // prepared statement must not write cells computed from an older version.
+        let current = self.store.snapshot(name, None).map_err(storage_error)?;
+        if current.info().id != info.id {
+            return Err(tessera_error(
+                ErrorKind::SerializationFailure,
+                format!("{statement}: array '{name}' was dropped and created again; retry"),
+            ));
+        }
+        let base = current.version();
         let cells = ArrayTable {
             store: self.store.clone(),
-            snapshot: self.snapshot.clone(),
+            snapshot: Arc::new(current),
             schema: self.schema.clone(),
             listing: self.listing,
             pinned: false,
@@ -318,7 +328,7 @@ impl ArrayTable {
                     .collect::<Vec<_>>(),
             )),
             statement,
-            base: Some(self.snapshot.version()),
+            base: Some(base),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }

@@ -103,6 +103,14 @@ assert cur.statusmessage == f"UPDATE {np.count_nonzero(touched)}", cur.statusmes
 m[touched] += 0.5
 assert np.array_equal(matrix(), m)
 
+# A prepared UPDATE run several times (psycopg's executemany) sees each previous one.
+changes = [(1.0, 0, 0), (1.0, 0, 0), (2.0, 1, 1), (4.0, 1, 3)]
+cur.executemany("UPDATE m SET v = v + %s WHERE i = %s AND j = %s", changes)
+for d, i, j in changes:
+    if m[i, j] != 0.0:
+        m[i, j] += d
+assert np.array_equal(matrix(), m)
+
 # The matmul of the changed matrix is NumPy's.
 cur.execute("SELECT i, j, v FROM matmul(t(m), m)")
 product = np.zeros((9, 9))
