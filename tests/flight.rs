@@ -172,6 +172,33 @@ async fn flight_large_result_streams_in_many_batches() {
     assert_eq!(sum_i, 400 * 299 * 300 / 2);
 }
 
+/// DoPutUpdate of UPDATE and DELETE reports the rows changed, for a table and for a
+/// matrix (hand-worked: a = [[1 2 0] [0 1 3]]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_update_and_delete_report_their_row_counts() {
+    let server = start().await;
+    let mut client = server.client().await;
+    let c = &mut client;
+    async fn update(c: &mut FlightSqlServiceClient<Channel>, sql: &str) -> i64 {
+        c.execute_update(sql.into(), None).await.unwrap()
+    }
+    update(c, "CREATE TABLE t (a INT, b VARCHAR)").await;
+    update(c, "INSERT INTO t VALUES (1, 'x'), (2, 'y'), (3, 'x')").await;
+    assert_eq!(update(c, "UPDATE t SET b = 'z' WHERE b = 'x'").await, 2);
+    assert_eq!(update(c, "DELETE FROM t WHERE a >= 2").await, 2);
+    update(c, "CREATE MATRIX a (2, 3)").await;
+    let cells = "INSERT INTO a VALUES (0, 0, 1.0), (0, 1, 2.0), (1, 1, 1.0), (1, 2, 3.0)";
+    update(c, cells).await;
+    assert_eq!(update(c, "UPDATE a SET v = v * 10 WHERE j >= 1").await, 3);
+    assert_eq!(update(c, "DELETE FROM a WHERE i = 0").await, 2);
+    let rest = query(&mut client, "SELECT i, j, v FROM a ORDER BY i, j").await;
+    assert_eq!(i64s(&rest, 0), [1, 1]);
+    assert_eq!(i64s(&rest, 1), [1, 2]);
+    assert_eq!(f64s(&rest, 2), [10.0, 30.0]);
+    let rows = query(&mut client, "SELECT a, b FROM t").await;
+    assert_eq!(i64s(&rows, 0), [1]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flight_updates_and_ddl_through_both_statement_paths() {
     let server = start().await;

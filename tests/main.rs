@@ -4,6 +4,7 @@
 
 mod clients;
 mod crash_soak;
+mod dml;
 mod docs_links;
 mod flight;
 mod generated_statements;

@@ -10,18 +10,23 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::{Result, ScalarValue, plan_err};
+use datafusion::common::{Column, Result, ScalarValue, TableReference, plan_err};
+use datafusion::datasource::provider_as_source;
 use datafusion::datasource::sink::DataSinkExec;
 use datafusion::logical_expr::dml::InsertOp;
+use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{
-    Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType,
+    Between, BinaryExpr, Expr, LogicalPlanBuilder, Operator, TableProviderFilterPushDown,
+    TableType, cast, lit,
 };
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use tessera_storage::{ArrayInfo, ArraySchema, Block, BlockKey, Snapshot, Store};
 
 use crate::array_write::ArraySink;
 use crate::cell_scan::CellScanExec;
-use crate::error::storage_error;
+use crate::dml::RowChange;
+use crate::error::{ErrorKind, storage_error, tessera_error};
 
 /// Which cells of stored blocks become rows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -200,6 +205,130 @@ impl TableProvider for ArrayTable {
                     .map(|f| f.as_ref().clone().with_nullable(true))
                     .collect::<Vec<_>>(),
             )),
+            statement: format!("INSERT INTO {name}"),
+            base: None,
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    /// `DELETE FROM array [WHERE ...]`: the matching cells become absent (zero); see
+    /// [`crate::dml`].
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.change_cells(state, RowChange::Delete, filters).await
+    }
+
+    /// `UPDATE array SET attr = ... [WHERE ...]`: new values for the matching cells;
+    /// dimensions cannot be assigned. See [`crate::dml`].
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.change_cells(state, RowChange::Update(assignments), filters)
+            .await
+    }
+}
+
+impl ArrayTable {
+    /// The plan of an `UPDATE` or `DELETE`: the cells of the current version that
+    /// match `filters` (the relation's cells: non-zeros), with their new values,
+    /// written in update mode by an [`ArraySink`] that commits only if that version is
+    /// still the current one.
+    async fn change_cells(
+        &self,
+        state: &dyn Session,
+        change: RowChange,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let info = self.snapshot.info();
+        let name = &info.name;
+        let statement = change.statement(name);
+        if self.pinned {
+            return plan_err!(
+                "version {} of array '{name}' is read-only; {statement} changes the array itself",
+                self.snapshot.version()
+            );
+        }
+        let dimensions = info.schema.dimensions();
+        if let RowChange::Update(assignments) = &change
+            && let Some((dim, _)) = assignments
+                .iter()
+                .find(|(c, _)| dimensions.iter().any(|d| &d.name == c))
+        {
+            return Err(tessera_error(
+                ErrorKind::FeatureNotSupported,
+                format!(
+                    "{statement}: cannot assign to dimension {dim}: a cell's coordinates do \
+                     not change; DELETE the cell and INSERT it at its new coordinates"
+                ),
+            ));
+        }
+        let mut columns: Vec<Expr> = dimensions
+            .iter()
+            .map(|d| Expr::Column(Column::new_unqualified(&d.name)))
+            .collect();
+        for a in info.schema.attributes() {
+            let value = match &change {
+                RowChange::Delete => lit(0.0f64),
+                RowChange::Update(_) => match change.assignment(&a.name) {
+                    Some(new) => cast(new.clone(), DataType::Float64),
+                    None => Expr::Column(Column::new_unqualified(&a.name)),
+                },
+            };
+            columns.push(value.alias(&a.name));
+        }
+        // The current version, not the one this table was opened at: a plan kept by a
+        // prepared statement must not write cells computed from an older version.
+        let current = self.store.snapshot(name, None).map_err(storage_error)?;
+        if current.info().id != info.id {
+            return Err(tessera_error(
+                ErrorKind::SerializationFailure,
+                format!("{statement}: array '{name}' was dropped and created again; retry"),
+            ));
+        }
+        let base = current.version();
+        let cells = ArrayTable {
+            store: self.store.clone(),
+            snapshot: Arc::new(current),
+            schema: self.schema.clone(),
+            listing: self.listing,
+            pinned: false,
+        };
+        let mut plan = LogicalPlanBuilder::scan(
+            TableReference::bare(name.as_str()),
+            provider_as_source(Arc::new(cells)),
+            None,
+        )?;
+        if let Some(predicate) = conjunction(filters) {
+            plan = plan.filter(predicate)?;
+        }
+        let plan = plan.project(columns)?.build()?;
+        let input = state.create_physical_plan(&plan).await?;
+        // The sink reads partition 0 only.
+        let input: Arc<dyn ExecutionPlan> = if input.output_partitioning().partition_count() > 1 {
+            Arc::new(CoalescePartitionsExec::new(input))
+        } else {
+            input
+        };
+        let sink = ArraySink {
+            store: self.store.clone(),
+            name: name.clone(),
+            schema: info.schema.clone(),
+            cell_schema: Arc::new(Schema::new(
+                input
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone().with_nullable(true))
+                    .collect::<Vec<_>>(),
+            )),
+            statement,
+            base: Some(base),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }

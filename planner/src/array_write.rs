@@ -439,9 +439,13 @@ pub async fn write_cells(
     let info = store.array(name).map_err(storage_error)?;
     let pool = query.task_ctx().memory_pool().clone();
     let stream = query.execute_stream().await?;
-    write_stream(store, name, &info.schema, stream, &pool, mode, what).await
+    write_stream(store, name, &info.schema, stream, &pool, mode, what, None).await
 }
 
+/// Writes the cells of `stream` to array `name` and commits once. With `base`, the
+/// write fails (SQLSTATE 40001) unless the array's current version is still `base`:
+/// the cells were computed from that version.
+#[allow(clippy::too_many_arguments)] // one write's parts, from this module only
 async fn write_stream(
     store: &Store,
     name: &str,
@@ -450,6 +454,7 @@ async fn write_stream(
     pool: &Arc<dyn MemoryPool>,
     mode: WriteMode,
     what: &str,
+    base: Option<u64>,
 ) -> Result<u64> {
     let mut grid = CellGrid::new(name, schema.clone(), pool);
     let (dims, attrs) = (schema.dimensions().len(), schema.attributes().len());
@@ -458,9 +463,21 @@ async fn write_stream(
         grid.push(&batch)?;
     }
     let cells = grid.rows();
-    let (store, name) = (store.clone(), name.to_string());
+    let (store, name, what) = (store.clone(), name.to_string(), what.to_string());
     blocking(move || {
         let mut writer = store.writer(&name, mode).map_err(storage_error)?;
+        if let Some(base) = base
+            && writer.base().version() != base
+        {
+            return Err(tessera_error(
+                ErrorKind::SerializationFailure,
+                format!(
+                    "{what}: array '{name}' was changed by another statement meanwhile \
+                     (version {base} was read, {} is current); nothing was changed, retry",
+                    writer.base().version()
+                ),
+            ));
+        }
         grid.write(&mut writer, mode == WriteMode::Update)?;
         writer.commit().map_err(storage_error)
     })
@@ -710,18 +727,28 @@ pub fn shape_text(schema: &ArraySchema) -> String {
     }
 }
 
-/// `INSERT INTO array ...`: writes the input's cells in [`WriteMode::Update`].
+/// `INSERT INTO array ...`, `UPDATE array ...`, `DELETE FROM array ...`: writes the
+/// input's cells in [`WriteMode::Update`].
 #[derive(Debug)]
 pub(crate) struct ArraySink {
     pub(crate) store: Store,
     pub(crate) name: String,
     pub(crate) schema: ArraySchema,
     pub(crate) cell_schema: SchemaRef,
+    /// The statement, for messages: `INSERT INTO x`, `UPDATE x`, ...
+    pub(crate) statement: String,
+    /// The version the cells were computed from (`UPDATE`, `DELETE`): the commit
+    /// fails if another write committed since.
+    pub(crate) base: Option<u64>,
 }
 
 impl DisplayAs for ArraySink {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ArraySink: array={} mode=update", self.name)
+        write!(f, "ArraySink: array={} mode=update", self.name)?;
+        if let Some(base) = self.base {
+            write!(f, " base_version={base}")?;
+        }
+        Ok(())
     }
 }
 
@@ -743,7 +770,8 @@ impl DataSink for ArraySink {
             data,
             context.memory_pool(),
             WriteMode::Update,
-            &format!("INSERT INTO {}", self.name),
+            &self.statement,
+            self.base,
         )
         .await
     }

@@ -200,6 +200,7 @@ pub async fn execute_plan(
     sql: &str,
 ) -> Result<SendableRecordBatchStream> {
     check_plan_files(&state, &plan)?;
+    crate::dml::check_row_changes(&plan)?;
     match plan {
         LogicalPlan::Ddl(DdlStatement::CreateMemoryTable(cmd)) => {
             match local_name(ctx, &cmd.name) {

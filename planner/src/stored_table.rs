@@ -9,8 +9,9 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::RecordBatchOptions;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::array::{AsArray, RecordBatchOptions};
+use datafusion::arrow::compute::filter_record_batch;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::FileReader;
 use datafusion::arrow::ipc::writer::FileWriter;
 use datafusion::arrow::record_batch::RecordBatch;
@@ -18,26 +19,30 @@ use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{
-    Constraints, DataFusionError, Result, SchemaExt, Statistics, exec_datafusion_err, exec_err,
-    not_impl_err,
+    Column, Constraints, DFSchema, DataFusionError, Result, SchemaExt, Statistics,
+    exec_datafusion_err, exec_err, not_impl_err,
 };
 use datafusion::datasource::sink::{DataSink, DataSinkExec};
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::dml::InsertOp;
-use datafusion::logical_expr::{Expr, TableType};
+use datafusion::logical_expr::{Expr, TableType, cast, when};
 use datafusion::parquet::arrow::ProjectionMask;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
+use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
+    PlanProperties,
 };
 use futures::StreamExt;
 
 use crate::catalog::{constraints_from_meta, constraints_to_meta};
+use crate::dml::{MATCHED, RowChange, matched_expr};
 use crate::error::{ErrorKind, tessera_error};
 use crate::table_files::{DataFile, StoredTableMeta, TableFiles};
 
@@ -220,6 +225,99 @@ impl TableProvider for StoredTable {
             id: self.id,
             schema: self.schema.clone(),
             overwrite,
+        };
+        Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
+    }
+
+    /// `DELETE FROM table [WHERE ...]`: see [`crate::dml`].
+    async fn delete_from(
+        &self,
+        state: &dyn Session,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.rewrite(state, RowChange::Delete, filters)
+    }
+
+    /// `UPDATE table SET ... [WHERE ...]`: see [`crate::dml`].
+    async fn update(
+        &self,
+        state: &dyn Session,
+        assignments: Vec<(String, Expr)>,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.rewrite(state, RowChange::Update(assignments), filters)
+    }
+}
+
+impl StoredTable {
+    /// The plan of an `UPDATE` or `DELETE`: a scan of the files the catalog lists now,
+    /// a projection of `(matched, new row)` and a sink that writes the rows kept as new
+    /// files and swaps them for the files read in one commit.
+    fn rewrite(
+        &self,
+        state: &dyn Session,
+        change: RowChange,
+        filters: Vec<Expr>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let files = self.data_files()?;
+        let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+        let matched = matched_expr(filters);
+        let mut exprs = vec![(
+            state.create_physical_expr(matched.clone(), &df_schema)?,
+            MATCHED.to_string(),
+        )];
+        for field in self.schema.fields() {
+            let column = Expr::Column(Column::new_unqualified(field.name()));
+            let value = match change.assignment(field.name()) {
+                // CASE evaluates the new value on matching rows only, so a row the
+                // statement does not touch cannot fail it.
+                Some(new) => when(
+                    matched.clone(),
+                    cast(new.clone(), field.data_type().clone()),
+                )
+                .otherwise(column)?,
+                None => column,
+            };
+            exprs.push((
+                state.create_physical_expr(value, &df_schema)?,
+                field.name().clone(),
+            ));
+        }
+        let read: Vec<String> = files.iter().map(|f| f.name.clone()).collect();
+        let scan: Arc<dyn ExecutionPlan> = if files.is_empty() {
+            Arc::new(EmptyExec::new(self.schema.clone()))
+        } else {
+            let partitions = state.config().target_partitions().max(1);
+            Arc::new(StoredTableScanExec::try_new(
+                self.files.clone(),
+                self.name.clone(),
+                self.id,
+                self.schema.clone(),
+                None,
+                files,
+                partitions,
+                None,
+            )?)
+        };
+        let projected: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, scan)?);
+        // The sink reads partition 0 only.
+        let input: Arc<dyn ExecutionPlan> = if projected.output_partitioning().partition_count() > 1
+        {
+            Arc::new(CoalescePartitionsExec::new(projected))
+        } else {
+            projected
+        };
+        let mut sink_fields = vec![Arc::new(Field::new(MATCHED, DataType::Boolean, false))];
+        sink_fields.extend(self.schema.fields().iter().cloned());
+        let sink = TableRewriteSink {
+            files: self.files.clone(),
+            name: self.name.clone(),
+            id: self.id,
+            table_schema: self.schema.clone(),
+            schema: Arc::new(Schema::new(sink_fields)),
+            read,
+            delete: matches!(change, RowChange::Delete),
+            statement: change.statement(&self.name),
         };
         Ok(Arc::new(DataSinkExec::new(input, Arc::new(sink), None)))
     }
@@ -526,6 +624,7 @@ impl DataSink for ParquetAppendSink {
                 replaced = std::mem::take(list);
             }
             list.extend(written);
+            Ok(())
         });
         if let Err(e) = committed {
             self.files.delete_unreferenced(self.id, &names);
@@ -534,6 +633,135 @@ impl DataSink for ParquetAppendSink {
         let replaced: Vec<String> = replaced.into_iter().map(|f| f.name).collect();
         self.files.delete_unreferenced(self.id, &replaced);
         Ok(rows)
+    }
+}
+
+/// Writes the rows an `UPDATE` or `DELETE` keeps as new files of the table and, if any
+/// row matched, replaces the files it read with them in one catalog commit. Its input
+/// is `(matched, row)`; it returns the number of rows matched.
+#[derive(Debug)]
+struct TableRewriteSink {
+    files: Arc<TableFiles>,
+    name: String,
+    id: u64,
+    /// The table's columns.
+    table_schema: SchemaRef,
+    /// `(matched, the table's columns)`: the input's.
+    schema: SchemaRef,
+    /// The files the scan reads, all replaced by the commit.
+    read: Vec<String>,
+    delete: bool,
+    /// `UPDATE t` / `DELETE FROM t`, for messages.
+    statement: String,
+}
+
+impl DisplayAs for TableRewriteSink {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = if self.delete { "delete" } else { "update" };
+        write!(
+            f,
+            "TableRewriteSink: table={} op={op} files={}",
+            self.name,
+            self.read.len()
+        )
+    }
+}
+
+impl TableRewriteSink {
+    /// The rows of `batch` to write, and how many of its rows matched.
+    fn kept(&self, batch: &RecordBatch) -> Result<(RecordBatch, u64)> {
+        let matched = batch.column(0).as_boolean();
+        let count = matched.true_count() as u64;
+        let columns = batch.columns()[1..].to_vec();
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        let rows = RecordBatch::try_new_with_options(self.table_schema.clone(), columns, &options)?;
+        if self.delete && count > 0 {
+            let keep = datafusion::arrow::compute::not(matched)?;
+            return Ok((filter_record_batch(&rows, &keep)?, count));
+        }
+        Ok((rows, count))
+    }
+}
+
+#[async_trait]
+impl DataSink for TableRewriteSink {
+    fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    async fn write_all(
+        &self,
+        mut data: SendableRecordBatchStream,
+        _context: &Arc<TaskContext>,
+    ) -> Result<u64> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<RecordBatch>>(2);
+        let (files, id, schema) = (self.files.clone(), self.id, self.table_schema.clone());
+        let writer =
+            tokio::task::spawn_blocking(move || files.write_files(id, &schema, rx.into_iter()));
+        let mut matched = 0u64;
+        let mut failed = None;
+        while let Some(batch) = data.next().await {
+            let kept = batch.and_then(|b| self.kept(&b));
+            let kept = match kept {
+                Ok((rows, n)) => {
+                    matched += n;
+                    Ok(rows)
+                }
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    Err(e)
+                }
+            };
+            if tx.send(kept).is_err() || failed.is_some() {
+                break;
+            }
+        }
+        drop(tx);
+        let written = writer
+            .await
+            .map_err(|e| DataFusionError::Internal(format!("table writer failed: {e}")))?;
+        let written = match (written, failed) {
+            (Ok(written), None) => written,
+            // The writer deleted its files; the error it reports is the input's.
+            (Err(e), None) => return Err(e),
+            (written, Some(e)) => {
+                if let Ok(written) = written {
+                    let names: Vec<String> = written.into_iter().map(|f| f.name).collect();
+                    self.files.delete_unreferenced(self.id, &names);
+                }
+                return Err(exec_datafusion_err!(
+                    "{} failed; nothing was changed: {e}",
+                    self.statement
+                ));
+            }
+        };
+        let names: Vec<String> = written.iter().map(|f| f.name.clone()).collect();
+        if matched == 0 {
+            self.files.delete_unreferenced(self.id, &names);
+            return Ok(0);
+        }
+        let (read, statement) = (&self.read, &self.statement);
+        let committed = self.files.commit_files(&self.name, self.id, |list| {
+            let before = list.len();
+            list.retain(|f| !read.contains(&f.name));
+            if before - list.len() != read.len() {
+                return Err(tessera_error(
+                    ErrorKind::SerializationFailure,
+                    format!(
+                        "{statement}: the table was changed by another statement meanwhile; \
+                         nothing was changed, retry"
+                    ),
+                ));
+            }
+            list.extend(written);
+            Ok(())
+        });
+        if let Err(e) = committed {
+            self.files.delete_unreferenced(self.id, &names);
+            return Err(e);
+        }
+        self.files.delete_unreferenced(self.id, read);
+        Ok(matched)
     }
 }
 

@@ -453,12 +453,13 @@ impl TableFiles {
     }
 
     /// Changes the file list of stored table `id` (called `name`): `f` gets the current
-    /// list. Fails if the table was dropped or replaced meanwhile.
+    /// list and may refuse the change. Fails if the table was dropped or replaced
+    /// meanwhile.
     pub(crate) fn commit_files(
         &self,
         name: &str,
         id: u64,
-        f: impl FnOnce(&mut Vec<DataFile>),
+        f: impl FnOnce(&mut Vec<DataFile>) -> Result<()>,
     ) -> Result<()> {
         let _commit = lock(&self.commit);
         let mut next = lock(&self.catalog).clone();
@@ -466,7 +467,7 @@ impl TableFiles {
             Some(PersistedTable::Stored(meta))
                 if meta.id == id && !lock(&self.damaged).contains_key(name) =>
             {
-                f(&mut meta.files);
+                f(&mut meta.files)?;
                 meta.seal(name);
             }
             _ => {

@@ -20,7 +20,8 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DFStatement;
 use datafusion::sql::sqlparser::ast::{
-    DataType as SqlDataType, ExactNumberInfo, Ident, Statement as SqlStatement, TimezoneInfo,
+    ArrayElemTypeDef, DataType as SqlDataType, ExactNumberInfo, Ident, Statement as SqlStatement,
+    TimezoneInfo,
 };
 use futures::StreamExt;
 use tessera_planner::ddl::SqlText;
@@ -604,7 +605,8 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
         out[n - 1] = ty;
     }
     if out.iter().any(Option::is_none) {
-        // `$1::INT`: a placeholder DataFusion leaves untyped takes its cast's type.
+        // `$1::INT`: a placeholder DataFusion leaves untyped takes its cast's type;
+        // `x = ANY($1)`: a list of x's type.
         for (id, ty) in cast_placeholder_types(plan)? {
             if let Some(slot) = id
                 .strip_prefix('$')
@@ -618,18 +620,31 @@ fn parameter_types(plan: &LogicalPlan) -> Result<Vec<Option<DataType>>> {
     Ok(out)
 }
 
-/// The types of placeholders written directly inside a `CAST` / `::`.
+/// The types of placeholders written directly inside a `CAST` / `::`, and of the list
+/// in `x = ANY($1)` / `x <> ALL($1)` (DataFusion's `array_has($1, x)`): a list of x's
+/// type.
 fn cast_placeholder_types(plan: &LogicalPlan) -> Result<Vec<(String, DataType)>> {
     use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-    use datafusion::logical_expr::{Cast, Expr, TryCast, expr::Placeholder};
+    use datafusion::logical_expr::{Cast, Expr, ExprSchemable, TryCast, expr::Placeholder};
     let mut found = Vec::new();
     plan.apply_with_subqueries(|node| {
+        let inputs = node.inputs();
         node.apply_expressions(|expr| {
             expr.apply(|e| {
                 if let Expr::Cast(Cast { expr, field }) | Expr::TryCast(TryCast { expr, field }) = e
                     && let Expr::Placeholder(Placeholder { id, .. }) = expr.as_ref()
                 {
                     found.push((id.clone(), field.data_type().clone()));
+                }
+                if let Expr::ScalarFunction(f) = e
+                    && f.name() == "array_has"
+                    && let [Expr::Placeholder(Placeholder { id, .. }), element] = f.args.as_slice()
+                    && let Some(ty) = inputs
+                        .iter()
+                        .find_map(|input| element.get_type(input.schema()).ok())
+                    && ty != DataType::Null
+                {
+                    found.push((id.clone(), DataType::new_list(ty, true)));
                 }
                 Ok(TreeNodeRecursion::Continue)
             })
@@ -655,6 +670,10 @@ fn sql_data_type(ty: &DataType) -> Option<SqlDataType> {
         DataType::Decimal128(p, s) => SqlDataType::Decimal(ExactNumberInfo::PrecisionAndScale(
             u64::from(*p),
             i64::from(*s),
+        )),
+        DataType::List(element) => SqlDataType::Array(ArrayElemTypeDef::SquareBracket(
+            Box::new(sql_data_type(element.data_type())?),
+            None,
         )),
         _ => return None,
     })

@@ -25,7 +25,7 @@ mod connection;
 mod copy;
 mod handler;
 mod statement;
-mod types;
+pub(crate) mod types;
 
 /// Makes a PostgreSQL-style SCRAM verifier for a `[[users]]` entry's `scram_verifier`.
 pub use crate::edge::scram_verifier;

@@ -90,7 +90,31 @@ pub(crate) fn arrow_type(ty: &Type) -> Option<DataType> {
         Type::DATE => DataType::Date32,
         Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
         Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
-        Type::FLOAT8_ARRAY => DataType::new_list(DataType::Float64, true),
+        _ => {
+            let element = arrow_type(&array_element(ty)?)?;
+            DataType::new_list(element, true)
+        }
+    })
+}
+
+/// The element type of a one-dimensional array type Tessera reads as a list.
+fn array_element(ty: &Type) -> Option<Type> {
+    Some(match *ty {
+        Type::BOOL_ARRAY => Type::BOOL,
+        Type::INT2_ARRAY => Type::INT2,
+        Type::INT4_ARRAY => Type::INT4,
+        Type::INT8_ARRAY => Type::INT8,
+        Type::FLOAT4_ARRAY => Type::FLOAT4,
+        Type::FLOAT8_ARRAY => Type::FLOAT8,
+        Type::NUMERIC_ARRAY => Type::NUMERIC,
+        Type::TEXT_ARRAY => Type::TEXT,
+        Type::VARCHAR_ARRAY => Type::VARCHAR,
+        Type::BPCHAR_ARRAY => Type::BPCHAR,
+        Type::NAME_ARRAY => Type::NAME,
+        Type::BYTEA_ARRAY => Type::BYTEA,
+        Type::DATE_ARRAY => Type::DATE,
+        Type::TIMESTAMP_ARRAY => Type::TIMESTAMP,
+        Type::TIMESTAMPTZ_ARRAY => Type::TIMESTAMPTZ,
         _ => return None,
     })
 }
@@ -578,23 +602,103 @@ pub(crate) fn decode_text(text: &str, ty: &Type) -> Result<ScalarValue, String> 
             let target = arrow_type(ty).unwrap_or(DataType::Utf8);
             ScalarValue::try_from_string(t.to_string(), &target).map_err(|_| invalid(ty, text))?
         }
-        Type::FLOAT8_ARRAY => {
-            let inner = t
-                .strip_prefix('{')
-                .and_then(|s| s.strip_suffix('}'))
-                .ok_or_else(|| invalid(ty, text))?;
-            let values = inner
-                .split(',')
-                .filter(|s| !s.trim().is_empty())
-                .map(|s| match s.trim() {
-                    n if n.eq_ignore_ascii_case("null") => Ok(None),
-                    n => parse_float(n).map(Some).ok_or_else(|| invalid(ty, text)),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            float8_list(values)
-        }
-        _ => ScalarValue::Utf8(Some(text.to_string())),
+        _ => match array_element(ty) {
+            Some(element) => {
+                let items = parse_array_text(text)?;
+                let values = items
+                    .iter()
+                    .map(|item| match item {
+                        Some(v) => decode_text(v, &element),
+                        None => null_of(&element),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                list_value(&values, &element)?
+            }
+            None => ScalarValue::Utf8(Some(text.to_string())),
+        },
     })
+}
+
+/// A NULL of the type a parameter declared as `ty` is read into.
+fn null_of(ty: &Type) -> Result<ScalarValue, String> {
+    let t = arrow_type(ty).unwrap_or(DataType::Utf8);
+    ScalarValue::try_from(&t).map_err(|e| format!("no NULL of type {}: {e}", ty.name()))
+}
+
+/// `values` (each read as `element`) as a one-row list.
+fn list_value(values: &[ScalarValue], element: &Type) -> Result<ScalarValue, String> {
+    let t = arrow_type(element).unwrap_or(DataType::Utf8);
+    // Each value is of `t` already, except NUMERIC, whose scale follows its text.
+    let values = values
+        .iter()
+        .map(|v| v.cast_to(&t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("an array of {}: {e}", element.name()))?;
+    Ok(ScalarValue::List(ScalarValue::new_list_nullable(
+        &values, &t,
+    )))
+}
+
+/// The elements of PostgreSQL's text form of a one-dimensional array (`{1,2}`,
+/// `{"a b",NULL,"say \"hi\""}`), `None` for an unquoted `NULL`.
+pub(crate) fn parse_array_text(text: &str) -> Result<Vec<Option<String>>, String> {
+    let malformed = || format!("malformed array literal: \"{text}\"");
+    let body = text
+        .trim()
+        .strip_prefix('{')
+        .and_then(|b| b.strip_suffix('}'))
+        .ok_or_else(malformed)?;
+    let mut out = Vec::new();
+    if body.trim().is_empty() {
+        return Ok(out);
+    }
+    let mut chars = body.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        let quoted = chars.next_if_eq(&'"').is_some();
+        if quoted {
+            loop {
+                match chars.next() {
+                    None => return Err(malformed()),
+                    Some('"') => break,
+                    Some('\\') => value.push(chars.next().ok_or_else(malformed)?),
+                    Some(c) => value.push(c),
+                }
+            }
+            while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        } else {
+            loop {
+                match chars.peek() {
+                    None | Some(',') => break,
+                    Some('{') => {
+                        return Err(format!(
+                            "multidimensional arrays are not supported: \"{text}\""
+                        ));
+                    }
+                    Some('"') | Some('}') => return Err(malformed()),
+                    Some('\\') => {
+                        chars.next();
+                        value.push(chars.next().ok_or_else(malformed)?);
+                    }
+                    Some(&c) => {
+                        value.push(c);
+                        chars.next();
+                    }
+                }
+            }
+            value.truncate(value.trim_end().len());
+            if value.is_empty() {
+                return Err(malformed());
+            }
+        }
+        out.push((quoted || !value.eq_ignore_ascii_case("null")).then_some(value));
+        match chars.next() {
+            None => return Ok(out),
+            Some(',') => {}
+            Some(_) => return Err(malformed()),
+        }
+    }
 }
 
 fn parse_float(t: &str) -> Option<f64> {
@@ -614,16 +718,6 @@ fn parse_hex(hex: &str) -> Option<Vec<u8>> {
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect()
-}
-
-fn float8_list(values: Vec<Option<f64>>) -> ScalarValue {
-    let array = datafusion::arrow::array::Float64Array::from(values);
-    ScalarValue::List(Arc::new(datafusion::arrow::array::ListArray::new(
-        Arc::new(Field::new_list_field(DataType::Float64, true)),
-        datafusion::arrow::buffer::OffsetBuffer::from_lengths([array.len()]),
-        Arc::new(array),
-        None,
-    )))
 }
 
 fn take<const N: usize>(bytes: &[u8], ty: &Type) -> Result<[u8; N], String> {
@@ -662,9 +756,8 @@ fn decode_binary(bytes: &[u8], ty: &Type) -> Result<ScalarValue, String> {
             let text = numeric_text(bytes).ok_or("a malformed binary numeric parameter")?;
             decode_text(&text, ty)?
         }
-        Type::FLOAT8_ARRAY => {
-            float8_list(float8_array(bytes).ok_or("a malformed binary float8[] parameter")?)
-        }
+        _ if array_element(ty).is_some() => binary_array(bytes, ty)
+            .ok_or_else(|| format!("a malformed binary {} parameter", ty.name()))??,
         _ => ScalarValue::Utf8(Some(
             String::from_utf8(bytes.to_vec())
                 .map_err(|_| format!("invalid UTF-8 in a {} parameter", ty.name()))?,
@@ -725,29 +818,47 @@ fn numeric_text(bytes: &[u8]) -> Option<String> {
     })
 }
 
-fn float8_array(bytes: &[u8]) -> Option<Vec<Option<f64>>> {
+/// PostgreSQL's binary form of a one-dimensional array of `ty` (header: dimensions,
+/// has-nulls flag, element OID, then length and lower bound per dimension; then each
+/// element's length, -1 for NULL, and bytes). `None` for malformed framing; an element
+/// that does not decode is an error.
+fn binary_array(bytes: &[u8], ty: &Type) -> Option<Result<ScalarValue, String>> {
+    let declared = array_element(ty)?;
     let ndim = read_i32(bytes, 0)?;
-    if ndim == 0 {
-        return Some(Vec::new());
-    }
-    if ndim != 1 {
-        return None;
-    }
-    let len = read_i32(bytes, 12)?.max(0) as usize;
-    let mut at = 20;
-    let mut out = Vec::with_capacity(len.min(bytes.len() / 4));
+    // The element type the client wrote, if Tessera reads it; else the declared one.
+    let element = Type::from_oid(read_i32(bytes, 8)? as u32)
+        .filter(|t| arrow_type(t).is_some() && array_element(t).is_none())
+        .unwrap_or(declared);
+    let (len, mut at) = match ndim {
+        0 => (0, 12),
+        1 => (read_i32(bytes, 12)?.max(0) as usize, 20),
+        _ => {
+            return Some(Err(format!(
+                "multidimensional {} parameters are not supported",
+                ty.name()
+            )));
+        }
+    };
+    let mut values = Vec::with_capacity(len.min(bytes.len() / 4));
     for _ in 0..len {
         let n = read_i32(bytes, at)?;
         at += 4;
-        if n < 0 {
-            out.push(None);
+        let value = if n < 0 {
+            null_of(&element)
         } else {
-            let v = f64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?);
-            out.push(Some(v));
+            let item = bytes.get(at..at + n as usize)?;
             at += n as usize;
+            decode_binary(item, &element)
+        };
+        match value {
+            Ok(v) => values.push(v),
+            Err(e) => return Some(Err(e)),
         }
     }
-    Some(out)
+    if at != bytes.len() {
+        return None;
+    }
+    Some(list_value(&values, &element))
 }
 
 #[cfg(test)]
@@ -782,6 +893,78 @@ mod tests {
             encode_binary(&mut buf, &a, row);
             assert_eq!(numeric_text(&buf).unwrap(), *expected);
         }
+    }
+
+    #[test]
+    fn array_parameters_decode_from_text_and_binary() {
+        let list = |values: Vec<ScalarValue>, t: DataType| {
+            ScalarValue::List(ScalarValue::new_list_nullable(&values, &t))
+        };
+        let ints = list(
+            vec![
+                ScalarValue::Int64(Some(1)),
+                ScalarValue::Int64(None),
+                ScalarValue::Int64(Some(-3)),
+            ],
+            DataType::Int64,
+        );
+        assert_eq!(
+            decode_text("{1, NULL ,-3}", &Type::INT8_ARRAY),
+            Ok(ints.clone())
+        );
+        let words = list(
+            vec![
+                ScalarValue::Utf8(Some("r".into())),
+                ScalarValue::Utf8(Some("a b".into())),
+                ScalarValue::Utf8(Some("NULL".into())),
+                ScalarValue::Utf8(Some("say \"hi\", \\o/".into())),
+                ScalarValue::Utf8(None),
+            ],
+            DataType::Utf8,
+        );
+        assert_eq!(
+            decode_text(
+                r#"{r,"a b","NULL","say \"hi\", \\o/",null}"#,
+                &Type::TEXT_ARRAY
+            ),
+            Ok(words.clone())
+        );
+        assert_eq!(
+            decode_text("{}", &Type::FLOAT8_ARRAY),
+            Ok(list(vec![], DataType::Float64))
+        );
+        for bad in ["1,2", "{1,2", "{1,,2}", "{{1},{2}}", "{1,x}", r#"{"a}"#] {
+            assert!(decode_text(bad, &Type::INT4_ARRAY).is_err(), "{bad}");
+        }
+
+        // What the binary encoder writes (as PostgreSQL does) decodes back.
+        let array = ScalarValue::List(ScalarValue::new_list_nullable(
+            &[
+                ScalarValue::Int64(Some(1)),
+                ScalarValue::Int64(None),
+                ScalarValue::Int64(Some(-3)),
+            ],
+            &DataType::Int64,
+        ))
+        .to_array()
+        .unwrap();
+        let mut buf = BytesMut::new();
+        encode_binary(&mut buf, array.as_ref(), 0);
+        assert_eq!(decode_binary(&buf, &Type::INT8_ARRAY), Ok(ints));
+        let words_array = words.to_array().unwrap();
+        let mut buf = BytesMut::new();
+        encode_binary(&mut buf, words_array.as_ref(), 0);
+        assert_eq!(decode_binary(&buf, &Type::TEXT_ARRAY), Ok(words));
+        // psycopg's int2[] of [1, 2], read as the int2 the elements say they are.
+        let psycopg = b"\x00\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x15\x00\x00\x00\x02\x00\x00\x00\x01\x00\x00\x00\x02\x00\x01\x00\x00\x00\x02\x00\x02";
+        assert_eq!(
+            decode_binary(psycopg, &Type::INT2_ARRAY),
+            Ok(list(
+                vec![ScalarValue::Int16(Some(1)), ScalarValue::Int16(Some(2))],
+                DataType::Int16
+            ))
+        );
+        assert!(decode_binary(&psycopg[..30], &Type::INT2_ARRAY).is_err());
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! | `::pg_catalog.text`, `::name`, `::"char"`, `::oid`, `::int2[]` | the plain SQL type |
 //! | `ARRAY(subquery)` | `(SELECT array_agg(...) ...)`, or an empty array when the subquery reads a set-returning function of an outer column |
 //! | `'{1,2}'` compared with `=` / `<>`, or in `= ANY('{r,p}')` | `make_array(1, 2)` |
+//! | `'{1,NULL}'::int[]` (any array type) | `make_array('1', NULL)::INT[]` |
 //! | `FROM pg_type` (a catalog table, unqualified) | `FROM pg_catalog.pg_type` |
 //! | `generate_subscripts(a, 1)` | `unnest(generate_series(1, array_length(a, 1)))` |
 //! | `FLOAT`, `FLOAT(53)` in `CREATE TABLE` and casts | `DOUBLE PRECISION`, as in PostgreSQL |
@@ -495,26 +496,46 @@ fn unnested(expr: &Expr) -> &Expr {
     }
 }
 
-/// `'{1,2}'` (PostgreSQL's array text) as `make_array(1, 2)`.
+/// `'{1,2}'` (PostgreSQL's array text) as `make_array(1, 2)`: whole numbers as
+/// numbers, other elements as text, `NULL` as NULL.
 fn array_literal(expr: &Expr) -> Option<Expr> {
-    let Expr::Value(v) = expr else { return None };
-    let Value::SingleQuotedString(text) = &v.value else {
-        return None;
-    };
-    let body = text.strip_prefix('{')?.strip_suffix('}')?;
-    let args = body
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|e| {
-            if e.parse::<i64>().is_ok() {
-                Expr::value(Value::Number(e.to_string(), false))
-            } else {
-                Expr::value(Value::SingleQuotedString(e.trim_matches('"').to_string()))
-            }
+    let args = array_text_elements(expr)?
+        .into_iter()
+        .map(|e| match e {
+            Some(n) if n.parse::<i64>().is_ok() => Expr::value(Value::Number(n, false)),
+            Some(text) => Expr::value(Value::SingleQuotedString(text)),
+            None => null(),
         })
         .collect();
     Some(call("make_array", args))
+}
+
+/// The elements of a string literal in PostgreSQL's array text (`'{a,"b c",NULL}'`).
+fn array_text_elements(expr: &Expr) -> Option<Vec<Option<String>>> {
+    let text = string_literal(expr)?;
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    crate::pg::types::parse_array_text(text).ok()
+}
+
+/// `'{1,2}'::int[]`: the literal's elements as text in `make_array`, cast to the array
+/// type (each element is read as the element type, as PostgreSQL does).
+fn array_text_cast(inner: &Expr, data_type: &DataType) -> Option<Expr> {
+    if !matches!(data_type, DataType::Array(_)) {
+        return None;
+    }
+    let elements = array_text_elements(inner)?;
+    // A PostgreSQL-only element type (`int2[]`, `name[]`) is first made a plain one.
+    let target = match rewrite_cast(&null(), data_type) {
+        Some(Expr::Cast { data_type, .. }) => data_type,
+        _ => data_type.clone(),
+    };
+    let args = elements
+        .into_iter()
+        .map(|e| e.map_or_else(null, |text| Expr::value(Value::SingleQuotedString(text))))
+        .collect();
+    Some(cast(&call("make_array", args), target))
 }
 
 /// PostgreSQL's `float` and `float(25)` to `float(53)` (SQLAlchemy's and pandas' `Float`)
@@ -531,6 +552,9 @@ fn double_precision_float(data_type: &DataType) -> Option<DataType> {
 }
 
 fn rewrite_cast(inner: &Expr, data_type: &DataType) -> Option<Expr> {
+    if let Some(array) = array_text_cast(inner, data_type) {
+        return Some(array);
+    }
     if let Some(double) = double_precision_float(data_type) {
         return Some(cast(inner, double));
     }
@@ -875,6 +899,11 @@ mod tests {
                 "SELECT array_to_string(a, ',') FROM unnest(b) x",
             ),
             ("SELECT a = '{0}'", "SELECT a = make_array(0)"),
+            (
+                r#"SELECT '{1,NULL}'::int[], '{r,"p q"}'::text[], '{}'::int8[], '{1}'::int2[]"#,
+                "SELECT make_array('1', NULL)::INT[], make_array('r', 'p q')::TEXT[], \
+                 make_array()::INT8[], make_array('1')::INT2[]",
+            ),
             (
                 "SELECT k = ANY('{r,p}'), k <> ALL ('{1, 2}'), k = ANY(make_array('r'))",
                 "SELECT k = ANY(make_array('r', 'p')), k <> ALL(make_array(1, 2)), k = ANY(make_array('r'))",
