@@ -11,9 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Instant;
 
-use datafusion::arrow::array::{
-    ArrayRef, Float64Array, Float64Builder, Int64Array, ListBuilder, RecordBatch,
-};
+use datafusion::arrow::array::{ArrayRef, Float64Builder, Int64Array, ListBuilder, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -34,6 +32,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::expr::{Estimate, Op, op_name};
+use super::flow::CellBatches;
 use super::matrix::{BlockMatrix, Tile, TileSink};
 use super::ops::{self, Work};
 use super::strategy::{Choice, Strategy};
@@ -591,46 +590,20 @@ fn cell_batches(
     scalar: bool,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
-    let mut out = Vec::new();
-    let (mut is, mut js, mut vs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut flush = |is: &mut Vec<i64>, js: &mut Vec<i64>, vs: &mut Vec<f64>| -> Result<()> {
-        if is.is_empty() {
-            return Ok(());
-        }
-        let cols: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(std::mem::take(is))),
-            Arc::new(Int64Array::from(std::mem::take(js))),
-            Arc::new(Float64Array::from(std::mem::take(vs))),
-        ];
-        out.push(RecordBatch::try_new(schema.clone(), cols)?);
-        Ok(())
-    };
+    let mut out = CellBatches::new(schema.clone(), batch_size);
     if scalar {
         // A scalar reduction always has its one row, zero or not.
         if p == 0 {
-            let v = m.tiles().next().map_or(0.0, |t| t.2.get(0, 0));
-            is.push(0);
-            js.push(0);
-            vs.push(v);
+            out.push(0, 0, m.tiles().next().map_or(0.0, |t| t.2.get(0, 0)));
         }
-        flush(&mut is, &mut js, &mut vs)?;
-        return Ok(out);
+        return out.finish();
     }
     let mut tiles: Vec<&Tile> = tiles_of(m, p, n).collect();
     tiles.sort_by_key(|t| (t.0, t.1));
     for (bi, bj, b) in tiles {
-        let (r0, c0) = ((bi * m.br) as i64, (bj * m.bc) as i64);
-        b.for_each_nonzero(|r, c, v| {
-            is.push(r0 + r as i64);
-            js.push(c0 + c as i64);
-            vs.push(v);
-        });
-        if is.len() >= batch_size {
-            flush(&mut is, &mut js, &mut vs)?;
-        }
+        out.push_block(((bi * m.br) as i64, (bj * m.bc) as i64), b)?;
     }
-    flush(&mut is, &mut js, &mut vs)?;
-    Ok(out)
+    out.finish()
 }
 
 fn row_batches(

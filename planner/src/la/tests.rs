@@ -903,27 +903,7 @@ async fn dataflow_strategies_have_their_shape_match_naive_and_share_the_work() {
                 let batches = datafusion::physical_plan::collect(plan.clone(), ctx.task_ctx())
                     .await
                     .unwrap_or_else(|e| panic!("{what}: {e}"));
-                let mut got = M::new(mx.r, my.c, |_, _| 0.0);
-                for batch in &batches {
-                    let i = batch
-                        .column(0)
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .unwrap();
-                    let j = batch
-                        .column(1)
-                        .as_any()
-                        .downcast_ref::<Int64Array>()
-                        .unwrap();
-                    let v = batch
-                        .column(2)
-                        .as_any()
-                        .downcast_ref::<Float64Array>()
-                        .unwrap();
-                    for k in 0..batch.num_rows() {
-                        got.v[i.value(k) as usize * my.c + j.value(k) as usize] += v.value(k);
-                    }
-                }
+                let got = cells_of(&batches, mx.r, my.c);
                 got.assert_close(&mx.mm(my), &what);
                 let products = counter_by_partition(&plan, "BlockProductExec", "block_products");
                 let needed = block_products_needed(mx, (10, 3), my, yb);

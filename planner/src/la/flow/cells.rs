@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, exec_err};
 use datafusion::execution::TaskContext;
@@ -18,7 +18,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use super::{BI, BlockRows, is_block_stream};
+use super::{BI, BlockRows, CellBatches, flatten, is_block_stream};
 use crate::la::exec::{FlowGeometry, cells_schema};
 
 /// The non-zero cells of the matrix whose blocks `input` streams, as `(i, j, v)` rows:
@@ -137,19 +137,15 @@ impl ExecutionPlan for BlockCellsExec {
         let block = self.geometry.block;
         let schema = self.schema();
         let out_schema = schema.clone();
-        let stream = input.flat_map(move |batch| {
+        let stream = flatten(input.map(move |batch| {
             let timer = elapsed.timer();
             let out = batch.and_then(|b| cell_batches(&b, block, batch_size, &out_schema));
             timer.done();
-            let items: Vec<Result<RecordBatch>> = match out {
-                Ok(batches) => {
-                    output_rows.add(batches.iter().map(RecordBatch::num_rows).sum());
-                    batches.into_iter().map(Ok).collect()
-                }
-                Err(e) => vec![Err(e)],
-            };
-            futures::stream::iter(items)
-        });
+            if let Ok(batches) = &out {
+                output_rows.add(batches.iter().map(RecordBatch::num_rows).sum());
+            }
+            out
+        }));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }
@@ -162,32 +158,10 @@ fn cell_batches(
     schema: &datafusion::arrow::datatypes::SchemaRef,
 ) -> Result<Vec<RecordBatch>> {
     let rows = BlockRows::new(batch, 0)?;
-    let mut out = Vec::new();
-    let (mut is, mut js, mut vs) = (Vec::new(), Vec::new(), Vec::new());
-    let mut flush = |is: &mut Vec<i64>, js: &mut Vec<i64>, vs: &mut Vec<f64>| -> Result<()> {
-        if is.is_empty() {
-            return Ok(());
-        }
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(Int64Array::from(std::mem::take(is))),
-            Arc::new(Int64Array::from(std::mem::take(js))),
-            Arc::new(Float64Array::from(std::mem::take(vs))),
-        ];
-        out.push(RecordBatch::try_new(schema.clone(), columns)?);
-        Ok(())
-    };
+    let mut out = CellBatches::new(schema.clone(), batch_size);
     for row in 0..rows.len() {
         let (bi, bj) = rows.key(row);
-        let (r0, c0) = ((bi * br) as i64, (bj * bc) as i64);
-        rows.block(row)?.for_each_nonzero(|r, c, v| {
-            is.push(r0 + r as i64);
-            js.push(c0 + c as i64);
-            vs.push(v);
-        });
-        if is.len() >= batch_size {
-            flush(&mut is, &mut js, &mut vs)?;
-        }
+        out.push_block(((bi * br) as i64, (bj * bc) as i64), &rows.block(row)?)?;
     }
-    flush(&mut is, &mut js, &mut vs)?;
-    Ok(out)
+    out.finish()
 }

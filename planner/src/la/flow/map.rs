@@ -22,7 +22,7 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 use tessera_storage::kernels;
 
-use super::{BI, BJ, BlockBatches, BlockRows, block_stream_schema, is_block_stream};
+use super::{BI, BJ, BlockBatches, BlockRows, block_stream_schema, flatten, is_block_stream};
 
 /// What a [`BlockMapExec`] does to each block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,7 +183,7 @@ impl ExecutionPlan for BlockMapExec {
         let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
         let (map, schema) = (self.map, self.schema());
         let out_schema = schema.clone();
-        let stream = input.map(move |batch| {
+        let stream = flatten(input.map(move |batch| {
             let batch = batch?;
             let timer = elapsed.timer();
             let out = match map {
@@ -195,14 +195,7 @@ impl ExecutionPlan for BlockMapExec {
             timer.done();
             output_rows.add(out.iter().map(RecordBatch::num_rows).sum());
             Ok(out)
-        });
-        let stream = stream.flat_map(|out: Result<Vec<RecordBatch>>| {
-            let items: Vec<Result<RecordBatch>> = match out {
-                Ok(batches) => batches.into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            };
-            futures::stream::iter(items)
-        });
+        }));
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
     }
 }

@@ -66,12 +66,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, Int64Array, RecordBatch};
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::physical_plan::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tessera_storage::{BLOCK_FIELD_COUNT, Block, BlockColumns, BlockColumnsBuilder, block_fields};
 
 pub use cells::BlockCellsExec;
@@ -203,11 +203,81 @@ pub(crate) fn batches_stream(
     schema: SchemaRef,
     batches: impl Future<Output = Result<Vec<RecordBatch>>> + Send + 'static,
 ) -> SendableRecordBatchStream {
-    let stream = futures::stream::once(batches).flat_map(|r| match r {
-        Ok(batches) => futures::stream::iter(batches.into_iter().map(Ok)).boxed(),
-        Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-    });
+    let stream = flatten(futures::stream::once(batches));
     Box::pin(RecordBatchStreamAdapter::new(schema, stream))
+}
+
+/// The batches of a stream of batch lists, each list's error in its place.
+pub(crate) fn flatten(
+    lists: impl Stream<Item = Result<Vec<RecordBatch>>> + Send + 'static,
+) -> impl Stream<Item = Result<RecordBatch>> + Send + 'static {
+    lists.flat_map(|r| {
+        let items: Vec<Result<RecordBatch>> = match r {
+            Ok(batches) => batches.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures::stream::iter(items)
+    })
+}
+
+/// Collects `(i, j, v)` cells into batches of the cells schema, at most `batch_size`
+/// rows each (a block's cells are never split, so a batch may hold one block more).
+pub(crate) struct CellBatches {
+    schema: SchemaRef,
+    batch_size: usize,
+    i: Vec<i64>,
+    j: Vec<i64>,
+    v: Vec<f64>,
+    done: Vec<RecordBatch>,
+}
+
+impl CellBatches {
+    pub(crate) fn new(schema: SchemaRef, batch_size: usize) -> Self {
+        Self {
+            schema,
+            batch_size: batch_size.max(1),
+            i: Vec::new(),
+            j: Vec::new(),
+            v: Vec::new(),
+            done: Vec::new(),
+        }
+    }
+
+    /// One cell, zero or not.
+    pub(crate) fn push(&mut self, i: i64, j: i64, v: f64) {
+        self.i.push(i);
+        self.j.push(j);
+        self.v.push(v);
+    }
+
+    /// The non-zero cells of `block`, whose first cell is at `(r0, c0)`.
+    pub(crate) fn push_block(&mut self, (r0, c0): (i64, i64), block: &Block) -> Result<()> {
+        block.for_each_nonzero(|r, c, v| self.push(r0 + r as i64, c0 + c as i64, v));
+        if self.i.len() >= self.batch_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.i.is_empty() {
+            return Ok(());
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(Int64Array::from(std::mem::take(&mut self.i))),
+            Arc::new(Int64Array::from(std::mem::take(&mut self.j))),
+            Arc::new(Float64Array::from(std::mem::take(&mut self.v))),
+        ];
+        self.done
+            .push(RecordBatch::try_new(self.schema.clone(), columns)?);
+        Ok(())
+    }
+
+    /// Every batch, the last one partly filled.
+    pub(crate) fn finish(mut self) -> Result<Vec<RecordBatch>> {
+        self.flush()?;
+        Ok(self.done)
+    }
 }
 
 /// The blocks of a block-stream batch whose key columns are at `at` and `at + 1` and
