@@ -75,6 +75,14 @@ async fn adbc_postgresql_driver_ingests_and_fetches_arrow() {
     run_client_script("adbc_postgresql_client.py").await;
 }
 
+/// polars `read_database_uri` and connectorx (binary COPY in the extended protocol): a
+/// table with NULLs, an empty result and a matmul, compared with the rows written and
+/// with NumPy. The checks are in the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn polars_and_connectorx_read_with_binary_copy() {
+    run_client_script("polars_client.py").await;
+}
+
 /// Every file under `dir`, relative to it.
 fn files_under(dir: &Path) -> BTreeSet<PathBuf> {
     let mut out = BTreeSet::new();

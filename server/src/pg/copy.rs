@@ -320,6 +320,10 @@ impl CopyDecoder {
             let c = data[i];
             i += 1;
             if in_quotes {
+                if c == escape && escape != quote && i == data.len() && !last {
+                    // An escaped quote may continue in the next message.
+                    return Ok(false);
+                }
                 if c == escape && escape != quote && data.get(i) == Some(&quote) {
                     field.push(quote);
                     i += 1;
