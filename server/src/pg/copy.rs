@@ -63,6 +63,24 @@ fn copy_error(
     tessera_error(kind, format!("COPY {what}, {place}: {message}"))
 }
 
+/// An error in field `k` (from 0) of binary row `row` (from 1).
+fn field_error(
+    kind: ErrorKind,
+    what: &str,
+    row: u64,
+    k: usize,
+    name: &str,
+    message: impl std::fmt::Display,
+) -> datafusion::common::DataFusionError {
+    tessera_error(
+        kind,
+        format!(
+            "COPY {what}, row {row}, field {} ({name}): {message}",
+            k + 1
+        ),
+    )
+}
+
 /// Decodes the data of one `COPY ... FROM STDIN` into batches of the target's columns.
 pub(crate) struct CopyDecoder {
     what: String,
@@ -562,11 +580,13 @@ impl CopyDecoder {
         for (k, (column, span)) in columns.iter_mut().zip(&spans).enumerate() {
             let value = span.map(|(s, e)| &data[s..e]);
             column.push(value).map_err(|m| {
-                copy_error(
+                field_error(
                     ErrorKind::InvalidBinaryRepresentation,
                     &self.what,
-                    Place::Row(row),
-                    format!("field {} ({}): {m}", k + 1, column.name),
+                    row,
+                    k,
+                    &column.name,
+                    m,
                 )
             })?;
         }
@@ -629,16 +649,13 @@ impl CopyDecoder {
                     if typed.null_count() != raw.null_count()
                         && let Some(r) = (0..n).find(|&r| typed.is_null(r) && !raw.is_null(r))
                     {
-                        return Err(copy_error(
+                        return Err(field_error(
                             ErrorKind::NumericOutOfRange,
                             &what,
-                            Place::Row(first_row + r as u64),
-                            format!(
-                                "field {} ({}): the value does not fit in {}",
-                                k + 1,
-                                field.name(),
-                                field.data_type()
-                            ),
+                            first_row + r as u64,
+                            k,
+                            field.name(),
+                            format!("the value does not fit in {}", field.data_type()),
                         ));
                     }
                     arrays[target] = typed;
@@ -711,9 +728,7 @@ impl PartitionStream for CopyRows {
         let rows = futures::stream::unfold(
             receiver.map(|r| (r, None::<MemoryReservation>)),
             |state| async move {
-                let Some((mut receiver, held)) = state else {
-                    return None;
-                };
+                let (mut receiver, held) = state?;
                 // The batch handed on last is written by now.
                 drop(held);
                 match receiver.recv().await {

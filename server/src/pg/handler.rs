@@ -492,10 +492,6 @@ fn copy_out_response(columns: usize, binary: bool) -> CopyOutResponse {
     CopyOutResponse::new(format as i8, columns as i16, vec![format; columns])
 }
 
-/// CopyData messages of a COPY TO in the simple protocol carry this many bytes or more
-/// (rows are not split).
-const COPY_OUT_MESSAGE_BYTES: usize = 64 << 10;
-
 #[async_trait]
 impl SimpleQueryHandler for PgConnection {
     async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
@@ -583,11 +579,20 @@ impl SimpleQueryHandler for PgConnection {
                             format.binary,
                         )))
                         .await?;
+                    // As PostgreSQL sends them: one row per CopyData (psycopg reads each
+                    // as one row), a text header alone, the binary header with the first
+                    // row and the trailer alone (or with the header when there are no
+                    // rows).
                     let mut out = BytesMut::new();
                     if format.binary {
                         copy::encode_binary_header(&mut out);
                     } else if format.header {
                         copy::encode_header(&mut out, &schema, &format);
+                        client
+                            .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                                out.split().freeze(),
+                            )))
+                            .await?;
                     }
                     let mut rows = 0usize;
                     while let Some(batch) = stream.next().await {
@@ -599,19 +604,15 @@ impl SimpleQueryHandler for PgConnection {
                                 copy::encode_row(&mut out, &batch, row, &format);
                             }
                             rows += 1;
-                            if out.len() >= COPY_OUT_MESSAGE_BYTES {
-                                client
-                                    .feed(PgWireBackendMessage::CopyData(CopyData::new(
-                                        out.split().freeze(),
-                                    )))
-                                    .await?;
-                            }
+                            client
+                                .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                                    out.split().freeze(),
+                                )))
+                                .await?;
                         }
                     }
                     if format.binary {
                         copy::encode_binary_trailer(&mut out);
-                    }
-                    if !out.is_empty() {
                         client
                             .feed(PgWireBackendMessage::CopyData(CopyData::new(out.freeze())))
                             .await?;
@@ -924,19 +925,25 @@ impl ExtendedQueryHandler for PgConnection {
                         Err(e) => vec![Err(pg_error(&e))],
                     })
                 });
-                // With no rows the header still goes out (counted as a row).
-                let rest = futures::stream::iter(std::iter::from_fn(move || {
-                    header
+                // The end: the binary trailer, alone or, with no rows, after the header
+                // in one message, as PostgreSQL sends it (readers such as connectorx's
+                // take a header alone for a cut stream).
+                let rest = futures::stream::iter(std::iter::once(()).filter_map(move |()| {
+                    let mut out = header
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .take()
-                        .map(|out| Ok(CopyData::new(out.freeze())))
+                        .unwrap_or_default();
+                    if binary {
+                        copy::encode_binary_trailer(&mut out);
+                    }
+                    (!out.is_empty()).then(|| Ok(CopyData::new(out.freeze())))
                 }));
-                Response::CopyOut(CopyResponse::new(
-                    i8::from(binary),
-                    schema.fields().len(),
-                    rows.chain(rest),
-                ))
+                // Made as text, then marked binary: `CopyResponse::new` would add a
+                // second trailer.
+                let mut response = CopyResponse::new(0, schema.fields().len(), rows.chain(rest));
+                response.format = i8::from(binary);
+                Response::CopyOut(response)
             }
             Outcome::CopyIn(columns, binary) => Response::CopyIn(CopyResponse::new(
                 i8::from(binary),

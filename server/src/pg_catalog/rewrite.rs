@@ -12,6 +12,7 @@
 //! | `ARRAY(subquery)` | `(SELECT array_agg(...) ...)`, or an empty array when the subquery reads a set-returning function of an outer column |
 //! | `'{1,2}'` compared with `=` / `<>`, or in `= ANY('{r,p}')` | `make_array(1, 2)` |
 //! | `FROM pg_type` (a catalog table, unqualified) | `FROM pg_catalog.pg_type` |
+//! | `typreceive != 0` (a `regproc` column compared with OID 0) | `typreceive != '-'` |
 //! | `generate_subscripts(a, 1)` | `unnest(generate_series(1, array_length(a, 1)))` |
 //! | `FLOAT`, `FLOAT(53)` in `CREATE TABLE` and casts | `DOUBLE PRECISION`, as in PostgreSQL |
 //! | `x LIKE p ESCAPE '/'` | `x LIKE tessera_like_escape(p, '/')` (the pattern with `\` escapes) |
@@ -187,6 +188,17 @@ fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
         }
         Expr::BinaryOp {
             left,
+            op: BinaryOperator::Eq | BinaryOperator::NotEq,
+            right,
+        } if is_regproc_column(left) && is_zero(right) => {
+            // A function column compared with OID 0 (no function), as ADBC asks
+            // `typreceive != 0`: the column is text here, and PostgreSQL shows OID 0 of a
+            // regproc as `-`.
+            **right = Expr::value(Value::SingleQuotedString("-".into()));
+            Some(expr.clone())
+        }
+        Expr::BinaryOp {
+            left,
             op: op @ (BinaryOperator::Eq | BinaryOperator::NotEq),
             right,
         } => {
@@ -243,6 +255,33 @@ fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
         Expr::Subquery(query) => aggregate_catalog_subquery(query),
         _ => None,
     }
+}
+
+/// A `regproc` column of a catalog table (held as the function's name here).
+fn is_regproc_column(expr: &Expr) -> bool {
+    const COLUMNS: &[&str] = &[
+        "typinput",
+        "typoutput",
+        "typreceive",
+        "typsend",
+        "typmodin",
+        "typmodout",
+        "typanalyze",
+    ];
+    let name = match expr {
+        Expr::Identifier(ident) => ident,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(last) => last,
+            None => return false,
+        },
+        _ => return false,
+    };
+    COLUMNS.contains(&name.value.to_ascii_lowercase().as_str())
+}
+
+/// The number literal `0`.
+fn is_zero(expr: &Expr) -> bool {
+    matches!(expr, Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n == "0"))
 }
 
 /// A scalar subquery over catalog tables whose one column is not an aggregate, as
@@ -875,6 +914,10 @@ mod tests {
                 "SELECT array_to_string(a, ',') FROM unnest(b) x",
             ),
             ("SELECT a = '{0}'", "SELECT a = make_array(0)"),
+            (
+                "SELECT oid FROM pg_type WHERE (typreceive != 0 OR t.typsend <> 0) AND typreceive::TEXT != 'array_recv'",
+                "SELECT oid FROM pg_catalog.pg_type WHERE (typreceive <> '-' OR t.typsend <> '-') AND typreceive::TEXT <> 'array_recv'",
+            ),
             (
                 "SELECT k = ANY('{r,p}'), k <> ALL ('{1, 2}'), k = ANY(make_array('r'))",
                 "SELECT k = ANY(make_array('r', 'p')), k <> ALL(make_array(1, 2)), k = ANY(make_array('r'))",
