@@ -67,9 +67,10 @@ async fn psycopg_binary_copy_round_trips_tables_and_matrices() {
     run_client_script("copy_binary_client.py").await;
 }
 
-/// The ADBC PostgreSQL driver: `adbc_ingest` creates and appends to a table and appends
-/// cells to matrices; `fetch_arrow_table` of the table and of a matmul, compared with
-/// the Arrow table sent and with NumPy. The checks are in the script.
+/// The ADBC PostgreSQL driver: `adbc_ingest` creates and fills tables (one of every
+/// Arrow type it maps, and matrices' cells); `fetch_arrow_table` of a table and of a
+/// matmul, compared with the Arrow table sent and with NumPy. The checks are in the
+/// script.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adbc_postgresql_driver_ingests_and_fetches_arrow() {
     run_client_script("adbc_postgresql_client.py").await;

@@ -55,8 +55,11 @@ with cur.copy("COPY kinds (c, g) FROM STDIN WITH (FORMAT binary)") as copy:
 cur.execute("SELECT a, c, g, m FROM kinds WHERE c = 42")
 assert cur.fetchall() == [(None, 42, "only two", None)]
 
-# NaN survives the round trip.
-cur.execute("CREATE TABLE nans (x DOUBLE)")
+# NaN survives the round trip. The CREATE goes through the extended protocol, as ADBC
+# sends it: DDL answers no rows (libpq's COMMAND_OK), not the new table's columns.
+cur.execute("CREATE TABLE nans (x DOUBLE)", prepare=True)
+assert cur.pgresult.status == psycopg.pq.ExecStatus.COMMAND_OK, cur.pgresult.status
+assert cur.description is None, cur.description
 with cur.copy("COPY nans FROM STDIN (FORMAT binary)") as copy:
     copy.set_types(["float8"])
     copy.write_row((float("nan"),))

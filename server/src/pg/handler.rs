@@ -729,7 +729,14 @@ impl QueryParser for StatementParser {
                     .prepare_statement(statement.clone(), &declared)
                     .await
                     .map_err(|e| pg_error(&e))?;
-                let fields = if dml_tag(statement).is_some() {
+                // DDL returns no rows, though DataFusion's plan of a CREATE TABLE has
+                // the new table's columns; a RowDescription makes libpq report rows
+                // (PGRES_TUPLES_OK), which ADBC's ingest takes for a failed CREATE.
+                let tag = command_tag(statement);
+                let is_ddl = ["CREATE ", "DROP ", "ALTER ", "TRUNCATE "]
+                    .iter()
+                    .any(|prefix| tag.starts_with(prefix));
+                let fields = if dml_tag(statement).is_some() || is_ddl {
                     Vec::new()
                 } else {
                     prepared.schema().fields().iter().cloned().collect()
