@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)] // tests may panic
 
 mod clients;
+mod copy_binary;
 mod crash_soak;
 mod dml;
 mod docs_links;

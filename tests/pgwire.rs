@@ -498,7 +498,7 @@ async fn pgwire_errors_carry_their_sqlstates() {
         ("SELECT * FROM matmul(m, m)", "22000"),
         ("CREATE MATRIX m (2, 2)", "42P07"),
         ("CREATE TABLE t (b INT)", "42P07"),
-        ("COPY m FROM STDIN WITH (FORMAT binary)", "0A000"),
+        ("COPY m FROM STDIN WITH (FORMAT parquet)", "0A000"),
         ("SELECT 1 / 0", "22012"),
     ];
     for (sql, expected) in cases {

@@ -35,6 +35,13 @@ pub enum ErrorKind {
     InsufficientPrivilege,
     /// A value or input line that cannot be read as its type (22P02).
     InvalidTextRepresentation,
+    /// A binary value of the wrong length or form for its type (22P03).
+    InvalidBinaryRepresentation,
+    /// COPY data that do not follow the format: a bad binary header, a row with too
+    /// many or too few fields, data cut short (22P04).
+    BadCopyFileFormat,
+    /// NULL in a column that does not allow it (23502).
+    NotNullViolation,
     /// A parameter outside its domain, such as `FLOAT(0)` (22023).
     InvalidParameterValue,
     /// Data that do not fit the operation: shapes, a cell outside its array, a bad file

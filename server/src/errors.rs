@@ -34,6 +34,12 @@ pub const DATATYPE_MISMATCH: &str = "42804";
 pub const INVALID_QUERY: &str = "42000";
 /// `22P02`: a value, parameter or input line that cannot be read as its type.
 pub const INVALID_TEXT_REPRESENTATION: &str = "22P02";
+/// `22P03`: a binary value of the wrong length or form for its type.
+pub const INVALID_BINARY_REPRESENTATION: &str = "22P03";
+/// `22P04`: COPY data that do not follow their format.
+pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
+/// `23502`: NULL in a column that does not allow it.
+pub const NOT_NULL_VIOLATION: &str = "23502";
 /// `22000`: data that do not fit the operation, such as matrices whose shapes do not
 /// conform, or a cell outside its array.
 pub const DATA_EXCEPTION: &str = "22000";
@@ -119,6 +125,9 @@ pub fn kind_sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::InvalidQuery => INVALID_QUERY,
         ErrorKind::InsufficientPrivilege => INSUFFICIENT_PRIVILEGE,
         ErrorKind::InvalidTextRepresentation => INVALID_TEXT_REPRESENTATION,
+        ErrorKind::InvalidBinaryRepresentation => INVALID_BINARY_REPRESENTATION,
+        ErrorKind::BadCopyFileFormat => BAD_COPY_FILE_FORMAT,
+        ErrorKind::NotNullViolation => NOT_NULL_VIOLATION,
         ErrorKind::DataException => DATA_EXCEPTION,
         ErrorKind::InvalidParameterValue => INVALID_PARAMETER_VALUE,
         ErrorKind::SingularMatrix => DATA_EXCEPTION,

@@ -12,8 +12,10 @@ use async_trait::async_trait;
 use bytes::BytesMut;
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::streaming::StreamingTable;
 use datafusion::common::{DataFusionError, ScalarValue, TableReference};
 use datafusion::dataframe::DataFrameWriteOptions;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use pgwire::api::auth::mechanism::AuthMechanismFactory;
 use pgwire::api::auth::sasl::SaslMechanisms;
@@ -50,6 +52,7 @@ use crate::Database;
 use crate::config::{AuthMethod, parse_duration};
 use crate::edge::{Interrupt, QueryControl, dml_tag, is_loopback};
 use crate::errors;
+use crate::plan_cache::WriteGuard;
 use crate::server::{BackendSlot, BackendSlots, StartupSlot};
 use crate::session::{PreparedStatement, Session};
 
@@ -118,13 +121,17 @@ struct ConnectionState {
     backend_slot: Option<BackendSlot>,
 }
 
-/// A `COPY ... FROM STDIN` receiving data.
+/// A `COPY ... FROM STDIN` receiving data: rows are decoded as they arrive and sent,
+/// a batch at a time, to the one INSERT that writes them, which runs on its own task
+/// and commits only after CopyDone. What the connection holds meanwhile (data not yet
+/// decoded, the batch being built, batches in flight) is charged to the session's
+/// memory pool.
 struct CopyIn {
-    table: TableReference,
-    columns: Vec<String>,
-    format: CopyFormat,
-    schema: SchemaRef,
-    data: Vec<u8>,
+    decoder: copy::CopyDecoder,
+    reservation: MemoryReservation,
+    batches: tokio::sync::mpsc::Sender<copy::CopyChunk>,
+    writer: tokio::task::JoinHandle<Result<u64, DataFusionError>>,
+    _writing: WriteGuard,
 }
 
 /// One client connection.
@@ -154,7 +161,8 @@ enum Outcome {
     Commit,
     Rollback,
     CopyOut(SchemaRef, RowStream, CopyFormat),
-    CopyIn(usize),
+    /// The number of columns and whether the format is binary.
+    CopyIn(usize, bool),
 }
 
 type RowStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, DataFusionError>> + Send>>;
@@ -311,21 +319,12 @@ impl PgConnection {
                 columns,
                 format,
             } => {
-                let provider = self.session.ctx().table_provider(table.clone()).await?;
-                let schema = provider.schema();
-                let width = if columns.is_empty() {
-                    schema.fields().len()
-                } else {
-                    columns.len()
-                };
-                self.state().copy_in = Some(CopyIn {
-                    table: table.clone(),
-                    columns: columns.clone(),
-                    format: format.clone(),
-                    schema,
-                    data: Vec::new(),
-                });
-                Ok(Outcome::CopyIn(width))
+                let copy = self
+                    .start_copy_in(table, columns, format, interrupt)
+                    .await?;
+                let width = copy.decoder.width();
+                self.state().copy_in = Some(copy);
+                Ok(Outcome::CopyIn(width, format.binary))
             }
         }
     }
@@ -488,8 +487,9 @@ fn row_description(fields: &[FieldInfo]) -> RowDescription {
     RowDescription::new(fields.iter().map(Into::into).collect())
 }
 
-fn copy_out_response(columns: usize) -> CopyOutResponse {
-    CopyOutResponse::new(0, columns as i16, vec![0; columns])
+fn copy_out_response(columns: usize, binary: bool) -> CopyOutResponse {
+    let format = i16::from(binary);
+    CopyOutResponse::new(format as i8, columns as i16, vec![format; columns])
 }
 
 #[async_trait]
@@ -576,26 +576,46 @@ impl SimpleQueryHandler for PgConnection {
                     client
                         .feed(PgWireBackendMessage::CopyOutResponse(copy_out_response(
                             schema.fields().len(),
+                            format.binary,
                         )))
                         .await?;
-                    if format.header {
-                        let mut out = BytesMut::new();
+                    // As PostgreSQL sends them: one row per CopyData (psycopg reads each
+                    // as one row), a text header alone, the binary header with the first
+                    // row and the trailer alone (or with the header when there are no
+                    // rows).
+                    let mut out = BytesMut::new();
+                    if format.binary {
+                        copy::encode_binary_header(&mut out);
+                    } else if format.header {
                         copy::encode_header(&mut out, &schema, &format);
                         client
-                            .feed(PgWireBackendMessage::CopyData(CopyData::new(out.freeze())))
+                            .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                                out.split().freeze(),
+                            )))
                             .await?;
                     }
                     let mut rows = 0usize;
                     while let Some(batch) = stream.next().await {
                         let batch = batch.map_err(|e| pg_error(&e))?;
                         for row in 0..batch.num_rows() {
-                            let mut out = BytesMut::new();
-                            copy::encode_row(&mut out, &batch, row, &format);
-                            client
-                                .feed(PgWireBackendMessage::CopyData(CopyData::new(out.freeze())))
-                                .await?;
+                            if format.binary {
+                                copy::encode_binary_row(&mut out, &batch, row);
+                            } else {
+                                copy::encode_row(&mut out, &batch, row, &format);
+                            }
                             rows += 1;
+                            client
+                                .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                                    out.split().freeze(),
+                                )))
+                                .await?;
                         }
+                    }
+                    if format.binary {
+                        copy::encode_binary_trailer(&mut out);
+                        client
+                            .feed(PgWireBackendMessage::CopyData(CopyData::new(out.freeze())))
+                            .await?;
                     }
                     client
                         .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
@@ -606,9 +626,12 @@ impl SimpleQueryHandler for PgConnection {
                         ))
                         .await?;
                 }
-                Outcome::CopyIn(columns) => {
+                Outcome::CopyIn(columns, binary) => {
                     if n + 1 != count {
-                        self.state().copy_in = None;
+                        let copy = self.state().copy_in.take();
+                        if let Some(copy) = copy {
+                            abort_copy_in(copy).await;
+                        }
                         return Err(user_error(
                             "ERROR",
                             errors::FEATURE_NOT_SUPPORTED,
@@ -617,9 +640,9 @@ impl SimpleQueryHandler for PgConnection {
                     }
                     client
                         .send(PgWireBackendMessage::CopyInResponse(CopyInResponse::new(
-                            0,
+                            i8::from(binary),
                             columns as i16,
-                            vec![0; columns],
+                            vec![i16::from(binary); columns],
                         )))
                         .await?;
                     client.set_state(PgWireConnectionState::CopyInProgress(false));
@@ -706,7 +729,14 @@ impl QueryParser for StatementParser {
                     .prepare_statement(statement.clone(), &declared)
                     .await
                     .map_err(|e| pg_error(&e))?;
-                let fields = if dml_tag(statement).is_some() {
+                // DDL returns no rows, though DataFusion's plan of a CREATE TABLE has
+                // the new table's columns; a RowDescription makes libpq report rows
+                // (PGRES_TUPLES_OK), which ADBC's ingest takes for a failed CREATE.
+                let tag = command_tag(statement);
+                let is_ddl = ["CREATE ", "DROP ", "ALTER ", "TRUNCATE "]
+                    .iter()
+                    .any(|prefix| tag.starts_with(prefix));
+                let fields = if dml_tag(statement).is_some() || is_ddl {
                     Vec::new()
                 } else {
                     prepared.schema().fields().iter().cloned().collect()
@@ -866,31 +896,64 @@ impl ExtendedQueryHandler for PgConnection {
             )),
             Outcome::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
             Outcome::CopyOut(schema, stream, format) => {
-                let mut header = if format.header {
-                    let mut out = BytesMut::new();
+                let mut out = BytesMut::new();
+                if format.binary {
+                    copy::encode_binary_header(&mut out);
+                } else if format.header {
                     copy::encode_header(&mut out, &schema, &format);
-                    Some(out)
-                } else {
-                    None
+                }
+                // The header rides with the first row: pgwire counts every CopyData
+                // message as a row (and adds the binary trailer itself).
+                let header = Arc::new(Mutex::new((!out.is_empty()).then_some(out)));
+                let take_header = {
+                    let header = header.clone();
+                    move || {
+                        header
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take()
+                            .unwrap_or_default()
+                    }
                 };
-                let data = stream.flat_map(move |batch| {
+                let binary = format.binary;
+                let rows = stream.flat_map(move |batch| {
                     futures::stream::iter(match batch {
                         Ok(batch) => (0..batch.num_rows())
                             .map(|row| {
-                                // The header rides with the first row: pgwire counts
-                                // every CopyData message as a row.
-                                let mut out = header.take().unwrap_or_default();
-                                copy::encode_row(&mut out, &batch, row, &format);
+                                let mut out = take_header();
+                                if binary {
+                                    copy::encode_binary_row(&mut out, &batch, row);
+                                } else {
+                                    copy::encode_row(&mut out, &batch, row, &format);
+                                }
                                 Ok(CopyData::new(out.freeze()))
                             })
                             .collect::<Vec<_>>(),
                         Err(e) => vec![Err(pg_error(&e))],
                     })
                 });
-                Response::CopyOut(CopyResponse::new(0, schema.fields().len(), data))
+                // The end: the binary trailer, alone or, with no rows, after the header
+                // in one message, as PostgreSQL sends it (readers such as connectorx's
+                // take a header alone for a cut stream).
+                let rest = futures::stream::iter(std::iter::once(()).filter_map(move |()| {
+                    let mut out = header
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .take()
+                        .unwrap_or_default();
+                    if binary {
+                        copy::encode_binary_trailer(&mut out);
+                    }
+                    (!out.is_empty()).then(|| Ok(CopyData::new(out.freeze())))
+                }));
+                // Made as text, then marked binary: `CopyResponse::new` would add a
+                // second trailer.
+                let mut response = CopyResponse::new(0, schema.fields().len(), rows.chain(rest));
+                response.format = i8::from(binary);
+                Response::CopyOut(response)
             }
-            Outcome::CopyIn(columns) => Response::CopyIn(CopyResponse::new(
-                0,
+            Outcome::CopyIn(columns, binary) => Response::CopyIn(CopyResponse::new(
+                i8::from(binary),
                 columns,
                 futures::stream::empty::<PgWireResult<CopyData>>(),
             )),
@@ -906,10 +969,21 @@ impl CopyHandler for PgConnection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        if let Some(copy) = self.state().copy_in.as_mut() {
-            copy.data.extend_from_slice(&copy_data.data);
+        // Taken out while it works (the lock is not held across an await); a connection
+        // dropped meanwhile drops it, which fails the INSERT.
+        let Some(mut copy) = self.state().copy_in.take() else {
+            return Ok(());
+        };
+        match feed_copy_in(&mut copy, &copy_data.data, false).await {
+            Ok(()) => {
+                self.state().copy_in = Some(copy);
+                Ok(())
+            }
+            Err(e) => {
+                abort_copy_in(copy).await;
+                Err(pg_error(&e))
+            }
         }
-        Ok(())
     }
 
     async fn on_copy_done<C>(&self, client: &mut C, _done: CopyDone) -> PgWireResult<()>
@@ -925,7 +999,7 @@ impl CopyHandler for PgConnection {
                 "CopyDone without a COPY FROM STDIN in progress",
             ));
         };
-        let count = self.finish_copy_in(copy).await.map_err(|e| pg_error(&e))?;
+        let count = finish_copy_in(copy).await.map_err(|e| pg_error(&e))?;
         client
             .send(PgWireBackendMessage::CommandComplete(
                 Tag::new("COPY").with_rows(count as usize).into(),
@@ -940,7 +1014,10 @@ impl CopyHandler for PgConnection {
         C::Error: Debug,
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
-        self.state().copy_in = None;
+        let copy = self.state().copy_in.take();
+        if let Some(copy) = copy {
+            abort_copy_in(copy).await;
+        }
         user_error(
             "ERROR",
             errors::QUERY_CANCELED,
@@ -950,32 +1027,120 @@ impl CopyHandler for PgConnection {
 }
 
 impl PgConnection {
-    /// Parses the gathered COPY data and inserts every row in one statement.
-    async fn finish_copy_in(&self, copy: CopyIn) -> Result<u64, DataFusionError> {
-        let what = copy.table.to_string();
-        let rows = copy::parse_rows(&copy.data, &copy.format, &what)?;
-        let batch = copy::rows_to_batch(&rows, &copy.schema, &copy.columns, &what)?;
-        let interrupt = self.interrupt();
+    /// Starts `COPY table [(columns)] FROM STDIN`: the INSERT that will write the rows
+    /// starts now, on its own task, reading the rows the connection decodes.
+    async fn start_copy_in(
+        &self,
+        table: &TableReference,
+        columns: &[String],
+        format: &CopyFormat,
+        interrupt: &Interrupt,
+    ) -> Result<CopyIn, DataFusionError> {
         let ctx = self.session.ctx().clone();
-        let table = copy.table.to_quoted_string();
-        let _writing = self.session.begin_write();
-        let result = interrupt
-            .run(async move {
-                ctx.read_batch(batch)?
-                    .write_table(&table, DataFrameWriteOptions::new())
-                    .await
-            })
-            .await?;
-        Ok(result
-            .iter()
-            .filter_map(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::UInt64Array>()
-                    .map(|c| c.iter().flatten().sum::<u64>())
-            })
-            .sum())
+        let provider = ctx.table_provider(table.clone()).await?;
+        let what = table.to_string();
+        let batch_rows = ctx.state().config().batch_size();
+        let decoder =
+            copy::CopyDecoder::new(&what, format, &provider.schema(), columns, batch_rows)?;
+        let (batches, receiver) = tokio::sync::mpsc::channel(1);
+        let rows = copy::CopyRows::new(decoder.schema(), receiver);
+        let source = StreamingTable::try_new(decoder.schema(), vec![Arc::new(rows)])?;
+        let reservation = MemoryConsumer::new(format!("COPY {what} FROM STDIN"))
+            .register(&ctx.runtime_env().memory_pool);
+        let writing = self.session.begin_write();
+        let target = table.to_quoted_string();
+        let interrupt = interrupt.clone();
+        let writer = tokio::spawn(async move {
+            interrupt
+                .run(async move {
+                    let result = ctx
+                        .read_table(Arc::new(source))?
+                        .write_table(&target, DataFrameWriteOptions::new())
+                        .await?;
+                    Ok(result
+                        .iter()
+                        .filter_map(|b| {
+                            b.column(0)
+                                .as_any()
+                                .downcast_ref::<datafusion::arrow::array::UInt64Array>()
+                                .map(|c| c.iter().flatten().sum::<u64>())
+                        })
+                        .sum())
+                })
+                .await
+        });
+        Ok(CopyIn {
+            decoder,
+            reservation,
+            batches,
+            writer,
+            _writing: writing,
+        })
     }
+}
+
+/// Decodes more of a COPY's data and sends every full batch to its writer; with
+/// `last`, the rest too. Waits while the writer is busy, so memory stays bounded.
+async fn feed_copy_in(copy: &mut CopyIn, data: &[u8], last: bool) -> Result<(), DataFusionError> {
+    copy.decoder.extend(data);
+    copy.reservation.try_resize(copy.decoder.memory())?;
+    while let Some(batch) = copy.decoder.next_batch(last)? {
+        let bytes = batch.get_array_memory_size();
+        copy.reservation.try_resize(copy.decoder.memory() + bytes)?;
+        let held = copy.reservation.split(bytes);
+        if copy
+            .batches
+            .send(copy::CopyChunk::Batch(batch, held))
+            .await
+            .is_err()
+        {
+            return Err(writer_error(copy).await);
+        }
+    }
+    copy.reservation.try_resize(copy.decoder.memory())?;
+    Ok(())
+}
+
+/// The error that stopped a COPY's writer early.
+async fn writer_error(copy: &mut CopyIn) -> DataFusionError {
+    match (&mut copy.writer).await {
+        Ok(Err(e)) => e,
+        Ok(Ok(_)) => DataFusionError::Internal("the COPY writer ended before its data".into()),
+        Err(e) => DataFusionError::Internal(format!("the COPY writer failed: {e}")),
+    }
+}
+
+/// CopyDone: decodes what remains, lets the writer commit, and returns the row count.
+async fn finish_copy_in(mut copy: CopyIn) -> Result<u64, DataFusionError> {
+    if let Err(e) = feed_copy_in(&mut copy, &[], true).await {
+        abort_copy_in(copy).await;
+        return Err(e);
+    }
+    if copy.batches.send(copy::CopyChunk::End).await.is_err() {
+        return Err(writer_error(&mut copy).await);
+    }
+    let rows = copy.decoder.rows();
+    match copy.writer.await {
+        Ok(Ok(_)) => Ok(rows),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(DataFusionError::Internal(format!(
+            "the COPY writer failed: {e}"
+        ))),
+    }
+}
+
+/// Stops a COPY without committing: its writer sees its data end without CopyDone,
+/// fails, and removes what it wrote before this returns.
+async fn abort_copy_in(copy: CopyIn) {
+    let CopyIn {
+        batches,
+        writer,
+        reservation,
+        ..
+    } = copy;
+    drop(batches);
+    drop(reservation);
+    let _ = writer.await;
 }
 
 #[async_trait]

@@ -65,10 +65,13 @@ pub(crate) enum CopyOutSource {
     },
 }
 
-/// The settings of a `COPY ... STDIN / STDOUT` (PostgreSQL's text and CSV formats).
+/// The settings of a `COPY ... STDIN / STDOUT` (PostgreSQL's text, CSV and binary
+/// formats).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CopyFormat {
     pub(crate) csv: bool,
+    /// PostgreSQL's binary COPY format; the text settings below do not apply.
+    pub(crate) binary: bool,
     pub(crate) header: bool,
     pub(crate) delimiter: u8,
     pub(crate) null: String,
@@ -80,6 +83,7 @@ impl CopyFormat {
     fn text() -> Self {
         CopyFormat {
             csv: false,
+            binary: false,
             header: false,
             delimiter: b'\t',
             null: "\\N".into(),
@@ -92,6 +96,29 @@ impl CopyFormat {
         self.csv = true;
         self.delimiter = b',';
         self.null = String::new();
+    }
+
+    /// `FORMAT text | csv | binary`.
+    fn set_format(&mut self, name: &str) -> Result<()> {
+        match name.to_ascii_lowercase().as_str() {
+            "csv" => self.set_csv(),
+            "text" => {}
+            "binary" => self.binary = true,
+            other => {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "COPY supports FORMAT text, csv and binary, not {other}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// PostgreSQL refuses the text settings in binary mode; so does Tessera.
+    fn check(&self) -> Result<()> {
+        if self.binary && (self.csv || self.header) {
+            return plan_err!("COPY: cannot specify CSV or HEADER in BINARY mode");
+        }
+        Ok(())
     }
 }
 
@@ -300,20 +327,8 @@ fn classify_tessera_copy(
     for (key, value) in &options {
         let text = option_text(value);
         match key.as_str() {
-            "format" => match text.to_ascii_lowercase().as_str() {
-                "csv" => format.set_csv(),
-                "text" => {}
-                other => {
-                    return Err(DataFusionError::NotImplemented(format!(
-                        "COPY ... {} supports FORMAT text and csv, not {other}",
-                        if matches!(direction, CopyDirection::From(_)) {
-                            "FROM STDIN"
-                        } else {
-                            "TO STDOUT"
-                        }
-                    )));
-                }
-            },
+            "format" => format.set_format(&text)?,
+            "binary" => format.binary = !matches!(value, OptionValue::Bool(false)),
             "header" => {
                 format.header = !matches!(value, OptionValue::Bool(false))
                     && !text.eq_ignore_ascii_case("false")
@@ -336,6 +351,7 @@ fn classify_tessera_copy(
     if let Some(n) = explicit_null {
         format.null = n;
     }
+    format.check()?;
     Ok(match direction {
         CopyDirection::From(_) => Command::CopyIn {
             table: name,
@@ -360,15 +376,7 @@ fn classify_sql_copy(
     let mut null = None;
     for option in options.iter().cloned() {
         match option {
-            CopyOption::Format(f) => match f.value.to_ascii_lowercase().as_str() {
-                "csv" => format.set_csv(),
-                "text" => {}
-                other => {
-                    return Err(DataFusionError::NotImplemented(format!(
-                        "COPY ... TO STDOUT supports FORMAT text and csv, not {other}"
-                    )));
-                }
-            },
+            CopyOption::Format(f) => format.set_format(&f.value)?,
             CopyOption::Header(h) => format.header = h,
             CopyOption::Delimiter(d) => delimiter = Some(single_byte("DELIMITER", &d.to_string())?),
             CopyOption::Null(n) => null = Some(n),
@@ -400,6 +408,7 @@ fn classify_sql_copy(
                 }
             }
             CopyLegacyOption::Header => format.header = true,
+            CopyLegacyOption::Binary => format.binary = true,
             CopyLegacyOption::Delimiter(d) => {
                 delimiter = Some(single_byte("DELIMITER", &d.to_string())?)
             }
@@ -417,6 +426,7 @@ fn classify_sql_copy(
     if let Some(n) = null {
         format.null = n;
     }
+    format.check()?;
     let query = DFStatement::Statement(Box::new(SqlStatement::Query(Box::new(query.clone()))));
     Ok(Command::CopyOut {
         source: CopyOutSource::Query(Statement::Sql(SqlText::from_tree(query))),

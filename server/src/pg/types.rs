@@ -35,9 +35,9 @@ use pgwire::api::Type;
 use pgwire::api::results::{FieldFormat, FieldInfo};
 
 /// Days from 1970-01-01 to 2000-01-01, PostgreSQL's epoch.
-const PG_EPOCH_DAYS: i64 = 10_957;
+pub(crate) const PG_EPOCH_DAYS: i64 = 10_957;
 /// Microseconds from 1970-01-01 to 2000-01-01.
-const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
+pub(crate) const PG_EPOCH_MICROS: i64 = PG_EPOCH_DAYS * 86_400_000_000;
 
 /// The PostgreSQL type a column of `data_type` is sent as.
 pub(crate) fn pg_type(data_type: &DataType) -> Type {
@@ -774,7 +774,7 @@ fn read_i32(bytes: &[u8], at: usize) -> Option<i32> {
 }
 
 /// PostgreSQL's binary numeric as decimal text.
-fn numeric_text(bytes: &[u8]) -> Option<String> {
+pub(crate) fn numeric_text(bytes: &[u8]) -> Option<String> {
     let ndigits = read_i16(bytes, 0)?.max(0) as usize;
     let weight = read_i16(bytes, 2)? as i64;
     let sign = read_i16(bytes, 4)? as u16;

@@ -13,6 +13,7 @@
 //! | `'{1,2}'` compared with `=` / `<>`, or in `= ANY('{r,p}')` | `make_array(1, 2)` |
 //! | `'{1,NULL}'::int[]` (any array type) | `make_array('1', NULL)::INT[]` |
 //! | `FROM pg_type` (a catalog table, unqualified) | `FROM pg_catalog.pg_type` |
+//! | `typreceive != 0` (a `regproc` column compared with OID 0) | `typreceive != '-'` |
 //! | `generate_subscripts(a, 1)` | `unnest(generate_series(1, array_length(a, 1)))` |
 //! | `FLOAT`, `FLOAT(53)` in `CREATE TABLE` and casts | `DOUBLE PRECISION`, as in PostgreSQL |
 //! | `x LIKE p ESCAPE '/'` | `x LIKE tessera_like_escape(p, '/')` (the pattern with `\` escapes) |
@@ -188,6 +189,17 @@ fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
         }
         Expr::BinaryOp {
             left,
+            op: BinaryOperator::Eq | BinaryOperator::NotEq,
+            right,
+        } if is_regproc_column(left) && is_zero(right) => {
+            // A function column compared with OID 0 (no function), as ADBC asks
+            // `typreceive != 0`: the column is text here, and PostgreSQL shows OID 0 of a
+            // regproc as `-`.
+            **right = Expr::value(Value::SingleQuotedString("-".into()));
+            Some(expr.clone())
+        }
+        Expr::BinaryOp {
+            left,
             op: op @ (BinaryOperator::Eq | BinaryOperator::NotEq),
             right,
         } => {
@@ -244,6 +256,33 @@ fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
         Expr::Subquery(query) => aggregate_catalog_subquery(query),
         _ => None,
     }
+}
+
+/// A `regproc` column of a catalog table (held as the function's name here).
+fn is_regproc_column(expr: &Expr) -> bool {
+    const COLUMNS: &[&str] = &[
+        "typinput",
+        "typoutput",
+        "typreceive",
+        "typsend",
+        "typmodin",
+        "typmodout",
+        "typanalyze",
+    ];
+    let name = match expr {
+        Expr::Identifier(ident) => ident,
+        Expr::CompoundIdentifier(parts) => match parts.last() {
+            Some(last) => last,
+            None => return false,
+        },
+        _ => return false,
+    };
+    COLUMNS.contains(&name.value.to_ascii_lowercase().as_str())
+}
+
+/// The number literal `0`.
+fn is_zero(expr: &Expr) -> bool {
+    matches!(expr, Expr::Value(v) if matches!(&v.value, Value::Number(n, _) if n == "0"))
 }
 
 /// A scalar subquery over catalog tables whose one column is not an aggregate, as
@@ -903,6 +942,10 @@ mod tests {
                 r#"SELECT '{1,NULL}'::int[], '{r,"p q"}'::text[], '{}'::int8[], '{1}'::int2[]"#,
                 "SELECT make_array('1', NULL)::INT[], make_array('r', 'p q')::TEXT[], \
                  make_array()::INT8[], make_array('1')::INT2[]",
+            ),
+            (
+                "SELECT oid FROM pg_type WHERE (typreceive != 0 OR t.typsend <> 0) AND typreceive::TEXT != 'array_recv'",
+                "SELECT oid FROM pg_catalog.pg_type WHERE (typreceive <> '-' OR t.typsend <> '-') AND typreceive::TEXT <> 'array_recv'",
             ),
             (
                 "SELECT k = ANY('{r,p}'), k <> ALL ('{1, 2}'), k = ANY(make_array('r'))",

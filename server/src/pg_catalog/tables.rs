@@ -885,8 +885,12 @@ async fn rows(table: &str, sources: &Sources, state: &dyn Session) -> Vec<Row> {
                     ("typdelim", text(",")),
                     ("typelem", oid(t.element)),
                     ("typarray", oid(t.array)),
-                    ("typinput", text(format!("{}in", t.name))),
-                    ("typoutput", text(format!("{}out", t.name))),
+                    ("typinput", text(t.io_function("in"))),
+                    ("typoutput", text(t.io_function("out"))),
+                    // Drivers that read binary (ADBC) know a type by its receive
+                    // function's name.
+                    ("typreceive", text(t.io_function("recv"))),
+                    ("typsend", text(t.io_function("send"))),
                     ("typalign", text(if t.len == 8 { "d" } else { "i" })),
                     ("typstorage", text(if t.len < 0 { "x" } else { "p" })),
                     ("typtypmod", ScalarValue::Int32(Some(-1))),

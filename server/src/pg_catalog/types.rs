@@ -160,6 +160,31 @@ pub(crate) const PG_TYPES: &[PgType] = &[
     t(1231, "_numeric", "numeric[]", -1, "A", 0, 1700),
 ];
 
+impl PgType {
+    /// The name of its `in`, `out`, `recv` or `send` function, as PostgreSQL names
+    /// them (`int4recv`, `date_recv`, `array_recv`).
+    pub(crate) fn io_function(&self, kind: &str) -> String {
+        const UNDERSCORED: &[&str] = &[
+            "date",
+            "time",
+            "timestamp",
+            "timestamptz",
+            "interval",
+            "numeric",
+            "record",
+            "uuid",
+            "jsonb",
+        ];
+        if self.name.starts_with('_') {
+            format!("array_{kind}")
+        } else if UNDERSCORED.contains(&self.name) {
+            format!("{}_{kind}", self.name)
+        } else {
+            format!("{}{kind}", self.name)
+        }
+    }
+}
+
 /// The built-in type with OID `oid`.
 pub(crate) fn pg_type_by_oid(oid: i64) -> Option<&'static PgType> {
     PG_TYPES.iter().find(|t| t.oid == oid)
