@@ -5,6 +5,7 @@
 mod clients;
 mod copy_binary;
 mod crash_soak;
+mod distributed;
 mod dml;
 mod docs_links;
 mod flight;

@@ -97,6 +97,49 @@ fn read_everything(fx: &Fixture) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// A worker's read-only view of a directory another process owns: it opens before the
+/// owner's first commit and while the owner holds the lock, finds versions committed
+/// after it opened, reads them exactly, and cannot commit.
+#[test]
+fn a_reader_sees_the_owners_commits_and_cannot_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let reader = Store::open_reader(&dir).unwrap();
+    assert!(reader.is_reader());
+    assert!(matches!(
+        reader.snapshot("m", None),
+        Err(StorageError::ArrayNotFound(_))
+    ));
+    let schema = ArraySchema::matrix(40, 40, 10, 10).unwrap();
+    let owner = Store::open_dir(&dir).unwrap();
+    owner
+        .create_array(
+            "m",
+            schema.clone(),
+            Some(Partitioning::Hash { shards: 2 }),
+            None,
+        )
+        .unwrap();
+    for m in 1..=2 {
+        let mut w = owner.writer("m", WriteMode::Replace).unwrap();
+        for k in all_keys(&schema) {
+            w.put_block(k.clone(), block_at(&schema, &k, m)).unwrap();
+        }
+        w.commit().unwrap();
+        // Each version committed after the reader last looked is found and read exactly.
+        let snap = reader.snapshot("m", Some(m)).unwrap();
+        for k in all_keys(&schema) {
+            let got = snap.read_block(&k).unwrap().expect("every block is stored");
+            assert!(got.same_cells(&block_at(&schema, &k, m)), "v{m} block {k}");
+        }
+    }
+    let err = reader
+        .create_array("other", schema, None, None)
+        .expect_err("a reader cannot create arrays");
+    assert!(matches!(err, StorageError::Internal(_)), "{err}");
+    assert_eq!(owner.arrays().len(), 1);
+}
+
 fn assert_corruption(err: StorageError, file: &Path) {
     let name = file.file_name().unwrap().to_string_lossy().to_string();
     match &err {

@@ -11,6 +11,7 @@ mod cell_scan;
 mod classify;
 mod copartition;
 pub mod ddl;
+pub mod distributed;
 mod dml;
 mod error;
 mod file_access;

@@ -72,6 +72,16 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Which roles may read and write files on the server.
     pub files: FilesConfig,
+    /// Workers (`tessera worker`) that run block dataflows over stored matrices, as
+    /// `host:port` or `http://host:port`; none: everything runs in this process.
+    /// They read the data directory themselves, so it must be shared with them.
+    pub workers: Vec<String>,
+    /// Workers `tessera serve` starts itself on loopback (a one-command trial of
+    /// distributed execution), beside those in `workers`. Default 0.
+    pub local_workers: usize,
+    /// The secret workers require of coordinators (the same string on both sides;
+    /// `TESSERA_CLUSTER_SECRET`). Local workers get a fresh one when unset.
+    pub cluster_secret: Option<String>,
 }
 
 /// The `[files]` table: server-side files (`COPY ... FROM 'file'`, `COPY ... TO 'file'`,
@@ -109,6 +119,9 @@ impl Default for ServerConfig {
             users: Vec::new(),
             tls: None,
             files: FilesConfig::default(),
+            workers: Vec::new(),
+            local_workers: 0,
+            cluster_secret: None,
         }
     }
 }
@@ -187,6 +200,9 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TESSERA_FLIGHT_LISTEN", "flight_listen"),
     ("TESSERA_MEMORY_LIMIT", "memory_limit"),
     ("TESSERA_MAX_CONNECTIONS", "max_connections"),
+    ("TESSERA_WORKERS", "workers"),
+    ("TESSERA_LOCAL_WORKERS", "local_workers"),
+    ("TESSERA_CLUSTER_SECRET", "cluster_secret"),
     (
         "TESSERA_SUPERUSER_RESERVED_CONNECTIONS",
         "superuser_reserved_connections",
@@ -250,6 +266,9 @@ impl ServerConfig {
             "max_startup_connections" => {
                 self.max_startup_connections = whole_number(key, value)?;
             }
+            "workers" => self.workers = list(value),
+            "local_workers" => self.local_workers = whole_number(key, value)?,
+            "cluster_secret" => self.cluster_secret = Some(value.to_string()),
             "max_message_size" => self.max_message_size = value.to_string(),
             "startup_timeout" => self.startup_timeout = value.to_string(),
             "shutdown_timeout" => self.shutdown_timeout = value.to_string(),
@@ -333,7 +352,17 @@ impl ServerConfig {
     }
 
     /// Checks the values that are text in the file (sizes, durations, counts).
+    /// The worker addresses of `workers`, as URLs (`host:port` reads as
+    /// `http://host:port`).
+    pub fn worker_urls(&self) -> Result<Vec<url::Url>, String> {
+        self.workers
+            .iter()
+            .map(|w| worker_url(w).map_err(|e| format!("workers: '{w}' {e}")))
+            .collect()
+    }
+
     fn validate_values(&self) -> Result<(), String> {
+        self.worker_urls()?;
         if let Some(m) = &self.memory_limit {
             parse_bytes(m).map_err(|e| format!("memory_limit: {e}"))?;
         }
@@ -481,6 +510,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' is not a valid duration"));
     }
     Ok(Duration::from_micros((millis * 1000.0) as u64))
+}
+
+/// A worker's address as a URL: `host:port` or `http://host:port`.
+pub fn worker_url(text: &str) -> Result<url::Url, String> {
+    let text = text.trim();
+    let full = if text.contains("://") {
+        text.to_string()
+    } else {
+        format!("http://{text}")
+    };
+    let url = url::Url::parse(&full).map_err(|e| format!("is not an address: {e}"))?;
+    if url.scheme() != "http" || url.host().is_none() || url.port().is_none() {
+        return Err("is not host:port (a worker address, e.g. 127.0.0.1:7001)".into());
+    }
+    Ok(url)
 }
 
 #[cfg(test)]

@@ -28,6 +28,12 @@ pub struct DatabaseOptions {
     pub target_partitions: Option<usize>,
     /// Directory for spill files. `None`: the system's temporary directory.
     pub spill_dir: Option<PathBuf>,
+    /// Workers (`tessera worker`) that run block dataflows over stored matrices;
+    /// empty: every statement runs in this process. See docs/distributed.md.
+    pub workers: Vec<url::Url>,
+    /// The cluster's secret, sent with every request to the workers (which refuse
+    /// requests without it).
+    pub cluster_secret: Option<String>,
 }
 
 impl DatabaseOptions {
@@ -98,6 +104,8 @@ pub(crate) struct Inner {
     dir: Option<PathBuf>,
     /// Set by a server: which roles may use server files.
     file_policy: std::sync::RwLock<Option<FilePolicy>>,
+    /// The workers block dataflows run on, when there are any.
+    pub(crate) cluster: Option<Arc<tessera_planner::distributed::Cluster>>,
 }
 
 /// Server files each role may use; set by a server with [`Database::set_file_policy`].
@@ -161,6 +169,20 @@ impl Database {
         }
         let runtime = runtime.build_arc()?;
         let catalogs = catalog.catalog_list()?;
+        let cluster = if options.workers.is_empty() {
+            None
+        } else {
+            let cluster = tessera_planner::distributed::Cluster::new(
+                options.workers.clone(),
+                options.cluster_secret.as_deref(),
+            )?;
+            // The heartbeat needs a runtime; opened outside one, every worker counts as
+            // live and a lost one fails the statements that use it.
+            if tokio::runtime::Handle::try_current().is_ok() {
+                cluster.start_heartbeat();
+            }
+            Some(cluster)
+        };
         let inner = Arc::new(Inner {
             store,
             catalog,
@@ -171,6 +193,7 @@ impl Database {
             plans: Arc::default(),
             dir,
             file_policy: std::sync::RwLock::new(None),
+            cluster,
         });
         let default_session = Session::new(inner.clone())?;
         Ok(Database {

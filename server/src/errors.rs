@@ -184,6 +184,8 @@ pub fn sqlstate(error: &DataFusionError) -> &'static str {
                 sqlstate(inner)
             } else if let Some(inner) = e.downcast_ref::<ArrowError>() {
                 arrow_sqlstate(inner)
+            } else if let Some(status) = e.downcast_ref::<tonic::Status>() {
+                worker_status_sqlstate(status)
             } else if e.downcast_ref::<std::io::Error>().is_some() {
                 IO_ERROR
             } else if e.downcast_ref::<std::num::ParseIntError>().is_some()
@@ -202,6 +204,44 @@ pub fn sqlstate(error: &DataFusionError) -> &'static str {
         }
         DataFusionError::Shared(inner) => sqlstate(inner),
         DataFusionError::Collection(errors) => errors.first().map_or(INTERNAL_ERROR, sqlstate),
+    }
+}
+
+/// True when `error` says a worker could not be reached or went away (a gRPC status
+/// of [`worker_status_sqlstate`]'s retryable class), wherever it sits in the chain: a
+/// distributed statement that failed so before sending rows may run again on the
+/// workers that are left.
+pub fn worker_lost(error: &DataFusionError) -> bool {
+    match error {
+        DataFusionError::External(e) => {
+            if let Some(status) = e.downcast_ref::<tonic::Status>() {
+                worker_status_sqlstate(status) == ADMIN_SHUTDOWN
+            } else {
+                e.downcast_ref::<DataFusionError>().is_some_and(worker_lost)
+            }
+        }
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            worker_lost(inner)
+        }
+        DataFusionError::Shared(inner) => worker_lost(inner),
+        DataFusionError::Collection(errors) => errors.iter().any(worker_lost),
+        _ => false,
+    }
+}
+
+/// The class of a failed call to a worker (a distributed statement's stage): a worker
+/// that cannot be reached, went away or stopped answering is 57P01, which clients
+/// take as "retry", and Flight reports as UNAVAILABLE; anything else is a bug.
+fn worker_status_sqlstate(status: &tonic::Status) -> &'static str {
+    use tonic::Code;
+    match status.code() {
+        Code::Unavailable | Code::Aborted | Code::Cancelled | Code::DeadlineExceeded => {
+            ADMIN_SHUTDOWN
+        }
+        Code::ResourceExhausted => OUT_OF_MEMORY,
+        // A worker that does not take this coordinator's cluster secret.
+        Code::Unauthenticated | Code::PermissionDenied => INVALID_AUTHORIZATION,
+        _ => INTERNAL_ERROR,
     }
 }
 

@@ -419,14 +419,19 @@ fn reads_external_files(provider: &dyn TableProvider) -> bool {
 /// True when `plan` can run again after [`reset_plan_states`] with nothing shared
 /// between runs: no dynamic filters (a hash join's or a top-k sort's, which live in
 /// the scan below them), no scalar subqueries (their results are shared), no
-/// recursive queries, and none of Tessera's operators that wrap another plan outside
-/// their children.
+/// recursive queries, none of Tessera's operators that wrap another plan outside
+/// their children, and no distributed plan (its stages are named for one query and
+/// handed to workers when it runs).
 pub(crate) fn cacheable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let mut ok = true;
     let _ = plan.apply(|node| {
         if matches!(
             node.name(),
-            "ScalarSubqueryExec" | "RecursiveQueryExec" | "WorkTableExec" | "CoPartitionedJoinExec"
+            "ScalarSubqueryExec"
+                | "RecursiveQueryExec"
+                | "WorkTableExec"
+                | "CoPartitionedJoinExec"
+                | "DistributedExec"
         ) {
             ok = false;
             return Ok(TreeNodeRecursion::Stop);

@@ -151,6 +151,10 @@ impl ServerBuilder {
                 &config.data_dir,
                 DatabaseOptions {
                     memory_limit: config.memory_limit_bytes(),
+                    workers: config
+                        .worker_urls()
+                        .map_err(DataFusionError::Configuration)?,
+                    cluster_secret: config.cluster_secret.clone(),
                     ..DatabaseOptions::default()
                 },
             )?,

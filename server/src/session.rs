@@ -92,8 +92,24 @@ impl Session {
             .with_runtime_env(inner.runtime.clone())
             .with_catalog_list(inner.catalogs.clone())
             .with_default_features();
-        let state = la::install(builder, inner.store.clone()).build();
+        let mut builder = la::install(builder, inner.store.clone());
+        if let Some(cluster) = &inner.cluster {
+            builder = tessera_planner::distributed::install(
+                builder,
+                inner.store.clone(),
+                Arc::clone(cluster),
+            );
+        }
+        let state = builder.build();
         let ctx = SessionContext::new_with_state(state);
+        if let Some(cluster) = &inner.cluster {
+            ctx.register_udtf(
+                "tessera_workers",
+                Arc::new(tessera_planner::distributed::WorkersFunction(Arc::clone(
+                    cluster,
+                ))),
+            );
+        }
         crate::pg_catalog::install(&ctx, inner.catalog.clone())?;
         Ok(Session {
             ctx,
@@ -250,7 +266,12 @@ impl Session {
             }
             None => self.settings(),
         };
-        execute_stream(physical, settings.task)
+        match &self.inner.cluster {
+            Some(cluster) if physical.is::<datafusion_distributed::DistributedExec>() => Ok(
+                retry_on_survivors(state, plan, physical, settings.task, Arc::clone(cluster)),
+            ),
+            _ => execute_stream(physical, settings.task),
+        }
     }
 
     /// Marks a statement that may change data, definitions or settings as running,
@@ -677,4 +698,47 @@ fn sql_data_type(ty: &DataType) -> Option<SqlDataType> {
         )),
         _ => return None,
     })
+}
+
+/// Attempts a distributed statement gets, the first included (as Spark tries a task).
+const DISTRIBUTED_ATTEMPTS: usize = 4;
+
+/// Runs the distributed plan `physical` of `plan`; when it fails because a worker was
+/// lost before it produced its first batch (nothing has reached the client yet), the
+/// heartbeat is asked at once which workers are left, the statement is planned again
+/// on them and run again, up to [`DISTRIBUTED_ATTEMPTS`] attempts in all. A failure
+/// after the first batch, or the last attempt's, reaches the client (57P01: retry).
+fn retry_on_survivors(
+    state: SessionState,
+    plan: LogicalPlan,
+    physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    task: Arc<TaskContext>,
+    cluster: Arc<tessera_planner::distributed::Cluster>,
+) -> SendableRecordBatchStream {
+    use futures::TryStreamExt;
+    let schema = physical.schema();
+    let attempts = futures::stream::once(async move {
+        let mut physical = physical;
+        let mut attempt = 1;
+        loop {
+            let mut stream = execute_stream(physical, Arc::clone(&task))?;
+            match stream.next().await {
+                Some(Err(e)) if attempt < DISTRIBUTED_ATTEMPTS && crate::errors::worker_lost(&e) => {
+                    tracing::warn!(
+                        attempt,
+                        "a worker was lost before the statement sent rows ({e}); running it again on the workers left"
+                    );
+                    drop(stream);
+                    cluster.beat().await;
+                    attempt += 1;
+                    physical = state.create_physical_plan(&plan).await?;
+                }
+                first => {
+                    return Ok::<_, DataFusionError>(futures::stream::iter(first).chain(stream));
+                }
+            }
+        }
+    })
+    .try_flatten();
+    Box::pin(RecordBatchStreamAdapter::new(schema, attempts))
 }

@@ -29,7 +29,7 @@ use tessera_storage::Store;
 
 pub use aggregate::{BlockAggregateExec, BlockAggregates, CellAggregate, CellGroups};
 pub use exec::{FlowGeometry, LaExec, Output, cells_schema, human_bytes, rows_schema};
-pub use expr::{Estimate, MatExpr, Op, Reduction, Step, optimize};
+pub use expr::{Estimate, MatExpr, Op, Pinned, Reduction, Step, optimize};
 pub use functions::{MATRIX_FUNCTIONS, MatrixFunctions};
 pub use matrix::{BlockMatrix, Layout, Tile, TileSink};
 pub use node::{LaNode, LaPlanner, TesseraConfig, TesseraQueryPlanner};

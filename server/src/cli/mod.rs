@@ -8,6 +8,8 @@
 //! tessera sql [-d DIR] [--format ...] -f script.sql      (-f - reads stdin)
 //! tessera sql [-d DIR | --connect URL]                   no SQL: the interactive shell
 //! tessera serve [--config FILE] [--data-dir DIR] [--pg-listen ADDR] [--flight-listen ADDR] ...
+//! tessera serve --workers ADDR,ADDR | --local-workers N  coordinate workers (docs/distributed.md)
+//! tessera worker --listen ADDR --data-dir DIR            a worker on a shared data directory
 //! ```
 //!
 //! `tessera serve` layers its settings: the file (`--config` or `TESSERA_CONFIG`), then
@@ -17,6 +19,7 @@
 
 mod output;
 mod shell;
+mod worker;
 
 use std::io::{Read, Write};
 use std::process::ExitCode;
@@ -93,6 +96,8 @@ enum Command {
     Sql(SqlArgs),
     /// Serve the data directory over PostgreSQL and Arrow Flight SQL.
     Serve(ServeArgs),
+    /// Run the stages of block dataflows a coordinator sends (docs/distributed.md).
+    Worker(worker::WorkerArgs),
 }
 
 /// Which database the shell and `tessera sql` work on.
@@ -166,6 +171,13 @@ struct ServeArgs {
     /// PEM private key for TLS (TESSERA_TLS_KEY).
     #[arg(long, value_name = "FILE")]
     tls_key: Option<String>,
+    /// Workers to run block dataflows on, e.g. 10.0.0.2:7001,10.0.0.3:7001
+    /// (TESSERA_WORKERS); they must read the same data directory.
+    #[arg(long, value_name = "ADDR,...")]
+    workers: Option<String>,
+    /// Start N workers on loopback for a one-command trial (TESSERA_LOCAL_WORKERS).
+    #[arg(long, value_name = "N")]
+    local_workers: Option<String>,
 }
 
 impl ServeArgs {
@@ -180,6 +192,8 @@ impl ServeArgs {
             ("statement_timeout", &self.statement_timeout),
             ("tls.cert", &self.tls_cert),
             ("tls.key", &self.tls_key),
+            ("workers", &self.workers),
+            ("local_workers", &self.local_workers),
         ]
         .into_iter()
         .filter_map(|(key, value)| value.as_deref().map(|v| (key, v)))
@@ -239,6 +253,7 @@ pub fn run(
                 2
             }
         },
+        Some(Command::Worker(args)) => worker::run(args, stdout, stderr),
     }
 }
 
@@ -290,7 +305,7 @@ fn serve_config(
     Ok(config)
 }
 
-fn run_serve(config: ServerConfig, stderr: &mut dyn Write) -> u8 {
+fn run_serve(mut config: ServerConfig, stderr: &mut dyn Write) -> u8 {
     let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => {
@@ -298,7 +313,32 @@ fn run_serve(config: ServerConfig, stderr: &mut dyn Write) -> u8 {
             return 1;
         }
     };
+    // Local workers live as long as this function (they exit when it returns, and
+    // when this process ends).
+    let _local_workers = if config.local_workers > 0 {
+        let secret = config
+            .cluster_secret
+            .get_or_insert_with(worker::fresh_secret)
+            .clone();
+        match worker::LocalWorkers::start(
+            config.local_workers,
+            &config.data_dir.display().to_string(),
+            &secret,
+        ) {
+            Ok(w) => {
+                config.workers.extend(w.urls.iter().cloned());
+                Some(w)
+            }
+            Err(e) => {
+                let _ = writeln!(stderr, "error: {e}");
+                return 1;
+            }
+        }
+    } else {
+        None
+    };
     let data_dir = config.data_dir.display().to_string();
+    let config_workers = config.workers.clone();
     let flight_scheme = if config.tls.is_some() {
         "grpc+tls"
     } else {
@@ -321,6 +361,13 @@ fn run_serve(config: ServerConfig, stderr: &mut dyn Write) -> u8 {
     );
     if let Some(addr) = server.flight_addr() {
         let _ = writeln!(stderr, "Arrow Flight SQL on {flight_scheme}://{addr}");
+    }
+    if !config_workers.is_empty() {
+        let _ = writeln!(
+            stderr,
+            "block dataflows over stored matrices run on workers {}",
+            config_workers.join(", ")
+        );
     }
     runtime.block_on(wait_for_stop_signal());
     let _ = writeln!(

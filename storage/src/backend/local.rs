@@ -10,11 +10,11 @@ use super::{Backend, BackendWriter};
 use crate::error::{Result, StorageError};
 
 /// A backend over a local directory, with an exclusive lock so that one process at a
-/// time owns it.
+/// time owns it (a reader, [`LocalBackend::open_reader`], takes no lock).
 #[derive(Debug)]
 pub struct LocalBackend {
     root: PathBuf,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl LocalBackend {
@@ -34,7 +34,12 @@ impl LocalBackend {
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
         loop {
             match lock.try_lock() {
-                Ok(()) => return Ok(Self { root, _lock: lock }),
+                Ok(()) => {
+                    return Ok(Self {
+                        root,
+                        _lock: Some(lock),
+                    });
+                }
                 Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
                     std::thread::sleep(std::time::Duration::from_millis(10));
                 }
@@ -44,6 +49,16 @@ impl LocalBackend {
                 }
             }
         }
+    }
+
+    /// Opens the directory `root` to read what another process owns (a worker reading
+    /// the coordinator's data directory): no lock is taken, and the directory may not
+    /// exist yet (its owner creates it; until then every read finds nothing).
+    pub fn open_reader(root: impl Into<PathBuf>) -> Result<Self> {
+        Ok(Self {
+            root: root.into(),
+            _lock: None,
+        })
     }
 
     /// The directory this backend stores files in.

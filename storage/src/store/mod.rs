@@ -151,6 +151,8 @@ pub(crate) struct Inner {
     doomed: Mutex<Vec<Doomed>>,
     /// Arrays (by id) with a manifest that could not be read, and why.
     damaged: Mutex<HashMap<u64, String>>,
+    /// A read-only view of a store another process owns ([`Store::open_reader`]).
+    reader: bool,
 }
 
 /// Files of retired versions, waiting for their last reader.
@@ -159,6 +161,18 @@ struct Doomed {
     array_id: u64,
     versions: Vec<u64>,
     files: Vec<String>,
+}
+
+/// The committed catalog, or an empty one where none was written yet (a reader may
+/// start before its owner's first commit).
+fn read_catalog_if_any(backend: &dyn Backend) -> Result<Catalog> {
+    match backend.read(CATALOG_FILE) {
+        Ok(bytes) => format::decode_json::<Catalog>(CATALOG_FILE, &bytes),
+        Err(StorageError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Catalog::default())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -231,10 +245,42 @@ impl Store {
                 pins: Mutex::new(HashMap::new()),
                 doomed: Mutex::new(Vec::new()),
                 damaged: Mutex::new(HashMap::new()),
+                reader: false,
             }),
         };
         store.collect_garbage()?;
         Ok(store)
+    }
+
+    /// Opens, read-only, the store in the data directory `path` that another process
+    /// owns (a worker reading the coordinator's directory): no lock, no garbage
+    /// collection, no writes. Versions committed after the open are found by
+    /// [`Store::snapshot`], which reads the catalog again when it does not know the
+    /// version asked for; a version stays readable while the owner keeps it (the owner
+    /// keeps every version a running query reads).
+    pub fn open_reader(path: impl Into<std::path::PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let backend: Arc<dyn Backend> = Arc::new(LocalBackend::open_reader(&path)?);
+        let catalog = read_catalog_if_any(backend.as_ref())?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                backend,
+                options: StoreOptions::default(),
+                catalog: Mutex::new(catalog),
+                commit_lock: Mutex::new(()),
+                next_version: Mutex::new(HashMap::new()),
+                manifests: Mutex::new(HashMap::new()),
+                pins: Mutex::new(HashMap::new()),
+                doomed: Mutex::new(Vec::new()),
+                damaged: Mutex::new(HashMap::new()),
+                reader: true,
+            }),
+        })
+    }
+
+    /// True for a read-only view opened by [`Store::open_reader`].
+    pub fn is_reader(&self) -> bool {
+        self.inner.reader
     }
 
     /// Opens (creating) a data directory on the local filesystem, taking its lock.
@@ -426,6 +472,16 @@ impl Store {
 
     /// A consistent read view of a committed version (the current one if `None`).
     pub fn snapshot(&self, name: &str, version: Option<u64>) -> Result<Snapshot> {
+        if self.inner.reader {
+            // The owner may have committed since this view last read the catalog.
+            let known = self
+                .inner
+                .entry(name)
+                .is_ok_and(|e| version.is_none_or(|n| e.versions.iter().any(|v| v.version == n)));
+            if !known || version.is_none() {
+                *lock(&self.inner.catalog) = read_catalog_if_any(self.inner.backend.as_ref())?;
+            }
+        }
         let entry = self.inner.entry(name)?;
         let v = match version {
             None => entry.current().cloned(),
@@ -649,6 +705,12 @@ impl Inner {
     /// `catalog.json`, fsync the directory. On failure the in-memory catalog is reloaded
     /// from what the backend now shows, so memory and disk agree.
     fn commit_catalog(&self, next: Catalog) -> Result<()> {
+        if self.reader {
+            return Err(StorageError::Internal(
+                "a read-only view of the store (a worker's) cannot commit; writes go through the coordinator"
+                    .into(),
+            ));
+        }
         const TMP: &str = CATALOG_TMP_FILE;
         let bytes = format::encode_json(&next)?;
         let result = (|| {

@@ -28,7 +28,7 @@ use crate::la::exec::{FlowGeometry, cells_schema};
 pub struct BlockCellsExec {
     input: Arc<dyn ExecutionPlan>,
     geometry: FlowGeometry,
-    planned: String,
+    pub(crate) planned: String,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }

@@ -32,7 +32,7 @@ use crate::la::ops::Acc;
 pub struct FusedPartialExec {
     x: Arc<dyn ExecutionPlan>,
     v: Option<Arc<dyn ExecutionPlan>>,
-    rows_together: bool,
+    pub(crate) rows_together: bool,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }

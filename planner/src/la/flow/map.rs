@@ -25,7 +25,7 @@ use tessera_storage::kernels;
 use super::{BI, BJ, BlockBatches, BlockRows, block_stream_schema, flatten, is_block_stream};
 
 /// What a [`BlockMapExec`] does to each block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BlockMap {
     /// `t(X)`: block `(i, j)` becomes block `(j, i)`, transposed.
     Transpose,
@@ -72,7 +72,7 @@ impl BlockMap {
 #[derive(Debug)]
 pub struct BlockMapExec {
     input: Arc<dyn ExecutionPlan>,
-    map: BlockMap,
+    pub(crate) map: BlockMap,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }

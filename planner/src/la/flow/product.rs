@@ -55,10 +55,10 @@ impl OutputKeys {
 #[derive(Debug)]
 pub struct BlockProductExec {
     input: Arc<dyn ExecutionPlan>,
-    a_at: usize,
-    b_at: usize,
-    keys: OutputKeys,
-    single: bool,
+    pub(crate) a_at: usize,
+    pub(crate) b_at: usize,
+    pub(crate) keys: OutputKeys,
+    pub(crate) single: bool,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }

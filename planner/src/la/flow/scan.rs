@@ -116,11 +116,18 @@ impl ExecutionPlan for BlockScanExec {
     fn execute(
         &self,
         partition: usize,
-        _context: Arc<TaskContext>,
+        context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let shards = self.props.partitioning.partition_count();
         if partition >= shards {
             return exec_err!("BlockScanExec: partition {partition} of {shards}");
+        }
+        // Run by several tasks of a distributed stage, each reads the shards `k` with
+        // `k % tasks == task`, so every shard is read once and stays partition `k`.
+        let task = datafusion_distributed::DistributedTaskContext::from_ctx(&context);
+        if partition % task.task_count.max(1) != task.task_index {
+            let schema = self.props.eq_properties.schema().clone();
+            return Ok(batches_stream(schema, async { Ok(Vec::new()) }));
         }
         let snapshot = self.pinned.0.clone();
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);

@@ -30,7 +30,7 @@ use tessera_storage::Block;
 #[derive(Debug)]
 pub struct BlockSumExec {
     input: Arc<dyn ExecutionPlan>,
-    single: bool,
+    pub(crate) single: bool,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }

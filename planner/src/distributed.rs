@@ -1,0 +1,751 @@
+//! Running a block dataflow on several processes with `datafusion-distributed`.
+//!
+//! The strategies of [`crate::la::flow`] are plans of DataFusion's own exchanges, so a
+//! distributed run cuts the same plan at them: hash repartitions become network
+//! shuffles, the build side of a collect-left join a network broadcast, a coalesce a
+//! network coalesce. Three pieces make that work for Tessera's operators:
+//!
+//! - [`FlowCodec`] carries the block operators across processes as plain data: a scan
+//!   as the array's name and version, never a handle; a worker opens the version from
+//!   its own read-only view of the store ([`tessera_storage::Store::open_reader`]);
+//! - a block scan asks for one task per shard (capped by the worker count), and each
+//!   task reads the shards `k` with `k % tasks == task`, so a shard is read once and
+//!   partition `k` still holds shard `k` (the placement the plan above relies on);
+//! - [`DistributedGate`] sends a statement to the workers only when its whole plan is
+//!   a dataflow the codec can carry and it reads at least one stored matrix with more
+//!   than one shard; every other statement runs in this process as before.
+//!
+//! The coordinator keeps the versions it planned pinned until the statement ends, and
+//! only the coordinator collects garbage, so a worker never finds a version gone while
+//! a query reads it.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::catalog::Session;
+use datafusion::common::{DataFusionError, Result, internal_err};
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::{SessionStateBuilder, TaskContext};
+use datafusion::logical_expr::{LogicalPlan, PlanType, StringifiedPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::explain::ExplainExec;
+use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
+use datafusion_distributed::{
+    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec,
+    DistributedExt, NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse,
+    RouteTasksHandler, SessionStateBuilderExt, Worker, WorkerChannel, WorkerQueryContext,
+    WorkerResolver, display_plan_ascii,
+};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use serde::{Deserialize, Serialize};
+use tessera_storage::Store;
+
+use crate::error::storage_error;
+use crate::la::flow::{
+    BlockCellsExec, BlockMap, BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec,
+    BlockZipJoinExec, ExchangeMeterExec, FusedPartialExec, OutputKeys,
+};
+use crate::la::{FlowGeometry, Pinned, TesseraQueryPlanner};
+
+/// One block operator as it travels: its parameters; its inputs travel beside it.
+#[derive(Debug, Serialize, Deserialize)]
+enum FlowNode {
+    Scan {
+        array: String,
+        version: u64,
+    },
+    Map(BlockMap),
+    Product {
+        a_at: usize,
+        b_at: usize,
+        i: Vec<usize>,
+        j: Vec<usize>,
+        single: bool,
+    },
+    Sum {
+        single: bool,
+    },
+    Fused {
+        rows_together: bool,
+    },
+    Zip,
+    Meter,
+    Cells {
+        shape: (u64, u64),
+        block: (u64, u64),
+        planned: String,
+    },
+}
+
+/// Encodes and decodes Tessera's block operators for `datafusion-distributed`. On a
+/// worker, scans open their array version from `store`, a read-only view of the
+/// coordinator's data directory.
+#[derive(Debug, Clone)]
+pub struct FlowCodec {
+    store: Store,
+}
+
+impl FlowCodec {
+    /// A codec whose decoded scans read from `store`.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    fn node_of(node: &Arc<dyn ExecutionPlan>) -> Option<FlowNode> {
+        if let Some(scan) = node.downcast_ref::<BlockScanExec>() {
+            let pinned = scan.pinned();
+            return Some(FlowNode::Scan {
+                array: pinned.name().to_string(),
+                version: pinned.0.version(),
+            });
+        }
+        if let Some(map) = node.downcast_ref::<BlockMapExec>() {
+            return Some(FlowNode::Map(map.map));
+        }
+        if let Some(p) = node.downcast_ref::<BlockProductExec>() {
+            return Some(FlowNode::Product {
+                a_at: p.a_at,
+                b_at: p.b_at,
+                i: p.keys.i.clone(),
+                j: p.keys.j.clone(),
+                single: p.single,
+            });
+        }
+        if let Some(s) = node.downcast_ref::<BlockSumExec>() {
+            return Some(FlowNode::Sum { single: s.single });
+        }
+        if let Some(f) = node.downcast_ref::<FusedPartialExec>() {
+            return Some(FlowNode::Fused {
+                rows_together: f.rows_together,
+            });
+        }
+        if node.is::<BlockZipJoinExec>() {
+            return Some(FlowNode::Zip);
+        }
+        if node.is::<ExchangeMeterExec>() {
+            return Some(FlowNode::Meter);
+        }
+        if let Some(c) = node.downcast_ref::<BlockCellsExec>() {
+            let FlowGeometry { shape, block } = c.geometry();
+            return Some(FlowNode::Cells {
+                shape,
+                block,
+                planned: c.planned.clone(),
+            });
+        }
+        None
+    }
+
+    fn build(
+        &self,
+        node: FlowNode,
+        inputs: &[Arc<dyn ExecutionPlan>],
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let one = || match inputs {
+            [input] => Ok(Arc::clone(input)),
+            _ => internal_err!(
+                "a block operator arrived with {} inputs, expected 1",
+                inputs.len()
+            ),
+        };
+        Ok(match node {
+            FlowNode::Scan { array, version } => {
+                if !inputs.is_empty() {
+                    return internal_err!("a block scan arrived with inputs");
+                }
+                let snapshot = self
+                    .store
+                    .snapshot(&array, Some(version))
+                    .map_err(storage_error)?;
+                Arc::new(BlockScanExec::new(Pinned(Arc::new(snapshot))))
+            }
+            FlowNode::Map(map) => Arc::new(BlockMapExec::try_new(one()?, map)?),
+            FlowNode::Product {
+                a_at,
+                b_at,
+                i,
+                j,
+                single,
+            } => {
+                let mut p = BlockProductExec::with_keys(one()?, a_at, b_at, OutputKeys { i, j })?;
+                p.single = single;
+                Arc::new(p)
+            }
+            FlowNode::Sum { single: true } => Arc::new(BlockSumExec::single(one()?)?),
+            FlowNode::Sum { single: false } => Arc::new(BlockSumExec::try_new(one()?)?),
+            FlowNode::Fused { rows_together } => match inputs {
+                [x] => Arc::new(FusedPartialExec::try_new(
+                    Arc::clone(x),
+                    None,
+                    rows_together,
+                )?),
+                [x, v] => Arc::new(FusedPartialExec::try_new(
+                    Arc::clone(x),
+                    Some(Arc::clone(v)),
+                    rows_together,
+                )?),
+                _ => return internal_err!("a fused partial arrived with {} inputs", inputs.len()),
+            },
+            FlowNode::Zip => match inputs {
+                [a, b] => Arc::new(BlockZipJoinExec::try_new(Arc::clone(a), Arc::clone(b))?),
+                _ => return internal_err!("a zip join arrived with {} inputs", inputs.len()),
+            },
+            FlowNode::Meter => Arc::new(ExchangeMeterExec::new(one()?)),
+            FlowNode::Cells {
+                shape,
+                block,
+                planned,
+            } => Arc::new(BlockCellsExec::try_new(
+                one()?,
+                FlowGeometry { shape, block },
+                planned,
+            )?),
+        })
+    }
+}
+
+impl PhysicalExtensionCodec for FlowCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let node: FlowNode = serde_json::from_slice(buf).map_err(|e| {
+            DataFusionError::Internal(format!("a block operator could not be decoded: {e}"))
+        })?;
+        self.build(node, inputs)
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let Some(flow) = Self::node_of(&node) else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{} cannot run on a worker",
+                node.name()
+            )));
+        };
+        serde_json::to_writer(buf, &flow).map_err(|e| {
+            DataFusionError::Internal(format!("a block operator could not be encoded: {e}"))
+        })
+    }
+}
+
+/// A block scan asks for one task per shard (the planner caps it at the worker count).
+fn scan_tasks(ev: DesiredTaskCountEvent<'_>) -> Option<Result<DesiredTaskCountEventResponse>> {
+    let scan = ev.plan.downcast_ref::<BlockScanExec>()?;
+    let shards = scan.properties().partitioning.partition_count();
+    Some(Ok(DesiredTaskCountEventResponse::desired(shards.max(1))))
+}
+
+/// Plans each statement in this process, and hands it to the distributed planner
+/// instead when the whole plan can travel (every operator is DataFusion's own or a
+/// block operator of [`FlowCodec`]) and it scans a stored matrix of several shards.
+#[derive(Debug)]
+pub struct DistributedGate {
+    local: Arc<dyn QueryPlanner + Send + Sync>,
+    distributed: Arc<dyn QueryPlanner + Send + Sync>,
+    codec: FlowCodec,
+}
+
+impl DistributedGate {
+    /// True when `plan` should run on the workers.
+    fn travels(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
+        fn scans_shards(plan: &Arc<dyn ExecutionPlan>) -> bool {
+            plan.downcast_ref::<BlockScanExec>()
+                .is_some_and(|s| s.properties().partitioning.partition_count() > 1)
+                || plan.children().into_iter().any(scans_shards)
+        }
+        scans_shards(plan)
+            && datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+                Arc::clone(plan),
+                &self.codec,
+            )
+            .is_ok()
+    }
+}
+
+impl DistributedGate {
+    async fn plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let local = self
+            .local
+            .create_physical_plan(logical_plan, session_state)
+            .await?;
+        if !self.travels(&local) {
+            return Ok(local);
+        }
+        self.distributed
+            .create_physical_plan(logical_plan, session_state)
+            .await
+    }
+}
+
+#[async_trait]
+impl QueryPlanner for DistributedGate {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session_state: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        // DataFusion plans an EXPLAIN's statement inside its own physical planner, past
+        // this one; a statement that would run distributed is shown as it would run:
+        // its stages, the tasks of each and the network exchanges between them.
+        if let LogicalPlan::Explain(explain) = logical_plan
+            && !explain.verbose
+        {
+            let inner = self.plan(&explain.plan, session_state).await?;
+            if inner.is::<DistributedExec>() {
+                let mut plans: Vec<StringifiedPlan> = explain
+                    .stringified_plans
+                    .iter()
+                    .filter(|p| !matches!(p.plan_type, PlanType::FinalPhysicalPlan))
+                    .cloned()
+                    .collect();
+                plans.push(StringifiedPlan::new(
+                    PlanType::FinalPhysicalPlan,
+                    display_plan_ascii(inner.as_ref(), false),
+                ));
+                return Ok(Arc::new(ExplainExec::new(
+                    Arc::clone(explain.schema.inner()),
+                    plans,
+                    false,
+                )));
+            }
+        }
+        self.plan(logical_plan, session_state).await
+    }
+}
+
+/// Channels to the workers, one per worker shared by every query, with what the
+/// library's default channels lack: a connect timeout, so a dead host fails a query in
+/// seconds rather than hanging it; HTTP/2 and TCP keepalives, so a worker that stops
+/// answering mid-stream is noticed; and lazy reconnection, so a restarted worker is
+/// used again without restarting the coordinator.
+#[derive(Default)]
+struct Channels {
+    cache: std::sync::Mutex<std::collections::HashMap<url::Url, BoxCloneSyncChannel>>,
+    /// Sent with every request, in [`SECRET_HEADER`]; workers refuse requests without it.
+    secret: Option<tonic::codegen::http::HeaderValue>,
+}
+
+/// The request header that carries the cluster secret to workers.
+pub const SECRET_HEADER: &str = "x-tessera-cluster-secret";
+
+impl std::fmt::Debug for Channels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Channels").finish_non_exhaustive()
+    }
+}
+
+/// How long connecting to a worker may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often an idle or busy connection to a worker is pinged, and how long a ping
+/// may go unanswered before the connection (and the query using it) fails.
+const KEEPALIVE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(5),
+    std::time::Duration::from_secs(10),
+);
+
+impl Channels {
+    fn channel(&self, url: &url::Url) -> Result<BoxCloneSyncChannel> {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(channel) = cache.get(url) {
+            return Ok(channel.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| DataFusionError::Configuration(format!("worker address {url}: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE.0)
+            .keep_alive_timeout(KEEPALIVE.1)
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(KEEPALIVE.0))
+            .tcp_nodelay(true);
+        let secret = self.secret.clone();
+        let channel = BoxCloneSyncChannel::new(tower::util::MapRequest::new(
+            endpoint.connect_lazy(),
+            move |mut request: tonic::codegen::http::Request<tonic::body::Body>| {
+                if let Some(secret) = &secret {
+                    request.headers_mut().insert(SECRET_HEADER, secret.clone());
+                }
+                request
+            },
+        ));
+        cache.insert(url.clone(), channel.clone());
+        Ok(channel)
+    }
+}
+
+/// The cluster's channels, handed to the distributed planner.
+#[derive(Debug, Clone)]
+struct SharedChannels(Arc<Channels>);
+
+#[async_trait]
+impl ChannelResolver for SharedChannels {
+    async fn get_worker_client_for_url(&self, url: &url::Url) -> Result<Box<dyn WorkerChannel>> {
+        self.0.channel(url).map(create_worker_client)
+    }
+}
+
+/// The workers of a coordinator and what the heartbeat last learned of each: a worker
+/// answers a `GetWorkerInfo` call every [`HEARTBEAT`], and one that does not within
+/// [`CONNECT_TIMEOUT`] is taken out of the plans until it answers again (a restarted
+/// worker rejoins by itself). Shared by every session of the process.
+#[derive(Debug)]
+pub struct Cluster {
+    workers: std::sync::Mutex<Vec<WorkerState>>,
+    channels: Arc<Channels>,
+}
+
+/// One worker as the heartbeat sees it.
+#[derive(Debug, Clone)]
+pub struct WorkerState {
+    /// Where it serves.
+    pub url: url::Url,
+    /// True when it answered the last heartbeat.
+    pub live: bool,
+    /// When it last answered.
+    pub last_heartbeat: Option<std::time::SystemTime>,
+    /// Why it did not answer the last heartbeat, if it did not.
+    pub error: Option<String>,
+}
+
+/// How often the coordinator asks each worker whether it is alive.
+pub const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Cluster {
+    /// The workers at `urls`, all taken as live until the first heartbeat; `secret`
+    /// (the cluster's) goes with every request to them.
+    pub fn new(urls: Vec<url::Url>, secret: Option<&str>) -> Result<Arc<Self>> {
+        let secret = secret_header(secret)?;
+        Ok(Arc::new(Self {
+            workers: std::sync::Mutex::new(
+                urls.into_iter()
+                    .map(|url| WorkerState {
+                        url,
+                        live: true,
+                        last_heartbeat: None,
+                        error: None,
+                    })
+                    .collect(),
+            ),
+            channels: Arc::new(Channels {
+                cache: Default::default(),
+                secret,
+            }),
+        }))
+    }
+
+    /// Starts the heartbeat on the current tokio runtime; it stops once the cluster is
+    /// dropped.
+    pub fn start_heartbeat(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(cluster) = weak.upgrade() else {
+                    return;
+                };
+                cluster.beat().await;
+            }
+        });
+    }
+
+    /// Asks every worker once, all at the same time.
+    pub async fn beat(&self) {
+        let urls: Vec<url::Url> = self.states().into_iter().map(|w| w.url).collect();
+        let answers = futures::future::join_all(urls.iter().map(|url| async move {
+            let mut client = self.channels.channel(url).map(create_worker_client)?;
+            match tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                client.get_worker_info(datafusion_distributed::GetWorkerInfoRequest {}),
+            )
+            .await
+            {
+                Ok(answer) => answer.map(|_| ()),
+                Err(_) => Err(DataFusionError::External(Box::new(
+                    tonic::Status::unavailable(format!(
+                        "no answer in {} s",
+                        CONNECT_TIMEOUT.as_secs()
+                    )),
+                ))),
+            }
+        }))
+        .await;
+        let now = std::time::SystemTime::now();
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for (url, answer) in urls.iter().zip(answers) {
+            if let Some(w) = workers.iter_mut().find(|w| &w.url == url) {
+                match answer {
+                    Ok(()) => {
+                        w.live = true;
+                        w.last_heartbeat = Some(now);
+                        w.error = None;
+                    }
+                    Err(e) => {
+                        if w.live {
+                            tracing::warn!("worker {url} is down: {e}");
+                        }
+                        w.live = false;
+                        w.error = Some(e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every worker, live or not.
+    pub fn states(&self) -> Vec<WorkerState> {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The workers plans may use now.
+    pub fn live(&self) -> Vec<url::Url> {
+        self.states()
+            .into_iter()
+            .filter(|w| w.live)
+            .map(|w| w.url)
+            .collect()
+    }
+}
+
+/// `tessera_workers()`: the workers of a coordinator as the heartbeat last saw them,
+/// one row each (`address`, `state` live or down, `last_heartbeat`, `error`).
+#[derive(Debug)]
+pub struct WorkersFunction(pub Arc<Cluster>);
+
+impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
+    fn call(
+        &self,
+        args: &[datafusion::prelude::Expr],
+    ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
+        use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        if !args.is_empty() {
+            return datafusion::common::plan_err!("tessera_workers() takes no arguments");
+        }
+        let states = self.0.states();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("address", DataType::Utf8, false),
+            Field::new("state", DataType::Utf8, false),
+            Field::new(
+                "last_heartbeat",
+                DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+                true,
+            ),
+            Field::new("error", DataType::Utf8, true),
+        ]));
+        let millis = |t: &Option<std::time::SystemTime>| {
+            t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_millis() as i64)
+        };
+        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from_iter_values(
+                    states.iter().map(|w| w.url.as_str().trim_end_matches('/')),
+                )),
+                Arc::new(StringArray::from_iter_values(
+                    states.iter().map(|w| if w.live { "live" } else { "down" }),
+                )),
+                Arc::new(
+                    TimestampMillisecondArray::from(
+                        states
+                            .iter()
+                            .map(|w| millis(&w.last_heartbeat))
+                            .collect::<Vec<_>>(),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                Arc::new(StringArray::from(
+                    states.iter().map(|w| w.error.clone()).collect::<Vec<_>>(),
+                )),
+            ],
+        )?;
+        Ok(Arc::new(datafusion::datasource::MemTable::try_new(
+            schema,
+            vec![vec![batch]],
+        )?))
+    }
+}
+
+/// The worker that runs task `t` of `tasks` of a stage that scans stored matrices,
+/// among `live` workers: rendezvous hashing (each task ranks the workers by a hash of
+/// worker and task, and takes the first) with a bound of `ceil(tasks / workers)` tasks
+/// per worker, so the tasks spread evenly and task `t` (which reads the shards
+/// `k % tasks == t`) lands on the same worker query after query while the live set is
+/// the same (its blocks stay in that machine's page cache); a lost worker's tasks go
+/// to the others.
+pub fn task_owners(live: &[url::Url], tasks: usize) -> Vec<url::Url> {
+    if live.is_empty() {
+        return Vec::new();
+    }
+    let cap = tasks.div_ceil(live.len());
+    let mut load = vec![0usize; live.len()];
+    (0..tasks)
+        .map(|t| {
+            let mut ranked: Vec<usize> = (0..live.len()).collect();
+            ranked.sort_by_key(|&w| {
+                let mut h = crc32fast::Hasher::new();
+                h.update(live[w].as_str().as_bytes());
+                h.update(&(t as u64).to_le_bytes());
+                (std::cmp::Reverse(h.finalize()), w)
+            });
+            let w = ranked.into_iter().find(|&w| load[w] < cap).unwrap_or(0);
+            load[w] += 1;
+            live[w].clone()
+        })
+        .collect()
+}
+
+/// Routes the tasks of every stage that scans stored matrices by [`task_owners`].
+#[derive(Debug)]
+struct ShardRouting(Arc<Cluster>);
+
+impl RouteTasksHandler for ShardRouting {
+    fn handle(&self, ev: RouteTasksEvent<'_>) -> Option<Result<RouteTasksEventResponse>> {
+        fn scans(plan: &Arc<dyn ExecutionPlan>) -> bool {
+            plan.is::<BlockScanExec>()
+                || (!plan.is_network_boundary() && plan.children().into_iter().any(scans))
+        }
+        if !scans(ev.plan) {
+            return None;
+        }
+        let live = self.0.live();
+        if live.is_empty() {
+            return None;
+        }
+        Some(Ok(RouteTasksEventResponse::new(task_owners(
+            &live,
+            ev.task_count,
+        ))))
+    }
+}
+
+/// The live workers of a [`Cluster`], for the distributed planner.
+#[derive(Debug, Clone)]
+struct LiveWorkers(Arc<Cluster>);
+
+impl WorkerResolver for LiveWorkers {
+    fn get_urls(&self) -> Result<Vec<url::Url>> {
+        let live = self.0.live();
+        if live.is_empty() {
+            return Err(DataFusionError::External(Box::new(
+                tonic::Status::unavailable(
+                    "no worker is live (see tessera_workers); retry when one is back",
+                ),
+            )));
+        }
+        Ok(live)
+    }
+}
+
+/// Makes a session being built (after [`crate::la::install`]) coordinate the live
+/// workers of `cluster`: block dataflows over stored matrices run on them, everything
+/// else in this process. `store` is this process's store (decoding happens on workers).
+pub fn install(
+    builder: SessionStateBuilder,
+    store: Store,
+    cluster: Arc<Cluster>,
+) -> SessionStateBuilder {
+    let codec = FlowCodec::new(store);
+    let channels = SharedChannels(Arc::clone(&cluster.channels));
+    let mut builder = builder
+        .with_query_planner(Arc::new(TesseraQueryPlanner))
+        .with_distributed_worker_resolver(LiveWorkers(Arc::clone(&cluster)))
+        .with_distributed_route_tasks_handler(ShardRouting(cluster))
+        .with_distributed_channel_resolver(channels)
+        .with_distributed_user_codec(codec.clone())
+        .with_distributed_desired_task_count_handler(scan_tasks)
+        .with_distributed_planner();
+    let distributed = builder
+        .query_planner()
+        .take()
+        .unwrap_or_else(|| Arc::new(TesseraQueryPlanner));
+    builder.with_query_planner(Arc::new(DistributedGate {
+        local: Arc::new(TesseraQueryPlanner),
+        distributed,
+        codec,
+    }))
+}
+
+/// The worker service of `tessera worker`: it runs the stages coordinators send,
+/// reading stored matrices from `store` (a read-only view of the shared data
+/// directory). The stages it runs read their inputs from other workers with `secret`,
+/// the cluster's, as coordinators do.
+pub fn worker(store: Store, secret: Option<&str>) -> Result<Worker> {
+    let channels = Arc::new(Channels {
+        cache: Default::default(),
+        secret: secret_header(secret)?,
+    });
+    Ok(Worker::from_session_builder(
+        move |ctx: WorkerQueryContext| {
+            let codec = FlowCodec::new(store.clone());
+            let channels = SharedChannels(Arc::clone(&channels));
+            async move {
+                Ok(ctx
+                    .builder
+                    .with_distributed_user_codec(codec)
+                    .with_distributed_channel_resolver(channels)
+                    .build())
+            }
+        },
+    ))
+}
+
+/// The secret as the header value requests carry.
+fn secret_header(secret: Option<&str>) -> Result<Option<tonic::codegen::http::HeaderValue>> {
+    secret
+        .map(|s| {
+            tonic::codegen::http::HeaderValue::from_str(s).map_err(|_| {
+                DataFusionError::Configuration("cluster_secret must be printable ASCII".into())
+            })
+        })
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_owners;
+
+    fn urls(n: usize) -> Vec<url::Url> {
+        (0..n)
+            .map(|k| url::Url::parse(&format!("http://10.0.0.{k}:7001")).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn tasks_spread_evenly_and_stay_put() {
+        for (workers, tasks) in [(1, 1), (2, 2), (2, 3), (3, 8), (4, 4), (5, 16)] {
+            let live = urls(workers);
+            let owners = task_owners(&live, tasks);
+            assert_eq!(owners.len(), tasks);
+            for w in &live {
+                let n = owners.iter().filter(|o| *o == w).count();
+                assert!(
+                    n <= tasks.div_ceil(workers),
+                    "{workers} workers, {tasks} tasks: {n} on {w}"
+                );
+            }
+            assert_eq!(task_owners(&live, tasks), owners, "the same every time");
+        }
+        // A lost worker gets no task.
+        let live = urls(4);
+        let after = task_owners(&live[1..], 4);
+        assert!(!after.contains(&live[0]));
+        assert!(task_owners(&[], 3).is_empty());
+    }
+}

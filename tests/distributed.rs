@@ -1,0 +1,378 @@
+//! Block dataflows on worker processes: `tessera worker` processes on loopback read the
+//! coordinator's data directory, and `tessera serve --workers` (here the server as a
+//! library, configured the same way) sends them the stages of every matmul strategy.
+//! Results are checked against a naive triple loop over the same formula the SQL
+//! used to fill the matrices.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tessera_server::{Server, ServerConfig};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
+
+use crate::sql_database::tessera_binary;
+
+/// `tessera worker` processes; killed when dropped.
+struct Workers {
+    children: Vec<Child>,
+    urls: Vec<String>,
+}
+
+impl Workers {
+    /// `n` workers on `data_dir` requiring `secret`; their logs go to `log`.
+    fn start(n: usize, data_dir: &Path, secret: &str, log: &Path) -> Workers {
+        let mut workers = Workers {
+            children: Vec::new(),
+            urls: Vec::new(),
+        };
+        for _ in 0..n {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap();
+            let mut child = Command::new(tessera_binary())
+                .args(["worker", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
+                .arg("--data-dir")
+                .arg(data_dir)
+                .env("TESSERA_CLUSTER_SECRET", secret)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .expect("start tessera worker");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            let url = line
+                .strip_prefix("tessera worker listening on ")
+                .and_then(|rest| rest.split_whitespace().next())
+                .unwrap_or_else(|| panic!("worker said: {line:?}"))
+                .to_string();
+            workers.children.push(child);
+            workers.urls.push(url);
+        }
+        workers
+    }
+
+    fn kill(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn connect(port: u16) -> Client {
+    let (client, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user=tessera dbname=tessera"),
+        NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// The rows of a simple query as strings.
+async fn rows(client: &Client, sql: &str) -> Vec<Vec<String>> {
+    client
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(
+                (0..r.len())
+                    .map(|k| r.get(k).unwrap_or("").to_string())
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The value the SQL below stores at `(i, j)` of a matrix filled with `seed`.
+fn cell(i: u64, j: u64, seed: u64) -> f64 {
+    (((i * 7 + j * 3 + seed) % 11) as f64) - 5.0
+}
+
+/// Fills `name` (`rows x cols`) with [`cell`].
+fn fill(name: &str, rows: u64, cols: u64, seed: u64) -> String {
+    format!(
+        "INSERT INTO {name} SELECT r.value, c.value, \
+         CAST((r.value * 7 + c.value * 3 + {seed}) % 11 AS DOUBLE) - 5.0 \
+         FROM generate_series(0, {}) r CROSS JOIN generate_series(0, {}) c",
+        rows - 1,
+        cols - 1
+    )
+}
+
+/// `A B` by the triple loop, `A` is `n x m` of seed `sa`, `B` is `m x p` of seed `sb`
+/// (transposed operands are read through `at`).
+fn naive(
+    n: u64,
+    m: u64,
+    p: u64,
+    a: impl Fn(u64, u64) -> f64,
+    b: impl Fn(u64, u64) -> f64,
+) -> Vec<Vec<f64>> {
+    (0..n)
+        .map(|i| {
+            (0..p)
+                .map(|j| (0..m).map(|k| a(i, k) * b(k, j)).sum())
+                .collect()
+        })
+        .collect()
+}
+
+fn check(what: &str, got: &[Vec<String>], want: &[Vec<f64>]) {
+    let mut seen = vec![vec![0.0; want[0].len()]; want.len()];
+    for row in got {
+        let i: usize = row[0].parse().unwrap();
+        let j: usize = row[1].parse().unwrap();
+        seen[i][j] += row[2].parse::<f64>().unwrap();
+    }
+    for (i, (s, w)) in seen.iter().zip(want).enumerate() {
+        for (j, (x, y)) in s.iter().zip(w).enumerate() {
+            assert!((x - y).abs() < 1e-9, "{what}: ({i}, {j}) is {x}, naive {y}");
+        }
+    }
+}
+
+const SECRET: &str = "correct horse battery staple";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("db");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut workers = Workers::start(2, &data, SECRET, &dir.path().join("workers.log"));
+    let config = ServerConfig {
+        data_dir: data.clone(),
+        pg_listen: "127.0.0.1:0".into(),
+        workers: workers.urls.clone(),
+        cluster_secret: Some(SECRET.into()),
+        ..ServerConfig::default()
+    };
+    let server = Server::builder().config(config).build().await.unwrap();
+    let client = connect(server.local_addr().port()).await;
+    for sql in [
+        "CREATE MATRIX a (40, 30) BLOCK (10, 10) WITH (shards = 4)",
+        "CREATE MATRIX b (30, 20) BLOCK (10, 10) WITH (shards = 3)",
+        "CREATE MATRIX x (40, 20) BLOCK (10, 10) WITH (partitioning = 'rows', shards = 4)",
+        "CREATE MATRIX y (40, 30) BLOCK (10, 10) WITH (partitioning = 'rows', shards = 4)",
+        &fill("a", 40, 30, 1),
+        &fill("b", 30, 20, 2),
+        &fill("x", 40, 20, 3),
+        &fill("y", 40, 30, 4),
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let ab = naive(40, 30, 20, |i, k| cell(i, k, 1), |k, j| cell(k, j, 2));
+    for strategy in [
+        "repartition",
+        "broadcast",
+        "broadcast_left",
+        "local",
+        "replication",
+    ] {
+        client
+            .batch_execute(&format!("SET tessera.matmul_strategy = '{strategy}'"))
+            .await
+            .unwrap();
+        let plan = rows(&client, "EXPLAIN SELECT * FROM matmul(a, b)").await;
+        let plan: String = plan.iter().map(|r| r.join(" ") + "\n").collect();
+        assert!(
+            plan.contains("DistributedExec") && plan.contains("Stage") && plan.contains("tasks=2"),
+            "{strategy}: not distributed:\n{plan}"
+        );
+        let got = rows(&client, "SELECT i, j, v FROM matmul(a, b)").await;
+        check(&format!("matmul(a, b) with {strategy}"), &got, &ab);
+    }
+    // A matrix made from a distributed product is stored exactly.
+    client
+        .batch_execute("CREATE MATRIX g AS SELECT * FROM matmul(a, b)")
+        .await
+        .unwrap();
+    let got = rows(&client, "SELECT i, j, v FROM g").await;
+    check("CREATE MATRIX g AS matmul(a, b)", &got, &ab);
+    // EXPLAIN ANALYZE shows what crossed the network between the stages.
+    client
+        .batch_execute("SET tessera.matmul_strategy = 'repartition'")
+        .await
+        .unwrap();
+    let analyzed = rows(&client, "EXPLAIN ANALYZE SELECT * FROM matmul(a, b)").await;
+    let analyzed: String = analyzed.iter().map(|r| r.join(" ") + "\n").collect();
+    assert!(
+        analyzed.contains("NetworkShuffleExec") && analyzed.contains("bytes_transferred"),
+        "{analyzed}"
+    );
+    // Co-partitioned (zipmm): t(x) y with both stored by row over the same shards.
+    client
+        .batch_execute("SET tessera.matmul_strategy = 'copartitioned'")
+        .await
+        .unwrap();
+    let plan = rows(&client, "EXPLAIN SELECT * FROM matmul(t(x), y)").await;
+    let plan: String = plan.iter().map(|r| r.join(" ") + "\n").collect();
+    assert!(
+        plan.contains("DistributedExec") && plan.contains("BlockZipJoinExec"),
+        "zipmm: {plan}"
+    );
+    let got = rows(&client, "SELECT i, j, v FROM matmul(t(x), y)").await;
+    let xty = naive(20, 40, 30, |i, k| cell(k, i, 3), |k, j| cell(k, j, 4));
+    check("matmul(t(x), y) co-partitioned", &got, &xty);
+    // tsmm: one partial t(a) a per partition, summed on the coordinator's side.
+    client
+        .batch_execute("SET tessera.matmul_strategy = 'auto'")
+        .await
+        .unwrap();
+    let got = rows(&client, "SELECT i, j, v FROM matmul(t(a), a)").await;
+    let ata = naive(30, 40, 30, |i, k| cell(k, i, 1), |k, j| cell(k, j, 1));
+    check("matmul(t(a), a)", &got, &ata);
+    // A relational query stays in this process.
+    let count = "SELECT count(*) FROM a WHERE v <> 0";
+    let nonzero = (0..40)
+        .flat_map(|i| (0..30).map(move |j| cell(i, j, 1)))
+        .filter(|v| *v != 0.0)
+        .count()
+        .to_string();
+    let plan = rows(&client, &format!("EXPLAIN {count}")).await;
+    let plan: String = plan.iter().map(|r| r.join(" ") + "\n").collect();
+    assert!(!plan.contains("DistributedExec"), "{plan}");
+    assert_eq!(rows(&client, count).await, vec![vec![nonzero.clone()]]);
+
+    // A worker lost before a statement sends rows: the statement is planned again on
+    // the worker left and answers exactly.
+    {
+        let first = &mut workers.children[0];
+        first.kill().unwrap();
+        first.wait().unwrap();
+    }
+    client
+        .batch_execute("SET tessera.matmul_strategy = 'repartition'")
+        .await
+        .unwrap();
+    let got = rows(&client, "SELECT i, j, v FROM matmul(a, b)").await;
+    check("matmul(a, b) after losing a worker", &got, &ab);
+    // The heartbeat (every second) reports the lost worker down.
+    let query = "SELECT address, state FROM tessera_workers() ORDER BY address";
+    let mut states = rows(&client, query).await;
+    for _ in 0..100 {
+        if states.iter().any(|r| r[1] == "down") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        states = rows(&client, query).await;
+    }
+    let mut want: Vec<Vec<String>> = workers
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(k, url)| {
+            vec![
+                url.clone(),
+                if k == 0 { "down" } else { "live" }.to_string(),
+            ]
+        })
+        .collect();
+    want.sort();
+    assert_eq!(states, want);
+
+    // With no worker left (once the heartbeat has seen them go), a distributed
+    // statement fails at once with a retryable error, while the relational query
+    // still answers. (With one live worker, every stage has one task and the library
+    // runs the plan in the coordinator.)
+    workers.kill();
+    for _ in 0..100 {
+        let states = rows(&client, query).await;
+        if states.iter().all(|r| r[1] == "down") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failed = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.simple_query("SELECT i, j, v FROM matmul(a, b)"),
+    )
+    .await
+    .expect("a query on dead workers must not hang");
+    let error = match failed {
+        Ok(_) => panic!("a matmul ran without its workers"),
+        Err(e) => e,
+    };
+    assert_eq!(
+        error.code().map(|c| c.code()),
+        Some("57P01"),
+        "a lost worker is a retryable error: {error:?}"
+    );
+    assert_eq!(rows(&client, count).await, vec![vec![nonzero]]);
+    server.shutdown().await;
+}
+
+/// Workers take plans only from coordinators with the cluster's secret: a coordinator
+/// with another secret gets no stage run, sees the workers down with the reason, and
+/// each refusal is in the workers' log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_refuse_coordinators_without_the_cluster_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("db");
+    std::fs::create_dir_all(&data).unwrap();
+    let log = dir.path().join("workers.log");
+    let workers = Workers::start(2, &data, SECRET, &log);
+    let config = ServerConfig {
+        data_dir: data.clone(),
+        pg_listen: "127.0.0.1:0".into(),
+        workers: workers.urls.clone(),
+        cluster_secret: Some("not the secret".into()),
+        ..ServerConfig::default()
+    };
+    let server = Server::builder().config(config).build().await.unwrap();
+    let client = connect(server.local_addr().port()).await;
+    for sql in [
+        "CREATE MATRIX a (40, 30) BLOCK (10, 10) WITH (shards = 4)",
+        "CREATE MATRIX b (30, 20) BLOCK (10, 10) WITH (shards = 3)",
+        &fill("a", 40, 30, 1),
+        &fill("b", 30, 20, 2),
+    ] {
+        client.batch_execute(sql).await.unwrap();
+    }
+    let error = tokio::time::timeout(
+        Duration::from_secs(60),
+        client.simple_query("SELECT i, j, v FROM matmul(a, b)"),
+    )
+    .await
+    .expect("a refused coordinator must not hang")
+    .expect_err("a worker ran a plan from a coordinator without the secret");
+    let code = error.code().map(|c| c.code().to_string());
+    assert!(
+        matches!(code.as_deref(), Some("28000") | Some("57P01")),
+        "{error:?}"
+    );
+    let states = rows(&client, "SELECT state, error FROM tessera_workers()").await;
+    assert_eq!(states.len(), 2);
+    for row in &states {
+        assert_eq!(row[0], "down", "{states:?}");
+        assert!(row[1].contains("cluster's secret"), "{states:?}");
+    }
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("refused a request from 127.0.0.1:")
+            && logged.contains("a wrong cluster secret"),
+        "{logged}"
+    );
+    server.shutdown().await;
+    drop(workers);
+}
