@@ -327,6 +327,13 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
 /// each refusal is in the workers' log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_refuse_coordinators_without_the_cluster_secret() {
+    refused(Some("not the secret"), "a wrong cluster secret").await;
+    refused(None, "no cluster secret").await;
+}
+
+/// A coordinator with `secret` against workers that require [`SECRET`]; `logged` is
+/// what the workers' log says of each refusal.
+async fn refused(secret: Option<&str>, logged: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("db");
     std::fs::create_dir_all(&data).unwrap();
@@ -336,7 +343,7 @@ async fn workers_refuse_coordinators_without_the_cluster_secret() {
         data_dir: data.clone(),
         pg_listen: "127.0.0.1:0".into(),
         workers: workers.urls.clone(),
-        cluster_secret: Some("not the secret".into()),
+        cluster_secret: secret.map(str::to_string),
         ..ServerConfig::default()
     };
     let server = Server::builder().config(config).build().await.unwrap();
@@ -367,12 +374,92 @@ async fn workers_refuse_coordinators_without_the_cluster_secret() {
         assert_eq!(row[0], "down", "{states:?}");
         assert!(row[1].contains("cluster's secret"), "{states:?}");
     }
-    let logged = std::fs::read_to_string(&log).unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
     assert!(
-        logged.contains("refused a request from 127.0.0.1:")
-            && logged.contains("a wrong cluster secret"),
-        "{logged}"
+        log.contains("refused a request from 127.0.0.1:") && log.contains(logged),
+        "{log}"
     );
     server.shutdown().await;
     drop(workers);
+}
+
+/// Processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// The one-command trial: `tessera serve --local-workers 2` starts two workers, runs
+/// a tsmm on them, and takes them down with it when stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_local_workers_runs_on_them_and_takes_them_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("trial-db");
+    let data_text = data.display().to_string();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let mut serve = Command::new(tessera_binary())
+        .args(["serve", "--flight-listen", "off", "--local-workers", "2"])
+        .arg("--pg-listen")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--data-dir")
+        .arg(&data)
+        .env_remove("TESSERA_CLUSTER_SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its banner names the workers once it serves.
+    let mut banner = String::new();
+    let mut err = BufReader::new(serve.stderr.take().unwrap());
+    while !banner.contains("run on workers") {
+        let mut line = String::new();
+        assert!(
+            err.read_line(&mut line).unwrap() > 0,
+            "serve said: {banner}"
+        );
+        banner.push_str(&line);
+    }
+    assert_eq!(processes_naming(&data_text), 3, "serve and its two workers");
+    let client = connect(port).await;
+    client
+        .batch_execute(&format!(
+            "CREATE MATRIX a (40, 30) BLOCK (10, 10) WITH (shards = 4); {}",
+            fill("a", 40, 30, 1)
+        ))
+        .await
+        .unwrap();
+    let plan = rows(&client, "EXPLAIN SELECT * FROM matmul(t(a), a)").await;
+    let plan: String = plan.iter().map(|r| r.join(" ") + "\n").collect();
+    assert!(plan.contains("tasks=2"), "{plan}");
+    let got = rows(&client, "SELECT i, j, v FROM matmul(t(a), a)").await;
+    let ata = naive(30, 40, 30, |i, k| cell(k, i, 1), |k, j| cell(k, j, 1));
+    check("matmul(t(a), a) on local workers", &got, &ata);
+    drop(client);
+    // SIGTERM: the server stops, and its workers with it.
+    Command::new("kill")
+        .arg(serve.id().to_string())
+        .status()
+        .unwrap();
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut left = processes_naming(&data_text);
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        left = processes_naming(&data_text);
+    }
+    assert_eq!(left, 0, "workers outlived their server");
 }

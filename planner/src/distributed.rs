@@ -280,7 +280,12 @@ impl DistributedGate {
             .local
             .create_physical_plan(logical_plan, session_state)
             .await?;
-        if !self.travels(&local) {
+        let wanted = session_state
+            .config_options()
+            .extensions
+            .get::<crate::la::TesseraConfig>()
+            .is_none_or(|c| c.distributed);
+        if !wanted || !self.travels(&local) {
             return Ok(local);
         }
         self.distributed

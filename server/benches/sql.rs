@@ -39,6 +39,27 @@ fn metric_sum(text: &str, name: &str) -> String {
     format!("{:.1} MB", total / 1e6)
 }
 
+/// The sum of every `bytes_transferred=<number> <unit>` in a distributed EXPLAIN
+/// ANALYZE (the library prints `20.1 KB`, `3.5 MB`).
+fn network_bytes(text: &str) -> String {
+    let mut total = 0.0f64;
+    for part in text.split("bytes_transferred=").skip(1) {
+        let number: String = part
+            .chars()
+            .take_while(|c| c.is_ascii_digit() || *c == '.')
+            .collect();
+        let unit = part[number.len()..].trim_start();
+        let scale = match unit.chars().next() {
+            Some('K') => 1e3,
+            Some('M') => 1e6,
+            Some('G') => 1e9,
+            _ => 1.0,
+        };
+        total += number.parse::<f64>().unwrap_or(0.0) * scale;
+    }
+    format!("{:.1} MB", total / 1e6)
+}
+
 fn best_of<F: FnMut()>(runs: usize, mut f: F) -> Duration {
     (0..runs)
         .map(|_| {
@@ -122,7 +143,7 @@ fn alternate(mut ours: impl FnMut() -> Duration, numpy: &mut NumPy) -> (Duration
 
 fn main() {
     let small = std::env::var_os("TESSERA_BENCH_SMALL").is_some();
-    // TESSERA_BENCH_ONLY=matmul|tsmm|relational|aggregates|strategies runs one workload.
+    // TESSERA_BENCH_ONLY=matmul|tsmm|relational|aggregates|strategies|distributed runs one.
     let only = std::env::var("TESSERA_BENCH_ONLY").ok();
     let runs = |what: &str| only.as_deref().is_none_or(|o| o == what);
     let (n, rows) = if small {
@@ -337,6 +358,117 @@ fn main() {
         println!(
             "(sa, sb: {n}x{n} dense in 1024x1024 blocks, stored by row over {shards} shards; sx: {rows}x100 dense, sv: 100x1)\n"
         );
+    }
+
+    // 6. Two workers of this build on loopback against this process alone, on the same
+    //    data and the same two cores: time ratio and the bytes through network
+    //    exchanges (EXPLAIN ANALYZE's bytes_transferred).
+    if runs("distributed") {
+        let data = dir.path().join("cluster");
+        std::fs::create_dir_all(&data).expect("cluster dir");
+        let secret = "bench";
+        let mut workers: Vec<Child> = Vec::new();
+        let mut urls = Vec::new();
+        for _ in 0..2 {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tessera"))
+                .args(["worker", "--listen", "127.0.0.1:0", "--exit-with-stdin"])
+                .arg("--data-dir")
+                .arg(&data)
+                .env("TESSERA_CLUSTER_SECRET", secret)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("tessera worker");
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().expect("stdout"))
+                .read_line(&mut line)
+                .expect("worker banner");
+            let url = line
+                .split_whitespace()
+                .nth(4)
+                .expect("worker url")
+                .to_string();
+            urls.push(url.parse().expect("url"));
+            workers.push(child);
+        }
+        let cluster = rt
+            .block_on(async {
+                Database::open_with(
+                    &data,
+                    tessera_server::DatabaseOptions {
+                        workers: urls,
+                        cluster_secret: Some(secret.into()),
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("coordinator");
+        let csql = |q: &str| {
+            rt.block_on(cluster.sql(q))
+                .unwrap_or_else(|e| panic!("{q}: {e}"))
+        };
+        csql(&format!(
+            "CREATE MATRIX da BLOCK (1024, 1024) WITH (shards = 4) AS SELECT * FROM rand({n}, {n}, 1.0, 21, 0, 1)"
+        ));
+        csql(&format!(
+            "CREATE MATRIX db BLOCK (1024, 1024) WITH (shards = 4) AS SELECT * FROM rand({n}, {n}, 1.0, 22, 0, 1)"
+        ));
+        csql(&format!(
+            "CREATE MATRIX dx BLOCK (8192, 100) WITH (shards = 4) AS SELECT * FROM rand({rows}, 100, 1.0, 23, 0, 1)"
+        ));
+        let mut rows_out = Vec::new();
+        for (strategy, query) in [
+            ("repartition", "matmul(da, db)"),
+            ("broadcast", "matmul(da, db)"),
+            ("replication", "matmul(da, db)"),
+            ("tsmm", "matmul(t(dx), dx)"),
+        ] {
+            csql(&format!("SET tessera.matmul_strategy = '{strategy}'"));
+            let q = format!("SELECT sum(v) FROM {query}");
+            let mut one = Duration::MAX;
+            let mut two = Duration::MAX;
+            for _ in 0..3 {
+                csql("SET tessera.distributed = off");
+                let t = Instant::now();
+                csql(&q);
+                one = one.min(t.elapsed());
+                csql("SET tessera.distributed = on");
+                let t = Instant::now();
+                csql(&q);
+                two = two.min(t.elapsed());
+            }
+            let analyzed = csql(&format!("EXPLAIN ANALYZE {q}"));
+            let text = datafusion::arrow::util::pretty::pretty_format_batches(&analyzed)
+                .expect("explain text")
+                .to_string();
+            assert!(
+                text.contains("NetworkShuffleExec")
+                    || text.contains("NetworkCoalesceExec")
+                    || text.contains("NetworkBroadcastExec"),
+                "{strategy} did not run on the workers:\n{text}"
+            );
+            rows_out.push((strategy, query, one, two, network_bytes(&text)));
+        }
+        println!(
+            "| strategy | SELECT sum(v) FROM ... | one process s | 2 workers s | ratio (2 workers / one) | bytes over the network |"
+        );
+        println!("|---|---|---|---|---|---|");
+        for (strategy, query, one, two, bytes) in rows_out {
+            println!(
+                "| {strategy} | {query} | {:.3} | {:.3} | {:.2}x | {bytes} |",
+                one.as_secs_f64(),
+                two.as_secs_f64(),
+                two.as_secs_f64() / one.as_secs_f64()
+            );
+        }
+        println!(
+            "(da, db: {n}x{n} dense in 1024x1024 blocks over 4 shards; dx: {rows}x100 dense over 4 shards; workers and coordinator share this machine's cores)\n"
+        );
+        drop(cluster);
+        for mut w in workers {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 
     println!("| workload | Tessera s | other s | speed ratio (other / Tessera) | target |");

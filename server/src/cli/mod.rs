@@ -316,6 +316,15 @@ fn run_serve(mut config: ServerConfig, stderr: &mut dyn Write) -> u8 {
     // Local workers live as long as this function (they exit when it returns, and
     // when this process ends).
     let _local_workers = if config.local_workers > 0 {
+        // The workers read the data directory, which the server creates only later.
+        if let Err(e) = std::fs::create_dir_all(&config.data_dir) {
+            let _ = writeln!(
+                stderr,
+                "error: cannot create the data directory {}: {e}",
+                config.data_dir.display()
+            );
+            return 1;
+        }
         let secret = config
             .cluster_secret
             .get_or_insert_with(worker::fresh_secret)
