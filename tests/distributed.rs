@@ -242,6 +242,20 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
     let got = rows(&client, "SELECT i, j, v FROM matmul(t(a), a)").await;
     let ata = naive(30, 40, 30, |i, k| cell(k, i, 1), |k, j| cell(k, j, 1));
     check("matmul(t(a), a)", &got, &ata);
+    // A session may keep its statements in the coordinator.
+    client
+        .batch_execute("SET tessera.distributed = false")
+        .await
+        .unwrap();
+    let plan = rows(&client, "EXPLAIN SELECT * FROM matmul(t(a), a)").await;
+    let plan: String = plan.iter().map(|r| r.join(" ") + "\n").collect();
+    assert!(!plan.contains("DistributedExec"), "{plan}");
+    let got = rows(&client, "SELECT i, j, v FROM matmul(t(a), a)").await;
+    check("matmul(t(a), a) in the coordinator", &got, &ata);
+    client
+        .batch_execute("SET tessera.distributed = true")
+        .await
+        .unwrap();
     // A relational query stays in this process.
     let count = "SELECT count(*) FROM a WHERE v <> 0";
     let nonzero = (0..40)

@@ -31,9 +31,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::explain::ExplainExec;
 use datafusion_distributed::grpc::{BoxCloneSyncChannel, create_worker_client};
 use datafusion_distributed::{
-    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedExec,
-    DistributedExt, NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse,
-    RouteTasksHandler, SessionStateBuilderExt, Worker, WorkerChannel, WorkerQueryContext,
+    ChannelResolver, DesiredTaskCountEvent, DesiredTaskCountEventResponse, DistributedCodec,
+    DistributedExec, DistributedExt, NetworkBoundaryExt, RouteTasksEvent, RouteTasksEventResponse,
+    RouteTasksHandler, SessionStateBuilderExt, Stage, Worker, WorkerChannel, WorkerQueryContext,
     WorkerResolver, display_plan_ascii,
 };
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
@@ -244,33 +244,43 @@ fn scan_tasks(ev: DesiredTaskCountEvent<'_>) -> Option<Result<DesiredTaskCountEv
 }
 
 /// Plans each statement in this process, and hands it to the distributed planner
-/// instead when the whole plan can travel (every operator is DataFusion's own or a
-/// block operator of [`FlowCodec`]) and it scans a stored matrix of several shards.
+/// instead when it scans a stored matrix of several shards and every stage the workers
+/// would run can travel (DataFusion's own operators and the block operators of
+/// [`FlowCodec`]; the head stage, which stays here, may hold anything, such as a
+/// `sum(v)` folded over the blocks).
 #[derive(Debug)]
 pub struct DistributedGate {
     local: Arc<dyn QueryPlanner + Send + Sync>,
     distributed: Arc<dyn QueryPlanner + Send + Sync>,
-    codec: FlowCodec,
 }
 
 impl DistributedGate {
-    /// True when `plan` should run on the workers.
-    fn travels(&self, plan: &Arc<dyn ExecutionPlan>) -> bool {
-        fn scans_shards(plan: &Arc<dyn ExecutionPlan>) -> bool {
-            plan.downcast_ref::<BlockScanExec>()
-                .is_some_and(|s| s.properties().partitioning.partition_count() > 1)
-                || plan.children().into_iter().any(scans_shards)
-        }
-        scans_shards(plan)
-            && datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
-                Arc::clone(plan),
-                &self.codec,
-            )
-            .is_ok()
+    /// True when `plan` reads a stored matrix of several shards (worth distributing).
+    fn scans_shards(plan: &Arc<dyn ExecutionPlan>) -> bool {
+        plan.downcast_ref::<BlockScanExec>()
+            .is_some_and(|s| s.properties().partitioning.partition_count() > 1)
+            || plan.children().into_iter().any(Self::scans_shards)
     }
-}
 
-impl DistributedGate {
+    /// True when every stage of the distributed plan `plan` that workers would run can
+    /// be encoded (the head stage stays in this process and may hold anything).
+    fn stages_travel(plan: &Arc<dyn ExecutionPlan>, codec: &dyn PhysicalExtensionCodec) -> bool {
+        if let Some(boundary) = plan.as_network_boundary()
+            && let Stage::Local(stage) = boundary.input_stage()
+            && (datafusion_proto::bytes::physical_plan_to_bytes_with_extension_codec(
+                Arc::clone(&stage.plan),
+                codec,
+            )
+            .is_err()
+                || !Self::stages_travel(&stage.plan, codec))
+        {
+            return false;
+        }
+        plan.children()
+            .into_iter()
+            .all(|child| Self::stages_travel(child, codec))
+    }
+
     async fn plan(
         &self,
         logical_plan: &LogicalPlan,
@@ -285,12 +295,19 @@ impl DistributedGate {
             .extensions
             .get::<crate::la::TesseraConfig>()
             .is_none_or(|c| c.distributed);
-        if !wanted || !self.travels(&local) {
+        if !wanted || !Self::scans_shards(&local) {
             return Ok(local);
         }
-        self.distributed
+        let distributed = self
+            .distributed
             .create_physical_plan(logical_plan, session_state)
-            .await
+            .await?;
+        let codec = DistributedCodec::new_combined_with_user(session_state.config());
+        if distributed.is::<DistributedExec>() && Self::stages_travel(&distributed, &codec) {
+            Ok(distributed)
+        } else {
+            Ok(local)
+        }
     }
 }
 
@@ -673,7 +690,7 @@ pub fn install(
         .with_distributed_worker_resolver(LiveWorkers(Arc::clone(&cluster)))
         .with_distributed_route_tasks_handler(ShardRouting(cluster))
         .with_distributed_channel_resolver(channels)
-        .with_distributed_user_codec(codec.clone())
+        .with_distributed_user_codec(codec)
         .with_distributed_desired_task_count_handler(scan_tasks)
         .with_distributed_planner();
     let distributed = builder
@@ -683,7 +700,6 @@ pub fn install(
     builder.with_query_planner(Arc::new(DistributedGate {
         local: Arc::new(TesseraQueryPlanner),
         distributed,
-        codec,
     }))
 }
 

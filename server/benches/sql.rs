@@ -428,11 +428,11 @@ fn main() {
             let mut one = Duration::MAX;
             let mut two = Duration::MAX;
             for _ in 0..3 {
-                csql("SET tessera.distributed = off");
+                csql("SET tessera.distributed = false");
                 let t = Instant::now();
                 csql(&q);
                 one = one.min(t.elapsed());
-                csql("SET tessera.distributed = on");
+                csql("SET tessera.distributed = true");
                 let t = Instant::now();
                 csql(&q);
                 two = two.min(t.elapsed());

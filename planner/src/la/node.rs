@@ -37,8 +37,8 @@ extensions_options! {
         pub matmul_strategy: String, default = "auto".to_string()
         /// Largest operand, in bytes, broadcast to every partition or held by one task.
         pub broadcast_budget: usize, default = 256 * 1024 * 1024
-        /// With workers, run block dataflows over stored matrices on them (`on`), or
-        /// keep every statement of this session in the coordinator (`off`).
+        /// With workers, run block dataflows over stored matrices on them (`true`), or
+        /// keep every statement of this session in the coordinator (`false`).
         pub distributed: bool, default = true
     }
 }
