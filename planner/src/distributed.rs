@@ -303,7 +303,11 @@ impl DistributedGate {
             .create_physical_plan(logical_plan, session_state)
             .await?;
         let codec = DistributedCodec::new_combined_with_user(session_state.config());
-        if distributed.is::<DistributedExec>() && Self::stages_travel(&distributed, &codec) {
+        // EXPLAIN ANALYZE comes back as the library's analyze over a `DistributedExec`.
+        fn distributes(plan: &Arc<dyn ExecutionPlan>) -> bool {
+            plan.is::<DistributedExec>() || plan.children().into_iter().any(distributes)
+        }
+        if distributes(&distributed) && Self::stages_travel(&distributed, &codec) {
             Ok(distributed)
         } else {
             Ok(local)
