@@ -538,6 +538,14 @@ impl Cluster {
             .clone()
     }
 
+    /// True when one of `used` (the workers a statement was planned on) is not live
+    /// now.
+    pub fn lost_any(&self, used: &[url::Url]) -> bool {
+        self.states()
+            .iter()
+            .any(|w| !w.live && used.contains(&w.url))
+    }
+
     /// The workers plans may use now.
     pub fn live(&self) -> Vec<url::Url> {
         self.states()

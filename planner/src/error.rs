@@ -72,6 +72,9 @@ pub enum ErrorKind {
     ObjectInUse,
     /// A write that lost a race with a concurrent write (40001).
     SerializationFailure,
+    /// A worker of a distributed statement went away or could not be reached
+    /// (57P01: the client may run the statement again).
+    WorkerLost,
     /// A bug (XX000).
     Internal,
 }

@@ -142,6 +142,7 @@ pub fn kind_sqlstate(kind: ErrorKind) -> &'static str {
         ErrorKind::Io => IO_ERROR,
         ErrorKind::ObjectInUse => OBJECT_IN_USE,
         ErrorKind::SerializationFailure => SERIALIZATION_FAILURE,
+        ErrorKind::WorkerLost => ADMIN_SHUTDOWN,
         _ => INTERNAL_ERROR,
     }
 }

@@ -250,6 +250,9 @@ impl Session {
             return Ok(with_guard(stream?, guard));
         }
         let cacheable = cache.is_some() && plan_cache::cacheable_logical(&plan);
+        // The workers a distributed plan may use, taken before it is made: losing one
+        // of them is what a failure of the statement is then put down to.
+        let used = self.inner.cluster.as_ref().map(|c| c.live());
         let physical = state.create_physical_plan(&plan).await?;
         let settings = match cache {
             Some((ticket, settings)) => {
@@ -267,9 +270,15 @@ impl Session {
             None => self.settings(),
         };
         match &self.inner.cluster {
-            Some(cluster) if physical.is::<datafusion_distributed::DistributedExec>() => Ok(
-                retry_on_survivors(state, plan, physical, settings.task, Arc::clone(cluster)),
-            ),
+            Some(cluster) if physical.is::<datafusion_distributed::DistributedExec>() => {
+                Ok(retry_on_survivors(
+                    state,
+                    plan,
+                    (physical, used.unwrap_or_default()),
+                    settings.task,
+                    Arc::clone(cluster),
+                ))
+            }
             _ => execute_stream(physical, settings.task),
         }
     }
@@ -703,42 +712,97 @@ fn sql_data_type(ty: &DataType) -> Option<SqlDataType> {
 /// Attempts a distributed statement gets, the first included (as Spark tries a task).
 const DISTRIBUTED_ATTEMPTS: usize = 4;
 
-/// Runs the distributed plan `physical` of `plan`; when it fails because a worker was
-/// lost before it produced its first batch (nothing has reached the client yet), the
-/// heartbeat is asked at once which workers are left, the statement is planned again
-/// on them and run again, up to [`DISTRIBUTED_ATTEMPTS`] attempts in all. A failure
-/// after the first batch, or the last attempt's, reaches the client (57P01: retry).
+/// Runs the distributed plan `physical` of `plan`, made when the workers `used` were
+/// live. A failure is put down to a lost worker when its error says so (a gRPC status
+/// of the retryable class raised here) or when, asked at once, the heartbeat finds one
+/// of `used` gone: an error a worker met reading from a dead peer reaches this process
+/// re-encoded by the library, its type lost, so the cluster's state is what tells.
+/// Before the first batch (nothing has reached the client yet) the statement is then
+/// planned again on the workers left and run again, up to [`DISTRIBUTED_ATTEMPTS`]
+/// attempts in all; after it, or on the last attempt, the client gets the error as
+/// [`ErrorKind::WorkerLost`](tessera_planner::ErrorKind) (57P01: retry).
 fn retry_on_survivors(
     state: SessionState,
     plan: LogicalPlan,
-    physical: Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+    (physical, used): (
+        Arc<dyn datafusion::physical_plan::ExecutionPlan>,
+        Vec<url::Url>,
+    ),
     task: Arc<TaskContext>,
     cluster: Arc<tessera_planner::distributed::Cluster>,
 ) -> SendableRecordBatchStream {
     use futures::TryStreamExt;
     let schema = physical.schema();
     let attempts = futures::stream::once(async move {
-        let mut physical = physical;
+        let (mut physical, mut used) = (physical, used);
         let mut attempt = 1;
         loop {
-            let mut stream = execute_stream(physical, Arc::clone(&task))?;
+            // Starting the stages may fail at once (a worker that refuses connections):
+            // that failure counts as the first batch's.
+            let mut stream: futures::stream::BoxStream<'static, Result<RecordBatch>> =
+                match execute_stream(physical, Arc::clone(&task)) {
+                    Ok(stream) => stream.boxed(),
+                    Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
+                };
             match stream.next().await {
-                Some(Err(e)) if attempt < DISTRIBUTED_ATTEMPTS && crate::errors::worker_lost(&e) => {
+                Some(Err(e)) => {
+                    let lost = worker_loss(e, &used, &cluster).await;
+                    if attempt == DISTRIBUTED_ATTEMPTS || !is_worker_lost(&lost) {
+                        return Err(lost);
+                    }
                     tracing::warn!(
                         attempt,
-                        "a worker was lost before the statement sent rows ({e}); running it again on the workers left"
+                        "a worker was lost before the statement sent rows ({lost}); running it again on the workers left"
                     );
                     drop(stream);
-                    cluster.beat().await;
                     attempt += 1;
+                    used = cluster.live();
                     physical = state.create_physical_plan(&plan).await?;
                 }
                 first => {
-                    return Ok::<_, DataFusionError>(futures::stream::iter(first).chain(stream));
+                    let rest = stream.then(move |batch| {
+                        let (used, cluster) = (used.clone(), Arc::clone(&cluster));
+                        async move {
+                            match batch {
+                                Err(e) => Err(worker_loss(e, &used, &cluster).await),
+                                ok => ok,
+                            }
+                        }
+                    });
+                    return Ok::<_, DataFusionError>(futures::stream::iter(first).chain(rest));
                 }
             }
         }
     })
     .try_flatten();
     Box::pin(RecordBatchStreamAdapter::new(schema, attempts))
+}
+
+/// `error` as [`ErrorKind::WorkerLost`](tessera_planner::ErrorKind) when it came from
+/// losing one of the workers `used` (see [`retry_on_survivors`]), otherwise unchanged.
+async fn worker_loss(
+    error: DataFusionError,
+    used: &[url::Url],
+    cluster: &tessera_planner::distributed::Cluster,
+) -> DataFusionError {
+    if is_worker_lost(&error) {
+        return error;
+    }
+    // Asked at once, the heartbeat also takes the lost worker out of the next plan.
+    cluster.beat().await;
+    let lost = crate::errors::worker_lost(&error) || cluster.lost_any(used);
+    if lost {
+        DataFusionError::External(Box::new(tessera_planner::TesseraError::classified(
+            tessera_planner::ErrorKind::WorkerLost,
+            error,
+        )))
+    } else {
+        error
+    }
+}
+
+/// True when `error` is already put down to a lost worker.
+fn is_worker_lost(error: &DataFusionError) -> bool {
+    tessera_planner::TesseraError::find(error)
+        .is_some_and(|e| e.kind() == tessera_planner::ErrorKind::WorkerLost)
 }
