@@ -33,14 +33,13 @@ async fn run(mut command: Command) -> (bool, String, String) {
     .unwrap()
 }
 
-/// psycopg 3: parameters, binary results, COPY, rows() into NumPy, a matmul into SciPy
-/// (checked against NumPy), cancel and statement_timeout. The checks are in the script.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn psycopg_parameters_binary_results_numpy_scipy_and_cancel() {
+/// Runs `tests/clients/<script>` with the port of a server on a new data directory;
+/// the script prints "ok".
+async fn run_pg_script(script: &str) {
     let dir = tempfile::tempdir().unwrap();
     let server = start(dir.path()).await;
     let port = server.local_addr().port().to_string();
-    let script = std::fs::read_to_string(Path::new(CLIENTS).join("psycopg_client.py")).unwrap();
+    let script = std::fs::read_to_string(Path::new(CLIENTS).join(script)).unwrap();
     let cwd = dir.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || python::run_args(&cwd, &script, &[&port]))
         .await
@@ -49,8 +48,23 @@ async fn psycopg_parameters_binary_results_numpy_scipy_and_cancel() {
     server.shutdown().await;
 }
 
+/// psycopg 3: parameters, binary results, COPY, rows() into NumPy, a matmul into SciPy
+/// (checked against NumPy), cancel and statement_timeout. The checks are in the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn psycopg_parameters_binary_results_numpy_scipy_and_cancel() {
+    run_pg_script("psycopg_client.py").await;
+}
+
+/// pgcli through its own executor and pgspecial: `\dt`, `\d`, `\d+ t`, `\dn`, `\df`
+/// and the catalog queries of its completion refresher. The checks are in the script.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pgcli_describes_tables_and_fills_its_completions() {
+    run_pg_script("pgcli_client.py").await;
+}
+
 /// PostgreSQL's JDBC driver: statements, server-side prepared statements, float8[],
-/// DatabaseMetaData.getTables and SQLSTATEs. The checks are in the Java program.
+/// DatabaseMetaData (getTables, getColumns, getPrimaryKeys, getSchemas) and SQLSTATEs.
+/// The checks are in the Java program.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jdbc_statements_prepared_statements_arrays_and_metadata() {
     let dir = tempfile::tempdir().unwrap();

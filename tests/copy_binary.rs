@@ -357,3 +357,86 @@ async fn a_large_copy_streams_in_bounded_memory() {
     );
     server.shutdown().await;
 }
+
+/// The COPY tag counts rows, not messages, in both protocols: an empty result is
+/// `COPY 0` in binary and in CSV with a header (the header, and the binary header with
+/// the trailer, are one message each), and three rows are `COPY 3`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_to_stdout_tags_count_rows_in_both_protocols() {
+    use crate::hostile_clients::{connected, message, until_ready};
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_with(dir.path(), |_| {}).await;
+    let port = server.local_addr().port();
+    let client = connect(port).await;
+    client
+        .batch_execute("CREATE TABLE t (a INT); INSERT INTO t VALUES (1), (2), (3)")
+        .await
+        .unwrap();
+    let cstr = |s: &str| {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        b
+    };
+    // Parse, Bind, Execute and Sync of an unnamed statement without parameters.
+    let extended = |sql: &str| {
+        let mut parse = cstr("");
+        parse.extend(cstr(sql));
+        parse.extend(0i16.to_be_bytes());
+        let mut bind = cstr("");
+        bind.extend(cstr(""));
+        bind.extend([0, 0, 0, 0, 0, 0]);
+        let mut execute = cstr("");
+        execute.extend(0i32.to_be_bytes());
+        [
+            message(b'P', &parse),
+            message(b'B', &bind),
+            message(b'E', &execute),
+            message(b'S', &[]),
+        ]
+        .concat()
+    };
+    let simple = |sql: &str| message(b'Q', &cstr(sql));
+    let cases = [
+        (
+            "COPY (SELECT a FROM t WHERE a > 9) TO STDOUT (FORMAT binary)",
+            "COPY 0",
+        ),
+        (
+            "COPY (SELECT a FROM t WHERE a > 9) TO STDOUT (FORMAT csv, HEADER)",
+            "COPY 0",
+        ),
+        ("COPY (SELECT a FROM t) TO STDOUT (FORMAT binary)", "COPY 3"),
+        ("COPY t TO STDOUT (FORMAT csv, HEADER)", "COPY 3"),
+    ];
+    let mut stream = tokio::task::spawn_blocking(move || connected(port))
+        .await
+        .unwrap();
+    for (sql, want) in cases {
+        for (protocol, bytes) in [("simple", simple(sql)), ("extended", extended(sql))] {
+            let (back, messages) = tokio::task::spawn_blocking(move || {
+                stream.write_all(&bytes).unwrap();
+                let messages = until_ready(&mut stream);
+                (stream, messages)
+            })
+            .await
+            .unwrap();
+            stream = back;
+            let tags: Vec<String> = messages
+                .iter()
+                .filter(|m| m.0 == b'C')
+                .map(|m| {
+                    String::from_utf8_lossy(&m.1)
+                        .trim_end_matches('\0')
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(
+                tags,
+                vec![want.to_string()],
+                "{protocol}: {sql}: {messages:?}"
+            );
+        }
+    }
+    server.shutdown().await;
+}

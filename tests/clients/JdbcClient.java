@@ -92,6 +92,39 @@ public class JdbcClient {
                 }
             }
             check(sawM && sawT, "getTables lists m and t");
+            // getColumns, as DBeaver's table editor asks: names, SQL types and type
+            // names in column order.
+            StringBuilder cols = new StringBuilder();
+            try (ResultSet rs = meta.getColumns(null, "public", "t", "%")) {
+                while (rs.next()) {
+                    cols.append(rs.getInt("ORDINAL_POSITION")).append(':')
+                        .append(rs.getString("COLUMN_NAME")).append(':')
+                        .append(rs.getInt("DATA_TYPE")).append(':')
+                        .append(rs.getString("TYPE_NAME")).append(' ');
+                }
+            }
+            check(cols.toString().equals("1:id:4:int4 2:name:12:text 3:x:8:float8 "),
+                  "getColumns(t): " + cols);
+            // A matrix's cells: i and j as bigint, v as double.
+            StringBuilder mcols = new StringBuilder();
+            try (ResultSet rs = meta.getColumns(null, "public", "m", "%")) {
+                while (rs.next()) {
+                    mcols.append(rs.getString("COLUMN_NAME")).append(':')
+                        .append(rs.getInt("DATA_TYPE")).append(' ');
+                }
+            }
+            check(mcols.toString().equals("i:-5 j:-5 v:8 "), "getColumns(m): " + mcols);
+            // getPrimaryKeys (information_schema._pg_expandarray) and getSchemas.
+            try (ResultSet rs = meta.getPrimaryKeys(null, "public", "t")) {
+                check(!rs.next(), "t has no primary key");
+            }
+            boolean sawPublic = false;
+            try (ResultSet rs = meta.getSchemas()) {
+                while (rs.next()) {
+                    sawPublic |= rs.getString("TABLE_SCHEM").equals("public");
+                }
+            }
+            check(sawPublic, "getSchemas lists public");
             // Errors carry their SQLSTATE; the connection goes on.
             try (Statement st = conn.createStatement()) {
                 st.executeQuery("SELECT * FROM nosuch");

@@ -44,6 +44,14 @@ for name in sent.column_names:
     else:
         assert a.cast(b.type).equals(b), (name, a.type, b.type)
 
+# Appending to the table: the driver asks pg_attribute for the target's columns
+# (`$1::regclass::oid`), then copies; the rows add to those already there.
+more = sent.slice(0, 100).set_column(0, "id", pa.array(ids[:100] + n))
+assert cur.adbc_ingest("ingested", more, mode="append") == 100
+conn.commit()
+cur.execute("SELECT count(*), max(id) FROM ingested")
+assert cur.fetchone() == (n + 100, n + 99)
+
 # Matrices: cells ingested into new tables with binary COPY, then inserted into the
 # matrices; the product read back as Arrow.
 a = rng.standard_normal((30, 20))

@@ -492,6 +492,67 @@ fn copy_out_response(columns: usize, binary: bool) -> CopyOutResponse {
     CopyOutResponse::new(format as i8, columns as i16, vec![format; columns])
 }
 
+/// Sends a COPY TO STDOUT: the CopyOutResponse, the data as PostgreSQL sends it (one
+/// row per CopyData, as psycopg reads each as one row; a text header alone; the binary
+/// header with the first row and the trailer alone, or both in one message when there
+/// are no rows, as readers such as connectorx's take a header alone for a cut stream)
+/// and CopyDone. Returns the rows sent, for the command tag the caller sends.
+async fn send_copy_out<C>(
+    client: &mut C,
+    schema: &SchemaRef,
+    mut stream: RowStream,
+    format: &CopyFormat,
+) -> PgWireResult<usize>
+where
+    C: Sink<PgWireBackendMessage> + Unpin + Send,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    client
+        .feed(PgWireBackendMessage::CopyOutResponse(copy_out_response(
+            schema.fields().len(),
+            format.binary,
+        )))
+        .await?;
+    let mut out = BytesMut::new();
+    if format.binary {
+        copy::encode_binary_header(&mut out);
+    } else if format.header {
+        copy::encode_header(&mut out, schema, format);
+        client
+            .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                out.split().freeze(),
+            )))
+            .await?;
+    }
+    let mut rows = 0usize;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(|e| pg_error(&e))?;
+        for row in 0..batch.num_rows() {
+            if format.binary {
+                copy::encode_binary_row(&mut out, &batch, row);
+            } else {
+                copy::encode_row(&mut out, &batch, row, format);
+            }
+            rows += 1;
+            client
+                .feed(PgWireBackendMessage::CopyData(CopyData::new(
+                    out.split().freeze(),
+                )))
+                .await?;
+        }
+    }
+    if format.binary {
+        copy::encode_binary_trailer(&mut out);
+        client
+            .feed(PgWireBackendMessage::CopyData(CopyData::new(out.freeze())))
+            .await?;
+    }
+    client
+        .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
+        .await?;
+    Ok(rows)
+}
+
 #[async_trait]
 impl SimpleQueryHandler for PgConnection {
     async fn on_query<C>(&self, client: &mut C, query: Query) -> PgWireResult<()>
@@ -572,54 +633,8 @@ impl SimpleQueryHandler for PgConnection {
                         .feed(PgWireBackendMessage::CommandComplete(Tag::new(tag).into()))
                         .await?;
                 }
-                Outcome::CopyOut(schema, mut stream, format) => {
-                    client
-                        .feed(PgWireBackendMessage::CopyOutResponse(copy_out_response(
-                            schema.fields().len(),
-                            format.binary,
-                        )))
-                        .await?;
-                    // As PostgreSQL sends them: one row per CopyData (psycopg reads each
-                    // as one row), a text header alone, the binary header with the first
-                    // row and the trailer alone (or with the header when there are no
-                    // rows).
-                    let mut out = BytesMut::new();
-                    if format.binary {
-                        copy::encode_binary_header(&mut out);
-                    } else if format.header {
-                        copy::encode_header(&mut out, &schema, &format);
-                        client
-                            .feed(PgWireBackendMessage::CopyData(CopyData::new(
-                                out.split().freeze(),
-                            )))
-                            .await?;
-                    }
-                    let mut rows = 0usize;
-                    while let Some(batch) = stream.next().await {
-                        let batch = batch.map_err(|e| pg_error(&e))?;
-                        for row in 0..batch.num_rows() {
-                            if format.binary {
-                                copy::encode_binary_row(&mut out, &batch, row);
-                            } else {
-                                copy::encode_row(&mut out, &batch, row, &format);
-                            }
-                            rows += 1;
-                            client
-                                .feed(PgWireBackendMessage::CopyData(CopyData::new(
-                                    out.split().freeze(),
-                                )))
-                                .await?;
-                        }
-                    }
-                    if format.binary {
-                        copy::encode_binary_trailer(&mut out);
-                        client
-                            .feed(PgWireBackendMessage::CopyData(CopyData::new(out.freeze())))
-                            .await?;
-                    }
-                    client
-                        .feed(PgWireBackendMessage::CopyDone(CopyDone::new()))
-                        .await?;
+                Outcome::CopyOut(schema, stream, format) => {
+                    let rows = send_copy_out(client, &schema, stream, &format).await?;
                     client
                         .feed(PgWireBackendMessage::CommandComplete(
                             Tag::new("COPY").with_rows(rows).into(),
@@ -895,62 +910,12 @@ impl ExtendedQueryHandler for PgConnection {
                 },
             )),
             Outcome::Rollback => Response::TransactionEnd(Tag::new("ROLLBACK")),
+            // Sent here rather than by pgwire, which counts every CopyData message
+            // as a row (a header alone, or a header with the trailer of an empty
+            // result, would be one).
             Outcome::CopyOut(schema, stream, format) => {
-                let mut out = BytesMut::new();
-                if format.binary {
-                    copy::encode_binary_header(&mut out);
-                } else if format.header {
-                    copy::encode_header(&mut out, &schema, &format);
-                }
-                // The header rides with the first row: pgwire counts every CopyData
-                // message as a row (and adds the binary trailer itself).
-                let header = Arc::new(Mutex::new((!out.is_empty()).then_some(out)));
-                let take_header = {
-                    let header = header.clone();
-                    move || {
-                        header
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .take()
-                            .unwrap_or_default()
-                    }
-                };
-                let binary = format.binary;
-                let rows = stream.flat_map(move |batch| {
-                    futures::stream::iter(match batch {
-                        Ok(batch) => (0..batch.num_rows())
-                            .map(|row| {
-                                let mut out = take_header();
-                                if binary {
-                                    copy::encode_binary_row(&mut out, &batch, row);
-                                } else {
-                                    copy::encode_row(&mut out, &batch, row, &format);
-                                }
-                                Ok(CopyData::new(out.freeze()))
-                            })
-                            .collect::<Vec<_>>(),
-                        Err(e) => vec![Err(pg_error(&e))],
-                    })
-                });
-                // The end: the binary trailer, alone or, with no rows, after the header
-                // in one message, as PostgreSQL sends it (readers such as connectorx's
-                // take a header alone for a cut stream).
-                let rest = futures::stream::iter(std::iter::once(()).filter_map(move |()| {
-                    let mut out = header
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take()
-                        .unwrap_or_default();
-                    if binary {
-                        copy::encode_binary_trailer(&mut out);
-                    }
-                    (!out.is_empty()).then(|| Ok(CopyData::new(out.freeze())))
-                }));
-                // Made as text, then marked binary: `CopyResponse::new` would add a
-                // second trailer.
-                let mut response = CopyResponse::new(0, schema.fields().len(), rows.chain(rest));
-                response.format = i8::from(binary);
-                Response::CopyOut(response)
+                let rows = send_copy_out(client, &schema, stream, &format).await?;
+                Response::Execution(Tag::new("COPY").with_rows(rows))
             }
             Outcome::CopyIn(columns, binary) => Response::CopyIn(CopyResponse::new(
                 i8::from(binary),

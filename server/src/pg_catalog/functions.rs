@@ -189,6 +189,27 @@ pub(crate) fn functions(sources: &Arc<Sources>) -> Vec<ScalarUDF> {
                     .collect::<StringArray>(),
             ))
         }),
+        // `oids::regtype[]`: each type's name, as format_type gives it.
+        function("tessera_regtype_names", &[1], list_of_text(), |a, rows| {
+            let Some(list) = a[0].as_list_opt::<i32>() else {
+                return Ok(datafusion::arrow::array::new_null_array(
+                    &list_of_text(),
+                    rows,
+                ));
+            };
+            let oids = datafusion::arrow::compute::cast(list.values(), &DataType::Int64)?;
+            let names: StringArray = oids
+                .as_primitive::<Int64Type>()
+                .iter()
+                .map(|o| o.map(|o| format_type(o, None).unwrap_or_else(|| "???".into())))
+                .collect();
+            Ok(Arc::new(ListArray::try_new(
+                Arc::new(Field::new_list_field(DataType::Utf8, true)),
+                list.offsets().clone(),
+                Arc::new(names),
+                list.nulls().cloned(),
+            )?))
+        }),
         // Tessera keeps defaults and other expressions as SQL text already.
         function("pg_get_expr", &[2, 3], text.clone(), |a, _| {
             Ok(Arc::new(texts(a, 0)?))
@@ -266,6 +287,36 @@ pub(crate) fn functions(sources: &Arc<Sources>) -> Vec<ScalarUDF> {
             }
             let list: ListArray = builder.finish();
             Ok(Arc::new(list))
+        }),
+        // `information_schema._pg_expandarray(a)` before its unnest (see the rewrite):
+        // each element with its 1-based position, as `(x, n)`.
+        function("tessera_expandarray", &[1], expanded_array(), |a, rows| {
+            let Some(list) = a[0].as_list_opt::<i32>() else {
+                return Ok(datafusion::arrow::array::new_null_array(
+                    &expanded_array(),
+                    rows,
+                ));
+            };
+            let values = datafusion::arrow::compute::cast(list.values(), &DataType::Int64)?;
+            let positions: Int64Array = list
+                .offsets()
+                .windows(2)
+                .flat_map(|w| 1..=i64::from(w[1] - w[0]))
+                .collect();
+            let pairs = datafusion::arrow::array::StructArray::try_new(
+                expanded_pair(),
+                vec![values, Arc::new(positions)],
+                None,
+            )?;
+            Ok(Arc::new(ListArray::try_new(
+                Arc::new(Field::new_list_field(
+                    DataType::Struct(expanded_pair()),
+                    true,
+                )),
+                list.offsets().clone(),
+                Arc::new(pairs),
+                list.nulls().cloned(),
+            )?))
         }),
         function("tessera_regtype_oid", &[1], DataType::Int64, regtype_oid),
         // The type's OID, or NULL for a type Tessera does not have (psycopg's
@@ -638,6 +689,23 @@ pub(crate) fn setting_default(name: &str) -> Option<&'static str> {
         "default_tablespace" => "",
         _ => return None,
     })
+}
+
+/// The fields of one element of `tessera_expandarray`: the value and its position.
+fn expanded_pair() -> datafusion::arrow::datatypes::Fields {
+    vec![
+        Field::new("x", DataType::Int64, true),
+        Field::new("n", DataType::Int64, false),
+    ]
+    .into()
+}
+
+/// `List<Struct<x: Int64, n: Int64>>`, what `tessera_expandarray` returns.
+fn expanded_array() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(
+        DataType::Struct(expanded_pair()),
+        true,
+    )))
 }
 
 fn list_of_text() -> DataType {

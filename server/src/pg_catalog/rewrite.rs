@@ -19,6 +19,12 @@
 //! | `x LIKE p ESCAPE '/'` | `x LIKE tessera_like_escape(p, '/')` (the pattern with `\` escapes) |
 //! | a scalar subquery that reads a set-returning function of outer columns (psql's publication column lists) | `NULL` |
 //! | a scalar subquery that inner-joins a catalog table Tessera never fills (`pg_sequence`, `pg_constraint`, ...) and does not aggregate | `NULL` |
+//! | a select-list item holding a subquery, in a query that inner-joins such a table and does not aggregate (pgcli's foreign keys) | `NULL` |
+//! | `$1::regclass` (a parameter) | `to_regclass($1)`, as for a literal |
+//! | `x::regclass::oid` | `x` |
+//! | `oids::regtype[]` | `tessera_regtype_names(oids)`, the types' names |
+//! | `information_schema._pg_expandarray(a)` (pgJDBC's primary keys) | `unnest(tessera_expandarray(a))`, records `(x, n)` |
+//! | `(record).field` | `get_field(record, 'field')` |
 //!
 //! Everything else is left as written. A statement that does not parse (Tessera's own
 //! statements, for instance) is returned unchanged, as is one nothing applies to.
@@ -29,7 +35,7 @@ use datafusion::sql::parser::Statement as DFStatement;
 use tessera_planner::ddl;
 
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
+    AccessExpr, BinaryOperator, CastKind, DataType, Expr, Function, FunctionArg, FunctionArgExpr,
     FunctionArgumentList, FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SetExpr,
     Statement, TableFactor, Value, VisitMut, VisitorMut,
 };
@@ -103,6 +109,26 @@ impl VisitorMut for Rewriter {
                 name, args: None, ..
             } => self.changed |= qualify_catalog_table(name),
             _ => {}
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        // A query that finds no row (it inner-joins a catalog table Tessera never
+        // fills) needs no value of its select list: the subqueries there, which may be
+        // correlated in ways DataFusion cannot plan (pgcli's foreign keys), are dropped.
+        if finds_nothing(query)
+            && let SetExpr::Select(select) = query.body.as_mut()
+        {
+            use datafusion::sql::sqlparser::ast::SelectItem;
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } = item
+                    && has_subquery(e)
+                {
+                    *e = null();
+                    self.changed = true;
+                }
+            }
         }
         ControlFlow::Continue(())
     }
@@ -253,6 +279,28 @@ fn rewrite_expr(expr: &mut Expr) -> Option<Expr> {
             ..
         } => rewrite_cast(inner, data_type),
         Expr::Function(f) => rewrite_function(f),
+        // `(record).field`, a field of a parenthesized expression's record (pgJDBC's
+        // `(information_schema._pg_expandarray(k)).n`), as `get_field`.
+        Expr::CompoundFieldAccess { root, access_chain }
+            if matches!(**root, Expr::Nested(_))
+                && access_chain
+                    .iter()
+                    .all(|a| matches!(a, AccessExpr::Dot(Expr::Identifier(_)))) =>
+        {
+            let mut out = (**root).clone();
+            for access in access_chain.iter() {
+                if let AccessExpr::Dot(Expr::Identifier(field)) = access {
+                    out = call(
+                        "get_field",
+                        vec![
+                            out,
+                            Expr::value(Value::SingleQuotedString(field.value.to_lowercase())),
+                        ],
+                    );
+                }
+            }
+            Some(out)
+        }
         Expr::Subquery(query) => aggregate_catalog_subquery(query),
         _ => None,
     }
@@ -598,18 +646,28 @@ fn rewrite_cast(inner: &Expr, data_type: &DataType) -> Option<Expr> {
         return Some(cast(inner, double));
     }
     match pg_type_name(data_type)?.as_str() {
-        "regclass" => Some(match string_literal(inner) {
-            Some(_) => call("to_regclass", vec![inner.clone()]),
-            None => call("tessera_regclass_name", vec![inner.clone()]),
-        }),
+        // A name (a literal, or a parameter, as drivers send `$1::regclass`) to its
+        // OID; anything else is an OID shown as its name.
+        "regclass" => Some(
+            if string_literal(inner).is_some() || is_placeholder(inner) {
+                call("to_regclass", vec![inner.clone()])
+            } else {
+                call("tessera_regclass_name", vec![inner.clone()])
+            },
+        ),
         "regtype" => Some(match string_literal(inner) {
             Some(_) => call("tessera_regtype_oid", vec![inner.clone()]),
             None => call("format_type", vec![inner.clone(), null()]),
         }),
+        // An array of type OIDs (`proargtypes::regtype[]`, as pgcli lists functions)
+        // as their names.
+        "regtype[]" => Some(call("tessera_regtype_names", vec![inner.clone()])),
         "regnamespace" => Some(call("tessera_regnamespace_name", vec![inner.clone()])),
         "regproc" | "regprocedure" => Some(call("tessera_regproc_name", vec![inner.clone()])),
         "regrole" => Some(call("pg_get_userbyid", vec![inner.clone()])),
         "text" | "name" | "char" | "bpchar" | "varchar" => Some(cast(inner, DataType::Text)),
+        // `x::regclass::oid`: the OID `x` is (the inner cast was made a name first).
+        "oid" if regclass_name_of(inner).is_some() => regclass_name_of(inner).cloned(),
         "oid" | "regoper" | "regoperator" | "regconfig" | "regdictionary" | "xid" | "int8" => {
             Some(cast(inner, DataType::BigInt(None)))
         }
@@ -695,6 +753,15 @@ fn rewrite_function(f: &mut Function) -> Option<Expr> {
             vec![Expr::value(Value::Number("1".into(), false)), length],
         );
         return Some(call("unnest", vec![subscripts]));
+    }
+    // pgJDBC's getPrimaryKeys: `information_schema._pg_expandarray(a)`, the set of
+    // `(x, n)` records of an array's elements and positions.
+    if is_expandarray(&f.name)
+        && let FunctionArguments::List(list) = &f.args
+        && let [FunctionArg::Unnamed(FunctionArgExpr::Expr(array))] = list.args.as_slice()
+    {
+        let pairs = call("tessera_expandarray", vec![array.clone()]);
+        return Some(call("unnest", vec![pairs]));
     }
     stripped.then(|| Expr::Function(f.clone()))
 }
@@ -796,6 +863,28 @@ fn finds_nothing(query: &Query) -> bool {
     })
 }
 
+/// True when `expr` holds a subquery anywhere.
+fn has_subquery(expr: &Expr) -> bool {
+    use datafusion::sql::sqlparser::ast::Visit;
+    let found = expr.visit(&mut SubqueryFinder);
+    found.is_break()
+}
+
+struct SubqueryFinder;
+
+impl datafusion::sql::sqlparser::ast::Visitor for SubqueryFinder {
+    type Break = ();
+
+    fn pre_visit_expr(&mut self, expr: &Expr) -> ControlFlow<()> {
+        match expr {
+            Expr::Subquery(_) | Expr::Exists { .. } | Expr::InSubquery { .. } => {
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        }
+    }
+}
+
 /// True when `query`'s `FROM` calls a table function with a non-literal argument: in
 /// psql's catalog queries that is always a lateral call on an outer column.
 fn reads_function_of_outer_columns(query: &Query) -> bool {
@@ -860,6 +949,19 @@ fn strip_pg_catalog(name: &mut ObjectName) -> bool {
     false
 }
 
+/// `_pg_expandarray`, alone or in `information_schema`.
+fn is_expandarray(name: &ObjectName) -> bool {
+    let ident = |p: &ObjectNamePart, want: &str| {
+        p.as_ident()
+            .is_some_and(|i| i.value.eq_ignore_ascii_case(want))
+    };
+    match name.0.as_slice() {
+        [f] => ident(f, "_pg_expandarray"),
+        [schema, f] => ident(schema, "information_schema") && ident(f, "_pg_expandarray"),
+        _ => false,
+    }
+}
+
 fn is_named(name: &ObjectName, expected: &str) -> bool {
     matches!(name.0.as_slice(), [part] if part.as_ident().is_some_and(|i| i.value.eq_ignore_ascii_case(expected)))
 }
@@ -868,6 +970,27 @@ fn string_literal(expr: &Expr) -> Option<&str> {
     match expr {
         Expr::Value(v) => match &v.value {
             Value::SingleQuotedString(s) => Some(s),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn is_placeholder(expr: &Expr) -> bool {
+    matches!(expr, Expr::Value(v) if matches!(v.value, Value::Placeholder(_)))
+}
+
+/// `x` of `tessera_regclass_name(x)`.
+fn regclass_name_of(expr: &Expr) -> Option<&Expr> {
+    let Expr::Function(f) = expr else {
+        return None;
+    };
+    if f.name.to_string() != "tessera_regclass_name" {
+        return None;
+    }
+    match &f.args {
+        FunctionArguments::List(list) => match list.args.as_slice() {
+            [FunctionArg::Unnamed(FunctionArgExpr::Expr(x))] => Some(x),
             _ => None,
         },
         _ => None,
@@ -928,6 +1051,16 @@ mod tests {
             (
                 "SELECT x::pg_catalog.regclass, 'pg_catalog.pg_class'::pg_catalog.regclass",
                 "SELECT tessera_regclass_name(x), to_regclass('pg_catalog.pg_class')",
+            ),
+            (
+                // pgJDBC's getPrimaryKeys.
+                "SELECT (information_schema._pg_expandarray(i.indkey)).n, (r.keys).x FROM i",
+                "SELECT get_field((unnest(tessera_expandarray(i.indkey))), 'n'), get_field((r.keys), 'x') FROM i",
+            ),
+            (
+                // ADBC's PostgreSQL driver before an append, and a column's OID.
+                "SELECT 1 WHERE a = $1::regclass::oid AND b = c::regclass::oid",
+                "SELECT 1 WHERE a = to_regclass($1)::BIGINT AND b = c",
             ),
             (
                 "SELECT t::pg_catalog.regtype::pg_catalog.text",

@@ -247,6 +247,7 @@ const TABLES: &[TableSpec] = &[
             ("proallargtypes", OidArray),
             ("proargmodes", TextArray),
             ("proargnames", TextArray),
+            ("proargdefaults", Text),
             ("prosrc", Text),
             ("probin", Text),
             ("proconfig", TextArray),
@@ -388,6 +389,18 @@ const TABLES: &[TableSpec] = &[
             ("conkey", I16Array),
             ("confkey", I16Array),
             ("conbin", Text),
+        ],
+    },
+    TableSpec {
+        name: "pg_depend",
+        columns: &[
+            ("classid", Oid),
+            ("objid", Oid),
+            ("objsubid", I32),
+            ("refclassid", Oid),
+            ("refobjid", Oid),
+            ("refobjsubid", I32),
+            ("deptype", Char),
         ],
     },
     TableSpec {
@@ -613,8 +626,8 @@ const TABLES: &[TableSpec] = &[
 
 /// The catalog tables that have no rows in Tessera, ever: it has no indexes, operator
 /// classes, constraints, sequences, inheritance, policies, extended statistics,
-/// publications, triggers, rules, foreign tables, partitions, extensions or role
-/// memberships.
+/// publications, triggers, rules, foreign tables, partitions, extensions, role
+/// memberships or recorded dependencies.
 const ALWAYS_EMPTY: &[&str] = &[
     "pg_index",
     "pg_opclass",
@@ -633,6 +646,7 @@ const ALWAYS_EMPTY: &[&str] = &[
     "pg_extension",
     "pg_auth_members",
     "pg_shdescription",
+    "pg_depend",
 ];
 
 /// True for a catalog table that never has a row (see [`ALWAYS_EMPTY`]).
