@@ -8,6 +8,7 @@ mod crash_soak;
 mod distributed;
 mod dml;
 mod docs_links;
+mod explain;
 mod flight;
 mod generated_statements;
 mod guards;

@@ -73,7 +73,7 @@ enum FlowNode {
     Cells {
         shape: (u64, u64),
         block: (u64, u64),
-        planned: String,
+        planned: crate::la::flow::Planned,
     },
 }
 

@@ -14,6 +14,7 @@ pub mod ddl;
 pub mod distributed;
 mod dml;
 mod error;
+pub mod explain;
 mod file_access;
 pub mod la;
 mod partitioning;

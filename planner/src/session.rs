@@ -178,9 +178,13 @@ async fn execute_sql(
     sql: SqlText,
 ) -> Result<SendableRecordBatchStream> {
     let state = ctx.state();
-    let result = match state.statement_to_plan(sql.tree.clone()).await {
-        Ok(plan) => execute_plan(ctx, catalog, state, plan, &sql.text).await,
-        Err(e) => Err(e),
+    let result = if crate::explain::is_picture(&sql.tree) {
+        crate::explain::picture(&state, &sql.tree).await
+    } else {
+        match state.statement_to_plan(sql.tree.clone()).await {
+            Ok(plan) => execute_plan(ctx, catalog, state, plan, &sql.text).await,
+            Err(e) => Err(e),
+        }
     };
     match result {
         Ok(stream) => Ok(stream),

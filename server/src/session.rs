@@ -196,12 +196,16 @@ impl Session {
     ) -> Result<SendableRecordBatchStream> {
         let ticket = self.inner.plans.ticket();
         let state = self.ctx.state();
-        let result = match state.statement_to_plan(sql.tree.clone()).await {
-            Ok(plan) => {
-                self.run_plan(state, plan, &sql.text, Some((ticket, settings)))
-                    .await
+        let result = if tessera_planner::explain::is_picture(&sql.tree) {
+            tessera_planner::explain::picture(&state, &sql.tree).await
+        } else {
+            match state.statement_to_plan(sql.tree.clone()).await {
+                Ok(plan) => {
+                    self.run_plan(state, plan, &sql.text, Some((ticket, settings)))
+                        .await
+                }
+                Err(e) => Err(e),
             }
-            Err(e) => Err(e),
         };
         match result {
             Ok(stream) => Ok(stream),
@@ -371,6 +375,14 @@ impl Session {
     ) -> Result<PreparedStatement> {
         self.restore().await;
         match &statement {
+            // Drawn, not planned by DataFusion (which refuses some of them).
+            ddl::Statement::Sql(sql) if tessera_planner::explain::is_picture(&sql.tree) => {
+                Ok(PreparedStatement {
+                    statement: Some(statement.clone()),
+                    parameter_types: Vec::new(),
+                    schema: tessera_planner::explain::picture_schema(),
+                })
+            }
             ddl::Statement::Sql(sql) => {
                 let plan = self
                     .plan_with_parameters(&self.ctx.state(), sql, declared)

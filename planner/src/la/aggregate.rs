@@ -135,8 +135,16 @@ impl BlockAggregateExec {
 }
 
 impl DisplayAs for BlockAggregateExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let aggs: Vec<&str> = self.aggregates.iter().map(|a| a.name()).collect();
+        if let DisplayFormatType::TreeRender = t {
+            writeln!(f, "aggr={}", aggs.join(", "))?;
+            return match self.groups {
+                CellGroups::All => Ok(()),
+                CellGroups::Row => writeln!(f, "by=i"),
+                CellGroups::Col => writeln!(f, "by=j"),
+            };
+        }
         write!(f, "BlockAggregateExec: aggr=[{}]", aggs.join(", "))?;
         match self.groups {
             CellGroups::All => Ok(()),

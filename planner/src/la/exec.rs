@@ -415,9 +415,49 @@ fn fmt_count(x: f64) -> String {
     }
 }
 
+/// The `key=value` lines of `plan`'s tree form (`DisplayFormatType::TreeRender`).
+pub(crate) fn tree_lines(plan: &dyn ExecutionPlan) -> String {
+    struct Tree<'a>(&'a dyn ExecutionPlan);
+    impl fmt::Display for Tree<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            self.0.fmt_as(DisplayFormatType::TreeRender, f)
+        }
+    }
+    Tree(plan).to_string()
+}
+
 impl DisplayAs for LaExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let e = &self.est;
+        if let DisplayFormatType::TreeRender = t {
+            writeln!(f, "op={}", op_name(&self.op))?;
+            if let Some(c) = &self.choice {
+                writeln!(
+                    f,
+                    "strategy={} ({})",
+                    c.chosen.strategy.name(),
+                    c.chosen.strategy.systemml()
+                )?;
+            }
+            writeln!(f, "estimate={}x{}", e.rows, e.cols)?;
+            writeln!(f, "estimated nnz={}", fmt_count(e.nnz))?;
+            writeln!(
+                f,
+                "estimated bytes={}{}",
+                human_bytes(e.bytes()),
+                if e.exact { "" } else { " (shape from data)" }
+            )?;
+            if let Some(c) = &self.choice {
+                writeln!(f, "bytes moved={}", human_bytes(c.chosen.bytes_moved))?;
+                writeln!(f, "flops={}", fmt_count(c.chosen.flops))?;
+                writeln!(f, "tasks={}", c.chosen.tasks)?;
+                writeln!(f, "why={}", c.why)?;
+            }
+            if self.output == Output::Rows {
+                writeln!(f, "output=rows")?;
+            }
+            return Ok(());
+        }
         write!(f, "{}: {}", self.name(), op_name(&self.op))?;
         if let Some(c) = &self.choice {
             write!(

@@ -13,6 +13,7 @@
 
 mod aggregate;
 mod exec;
+pub(crate) use exec::tree_lines;
 mod expr;
 pub mod flow;
 mod functions;

@@ -490,11 +490,14 @@ impl ExtensionPlanner for LaPlanner {
             let line = datafusion::physical_plan::displayable(exec.as_ref())
                 .one_line()
                 .to_string();
-            let planned = line
-                .trim()
-                .split_once(": ")
-                .map_or(line.trim(), |(_, rest)| rest)
-                .to_string();
+            let planned = super::flow::Planned {
+                line: line
+                    .trim()
+                    .split_once(": ")
+                    .map_or(line.trim(), |(_, rest)| rest)
+                    .to_string(),
+                tree: super::exec::tree_lines(exec.as_ref()),
+            };
             let cells = BlockCellsExec::try_new(Arc::clone(flow), geometry, planned)?;
             return Ok(Some(Arc::new(cells)));
         }

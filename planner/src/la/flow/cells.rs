@@ -28,9 +28,19 @@ use crate::la::exec::{FlowGeometry, cells_schema};
 pub struct BlockCellsExec {
     input: Arc<dyn ExecutionPlan>,
     geometry: FlowGeometry,
-    pub(crate) planned: String,
+    pub(crate) planned: Planned,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+}
+
+/// What the planner chose for a dataflow (the operation, strategy and estimates), as
+/// EXPLAIN shows it: one line, and `key=value` lines for its tree and graphviz forms.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Planned {
+    /// The one-line form.
+    pub line: String,
+    /// The `key=value` lines.
+    pub tree: String,
 }
 
 impl BlockCellsExec {
@@ -39,7 +49,7 @@ impl BlockCellsExec {
     pub fn try_new(
         input: Arc<dyn ExecutionPlan>,
         geometry: FlowGeometry,
-        planned: String,
+        planned: Planned,
     ) -> Result<Self> {
         let schema = input.schema();
         if !is_block_stream(&schema) || schema.field(0).name() != BI {
@@ -73,12 +83,17 @@ impl BlockCellsExec {
 }
 
 impl DisplayAs for BlockCellsExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let FlowGeometry { shape, block } = self.geometry;
+        if let DisplayFormatType::TreeRender = t {
+            writeln!(f, "shape={}x{}", shape.0, shape.1)?;
+            writeln!(f, "blocks={}x{}", block.0, block.1)?;
+            return f.write_str(&self.planned.tree);
+        }
         write!(
             f,
             "BlockCellsExec: (i, j, v) of {}x{} in {}x{} blocks, {}",
-            shape.0, shape.1, block.0, block.1, self.planned
+            shape.0, shape.1, block.0, block.1, self.planned.line
         )
     }
 }

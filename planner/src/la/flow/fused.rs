@@ -71,7 +71,7 @@ impl FusedPartialExec {
 }
 
 impl DisplayAs for FusedPartialExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let what = match self.v {
             None => "tsmm, one partial t(X) X per partition",
             Some(_) => "mmchain, one partial t(X) (X v) per partition, v read whole",
@@ -81,6 +81,10 @@ impl DisplayAs for FusedPartialExec {
         } else {
             "block rows gathered by bi"
         };
+        if let DisplayFormatType::TreeRender = t {
+            writeln!(f, "partial={what}")?;
+            return writeln!(f, "rows={rows}");
+        }
         write!(f, "FusedPartialExec: {what}, {rows}")
     }
 }

@@ -120,7 +120,20 @@ fn is_bi_bj(keys: &[Arc<dyn PhysicalExpr>]) -> bool {
 }
 
 impl DisplayAs for BlockMapExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let DisplayFormatType::TreeRender = t {
+            return match self.map {
+                BlockMap::Transpose => writeln!(f, "map=transpose"),
+                BlockMap::FanOutLeft { copies } => {
+                    writeln!(f, "map=A(i, k) to (i, oj)")?;
+                    writeln!(f, "copies={copies}")
+                }
+                BlockMap::FanOutRight { copies } => {
+                    writeln!(f, "map=B(k, j) to (oi, j)")?;
+                    writeln!(f, "copies={copies}")
+                }
+            };
+        }
         match self.map {
             BlockMap::Transpose => write!(f, "BlockMapExec: transpose"),
             BlockMap::FanOutLeft { copies } => write!(

@@ -58,7 +58,10 @@ impl ExchangeMeterExec {
 }
 
 impl DisplayAs for ExchangeMeterExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let DisplayFormatType::TreeRender = t {
+            return writeln!(f, "blocks through={}", self.exchange());
+        }
         write!(f, "ExchangeMeterExec: blocks through {}", self.exchange())
     }
 }

@@ -74,7 +74,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{Stream, StreamExt};
 use tessera_storage::{BLOCK_FIELD_COUNT, Block, BlockColumns, BlockColumnsBuilder, block_fields};
 
-pub use cells::BlockCellsExec;
+pub use cells::{BlockCellsExec, Planned};
 pub use fused::FusedPartialExec;
 pub use map::{BlockMap, BlockMapExec};
 pub use meter::{ExchangeMeterExec, MeterExchanges};

@@ -130,7 +130,17 @@ impl BlockProductExec {
 }
 
 impl DisplayAs for BlockProductExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let DisplayFormatType::TreeRender = t {
+            writeln!(f, "A(i, k) at={}", self.a_at)?;
+            writeln!(f, "B(k, j) at={}", self.b_at)?;
+            writeln!(f, "partial sums by=(i, j)")?;
+            return writeln!(
+                f,
+                "partitions={}",
+                if self.single { "one" } else { "input's" }
+            );
+        }
         write!(
             f,
             "BlockProductExec: A(i, k) at column {} times B(k, j) at column {}, partial sums by (i, j){}",

@@ -68,9 +68,15 @@ impl BlockScanExec {
 }
 
 impl DisplayAs for BlockScanExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (rows, cols) = self.pinned.shape();
         let (br, bc) = self.pinned.block();
+        if let DisplayFormatType::TreeRender = t {
+            writeln!(f, "array={:?}", self.pinned)?;
+            writeln!(f, "shape={rows}x{cols}")?;
+            writeln!(f, "blocks={br}x{bc}")?;
+            return writeln!(f, "partitioning={}", self.props.partitioning);
+        }
         write!(
             f,
             "BlockScanExec: {:?} {rows}x{cols} in {br}x{bc} blocks, partitioning={}",

@@ -77,7 +77,15 @@ impl BlockSumExec {
 }
 
 impl DisplayAs for BlockSumExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let DisplayFormatType::TreeRender = t {
+            writeln!(f, "sum by=(bi, bj)")?;
+            return writeln!(
+                f,
+                "partitions={}",
+                if self.single { "one" } else { "input's" }
+            );
+        }
         if self.single {
             write!(f, "BlockSumExec: sum by (bi, bj) in one partition")
         } else {

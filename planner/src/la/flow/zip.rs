@@ -73,7 +73,11 @@ impl BlockZipJoinExec {
 }
 
 impl DisplayAs for BlockZipJoinExec {
-    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let DisplayFormatType::TreeRender = t {
+            writeln!(f, "on=k")?;
+            return writeln!(f, "partitions=p with p");
+        }
         write!(
             f,
             "BlockZipJoinExec: A(i, k) and B(k, j) on k, partition p with partition p"
