@@ -969,3 +969,126 @@ async fn pgwire_float_columns_have_postgresql_widths() {
         assert!(message(&e).contains(words), "{sql}: {e}");
     }
 }
+
+/// `pg_stat_activity` lists the connections with what they run; `tessera_progress`
+/// shows how many blocks a running statement's scans have read of how many; and
+/// `pg_cancel_backend` stops another connection's statement (57014 there), read while
+/// a long join runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pg_stat_activity_and_progress_show_a_running_statement_that_pg_cancel_backend_stops() {
+    let server = start().await;
+    let runner = server.connect().await;
+    let watcher = server.connect().await;
+    // 1000 x 1000 in 100 x 100 blocks: 100 stored blocks.
+    runner
+        .batch_execute(
+            "CREATE MATRIX big (1000, 1000) BLOCK (100, 100);
+             INSERT INTO big SELECT i, j, v FROM rand(1000, 1000, seed => 1);",
+        )
+        .await
+        .unwrap();
+    let runner_pid: i32 = runner
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let watcher_pid: i32 = watcher
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_ne!(runner_pid, watcher_pid);
+    // Each row of one side meets the 1000 rows of the other: 10^9 joined rows.
+    let long = "SELECT count(*) FROM big a JOIN big b ON a.i = b.j";
+    let running = tokio::spawn(async move {
+        let outcome = runner.simple_query(long).await.map(|_| ());
+        (runner, outcome)
+    });
+
+    // The runner shows active with its statement, and its scans' blocks.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (state, query) = loop {
+        let row = watcher
+            .query_opt(
+                "SELECT state, query FROM pg_stat_activity WHERE pid = $1",
+                &[&runner_pid],
+            )
+            .await
+            .unwrap()
+            .expect("the runner's connection is listed");
+        let state: String = row.get(0);
+        if state == "active" || Instant::now() > deadline {
+            break (state, row.get::<_, String>(1));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((state.as_str(), query.as_str()), ("active", long));
+    let mine: String = watcher
+        .query_one(
+            "SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mine, "active", "a connection sees itself running its query");
+    // Both scans start at once; the total is both sides' 100 blocks.
+    let (done, total) = loop {
+        let row = watcher
+            .query_one(
+                "SELECT blocks_done, blocks_total FROM tessera_progress WHERE pid = $1",
+                &[&runner_pid],
+            )
+            .await
+            .unwrap();
+        let (done, total): (i64, i64) = (row.get(0), row.get(1));
+        assert!(done <= total, "{done} of {total} blocks");
+        if (total == 200 && done >= 100) || Instant::now() > deadline {
+            break (done, total);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(total, 200, "{done} of {total} blocks");
+    assert!(
+        done >= 100,
+        "the build side is read first: {done} of {total}"
+    );
+
+    // pg_cancel_backend stops it; the runner gets 57014.
+    let cancelled: bool = watcher
+        .query_one(&format!("SELECT pg_cancel_backend({runner_pid})"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cancelled);
+    let (_runner, outcome) = tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("a cancelled statement stops")
+        .unwrap();
+    let error = outcome.expect_err("the join was cancelled");
+    assert_eq!(code(&error), "57014", "{error:?}");
+    // Then it is idle, with no progress row; an unknown pid is not cancelled.
+    let state: String = watcher
+        .query_one(
+            "SELECT state FROM pg_stat_activity WHERE pid = $1",
+            &[&runner_pid],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "idle");
+    let rows = watcher
+        .query(
+            "SELECT pid FROM tessera_progress WHERE pid = $1",
+            &[&runner_pid],
+        )
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    let unknown: bool = watcher
+        .query_one("SELECT pg_cancel_backend(2147483)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!unknown);
+}

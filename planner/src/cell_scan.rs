@@ -232,15 +232,25 @@ impl ExecutionPlan for CellScanExec {
         );
         let batch_size = context.session_config().batch_size();
         let projection = self.projection.clone();
+        let progress = crate::progress::StatementProgress::of(&context);
+        if let Some(p) = &progress {
+            p.add_total(keys.len() as u64);
+        }
         let stream = futures::stream::iter(keys)
             .then(move |key| {
                 let (snapshot, schema, ranges) = (snapshot.clone(), schema.clone(), ranges.clone());
+                let progress = progress.clone();
                 async move {
-                    tokio::task::spawn_blocking(move || {
+                    let batches = tokio::task::spawn_blocking(move || {
                         block_batches(&snapshot, &schema, &key, &ranges, listing, batch_size)
                     })
                     .await
-                    .map_err(|e| DataFusionError::Internal(format!("block reader failed: {e}")))?
+                    .map_err(|e| DataFusionError::Internal(format!("block reader failed: {e}")))?;
+                    if let (Some(p), Ok(batches)) = (&progress, &batches) {
+                        let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+                        p.add_done(bytes as u64);
+                    }
+                    batches
                 }
             })
             .flat_map(move |r: Result<Vec<_>>| {

@@ -18,6 +18,7 @@ pub mod explain;
 mod file_access;
 pub mod la;
 mod partitioning;
+pub mod progress;
 mod repartition;
 pub mod session;
 mod sql_types;

@@ -106,6 +106,8 @@ pub(crate) struct Inner {
     file_policy: std::sync::RwLock<Option<FilePolicy>>,
     /// The workers block dataflows run on, when there are any.
     pub(crate) cluster: Option<Arc<tessera_planner::distributed::Cluster>>,
+    /// The server's connections and what they run (`pg_stat_activity`).
+    pub(crate) activity: Arc<crate::activity::Activity>,
 }
 
 /// Server files each role may use; set by a server with [`Database::set_file_policy`].
@@ -194,6 +196,7 @@ impl Database {
             dir,
             file_policy: std::sync::RwLock::new(None),
             cluster,
+            activity: Arc::default(),
         });
         let default_session = Session::new(inner.clone())?;
         Ok(Database {
@@ -276,6 +279,11 @@ impl Database {
             write_dirs,
         });
         Ok(())
+    }
+
+    /// The server's connections and what they run.
+    pub(crate) fn activity(&self) -> Arc<crate::activity::Activity> {
+        Arc::clone(&self.inner.activity)
     }
 
     /// The server files `role` may use: any but the store's without a file policy,

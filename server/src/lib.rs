@@ -16,6 +16,7 @@
 //! that failed (a bad file, damaged data), `ResourcesExhausted` when the memory budget
 //! does not suffice, `Internal` for a bug.
 
+mod activity;
 pub mod cli;
 pub mod config;
 mod database;

@@ -39,6 +39,10 @@ pub struct Session {
     inner: Arc<Inner>,
     ctx: SessionContext,
     derived: Arc<Derived>,
+    /// How far this session's running statement is (an extension of its config).
+    progress: Arc<tessera_planner::progress::StatementProgress>,
+    /// Whose connection this is, once it is a server's (`pg_cancel_backend` asks).
+    backend: Arc<crate::pg_catalog::BackendIdentity>,
 }
 
 /// What a session derives from its settings, kept between statements: rebuilding the
@@ -86,6 +90,8 @@ impl Session {
         // An embedded database may use any file its process can, but never the store's.
         let forbidden = inner.storage_dirs();
         config = config.with_extension(Arc::new(FileAccess::unrestricted(forbidden)));
+        let progress = Arc::new(tessera_planner::progress::StatementProgress::default());
+        config = config.with_extension(Arc::clone(&progress));
         let config = la::session_config(config);
         let builder = SessionStateBuilder::new()
             .with_config(config)
@@ -110,12 +116,31 @@ impl Session {
                 ))),
             );
         }
-        crate::pg_catalog::install(&ctx, inner.catalog.clone())?;
+        let backend = Arc::new(crate::pg_catalog::BackendIdentity::default());
+        crate::pg_catalog::install(
+            &ctx,
+            inner.catalog.clone(),
+            Arc::clone(&inner.activity),
+            Arc::clone(&backend),
+        )?;
         Ok(Session {
             ctx,
             inner,
             derived: Arc::default(),
+            progress,
+            backend,
         })
+    }
+
+    /// How far this session's running statement is.
+    pub(crate) fn progress(&self) -> Arc<tessera_planner::progress::StatementProgress> {
+        Arc::clone(&self.progress)
+    }
+
+    /// Names the connection this session serves: its backend pid, its user and whether
+    /// that user is a superuser (for `pg_backend_pid()` and `pg_cancel_backend`).
+    pub(crate) fn set_backend(&self, pid: i32, user: &str, superuser: bool) {
+        self.backend.set(pid, user, superuser);
     }
 
     /// Sets which server files this session's statements may read and write (a server

@@ -73,6 +73,9 @@ pub(crate) struct PgShared {
     pub(crate) backends: Arc<BackendSlots>,
     /// Users who may take the slots reserved for superusers.
     pub(crate) superusers: std::collections::HashSet<String>,
+    /// Backend pids and cancel keys: one counter for the server, so every connection
+    /// has its own pid (`pg_stat_activity`, `pg_cancel_backend`).
+    pub(crate) pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
 }
 
 impl Debug for PgShared {
@@ -115,6 +118,8 @@ struct ConnectionState {
     statement_timeout: Option<Duration>,
     copy_in: Option<CopyIn>,
     cancel_guard: Option<CancelGuard>,
+    /// This connection in `pg_stat_activity`, from authentication on.
+    activity: Option<crate::activity::ActivityGuard>,
     /// Held while the client authenticates; given back once it has.
     startup_slot: Option<StartupSlot>,
     /// Held from authentication until the connection ends.
@@ -186,7 +191,8 @@ impl PgConnection {
         let session = shared.database.session()?;
         // No server files until the startup message names the role.
         session.set_file_access(shared.database.file_access_for(""));
-        let driver = AuthDriver::new(shared.parameters.clone());
+        let driver = AuthDriver::new(shared.parameters.clone())
+            .with_pid_secret_key_generator(shared.pids.clone());
         let state = ConnectionState {
             statement_timeout: shared.statement_timeout,
             startup_slot: Some(startup_slot),
@@ -228,6 +234,7 @@ impl PgConnection {
     ) -> Result<Outcome, DataFusionError> {
         match command {
             Command::Run(statement) => {
+                let active = self.begin_activity(statement);
                 let stream = interrupt
                     .run(async {
                         match prepared {
@@ -237,7 +244,11 @@ impl PgConnection {
                     })
                     .await?;
                 let schema = stream.schema();
-                let mut stream: RowStream = Box::pin(interrupt.stream(stream));
+                // Active until the rows are sent (the stream holds the marker).
+                let mut stream: RowStream = Box::pin(interrupt.stream(stream).map(move |b| {
+                    let _ = &active;
+                    b
+                }));
                 let is_count = schema.fields().len() == 1
                     && schema.field(0).name() == "count"
                     && schema.field(0).data_type() == &DataType::UInt64;
@@ -372,14 +383,40 @@ impl PgConnection {
         Ok(())
     }
 
-    /// Registers this connection for cancel requests once its pid and key are known.
+    /// Registers this connection for cancel requests and in `pg_stat_activity` once
+    /// its pid and key are known.
     fn register_cancel<C: ClientInfo>(&self, client: &C) {
         let (pid, secret) = client.pid_and_secret_key();
         let guard = self
             .shared
             .cancels
             .register(pid, secret.to_bytes(), self.control.clone());
-        self.state().cancel_guard = Some(guard);
+        let user = client.metadata().get("user").cloned().unwrap_or_default();
+        let superuser = self.shared.superusers.contains(&user);
+        self.session.set_backend(pid, &user, superuser);
+        let activity = self.shared.database.activity().register(
+            pid,
+            &user,
+            self.peer.ip().to_string(),
+            self.control.clone(),
+            self.session.progress(),
+        );
+        let mut state = self.state();
+        state.cancel_guard = Some(guard);
+        state.activity = Some(activity);
+    }
+
+    /// Marks this connection active with `statement` in `pg_stat_activity` until the
+    /// returned value drops (`None` before authentication).
+    fn begin_activity(
+        &self,
+        statement: &ddl::Statement,
+    ) -> Option<crate::activity::StatementActivity> {
+        let text = match statement {
+            ddl::Statement::Sql(sql) => sql.text.clone(),
+            ddl::Statement::Tessera(_) => command_tag(statement),
+        };
+        self.state().activity.as_ref().map(|a| a.start(&text))
     }
 
     /// Seeds the PostgreSQL settings from the startup parameters.

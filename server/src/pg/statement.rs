@@ -515,8 +515,19 @@ impl VisitorMut for ValueBinder<'_, '_> {
     }
 
     fn post_visit_expr(&mut self, expr: &mut Expr) -> ControlFlow<()> {
-        if let Some((_, value)) = self.bound(expr) {
-            *expr = Expr::value(value);
+        if let Some((name, value)) = self.bound(expr) {
+            *expr = if name == "pg_backend_pid" {
+                // An `int4`, as PostgreSQL's (a bare number literal is an `int8`).
+                Expr::Cast {
+                    kind: datafusion::sql::sqlparser::ast::CastKind::Cast,
+                    expr: Box::new(Expr::value(value)),
+                    data_type: datafusion::sql::sqlparser::ast::DataType::Int(None),
+                    array: false,
+                    format: None,
+                }
+            } else {
+                Expr::value(value)
+            };
             self.changed = true;
         }
         ControlFlow::Continue(())
@@ -771,7 +782,7 @@ mod tests {
                  current_setting('application_name') FROM t WHERE u = current_user"
             ),
             (
-                "SELECT 4242 AS \"pg_backend_pid\", 'ada' AS \"current_user\", 'ada' AS s, \
+                "SELECT CAST(4242 AS INT) AS \"pg_backend_pid\", 'ada' AS \"current_user\", 'ada' AS s, \
                  'nb' AS \"current_setting\", current_setting('nosuch', true), \
                  'nb' AS \"current_setting_2\" FROM t WHERE u = 'ada'"
                     .to_string(),

@@ -337,10 +337,6 @@ pub(crate) fn functions(sources: &Arc<Sources>) -> Vec<ScalarUDF> {
         function("user", &[0], text.clone(), |_, rows| {
             Ok(Arc::new(StringArray::from(vec![OWNER; rows])))
         }),
-        function("pg_backend_pid", &[0], DataType::Int32, |_, rows| {
-            let pid = i32::try_from(std::process::id()).unwrap_or(0);
-            Ok(Arc::new(Int32Array::from(vec![pid; rows])))
-        }),
         function("current_setting", &[1, 2], text.clone(), current_setting),
         function(
             "pg_collation_is_visible",
@@ -698,6 +694,65 @@ fn expanded_pair() -> datafusion::arrow::datatypes::Fields {
         Field::new("n", DataType::Int64, false),
     ]
     .into()
+}
+
+/// The functions that answer for the connection a session serves: `pg_backend_pid()`
+/// (its backend pid, the process id in an embedded database) and
+/// `pg_cancel_backend(pid)` (cancels that backend's statement: the caller's own
+/// connections, or any for a superuser; false for a pid with no connection).
+pub(crate) fn register_backend(
+    ctx: &SessionContext,
+    sources: &Arc<Sources>,
+    backend: Arc<super::BackendIdentity>,
+) {
+    let me = Arc::clone(&backend);
+    ctx.register_udf(function(
+        "pg_backend_pid",
+        &[0],
+        DataType::Int32,
+        move |_, rows| {
+            let pid = match me.get() {
+                Some((pid, _, _)) => pid,
+                None => i32::try_from(std::process::id()).unwrap_or(0),
+            };
+            Ok(Arc::new(Int32Array::from(vec![pid; rows])))
+        },
+    ));
+    let activity = Arc::clone(&sources.activity);
+    // Volatile: it acts, so it runs every time and is never folded.
+    ctx.register_udf(with_signature(
+        "pg_cancel_backend",
+        Signature::any(1, Volatility::Volatile),
+        DataType::Boolean,
+        move |a, _| {
+            let pids = ints(a, 0)?;
+            let (user, superuser) = match backend.get() {
+                Some((_, user, superuser)) => (user, superuser),
+                // An embedded database has no connections to cancel.
+                None => (String::new(), false),
+            };
+            let mut out = Vec::with_capacity(pids.len());
+            for pid in pids.iter() {
+                let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else {
+                    out.push(None);
+                    continue;
+                };
+                match activity.cancel(pid, &user, superuser) {
+                    Ok(()) => out.push(Some(true)),
+                    Err(crate::activity::CancelRefused::NoSuchBackend) => out.push(Some(false)),
+                    Err(crate::activity::CancelRefused::NotYours) => {
+                        return Err(tessera_planner::tessera_error(
+                            tessera_planner::ErrorKind::InsufficientPrivilege,
+                            format!(
+                                "pg_cancel_backend: backend {pid} belongs to another user; only a superuser may cancel it"
+                            ),
+                        ));
+                    }
+                }
+            }
+            Ok(Arc::new(BooleanArray::from(out)))
+        },
+    ));
 }
 
 /// `List<Struct<x: Int64, n: Int64>>`, what `tessera_expandarray` returns.

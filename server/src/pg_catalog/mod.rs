@@ -37,13 +37,39 @@ pub(crate) use functions::{setting_default, unknown_setting};
 pub use rewrite::{rewrite, rewrite_statement};
 pub use types::pg_type_of;
 
+/// Whose connection a session serves, once a server's connection has authenticated:
+/// its backend pid, user and whether the user is a superuser. `pg_backend_pid()` and
+/// `pg_cancel_backend(pid)` read it.
+#[derive(Debug, Default)]
+pub struct BackendIdentity {
+    who: std::sync::Mutex<Option<(i32, String, bool)>>,
+}
+
+impl BackendIdentity {
+    /// Sets it.
+    pub(crate) fn set(&self, pid: i32, user: &str, superuser: bool) {
+        *self.who.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((pid, user.to_string(), superuser));
+    }
+
+    /// The backend pid, user and superuser flag, if a connection set them.
+    pub(crate) fn get(&self) -> Option<(i32, String, bool)> {
+        self.who.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 /// The schema name the emulated catalog is registered under.
 pub const PG_CATALOG_SCHEMA: &str = "pg_catalog";
 
 /// Installs the emulated `pg_catalog` in `ctx`: the schema (in the default catalog,
 /// shared by every session over the same catalog list; installing again replaces it)
 /// and the catalog functions (in this session).
-pub fn install(ctx: &SessionContext, catalog: Arc<TesseraCatalog>) -> Result<()> {
+pub(crate) fn install(
+    ctx: &SessionContext,
+    catalog: Arc<TesseraCatalog>,
+    activity: Arc<crate::activity::Activity>,
+    backend: Arc<BackendIdentity>,
+) -> Result<()> {
     let state = ctx.state();
     let catalogs = state.catalog_list().clone();
     let database = catalogs.catalog(DEFAULT_CATALOG).ok_or_else(|| {
@@ -53,9 +79,11 @@ pub fn install(ctx: &SessionContext, catalog: Arc<TesseraCatalog>) -> Result<()>
         catalogs: Arc::downgrade(&catalogs),
         tessera: catalog,
         functions: std::sync::OnceLock::new(),
+        activity,
     });
     // Functions first, so that pg_proc lists the catalog functions too.
     functions::register(ctx, &sources);
+    functions::register_backend(ctx, &sources, backend);
     let _ = sources.functions.set(objects::function_list(&ctx.state()));
     database.register_schema(
         PG_CATALOG_SCHEMA,

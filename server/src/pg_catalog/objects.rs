@@ -20,6 +20,8 @@ pub(crate) struct Sources {
     pub(crate) tessera: Arc<TesseraCatalog>,
     /// Set once, after the catalog functions are registered (they are listed too).
     pub(crate) functions: std::sync::OnceLock<Vec<FunctionInfo>>,
+    /// The server's connections (`pg_stat_activity`, `tessera_progress`).
+    pub(crate) activity: Arc<crate::activity::Activity>,
 }
 
 /// A schema (`pg_namespace` row).

@@ -45,12 +45,16 @@ enum Col {
     I64,
     /// `float4`.
     F32,
+    /// `float8`.
+    F64,
     /// `text[]`; `NULL` unless set.
     TextArray,
     /// `oid[]`; `NULL` unless set.
     OidArray,
     /// `int2[]`; `NULL` unless set.
     I16Array,
+    /// `timestamp with time zone` (microseconds, UTC); `NULL` unless set.
+    Timestamp,
 }
 
 impl Col {
@@ -64,9 +68,14 @@ impl Col {
             Col::I32 => DataType::Int32,
             Col::I64 => DataType::Int64,
             Col::F32 => DataType::Float32,
+            Col::F64 => DataType::Float64,
             Col::TextArray => list(DataType::Utf8),
             Col::OidArray => list(DataType::Int64),
             Col::I16Array => list(DataType::Int16),
+            Col::Timestamp => DataType::Timestamp(
+                datafusion::arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ),
         }
     }
 
@@ -79,7 +88,8 @@ impl Col {
             Col::I32 => ScalarValue::Int32(Some(0)),
             Col::I64 => ScalarValue::Int64(Some(0)),
             Col::F32 => ScalarValue::Float32(Some(0.0)),
-            Col::Text | Col::TextArray | Col::OidArray | Col::I16Array => {
+            Col::F64 => ScalarValue::Float64(Some(0.0)),
+            Col::Text | Col::TextArray | Col::OidArray | Col::I16Array | Col::Timestamp => {
                 ScalarValue::try_from(&self.data_type())?
             }
         })
@@ -389,6 +399,37 @@ const TABLES: &[TableSpec] = &[
             ("conkey", I16Array),
             ("confkey", I16Array),
             ("conbin", Text),
+        ],
+    },
+    TableSpec {
+        name: "pg_stat_activity",
+        columns: &[
+            ("datid", Oid),
+            ("datname", Text),
+            ("pid", I32),
+            ("usesysid", Oid),
+            ("usename", Text),
+            ("application_name", Text),
+            ("client_addr", Text),
+            ("backend_start", Timestamp),
+            ("query_start", Timestamp),
+            ("state", Text),
+            ("query", Text),
+            ("backend_type", Text),
+        ],
+    },
+    TableSpec {
+        name: "tessera_progress",
+        columns: &[
+            ("pid", I32),
+            ("usename", Text),
+            ("query", Text),
+            ("phase", Text),
+            ("blocks_done", I64),
+            ("blocks_total", I64),
+            ("bytes_done", I64),
+            ("query_start", Timestamp),
+            ("elapsed_seconds", F64),
         ],
     },
     TableSpec {
@@ -798,6 +839,13 @@ fn int(v: i64) -> ScalarValue {
     ScalarValue::Int64(Some(v))
 }
 
+fn timestamp(t: Option<std::time::SystemTime>) -> ScalarValue {
+    let micros = t
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_micros() as i64);
+    ScalarValue::TimestampMicrosecond(micros, Some("UTC".into()))
+}
+
 fn boolean(v: bool) -> ScalarValue {
     ScalarValue::Boolean(Some(v))
 }
@@ -927,6 +975,59 @@ async fn rows(table: &str, sources: &Sources, state: &dyn Session) -> Vec<Row> {
                 ("datctype", text("C.UTF-8")),
             ])]
         }
+        // The server's connections; each sees every one, as in PostgreSQL (the
+        // queries of other users' connections too: Tessera has no monitoring role).
+        "pg_stat_activity" => sources
+            .activity
+            .rows()
+            .into_iter()
+            .map(|b| {
+                row([
+                    ("datid", oid(object_oid("db", sources.database_name()))),
+                    ("datname", text(sources.database_name())),
+                    ("pid", int(i64::from(b.pid))),
+                    ("usesysid", oid(OWNER_OID)),
+                    ("usename", text(b.user)),
+                    ("application_name", text("")),
+                    ("client_addr", text(b.client_addr)),
+                    ("backend_start", timestamp(Some(b.backend_start))),
+                    ("query_start", timestamp(b.query_start)),
+                    ("state", text(b.state)),
+                    ("query", text(b.query)),
+                    ("backend_type", text("client backend")),
+                ])
+            })
+            .collect(),
+        // The active statements and how far their scans are.
+        "tessera_progress" => sources
+            .activity
+            .rows()
+            .into_iter()
+            .filter(|b| b.state == "active")
+            .map(|b| {
+                let p = b.progress;
+                let phase = if p.blocks_total > 0 && p.blocks_done < p.blocks_total {
+                    "reading blocks"
+                } else {
+                    "computing"
+                };
+                let elapsed = b
+                    .query_start
+                    .and_then(|t| t.elapsed().ok())
+                    .map_or(0.0, |d| d.as_secs_f64());
+                row([
+                    ("pid", int(i64::from(b.pid))),
+                    ("usename", text(b.user)),
+                    ("query", text(b.query)),
+                    ("phase", text(phase)),
+                    ("blocks_done", int(p.blocks_done as i64)),
+                    ("blocks_total", int(p.blocks_total as i64)),
+                    ("bytes_done", int(p.bytes_done as i64)),
+                    ("query_start", timestamp(b.query_start)),
+                    ("elapsed_seconds", ScalarValue::Float64(Some(elapsed))),
+                ])
+            })
+            .collect(),
         "pg_proc" => sources
             .functions()
             .iter()

@@ -181,6 +181,15 @@ impl Snapshot {
         Ok(out)
     }
 
+    /// How many blocks shard `shard` stores.
+    pub fn shard_blocks(&self, shard: u32) -> u64 {
+        self.manifest
+            .blocks
+            .iter()
+            .filter(|b| b.shard == shard)
+            .count() as u64
+    }
+
     /// Every block of shard `shard`, sorted by key.
     pub fn read_shard(&self, shard: u32) -> Result<Vec<(BlockKey, Vec<Block>)>> {
         let entries: Vec<&BlockEntry> = self

@@ -136,6 +136,10 @@ impl ExecutionPlan for BlockScanExec {
             return Ok(batches_stream(schema, async { Ok(Vec::new()) }));
         }
         let snapshot = self.pinned.0.clone();
+        let progress = crate::progress::StatementProgress::of(&context);
+        if let Some(p) = &progress {
+            p.add_total(snapshot.shard_blocks(partition as u32));
+        }
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let bytes = MetricBuilder::new(&self.metrics).counter("bytes_read", partition);
         let schema = self.props.eq_properties.schema().clone();
@@ -150,7 +154,11 @@ impl ExecutionPlan for BlockScanExec {
                     continue;
                 };
                 let (bi, bj) = (key.0[0] as u64, key.0[1] as u64);
-                bytes.add(crate::la::matrix::block_bytes(&block) as usize);
+                let size = crate::la::matrix::block_bytes(&block);
+                bytes.add(size as usize);
+                if let Some(p) = &progress {
+                    p.add_done(size);
+                }
                 if let Some(batch) = out.push(bi, bj, &block)? {
                     batches.push(batch);
                 }
