@@ -24,6 +24,7 @@ use crate::error::Result;
 mod csv;
 mod mtx;
 mod npy;
+mod npz;
 mod output;
 mod text;
 
@@ -36,6 +37,9 @@ pub enum FileFormat {
     MatrixMarket,
     /// NumPy `.npy`.
     Npy,
+    /// NumPy `.npz` (`numpy.savez`, `savez_compressed`) or SciPy's sparse `.npz`
+    /// (`scipy.sparse.save_npz`): read only.
+    Npz,
 }
 
 impl FileFormat {
@@ -53,6 +57,7 @@ impl FileFormat {
             "csv" => Some(FileFormat::Csv),
             "mtx" => Some(FileFormat::MatrixMarket),
             "npy" => Some(FileFormat::Npy),
+            "npz" => Some(FileFormat::Npz),
             _ => None,
         }
     }
@@ -94,6 +99,27 @@ pub struct ReadOptions {
     /// Whether the CSV file has a header line; `None` detects one (a first line whose
     /// fields are not all numbers).
     pub csv_header: Option<bool>,
+    /// Full shape of the array being loaded, for the n-d formats (`.npy`, `.npz`): a file
+    /// of another shape is an error, except that files and targets of at most two
+    /// dimensions need only agree on rows and columns (a 1-d file of `n` loads into an
+    /// `n x 1` matrix). Without it, [`ReadOptions::target_shape`] is checked against the
+    /// file's rows and columns, and a file of more than two dimensions does not fit.
+    pub target_dims: Option<Vec<u64>>,
+    /// Which member of a `.npz` archive to read.
+    pub npz_member: NpzMember,
+}
+
+/// Which array of a `.npz` archive a reader reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NpzMember {
+    /// The archive's only array, or the matrix of a SciPy sparse archive.
+    #[default]
+    Only,
+    /// The member of this name (`a` or `a.npy`); missing, it is an error.
+    Named(String),
+    /// The member of this name if there is one, otherwise as [`NpzMember::Only`]: how
+    /// `COPY a FROM 'f.npz'` picks the member named like the array.
+    Preferred(String),
 }
 
 /// A batch of cells, 0-based `(row, col)` relative to the array's origin.
@@ -189,6 +215,7 @@ pub fn open_reader(
         FileFormat::Csv => Box::new(csv::CsvReader::open(path, options)?),
         FileFormat::MatrixMarket => Box::new(mtx::MtxReader::open(path, options)?),
         FileFormat::Npy => Box::new(npy::NpyReader::open(path, options)?),
+        FileFormat::Npz => npz::open(path, options)?,
     })
 }
 
@@ -216,6 +243,34 @@ pub fn write_file(
     nnz: u64,
     bands: &mut dyn Iterator<Item = Result<BlockBand>>,
 ) -> Result<()> {
+    write_array_file(path, format, &[shape.0, shape.1], nnz, bands)
+}
+
+/// Writes an array of shape `dims` with `nnz` non-zeros to `path`, as [`write_file`]
+/// does a matrix. The bands cover the array's rows and columns: its leading dimensions
+/// flattened in C order into rows, the last one as columns (a 1-d array is one column),
+/// so C order row by row is the file's order. Only `.npy` keeps the shape of an array
+/// that is not 2-d (written as NumPy would save it: `(n,)`, `(a, b, c)`); the other
+/// formats take 2-d arrays.
+pub fn write_array_file(
+    path: &Path,
+    format: FileFormat,
+    dims: &[u64],
+    nnz: u64,
+    bands: &mut dyn Iterator<Item = Result<BlockBand>>,
+) -> Result<()> {
+    if format == FileFormat::Npz {
+        return Err(crate::StorageError::InvalidArgument(
+            "Tessera reads .npz archives but does not write them; write .npy files".into(),
+        ));
+    }
+    if dims.is_empty() || (dims.len() != 2 && format != FileFormat::Npy) {
+        return Err(crate::StorageError::InvalidArgument(format!(
+            "a {}-d array can be written to .npy files only",
+            dims.len()
+        )));
+    }
+    let shape = npy::flatten2(dims);
     let mut out = output::AtomicFile::create(path)?;
     let mut check = output::BandCheck::new(shape);
     let mut checked = bands.map(|band| {
@@ -226,7 +281,8 @@ pub fn write_file(
     let written = match format {
         FileFormat::Csv => csv::write(&mut out, shape, nnz, &mut checked)?,
         FileFormat::MatrixMarket => mtx::write(&mut out, shape, nnz, &mut checked)?,
-        FileFormat::Npy => npy::write(&mut out, shape, &mut checked)?,
+        FileFormat::Npy => npy::write(&mut out, dims, &mut checked)?,
+        FileFormat::Npz => return Err(crate::StorageError::Internal("npz refused above".into())),
     };
     drop(checked);
     check.finish()?;
