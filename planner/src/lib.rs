@@ -17,6 +17,7 @@ mod error;
 mod file_access;
 pub mod la;
 mod partitioning;
+mod query_export;
 mod repartition;
 pub mod session;
 mod sql_types;

@@ -28,6 +28,8 @@ mod npz;
 mod output;
 mod text;
 
+pub use npy::{MAX_CELL_WRITER_ELEMENTS, NpyCellWriter};
+
 /// A file format Tessera reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {

@@ -9,10 +9,10 @@
 //! C order, 2-d.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::output::{AtomicFile, count_nonzero, dense_row, to_usize};
+use super::output::{AtomicFile, TempPath, count_nonzero, dense_row, to_usize};
 use super::text::{READ_BUFFER, shape_str};
 use super::{Bands, CELL_BATCH, CellReader, Cells, ReadOptions};
 use crate::error::{Result, StorageError};
@@ -799,6 +799,129 @@ fn header_v1(dims: &[u64]) -> Vec<u8> {
     out.resize(10 + header_len - 1, b' ');
     out.push(b'\n');
     out
+}
+
+/// Writes cells that arrive in any order (a query's `(i, j, v)` rows, or n-d coordinates
+/// and a value) as a dense `.npy` file whose shape is one past the largest coordinate
+/// along each dimension.
+///
+/// Memory stays bounded: cells go to a scratch file beside the target as they come;
+/// [`NpyCellWriter::commit`] then sizes the array, writes a zero-filled file and adds
+/// each cell at its place (cells listed more than once are summed, as loads sum them),
+/// and renames it over the target after an fsync. Dropped before the commit, it leaves
+/// nothing behind.
+#[derive(Debug)]
+pub struct NpyCellWriter {
+    target: PathBuf,
+    scratch: TempPath,
+    out: std::io::BufWriter<File>,
+    /// One past the largest coordinate seen, per dimension.
+    dims: Vec<u64>,
+    cells: u64,
+}
+
+/// Largest array [`NpyCellWriter`] writes, in elements (8 bytes each): 2^36, 512 GiB.
+pub const MAX_CELL_WRITER_ELEMENTS: u64 = 1 << 36;
+
+impl NpyCellWriter {
+    /// Starts a file of `ndim` dimensions at `target`.
+    pub fn create(target: &Path, ndim: usize) -> Result<Self> {
+        if ndim == 0 {
+            return Err(StorageError::InvalidArgument(
+                "a .npy file of cells needs at least one coordinate".into(),
+            ));
+        }
+        let (scratch, file) = TempPath::create_beside(target, "cells")?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            scratch,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            dims: vec![0; ndim],
+            cells: 0,
+        })
+    }
+
+    /// Adds the cell at `index` (one coordinate per dimension).
+    pub fn push(&mut self, index: &[u64], value: f64) -> Result<()> {
+        if index.len() != self.dims.len() {
+            return Err(StorageError::Internal(format!(
+                "a cell of {} coordinates in a {}-d file",
+                index.len(),
+                self.dims.len()
+            )));
+        }
+        let mut record = Vec::with_capacity(8 * (index.len() + 1));
+        for (d, &x) in self.dims.iter_mut().zip(index) {
+            *d = (*d).max(x.saturating_add(1));
+            record.extend_from_slice(&x.to_le_bytes());
+        }
+        record.extend_from_slice(&value.to_le_bytes());
+        self.out
+            .write_all(&record)
+            .map_err(|e| StorageError::io(self.scratch.path().display(), e))?;
+        self.cells += 1;
+        Ok(())
+    }
+
+    /// Writes the file and renames it into place; returns its shape.
+    pub fn commit(self) -> Result<Vec<u64>> {
+        let Self {
+            target,
+            scratch,
+            out,
+            dims,
+            cells,
+        } = self;
+        let scratch_err = |e| StorageError::io(scratch.path().display(), e);
+        let mut scratch_file = out.into_inner().map_err(|e| scratch_err(e.into_error()))?;
+        let total = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= MAX_CELL_WRITER_ELEMENTS)
+            .ok_or_else(|| {
+                StorageError::InvalidArgument(format!(
+                    "the cells span a {} array, over the {MAX_CELL_WRITER_ELEMENTS} elements \
+                     a dense .npy file is written with here",
+                    dims_str(&dims)
+                ))
+            })?;
+        let header = header_v1(&dims);
+        let (temp, mut file) = TempPath::create_beside(&target, "part")?;
+        let temp_err = |e| StorageError::io(temp.path().display(), e);
+        file.write_all(&header).map_err(temp_err)?;
+        file.set_len(header.len() as u64 + total * 8)
+            .map_err(temp_err)?;
+
+        scratch_file.seek(SeekFrom::Start(0)).map_err(scratch_err)?;
+        let mut records = BufReader::with_capacity(1 << 20, scratch_file);
+        let mut record = vec![0u8; 8 * (dims.len() + 1)];
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            w
+        };
+        for _ in 0..cells {
+            records.read_exact(&mut record).map_err(scratch_err)?;
+            let (coords, value) = record.split_at(8 * dims.len());
+            let element = coords
+                .chunks_exact(8)
+                .zip(&dims)
+                .fold(0u64, |at, (c, &d)| at * d + u64::from_le_bytes(word(c)));
+            let offset = header.len() as u64 + element * 8;
+            let mut old = [0u8; 8];
+            file.seek(SeekFrom::Start(offset)).map_err(temp_err)?;
+            file.read_exact(&mut old).map_err(temp_err)?;
+            let sum = f64::from_le_bytes(old) + f64::from_le_bytes(word(value));
+            file.seek(SeekFrom::Start(offset)).map_err(temp_err)?;
+            file.write_all(&sum.to_le_bytes()).map_err(temp_err)?;
+        }
+        drop(records);
+        drop(scratch);
+        file.sync_all().map_err(temp_err)?;
+        drop(file);
+        temp.persist(&target)?;
+        Ok(dims)
+    }
 }
 
 #[cfg(test)]
