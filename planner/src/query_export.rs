@@ -15,7 +15,7 @@ use datafusion::arrow::datatypes::DataType;
 use datafusion::common::{Result, plan_err};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
-use datafusion::sql::parser::CopyToStatement;
+use datafusion::sql::parser::{CopyToSource, CopyToStatement, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::Query;
 use futures::StreamExt;
 use tessera_storage::io::NpyCellWriter;
@@ -33,6 +33,16 @@ pub(crate) fn is_npy_copy(copy: &CopyToStatement) -> bool {
             .and_then(|e| e.to_str())
             .is_some_and(|e| e.eq_ignore_ascii_case("npy")),
     }
+}
+
+/// Whether `tree` is `COPY (query) TO` a `.npy` file, which Tessera runs itself
+/// ([`crate::session::execute`]) rather than through DataFusion's planner.
+pub fn is_npy_query_copy(tree: &DFStatement) -> bool {
+    matches!(
+        tree,
+        DFStatement::CopyTo(copy)
+            if matches!(copy.source, CopyToSource::Query(_)) && is_npy_copy(copy)
+    )
 }
 
 /// Runs `COPY (query) TO 'path'` for a `.npy` target; returns the number of rows written.
@@ -85,13 +95,10 @@ pub(crate) async fn copy_query_to_npy(
     while let Some(batch) = stream.next().await {
         let batch = batch?;
         let mut columns = Vec::with_capacity(ndim);
-        for n in 0..ndim {
+        for (n, (name, _)) in coordinates.iter().enumerate() {
             let array = cast(batch.column(n), &DataType::Int64)?;
             let Some(ints) = array.as_any().downcast_ref::<Int64Array>().cloned() else {
-                return plan_err!(
-                    "{what}: coordinate column {} is not an integer",
-                    coordinates[n].0
-                );
+                return plan_err!("{what}: coordinate column {name} is not an integer");
             };
             columns.push(ints);
         }

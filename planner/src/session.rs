@@ -51,6 +51,8 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 
+pub use crate::query_export::is_npy_query_copy;
+
 /// Executes one statement (as split by [`crate::ddl::parse`]) in `ctx`, whose default
 /// schema must be `catalog`.
 pub async fn execute(

@@ -2,11 +2,13 @@
 //! (`descr`, `fortran_order`, `shape`), then the raw array data.
 //!
 //! Reads versions 1.0, 2.0 and 3.0; dtypes `f8 f4 i8 i4 i2 i1 u8 u4 u2 u1 b1` in either
-//! byte order (64-bit integers beyond 2^53 round to the nearest `f64`); 1-d arrays `(n,)`
-//! as `n x 1` and 2-d arrays, in C order (row-ordered) or Fortran order (streamed column
-//! by column). The file's length is checked against the header when it is opened, so a
-//! truncated or overlong file fails before any cell is loaded. Writes version 1.0, `<f8`,
-//! C order, 2-d.
+//! byte order (64-bit integers beyond 2^53 round to the nearest `f64`); arrays of any
+//! number of dimensions, seen as rows and columns (leading dimensions flattened in C
+//! order, see [`flatten2`]), in C order (row-ordered) or Fortran order (streamed with the
+//! first index fastest). The file's length is checked against the header when it is
+//! opened, so a truncated or overlong file fails before any cell is loaded; the same
+//! reader streams a `.npz` member. Writes version 1.0, `<f8`, C order, with the array's
+//! own shape; [`NpyCellWriter`] writes cells that arrive in any order.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
@@ -231,14 +233,14 @@ pub(super) fn string_value(bytes: &[u8]) -> Option<String> {
     }
     let (unit, count) = match header.descr.as_bytes() {
         [b'<' | b'|' | b'=', b'U', n @ ..] => {
-            (4, std::str::from_utf8(n).ok()?.parse::<usize>().ok()?)
+            (4usize, std::str::from_utf8(n).ok()?.parse::<usize>().ok()?)
         }
         [b'|' | b'<' | b'=', b'S', n @ ..] => {
             (1, std::str::from_utf8(n).ok()?.parse::<usize>().ok()?)
         }
         _ => return None,
     };
-    let data = input.get(..unit * count)?;
+    let data = input.get(..unit.checked_mul(count)?)?;
     let text: String = data
         .chunks_exact(unit)
         .map(|c| c[0])
