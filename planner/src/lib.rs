@@ -19,6 +19,7 @@ mod file_access;
 pub mod la;
 mod partitioning;
 pub mod progress;
+mod query_export;
 mod repartition;
 pub mod session;
 mod sql_types;

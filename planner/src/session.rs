@@ -30,7 +30,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{
     CsvReadOptions, DataFrame, JsonReadOptions, ParquetReadOptions, SessionContext, col,
 };
-use tessera_storage::io::{CsvLayout, FileFormat};
+use tessera_storage::io::{CsvLayout, FileFormat, NpzMember};
 use tessera_storage::{
     ArrayInfo, ArraySchema, Attribute, BlockFormat, Dimension, LoadOptions, Partitioning, WriteMode,
 };
@@ -48,8 +48,10 @@ use crate::error::{ErrorKind, blocking, storage_error, tessera_error};
 use crate::file_access::{FileUse, check_file};
 use crate::view::SqlView;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
-use datafusion::sql::parser::Statement as DFStatement;
+use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
+
+pub use crate::query_export::is_npy_query_copy;
 
 /// Executes one statement (as split by [`crate::ddl::parse`]) in `ctx`, whose default
 /// schema must be `catalog`.
@@ -141,7 +143,7 @@ fn batches_stream(schema: SchemaRef, batches: Vec<RecordBatch>) -> SendableRecor
 }
 
 /// A one-row `count` result, as DataFusion's DML and COPY return.
-fn count_stream(count: u64) -> Result<SendableRecordBatchStream> {
+pub(crate) fn count_stream(count: u64) -> Result<SendableRecordBatchStream> {
     let schema = Arc::new(Schema::new(vec![Field::new(
         "count",
         DataType::UInt64,
@@ -177,6 +179,13 @@ async fn execute_sql(
     catalog: &Arc<TesseraCatalog>,
     sql: SqlText,
 ) -> Result<SendableRecordBatchStream> {
+    // DataFusion knows no `.npy` writer: `COPY (query) TO 'f.npy'` is Tessera's.
+    if let DFStatement::CopyTo(copy) = &sql.tree
+        && let CopyToSource::Query(query) = &copy.source
+        && crate::query_export::is_npy_copy(copy)
+    {
+        return crate::query_export::copy_query_to_npy(ctx, query.clone(), copy).await;
+    }
     let state = ctx.state();
     let result = if crate::explain::is_picture(&sql.tree) {
         crate::explain::picture(&state, &sql.tree).await
@@ -598,7 +607,11 @@ fn check_new_array(catalog: &TesseraCatalog, name: &str, if_not_exists: bool) ->
 }
 
 /// Plans `query` as a DataFrame.
-async fn query_frame(ctx: &SessionContext, query: Box<Query>, what: &str) -> Result<DataFrame> {
+pub(crate) async fn query_frame(
+    ctx: &SessionContext,
+    query: Box<Query>,
+    what: &str,
+) -> Result<DataFrame> {
     let state = ctx.state();
     let tree = DFStatement::Statement(Box::new(SqlStatement::Query(query)));
     let plan = match state.statement_to_plan(tree.clone()).await {
@@ -749,6 +762,8 @@ struct CopyOptions {
     mode: Option<WriteMode>,
     layout: Option<CsvLayout>,
     delimiter: Option<u8>,
+    /// The `.npz` member to load (`MEMBER 'name'`).
+    member: Option<String>,
 }
 
 impl CopyOptions {
@@ -781,6 +796,7 @@ impl CopyOptions {
                         }
                     })
                 }
+                "member" => out.member = Some(option_text(value)),
                 "delimiter" => {
                     let text = option_text(value);
                     match text.as_bytes() {
@@ -794,7 +810,7 @@ impl CopyOptions {
                 }
                 other => {
                     return plan_err!(
-                        "{what}: unknown option {other}; the options are FORMAT, HEADER, MODE, LAYOUT and DELIMITER"
+                        "{what}: unknown option {other}; the options are FORMAT, HEADER, MODE, LAYOUT, DELIMITER and MEMBER"
                     );
                 }
             }
@@ -919,9 +935,12 @@ async fn copy_into_array(
     options: &CopyOptions,
     what: &str,
 ) -> Result<SendableRecordBatchStream> {
-    let format = options.format(path, &["csv", "mtx", "npy", "parquet"], what)?;
+    let format = options.format(path, &["csv", "mtx", "npy", "npz", "parquet"], what)?;
     if options.header.is_some() && format != "csv" {
         return plan_err!("{what}: HEADER applies to csv files only");
+    }
+    if options.member.is_some() && format != "npz" {
+        return plan_err!("{what}: MEMBER applies to npz archives only");
     }
     if options.delimiter.is_some() {
         return plan_err!("{what}: arrays load comma-separated files; DELIMITER applies to tables");
@@ -935,12 +954,20 @@ async fn copy_into_array(
     let file_format = match format.as_str() {
         "csv" => FileFormat::Csv,
         "mtx" => FileFormat::MatrixMarket,
+        "npz" => FileFormat::Npz,
         _ => FileFormat::Npy,
+    };
+    // Without MEMBER, an archive's member named like the array (so one COPY per array
+    // loads each member into the array of its name), else its only array.
+    let npz_member = match &options.member {
+        Some(member) => NpzMember::Named(member.clone()),
+        None => NpzMember::Preferred(info.name.clone()),
     };
     let load = LoadOptions {
         mode,
         csv_layout: options.layout.unwrap_or_default(),
         csv_header: options.header,
+        npz_member,
         ..LoadOptions::default()
     };
     let (name, path) = (info.name.clone(), path.to_string());
@@ -965,8 +992,12 @@ async fn copy_array_out(
     what: &str,
 ) -> Result<SendableRecordBatchStream> {
     let format = options.format(path, &["csv", "mtx", "npy", "parquet"], what)?;
-    if options.mode.is_some() || options.layout.is_some() || options.delimiter.is_some() {
-        return plan_err!("{what}: MODE, LAYOUT and DELIMITER apply to COPY ... FROM");
+    if options.mode.is_some()
+        || options.layout.is_some()
+        || options.delimiter.is_some()
+        || options.member.is_some()
+    {
+        return plan_err!("{what}: MODE, LAYOUT, DELIMITER and MEMBER apply to COPY ... FROM");
     }
     if format == "parquet" {
         let df = ctx.table(TableReference::bare(relation)).await?;
@@ -1062,7 +1093,7 @@ async fn copy_table(
     what: &str,
 ) -> Result<SendableRecordBatchStream> {
     let format = options.format(path, &["csv", "parquet", "json"], what)?;
-    if options.mode.is_some() || options.layout.is_some() {
+    if options.mode.is_some() || options.layout.is_some() || options.member.is_some() {
         return plan_err!("{what}: MODE and LAYOUT apply to arrays");
     }
     if options.header.is_some() && format != "csv" {

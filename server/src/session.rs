@@ -190,7 +190,10 @@ impl Session {
 
     async fn run_statement(&self, statement: ddl::Statement) -> Result<SendableRecordBatchStream> {
         match statement {
-            ddl::Statement::Sql(sql) => self.run_sql(sql).await,
+            // `COPY (query) TO 'f.npy'` is Tessera's own writer, not a DataFusion plan.
+            ddl::Statement::Sql(sql) if !session::is_npy_query_copy(&sql.tree) => {
+                self.run_sql(sql).await
+            }
             statement => {
                 let guard = self.begin_write();
                 let stream =
@@ -399,6 +402,16 @@ impl Session {
         declared: &[Option<DataType>],
     ) -> Result<PreparedStatement> {
         self.restore().await;
+        if let ddl::Statement::Sql(sql) = &statement
+            && session::is_npy_query_copy(&sql.tree)
+        {
+            // Runs without a DataFusion plan: no parameters, and a count when executed.
+            return Ok(PreparedStatement {
+                statement: Some(statement),
+                parameter_types: Vec::new(),
+                schema: Arc::new(Schema::empty()),
+            });
+        }
         match &statement {
             // Drawn, not planned by DataFusion (which refuses some of them).
             ddl::Statement::Sql(sql) if tessera_planner::explain::is_picture(&sql.tree) => {

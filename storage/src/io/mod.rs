@@ -1,20 +1,34 @@
-//! File ingest and export: CSV, Matrix Market (`.mtx`) and NumPy (`.npy`).
+//! File ingest and export: CSV, Matrix Market (`.mtx`), NumPy `.npy` and `.npz`.
 //!
 //! Readers stream: they yield [`Cells`] in batches and never hold the whole file, so a
 //! file larger than memory loads in bounded memory (the store groups cells into blocks).
 //! Every error in an input file is a [`StorageError::BadFile`](crate::StorageError::BadFile)
 //! naming the path and the 1-based line (binary formats: line 0 and a byte offset in the
-//! message). Writers write to a temporary file beside the target and rename it into
-//! place after an fsync, so a failed export leaves nothing half-written.
+//! message; `.npz`: the member too). Writers write to a temporary file beside the target
+//! and rename it into place after an fsync, so a failed export leaves nothing
+//! half-written.
+//!
+//! Cells are rows and columns. An array of another rank (`.npy` and `.npz` files, which
+//! may have any number of dimensions) is seen with its leading dimensions flattened in C
+//! order into rows and its last dimension as columns (a 1-d array is one column): the
+//! mapping [`ArraySchema::shape2`](crate::ArraySchema::shape2) uses, so a C-order file is
+//! row-ordered whatever its rank, and writing rows in order writes C order.
 //!
 //! ```text
-//!   open_reader --> CsvReader | MtxReader | NpyReader --next_cells--> Cells (<= CELL_BATCH)
-//!   write_file  <-- bands of block rows (one in memory at a time) --> temp file -> rename
+//!   open_reader --> CsvReader | MtxReader | NpyReader | npz (a member's NpyReader,
+//!                   or SciPy sparse CSR/CSC/COO) --next_cells--> Cells (<= CELL_BATCH)
+//!   write_file / write_array_file <-- bands of block rows (one in memory at a time)
+//!                                 --> temp file -> rename
+//!   NpyCellWriter <-- cells in any order (COPY (query) TO 'f.npy') --> scratch file
+//!                 --> dense temp file -> rename
 //! ```
 //!
-//! Each format lives in its own file (`csv.rs`, `mtx.rs`, `npy.rs`) with its reader, its
-//! writer and its tests; `text.rs` holds the line reader and number formatting the text
-//! formats share, `output.rs` the atomic file and the band checks the writers share.
+//! Each format lives in its own file (`csv.rs`, `mtx.rs`, `npy.rs`, `npz.rs`) with its
+//! reader, its writer and its tests; `text.rs` holds the line reader and number
+//! formatting the text formats share, `output.rs` the atomic file and the band checks
+//! the writers share. `.npz` archives are read, not written: the `zip` crate reads the
+//! central directory, and each member streams from its own file handle (inflated by
+//! `flate2`, its CRC-32 checked at its end).
 
 use std::path::Path;
 
@@ -24,8 +38,11 @@ use crate::error::Result;
 mod csv;
 mod mtx;
 mod npy;
+mod npz;
 mod output;
 mod text;
+
+pub use npy::{MAX_CELL_WRITER_ELEMENTS, NpyCellWriter};
 
 /// A file format Tessera reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +53,9 @@ pub enum FileFormat {
     MatrixMarket,
     /// NumPy `.npy`.
     Npy,
+    /// NumPy `.npz` (`numpy.savez`, `savez_compressed`) or SciPy's sparse `.npz`
+    /// (`scipy.sparse.save_npz`): read only.
+    Npz,
 }
 
 impl FileFormat {
@@ -53,6 +73,7 @@ impl FileFormat {
             "csv" => Some(FileFormat::Csv),
             "mtx" => Some(FileFormat::MatrixMarket),
             "npy" => Some(FileFormat::Npy),
+            "npz" => Some(FileFormat::Npz),
             _ => None,
         }
     }
@@ -94,6 +115,27 @@ pub struct ReadOptions {
     /// Whether the CSV file has a header line; `None` detects one (a first line whose
     /// fields are not all numbers).
     pub csv_header: Option<bool>,
+    /// Full shape of the array being loaded, for the n-d formats (`.npy`, `.npz`): a file
+    /// of another shape is an error, except that files and targets of at most two
+    /// dimensions need only agree on rows and columns (a 1-d file of `n` loads into an
+    /// `n x 1` matrix). Without it, [`ReadOptions::target_shape`] is checked against the
+    /// file's rows and columns, and a file of more than two dimensions does not fit.
+    pub target_dims: Option<Vec<u64>>,
+    /// Which member of a `.npz` archive to read.
+    pub npz_member: NpzMember,
+}
+
+/// Which array of a `.npz` archive a reader reads.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum NpzMember {
+    /// The archive's only array, or the matrix of a SciPy sparse archive.
+    #[default]
+    Only,
+    /// The member of this name (`a` or `a.npy`); missing, it is an error.
+    Named(String),
+    /// The member of this name if there is one, otherwise as [`NpzMember::Only`]: how
+    /// `COPY a FROM 'f.npz'` picks the member named like the array.
+    Preferred(String),
 }
 
 /// A batch of cells, 0-based `(row, col)` relative to the array's origin.
@@ -189,6 +231,7 @@ pub fn open_reader(
         FileFormat::Csv => Box::new(csv::CsvReader::open(path, options)?),
         FileFormat::MatrixMarket => Box::new(mtx::MtxReader::open(path, options)?),
         FileFormat::Npy => Box::new(npy::NpyReader::open(path, options)?),
+        FileFormat::Npz => npz::open(path, options)?,
     })
 }
 
@@ -216,6 +259,34 @@ pub fn write_file(
     nnz: u64,
     bands: &mut dyn Iterator<Item = Result<BlockBand>>,
 ) -> Result<()> {
+    write_array_file(path, format, &[shape.0, shape.1], nnz, bands)
+}
+
+/// Writes an array of shape `dims` with `nnz` non-zeros to `path`, as [`write_file`]
+/// does a matrix. The bands cover the array's rows and columns: its leading dimensions
+/// flattened in C order into rows, the last one as columns (a 1-d array is one column),
+/// so C order row by row is the file's order. Only `.npy` keeps the shape of an array
+/// that is not 2-d (written as NumPy would save it: `(n,)`, `(a, b, c)`); the other
+/// formats take 2-d arrays.
+pub fn write_array_file(
+    path: &Path,
+    format: FileFormat,
+    dims: &[u64],
+    nnz: u64,
+    bands: &mut dyn Iterator<Item = Result<BlockBand>>,
+) -> Result<()> {
+    if format == FileFormat::Npz {
+        return Err(crate::StorageError::InvalidArgument(
+            "Tessera reads .npz archives but does not write them; write .npy files".into(),
+        ));
+    }
+    if dims.is_empty() || (dims.len() != 2 && format != FileFormat::Npy) {
+        return Err(crate::StorageError::InvalidArgument(format!(
+            "a {}-d array can be written to .npy files only",
+            dims.len()
+        )));
+    }
+    let shape = npy::flatten2(dims);
     let mut out = output::AtomicFile::create(path)?;
     let mut check = output::BandCheck::new(shape);
     let mut checked = bands.map(|band| {
@@ -226,7 +297,8 @@ pub fn write_file(
     let written = match format {
         FileFormat::Csv => csv::write(&mut out, shape, nnz, &mut checked)?,
         FileFormat::MatrixMarket => mtx::write(&mut out, shape, nnz, &mut checked)?,
-        FileFormat::Npy => npy::write(&mut out, shape, &mut checked)?,
+        FileFormat::Npy => npy::write(&mut out, dims, &mut checked)?,
+        FileFormat::Npz => return Err(crate::StorageError::Internal("npz refused above".into())),
     };
     drop(checked);
     check.finish()?;
@@ -301,8 +373,104 @@ mod robustness_tests {
                 FileFormat::MatrixMarket,
                 b"%%MatrixMarket matrix array real general\n2 3\n1\n2\n3\n4\n5\n6\n".to_vec(),
             ),
+            (FileFormat::Npz, stored_zip(&[("a.npy", &npy)])),
+            (FileFormat::Npz, scipy_coo_npz()),
             (FileFormat::Npy, npy),
         ]
+    }
+
+    /// A `.npy` file's bytes: version 1.0, the given dtype and shape text, raw data.
+    fn npy_bytes(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = b"\x93NUMPY\x01\x00".to_vec();
+        let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}\n");
+        out.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        out.extend_from_slice(dict.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    /// A 2x3 COO matrix as `scipy.sparse.save_npz(..., compressed=False)` lays it out.
+    fn scipy_coo_npz() -> Vec<u8> {
+        let ints = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let data: Vec<u8> = [1.5f64, -2.0, 4.0]
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        stored_zip(&[
+            ("row.npy", &npy_bytes("<i8", "(3,)", &ints(&[0, 1, 1]))),
+            ("col.npy", &npy_bytes("<i8", "(3,)", &ints(&[2, 0, 2]))),
+            ("format.npy", &npy_bytes("|S3", "()", b"coo")),
+            ("shape.npy", &npy_bytes("<i8", "(2,)", &ints(&[2, 3]))),
+            ("data.npy", &npy_bytes("<f8", "(3,)", &data)),
+        ])
+    }
+
+    /// A zip archive of stored (uncompressed) members, as `numpy.savez` writes one.
+    fn stored_zip(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut directory = Vec::new();
+        for (name, data) in members {
+            let crc = crc32fast::hash(data);
+            let offset = out.len() as u32;
+            let fixed = |sig: u32, out: &mut Vec<u8>| {
+                out.extend_from_slice(&sig.to_le_bytes());
+            };
+            // Local header: version, flags, method, time, date, CRC, sizes, name length.
+            fixed(0x0403_4b50, &mut out);
+            for half in [20u16, 0, 0, 0, 0] {
+                out.extend_from_slice(&half.to_le_bytes());
+            }
+            for word in [crc, data.len() as u32, data.len() as u32] {
+                out.extend_from_slice(&word.to_le_bytes());
+            }
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&0u16.to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(data);
+            // Central directory entry.
+            fixed(0x0201_4b50, &mut directory);
+            for half in [20u16, 20, 0, 0, 0, 0] {
+                directory.extend_from_slice(&half.to_le_bytes());
+            }
+            for word in [crc, data.len() as u32, data.len() as u32] {
+                directory.extend_from_slice(&word.to_le_bytes());
+            }
+            for half in [name.len() as u16, 0, 0, 0, 0] {
+                directory.extend_from_slice(&half.to_le_bytes());
+            }
+            directory.extend_from_slice(&0u32.to_le_bytes());
+            directory.extend_from_slice(&offset.to_le_bytes());
+            directory.extend_from_slice(name.as_bytes());
+        }
+        let directory_offset = out.len() as u32;
+        out.extend_from_slice(&directory);
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        let count = members.len() as u16;
+        for half in [0u16, 0, count, count] {
+            out.extend_from_slice(&half.to_le_bytes());
+        }
+        out.extend_from_slice(&(directory.len() as u32).to_le_bytes());
+        out.extend_from_slice(&directory_offset.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out
+    }
+
+    #[test]
+    fn hand_made_archives_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("coo.npz");
+        std::fs::write(&path, scipy_coo_npz()).unwrap();
+        let (cells, shape) =
+            read_all_sorted(&path, FileFormat::Npz, &ReadOptions::default()).unwrap();
+        assert_eq!(shape, Some((2, 3)));
+        assert_eq!(cells, vec![(0, 2, 1.5), (1, 0, -2.0), (1, 2, 4.0)]);
+        let seeds = seeds();
+        let path = dir.path().join("one.npz");
+        std::fs::write(&path, &seeds[4].1).unwrap();
+        let (cells, shape) =
+            read_all_sorted(&path, FileFormat::Npz, &ReadOptions::default()).unwrap();
+        assert_eq!(shape, Some((2, 3)));
+        assert_eq!(cells.len(), 5);
     }
 
     /// Reads the whole file; the result may be an error but must not panic.
@@ -327,7 +495,7 @@ mod robustness_tests {
 
         #[test]
         fn damaged_files_never_panic(
-            seed in 0usize..5,
+            seed in 0usize..7,
             edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..6),
             cut in proptest::option::of(any::<prop::sample::Index>()),
             target in proptest::option::of((0u64..4, 0u64..4)),

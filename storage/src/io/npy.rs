@@ -2,17 +2,19 @@
 //! (`descr`, `fortran_order`, `shape`), then the raw array data.
 //!
 //! Reads versions 1.0, 2.0 and 3.0; dtypes `f8 f4 i8 i4 i2 i1 u8 u4 u2 u1 b1` in either
-//! byte order (64-bit integers beyond 2^53 round to the nearest `f64`); 1-d arrays `(n,)`
-//! as `n x 1` and 2-d arrays, in C order (row-ordered) or Fortran order (streamed column
-//! by column). The file's length is checked against the header when it is opened, so a
-//! truncated or overlong file fails before any cell is loaded. Writes version 1.0, `<f8`,
-//! C order, 2-d.
+//! byte order (64-bit integers beyond 2^53 round to the nearest `f64`); arrays of any
+//! number of dimensions, seen as rows and columns (leading dimensions flattened in C
+//! order, see [`flatten2`]), in C order (row-ordered) or Fortran order (streamed with the
+//! first index fastest). The file's length is checked against the header when it is
+//! opened, so a truncated or overlong file fails before any cell is loaded; the same
+//! reader streams a `.npz` member. Writes version 1.0, `<f8`, C order, with the array's
+//! own shape; [`NpyCellWriter`] writes cells that arrive in any order.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::output::{AtomicFile, count_nonzero, dense_row, to_usize};
+use super::output::{AtomicFile, TempPath, count_nonzero, dense_row, to_usize};
 use super::text::{READ_BUFFER, shape_str};
 use super::{Bands, CELL_BATCH, CellReader, Cells, ReadOptions};
 use crate::error::{Result, StorageError};
@@ -103,12 +105,16 @@ impl Dtype {
     }
 }
 
-/// Streams cells from a `.npy` file.
-#[derive(Debug)]
+/// Streams cells from a `.npy` file, or from a `.npy` member of a `.npz` archive.
 pub(super) struct NpyReader {
     path: PathBuf,
-    input: BufReader<File>,
+    /// Says where in `path` the array is: empty for a file, `member 'a.npy': ` in an archive.
+    place: String,
+    input: Box<dyn Read + Send>,
     dtype: Dtype,
+    /// The array's shape as the header declares it.
+    dims: Vec<u64>,
+    /// The shape as rows and columns: leading dimensions flattened in C order into rows.
     shape: (u64, u64),
     fortran: bool,
     /// Byte offset of the array data.
@@ -116,115 +122,215 @@ pub(super) struct NpyReader {
     /// Elements in the file, and elements read so far.
     total: u64,
     done: u64,
-    /// `(row, col)` of the next element.
+    /// `(row, col)` of the next element in C order; the n-d index in Fortran order.
     next: (u64, u64),
+    index: Vec<u64>,
+    /// Whether [`NpyReader::finish`] has checked the end of the stream.
+    finished: bool,
     bytes: Vec<u8>,
     values: Vec<f64>,
+}
+
+impl std::fmt::Debug for NpyReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NpyReader")
+            .field("path", &self.path)
+            .field("place", &self.place)
+            .field("dims", &self.dims)
+            .field("fortran", &self.fortran)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The header of a `.npy` stream: what it holds and where its data starts.
+struct NpyHeader {
+    descr: String,
+    dtype: Option<Dtype>,
+    fortran: bool,
+    dims: Vec<u64>,
+    /// Byte offset of the header dictionary, and of the array data.
+    header_start: u64,
+    data_offset: u64,
+}
+
+/// Reads and checks a `.npy` header from `input`; `bad` makes the error for a message.
+fn read_header(
+    input: &mut dyn Read,
+    bad: &dyn Fn(String) -> StorageError,
+    io_err: &dyn Fn(std::io::Error) -> StorageError,
+) -> Result<NpyHeader> {
+    let mut prefix = [0u8; 8];
+    let got = read_fully(input, &mut prefix).map_err(io_err)?;
+    if got < MAGIC.len() || &prefix[..6] != MAGIC {
+        return Err(bad(
+            "not a NumPy .npy file: bad magic string at byte offset 0".into(),
+        ));
+    }
+    if got < prefix.len() {
+        return Err(bad(format!(
+            "truncated header: the file ends at byte offset {got}"
+        )));
+    }
+    let (major, minor) = (prefix[6], prefix[7]);
+    let len_size = match (major, minor) {
+        (1, 0) => 2,
+        (2 | 3, 0) => 4,
+        _ => {
+            return Err(bad(format!(
+                "unsupported .npy format version {major}.{minor} at byte offset 6 \
+                 (Tessera reads 1.0, 2.0 and 3.0)"
+            )));
+        }
+    };
+    let mut len_bytes = [0u8; 4];
+    let got = read_fully(input, &mut len_bytes[..len_size]).map_err(io_err)?;
+    if got < len_size {
+        return Err(bad(format!(
+            "truncated header: the file ends at byte offset {}",
+            8 + got
+        )));
+    }
+    let header_len = u32::from_le_bytes(len_bytes);
+    let header_start = 8 + len_size as u64;
+    if header_len > MAX_HEADER_LEN {
+        return Err(bad(format!(
+            "header length {header_len} at byte offset 8 is over the limit of {MAX_HEADER_LEN}"
+        )));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    let got = read_fully(input, &mut header).map_err(io_err)?;
+    if got < header.len() {
+        return Err(bad(format!(
+            "truncated header: expected {header_len} bytes at byte offset {header_start}, found {got}"
+        )));
+    }
+    let (descr, fortran, dims) = parse_header(&header).map_err(|(at, msg)| {
+        bad(format!(
+            "bad header dictionary at byte offset {}: {msg}",
+            header_start + at as u64
+        ))
+    })?;
+    Ok(NpyHeader {
+        dtype: Dtype::parse(&descr),
+        descr,
+        fortran,
+        dims,
+        header_start,
+        data_offset: header_start + header_len as u64,
+    })
+}
+
+/// The text of a whole `.npy` stream holding a 0-d string (`'<U3'`, UTF-32, or `'|S3'`,
+/// bytes), as SciPy writes a sparse archive's `format`; `None` for anything else.
+pub(super) fn string_value(bytes: &[u8]) -> Option<String> {
+    let mut input = bytes;
+    let bad = |_: String| StorageError::Internal(String::new());
+    let io_err = |_: std::io::Error| StorageError::Internal(String::new());
+    let header = read_header(&mut input, &bad, &io_err).ok()?;
+    if !header.dims.is_empty() {
+        return None;
+    }
+    let (unit, count) = match header.descr.as_bytes() {
+        [b'<' | b'|' | b'=', b'U', n @ ..] => {
+            (4usize, std::str::from_utf8(n).ok()?.parse::<usize>().ok()?)
+        }
+        [b'|' | b'<' | b'=', b'S', n @ ..] => {
+            (1, std::str::from_utf8(n).ok()?.parse::<usize>().ok()?)
+        }
+        _ => return None,
+    };
+    let data = input.get(..unit.checked_mul(count)?)?;
+    let text: String = data
+        .chunks_exact(unit)
+        .map(|c| c[0])
+        .take_while(|&b| b != 0)
+        .map(char::from)
+        .collect();
+    Some(text)
+}
+
+/// `dims` as NumPy prints a shape: `2x3x4`.
+fn dims_str(dims: &[u64]) -> String {
+    let parts: Vec<String> = dims.iter().map(u64::to_string).collect();
+    parts.join("x")
+}
+
+/// `(rows, cols)` of an n-d shape: the leading dimensions flattened in C order into rows,
+/// the last one as columns (a 1-d shape is one column).
+pub(super) fn flatten2(dims: &[u64]) -> (u64, u64) {
+    match dims {
+        [] => (1, 1),
+        [n] => (*n, 1),
+        [lead @ .., last] => (lead.iter().fold(1u64, |a, &b| a.saturating_mul(b)), *last),
+    }
 }
 
 impl NpyReader {
     /// Opens `path`, parses the header and checks the file's length against it.
     pub(super) fn open(path: &Path, options: &ReadOptions) -> Result<Self> {
-        let bad = |msg: String| StorageError::bad_file(path, 0, msg);
         let io_err = |e| StorageError::io(path.display(), e);
         let file = File::open(path).map_err(io_err)?;
         let file_len = file.metadata().map_err(io_err)?.len();
-        let mut input = BufReader::with_capacity(READ_BUFFER, file);
+        let input = BufReader::with_capacity(READ_BUFFER, file);
+        Self::from_stream(path, String::new(), Box::new(input), file_len, options)
+    }
 
-        let mut prefix = [0u8; 8];
-        let got = read_fully(&mut input, &mut prefix).map_err(io_err)?;
-        if got < MAGIC.len() || &prefix[..6] != MAGIC {
-            return Err(bad(
-                "not a NumPy .npy file: bad magic string at byte offset 0".into(),
-            ));
-        }
-        if got < prefix.len() {
-            return Err(bad(format!(
-                "truncated header: the file ends at byte offset {got}"
-            )));
-        }
-        let (major, minor) = (prefix[6], prefix[7]);
-        let len_size = match (major, minor) {
-            (1, 0) => 2,
-            (2 | 3, 0) => 4,
-            _ => {
-                return Err(bad(format!(
-                    "unsupported .npy format version {major}.{minor} at byte offset 6 \
-                     (Tessera reads 1.0, 2.0 and 3.0)"
-                )));
+    /// Reads a `.npy` stream of `len` bytes from `input`; errors name `path` and begin
+    /// with `place`.
+    pub(super) fn from_stream(
+        path: &Path,
+        place: String,
+        mut input: Box<dyn Read + Send>,
+        len: u64,
+        options: &ReadOptions,
+    ) -> Result<Self> {
+        let bad = |msg: String| StorageError::bad_file(path, 0, format!("{place}{msg}"));
+        let io_err = |e: std::io::Error| match e.kind() {
+            // A damaged archive member: bad deflate data or a CRC-32 mismatch.
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                bad(e.to_string())
             }
+            _ => StorageError::io(path.display(), e),
         };
-        let mut len_bytes = [0u8; 4];
-        let got = read_fully(&mut input, &mut len_bytes[..len_size]).map_err(io_err)?;
-        if got < len_size {
-            return Err(bad(format!(
-                "truncated header: the file ends at byte offset {}",
-                8 + got
-            )));
-        }
-        let header_len = u32::from_le_bytes(len_bytes);
-        let header_start = 8 + len_size as u64;
-        if header_len > MAX_HEADER_LEN {
-            return Err(bad(format!(
-                "header length {header_len} at byte offset 8 is over the limit of {MAX_HEADER_LEN}"
-            )));
-        }
-        let mut header = vec![0u8; header_len as usize];
-        let got = read_fully(&mut input, &mut header).map_err(io_err)?;
-        if got < header.len() {
-            return Err(bad(format!(
-                "truncated header: expected {header_len} bytes at byte offset {header_start}, found {got}"
-            )));
-        }
-        let (descr, fortran, dims) = parse_header(&header).map_err(|(at, msg)| {
-            bad(format!(
-                "bad header dictionary at byte offset {}: {msg}",
-                header_start + at as u64
-            ))
-        })?;
-
-        let dtype = Dtype::parse(&descr).ok_or_else(|| {
+        let header = read_header(input.as_mut(), &bad, &io_err)?;
+        let NpyHeader {
+            descr,
+            dtype,
+            fortran,
+            dims,
+            header_start,
+            data_offset,
+        } = header;
+        let dtype = dtype.ok_or_else(|| {
             bad(format!(
                 "unsupported dtype '{descr}' in the header at byte offset {header_start} \
                  (Tessera reads {SUPPORTED_DTYPES}, in either byte order)"
             ))
         })?;
-        let shape = match dims[..] {
-            [n] => (n, 1),
-            [r, c] => (r, c),
-            _ => {
-                return Err(bad(format!(
-                    "unsupported {}-d array (header at byte offset {header_start}): \
-                     Tessera loads 1-d and 2-d arrays",
-                    dims.len()
-                )));
-            }
-        };
-        if let Some(target) = options.target_shape
-            && target != shape
-        {
+        if dims.is_empty() {
             return Err(bad(format!(
-                "the file holds a {} array but the target shape is {}",
-                shape_str(shape),
-                shape_str(target)
+                "unsupported 0-d array (header at byte offset {header_start}): \
+                 Tessera loads arrays of one or more dimensions"
             )));
         }
+        let shape = flatten2(&dims);
+        check_target(&dims, options).map_err(bad)?;
 
-        let data_offset = header_start + header_len as u64;
-        let total = shape.0.checked_mul(shape.1);
+        let total = dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let data_len = total.and_then(|n| n.checked_mul(dtype.size as u64));
         let (Some(total), Some(data_len)) = (total, data_len) else {
             return Err(bad(format!(
                 "shape {} at byte offset {header_start} is too large",
-                shape_str(shape)
+                dims_str(&dims)
             )));
         };
-        let found = file_len.saturating_sub(data_offset);
+        let found = len.saturating_sub(data_offset);
         if found < data_len {
             return Err(bad(format!(
                 "truncated data: a {} array of '{descr}' needs {data_len} bytes from byte offset \
                  {data_offset}, found {found}",
-                shape_str(shape)
+                dims_str(&dims)
             )));
         }
         if found > data_len {
@@ -237,44 +343,120 @@ impl NpyReader {
 
         Ok(Self {
             path: path.to_path_buf(),
+            place,
             input,
             dtype,
+            index: vec![0; dims.len()],
+            dims,
             shape,
             fortran,
             data_offset,
             total,
             done: 0,
             next: (0, 0),
+            finished: false,
             bytes: Vec::new(),
             values: Vec::new(),
         })
     }
-}
 
-impl NpyReader {
-    /// Reads the next `n` elements and appends their non-zeros to `cells`.
-    fn read_chunk(&mut self, n: usize, cells: &mut Cells) -> Result<()> {
+    /// An error reading the data: a damaged archive member (bad deflate data, a CRC-32
+    /// mismatch) is a bad file, anything else an I/O error.
+    fn read_error(&self, e: std::io::Error) -> StorageError {
+        match e.kind() {
+            std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput => {
+                StorageError::bad_file(&self.path, 0, format!("{}{e}", self.place))
+            }
+            _ => StorageError::io(self.path.display(), e),
+        }
+    }
+
+    /// After the last element: checks the stream ends there (which also checks an
+    /// archive member's CRC-32).
+    pub(super) fn finish(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        let mut extra = [0u8; 1];
+        let got = read_fully(&mut self.input, &mut extra).map_err(|e| self.read_error(e))?;
+        if got > 0 {
+            return Err(StorageError::bad_file(
+                &self.path,
+                0,
+                format!(
+                    "{}unexpected bytes after the array data, at byte offset {}",
+                    self.place,
+                    self.data_offset + self.total * self.dtype.size as u64
+                ),
+            ));
+        }
+        self.finished = true;
+        Ok(())
+    }
+
+    /// The array's shape as the header declares it.
+    pub(super) fn dims(&self) -> &[u64] {
+        &self.dims
+    }
+
+    /// Elements not read yet.
+    pub(super) fn remaining(&self) -> u64 {
+        self.total - self.done
+    }
+
+    /// Reads the next `n` elements (zeros included) in file order into `out`.
+    pub(super) fn read_values(&mut self, n: usize, out: &mut Vec<f64>) -> Result<()> {
         let size = self.dtype.size;
         self.bytes.resize(n * size, 0);
-        let got = read_fully(&mut self.input, &mut self.bytes)
-            .map_err(|e| StorageError::io(self.path.display(), e))?;
+        let got = read_fully(&mut self.input, &mut self.bytes).map_err(|e| self.read_error(e))?;
         if got < self.bytes.len() {
-            // The length was checked at open: the file shrank while being read.
+            // The length was checked at open: the file shrank, or an archive member's
+            // declared size was wrong.
             let expected = self.total * size as u64;
             return Err(StorageError::bad_file(
                 &self.path,
                 0,
                 format!(
-                    "truncated data: expected {expected} bytes from byte offset {}, found {}",
+                    "{}truncated data: expected {expected} bytes from byte offset {}, found {}",
+                    self.place,
                     self.data_offset,
                     self.done * size as u64 + got as u64
                 ),
             ));
         }
-        self.values.clear();
-        self.dtype.decode(&self.bytes, &mut self.values);
+        out.clear();
+        self.dtype.decode(&self.bytes, out);
+        self.done += n as u64;
+        Ok(())
+    }
 
-        let (rows, cols) = self.shape;
+    /// Reads the next `n` elements and appends their non-zeros to `cells`.
+    fn read_chunk(&mut self, n: usize, cells: &mut Cells) -> Result<()> {
+        let mut values = std::mem::take(&mut self.values);
+        let read = self.read_values(n, &mut values);
+        self.values = values;
+        read?;
+        if self.fortran {
+            // Fortran order: the first index moves fastest.
+            for &v in &self.values {
+                if v != 0.0 {
+                    let (r, c) = flat_position(&self.dims, &self.index);
+                    cells.rows.push(r);
+                    cells.cols.push(c);
+                    cells.values.push(v);
+                }
+                for (x, &d) in self.index.iter_mut().zip(&self.dims) {
+                    *x += 1;
+                    if *x < d {
+                        break;
+                    }
+                    *x = 0;
+                }
+            }
+            return Ok(());
+        }
+        // C order walks along each flattened row.
+        let cols = self.shape.1;
         let (mut r, mut c) = self.next;
         for &v in &self.values {
             if v != 0.0 {
@@ -282,29 +464,63 @@ impl NpyReader {
                 cells.cols.push(c);
                 cells.values.push(v);
             }
-            // Fortran order walks down each column, C order along each row.
-            if self.fortran {
+            c += 1;
+            if c == cols {
+                c = 0;
                 r += 1;
-                if r == rows {
-                    r = 0;
-                    c += 1;
-                }
-            } else {
-                c += 1;
-                if c == cols {
-                    c = 0;
-                    r += 1;
-                }
             }
         }
         self.next = (r, c);
-        self.done += n as u64;
         Ok(())
     }
 }
 
+/// The flattened `(row, col)` of n-d index `index` in an array of shape `dims`.
+fn flat_position(dims: &[u64], index: &[u64]) -> (u64, u64) {
+    match index {
+        [] => (0, 0),
+        [x] => (*x, 0),
+        [lead @ .., last] => {
+            let row = lead
+                .iter()
+                .zip(dims)
+                .fold(0u64, |row, (&x, &d)| row * d + x);
+            (row, *last)
+        }
+    }
+}
+
+/// Checks the file's shape against the target's: equal shapes, or for arrays of at most two
+/// dimensions, equal rows and columns (a 1-d file of `n` loads into an `n x 1` matrix).
+fn check_target(dims: &[u64], options: &ReadOptions) -> std::result::Result<(), String> {
+    let fits = match (&options.target_dims, options.target_shape) {
+        (Some(target), _) if dims.len() <= 2 && target.len() <= 2 => {
+            flatten2(dims) == flatten2(target)
+        }
+        (Some(target), _) => dims == target.as_slice(),
+        (None, Some(target)) => dims.len() <= 2 && flatten2(dims) == target,
+        (None, None) => true,
+    };
+    if fits {
+        return Ok(());
+    }
+    let small = |d: &[u64]| d.len() <= 2;
+    let (held, target) = match (&options.target_dims, options.target_shape) {
+        (Some(t), _) if small(dims) && small(t) => {
+            (shape_str(flatten2(dims)), shape_str(flatten2(t)))
+        }
+        (Some(t), _) => (dims_str(dims), dims_str(t)),
+        (None, Some(t)) if small(dims) => (shape_str(flatten2(dims)), shape_str(t)),
+        (None, Some(t)) => (dims_str(dims), shape_str(t)),
+        (None, None) => (dims_str(dims), String::new()),
+    };
+    Err(format!(
+        "the file holds a {held} array but the target shape is {target}"
+    ))
+}
+
 /// Reads until `buf` is full or the input ends; returns the bytes read.
-fn read_fully(input: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_fully(input: &mut (impl Read + ?Sized), buf: &mut [u8]) -> std::io::Result<usize> {
     let mut got = 0;
     while got < buf.len() {
         match input.read(&mut buf[got..]) {
@@ -323,11 +539,12 @@ impl CellReader for NpyReader {
     }
 
     fn row_ordered(&self) -> bool {
-        !self.fortran || self.shape.0 <= 1 || self.shape.1 <= 1
+        !self.fortran || self.dims.iter().filter(|&&d| d > 1).count() <= 1
     }
 
     fn next_cells(&mut self) -> Result<Option<Cells>> {
         if self.done == self.total {
+            self.finish()?;
             return Ok(None);
         }
         // Chunks of at most the room left in the batch, so zeros (which are skipped) do
@@ -539,10 +756,11 @@ impl LiteralParser<'_> {
     }
 }
 
-/// Writes a version 1.0, `<f8`, C-order, 2-d file; returns the number of non-zeros.
-pub(super) fn write(out: &mut AtomicFile, shape: (u64, u64), bands: &mut Bands<'_>) -> Result<u64> {
-    out.write_all(&header_v1(shape))?;
-    let mut row = vec![0.0; to_usize(shape.1)?];
+/// Writes a version 1.0, `<f8`, C-order file of shape `dims`, whose flattened rows and
+/// columns ([`flatten2`]) the bands cover; returns the number of non-zeros.
+pub(super) fn write(out: &mut AtomicFile, dims: &[u64], bands: &mut Bands<'_>) -> Result<u64> {
+    out.write_all(&header_v1(dims))?;
+    let mut row = vec![0.0; to_usize(flatten2(dims).1)?];
     let mut bytes = Vec::with_capacity(row.len() * 8);
     let mut written = 0;
     for band in bands {
@@ -562,22 +780,150 @@ pub(super) fn write(out: &mut AtomicFile, shape: (u64, u64), bands: &mut Bands<'
 
 /// Magic, version 1.0, length and the dictionary, padded with spaces and a newline so
 /// the data starts at a multiple of 64 bytes (as NumPy writes it, for aligned mapping).
-fn header_v1(shape: (u64, u64)) -> Vec<u8> {
-    let dict = format!(
-        "{{'descr': '<f8', 'fortran_order': False, 'shape': ({}, {}), }}",
-        shape.0, shape.1
-    );
+fn header_v1(dims: &[u64]) -> Vec<u8> {
+    // Python's tuple syntax: `(5,)` for one dimension, `(2, 3, 4)` for more.
+    let shape = match dims {
+        [n] => format!("({n},)"),
+        _ => {
+            let parts: Vec<String> = dims.iter().map(u64::to_string).collect();
+            format!("({})", parts.join(", "))
+        }
+    };
+    let dict = format!("{{'descr': '<f8', 'fortran_order': False, 'shape': {shape}, }}");
     let unpadded = MAGIC.len() + 2 + 2 + dict.len() + 1;
     let header_len = dict.len() + unpadded.next_multiple_of(64) - unpadded + 1;
     let mut out = Vec::with_capacity(10 + header_len);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
-    // At most ~100 bytes: two u64s in a fixed dictionary.
+    // Tessera's arrays have a handful of dimensions: a few hundred bytes at most.
     out.extend_from_slice(&(header_len as u16).to_le_bytes());
     out.extend_from_slice(dict.as_bytes());
     out.resize(10 + header_len - 1, b' ');
     out.push(b'\n');
     out
+}
+
+/// Writes cells that arrive in any order (a query's `(i, j, v)` rows, or n-d coordinates
+/// and a value) as a dense `.npy` file whose shape is one past the largest coordinate
+/// along each dimension.
+///
+/// Memory stays bounded: cells go to a scratch file beside the target as they come;
+/// [`NpyCellWriter::commit`] then sizes the array, writes a zero-filled file and adds
+/// each cell at its place (cells listed more than once are summed, as loads sum them),
+/// and renames it over the target after an fsync. Dropped before the commit, it leaves
+/// nothing behind.
+#[derive(Debug)]
+pub struct NpyCellWriter {
+    target: PathBuf,
+    scratch: TempPath,
+    out: std::io::BufWriter<File>,
+    /// One past the largest coordinate seen, per dimension.
+    dims: Vec<u64>,
+    cells: u64,
+}
+
+/// Largest array [`NpyCellWriter`] writes, in elements (8 bytes each): 2^36, 512 GiB.
+pub const MAX_CELL_WRITER_ELEMENTS: u64 = 1 << 36;
+
+impl NpyCellWriter {
+    /// Starts a file of `ndim` dimensions at `target`.
+    pub fn create(target: &Path, ndim: usize) -> Result<Self> {
+        if ndim == 0 {
+            return Err(StorageError::InvalidArgument(
+                "a .npy file of cells needs at least one coordinate".into(),
+            ));
+        }
+        let (scratch, file) = TempPath::create_beside(target, "cells")?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            scratch,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            dims: vec![0; ndim],
+            cells: 0,
+        })
+    }
+
+    /// Adds the cell at `index` (one coordinate per dimension).
+    pub fn push(&mut self, index: &[u64], value: f64) -> Result<()> {
+        if index.len() != self.dims.len() {
+            return Err(StorageError::Internal(format!(
+                "a cell of {} coordinates in a {}-d file",
+                index.len(),
+                self.dims.len()
+            )));
+        }
+        let mut record = Vec::with_capacity(8 * (index.len() + 1));
+        for (d, &x) in self.dims.iter_mut().zip(index) {
+            *d = (*d).max(x.saturating_add(1));
+            record.extend_from_slice(&x.to_le_bytes());
+        }
+        record.extend_from_slice(&value.to_le_bytes());
+        self.out
+            .write_all(&record)
+            .map_err(|e| StorageError::io(self.scratch.path().display(), e))?;
+        self.cells += 1;
+        Ok(())
+    }
+
+    /// Writes the file and renames it into place; returns its shape.
+    pub fn commit(self) -> Result<Vec<u64>> {
+        let Self {
+            target,
+            scratch,
+            out,
+            dims,
+            cells,
+        } = self;
+        let scratch_err = |e| StorageError::io(scratch.path().display(), e);
+        let mut scratch_file = out.into_inner().map_err(|e| scratch_err(e.into_error()))?;
+        let total = dims
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d))
+            .filter(|&n| n <= MAX_CELL_WRITER_ELEMENTS)
+            .ok_or_else(|| {
+                StorageError::InvalidArgument(format!(
+                    "the cells span a {} array, over the {MAX_CELL_WRITER_ELEMENTS} elements \
+                     a dense .npy file is written with here",
+                    dims_str(&dims)
+                ))
+            })?;
+        let header = header_v1(&dims);
+        let (temp, mut file) = TempPath::create_beside(&target, "part")?;
+        let temp_err = |e| StorageError::io(temp.path().display(), e);
+        file.write_all(&header).map_err(temp_err)?;
+        file.set_len(header.len() as u64 + total * 8)
+            .map_err(temp_err)?;
+
+        scratch_file.seek(SeekFrom::Start(0)).map_err(scratch_err)?;
+        let mut records = BufReader::with_capacity(1 << 20, scratch_file);
+        let mut record = vec![0u8; 8 * (dims.len() + 1)];
+        let word = |b: &[u8]| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(b);
+            w
+        };
+        for _ in 0..cells {
+            records.read_exact(&mut record).map_err(scratch_err)?;
+            let (coords, value) = record.split_at(8 * dims.len());
+            let element = coords
+                .chunks_exact(8)
+                .zip(&dims)
+                .fold(0u64, |at, (c, &d)| at * d + u64::from_le_bytes(word(c)));
+            let offset = header.len() as u64 + element * 8;
+            let mut old = [0u8; 8];
+            file.seek(SeekFrom::Start(offset)).map_err(temp_err)?;
+            file.read_exact(&mut old).map_err(temp_err)?;
+            let sum = f64::from_le_bytes(old) + f64::from_le_bytes(word(value));
+            file.seek(SeekFrom::Start(offset)).map_err(temp_err)?;
+            file.write_all(&sum.to_le_bytes()).map_err(temp_err)?;
+        }
+        drop(records);
+        drop(scratch);
+        file.sync_all().map_err(temp_err)?;
+        drop(file);
+        temp.persist(&target)?;
+        Ok(dims)
+    }
 }
 
 #[cfg(test)]
@@ -769,9 +1115,12 @@ mod tests {
             None,
         );
         assert!(err.contains("structured arrays are not supported"), "{err}");
-        let err = error(&npy(1, &dict("<f8", false, "(2, 2, 2)"), &data), None);
+        let err = error(
+            &npy(1, &dict("<f8", false, "(2, 2, 2)"), &[0; 64]),
+            Some((4, 2)),
+        );
         assert!(
-            err.contains("unsupported 3-d array (header at byte offset 10)"),
+            err.contains("the file holds a 2x2x2 array but the target shape is 4x2"),
             "{err}"
         );
         let err = error(&npy(1, &dict("<f8", false, "()"), &data), None);
@@ -841,7 +1190,7 @@ mod tests {
     #[test]
     fn headers_are_aligned_to_64_bytes() {
         for shape in [(0, 0), (1, 1), (123456789, 987654321), (u64::MAX, u64::MAX)] {
-            let h = header_v1(shape);
+            let h = header_v1(&[shape.0, shape.1]);
             assert_eq!(h.len() % 64, 0, "{shape:?}");
             assert_eq!(h.last(), Some(&b'\n'));
             let len = u16::from_le_bytes([h[8], h[9]]) as usize;

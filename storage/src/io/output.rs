@@ -100,6 +100,14 @@ impl TempPath {
     pub(super) fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Renames the (already fsynced and closed) file over `target` and fsyncs the
+    /// directory, so the rename itself survives a crash.
+    pub(super) fn persist(mut self, target: &Path) -> Result<()> {
+        std::fs::rename(&self.path, target).map_err(|e| StorageError::io(target.display(), e))?;
+        self.armed = false;
+        sync_dir(parent_dir(target))
+    }
 }
 
 impl Drop for TempPath {

@@ -1,7 +1,10 @@
 //! Loading files into arrays and exporting arrays to files.
 //!
-//! Loading streams cells from a [`CellReader`] into blocks. Row-ordered files (dense
-//! CSV, C-order `.npy`) finish each band of block rows as soon as the file moves past
+//! Loading streams cells from a [`CellReader`] into blocks. Readers give an n-d array's
+//! cells as rows and columns (its leading dimensions flattened in C order into rows, the
+//! last one as columns); [`CellGrid`] maps them to blocks and back. A band is the blocks
+//! of one block index along the first dimension (a block row of a matrix). Row-ordered
+//! files (dense CSV, C-order `.npy`) finish each band as soon as the file moves past
 //! it. Unordered files (triples, Matrix Market, Fortran-order `.npy`) are grouped in
 //! memory up to a budget; past it, cells spill to temporary bucket files by block row
 //! and each bucket is blockified in turn, so memory stays near one bucket.
@@ -12,9 +15,12 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use super::{Store, WriteMode, writer::ArrayWriter};
+use crate::block::Block;
 use crate::block::{CooBuilder, Duplicates};
 use crate::error::{Result, StorageError};
-use crate::io::{self, BlockBand, CellReader, Cells, CsvLayout, FileFormat, ReadOptions};
+use crate::io::{
+    self, BlockBand, CellReader, Cells, CsvLayout, FileFormat, NpzMember, ReadOptions,
+};
 use crate::schema::{ArraySchema, BlockKey};
 
 /// Options for [`Store::load`].
@@ -27,6 +33,8 @@ pub struct LoadOptions {
     pub csv_layout: CsvLayout,
     /// Whether a CSV file has a header (`None`: detect).
     pub csv_header: Option<bool>,
+    /// Which array of a `.npz` archive to load.
+    pub npz_member: NpzMember,
     /// Memory for grouping unordered cells before spilling to temporary files.
     pub memory_budget: usize,
 }
@@ -37,6 +45,7 @@ impl Default for LoadOptions {
             mode: WriteMode::Update,
             csv_layout: CsvLayout::Auto,
             csv_header: None,
+            npz_member: NpzMember::Only,
             memory_budget: 512 << 20,
         }
     }
@@ -72,20 +81,25 @@ impl Store {
     ) -> Result<LoadSummary> {
         let info = self.array(name)?;
         let schema = info.schema.clone();
-        if !schema.is_matrix() {
+        let nd_format = matches!(format, FileFormat::Npy | FileFormat::Npz);
+        if schema.attributes().len() != 1 || (!nd_format && !schema.is_matrix()) {
             return Err(StorageError::InvalidArgument(format!(
-                "array '{name}' is not a matrix; files load into 2-d arrays with one attribute"
+                "array '{name}' is not a matrix; files load into arrays with one attribute, \
+                 and CSV and Matrix Market files into 2-d ones"
             )));
         }
         let read_options = ReadOptions {
             target_shape: Some(schema.shape2()),
+            target_dims: Some(schema.dimensions().iter().map(|d| d.len()).collect()),
             csv_layout: options.csv_layout,
             csv_header: options.csv_header,
+            npz_member: options.npz_member.clone(),
         };
         let mut reader = io::open_reader(path, format, &read_options)?;
         let mut writer = self.writer(name, options.mode)?;
         let mut loader = Blockifier {
             schema: &schema,
+            grid: CellGrid::new(&schema),
             writer: &mut writer,
             merge: options.mode == WriteMode::Update,
             blocks: 0,
@@ -104,7 +118,8 @@ impl Store {
         })
     }
 
-    /// Writes a version of a matrix (the current one if `None`) to `path`.
+    /// Writes a version of an array (the current one if `None`) to `path`. Arrays with
+    /// one attribute: matrices in every format, other ranks to `.npy` with their shape.
     pub fn export(
         &self,
         name: &str,
@@ -114,34 +129,174 @@ impl Store {
     ) -> Result<()> {
         let snap = self.snapshot(name, version)?;
         let schema = snap.info().schema.clone();
-        if !schema.is_matrix() {
+        if schema.attributes().len() != 1 || (format != FileFormat::Npy && !schema.is_matrix()) {
             return Err(StorageError::InvalidArgument(format!(
-                "array '{name}' is not a matrix; only 2-d arrays with one attribute can be exported"
+                "array '{name}' is not a matrix; arrays with one attribute can be exported, \
+                 and only 2-d ones to CSV and Matrix Market files"
             )));
         }
-        let (ri, ci) = (&schema.dimensions()[0], &schema.dimensions()[1]);
+        let grid = CellGrid::new(&schema);
+        let dims: Vec<u64> = schema.dimensions().iter().map(|d| d.len()).collect();
         let nnz = snap.nnz();
-        let block_rows = ri.block_count();
-        let mut bands = (0..block_rows).map(|bi| -> Result<BlockBand> {
-            let blocks = snap
-                .read_where(|k| k.0[0] == bi as i64)?
+        let first = &schema.dimensions()[0];
+        let mut bands = (0..first.block_count()).map(|b0| -> Result<BlockBand> {
+            let blocks = snap.read_where(|k| k.0[0] == b0 as i64)?;
+            grid.band(b0, blocks)
+        });
+        io::write_array_file(path, format, &dims, nnz, &mut bands)
+    }
+}
+
+/// Maps an n-d array's cells, as flattened `(row, col)` (see the module docs), to its
+/// blocks and back. Within a block, the leading dimensions are flattened in C order over
+/// the block's extents ([`ArraySchema::block_shape`]).
+#[derive(Debug, Clone)]
+struct CellGrid {
+    /// `(length, block length)` of each leading dimension (all but the last; the only
+    /// one of a 1-d array).
+    lead: Vec<(u64, u64)>,
+    /// `(length, block length)` of the last dimension; `None` for a 1-d array, whose
+    /// cells are one column.
+    last: Option<(u64, u64)>,
+    /// Rows per coordinate of the first dimension: the product of the other leading
+    /// lengths.
+    inner: u64,
+}
+
+impl CellGrid {
+    fn new(schema: &ArraySchema) -> Self {
+        let dims: Vec<(u64, u64)> = schema
+            .dimensions()
+            .iter()
+            .map(|d| (d.len(), d.block_len))
+            .collect();
+        let (lead, last) = match dims.split_last() {
+            Some((last, lead)) if !lead.is_empty() => (lead.to_vec(), Some(*last)),
+            _ => (dims, None),
+        };
+        let inner = lead
+            .iter()
+            .skip(1)
+            .fold(1u64, |a, &(len, _)| a.saturating_mul(len));
+        Self { lead, last, inner }
+    }
+
+    /// Block index along the first dimension of flattened row `r`.
+    fn band_of(&self, r: u64) -> u64 {
+        let block = self.lead.first().map_or(1, |d| d.1);
+        (r / self.inner.max(1)) / block
+    }
+
+    /// The block holding flattened cell `(r, c)` and the cell's place in it.
+    fn locate(&self, r: u64, c: u64) -> (BlockKey, u64, u64) {
+        let mut key = vec![0i64; self.lead.len() + usize::from(self.last.is_some())];
+        // Split r into leading coordinates, last leading dimension first.
+        let mut rest = r;
+        let mut offsets = vec![0u64; self.lead.len()];
+        for (n, &(len, block)) in self.lead.iter().enumerate().rev() {
+            let x = if n == 0 { rest } else { rest % len };
+            rest = if n == 0 { 0 } else { rest / len };
+            key[n] = (x / block) as i64;
+            offsets[n] = x % block;
+        }
+        // The row within the block: offsets in C order over the block's extents.
+        let mut row = 0u64;
+        for (n, &(len, block)) in self.lead.iter().enumerate() {
+            let extent = block.min(len.saturating_sub(key[n] as u64 * block));
+            row = row * extent + offsets[n];
+        }
+        let col = match self.last {
+            Some((_, block)) => {
+                key[self.lead.len()] = (c / block) as i64;
+                c % block
+            }
+            None => c,
+        };
+        (BlockKey(key), row, col)
+    }
+
+    /// The flattened `(row, col)` of cell `(br, bc)` of block `key`.
+    fn position(&self, key: &BlockKey, br: u64, bc: u64) -> (u64, u64) {
+        let mut coords = vec![0u64; self.lead.len()];
+        let mut rest = br;
+        for (n, &(len, block)) in self.lead.iter().enumerate().rev() {
+            let b = key.0[n].max(0) as u64;
+            let extent = block.min(len.saturating_sub(b * block)).max(1);
+            coords[n] = b * block + rest % extent;
+            rest /= extent;
+        }
+        let row = coords
+            .iter()
+            .zip(&self.lead)
+            .fold(0u64, |row, (&x, &(len, _))| row * len + x);
+        let col = match self.last {
+            Some((_, block)) => key.0[self.lead.len()].max(0) as u64 * block + bc,
+            None => bc,
+        };
+        (row, col)
+    }
+
+    /// The export band of block index `b0` along the first dimension: its blocks
+    /// re-tiled into flattened rows, one tile per block of the last dimension.
+    fn band(&self, b0: u64, blocks: Vec<(BlockKey, Vec<Block>)>) -> Result<BlockBand> {
+        let (len0, block0) = self.lead.first().copied().unwrap_or((0, 1));
+        let first_row = b0 * block0 * self.inner;
+        let rows = block0.min(len0.saturating_sub(b0 * block0)) * self.inner;
+        let rows_usize = usize::try_from(rows)
+            .map_err(|_| StorageError::InvalidArgument(format!("{rows} rows are too many")))?;
+        if self.lead.len() <= 1 {
+            // A matrix or a 1-d array: its blocks already are the band's tiles.
+            let col_block = self.last.map_or(1, |d| d.1);
+            let tiles = blocks
                 .into_iter()
                 .filter_map(|(k, mut b)| {
-                    (!b.is_empty()).then(|| (k.0[1] as u64 * ci.block_len, b.swap_remove(0)))
+                    let col0 = k.0.get(1).map_or(0, |&bj| bj as u64 * col_block);
+                    (!b.is_empty()).then(|| (col0, b.swap_remove(0)))
                 })
                 .collect();
-            Ok(BlockBand {
-                row0: bi * ri.block_len,
-                rows: ri.block_extent(bi) as usize,
-                blocks,
-            })
-        });
-        io::write_file(path, format, schema.shape2(), nnz, &mut bands)
+            return Ok(BlockBand {
+                row0: first_row,
+                rows: rows_usize,
+                blocks: tiles,
+            });
+        }
+        let (cols, col_block) = self.last.unwrap_or((1, 1));
+        let mut tiles: BTreeMap<u64, CooBuilder> = BTreeMap::new();
+        for (key, mut attributes) in blocks {
+            if attributes.is_empty() {
+                continue;
+            }
+            let block = attributes.swap_remove(0);
+            let bj = key.0[self.lead.len()].max(0) as u64;
+            let col0 = bj * col_block;
+            let width = col_block.min(cols.saturating_sub(col0)) as usize;
+            let tile = tiles
+                .entry(col0)
+                .or_insert_with(|| CooBuilder::new(rows_usize, width, Duplicates::Sum));
+            let mut failed = None;
+            block.for_each_nonzero(|br, bc, v| {
+                let (r, _) = self.position(&key, br as u64, 0);
+                if failed.is_none()
+                    && let Err(e) = tile.push((r - first_row) as usize, bc, v)
+                {
+                    failed = Some(e);
+                }
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        Ok(BlockBand {
+            row0: first_row,
+            rows: rows_usize,
+            blocks: tiles.into_iter().map(|(c, t)| (c, t.build())).collect(),
+        })
     }
 }
 
 struct Blockifier<'a> {
     schema: &'a ArraySchema,
+    grid: CellGrid,
     writer: &'a mut ArrayWriter,
     merge: bool,
     blocks: u64,
@@ -151,16 +306,10 @@ struct Blockifier<'a> {
 type Pending = BTreeMap<BlockKey, CooBuilder>;
 
 impl Blockifier<'_> {
-    fn block_lens(&self) -> (u64, u64) {
-        let d = self.schema.dimensions();
-        (d[0].block_len, d[1].block_len)
-    }
-
-    /// Adds the matrix cell `(r, c)` to its block's cells; duplicates within one file
+    /// Adds the flattened cell `(r, c)` to its block's cells; duplicates within one file
     /// are summed (Matrix Market and SciPy's convention).
     fn add(&self, pending: &mut Pending, r: u64, c: u64, v: f64) -> Result<()> {
-        let (br, bc) = self.block_lens();
-        let key = BlockKey::matrix((r / br) as i64, (c / bc) as i64);
+        let (key, br, bc) = self.grid.locate(r, c);
         let cells = match pending.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -168,18 +317,17 @@ impl Blockifier<'_> {
                 e.insert(CooBuilder::new(rows, cols, Duplicates::Sum))
             }
         };
-        cells.push((r % br) as usize, (c % bc) as usize, v)
+        cells.push(br as usize, bc as usize, v)
     }
 
     fn load_ordered(&mut self, reader: &mut dyn CellReader) -> Result<u64> {
-        let (br, _) = self.block_lens();
         let mut band: Option<u64> = None;
         let mut pending = Pending::new();
         let mut count = 0u64;
         while let Some(cells) = reader.next_cells()? {
             count += cells.len() as u64;
             for n in 0..cells.len() {
-                let bi = cells.rows[n] / br;
+                let bi = self.grid.band_of(cells.rows[n]);
                 if band != Some(bi) {
                     if band.is_some_and(|b| bi < b) {
                         return Err(StorageError::Internal(
@@ -213,9 +361,9 @@ impl Blockifier<'_> {
             }
             held_cells += cells.len();
             if held_cells > max_cells {
-                let block_rows = self.schema.dimensions()[0].block_count();
-                let mut s = Spill::new(block_rows, self.block_lens().0)?;
-                s.write_held(&held, self.block_lens())?;
+                let bands = self.schema.dimensions()[0].block_count();
+                let mut s = Spill::new(bands, self.grid.clone())?;
+                s.write_held(&held)?;
                 held.clear();
                 spill = Some(s);
             }
@@ -259,17 +407,18 @@ impl Blockifier<'_> {
 struct Spill {
     dir: PathBuf,
     files: Vec<(PathBuf, BufWriter<File>)>,
-    rows_per_bucket: u64,
+    grid: CellGrid,
+    bands_per_bucket: u64,
 }
 
 impl Spill {
-    fn new(block_rows: u64, block_len: u64) -> Result<Self> {
+    fn new(bands: u64, grid: CellGrid) -> Result<Self> {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
         let dir = std::env::temp_dir().join(format!("tessera-load-{}-{nonce}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(dir.display(), e))?;
-        let buckets = block_rows.clamp(1, SPILL_BUCKETS);
+        let buckets = bands.clamp(1, SPILL_BUCKETS);
         let mut files = Vec::new();
         for n in 0..buckets {
             let p = dir.join(format!("bucket-{n}"));
@@ -279,12 +428,13 @@ impl Spill {
         Ok(Spill {
             dir,
             files,
-            rows_per_bucket: block_rows.div_ceil(buckets) * block_len,
+            grid,
+            bands_per_bucket: bands.div_ceil(buckets).max(1),
         })
     }
 
     fn put(&mut self, r: u64, c: u64, v: f64) -> Result<()> {
-        let n = ((r / self.rows_per_bucket) as usize).min(self.files.len() - 1);
+        let n = ((self.grid.band_of(r) / self.bands_per_bucket) as usize).min(self.files.len() - 1);
         let (p, f) = &mut self.files[n];
         let mut rec = [0u8; 24];
         rec[..8].copy_from_slice(&r.to_le_bytes());
@@ -301,11 +451,11 @@ impl Spill {
         Ok(())
     }
 
-    fn write_held(&mut self, held: &Pending, (br, bc): (u64, u64)) -> Result<()> {
+    fn write_held(&mut self, held: &Pending) -> Result<()> {
         for (key, cells) in held {
-            let (r0, c0) = (key.0[0] as u64 * br, key.0[1] as u64 * bc);
-            for (r, c, v) in cells.cells() {
-                self.put(r0 + r as u64, c0 + c as u64, v)?;
+            for (br, bc, v) in cells.cells() {
+                let (r, c) = self.grid.position(key, br as u64, bc as u64);
+                self.put(r, c, v)?;
             }
         }
         Ok(())
