@@ -12,14 +12,7 @@ use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
 use tessera_server::Database;
 
 use crate::python;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::sql_database::runtime;
 
 /// Cells by coordinates: the value's bits (so NaN equals NaN and nothing rounds).
 type CellMap = BTreeMap<Vec<i64>, u64>;

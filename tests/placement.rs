@@ -18,6 +18,8 @@ use tessera_storage::{
     Block, BlockKey, DenseBlock, HASH_PLACEMENT, Partitioning, Placement, Store, WriteMode,
 };
 
+use crate::sql_database::runtime;
+
 const ROWS: i64 = 40;
 const COLS: i64 = 30;
 const BLOCK: i64 = 5;
@@ -68,14 +70,6 @@ fn write_matrix(
         }
     }
     w.commit().unwrap();
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
 }
 
 async fn run(db: &Database, sql: &str) -> Vec<RecordBatch> {

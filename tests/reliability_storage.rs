@@ -14,13 +14,7 @@ use tessera_server::errors::sqlstate;
 use tessera_server::{Database, Error};
 use tessera_storage::{StorageError, Store};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::sql_database::runtime;
 
 /// Every file under `dir` with its bytes, sorted.
 fn tree(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {

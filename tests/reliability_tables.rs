@@ -21,13 +21,7 @@ use tessera_server::Database;
 use tessera_storage::Store;
 use tessera_storage::backend::{Backend, FaultKind, FaultyBackend, MemoryBackend};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::sql_database::runtime;
 
 /// The single value a query returns, as i64 (NULL as 0).
 async fn scalar(db: &Database, sql: &str) -> Result<i64, DataFusionError> {

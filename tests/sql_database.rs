@@ -12,7 +12,8 @@ use tessera_server::{Database, DatabaseOptions};
 
 use crate::python;
 
-fn runtime() -> tokio::runtime::Runtime {
+/// A two-thread runtime for tests that drive the embedded database from plain `#[test]`s.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
