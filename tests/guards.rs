@@ -234,6 +234,63 @@ async fn finished_statements_leave_nothing_in_the_memory_pool() {
     assert_eq!(db.memory_reserved(), 0);
 }
 
+/// Stored inputs that fit the budget, a product whose partial sums do not: under every
+/// strategy's dataflow the statement fails with 53200 (the block operators charge what
+/// they hold), the pool is empty again, and the database goes on serving products that
+/// fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_product_whose_result_does_not_fit_fails_with_53200_and_leaves_the_pool_empty() {
+    let db = Database::in_memory_with(DatabaseOptions {
+        memory_limit: Some(16 << 20),
+        ..DatabaseOptions::default()
+    })
+    .unwrap();
+    // 3000 x 40 and 40 x 3000, about 1 MB each; their product is 72 MB.
+    db.sql(
+        "CREATE MATRIX a AS SELECT * FROM rand(3000, 40, seed => 1);
+         CREATE MATRIX b AS SELECT * FROM rand(40, 3000, seed => 2)",
+    )
+    .await
+    .unwrap();
+    assert_eq!(db.memory_reserved(), 0);
+    for strategy in ["auto", "repartition", "broadcast", "replication", "local"] {
+        let sql = format!(
+            "SET tessera.matmul_strategy = '{strategy}'; SELECT count(*) FROM matmul(a, b)"
+        );
+        let e = db.sql(&sql).await.expect_err(&sql);
+        assert_eq!(sqlstate(&e), "53200", "{strategy}: {}", client_message(&e));
+        assert_eq!(
+            db.memory_reserved(),
+            0,
+            "{strategy}: the pool after the error"
+        );
+    }
+    // A 40 x 40 product of the same inputs fits, and its sum is checked by hand from
+    // the row sums: sum(t(a) a) = sum over k, l, i of a_ik a_il = sum_i (rowsum_i)^2.
+    let rowsums = db.sql("SELECT v FROM rowsums(a)").await.unwrap();
+    let mut want = 0.0;
+    for batch in &rowsums {
+        let v = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::Float64Array>()
+            .unwrap();
+        want += v.iter().flatten().map(|x| x * x).sum::<f64>();
+    }
+    let got = db.sql("SELECT sum(v) FROM matmul(t(a), a)").await.unwrap();
+    let got = got[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Float64Array>()
+        .unwrap()
+        .value(0);
+    assert!(
+        (got - want).abs() <= 1e-9 * want.abs(),
+        "{got} against {want}"
+    );
+    assert_eq!(db.memory_reserved(), 0);
+}
+
 #[tokio::test]
 async fn linear_algebra_errors_carry_their_class() {
     let db = Database::in_memory().unwrap();

@@ -42,8 +42,8 @@ use tessera_storage::Store;
 
 use crate::error::storage_error;
 use crate::la::flow::{
-    BlockCellsExec, BlockMap, BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec,
-    BlockZipJoinExec, ExchangeMeterExec, FusedPartialExec, OutputKeys,
+    BlockCellsExec, BlockElementwiseExec, BlockMap, BlockMapExec, BlockProductExec, BlockScanExec,
+    BlockSumExec, BlockZipJoinExec, ExchangeMeterExec, FusedPartialExec, OutputKeys,
 };
 use crate::la::{FlowGeometry, Pinned, TesseraQueryPlanner};
 
@@ -69,6 +69,11 @@ enum FlowNode {
         rows_together: bool,
     },
     Zip,
+    Elementwise {
+        steps: Vec<tessera_storage::kernels::Step>,
+        shape: (u64, u64),
+        block: (u64, u64),
+    },
     Meter,
     Cells {
         shape: (u64, u64),
@@ -121,6 +126,14 @@ impl FlowCodec {
         }
         if node.is::<BlockZipJoinExec>() {
             return Some(FlowNode::Zip);
+        }
+        if let Some(e) = node.downcast_ref::<BlockElementwiseExec>() {
+            let FlowGeometry { shape, block } = e.geometry();
+            return Some(FlowNode::Elementwise {
+                steps: e.steps.clone(),
+                shape,
+                block,
+            });
         }
         if node.is::<ExchangeMeterExec>() {
             return Some(FlowNode::Meter);
@@ -190,6 +203,15 @@ impl FlowCodec {
                 [a, b] => Arc::new(BlockZipJoinExec::try_new(Arc::clone(a), Arc::clone(b))?),
                 _ => return internal_err!("a zip join arrived with {} inputs", inputs.len()),
             },
+            FlowNode::Elementwise {
+                steps,
+                shape,
+                block,
+            } => Arc::new(BlockElementwiseExec::try_new(
+                inputs.to_vec(),
+                steps,
+                FlowGeometry { shape, block },
+            )?),
             FlowNode::Meter => Arc::new(ExchangeMeterExec::new(one()?)),
             FlowNode::Cells {
                 shape,

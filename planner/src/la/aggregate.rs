@@ -33,7 +33,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-    SendableRecordBatchStream, execute_stream,
+    SendableRecordBatchStream, collect, execute_stream,
 };
 use futures::StreamExt;
 use rayon::prelude::*;
@@ -43,7 +43,7 @@ use tessera_storage::kernels::{self, Step, cpu_pool};
 
 use super::exec::{LaExec, Output, look_through};
 use super::expr::Op;
-use super::flow::{BlockCellsExec, BlockRows, batches_stream};
+use super::flow::{BlockCellsExec, BlockElementwiseExec, BlockRows, batches_stream};
 use super::matrix::BlockMatrix;
 use super::ops::{self, FusedBlock, Work};
 use crate::error::blocking;
@@ -214,6 +214,39 @@ impl ExecutionPlan for BlockAggregateExec {
             let minmax = aggregates
                 .iter()
                 .any(|a| matches!(a, CellAggregate::Min | CellAggregate::Max));
+            if let Some(cells) = input.downcast_ref::<BlockCellsExec>()
+                && let Some(program) =
+                    look_through(cells.input()).downcast_ref::<BlockElementwiseExec>()
+            {
+                // An elementwise program is folded as it runs, over its gathered
+                // leaves, without making its result's blocks.
+                let geometry = program.geometry();
+                let parts = context.session_config().target_partitions().max(1);
+                let mut leaves = Vec::new();
+                for leaf in program.children() {
+                    // Every block of the leaf is gathered: an exchange placed for the
+                    // program's own meeting is not needed.
+                    let leaf = match leaf.downcast_ref::<RepartitionExec>() {
+                        Some(r) => r.input(),
+                        None => leaf,
+                    };
+                    let batches = collect(Arc::clone(leaf), Arc::clone(&context)).await?;
+                    leaves.push(BlockMatrix::from_block_batches(&batches, geometry, parts)?);
+                }
+                let steps = program.steps.clone();
+                let elapsed = baseline.elapsed_compute().clone();
+                let batch = blocking(move || {
+                    let start = Instant::now();
+                    blocks.add(leaves.iter().map(BlockMatrix::block_count).sum());
+                    let folded = fold_fused(&steps, leaves, parts, groups, minmax)?;
+                    let batch = folded_batch(folded, &aggregates, &out_schema);
+                    elapsed.add_duration(start.elapsed());
+                    batch
+                })
+                .await?;
+                baseline.record_output(batch.num_rows());
+                return Ok(vec![batch]);
+            }
             if let Some(cells) = input.downcast_ref::<BlockCellsExec>() {
                 // A dataflow's blocks are folded as they arrive from its partitions.
                 let block = cells.geometry().block;

@@ -44,6 +44,9 @@ pub enum Output {
     Cells,
     /// `(i, row)`: every row as a `FLOAT8[]`.
     Rows,
+    /// The matrix's blocks as a block stream in one partition, blocked as the
+    /// geometry says: an operand of a block dataflow.
+    Blocks(FlowGeometry),
 }
 
 /// The schema of [`Output::Cells`].
@@ -82,6 +85,9 @@ pub struct LaExec {
     /// Set when the only child is a block dataflow that computes this operator's
     /// result (see [`super::flow`]): the result's shape and block size.
     flow: Option<FlowGeometry>,
+    /// For each child that is a block dataflow giving an operand, its shape and block
+    /// size (the operand is gathered from its blocks).
+    child_flows: Vec<Option<FlowGeometry>>,
 }
 
 /// The shape and block size of a matrix a block dataflow computes.
@@ -107,8 +113,12 @@ impl LaExec {
         let schema = match output {
             Output::Cells => cells_schema(),
             Output::Rows => rows_schema(),
+            Output::Blocks(_) => super::flow::block_stream_schema(),
         };
-        let parts = parts.max(1);
+        let parts = match output {
+            Output::Blocks(_) => 1,
+            _ => parts.max(1),
+        };
         let props = PlanProperties::new(
             EquivalenceProperties::new(schema),
             Partitioning::UnknownPartitioning(parts),
@@ -129,7 +139,15 @@ impl LaExec {
             metrics: ExecutionPlanMetricsSet::new(),
             result: Arc::new(tokio::sync::OnceCell::new()),
             flow: None,
+            child_flows: Vec::new(),
         }
+    }
+
+    /// This operator with `flows[k]` the geometry of child `k` when that child is a
+    /// block dataflow.
+    pub fn with_child_flows(mut self, flows: Vec<Option<FlowGeometry>>) -> Self {
+        self.child_flows = flows;
+        self
     }
 
     /// This operator with its result computed by its one child, a block dataflow
@@ -168,6 +186,7 @@ impl LaExec {
     pub fn with_output(&self, output: Output) -> LaExec {
         LaExec {
             flow: self.flow,
+            child_flows: self.child_flows.clone(),
             ..LaExec::new(
                 self.op.clone(),
                 self.choice.clone(),
@@ -192,10 +211,18 @@ impl LaExec {
     ) -> BoxFuture<'_, Result<Vec<BlockMatrix>>> {
         async move {
             let mut inputs = Vec::with_capacity(self.children.len());
-            for child in &self.children {
+            for (k, child) in self.children.iter().enumerate() {
                 let child = look_through(child);
                 let m = match child.downcast_ref::<LaExec>() {
                     Some(la) => la.compute(ctx.clone()).await?,
+                    None if self.child_flows.get(k).is_some_and(Option::is_some) => {
+                        let geometry = self.child_flows[k].unwrap_or(FlowGeometry {
+                            shape: (0, 0),
+                            block: (1, 1),
+                        });
+                        let batches = collect(child.clone(), ctx.clone()).await?;
+                        BlockMatrix::from_block_batches(&batches, geometry, self.parts)?
+                    }
                     None if self.flow.is_some() => {
                         let geometry = self.flow.unwrap_or(FlowGeometry {
                             shape: (0, 0),
@@ -453,8 +480,10 @@ impl DisplayAs for LaExec {
                 writeln!(f, "tasks={}", c.chosen.tasks)?;
                 writeln!(f, "why={}", c.why)?;
             }
-            if self.output == Output::Rows {
-                writeln!(f, "output=rows")?;
+            match self.output {
+                Output::Rows => writeln!(f, "output=rows")?,
+                Output::Blocks(_) => writeln!(f, "output=blocks in one partition")?,
+                Output::Cells => {}
             }
             return Ok(());
         }
@@ -486,8 +515,10 @@ impl DisplayAs for LaExec {
                 c.why
             )?;
         }
-        if self.output == Output::Rows {
-            write!(f, ", output=rows")?;
+        match self.output {
+            Output::Rows => write!(f, ", output=rows")?,
+            Output::Blocks(_) => write!(f, ", output=blocks in one partition")?,
+            Output::Cells => {}
         }
         Ok(())
     }
@@ -529,6 +560,7 @@ impl ExecutionPlan for LaExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         Ok(Arc::new(LaExec {
             flow: self.flow,
+            child_flows: self.child_flows.clone(),
             ..LaExec::new(
                 self.op.clone(),
                 self.choice.clone(),
@@ -551,6 +583,7 @@ impl ExecutionPlan for LaExec {
             let rows = match self.output {
                 Output::Cells => self.est.nnz,
                 Output::Rows => self.est.rows,
+                Output::Blocks(_) => return Ok(Arc::new(s)),
             };
             s.num_rows = Precision::Inexact(rows as usize);
             s.total_byte_size = Precision::Inexact((rows * 24.0) as usize);
@@ -580,6 +613,7 @@ impl ExecutionPlan for LaExec {
         let this = LaExec {
             metrics: self.metrics.clone(),
             flow: self.flow,
+            child_flows: self.child_flows.clone(),
             ..this
         };
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
@@ -598,6 +632,7 @@ impl ExecutionPlan for LaExec {
                     cell_batches(&m, partition, parts, batch_size, scalar, &out_schema)?
                 }
                 Output::Rows => row_batches(&m, partition, parts, &out_schema)?,
+                Output::Blocks(geometry) => block_batches(&m, geometry)?,
             };
             for b in &batches {
                 output_rows.add(b.num_rows());
@@ -677,4 +712,39 @@ fn row_batches(
         out.push(RecordBatch::try_new(schema.clone(), cols)?);
     }
     Ok(out)
+}
+
+/// Every block of `m`, reblocked to `geometry`'s block size if it differs, as block-stream
+/// batches in key order.
+fn block_batches(m: &BlockMatrix, geometry: FlowGeometry) -> Result<Vec<RecordBatch>> {
+    if m.shape() != geometry.shape {
+        return exec_err!(
+            "a matrix operand is {}x{}, planned as {}x{}",
+            m.rows,
+            m.cols,
+            geometry.shape.0,
+            geometry.shape.1
+        );
+    }
+    let reblocked;
+    let m = if (m.br, m.bc) == geometry.block {
+        m
+    } else {
+        reblocked = m.reblock(geometry.block.0, geometry.block.1, 1)?;
+        &reblocked
+    };
+    let mut tiles: Vec<&Tile> = m.tiles().collect();
+    tiles.sort_by_key(|t| (t.0, t.1));
+    let mut out = super::flow::BlockBatches::new();
+    let mut batches = Vec::new();
+    for (bi, bj, b) in tiles {
+        if b.nnz() > 0 {
+            batches.extend(out.push(*bi, *bj, b)?);
+        }
+    }
+    let last = out.flush()?;
+    if last.num_rows() > 0 {
+        batches.push(last);
+    }
+    Ok(batches)
 }

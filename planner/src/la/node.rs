@@ -15,14 +15,17 @@ use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext
 use datafusion::logical_expr::{
     Expr, LogicalPlan, UserDefinedLogicalNode, UserDefinedLogicalNodeCore,
 };
-use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use tessera_storage::Partitioning;
+use tessera_storage::kernels::{BinaryOp, Step};
 
 use super::exec::{FlowGeometry, LaExec, Output, cells_schema, rows_schema};
-use super::expr::{Estimate, MatExpr, Op};
+use super::expr::{Estimate, MatExpr, Op, Reduction};
 use super::flow::{
-    BlockCellsExec, BlockMap, BlockMapExec, BlockScanExec, FlowStrategy, fused_plan, matmul_plan,
+    BlockCellsExec, BlockElementwiseExec, BlockMap, BlockMapExec, BlockScanExec, BlockSumExec,
+    FlowStrategy, fused_plan, matmul_plan,
 };
 use super::matrix::{KeyFn, Layout};
 use super::strategy::{self, CostContext, Operand, Pattern, Strategy};
@@ -66,6 +69,7 @@ impl LaNode {
         let arrow = match output {
             Output::Cells => cells_schema(),
             Output::Rows => rows_schema(),
+            Output::Blocks(_) => super::flow::block_stream_schema(),
         };
         let schema = Arc::new(DFSchema::try_from(arrow.as_ref().clone())?);
         Ok(Self {
@@ -171,39 +175,30 @@ fn settings(session: &dyn Session) -> Result<(Option<Strategy>, usize)> {
     Ok((forced, cfg.broadcast_budget))
 }
 
-/// Builds the operator tree for `e`, returning it with what the cost model knows about
-/// its result.
-fn build(e: &MatExpr, ctx: &Ctx<'_>, output: Output) -> Result<(Arc<LaExec>, Operand)> {
+/// Builds the operator tree for `e`: a block dataflow where its operation has one (its
+/// operands made block streams, an operand computed whole gathered into one partition),
+/// else an [`LaExec`] over its operands.
+fn build(e: &MatExpr, ctx: &Ctx<'_>) -> Result<Built> {
     let parts = ctx.cost.parts;
     // A forced plain strategy expands the fused forms so it really runs.
     if let Some(f) = ctx.forced {
         if e.op == Op::Tsmm && f != Strategy::Tsmm {
             let x = e.args[0].clone();
-            return build(
-                &MatExpr::new(Op::MatMul, vec![x.clone().t(), x]),
-                ctx,
-                output,
-            );
+            return build(&MatExpr::new(Op::MatMul, vec![x.clone().t(), x]), ctx);
         }
         if e.op == Op::MMChain && f != Strategy::MMChain {
             let (x, v) = (e.args[0].clone(), e.args[1].clone());
             let xv = MatExpr::new(Op::MatMul, vec![x.clone(), v]);
-            return build(&MatExpr::new(Op::MatMul, vec![x.t(), xv]), ctx, output);
+            return build(&MatExpr::new(Op::MatMul, vec![x.t(), xv]), ctx);
         }
     }
     let est = e.estimate();
-    let mut children: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
-    let mut operands = Vec::new();
-    if let Op::Input(k) = e.op {
-        let Some(plan) = ctx.inputs.get(k) else {
-            return plan_err!("internal: matrix input {k} has no plan");
-        };
-        children.push(plan.clone());
-    }
+    let mut built = Vec::with_capacity(e.args.len());
+    let mut operands = Vec::with_capacity(e.args.len());
     for a in &e.args {
-        let (child, operand) = build(a, ctx, Output::Cells)?;
-        children.push(child);
-        operands.push(operand);
+        let child = build(a, ctx)?;
+        operands.push(child.operand);
+        built.push(child.exec);
     }
     let auto = super::auto_block(est.rows.max(1.0) as u64, est.cols.max(1.0) as u64);
     let hashed = |block| Operand {
@@ -294,11 +289,67 @@ fn build(e: &MatExpr, ctx: &Ctx<'_>, output: Output) -> Result<(Arc<LaExec>, Ope
         }
         _ => (None, hashed(auto)),
     };
-    if let Some(exec) = block_dataflow(e, choice.as_ref(), est, output, parts)? {
-        return Ok((Arc::new(exec), operand));
+    if let Some(flow) = dataflow(e, &built, &operands, choice.as_ref())? {
+        return Ok(Built {
+            exec: Exec::Flow(flow),
+            operand,
+            choice,
+        });
     }
-    let exec = LaExec::new(e.op.clone(), choice, est, children, output, parts);
-    Ok((Arc::new(exec), operand))
+    // Computed whole, from its operands' matrices.
+    let mut children: Vec<Arc<dyn ExecutionPlan>> = Vec::new();
+    let mut flows = Vec::new();
+    if let Op::Input(k) = e.op {
+        let Some(plan) = ctx.inputs.get(k) else {
+            return plan_err!("internal: matrix input {k} has no plan");
+        };
+        children.push(plan.clone());
+        flows.push(None);
+    }
+    for child in built {
+        match child {
+            Exec::Flow(f) => {
+                flows.push(Some(f.geometry()));
+                children.push(f.plan);
+            }
+            Exec::La(la) => {
+                flows.push(None);
+                children.push(la);
+            }
+        }
+    }
+    let exec = LaExec::new(
+        e.op.clone(),
+        choice.clone(),
+        est,
+        children,
+        Output::Cells,
+        parts,
+    )
+    .with_child_flows(flows);
+    Ok(Built {
+        exec: Exec::La(Arc::new(exec)),
+        operand,
+        choice,
+    })
+}
+
+/// A planned matrix expression.
+struct Built {
+    exec: Exec,
+    /// What the cost model knows about its result.
+    operand: Operand,
+    /// The strategy chosen for a product.
+    choice: Option<strategy::Choice>,
+}
+
+/// How a matrix expression runs.
+#[derive(Clone)]
+enum Exec {
+    /// As a block dataflow.
+    Flow(FlowOperand),
+    /// Computed whole by an operator.
+    La(Arc<LaExec>),
 }
 
 /// The dataflow strategy a chosen matmul strategy runs as, if it has one.
@@ -314,12 +365,14 @@ fn flow_strategy(strategy: Strategy) -> Option<FlowStrategy> {
     }
 }
 
-/// An operand that is a block stream: a stored matrix's scan, or the transpose of one.
+/// A matrix as a block stream: its plan, shape and block size.
+#[derive(Clone)]
 struct FlowOperand {
     plan: Arc<dyn ExecutionPlan>,
     shape: (u64, u64),
     block: (u64, u64),
-    /// Each partition holds whole block rows (stored by row, or one block column).
+    /// Each partition holds whole block rows (stored by row, one block column, or one
+    /// partition).
     rows_together: bool,
 }
 
@@ -330,127 +383,261 @@ impl FlowOperand {
             self.shape.1.div_ceil(self.block.1.max(1)).max(1),
         )
     }
+
+    fn geometry(&self) -> FlowGeometry {
+        FlowGeometry {
+            shape: self.shape,
+            block: self.block,
+        }
+    }
+
+    /// A block stream of `plan`, whose partitions hold whole block rows when it has one
+    /// block column.
+    fn new(plan: Arc<dyn ExecutionPlan>, shape: (u64, u64), block: (u64, u64)) -> Self {
+        let operand = FlowOperand {
+            plan,
+            shape,
+            block,
+            rows_together: false,
+        };
+        let rows_together =
+            operand.grid().1 == 1 || operand.plan.output_partitioning().partition_count() == 1;
+        FlowOperand {
+            rows_together,
+            ..operand
+        }
+    }
+
+    fn transposed(self) -> Result<Self> {
+        let plan = Arc::new(BlockMapExec::try_new(self.plan, BlockMap::Transpose)?);
+        Ok(FlowOperand::new(
+            plan,
+            (self.shape.1, self.shape.0),
+            (self.block.1, self.block.0),
+        ))
+    }
 }
 
-fn flow_operand(e: &MatExpr) -> Result<Option<FlowOperand>> {
-    Ok(match &e.op {
-        Op::Array(p) => {
-            let operand = FlowOperand {
-                plan: Arc::new(BlockScanExec::new(p.clone())),
-                shape: p.shape(),
-                block: p.block(),
-                rows_together: false,
-            };
-            let rows_together =
-                matches!(p.partitioning(), Partitioning::RowBlock { .. }) || operand.grid().1 == 1;
-            Some(FlowOperand {
-                rows_together,
-                ..operand
-            })
+/// `exec` as a block stream: a dataflow as it is, a matrix computed whole as its blocks
+/// in one partition, blocked `block` (where the planner knows its shape).
+fn as_flow(exec: &Exec, block: (u64, u64)) -> Option<FlowOperand> {
+    match exec {
+        Exec::Flow(f) => Some(f.clone()),
+        Exec::La(la) => {
+            let e = la.estimate();
+            if !e.exact || e.rows < 1.0 || e.cols < 1.0 {
+                return None;
+            }
+            let shape = (e.rows as u64, e.cols as u64);
+            let block = (
+                block.0.clamp(1, shape.0.max(1)),
+                block.1.clamp(1, shape.1.max(1)),
+            );
+            let geometry = FlowGeometry { shape, block };
+            let plan = Arc::new(la.with_output(Output::Blocks(geometry)));
+            Some(FlowOperand::new(plan, shape, block))
         }
-        Op::Transpose => {
-            let Some(x) = flow_operand(&e.args[0])? else {
-                return Ok(None);
-            };
-            let operand = FlowOperand {
-                plan: Arc::new(BlockMapExec::try_new(x.plan, BlockMap::Transpose)?),
-                shape: (x.shape.1, x.shape.0),
-                block: (x.block.1, x.block.0),
-                rows_together: false,
-            };
-            let rows_together = operand.grid().1 == 1;
-            Some(FlowOperand {
-                rows_together,
-                ..operand
-            })
-        }
-        _ => None,
+    }
+}
+
+/// The block size a product's operand is gathered into so its blocks meet the other
+/// operand's: the other's inner block size where the other is a dataflow.
+fn meeting_blocks(a: (&Exec, &Operand), b: (&Exec, &Operand)) -> ((u64, u64), (u64, u64)) {
+    match (a.0, b.0) {
+        (Exec::Flow(fa), Exec::La(_)) => (fa.block, (fa.block.1, b.1.block.1)),
+        (Exec::La(_), Exec::Flow(fb)) => ((a.1.block.0, fb.block.0), fb.block),
+        _ => (a.1.block, (a.1.block.1, b.1.block.1)),
+    }
+}
+
+/// The elementwise program of a single elementwise operation, over its operands.
+fn elementwise_steps(op: &Op) -> Option<Vec<Step>> {
+    Some(match op {
+        Op::Fused(steps) => steps.clone(),
+        Op::Binary(b) => vec![Step::Binary(*b, 0, 1)],
+        Op::Scalar { op, value, left } => vec![Step::Scalar {
+            op: *op,
+            value: *value,
+            left: *left,
+            x: 0,
+        }],
+        Op::Unary(u) => vec![Step::Unary(*u, 0)],
+        _ => return None,
     })
 }
 
-/// A product whose operands are stored matrices (or their transposes) whose blocks
-/// meet, with a strategy that has a dataflow shape, planned as that dataflow: block
-/// scans, DataFusion's joins and exchanges, Tessera's block operators.
-fn block_dataflow(
+/// `e` as a block dataflow over its operands `children` (what the cost model knows of
+/// them in `operands`), when its operation has one and the operands' blocks meet:
+/// scans, transposes, products of every strategy, and elementwise programs.
+fn dataflow(
     e: &MatExpr,
+    children: &[Exec],
+    operands: &[Operand],
     choice: Option<&strategy::Choice>,
-    est: Estimate,
-    output: Output,
-    parts: usize,
-) -> Result<Option<LaExec>> {
-    let Some(choice) = choice else {
-        return Ok(None);
-    };
-    let strategy = choice.chosen.strategy;
-    let (plan, geometry) = match (&e.op, e.args.as_slice()) {
-        (Op::MatMul, [a, b]) => {
-            let Some(flow) = flow_strategy(strategy) else {
-                return Ok(None);
-            };
-            let (Some(a), Some(b)) = (flow_operand(a)?, flow_operand(b)?) else {
-                return Ok(None);
-            };
-            if a.block.1 != b.block.0 || a.shape.1 != b.shape.0 {
-                return Ok(None);
-            }
-            let grid = (a.grid().0, b.grid().1);
-            let geometry = FlowGeometry {
-                shape: (a.shape.0, b.shape.1),
-                block: (a.block.0, b.block.1),
-            };
-            (matmul_plan(a.plan, b.plan, flow, grid)?, geometry)
+) -> Result<Option<FlowOperand>> {
+    let strategy = choice.map(|c| c.chosen.strategy);
+    Ok(match (&e.op, children) {
+        (Op::Array(p), []) => {
+            let plan = Arc::new(BlockScanExec::new(p.clone()));
+            let operand = FlowOperand::new(plan, p.shape(), p.block());
+            let rows_together =
+                operand.rows_together || matches!(p.partitioning(), Partitioning::RowBlock { .. });
+            Some(FlowOperand {
+                rows_together,
+                ..operand
+            })
         }
-        (Op::Tsmm, [x]) if strategy != Strategy::Tsmm => {
-            // The cost model chose a plain strategy for t(X) X: the product of the
-            // transposed scan with the scan.
-            let Some(flow) = flow_strategy(strategy) else {
+        (Op::Transpose, [x]) => match as_flow(x, operands[0].block) {
+            Some(x) => Some(x.transposed()?),
+            None => None,
+        },
+        (Op::MatMul, [a, b]) => {
+            let Some(flow) = strategy.and_then(flow_strategy) else {
                 return Ok(None);
             };
-            let (Some(a), Some(b)) = (flow_operand(&x.clone().t())?, flow_operand(x)?) else {
+            let (ab, bb) = meeting_blocks((a, &operands[0]), (b, &operands[1]));
+            let (Some(a), Some(b)) = (as_flow(a, ab), as_flow(b, bb)) else {
                 return Ok(None);
             };
-            let grid = (a.grid().0, b.grid().1);
-            let geometry = FlowGeometry {
-                shape: (a.shape.0, b.shape.1),
-                block: (a.block.0, b.block.1),
-            };
-            (matmul_plan(a.plan, b.plan, flow, grid)?, geometry)
+            product(a, b, flow)?
         }
         (Op::Tsmm, [x]) => {
-            let Some(x) = flow_operand(x)? else {
+            let Some(x) = as_flow(x, operands[0].block) else {
                 return Ok(None);
             };
-            let geometry = FlowGeometry {
-                shape: (x.shape.1, x.shape.1),
-                block: (x.block.1, x.block.1),
-            };
-            (fused_plan(x.plan, None, x.rows_together)?, geometry)
+            match strategy.and_then(flow_strategy) {
+                // The cost model chose a plain strategy for t(X) X: the product of the
+                // transposed stream with the stream.
+                Some(flow) => product(x.clone().transposed()?, x, flow)?,
+                None => {
+                    let shape = (x.shape.1, x.shape.1);
+                    let block = (x.block.1, x.block.1);
+                    let plan = fused_plan(x.plan, None, x.rows_together)?;
+                    Some(FlowOperand::new(plan, shape, block))
+                }
+            }
         }
-        (Op::MMChain, [x, v]) if strategy == Strategy::MMChain => {
-            let (Some(x), Some(v)) = (flow_operand(x)?, flow_operand(v)?) else {
+        (Op::MMChain, [x, v]) if strategy == Some(Strategy::MMChain) => {
+            let (xb, vb) = meeting_blocks((x, &operands[0]), (v, &operands[1]));
+            let (Some(x), Some(v)) = (as_flow(x, xb), as_flow(v, vb)) else {
                 return Ok(None);
             };
             if x.block.1 != v.block.0 || x.shape.1 != v.shape.0 {
                 return Ok(None);
             }
-            let geometry = FlowGeometry {
-                shape: (x.shape.1, v.shape.1),
-                block: (x.block.1, v.block.1),
-            };
-            (fused_plan(x.plan, Some(v.plan), x.rows_together)?, geometry)
+            let shape = (x.shape.1, v.shape.1);
+            let block = (x.block.1, v.block.1);
+            let plan = fused_plan(x.plan, Some(v.plan), x.rows_together)?;
+            Some(FlowOperand::new(plan, shape, block))
         }
-        _ => return Ok(None),
-    };
-    let exec = LaExec::new(
-        e.op.clone(),
-        Some(choice.clone()),
-        est,
-        vec![plan],
-        output,
-        parts,
-    )
-    .with_flow(geometry);
-    Ok(Some(exec))
+        (Op::Reduce(r), [x]) if !r.is_scalar() => {
+            let Some(x) = as_flow(x, operands[0].block) else {
+                return Ok(None);
+            };
+            let by_row = matches!(r, Reduction::RowSums | Reduction::RowMeans);
+            let (map, shape, block, count) = if by_row {
+                (BlockMap::RowSums, (x.shape.0, 1), (x.block.0, 1), x.shape.1)
+            } else {
+                (BlockMap::ColSums, (1, x.shape.1), (1, x.block.1), x.shape.0)
+            };
+            // Partial sums per block, summed by their key where the hash puts them.
+            let partials = Arc::new(BlockMapExec::try_new(x.plan, map)?);
+            let mut plan: Arc<dyn ExecutionPlan> = Arc::new(BlockSumExec::try_new(partials)?);
+            if matches!(r, Reduction::RowMeans | Reduction::ColMeans) {
+                let divide = Step::Scalar {
+                    op: BinaryOp::Div,
+                    value: count as f64,
+                    left: false,
+                    x: 0,
+                };
+                let geometry = FlowGeometry { shape, block };
+                plan = Arc::new(BlockElementwiseExec::try_new(
+                    vec![plan],
+                    vec![divide],
+                    geometry,
+                )?);
+            }
+            Some(FlowOperand::new(plan, shape, block))
+        }
+        (Op::CBind | Op::RBind, [a, b]) => {
+            let Some(a) = as_flow(a, operands[0].block) else {
+                return Ok(None);
+            };
+            let Some(b) = as_flow(b, a.block) else {
+                return Ok(None);
+            };
+            // The second operand's blocks follow the first's whole blocks.
+            let rbind = e.op == Op::RBind;
+            let (along, across) = if rbind { (0, 1) } else { (1, 0) };
+            let dims = |t: (u64, u64), k: usize| if k == 0 { t.0 } else { t.1 };
+            let meets = a.block == b.block
+                && dims(a.shape, across) == dims(b.shape, across)
+                && dims(a.shape, along) % dims(a.block, along) == 0;
+            if !meets {
+                return Ok(None);
+            }
+            let offset = dims(a.shape, along) / dims(a.block, along);
+            let (shift, shape) = if rbind {
+                ((offset, 0), (a.shape.0 + b.shape.0, a.shape.1))
+            } else {
+                ((0, offset), (a.shape.0, a.shape.1 + b.shape.1))
+            };
+            let shifted = Arc::new(BlockMapExec::try_new(
+                b.plan,
+                BlockMap::Shift {
+                    rows: shift.0,
+                    cols: shift.1,
+                },
+            )?);
+            let plan = UnionExec::try_new(vec![a.plan, shifted])?;
+            Some(FlowOperand::new(plan, shape, a.block))
+        }
+        (op, leaves) if !leaves.is_empty() => {
+            let Some(steps) = elementwise_steps(op) else {
+                return Ok(None);
+            };
+            // Operands computed whole are gathered in the blocking of the first
+            // dataflow among them.
+            let block = leaves
+                .iter()
+                .find_map(|l| match l {
+                    Exec::Flow(f) => Some(f.block),
+                    Exec::La(_) => None,
+                })
+                .unwrap_or(operands[0].block);
+            let Some(flows) = leaves
+                .iter()
+                .map(|l| as_flow(l, block))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return Ok(None);
+            };
+            let geometry = flows[0].geometry();
+            // Same shape and blocking everywhere; broadcasting runs computed whole.
+            if flows.iter().any(|f| f.geometry() != geometry) {
+                return Ok(None);
+            }
+            let plan = Arc::new(BlockElementwiseExec::try_new(
+                flows.into_iter().map(|f| f.plan).collect(),
+                steps,
+                geometry,
+            )?);
+            Some(FlowOperand::new(plan, geometry.shape, geometry.block))
+        }
+        _ => None,
+    })
+}
+
+/// `a b` as the dataflow of `strategy`, when the blocks meet.
+fn product(a: FlowOperand, b: FlowOperand, strategy: FlowStrategy) -> Result<Option<FlowOperand>> {
+    if a.block.1 != b.block.0 || a.shape.1 != b.shape.0 {
+        return Ok(None);
+    }
+    let grid = (a.grid().0, b.grid().1);
+    let shape = (a.shape.0, b.shape.1);
+    let block = (a.block.0, b.block.1);
+    let plan = matmul_plan(a.plan, b.plan, strategy, grid)?;
+    Ok(Some(FlowOperand::new(plan, shape, block)))
 }
 
 #[async_trait]
@@ -481,27 +668,40 @@ impl ExtensionPlanner for LaPlanner {
             },
             forced,
         };
-        let (exec, _) = build(&node.expr, &ctx, node.output)?;
-        // A dataflow at the top streams its cells as its blocks arrive; below another
-        // operator it is still computed into a matrix by its `LaExec`.
-        if let (Some(geometry), Output::Cells, [flow]) =
-            (exec.flow(), node.output, exec.children().as_slice())
-        {
-            let line = datafusion::physical_plan::displayable(exec.as_ref())
-                .one_line()
-                .to_string();
-            let planned = super::flow::Planned {
-                line: line
-                    .trim()
-                    .split_once(": ")
-                    .map_or(line.trim(), |(_, rest)| rest)
-                    .to_string(),
-                tree: super::exec::tree_lines(exec.as_ref()),
-            };
-            let cells = BlockCellsExec::try_new(Arc::clone(flow), geometry, planned)?;
-            return Ok(Some(Arc::new(cells)));
+        let built = build(&node.expr, &ctx)?;
+        let flow = match built.exec {
+            Exec::La(la) => return Ok(Some(Arc::new(la.with_output(node.output)))),
+            Exec::Flow(flow) => flow,
+        };
+        let geometry = flow.geometry();
+        // What the planner chose (operation, strategy, estimates), as EXPLAIN shows it.
+        let chosen = LaExec::new(
+            node.expr.op.clone(),
+            built.choice,
+            node.expr.estimate(),
+            vec![Arc::clone(&flow.plan)],
+            node.output,
+            parts,
+        )
+        .with_flow(geometry);
+        if node.output != Output::Cells {
+            // Rows are made from the whole matrix.
+            return Ok(Some(Arc::new(chosen)));
         }
-        Ok(Some(exec))
+        // A dataflow at the top streams its cells as its blocks arrive.
+        let line = datafusion::physical_plan::displayable(&chosen)
+            .one_line()
+            .to_string();
+        let planned = super::flow::Planned {
+            line: line
+                .trim()
+                .split_once(": ")
+                .map_or(line.trim(), |(_, rest)| rest)
+                .to_string(),
+            tree: super::exec::tree_lines(&chosen),
+        };
+        let cells = BlockCellsExec::try_new(flow.plan, geometry, planned)?;
+        Ok(Some(Arc::new(cells)))
     }
 }
 

@@ -1008,18 +1008,7 @@ pub(crate) fn fused(
     work: &mut Work,
 ) -> Result<BlockMatrix> {
     let (geometry, parts) = fused_each(steps, leaves, n, work, |i, j, block| {
-        let block = match block {
-            FusedBlock::Block(b) => b,
-            FusedBlock::Dense { shape, leaves } => {
-                let mut values = Vec::with_capacity(shape.0 * shape.1);
-                kernels::fused_dense(steps, &leaves, |_, chunk| values.extend_from_slice(chunk));
-                // The format the block kernels would have given it.
-                Block::Dense(
-                    tessera_storage::DenseBlock::new(shape.0, shape.1, values).map_err(storage)?,
-                )
-                .into_preferred_format()
-            }
-        };
+        let block = fused_block(steps, block)?;
         Ok((block.nnz() > 0).then(|| (i, j, Arc::new(block))))
     })?;
     let (rows, cols, br, bc, layout) = geometry;
@@ -1061,8 +1050,7 @@ pub(crate) fn fused_each<T: Send>(
         others.push(align(&mut first, l, n, work)?);
     }
     // Zero in every leaf gives zero out: only blocks some leaf stores need computing.
-    let zeros: Vec<f64> = vec![0.0; 1 + others.len()];
-    let sparse_safe = eval_scalar(steps, &zeros) == 0.0;
+    let sparse_safe = fused_sparse_safe(steps, 1 + others.len());
     if !sparse_safe {
         fill_missing(&mut first);
     }
@@ -1096,60 +1084,98 @@ pub(crate) fn fused_each<T: Send>(
         for (i, j) in keys {
             let r = br.min(rows - i * br) as usize;
             let c = bc.min(cols - j * bc) as usize;
+            if zero_values.len() < r * c {
+                zero_values.resize(r * c, 0.0);
+            }
             let present: Vec<Option<&Arc<Block>>> = maps.iter().map(|m| m.get(&(i, j))).collect();
-            let all_dense = present
-                .iter()
-                .all(|b| b.is_none_or(|b| matches!(b.as_ref(), Block::Dense(_))));
-            if all_dense {
-                if zero_values.len() < r * c {
-                    zero_values.resize(r * c, 0.0);
-                }
-                let leaves = present
-                    .iter()
-                    .map(|b| match b.map(|b| b.as_ref()) {
-                        Some(Block::Dense(d)) => d.values(),
-                        _ => &zero_values[..r * c],
-                    })
-                    .collect();
-                let block = FusedBlock::Dense {
-                    shape: (r, c),
-                    leaves,
-                };
-                out.extend(each(i, j, block)?);
-                continue;
-            }
-            let mut slots: Vec<Arc<Block>> = present
-                .into_iter()
-                .map(|b| b.cloned().unwrap_or_else(|| Arc::new(zero_block(r, c))))
-                .collect();
-            for st in steps {
-                let z = match st {
-                    Step::Binary(op, x, y) => {
-                        kernels::elementwise(*op, &slots[*x], Operand::Block(&slots[*y]))
-                            .map_err(storage)?
-                    }
-                    Step::Scalar { op, value, left, x } => {
-                        if *left {
-                            kernels::scalar_elementwise_left(*op, *value, &slots[*x])
-                        } else if *op == BinaryOp::Pow {
-                            kernels::pow(&slots[*x], *value)
-                        } else {
-                            kernels::elementwise(*op, &slots[*x], Operand::Scalar(*value))
-                                .map_err(storage)?
-                        }
-                    }
-                    Step::Unary(op, x) => kernels::unary(*op, &slots[*x]),
-                };
-                slots.push(Arc::new(z));
-            }
-            if let Some(z) = slots.pop() {
-                let z = Arc::try_unwrap(z).unwrap_or_else(|shared| shared.as_ref().clone());
-                out.extend(each(i, j, FusedBlock::Block(z))?);
-            }
+            out.extend(each(
+                i,
+                j,
+                fused_key(steps, (r, c), &present, &zero_values)?,
+            )?);
         }
         Ok(out)
     })?;
     Ok(((rows, cols, br, bc, layout), parts))
+}
+
+/// The fused program `steps` on one block key of shape `(r, c)`, whose leaves hold the
+/// blocks `present` there (`None` for a leaf without a block at this key, read as
+/// zeros). `zeros` holds at least `r * c` zeros.
+pub(crate) fn fused_key<'a>(
+    steps: &[Step],
+    (r, c): (usize, usize),
+    present: &[Option<&'a Arc<Block>>],
+    zeros: &'a [f64],
+) -> Result<FusedBlock<'a>> {
+    let all_dense = present
+        .iter()
+        .all(|b| b.is_none_or(|b| matches!(b.as_ref(), Block::Dense(_))));
+    if all_dense {
+        let leaves = present
+            .iter()
+            .map(|b| match b.map(|b| b.as_ref()) {
+                Some(Block::Dense(d)) => d.values(),
+                _ => &zeros[..r * c],
+            })
+            .collect();
+        return Ok(FusedBlock::Dense {
+            shape: (r, c),
+            leaves,
+        });
+    }
+    let mut slots: Vec<Arc<Block>> = present
+        .iter()
+        .map(|b| b.cloned().unwrap_or_else(|| Arc::new(zero_block(r, c))))
+        .collect();
+    for st in steps {
+        let z = match st {
+            Step::Binary(op, x, y) => {
+                kernels::elementwise(*op, &slots[*x], Operand::Block(&slots[*y]))
+                    .map_err(storage)?
+            }
+            Step::Scalar { op, value, left, x } => {
+                if *left {
+                    kernels::scalar_elementwise_left(*op, *value, &slots[*x])
+                } else if *op == BinaryOp::Pow {
+                    kernels::pow(&slots[*x], *value)
+                } else {
+                    kernels::elementwise(*op, &slots[*x], Operand::Scalar(*value))
+                        .map_err(storage)?
+                }
+            }
+            Step::Unary(op, x) => kernels::unary(*op, &slots[*x]),
+        };
+        slots.push(Arc::new(z));
+    }
+    match slots.pop() {
+        Some(z) if !steps.is_empty() => Ok(FusedBlock::Block(
+            Arc::try_unwrap(z).unwrap_or_else(|shared| shared.as_ref().clone()),
+        )),
+        _ => exec_err!("internal: a fused elementwise program without steps"),
+    }
+}
+
+/// A fused program's result for one block key as a block, in the format the block
+/// kernels would have given it.
+pub(crate) fn fused_block(steps: &[Step], block: FusedBlock<'_>) -> Result<Block> {
+    Ok(match block {
+        FusedBlock::Block(b) => b,
+        FusedBlock::Dense { shape, leaves } => {
+            let mut values = Vec::with_capacity(shape.0 * shape.1);
+            kernels::fused_dense(steps, &leaves, |_, chunk| values.extend_from_slice(chunk));
+            Block::Dense(
+                tessera_storage::DenseBlock::new(shape.0, shape.1, values).map_err(storage)?,
+            )
+            .into_preferred_format()
+        }
+    })
+}
+
+/// True when the program `steps` over `leaves` leaves gives zero where every leaf is
+/// zero, so only the blocks some leaf stores need computing.
+pub(crate) fn fused_sparse_safe(steps: &[Step], leaves: usize) -> bool {
+    eval_scalar(steps, &vec![0.0; leaves]) == 0.0
 }
 
 /// The fused program on one cell.

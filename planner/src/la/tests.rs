@@ -1414,3 +1414,178 @@ async fn generated_expressions_match_naive_under_every_strategy() {
         }
     }
 }
+
+/// The names of the operators that compute a matrix whole (`LaExec`) in `plan`'s
+/// EXPLAIN text.
+fn whole_matrix_operators(plan: &str) -> Vec<&'static str> {
+    [
+        "MatMulExec",
+        "MatrixExec",
+        "ArrayScanExec",
+        "FusedElementwiseExec",
+    ]
+    .into_iter()
+    .filter(|name| plan.contains(&format!("{name}: ")))
+    .collect()
+}
+
+/// Expressions whose operands are themselves expressions run as one dataflow: a
+/// product of a product, elementwise programs over products and transposes (zeros that
+/// stay zeros mapped block by block, others met on `(i, j)` with the missing blocks
+/// made where the hash puts them), and an operand computed whole (a solve) gathered
+/// into one partition and fed to the dataflow. Each result matches naive arithmetic,
+/// for 1 to 5 partitions, and each plan has no operator computing a matrix whole
+/// except the gathered solve.
+#[tokio::test]
+async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
+    let store = Store::in_memory();
+    let a = M::random(29, 17, 0.9, 31);
+    let b = M::random(17, 23, 0.8, 32);
+    let c = M::random(23, 11, 0.9, 33);
+    let d = M::random(29, 23, 0.9, 34);
+    let s = M::random(29, 23, 0.05, 35);
+    let k = M::new(17, 17, |i, j| {
+        if i == j {
+            4.0
+        } else {
+            1.0 / (1 + i + j) as f64
+        }
+    });
+    put(&store, "a", &a, (8, 5), Partitioning::Hash { shards: 3 });
+    put(&store, "b", &b, (5, 6), Partitioning::Hash { shards: 2 });
+    put(&store, "c", &c, (6, 4), Partitioning::Hash { shards: 2 });
+    // Stored in the product's blocking, so the elementwise programs meet it.
+    put(&store, "d", &d, (8, 6), Partitioning::Hash { shards: 2 });
+    put(&store, "s", &s, (8, 6), Partitioning::Hash { shards: 3 });
+    put(&store, "k", &k, (5, 5), Partitioning::Hash { shards: 1 });
+    let e = M::random(32, 12, 0.7, 36);
+    let f = M::random(16, 12, 0.7, 37);
+    let g = M::random(32, 7, 0.7, 38);
+    put(&store, "e", &e, (8, 6), Partitioning::Hash { shards: 2 });
+    put(&store, "f", &f, (8, 6), Partitioning::Hash { shards: 3 });
+    put(&store, "g", &g, (8, 6), Partitioning::Hash { shards: 1 });
+    // solve(k, b) by hand: Gaussian elimination with partial pivoting.
+    let solve = |k: &M, b: &M| {
+        let n = k.r;
+        let mut aug: Vec<Vec<f64>> = (0..n)
+            .map(|i| {
+                let mut row: Vec<f64> = (0..n).map(|j| k.at(i, j)).collect();
+                row.extend((0..b.c).map(|j| b.at(i, j)));
+                row
+            })
+            .collect();
+        for col in 0..n {
+            let p = (col..n)
+                .max_by(|&x, &y| aug[x][col].abs().total_cmp(&aug[y][col].abs()))
+                .unwrap();
+            aug.swap(col, p);
+            for r in 0..n {
+                if r != col {
+                    let f = aug[r][col] / aug[col][col];
+                    let pivot = aug[col].clone();
+                    for (x, y) in aug[r].iter_mut().zip(&pivot) {
+                        *x -= f * y;
+                    }
+                }
+            }
+        }
+        M::new(n, b.c, |i, j| aug[i][n + j] / aug[i][i])
+    };
+    let ab = a.mm(&b);
+    let cases: Vec<(&str, M, bool)> = vec![
+        ("matmul(matmul(a, b), c)", ab.mm(&c), false),
+        ("add(matmul(a, b), d)", ab.map2(&d, |x, y| x + y), false),
+        (
+            "sub(mul(matmul(a, b), d), s)",
+            ab.map2(&d, |x, y| x * y).map2(&s, |x, y| x - y),
+            false,
+        ),
+        (
+            "scale(t(matmul(a, b)), 2)",
+            ab.t().map2(&M::new(1, 1, |_, _| 2.0), |x, y| x * y),
+            false,
+        ),
+        ("exp(s)", M::new(s.r, s.c, |i, j| s.at(i, j).exp()), false),
+        (
+            "add(s, 1)",
+            M::new(s.r, s.c, |i, j| s.at(i, j) + 1.0),
+            false,
+        ),
+        ("matmul(t(matmul(a, b)), a)", ab.t().mm(&a), false),
+        ("matmul(a, solve(k, b))", a.mm(&solve(&k, &b)), true),
+        (
+            "rowsums(matmul(a, b))",
+            M::new(ab.r, 1, |i, _| (0..ab.c).map(|j| ab.at(i, j)).sum()),
+            false,
+        ),
+        (
+            "colmeans(d)",
+            M::new(1, d.c, |_, j| {
+                (0..d.r).map(|i| d.at(i, j)).sum::<f64>() / d.r as f64
+            }),
+            false,
+        ),
+        (
+            "rbind(e, f)",
+            M::new(
+                48,
+                12,
+                |i, j| if i < 32 { e.at(i, j) } else { f.at(i - 32, j) },
+            ),
+            false,
+        ),
+        (
+            "cbind(e, g)",
+            M::new(
+                32,
+                19,
+                |i, j| if j < 12 { e.at(i, j) } else { g.at(i, j - 12) },
+            ),
+            false,
+        ),
+    ];
+    for parts in [1, 2, 5] {
+        let config = super::session_config(SessionConfig::new().with_target_partitions(parts));
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config);
+        let ctx = SessionContext::new_with_state(super::install(state, store.clone()).build());
+        for (sql, want, gathered) in &cases {
+            let plan = explain(&ctx, &format!("SELECT * FROM {sql}")).await;
+            let whole = whole_matrix_operators(&plan);
+            if *gathered {
+                assert_eq!(
+                    whole,
+                    ["MatrixExec"],
+                    "{sql}: only the solve is whole\n{plan}"
+                );
+                assert!(
+                    plan.contains("output=blocks in one partition"),
+                    "{sql}\n{plan}"
+                );
+            } else {
+                assert!(
+                    whole.is_empty(),
+                    "{sql}: computed whole by {whole:?}\n{plan}"
+                );
+            }
+            let got = matrix(&ctx, &format!("SELECT * FROM {sql}"), want.r, want.c).await;
+            got.assert_close(want, &format!("{sql} with {parts} partitions\n{plan}"));
+        }
+        // Aggregates over an elementwise program fold its leaves without its blocks.
+        let sql = "SELECT sum(v), count(*) FROM add(mul(matmul(a, b), d), d)";
+        let batches = run(&ctx, sql).await.unwrap();
+        let sum = batches[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap()
+            .value(0);
+        let want = ab.map2(&d, |x, y| x * y + y);
+        let want_sum: f64 = want.v.iter().sum();
+        assert!(
+            (sum - want_sum).abs() <= 1e-9 * (1.0 + want_sum.abs()),
+            "{sql}: {sum} against {want_sum}"
+        );
+    }
+}

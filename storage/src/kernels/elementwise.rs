@@ -11,7 +11,7 @@ use crate::block::{Block, CsrBlock, DenseBlock};
 use crate::error::{Result, StorageError};
 
 /// A binary cell-by-cell operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum BinaryOp {
     /// `a + b`.
     Add,
@@ -341,7 +341,7 @@ fn union(x: &CsrBlock, y: &CsrBlock, f: impl Fn(f64, f64) -> f64) -> CsrBlock {
 }
 
 /// A unary cell-by-cell operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum UnaryOp {
     /// `|x|`.
     Abs,

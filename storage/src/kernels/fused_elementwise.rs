@@ -6,7 +6,7 @@ use super::elementwise::{BinaryOp, UnaryOp, max_nan, min_nan};
 
 /// One step of a fused elementwise program. Slots are numbered in order: leaves first
 /// (slot `k` is leaf `k`), then one slot per step.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Step {
     /// `op(slot a, slot b)`, both the same shape.
     Binary(BinaryOp, usize, usize),

@@ -20,7 +20,9 @@ use datafusion::physical_plan::{
     PlanProperties, SendableRecordBatchStream,
 };
 use futures::StreamExt;
-use tessera_storage::kernels;
+use tessera_storage::{Block, DenseBlock, kernels};
+
+use crate::error::storage_error;
 
 use super::{BI, BJ, BlockBatches, BlockRows, block_stream_schema, flatten, is_block_stream};
 
@@ -41,6 +43,18 @@ pub enum BlockMap {
         /// Block rows of the product.
         copies: u64,
     },
+    /// `rowsums`' partials: block `(i, j)` becomes block `(i, 0)`, its row sums.
+    RowSums,
+    /// `colsums`' partials: block `(i, j)` becomes block `(0, j)`, its column sums.
+    ColSums,
+    /// The second operand of `rbind` / `cbind`: block `(i, j)` becomes block
+    /// `(i + rows, j + cols)`, its values untouched.
+    Shift {
+        /// Block rows added to `i`.
+        rows: u64,
+        /// Block columns added to `j`.
+        cols: u64,
+    },
 }
 
 /// The output block-row key column of a fanned-out right operand.
@@ -51,7 +65,10 @@ pub(super) const OJ: &str = "oj";
 impl BlockMap {
     fn schema(self) -> SchemaRef {
         let prefix = match self {
-            BlockMap::Transpose => return block_stream_schema(),
+            BlockMap::Transpose
+            | BlockMap::RowSums
+            | BlockMap::ColSums
+            | BlockMap::Shift { .. } => return block_stream_schema(),
             BlockMap::FanOutLeft { .. } => OJ,
             BlockMap::FanOutRight { .. } => OI,
         };
@@ -114,7 +131,7 @@ impl BlockMapExec {
 }
 
 /// True if `keys` are exactly the columns `bi@0, bj@1`.
-fn is_bi_bj(keys: &[Arc<dyn PhysicalExpr>]) -> bool {
+pub(super) fn is_bi_bj(keys: &[Arc<dyn PhysicalExpr>]) -> bool {
     let at = |k: &Arc<dyn PhysicalExpr>| k.downcast_ref::<Column>().map(|c| c.index());
     keys.len() == 2 && at(&keys[0]) == Some(0) && at(&keys[1]) == Some(1)
 }
@@ -132,6 +149,11 @@ impl DisplayAs for BlockMapExec {
                     writeln!(f, "map=B(k, j) to (oi, j)")?;
                     writeln!(f, "copies={copies}")
                 }
+                BlockMap::RowSums => writeln!(f, "map=row sums to (i, 0)"),
+                BlockMap::ColSums => writeln!(f, "map=column sums to (0, j)"),
+                BlockMap::Shift { rows, cols } => {
+                    writeln!(f, "map=shift by ({rows}, {cols}) blocks")
+                }
             };
         }
         match self.map {
@@ -144,6 +166,13 @@ impl DisplayAs for BlockMapExec {
                 f,
                 "BlockMapExec: B(k, j) to the {copies} output blocks (oi, j) it feeds"
             ),
+            BlockMap::RowSums => write!(f, "BlockMapExec: row sums of each block to (i, 0)"),
+            BlockMap::ColSums => {
+                write!(f, "BlockMapExec: column sums of each block to (0, j)")
+            }
+            BlockMap::Shift { rows, cols } => {
+                write!(f, "BlockMapExec: block keys shifted by ({rows}, {cols})")
+            }
         }
     }
 }
@@ -201,6 +230,10 @@ impl ExecutionPlan for BlockMapExec {
             let timer = elapsed.timer();
             let out = match map {
                 BlockMap::Transpose => transpose_batch(&batch)?,
+                BlockMap::RowSums | BlockMap::ColSums => {
+                    sums_batch(&batch, map == BlockMap::RowSums)?
+                }
+                BlockMap::Shift { rows, cols } => vec![shift_batch(&batch, rows, cols)?],
                 BlockMap::FanOutLeft { copies } | BlockMap::FanOutRight { copies } => {
                     vec![fan_out(&batch, copies, &out_schema)?]
                 }
@@ -227,6 +260,46 @@ fn transpose_batch(batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
         batches.push(last);
     }
     Ok(batches)
+}
+
+/// The row (or column) sums of every block of `batch`, keyed `(i, 0)` (or `(0, j)`).
+fn sums_batch(batch: &RecordBatch, by_row: bool) -> Result<Vec<RecordBatch>> {
+    let rows = BlockRows::new(batch, 0)?;
+    let mut out = BlockBatches::new();
+    let mut batches = Vec::new();
+    for row in 0..rows.len() {
+        let (i, j) = rows.key(row);
+        let block = rows.block(row)?;
+        let (shape, key, sums) = if by_row {
+            ((block.rows(), 1), (i, 0), kernels::row_sums(&block))
+        } else {
+            ((1, block.cols()), (0, j), kernels::col_sums(&block))
+        };
+        let sums = Block::Dense(DenseBlock::new(shape.0, shape.1, sums).map_err(storage_error)?);
+        batches.extend(out.push(key.0, key.1, &sums)?);
+    }
+    let last = out.flush()?;
+    if last.num_rows() > 0 {
+        batches.push(last);
+    }
+    Ok(batches)
+}
+
+/// `batch` with its block keys moved by `(rows, cols)`; the block columns are shared.
+fn shift_batch(batch: &RecordBatch, rows: u64, cols: u64) -> Result<RecordBatch> {
+    let keys = BlockRows::new(batch, 0)?;
+    let (bi, bj): (Vec<i64>, Vec<i64>) = (0..keys.len())
+        .map(|row| {
+            let (i, j) = keys.key(row);
+            ((i + rows) as i64, (j + cols) as i64)
+        })
+        .unzip();
+    let mut columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(bi)),
+        Arc::new(Int64Array::from(bj)),
+    ];
+    columns.extend(batch.columns()[2..].iter().cloned());
+    Ok(RecordBatch::try_new(batch.schema(), columns)?)
 }
 
 /// Every row of `batch` `copies` times, the copy number in a new first column. The block

@@ -11,6 +11,11 @@
 //!   `Hash([bi, bj], n)` when the stored placement is this build's hash placement;
 //! - [`BlockMapExec`] maps each block alone: a transpose, or the fan-out of rmm;
 //! - [`BlockZipJoinExec`] joins partition `p` of two inputs placed alike on `k`;
+//! - [`BlockElementwiseExec`] runs a fused elementwise program over matrices of one
+//!   shape and blocking: one input whose zeros stay zeros is mapped block by block where
+//!   it is; otherwise every input is required hash-partitioned on `(i, j)` and
+//!   partition `p` meets partition `p` of the others (no exchange for inputs stored
+//!   alike);
 //! - [`BlockProductExec`] multiplies the `A(i, k)` and `B(k, j)` blocks of each joined
 //!   row and keeps one partial sum per output block `(i, j)`;
 //! - [`FusedPartialExec`] makes one partial `t(X) X` or `t(X) (X v)` per partition;
@@ -53,6 +58,7 @@
 //! the blocks and bytes that really went through it.
 
 mod cells;
+mod elementwise;
 mod fused;
 mod map;
 mod meter;
@@ -75,6 +81,7 @@ use futures::{Stream, StreamExt};
 use tessera_storage::{BLOCK_FIELD_COUNT, Block, BlockColumns, BlockColumnsBuilder, block_fields};
 
 pub use cells::{BlockCellsExec, Planned};
+pub use elementwise::BlockElementwiseExec;
 pub use fused::FusedPartialExec;
 pub use map::{BlockMap, BlockMapExec};
 pub use meter::{ExchangeMeterExec, MeterExchanges};
