@@ -8,7 +8,7 @@
 //! twice combines ([`Duplicates`]) and in whether the cells overwrite a stored block
 //! ([`CooBuilder::build_over`]).
 
-use super::{Block, BlockFormat, CsrBlock, DenseBlock};
+use super::{Block, BlockFormat, CsrBlock, DenseBlock, is_stored};
 use crate::error::{Result, StorageError};
 
 /// How cells listed more than once at one position combine.
@@ -24,7 +24,7 @@ pub enum Duplicates {
 /// The cells of one `rows x cols` block in coordinate form, pushed in any order, then
 /// built into a block.
 ///
-/// Zeros are kept until the block is built: a zero (after combining duplicates) is not
+/// Zeros are kept until the block is built: a `+0.0` (after combining duplicates) is not
 /// stored, and over a stored block ([`CooBuilder::build_over`]) it removes the stored
 /// cell. NaN is a value like any other (it is non-zero). The block is dense or CSR by
 /// [`Block::preferred_format`].
@@ -115,7 +115,7 @@ impl CooBuilder {
     pub fn build(self) -> Block {
         let (rows, cols) = (self.rows, self.cols);
         let cells = self.combined();
-        let nnz = cells.iter().filter(|c| c.2 != 0.0).count();
+        let nnz = cells.iter().filter(|c| is_stored(c.2)).count();
         match Block::preferred_format(rows, cols, nnz) {
             BlockFormat::Dense => {
                 let mut values = vec![0.0; rows * cols];
@@ -194,7 +194,7 @@ fn csr_of_sorted(
     let mut indptr = vec![0usize; rows + 1];
     let (mut indices, mut data) = (Vec::new(), Vec::new());
     for (r, c, v) in cells {
-        if v != 0.0 {
+        if is_stored(v) {
             indptr[r + 1] += 1;
             indices.push(c);
             data.push(v);
@@ -301,7 +301,7 @@ impl Block {
         match self {
             Block::Dense(d) => {
                 for (c, &v) in d.row(r).iter().enumerate() {
-                    if v != 0.0 {
+                    if is_stored(v) {
                         f(c, v);
                     }
                 }

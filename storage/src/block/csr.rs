@@ -41,7 +41,7 @@ impl CsrBlock {
         indptr.push(0);
         for row in mat.outer_iterator() {
             for (c, &v) in row.iter() {
-                if v != 0.0 {
+                if super::is_stored(v) {
                     indices.push(c);
                     data.push(v);
                 }
@@ -69,7 +69,7 @@ impl CsrBlock {
         indptr.push(0);
         for r in 0..rows {
             for (c, &v) in d.row(r).iter().enumerate() {
-                if v != 0.0 {
+                if super::is_stored(v) {
                     indices.push(c);
                     data.push(v);
                 }
