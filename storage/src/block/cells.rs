@@ -411,15 +411,21 @@ mod tests {
     }
 
     #[test]
-    fn nan_is_stored_and_sums_to_nan() {
+    fn nan_and_negative_zero_are_stored_and_nan_sums_to_nan() {
         let mut b = CooBuilder::new(1, 3, Duplicates::Sum);
         b.push(0, 2, f64::NAN).unwrap();
         b.push(0, 2, 1.0).unwrap();
         b.push(0, 0, -0.0).unwrap();
+        b.push(0, 1, 0.0).unwrap();
         let block = b.build();
-        assert_eq!(block.nnz(), 1);
+        assert_eq!(block.nnz(), 2);
         assert!(block.get(0, 2).is_nan());
-        assert_eq!(block.get(0, 0), 0.0);
+        assert!(block.get(0, 0).is_sign_negative());
+        let mut listed = Vec::new();
+        block.for_each_nonzero(|r, c, v| listed.push((r, c, v.is_sign_negative())));
+        assert_eq!(listed, [(0, 0, true), (0, 2, false)]);
+        let csr = CsrBlock::from_dense(&DenseBlock::new(1, 3, vec![-0.0, 0.0, 2.0]).unwrap());
+        assert_eq!(csr.nnz(), 2);
     }
 
     #[test]
