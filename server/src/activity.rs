@@ -176,7 +176,7 @@ impl Activity {
         let guard = self.register(pid, info, control, progress);
         let statement = guard.start(query);
         CallActivity {
-            statement,
+            _statement: statement,
             _guard: guard,
         }
     }
@@ -276,7 +276,7 @@ impl Drop for StatementActivity {
 #[derive(Debug)]
 pub(crate) struct CallActivity {
     // Before the guard: the statement ends, then the backend goes.
-    statement: StatementActivity,
+    _statement: StatementActivity,
     _guard: ActivityGuard,
 }
 
@@ -284,7 +284,7 @@ impl CallActivity {
     /// The pid the statement was given.
     #[cfg(test)]
     fn pid(&self) -> i32 {
-        self.statement.backend.pid
+        self._statement.backend.pid
     }
 }
 
