@@ -90,7 +90,7 @@ impl CsrBlock {
         indices: Vec<usize>,
         data: Vec<f64>,
     ) -> Self {
-        debug_assert!(!data.contains(&0.0));
+        debug_assert!(data.iter().all(|v| super::is_stored(*v)));
         Self {
             mat: CsMat::new((rows, cols), indptr, indices, data),
         }
