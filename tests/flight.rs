@@ -1485,12 +1485,18 @@ async fn flight_poll_flight_info_reports_growing_progress_then_the_result() {
         assert!(started.elapsed() < Duration::from_secs(120), "{running:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(running.len() >= 2, "the join outlasts two polls: {running:?}");
+    assert!(
+        running.len() >= 2,
+        "the join outlasts two polls: {running:?}"
+    );
     assert!(
         running.windows(2).all(|w| w[0] <= w[1]),
         "progress never falls: {running:?}"
     );
-    assert!(running[running.len() - 1] > running[0], "it grows: {running:?}");
+    assert!(
+        running[running.len() - 1] > running[0],
+        "it grows: {running:?}"
+    );
     // The final FlightInfo's endpoint has the result: every cell of one side meets the n
     // cells of a column of the other.
     let schema = Arc::new(info.clone().try_decode_schema().unwrap());

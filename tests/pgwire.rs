@@ -1131,7 +1131,10 @@ async fn pg_stat_activity_shows_the_text_of_every_kind_of_statement() {
         "DESCRIBE p",
         "DROP MATRIX p",
     ] {
-        runner.simple_query(&format!("-- lead\n{text};")).await.unwrap();
+        runner
+            .simple_query(&format!("-- lead\n{text};"))
+            .await
+            .unwrap();
         assert_eq!(
             activity_of(&watcher, pid).await,
             ("idle".into(), text.into())
@@ -1141,7 +1144,10 @@ async fn pg_stat_activity_shows_the_text_of_every_kind_of_statement() {
     let create = "CREATE MATRIX q (3, 3)";
     runner.execute(create, &[]).await.unwrap();
     assert_eq!(activity_of(&watcher, pid).await.1, create);
-    runner.simple_query("SET extra_float_digits = 3").await.unwrap();
+    runner
+        .simple_query("SET extra_float_digits = 3")
+        .await
+        .unwrap();
     assert_eq!(
         activity_of(&watcher, pid).await.1,
         "SET extra_float_digits = 3"
@@ -1150,7 +1156,10 @@ async fn pg_stat_activity_shows_the_text_of_every_kind_of_statement() {
     let stream = runner.copy_out(copy).await.unwrap();
     let data: Vec<bytes::Bytes> = stream.map(|d| d.unwrap()).collect().await;
     assert_eq!(data.concat(), b"0\t0\t1.5\n");
-    assert_eq!(activity_of(&watcher, pid).await, ("idle".into(), copy.into()));
+    assert_eq!(
+        activity_of(&watcher, pid).await,
+        ("idle".into(), copy.into())
+    );
 }
 
 /// A join that runs for a while: `n x n` stored in blocks of `n/10 x n/10` (100 blocks),
@@ -1239,13 +1248,19 @@ async fn progress_notices_arrive_while_a_long_statement_runs_and_not_when_off() 
     assert_eq!(out["count"], n * n * n);
     assert_eq!(out["count_extended"], n * n * n);
     let seconds = out["seconds"].as_f64().unwrap();
-    assert!(seconds > 0.5, "the join must outlast several notices: {seconds} s");
+    assert!(
+        seconds > 0.5,
+        "the join must outlast several notices: {seconds} s"
+    );
     for key in ["notices", "notices_extended"] {
         let notices = out[key].as_array().unwrap();
         assert!(notices.len() >= 2, "{key}: {notices:?} in {seconds} s");
         let mut last_elapsed = 0.0;
         for notice in notices {
-            assert_eq!((&notice[0], &notice[1]), (&"NOTICE".into(), &"00000".into()));
+            assert_eq!(
+                (&notice[0], &notice[1]),
+                (&"NOTICE".into(), &"00000".into())
+            );
             let (done, total, elapsed) = notice_numbers(notice[2].as_str().unwrap());
             assert!(done <= total && total <= 200, "{notice}");
             assert!(elapsed >= 0.1 && elapsed >= last_elapsed, "{notices:?}");

@@ -158,7 +158,10 @@ pub(crate) async fn copy_query_to_array_file(
         return plan_err!("{what}: not an array file (.npy, .npz, .mtx)");
     };
     if !copy.partitioned_by.is_empty() {
-        return plan_err!("{what}: a {} file takes no PARTITIONED BY", format.extension());
+        return plan_err!(
+            "{what}: a {} file takes no PARTITIONED BY",
+            format.extension()
+        );
     }
     let member = match format {
         ArrayFile::Npz => Some(npz_member(copy, &what)?),

@@ -380,9 +380,15 @@ mod tests {
         let rows = activity.rows();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].pid, call.pid());
-        assert_eq!((rows[0].state, rows[0].query.as_str()), ("active", "SELECT 1"));
+        assert_eq!(
+            (rows[0].state, rows[0].query.as_str()),
+            ("active", "SELECT 1")
+        );
         assert_eq!(rows[0].kind.backend_type(), "flight sql");
-        assert_eq!(activity.cancel(call.pid(), "bob", false), Err(CancelRefused::NotYours));
+        assert_eq!(
+            activity.cancel(call.pid(), "bob", false),
+            Err(CancelRefused::NotYours)
+        );
         assert_eq!(activity.cancel(call.pid(), "alice", false), Ok(()));
         drop(call);
         assert!(activity.rows().is_empty());

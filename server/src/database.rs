@@ -219,9 +219,7 @@ impl Database {
 
     /// How far the running statement of [`Database::sql`] and [`Database::sql_stream`]
     /// is (the shell's progress bar).
-    pub(crate) fn statement_progress(
-        &self,
-    ) -> Arc<tessera_planner::progress::StatementProgress> {
+    pub(crate) fn statement_progress(&self) -> Arc<tessera_planner::progress::StatementProgress> {
         self.default_session.progress()
     }
 

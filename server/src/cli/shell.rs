@@ -204,7 +204,9 @@ fn connect(target: &Target) -> Result<(Runtime, Backend), String> {
                 let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
                 while let Some(message) = messages.next().await {
                     match message {
-                        Ok(AsyncMessage::Notice(notice)) if notice.message().starts_with("progress:") => {
+                        Ok(AsyncMessage::Notice(notice))
+                            if notice.message().starts_with("progress:") =>
+                        {
                             *last.lock().unwrap_or_else(|e| e.into_inner()) =
                                 Some(notice.message().to_string());
                         }

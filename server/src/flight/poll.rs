@@ -149,7 +149,10 @@ impl Polls {
     }
 
     /// The answer for `poll` now, after waiting a little for it to finish.
-    async fn answer(&self, (handle, poll): (String, Arc<Poll>)) -> Result<Response<PollInfo>, Status> {
+    async fn answer(
+        &self,
+        (handle, poll): (String, Arc<Poll>),
+    ) -> Result<Response<PollInfo>, Status> {
         let mut done = poll.done.clone();
         let _ = tokio::time::timeout(POLL_WAIT, done.wait_for(|d| *d)).await;
         let outcome = lock(&poll.outcome).take();
@@ -164,8 +167,8 @@ impl Polls {
                 Ok(Response::new(answer))
             }
             None => {
-                let progress = fraction_read(&poll.client.session.progress().read())
-                    .min(MAX_RUNNING_PROGRESS);
+                let progress =
+                    fraction_read(&poll.client.session.progress().read()).min(MAX_RUNNING_PROGRESS);
                 let retry = FlightDescriptor::new_path(vec![POLL_PATH.to_string(), handle]);
                 let answer = PollInfo::new()
                     .with_descriptor(retry)

@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pgwire::api::cancel::CancelHandler;
 use pgwire::api::{ClientInfo, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
-use pgwire::messages::startup::SecretKey;
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::SecretKey;
 
 use crate::activity::Activity;
 use crate::edge::QueryControl;

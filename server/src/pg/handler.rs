@@ -43,9 +43,7 @@ use tessera_planner::ddl;
 use super::PG_SERVER_VERSION;
 use super::cancel::{CancelGuard, CancelRegistry};
 use super::copy;
-use super::notice::{
-    DEFAULT_NOTICE_AFTER, ProgressNotices, parse_notice_after, show_notice_after,
-};
+use super::notice::{DEFAULT_NOTICE_AFTER, ProgressNotices, parse_notice_after, show_notice_after};
 use super::statement::{
     Command, ConnectionValues, CopyFormat, CopyOutSource, bind_connection_values, classify,
     command_tag, statement_texts,

@@ -6,8 +6,6 @@
 
 use std::ops::ControlFlow;
 
-use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
-use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 use datafusion::common::{DataFusionError, Result, TableReference, plan_err};
 use datafusion::sql::parser::{ResetStatement, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{
@@ -15,6 +13,8 @@ use datafusion::sql::sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, Query, Select,
     SelectItem, Set, SetExpr, Statement as SqlStatement, Value, VisitMut, VisitorMut,
 };
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 use tessera_planner::ddl::{
     CopyDirection, CopyTarget, OptionValue, SqlText, Statement, TesseraStatement,
 };
@@ -725,7 +725,8 @@ mod tests {
 
     #[test]
     fn statement_texts_are_cut_at_semicolon_tokens() {
-        let sql = "-- first\nCREATE MATRIX a (2, 2) ;\n SELECT ';' AS s, 'é'\n  FROM t;;  SHOW ARRAYS";
+        let sql =
+            "-- first\nCREATE MATRIX a (2, 2) ;\n SELECT ';' AS s, 'é'\n  FROM t;;  SHOW ARRAYS";
         assert_eq!(
             statement_texts(sql).unwrap(),
             [
@@ -734,7 +735,10 @@ mod tests {
                 "SHOW ARRAYS"
             ]
         );
-        assert_eq!(statement_texts("  ; -- nothing").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            statement_texts("  ; -- nothing").unwrap(),
+            Vec::<String>::new()
+        );
         assert_eq!(statement_texts("SELECT 'open"), None);
     }
 

@@ -639,7 +639,8 @@ impl MtxCellWriter {
         let mut scratch_file = out.into_inner().map_err(|e| scratch_err(e.into_error()))?;
         scratch_file.seek(SeekFrom::Start(0)).map_err(scratch_err)?;
         let mut file = AtomicFile::create(&target)?;
-        let mut head = b"%%MatrixMarket matrix coordinate real general\n% written by Tessera\n".to_vec();
+        let mut head =
+            b"%%MatrixMarket matrix coordinate real general\n% written by Tessera\n".to_vec();
         push_u64(&mut head, shape.0);
         head.push(b' ');
         push_u64(&mut head, shape.1);

@@ -900,8 +900,11 @@ impl NpyCellWriter {
         archive
             .start_file(format!("{member}.npy"), options)
             .map_err(zip_err)?;
-        std::io::copy(&mut BufReader::with_capacity(1 << 20, &mut npy_file), &mut archive)
-            .map_err(|e| StorageError::io(zip_temp.path().display(), e))?;
+        std::io::copy(
+            &mut BufReader::with_capacity(1 << 20, &mut npy_file),
+            &mut archive,
+        )
+        .map_err(|e| StorageError::io(zip_temp.path().display(), e))?;
         let writer = archive.finish().map_err(zip_err)?;
         let zip_file = writer
             .into_inner()
