@@ -1298,3 +1298,228 @@ fn flight_is_served_by_tessera_serve_by_default() {
     on.set("flight_listen", "127.0.0.1:6000").unwrap();
     assert_eq!(on.flight_address(), Some("127.0.0.1:6000"));
 }
+
+/// A PostgreSQL connection to the same server, as `user` (trust).
+async fn pg_as(server: &TestServer, user: &str) -> tokio_postgres::Client {
+    let port = server.server.local_addr().port();
+    let (pg, connection) = tokio_postgres::connect(
+        &format!("host=127.0.0.1 port={port} user={user} dbname=tessera"),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    pg
+}
+
+/// A stored `n x n` matrix in 100 blocks, and a join over it with `n^3` rows.
+async fn join_input(client: &mut FlightSqlServiceClient<Channel>, n: i64) -> String {
+    client
+        .execute_update(
+            format!(
+                "CREATE MATRIX big ({n}, {n}) BLOCK ({b}, {b});
+                 INSERT INTO big SELECT i, j, v FROM rand({n}, {n}, seed => 5)",
+                b = n / 10
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+    "SELECT count(*) FROM big a JOIN big b ON a.i = b.j".into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_statements_are_backends_in_pg_stat_activity_that_pg_cancel_backend_stops() {
+    let server = start().await;
+    let mut client = server.client().await;
+    let slow = join_input(&mut client, 1000).await;
+    // Trust: the Flight caller without credentials is `anonymous`; a PostgreSQL
+    // connection of the same user may cancel its statements.
+    let pg = pg_as(&server, "anonymous").await;
+    let own_pid: i32 = pg
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let info = client.execute(slow.clone(), None).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let mut reader = client.clone();
+    let fetching = tokio::spawn(async move {
+        reader
+            .do_get(ticket)
+            .await
+            .unwrap()
+            .try_collect::<Vec<_>>()
+            .await
+    });
+    let listed = "SELECT pid, usename, client_addr, application_name, backend_type, state, query \
+                  FROM pg_stat_activity WHERE backend_type = 'flight sql'";
+    let rows = pg.query(listed, &[]).await.unwrap();
+    assert_eq!(rows.len(), 1, "one Flight statement runs");
+    let row = &rows[0];
+    let pid: i32 = row.get(0);
+    assert_ne!(pid, own_pid);
+    let described: Vec<String> = (1..7).map(|c| row.get(c)).collect();
+    assert_eq!(
+        described,
+        [
+            "anonymous",
+            "127.0.0.1",
+            "Arrow Flight SQL",
+            "flight sql",
+            "active",
+            slow.as_str()
+        ]
+    );
+    // Its progress: the blocks its scans read, out of the two sides' 200.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = pg
+            .query_one(
+                "SELECT blocks_done, blocks_total FROM tessera_progress WHERE pid = $1",
+                &[&pid],
+            )
+            .await
+            .unwrap();
+        let (done, total): (i64, i64) = (row.get(0), row.get(1));
+        assert!(done <= total && total <= 200, "{done} of {total}");
+        if done > 0 || std::time::Instant::now() > deadline {
+            assert!(done > 0, "no block read in 30 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // pg_cancel_backend stops it: the DoGet ends with CANCELLED, and the row goes.
+    let cancelled: bool = pg
+        .query_one(&format!("SELECT pg_cancel_backend({pid})"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cancelled);
+    let e = tokio::time::timeout(Duration::from_secs(30), fetching)
+        .await
+        .expect("a cancelled statement stops")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(status(&e).code(), Code::Cancelled, "{e}");
+    assert_eq!(sqlstate(status(&e)), "57014");
+    wait_unlisted(&pg, listed).await;
+    // Another user may not cancel a Flight statement; a finished one is gone.
+    let info = client.execute(slow.clone(), None).await.unwrap();
+    let other = pg_as(&server, "mallory").await;
+    let pid: i32 = other
+        .query_one(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'flight sql'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let e = other
+        .query_one(&format!("SELECT pg_cancel_backend({pid})"), &[])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().unwrap().code(), "42501", "{e}");
+    // Read, the result ends the statement, and its row goes with it.
+    let cancel = CancelFlightInfoRequest::new(info.clone());
+    let action = Action::new("CancelFlightInfo", cancel.encode_to_vec());
+    let mut raw = FlightServiceClient::new(server.channel().await);
+    raw.do_action(action).await.unwrap();
+    let ticket = info.endpoint[0].ticket.clone().unwrap();
+    let e = client
+        .do_get(ticket)
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap_err();
+    assert_eq!(status(&e).code(), Code::Cancelled, "{e}");
+    wait_unlisted(&other, listed).await;
+}
+
+/// Waits (up to 10 s) until `listed` returns no rows.
+async fn wait_unlisted(pg: &tokio_postgres::Client, listed: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !pg.query(listed, &[]).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the row stays");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flight_poll_flight_info_reports_growing_progress_then_the_result() {
+    let server = start().await;
+    let mut client = server.client().await;
+    let n = 500i64;
+    let slow = join_input(&mut client, n).await;
+    let mut raw = FlightServiceClient::new(server.channel().await);
+    let command = CommandStatementQuery {
+        query: slow,
+        transaction_id: None,
+    };
+    let mut descriptor = FlightDescriptor::new_cmd(command.as_any().encode_to_vec());
+    let mut running = Vec::new();
+    let started = std::time::Instant::now();
+    let info = loop {
+        let poll = raw
+            .poll_flight_info(descriptor.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let progress = poll.progress.expect("a progress fraction");
+        assert!((0.0..=1.0).contains(&progress), "{progress}");
+        match poll.flight_descriptor {
+            Some(retry) => {
+                assert!(poll.info.is_none());
+                assert!(progress < 1.0, "{progress} while running");
+                running.push(progress);
+                descriptor = retry;
+            }
+            None => {
+                assert_eq!(progress, 1.0);
+                break poll.info.expect("the final poll has the FlightInfo");
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{running:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        running.len() >= 2,
+        "the join outlasts two polls: {running:?}"
+    );
+    assert!(
+        running.windows(2).all(|w| w[0] <= w[1]),
+        "progress never falls: {running:?}"
+    );
+    assert!(
+        running[running.len() - 1] > running[0],
+        "it grows: {running:?}"
+    );
+    // The final FlightInfo's endpoint has the result: every cell of one side meets the n
+    // cells of a column of the other.
+    let schema = Arc::new(info.clone().try_decode_schema().unwrap());
+    let batches = fetch(&mut client, info).await;
+    let count = concat_batches(&schema, &batches).unwrap();
+    assert_eq!(i64s(&count, 0), [n * n * n]);
+    // The poll handle is spent.
+    let e = raw.poll_flight_info(descriptor).await.unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
+    // A metadata command finishes within its first poll.
+    let tables = CommandGetTables {
+        catalog: None,
+        db_schema_filter_pattern: None,
+        table_name_filter_pattern: Some("big".into()),
+        table_types: vec![],
+        include_schema: false,
+    };
+    let poll = raw
+        .poll_flight_info(FlightDescriptor::new_cmd(tables.as_any().encode_to_vec()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(poll.flight_descriptor.is_none() && poll.progress == Some(1.0));
+    let listed = fetch(&mut client, poll.info.unwrap()).await;
+    assert!(listed.iter().map(|b| b.num_rows()).sum::<usize>() >= 1);
+}

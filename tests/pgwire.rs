@@ -1092,3 +1092,185 @@ async fn pg_stat_activity_and_progress_show_a_running_statement_that_pg_cancel_b
         .get(0);
     assert!(!unknown);
 }
+
+/// The runner's row of `pg_stat_activity`: state and query.
+async fn activity_of(watcher: &Client, pid: i32) -> (String, String) {
+    let row = watcher
+        .query_one(
+            "SELECT state, query FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_stat_activity_shows_the_text_of_every_kind_of_statement() {
+    let server = start().await;
+    let runner = server.connect().await;
+    let watcher = server.connect().await;
+    let pid: i32 = runner
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Simple protocol, several statements: each is shown as written, the last stays.
+    runner
+        .simple_query("CREATE MATRIX m (2, 2);\n  INSERT INTO m VALUES (0, 0, 1.5) ;")
+        .await
+        .unwrap();
+    assert_eq!(
+        activity_of(&watcher, pid).await,
+        ("idle".into(), "INSERT INTO m VALUES (0, 0, 1.5)".into())
+    );
+    // Tessera's own statements, with their comments and spacing as sent.
+    for text in [
+        "CREATE MATRIX p /* squared */ (2, 2) AS SELECT i, j, v FROM matmul(m, m)",
+        "SHOW ARRAYS",
+        "DESCRIBE p",
+        "DROP MATRIX p",
+    ] {
+        runner
+            .simple_query(&format!("-- lead\n{text};"))
+            .await
+            .unwrap();
+        assert_eq!(
+            activity_of(&watcher, pid).await,
+            ("idle".into(), text.into())
+        );
+    }
+    // Extended protocol (Parse / Bind / Execute), a PostgreSQL setting, COPY TO STDOUT.
+    let create = "CREATE MATRIX q (3, 3)";
+    runner.execute(create, &[]).await.unwrap();
+    assert_eq!(activity_of(&watcher, pid).await.1, create);
+    runner
+        .simple_query("SET extra_float_digits = 3")
+        .await
+        .unwrap();
+    assert_eq!(
+        activity_of(&watcher, pid).await.1,
+        "SET extra_float_digits = 3"
+    );
+    let copy = "COPY (SELECT i, j, v FROM m) TO STDOUT";
+    let stream = runner.copy_out(copy).await.unwrap();
+    let data: Vec<bytes::Bytes> = stream.map(|d| d.unwrap()).collect().await;
+    assert_eq!(data.concat(), b"0\t0\t1.5\n");
+    assert_eq!(
+        activity_of(&watcher, pid).await,
+        ("idle".into(), copy.into())
+    );
+}
+
+/// A join that runs for a while: `n x n` stored in blocks of `n/10 x n/10` (100 blocks),
+/// each cell of one side meeting the `n` cells of a column of the other: `n^3` rows.
+async fn make_join_input(client: &Client, n: i64) -> String {
+    client
+        .batch_execute(&format!(
+            "CREATE MATRIX big ({n}, {n}) BLOCK ({b}, {b});
+             INSERT INTO big SELECT i, j, v FROM rand({n}, {n}, seed => 3);",
+            b = n / 10
+        ))
+        .await
+        .unwrap();
+    "SELECT count(*) FROM big a JOIN big b ON a.i = b.j".to_string()
+}
+
+/// psycopg 3 with a notice handler: the join with `tessera.progress_notice_after` at
+/// 100ms, then off, then reset; prints what it saw as JSON.
+const NOTICE_CLIENT: &str = r#"
+import json, sys, time, psycopg
+port, query = sys.argv[1], sys.argv[2]
+conn = psycopg.connect(f"host=127.0.0.1 port={port} user=tessera dbname=tessera", autocommit=True)
+notices = []
+conn.add_notice_handler(lambda d: notices.append([d.severity, d.sqlstate, d.message_primary]))
+show = lambda: conn.execute("SHOW tessera.progress_notice_after").fetchone()[0]
+out = {"default": show()}
+conn.execute("SET tessera.progress_notice_after = '100ms'")
+out["set"] = show()
+t0 = time.monotonic()
+out["count"] = conn.execute(query).fetchone()[0]
+out["seconds"] = time.monotonic() - t0
+out["notices"], notices[:] = list(notices), []
+# The extended protocol too (a parameter makes psycopg use Parse/Bind/Execute).
+out["count_extended"] = conn.execute(query + " WHERE a.v > %s", [-1.0]).fetchone()[0]
+out["notices_extended"], notices[:] = list(notices), []
+conn.execute("SET tessera.progress_notice_after = off")
+out["off"] = show()
+conn.execute(query).fetchone()
+out["notices_off"], notices[:] = list(notices), []
+conn.execute("RESET tessera.progress_notice_after")
+out["reset"] = show()
+print(json.dumps(out))
+"#;
+
+/// A progress notice's numbers: blocks done, blocks total, seconds elapsed.
+fn notice_numbers(message: &str) -> (u64, u64, f64) {
+    let rest = message
+        .strip_prefix("progress: reading blocks, ")
+        .or_else(|| message.strip_prefix("progress: computing, "))
+        .unwrap_or_else(|| panic!("not a progress line: {message}"));
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    // `37 of 200 blocks, 2.4 MB read, 5.0 s elapsed`
+    assert_eq!(
+        (words[1], words[3], words[6], words[8], words[9]),
+        ("of", "blocks,", "read,", "s", "elapsed"),
+        "{message}"
+    );
+    (
+        words[0].parse().unwrap(),
+        words[2].parse().unwrap(),
+        words[7].parse().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_notices_arrive_while_a_long_statement_runs_and_not_when_off() {
+    let server = start().await;
+    let client = server.connect().await;
+    // 700^3 joined rows: about 0.3 s per 64 million in a dev build on 2 cores.
+    let n = 700i64;
+    let query = make_join_input(&client, n).await;
+    let port = server.port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        crate::python::run_args(&cwd, NOTICE_CLIENT, &[&port, &query])
+    })
+    .await
+    .unwrap();
+    let out: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(out["default"], "5s");
+    assert_eq!(out["set"], "100ms");
+    assert_eq!(out["off"], "off");
+    assert_eq!(out["reset"], "5s");
+    // Every cell of one side meets the n cells of a column of the other.
+    assert_eq!(out["count"], n * n * n);
+    assert_eq!(out["count_extended"], n * n * n);
+    let seconds = out["seconds"].as_f64().unwrap();
+    assert!(
+        seconds > 0.5,
+        "the join must outlast several notices: {seconds} s"
+    );
+    for key in ["notices", "notices_extended"] {
+        let notices = out[key].as_array().unwrap();
+        assert!(notices.len() >= 2, "{key}: {notices:?} in {seconds} s");
+        let mut last_elapsed = 0.0;
+        for notice in notices {
+            assert_eq!(
+                (&notice[0], &notice[1]),
+                (&"NOTICE".into(), &"00000".into())
+            );
+            let (done, total, elapsed) = notice_numbers(notice[2].as_str().unwrap());
+            assert!(done <= total && total <= 200, "{notice}");
+            assert!(elapsed >= 0.1 && elapsed >= last_elapsed, "{notices:?}");
+            last_elapsed = elapsed;
+        }
+        // At most one per 100 ms (the last one may fall in the final interval).
+        assert!(
+            notices.len() as f64 <= last_elapsed / 0.1 + 1.0,
+            "{key}: {notices:?}"
+        );
+    }
+    assert_eq!(out["notices_off"], serde_json::json!([]));
+}

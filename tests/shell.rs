@@ -282,3 +282,85 @@ async fn the_shell_connects_to_a_server() {
     );
     server.shutdown().await;
 }
+
+/// A join that runs for some seconds in the shell: `n x n` in 100 stored blocks, each
+/// cell of one side meeting the `n` cells of a column of the other (`n^3` rows).
+const BAR_N: u64 = 600;
+
+fn bar_setup() -> String {
+    let (n, b) = (BAR_N, BAR_N / 10);
+    format!(
+        "CREATE MATRIX big ({n}, {n}) BLOCK ({b}, {b}); \
+         INSERT INTO big SELECT i, j, v FROM rand({n}, {n}, seed => 7);"
+    )
+}
+
+const BAR_QUERY: &str = "SELECT count(*) AS joined FROM big a JOIN big b ON a.i = b.j;";
+
+#[test]
+fn the_shell_draws_a_progress_bar_for_a_long_statement_then_its_result() {
+    let binary = tessera_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let driver = d.join("pty_driver.py");
+    std::fs::write(&driver, PTY_DRIVER).unwrap();
+    let joined = BAR_N.pow(3).to_string();
+    let steps: Vec<(String, Option<&str>)> = vec![
+        (format!("{}\r", bar_setup()), Some(PROMPT)),
+        (format!("{BAR_QUERY}\r"), Some(PROMPT)),
+        ("\\q\r".to_string(), None),
+    ];
+    let steps = serde_json::to_string(&steps).unwrap();
+    let db = d.join("db").display().to_string();
+    let args = serde_json::to_string(&["-d", &db]).unwrap();
+    let out = Command::new("python3")
+        .arg(&driver)
+        .arg(&binary)
+        .arg(&args)
+        .arg(&steps)
+        .env("TESSERA_HISTORY", "")
+        .env("TERM", "xterm")
+        .output()
+        .unwrap();
+    let transcript = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    assert!(
+        out.status.success(),
+        "{transcript}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The bar: blocks read of the two scans' 200, then the result, with no bar left in it.
+    let bar = transcript
+        .find("/200 blocks, ")
+        .unwrap_or_else(|| panic!("no progress bar:\n{transcript}"));
+    let result = transcript
+        .find(&format!("| {joined} |"))
+        .unwrap_or_else(|| panic!("no result {joined}:\n{transcript}"));
+    assert!(bar < result, "{transcript}");
+    let result_line = transcript[result..].lines().next().unwrap();
+    assert_eq!(result_line.trim_end(), format!("| {joined} |"));
+
+    // Not a terminal: the same statement prints its result and no bar.
+    let mut child = Command::new(&binary)
+        .args(["-d", &db])
+        .env("TESSERA_HISTORY", "")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{BAR_QUERY}\n\\q\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains(&format!("| {joined} |")), "{stdout}");
+    assert!(
+        !stdout.contains("blocks,") && !stderr.contains("blocks,"),
+        "{stdout}\n{stderr}"
+    );
+}

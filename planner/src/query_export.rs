@@ -1,11 +1,19 @@
-//! `COPY (query) TO 'file.npy'`: a query's rows written as a dense NumPy array.
+//! `COPY (query) TO 'file'` in the array formats Tessera reads: a query's rows written
+//! as a dense NumPy array (`.npy`, or the one member of an `.npz` archive) or as a
+//! Matrix Market coordinate file (`.mtx`).
 //!
 //! The query returns coordinates and a value: `(i, j, v)` for a matrix, `(i, v)` for a
 //! vector, `(x, y, z, v)` for a 3-d array (all columns but the last are 0-based integer
 //! coordinates, the last is the value). The array's shape is one past the largest
-//! coordinate along each dimension; cells the query does not list are zero, and a cell
-//! listed twice is summed. The rows stream into storage's [`NpyCellWriter`], so memory
-//! stays bounded whatever the query returns; a failure leaves no file behind.
+//! coordinate along each dimension. In `.npy` and `.npz`, cells the query does not list
+//! are zero and a cell listed twice is summed; `.mtx` takes two coordinates and lists
+//! the rows as entries, in the order the query returns them (readers sum a position
+//! listed twice). An `.npz` member is named `arr_0`, as `numpy.savez` names its first
+//! array, or by the option `member` (`OPTIONS (member 'x')`). The rows stream into
+//! storage's writers ([`NpyCellWriter`], [`MtxCellWriter`]), so memory stays bounded
+//! whatever the query returns; a failure leaves no file behind.
+//!
+//! CSV, the other format Tessera reads, is DataFusion's own `COPY ... TO 'f.csv'`.
 
 use std::path::Path;
 
@@ -16,46 +24,152 @@ use datafusion::common::{Result, plan_err};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{CopyToSource, CopyToStatement, Statement as DFStatement};
-use datafusion::sql::sqlparser::ast::Query;
+use datafusion::sql::sqlparser::ast::{Query, Value};
 use futures::StreamExt;
-use tessera_storage::io::NpyCellWriter;
+use tessera_storage::io::{MtxCellWriter, NpyCellWriter};
 
 use crate::error::{ErrorKind, blocking, storage_error, tessera_error};
 use crate::file_access::{FileUse, check_file};
 
-/// Whether a `COPY ... TO` statement writes a `.npy` file: `STORED AS NPY`, or no
-/// `STORED AS` and a target ending in `.npy`.
-pub(crate) fn is_npy_copy(copy: &CopyToStatement) -> bool {
-    match &copy.stored_as {
-        Some(format) => format.eq_ignore_ascii_case("npy"),
-        None => Path::new(&copy.target)
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| e.eq_ignore_ascii_case("npy")),
+/// The member an `.npz` file gets without the `member` option (`numpy.savez`'s name
+/// for its first positional array).
+const DEFAULT_NPZ_MEMBER: &str = "arr_0";
+
+/// An array file format a query's cells can be written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArrayFile {
+    Npy,
+    Npz,
+    Mtx,
+}
+
+impl ArrayFile {
+    fn from_name(name: &str) -> Option<ArrayFile> {
+        match name.to_ascii_lowercase().as_str() {
+            "npy" => Some(ArrayFile::Npy),
+            "npz" => Some(ArrayFile::Npz),
+            "mtx" => Some(ArrayFile::Mtx),
+            _ => None,
+        }
+    }
+
+    /// `STORED AS npy | npz | mtx`, or no `STORED AS` and a target with that extension.
+    fn of(copy: &CopyToStatement) -> Option<ArrayFile> {
+        match &copy.stored_as {
+            Some(format) => ArrayFile::from_name(format),
+            None => Path::new(&copy.target)
+                .extension()
+                .and_then(|e| e.to_str())
+                .and_then(ArrayFile::from_name),
+        }
+    }
+
+    fn extension(self) -> &'static str {
+        match self {
+            ArrayFile::Npy => ".npy",
+            ArrayFile::Npz => ".npz",
+            ArrayFile::Mtx => ".mtx",
+        }
     }
 }
 
-/// Whether `tree` is `COPY (query) TO` a `.npy` file, which Tessera runs itself
+/// Whether a `COPY ... TO` statement writes an array file (`.npy`, `.npz`, `.mtx`).
+pub(crate) fn is_array_file_copy(copy: &CopyToStatement) -> bool {
+    ArrayFile::of(copy).is_some()
+}
+
+/// Whether `tree` is `COPY (query) TO` an array file, which Tessera runs itself
 /// ([`crate::session::execute`]) rather than through DataFusion's planner.
-pub fn is_npy_query_copy(tree: &DFStatement) -> bool {
+pub fn is_array_query_copy(tree: &DFStatement) -> bool {
     matches!(
         tree,
         DFStatement::CopyTo(copy)
-            if matches!(copy.source, CopyToSource::Query(_)) && is_npy_copy(copy)
+            if matches!(copy.source, CopyToSource::Query(_)) && is_array_file_copy(copy)
     )
 }
 
-/// Runs `COPY (query) TO 'path'` for a `.npy` target; returns the number of rows written.
-pub(crate) async fn copy_query_to_npy(
+/// Where a query's cells go.
+enum CellWriter {
+    Npy(NpyCellWriter),
+    Npz(NpyCellWriter, String),
+    Mtx(MtxCellWriter),
+}
+
+impl CellWriter {
+    fn push(&mut self, index: &[u64], value: f64) -> tessera_storage::Result<()> {
+        match self {
+            CellWriter::Npy(w) | CellWriter::Npz(w, _) => w.push(index, value),
+            CellWriter::Mtx(w) => match index {
+                [i, j] => w.push(*i, *j, value),
+                _ => Err(tessera_storage::StorageError::Internal(
+                    "a Matrix Market cell needs two coordinates".into(),
+                )),
+            },
+        }
+    }
+
+    fn commit(self) -> tessera_storage::Result<()> {
+        match self {
+            CellWriter::Npy(w) => w.commit().map(drop),
+            CellWriter::Npz(w, member) => w.commit_npz(&member).map(drop),
+            CellWriter::Mtx(w) => w.commit().map(drop),
+        }
+    }
+}
+
+/// The `.npz` member the options name, and whether any other option is given.
+fn npz_member(copy: &CopyToStatement, what: &str) -> Result<String> {
+    let mut member = DEFAULT_NPZ_MEMBER.to_string();
+    for (key, value) in &copy.options {
+        let key = key.to_ascii_lowercase();
+        if key != "member" && key != "format.member" {
+            return plan_err!("{what}: unknown option '{key}'; an .npz file takes 'member'");
+        }
+        member = match value {
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => s.clone(),
+            other => other.to_string(),
+        };
+    }
+    let valid = !member.is_empty()
+        && member
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if !valid {
+        return Err(tessera_error(
+            ErrorKind::InvalidParameterValue,
+            format!(
+                "{what}: member '{member}' is not a member name (letters, digits, '_', '-', '.')"
+            ),
+        ));
+    }
+    Ok(member)
+}
+
+/// Runs `COPY (query) TO 'path'` for an array file target; returns the number of rows
+/// written.
+pub(crate) async fn copy_query_to_array_file(
     ctx: &SessionContext,
     query: Box<Query>,
     copy: &CopyToStatement,
 ) -> Result<SendableRecordBatchStream> {
     let path = copy.target.clone();
     let what = format!("COPY (query) TO '{path}'");
-    if !copy.partitioned_by.is_empty() || !copy.options.is_empty() {
-        return plan_err!("{what}: a .npy file takes no PARTITIONED BY or OPTIONS");
+    let Some(format) = ArrayFile::of(copy) else {
+        return plan_err!("{what}: not an array file (.npy, .npz, .mtx)");
+    };
+    if !copy.partitioned_by.is_empty() {
+        return plan_err!(
+            "{what}: a {} file takes no PARTITIONED BY",
+            format.extension()
+        );
     }
+    let member = match format {
+        ArrayFile::Npz => Some(npz_member(copy, &what)?),
+        _ if !copy.options.is_empty() => {
+            return plan_err!("{what}: a {} file takes no OPTIONS", format.extension());
+        }
+        _ => None,
+    };
     check_file(&ctx.state_ref().read(), &path, FileUse::Write)?;
     let df = crate::session::query_frame(ctx, query, &what).await?;
     let fields: Vec<(String, DataType)> = df
@@ -86,10 +200,25 @@ pub(crate) async fn copy_query_to_npy(
     }
 
     let ndim = coordinates.len();
+    if format == ArrayFile::Mtx && ndim != 2 {
+        return plan_err!(
+            "{what}: a Matrix Market file holds a matrix: the query must return (i, j, v), \
+             not {ndim} coordinates"
+        );
+    }
     let target = path.clone();
-    let mut writer =
-        blocking(move || NpyCellWriter::create(Path::new(&target), ndim).map_err(storage_error))
-            .await?;
+    let mut writer = blocking(move || {
+        let target = Path::new(&target);
+        let writer = match (format, member) {
+            (ArrayFile::Mtx, _) => MtxCellWriter::create(target).map(CellWriter::Mtx),
+            (ArrayFile::Npz, Some(member)) => {
+                NpyCellWriter::create(target, ndim).map(|w| CellWriter::Npz(w, member))
+            }
+            _ => NpyCellWriter::create(target, ndim).map(CellWriter::Npy),
+        };
+        writer.map_err(storage_error)
+    })
+    .await?;
     let mut stream = df.execute_stream().await?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {

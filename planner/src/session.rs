@@ -51,7 +51,7 @@ use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::sql::parser::{CopyToSource, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{Query, Statement as SqlStatement};
 
-pub use crate::query_export::is_npy_query_copy;
+pub use crate::query_export::is_array_query_copy;
 
 /// Executes one statement (as split by [`crate::ddl::parse`]) in `ctx`, whose default
 /// schema must be `catalog`.
@@ -179,12 +179,12 @@ async fn execute_sql(
     catalog: &Arc<TesseraCatalog>,
     sql: SqlText,
 ) -> Result<SendableRecordBatchStream> {
-    // DataFusion knows no `.npy` writer: `COPY (query) TO 'f.npy'` is Tessera's.
+    // DataFusion knows no array file writers: `COPY (query) TO 'f.npy'` is Tessera's.
     if let DFStatement::CopyTo(copy) = &sql.tree
         && let CopyToSource::Query(query) = &copy.source
-        && crate::query_export::is_npy_copy(copy)
+        && crate::query_export::is_array_file_copy(copy)
     {
-        return crate::query_export::copy_query_to_npy(ctx, query.clone(), copy).await;
+        return crate::query_export::copy_query_to_array_file(ctx, query.clone(), copy).await;
     }
     let state = ctx.state();
     let result = if crate::explain::is_picture(&sql.tree) {

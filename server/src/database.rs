@@ -217,6 +217,12 @@ impl Database {
         self.default_session.sql_stream(text).await
     }
 
+    /// How far the running statement of [`Database::sql`] and [`Database::sql_stream`]
+    /// is (the shell's progress bar).
+    pub(crate) fn statement_progress(&self) -> Arc<tessera_planner::progress::StatementProgress> {
+        self.default_session.progress()
+    }
+
     /// A new session: same data and memory pool, its own `SET` state.
     pub fn session(&self) -> Result<Session> {
         Session::new(self.inner.clone())

@@ -214,7 +214,7 @@ impl ServerBuilder {
                 config.superuser_reserved_connections,
             )),
             superusers: config.auth.superusers.iter().cloned().collect(),
-            pids: Arc::default(),
+            pids: Arc::new(crate::pg::BackendPids::new(database.activity())),
         });
         let listener = TcpListener::bind(&config.pg_listen).await.map_err(|e| {
             DataFusionError::Configuration(format!("cannot listen on {}: {e}", config.pg_listen))

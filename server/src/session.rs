@@ -191,7 +191,7 @@ impl Session {
     async fn run_statement(&self, statement: ddl::Statement) -> Result<SendableRecordBatchStream> {
         match statement {
             // `COPY (query) TO 'f.npy'` is Tessera's own writer, not a DataFusion plan.
-            ddl::Statement::Sql(sql) if !session::is_npy_query_copy(&sql.tree) => {
+            ddl::Statement::Sql(sql) if !session::is_array_query_copy(&sql.tree) => {
                 self.run_sql(sql).await
             }
             statement => {
@@ -403,7 +403,7 @@ impl Session {
     ) -> Result<PreparedStatement> {
         self.restore().await;
         if let ddl::Statement::Sql(sql) = &statement
-            && session::is_npy_query_copy(&sql.tree)
+            && session::is_array_query_copy(&sql.tree)
         {
             // Runs without a DataFusion plan: no parameters, and a count when executed.
             return Ok(PreparedStatement {

@@ -28,7 +28,7 @@ mod store;
 pub use block::{
     BLOCK_COLS, BLOCK_FIELD_COUNT, BLOCK_INDICES, BLOCK_INDPTR, BLOCK_NNZ, BLOCK_ROWS,
     BLOCK_VALUES, Block, BlockColumns, BlockColumnsBuilder, BlockFormat, CooBuilder, CsrBlock,
-    DenseBlock, Duplicates, SPARSE_THRESHOLD, block_fields,
+    DenseBlock, Duplicates, SPARSE_THRESHOLD, block_fields, is_stored,
 };
 pub use error::{Result, StorageError};
 pub use partition::{

@@ -18,6 +18,7 @@
 //! `TESSERA_MEMORY_LIMIT` too.
 
 mod output;
+mod progress;
 mod shell;
 mod worker;
 

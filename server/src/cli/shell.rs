@@ -6,6 +6,7 @@
 //!                      └─ SQL buffer ─ split_statements (sqlparser's tokenizer) ─┐
 //!                                                                              │
 //!  Backend::Embedded(Database) | Backend::Remote(tokio_postgres::Client) <─────┘
+//!      ├─ progress (counters | NOTICEs) ─ StatementBar after 1 s (progress.rs)
 //!      └─ rows as text ─ StatementPrinter ─ table (capped: head + tail ring) | CSV (streamed)
 //! ```
 //!
@@ -15,6 +16,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
@@ -23,9 +25,10 @@ use datafusion::sql::sqlparser::tokenizer::{Location, Token, TokenWithSpan, Toke
 use futures::{SinkExt, StreamExt};
 use rustyline::error::ReadlineError;
 use tokio::runtime::Runtime;
-use tokio_postgres::{CancelToken, NoTls, SimpleQueryMessage};
+use tokio_postgres::{AsyncMessage, CancelToken, NoTls, SimpleQueryMessage};
 
 use super::output::{CappedTable, RowCap, TextRow, text_rows, write_csv_row};
+use super::progress::{ProgressFeed, SHOW_AFTER, StatementBar};
 use super::{OutputFormat, Target};
 use crate::Database;
 
@@ -193,15 +196,40 @@ fn connect(target: &Target) -> Result<(Runtime, Backend), String> {
             let (client, connection) = tokio_postgres::connect(url, NoTls)
                 .await
                 .map_err(|e| format!("connecting to {}: {}", redact(url), pg_error(&e)))?;
+            // The connection's messages: progress NOTICEs feed the bar.
+            let notices: Arc<Mutex<Option<String>>> = Arc::default();
+            let last = Arc::clone(&notices);
+            let mut connection = connection;
             tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!("the server connection ended: {e}");
+                let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(message) = messages.next().await {
+                    match message {
+                        Ok(AsyncMessage::Notice(notice))
+                            if notice.message().starts_with("progress:") =>
+                        {
+                            *last.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(notice.message().to_string());
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!("the server connection ended: {e}");
+                            break;
+                        }
+                    }
                 }
             });
+            // A Tessera server sends progress NOTICEs once a statement has run as long
+            // as the bar waits; another server refuses the setting, and gets no bar.
+            let notice_after = format!(
+                "SET tessera.progress_notice_after = '{}ms'",
+                SHOW_AFTER.as_millis()
+            );
+            let _ = client.batch_execute(&notice_after).await;
             Ok::<_, String>(Backend::Remote {
                 cancel: client.cancel_token(),
                 client: Box::new(client),
                 url: redact(url),
+                notices,
             })
         })?,
     };
@@ -238,6 +266,8 @@ enum Backend {
         client: Box<tokio_postgres::Client>,
         cancel: CancelToken,
         url: String,
+        /// The last progress NOTICE of the running statement.
+        notices: Arc<Mutex<Option<String>>>,
     },
 }
 
@@ -383,6 +413,14 @@ impl Backend {
         }
     }
 
+    /// Where the progress bar reads the running statement's progress.
+    fn progress_feed(&self) -> ProgressFeed {
+        match self {
+            Backend::Embedded(db) => ProgressFeed::Local(db.statement_progress()),
+            Backend::Remote { notices, .. } => ProgressFeed::Notices(Arc::clone(notices)),
+        }
+    }
+
     fn cancel_token(&self) -> Option<CancelToken> {
         match self {
             Backend::Embedded(_) => None,
@@ -418,6 +456,8 @@ impl ResultSink for Collected {
 /// arrived (keeping only what the cap shows).
 struct StatementPrinter<'a> {
     out: &'a mut dyn Write,
+    /// The statement's progress bar, cleared before anything prints.
+    bar: indicatif::ProgressBar,
     format: OutputFormat,
     cap: RowCap,
     table: Option<CappedTable>,
@@ -426,7 +466,10 @@ struct StatementPrinter<'a> {
 impl ResultSink for StatementPrinter<'_> {
     fn columns(&mut self, names: Vec<String>) -> io::Result<()> {
         match self.format {
-            OutputFormat::Csv => write_csv_row(self.out, &names),
+            OutputFormat::Csv => {
+                self.bar.finish_and_clear();
+                write_csv_row(self.out, &names)
+            }
             OutputFormat::Table | OutputFormat::Json => {
                 self.table = Some(CappedTable::new(names, self.cap));
                 Ok(())
@@ -483,14 +526,20 @@ impl<'a> Shell<'a> {
     /// Returns whether it succeeded.
     fn statement(&mut self, runtime: &Runtime, sql: &str) -> bool {
         let started = Instant::now();
+        let mut bar = StatementBar::start(self.backend.progress_feed());
         let mut printer = StatementPrinter {
             out: &mut *self.out,
+            bar: bar.handle(),
             format: self.format,
             cap: self.cap,
             table: None,
         };
         let cancel = self.backend.cancel_token();
-        let result = runtime.block_on(interruptible(self.backend.query(sql, &mut printer), cancel));
+        let result = runtime.block_on(interruptible(
+            bar.run(self.backend.query(sql, &mut printer)),
+            cancel,
+        ));
+        bar.clear();
         let table = printer.table.take();
         let result = result.and_then(|()| match table {
             Some(table) => table.render(self.out).map_err(write_error),

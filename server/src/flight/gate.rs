@@ -19,7 +19,8 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::SQLSTATE_METADATA_KEY;
 use super::clients::{Caller, Clients};
-use super::service::TesseraFlightSql;
+use super::poll::Polls;
+use super::service::{TesseraFlightSql, caller};
 use crate::errors;
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
@@ -28,6 +29,9 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 pub(crate) struct Gate {
     inner: Arc<TesseraFlightSql>,
     clients: Arc<Clients>,
+    /// Statements PollFlightInfo runs (arrow-flight's `FlightSqlService` has no hook
+    /// for it; see `poll.rs`).
+    polls: Polls,
 }
 
 impl Gate {
@@ -35,6 +39,7 @@ impl Gate {
         Gate {
             inner: Arc::new(inner),
             clients,
+            polls: Polls::default(),
         }
     }
 
@@ -178,7 +183,8 @@ impl FlightService for Gate {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
         let request = self.admit(request)?;
-        guard(self.inner.poll_flight_info(request)).await
+        let client = caller(&request)?;
+        guard(self.polls.poll(&self.inner, client, request)).await
     }
 
     async fn get_schema(

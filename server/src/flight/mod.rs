@@ -14,6 +14,8 @@
 //!  Clients (clients.rs): bearer token -> FlightClient { Session, prepared statements }
 //!  ResultStore (results.rs): GetFlightInfo runs the statement; its result waits under
 //!                            a ticket for DoGet, cancellable until it is read
+//!  Polls (poll.rs): PollFlightInfo runs the statement in the background and answers
+//!                   its progress until its first batch is ready
 //! ```
 //!
 //! The service shares the [`Database`] with the PostgreSQL front end and its users,
@@ -24,6 +26,7 @@ mod clients;
 mod gate;
 mod ingest;
 mod metadata;
+mod poll;
 mod results;
 mod service;
 mod wire;

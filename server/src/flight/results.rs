@@ -14,7 +14,8 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::SendableRecordBatchStream;
-use futures::Stream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{Stream, StreamExt};
 
 use super::clients::random_bytes;
 use crate::edge::QueryControl;
@@ -78,6 +79,37 @@ impl ResultStore {
                 created: now,
             },
         );
+    }
+
+    /// Reads the first batch of `ticket`'s result now (PollFlightInfo: a query that
+    /// aggregates has then done its work); DoGet gets it before the rest. An error
+    /// instead of a first batch is returned, and the result forgotten.
+    pub(crate) async fn prefetch(&self, ticket: &[u8]) -> Result<()> {
+        let Some((ticket, mut pending)) = lock(&self.pending).remove_entry(ticket) else {
+            return Ok(());
+        };
+        let first = match pending.stream.next().await {
+            Some(Err(e)) => {
+                self.finish(&ticket);
+                return Err(e);
+            }
+            first => first,
+        };
+        let schema = pending.stream.schema();
+        let rest = std::mem::replace(
+            &mut pending.stream,
+            Box::pin(RecordBatchStreamAdapter::new(
+                schema.clone(),
+                futures::stream::empty(),
+            )),
+        );
+        pending.stream = Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(first).chain(rest),
+        ));
+        pending.created = Instant::now();
+        lock(&self.pending).insert(ticket, pending);
+        Ok(())
     }
 
     /// Forgets a ticket whose statement failed before its result was stashed.

@@ -39,6 +39,7 @@ use tonic::{Code, Request, Response, Status};
 use super::clients::{Caller, FlightClient, not_authorized};
 use super::results::ResultStore;
 use super::{coded_status, ingest, metadata, status};
+use crate::activity::{BackendInfo, BackendKind};
 use crate::edge::{Interrupt, QueryControl, dml_tag};
 use crate::errors;
 use crate::session::PreparedStatement;
@@ -62,6 +63,8 @@ const CANCEL_RESULT_NOT_CANCELLABLE: i32 = 3;
 /// bound for its next execution.
 pub(crate) struct FlightPrepared {
     statement: PreparedStatement,
+    /// The statement's text (`pg_stat_activity.query`).
+    text: String,
     bound: Mutex<Parameters>,
 }
 
@@ -126,18 +129,46 @@ impl TesseraFlightSql {
         })
     }
 
+    /// The results waiting for DoGet.
+    pub(crate) fn results(&self) -> &Arc<ResultStore> {
+        &self.results
+    }
+
+    /// Lists a statement of `call` in `pg_stat_activity` until the returned value drops;
+    /// `pg_cancel_backend` of its pid cancels `control`.
+    fn activity(
+        &self,
+        call: &CallInfo,
+        text: &str,
+        control: Arc<QueryControl>,
+    ) -> crate::activity::CallActivity {
+        let info = BackendInfo {
+            kind: BackendKind::FlightSql,
+            user: call.client.user.clone(),
+            client_addr: call.addr.clone(),
+            application_name: FLIGHT_APPLICATION_NAME.into(),
+        };
+        self.database
+            .activity()
+            .register_call(info, text, control, call.client.session.progress())
+    }
+
     /// Runs `run` under a new ticket's interrupt (cancel requests, statement timeout)
-    /// and keeps its result for DoGet.
+    /// and keeps its result for DoGet; the statement is listed in `pg_stat_activity`
+    /// as `text` until its result is read or dropped.
     async fn run_to_ticket<Fut>(
         &self,
-        client: &FlightClient,
+        call: &CallInfo,
+        text: &str,
         descriptor: FlightDescriptor,
         run: Fut,
     ) -> Result<Response<FlightInfo>, Status>
     where
         Fut: Future<Output = Result<SendableRecordBatchStream>>,
     {
+        let client = &call.client;
         let (ticket, control) = self.results.start().map_err(|e| status(&e))?;
+        let active = self.activity(call, text, Arc::clone(&control));
         let interrupt = control.interrupt(self.statement_timeout);
         let stream = match interrupt.run(run).await {
             Ok(stream) => stream,
@@ -147,10 +178,11 @@ impl TesseraFlightSql {
             }
         };
         let schema = stream.schema();
-        let stream = Box::pin(RecordBatchStreamAdapter::new(
-            schema.clone(),
-            interrupt.stream(stream),
-        ));
+        let stream = interrupt.stream(stream).map(move |batch| {
+            let _ = &active;
+            batch
+        });
+        let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), stream));
         self.results.stash(ticket.clone(), client.id, stream);
         let handle = TicketStatementQuery {
             statement_handle: ticket,
@@ -168,12 +200,14 @@ impl TesseraFlightSql {
         Ok(Response::new(info))
     }
 
-    /// A statement that returns an update count, run under the statement timeout.
-    async fn run_update<Fut>(&self, run: Fut) -> Result<i64, Status>
+    /// A statement that returns an update count, run under the statement timeout and
+    /// listed in `pg_stat_activity` as `text` while it runs.
+    async fn run_update<Fut>(&self, call: &CallInfo, text: &str, run: Fut) -> Result<i64, Status>
     where
         Fut: Future<Output = Result<i64>>,
     {
-        let control = QueryControl::default();
+        let control = Arc::new(QueryControl::default());
+        let _active = self.activity(call, text, Arc::clone(&control));
         control
             .interrupt(self.statement_timeout)
             .run(run)
@@ -199,13 +233,34 @@ impl TesseraFlightSql {
     }
 }
 
+/// `pg_stat_activity.application_name` of a Flight SQL statement.
+const FLIGHT_APPLICATION_NAME: &str = "Arrow Flight SQL";
+
 /// The authenticated caller the gate put into the request.
-fn caller<T>(request: &Request<T>) -> Result<Arc<FlightClient>, Status> {
+pub(crate) fn caller<T>(request: &Request<T>) -> Result<Arc<FlightClient>, Status> {
     request
         .extensions()
         .get::<Caller>()
         .map(|c| c.0.clone())
         .ok_or_else(|| not_authorized("the call was not authenticated"))
+}
+
+/// Who makes a call: its client and address, for `pg_stat_activity`.
+struct CallInfo {
+    client: Arc<FlightClient>,
+    addr: String,
+}
+
+impl CallInfo {
+    fn of<T>(request: &Request<T>) -> Result<CallInfo, Status> {
+        Ok(CallInfo {
+            client: caller(request)?,
+            addr: request
+                .remote_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default(),
+        })
+    }
 }
 
 fn empty_stream() -> SendableRecordBatchStream {
@@ -413,10 +468,11 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let client = caller(&request)?;
-        let session = client.session.clone();
+        let call = CallInfo::of(&request)?;
+        let session = call.client.session.clone();
         let descriptor = request.into_inner();
-        self.run_to_ticket(&client, descriptor, async move {
+        let text = query.query.trim().to_string();
+        self.run_to_ticket(&call, &text, descriptor, async move {
             run_script(&session, &query.query).await
         })
         .await
@@ -442,9 +498,10 @@ impl FlightSqlService for TesseraFlightSql {
         command: CommandStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let client = caller(&request)?;
-        self.run_update(async {
-            let stream = run_script(&client.session, &command.query).await?;
+        let call = CallInfo::of(&request)?;
+        let session = call.client.session.clone();
+        self.run_update(&call, command.query.trim(), async {
+            let stream = run_script(&session, &command.query).await?;
             update_count(stream).await
         })
         .await
@@ -469,6 +526,7 @@ impl FlightSqlService for TesseraFlightSql {
         let handle = client
             .add_prepared(FlightPrepared {
                 statement,
+                text: query.query.trim().to_string(),
                 bound: Mutex::new(Parameters::default()),
             })
             .map_err(|e| status(&e))?;
@@ -513,13 +571,15 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let client = caller(&request)?;
-        let prepared = client.prepared(&query.prepared_statement_handle)?;
+        let call = CallInfo::of(&request)?;
+        let prepared = call.client.prepared(&query.prepared_statement_handle)?;
         let parameters = prepared.take_bound();
         prepared.check_values(&parameters)?;
-        let session = client.session.clone();
+        let session = call.client.session.clone();
+        let text = prepared.text.clone();
         self.run_to_ticket(
-            &client,
+            &call,
+            &text,
             request.into_inner(),
             execute_bound(session, prepared, parameters),
         )
@@ -534,8 +594,8 @@ impl FlightSqlService for TesseraFlightSql {
         query: CommandPreparedStatementUpdate,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let client = caller(&request)?;
-        let prepared = client.prepared(&query.prepared_statement_handle)?;
+        let call = CallInfo::of(&request)?;
+        let prepared = call.client.prepared(&query.prepared_statement_handle)?;
         let sent = read_parameters(request.into_inner()).await?;
         let bound = prepared.take_bound();
         // Go's client sends an empty record without columns when nothing is bound.
@@ -550,8 +610,9 @@ impl FlightSqlService for TesseraFlightSql {
             let runs = sent.rows.len();
             (sent, runs)
         };
-        let session = client.session.clone();
-        self.run_update(async move {
+        let session = call.client.session.clone();
+        let text = prepared.text.clone();
+        self.run_update(&call, &text, async move {
             let mut rows = parameters.rows.into_iter();
             // Zero runs changed zero rows; runs that report no count leave it unknown.
             let mut total: Option<i64> = (runs == 0).then_some(0);
@@ -577,10 +638,13 @@ impl FlightSqlService for TesseraFlightSql {
         command: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let client = caller(&request)?;
-        let interrupt: Interrupt = QueryControl::default().interrupt(self.statement_timeout);
+        let call = CallInfo::of(&request)?;
+        let control = Arc::new(QueryControl::default());
+        let text = format!("ingest into {}", command.table);
+        let _active = self.activity(&call, &text, Arc::clone(&control));
+        let interrupt: Interrupt = control.interrupt(self.statement_timeout);
         ingest::ingest(
-            &client.session,
+            &call.client.session,
             self.database.catalog(),
             command,
             request.into_inner(),

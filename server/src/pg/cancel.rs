@@ -8,9 +8,37 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pgwire::api::cancel::CancelHandler;
+use pgwire::api::{ClientInfo, PidSecretKeyGenerator, RandomPidSecretKeyGenerator};
 use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::startup::SecretKey;
 
+use crate::activity::Activity;
 use crate::edge::QueryControl;
+
+/// Backend pids and cancel keys: the pid from the database's [`Activity`] counter, which
+/// Flight SQL statements draw from too, so every backend in `pg_stat_activity` has its
+/// own; the secret key from pgwire's generator.
+#[derive(Debug)]
+pub(crate) struct BackendPids {
+    activity: Arc<Activity>,
+    keys: RandomPidSecretKeyGenerator,
+}
+
+impl BackendPids {
+    pub(crate) fn new(activity: Arc<Activity>) -> Self {
+        BackendPids {
+            activity,
+            keys: RandomPidSecretKeyGenerator::default(),
+        }
+    }
+}
+
+impl PidSecretKeyGenerator for BackendPids {
+    fn generate(&self, client: &dyn ClientInfo) -> (i32, SecretKey) {
+        let (_, key) = self.keys.generate(client);
+        (self.activity.next_pid(), key)
+    }
+}
 
 /// The connections that can be cancelled, by backend pid and secret key.
 #[derive(Debug, Default)]

@@ -43,9 +43,10 @@ use tessera_planner::ddl;
 use super::PG_SERVER_VERSION;
 use super::cancel::{CancelGuard, CancelRegistry};
 use super::copy;
+use super::notice::{DEFAULT_NOTICE_AFTER, ProgressNotices, parse_notice_after, show_notice_after};
 use super::statement::{
     Command, ConnectionValues, CopyFormat, CopyOutSource, bind_connection_values, classify,
-    command_tag,
+    command_tag, statement_texts,
 };
 use super::types::{arrow_type, decode_parameter, encode_field, field_infos, pg_type};
 use crate::Database;
@@ -75,7 +76,7 @@ pub(crate) struct PgShared {
     pub(crate) superusers: std::collections::HashSet<String>,
     /// Backend pids and cancel keys: one counter for the server, so every connection
     /// has its own pid (`pg_stat_activity`, `pg_cancel_backend`).
-    pub(crate) pids: Arc<pgwire::api::RandomPidSecretKeyGenerator>,
+    pub(crate) pids: Arc<super::BackendPids>,
 }
 
 impl Debug for PgShared {
@@ -116,6 +117,8 @@ struct ConnectionState {
     /// PostgreSQL settings by lowercased name (startup parameters and `SET`).
     settings: BTreeMap<String, String>,
     statement_timeout: Option<Duration>,
+    /// `tessera.progress_notice_after`: progress NOTICEs for statements running longer.
+    progress_notice_after: Option<Duration>,
     copy_in: Option<CopyIn>,
     cancel_guard: Option<CancelGuard>,
     /// This connection in `pg_stat_activity`, from authentication on.
@@ -137,6 +140,8 @@ struct CopyIn {
     batches: tokio::sync::mpsc::Sender<copy::CopyChunk>,
     writer: tokio::task::JoinHandle<Result<u64, DataFusionError>>,
     _writing: WriteGuard,
+    /// The COPY in `pg_stat_activity` until it ends.
+    _active: Option<crate::activity::StatementActivity>,
 }
 
 /// One client connection.
@@ -176,6 +181,8 @@ type RowStream = Pin<Box<dyn Stream<Item = Result<RecordBatch, DataFusionError>>
 #[derive(Debug, Clone)]
 pub(crate) struct PgStatement {
     command: Command,
+    /// The statement's source text (`pg_stat_activity.query`).
+    text: String,
     prepared: Option<Arc<PreparedStatement>>,
     declared: Vec<Option<DataType>>,
     parameter_types: Vec<Type>,
@@ -195,6 +202,7 @@ impl PgConnection {
             .with_pid_secret_key_generator(shared.pids.clone());
         let state = ConnectionState {
             statement_timeout: shared.statement_timeout,
+            progress_notice_after: Some(DEFAULT_NOTICE_AFTER),
             startup_slot: Some(startup_slot),
             ..ConnectionState::default()
         };
@@ -223,26 +231,45 @@ impl PgConnection {
         self.control.interrupt(timeout)
     }
 
-    /// Runs one classified statement.
-    async fn run(
+    /// The progress NOTICEs of a statement starting now.
+    fn notices(&self) -> Option<ProgressNotices> {
+        let every = self.state().progress_notice_after;
+        ProgressNotices::start(every, self.session.progress())
+    }
+
+    /// Runs one classified statement whose source text is `text`, sending `notices` to
+    /// `client` while it runs.
+    #[allow(clippy::too_many_arguments)] // one statement's parts, each from the protocol
+    async fn run<C>(
         &self,
+        client: &mut C,
+        notices: &mut Option<ProgressNotices>,
         command: &Command,
+        text: &str,
         prepared: Option<&PreparedStatement>,
         params: Vec<ScalarValue>,
         declared: &[Option<DataType>],
         interrupt: &Interrupt,
-    ) -> Result<Outcome, DataFusionError> {
+    ) -> Result<Outcome, DataFusionError>
+    where
+        C: Sink<PgWireBackendMessage> + Unpin + Send,
+    {
+        // Active from here; a result's stream (or a COPY FROM STDIN) holds the marker
+        // until it ends, anything else drops it when this returns.
+        let active = self.begin_activity(text);
         match command {
             Command::Run(statement) => {
-                let active = self.begin_activity(statement);
-                let stream = interrupt
-                    .run(async {
+                let stream = ProgressNotices::finish(
+                    notices,
+                    client,
+                    interrupt.run(async {
                         match prepared {
                             Some(p) => self.session.execute_prepared(p, params, declared).await,
                             None => self.session.execute_statement(statement.clone()).await,
                         }
-                    })
-                    .await?;
+                    }),
+                )
+                .await?;
                 let schema = stream.schema();
                 // Active until the rows are sent (the stream holds the marker).
                 let mut stream: RowStream = Box::pin(interrupt.stream(stream).map(move |b| {
@@ -254,7 +281,9 @@ impl PgConnection {
                     && schema.field(0).data_type() == &DataType::UInt64;
                 if let (Some(tag), true) = (dml_tag(statement), is_count) {
                     let mut count = 0u64;
-                    while let Some(batch) = stream.next().await {
+                    while let Some(batch) =
+                        ProgressNotices::next_batch(notices, client, &mut stream).await
+                    {
                         let batch = batch?;
                         if let Some(c) = batch
                             .column(0)
@@ -266,7 +295,9 @@ impl PgConnection {
                     }
                     Ok(Outcome::Tag(format!("{tag} {count}")))
                 } else if schema.fields().is_empty() {
-                    while let Some(batch) = stream.next().await {
+                    while let Some(batch) =
+                        ProgressNotices::next_batch(notices, client, &mut stream).await
+                    {
                         batch?;
                     }
                     Ok(Outcome::Tag(command_tag(statement)))
@@ -289,6 +320,7 @@ impl PgConnection {
                         let mut state = self.state();
                         state.settings.clear();
                         state.statement_timeout = self.shared.statement_timeout;
+                        state.progress_notice_after = Some(DEFAULT_NOTICE_AFTER);
                     }
                 }
                 Ok(Outcome::Tag("RESET".into()))
@@ -308,31 +340,38 @@ impl PgConnection {
             Command::CopyOut { source, format } => {
                 let stream = match source {
                     CopyOutSource::Query(statement) => {
-                        interrupt
-                            .run(self.session.execute_statement(statement.clone()))
-                            .await?
+                        ProgressNotices::finish(
+                            notices,
+                            client,
+                            interrupt.run(self.session.execute_statement(statement.clone())),
+                        )
+                        .await?
                     }
                     CopyOutSource::Table { name, columns } => {
-                        interrupt
-                            .run(self.session.read_table(name.clone(), columns))
-                            .await?
+                        ProgressNotices::finish(
+                            notices,
+                            client,
+                            interrupt.run(self.session.read_table(name.clone(), columns)),
+                        )
+                        .await?
                     }
                 };
                 let schema = stream.schema();
-                Ok(Outcome::CopyOut(
-                    schema,
-                    Box::pin(interrupt.stream(stream)),
-                    format.clone(),
-                ))
+                let stream = interrupt.stream(stream).map(move |b| {
+                    let _ = &active;
+                    b
+                });
+                Ok(Outcome::CopyOut(schema, Box::pin(stream), format.clone()))
             }
             Command::CopyIn {
                 table,
                 columns,
                 format,
             } => {
-                let copy = self
+                let mut copy = self
                     .start_copy_in(table, columns, format, interrupt)
                     .await?;
+                copy._active = active;
                 let width = copy.decoder.width();
                 self.state().copy_in = Some(copy);
                 Ok(Outcome::CopyIn(width, format.binary))
@@ -342,6 +381,16 @@ impl PgConnection {
 
     fn set_client(&self, name: &str, value: Option<&str>) -> Result<(), DataFusionError> {
         let mut state = self.state();
+        if name == NOTICE_SETTING {
+            state.progress_notice_after = match value {
+                None => Some(DEFAULT_NOTICE_AFTER),
+                Some(v) => parse_notice_after(v).map_err(|e| {
+                    DataFusionError::Plan(format!(
+                        "invalid value for parameter \"{NOTICE_SETTING}\": {e}"
+                    ))
+                })?,
+            };
+        }
         if name == "statement_timeout" {
             state.statement_timeout = match value {
                 None => self.shared.statement_timeout,
@@ -394,10 +443,20 @@ impl PgConnection {
         let user = client.metadata().get("user").cloned().unwrap_or_default();
         let superuser = self.shared.superusers.contains(&user);
         self.session.set_backend(pid, &user, superuser);
+        let application_name = client
+            .metadata()
+            .get("application_name")
+            .cloned()
+            .unwrap_or_default();
+        let info = crate::activity::BackendInfo {
+            kind: crate::activity::BackendKind::Postgres,
+            user: user.clone(),
+            client_addr: self.peer.ip().to_string(),
+            application_name,
+        };
         let activity = self.shared.database.activity().register(
             pid,
-            &user,
-            self.peer.ip().to_string(),
+            info,
             self.control.clone(),
             self.session.progress(),
         );
@@ -406,17 +465,10 @@ impl PgConnection {
         state.activity = Some(activity);
     }
 
-    /// Marks this connection active with `statement` in `pg_stat_activity` until the
-    /// returned value drops (`None` before authentication).
-    fn begin_activity(
-        &self,
-        statement: &ddl::Statement,
-    ) -> Option<crate::activity::StatementActivity> {
-        let text = match statement {
-            ddl::Statement::Sql(sql) => sql.text.clone(),
-            ddl::Statement::Tessera(_) => command_tag(statement),
-        };
-        self.state().activity.as_ref().map(|a| a.start(&text))
+    /// Marks this connection active with statement `text` in `pg_stat_activity` until
+    /// the returned value drops (`None` before authentication).
+    fn begin_activity(&self, text: &str) -> Option<crate::activity::StatementActivity> {
+        self.state().activity.as_ref().map(|a| a.start(text))
     }
 
     /// Seeds the PostgreSQL settings from the startup parameters.
@@ -446,6 +498,9 @@ fn show_setting(
     shared: &PgShared,
     name: &str,
 ) -> Result<String, DataFusionError> {
+    if name == NOTICE_SETTING {
+        return Ok(show_notice_after(state.progress_notice_after));
+    }
     if name == "statement_timeout" {
         return Ok(match state.statement_timeout {
             None => "0".into(),
@@ -463,6 +518,9 @@ fn show_setting(
             .ok_or_else(|| crate::pg_catalog::unknown_setting(name)),
     }
 }
+
+/// The connection's setting for progress NOTICEs (see [`super::notice`]).
+const NOTICE_SETTING: &str = super::statement::PROGRESS_NOTICE_SETTING;
 
 /// Writes the connection's pid, role and settings into `statement` (see
 /// [`bind_connection_values`]).
@@ -539,6 +597,7 @@ async fn send_copy_out<C>(
     schema: &SchemaRef,
     mut stream: RowStream,
     format: &CopyFormat,
+    notices: &mut Option<ProgressNotices>,
 ) -> PgWireResult<usize>
 where
     C: Sink<PgWireBackendMessage> + Unpin + Send,
@@ -562,7 +621,7 @@ where
             .await?;
     }
     let mut rows = 0usize;
-    while let Some(batch) = stream.next().await {
+    while let Some(batch) = ProgressNotices::next_batch(notices, client, &mut stream).await {
         let batch = batch.map_err(|e| pg_error(&e))?;
         for row in 0..batch.num_rows() {
             if format.binary {
@@ -604,6 +663,7 @@ impl SimpleQueryHandler for PgConnection {
         }
         client.set_state(PgWireConnectionState::QueryInProgress);
         let statements = split_statements(&query.query).map_err(|e| pg_error(&e))?;
+        let texts = statement_texts(&query.query).filter(|t| t.len() == statements.len());
         if statements.is_empty() {
             client
                 .feed(PgWireBackendMessage::EmptyQueryResponse(
@@ -613,12 +673,27 @@ impl SimpleQueryHandler for PgConnection {
         }
         let count = statements.len();
         for (n, mut statement) in statements.into_iter().enumerate() {
+            let text = match (&texts, &statement) {
+                (Some(texts), _) => texts[n].clone(),
+                (None, ddl::Statement::Sql(sql)) => sql.text.clone(),
+                (None, ddl::Statement::Tessera(_)) => command_tag(&statement),
+            };
             bind_values(client, &self.state, &self.shared, &mut statement);
             let command = classify(statement).map_err(|e| pg_error(&e))?;
             Self::check_failed_transaction(client.transaction_status(), &command)?;
             let interrupt = self.interrupt();
+            let mut notices = self.notices();
             let outcome = self
-                .run(&command, None, Vec::new(), &[], &interrupt)
+                .run(
+                    client,
+                    &mut notices,
+                    &command,
+                    &text,
+                    None,
+                    Vec::new(),
+                    &[],
+                    &interrupt,
+                )
                 .await
                 .map_err(|e| pg_error(&e))?;
             let status = client.transaction_status();
@@ -632,7 +707,9 @@ impl SimpleQueryHandler for PgConnection {
                         .await?;
                     let formats = vec![FieldFormat::Text; fields.len()];
                     let mut rows = 0;
-                    while let Some(batch) = stream.next().await {
+                    while let Some(batch) =
+                        ProgressNotices::next_batch(&mut notices, client, &mut stream).await
+                    {
                         let batch = batch.map_err(|e| pg_error(&e))?;
                         for row in data_rows(&batch, &formats) {
                             client.feed(PgWireBackendMessage::DataRow(row)).await?;
@@ -671,7 +748,8 @@ impl SimpleQueryHandler for PgConnection {
                         .await?;
                 }
                 Outcome::CopyOut(schema, stream, format) => {
-                    let rows = send_copy_out(client, &schema, stream, &format).await?;
+                    let rows =
+                        send_copy_out(client, &schema, stream, &format, &mut notices).await?;
                     client
                         .feed(PgWireBackendMessage::CommandComplete(
                             Tag::new("COPY").with_rows(rows).into(),
@@ -768,6 +846,12 @@ impl QueryParser for StatementParser {
         let Some(mut statement) = statements.pop() else {
             return Ok(None);
         };
+        let text = statement_texts(sql)
+            .and_then(|mut texts| texts.pop())
+            .unwrap_or_else(|| match &statement {
+                ddl::Statement::Sql(sql) => sql.text.clone(),
+                ddl::Statement::Tessera(_) => command_tag(&statement),
+            });
         bind_values(client, &self.state, &self.shared, &mut statement);
         let declared: Vec<Option<DataType>> = types
             .iter()
@@ -818,6 +902,7 @@ impl QueryParser for StatementParser {
             .collect();
         Ok(Some(PgStatement {
             command,
+            text,
             prepared,
             declared,
             parameter_types,
@@ -913,9 +998,13 @@ impl ExtendedQueryHandler for PgConnection {
             params.push(value);
         }
         let interrupt = self.interrupt();
+        let mut notices = self.notices();
         let outcome = self
             .run(
+                client,
+                &mut notices,
                 &stmt.command,
+                &stmt.text,
                 stmt.prepared.as_deref(),
                 params,
                 &stmt.declared,
@@ -924,11 +1013,15 @@ impl ExtendedQueryHandler for PgConnection {
             .await
             .map_err(|e| pg_error(&e))?;
         Ok(match outcome {
-            Outcome::Rows(schema, stream) => {
+            Outcome::Rows(schema, mut stream) => {
                 let fields = field_infos(schema.fields(), |i| {
                     portal.result_column_format.format_for(i)
                 });
                 let formats: Vec<FieldFormat> = fields.iter().map(|f| f.format()).collect();
+                // pgwire sends the rows; the notices go on until the first batch, which
+                // is when a query that aggregates has done its work.
+                let first = ProgressNotices::next_batch(&mut notices, client, &mut stream).await;
+                let stream = futures::stream::iter(first).chain(stream);
                 let rows = stream.flat_map(move |batch| {
                     futures::stream::iter(match batch {
                         Ok(batch) => data_rows(&batch, &formats).into_iter().map(Ok).collect(),
@@ -951,7 +1044,7 @@ impl ExtendedQueryHandler for PgConnection {
             // as a row (a header alone, or a header with the trailer of an empty
             // result, would be one).
             Outcome::CopyOut(schema, stream, format) => {
-                let rows = send_copy_out(client, &schema, stream, &format).await?;
+                let rows = send_copy_out(client, &schema, stream, &format, &mut notices).await?;
                 Response::Execution(Tag::new("COPY").with_rows(rows))
             }
             Outcome::CopyIn(columns, binary) => Response::CopyIn(CopyResponse::new(
@@ -1077,6 +1170,7 @@ impl PgConnection {
             batches,
             writer,
             _writing: writing,
+            _active: None,
         })
     }
 }

@@ -9,6 +9,7 @@
 //!          Parse/Bind/Describe/Execute ─ StatementParser + do_query   (handler.rs)
 //!          CopyData/Done ─ COPY FROM STDIN                            (copy.rs)
 //!          CancelRequest ─ CancelRegistry ─ the running statement's Interrupt (cancel.rs)
+//!          while a statement runs: progress NoticeResponses                (notice.rs)
 //! ```
 //!
 //! What the PostgreSQL and Flight SQL wires share (users, loopback trust, cancellation)
@@ -24,13 +25,14 @@ mod cancel;
 mod connection;
 mod copy;
 mod handler;
+mod notice;
 mod statement;
 pub(crate) mod types;
 
 /// Makes a PostgreSQL-style SCRAM verifier for a `[[users]]` entry's `scram_verifier`.
 pub use crate::edge::scram_verifier;
 pub(crate) use auth::UserSource;
-pub(crate) use cancel::CancelRegistry;
+pub(crate) use cancel::{BackendPids, CancelRegistry};
 pub(crate) use connection::{ConnectionLimits, serve_connection};
 pub(crate) use handler::{PgConnection, PgShared, server_parameters};
 

@@ -13,6 +13,8 @@ use datafusion::sql::sqlparser::ast::{
     Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, ObjectName, Query, Select,
     SelectItem, Set, SetExpr, Statement as SqlStatement, Value, VisitMut, VisitorMut,
 };
+use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+use datafusion::sql::sqlparser::tokenizer::{Location, Token, Tokenizer};
 use tessera_planner::ddl::{
     CopyDirection, CopyTarget, OptionValue, SqlText, Statement, TesseraStatement,
 };
@@ -122,10 +124,57 @@ impl CopyFormat {
     }
 }
 
+/// The connection's setting for progress NOTICEs: a `tessera.*` name, but the
+/// connection's own, not the session's (see `super::notice`).
+pub(crate) const PROGRESS_NOTICE_SETTING: &str = "tessera.progress_notice_after";
+
 /// Settings that belong to DataFusion or Tessera and go through the session's `SET`.
 fn is_engine_setting(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    lower.starts_with("datafusion.") || lower.starts_with("tessera.")
+    (lower.starts_with("datafusion.") || lower.starts_with("tessera."))
+        && lower != PROGRESS_NOTICE_SETTING
+}
+
+/// The source text of each statement of `sql`, as `pg_stat_activity.query` shows it:
+/// from its first token to its last (no surrounding blanks, comments or `;`), cut at
+/// the `;` tokens sqlparser's PostgreSQL tokenizer finds, as `ddl::parse` cuts them.
+/// `None` when the text does not tokenize (then it does not parse either).
+pub(crate) fn statement_texts(sql: &str) -> Option<Vec<String>> {
+    let tokens = Tokenizer::new(&PostgreSqlDialect {}, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    // The tokenizer's locations are 1-based lines and character columns.
+    let byte = |location: Location| -> usize {
+        let line = (location.line as usize).saturating_sub(1);
+        let start = line_starts.get(line).copied().unwrap_or(sql.len());
+        let column = (location.column as usize).saturating_sub(1);
+        sql.get(start..)
+            .and_then(|rest| rest.char_indices().nth(column))
+            .map_or(sql.len(), |(i, _)| start + i)
+    };
+    let mut texts = Vec::new();
+    let mut span: Option<(Location, Location)> = None;
+    for token in &tokens {
+        match &token.token {
+            Token::SemiColon | Token::EOF => {
+                if let Some((start, end)) = span.take() {
+                    texts.push(sql.get(byte(start)..byte(end))?.to_string());
+                }
+            }
+            Token::Whitespace(_) => {}
+            _ => {
+                let start = span.map_or(token.span.start, |(start, _)| start);
+                span = Some((start, token.span.end));
+            }
+        }
+    }
+    if let Some((start, end)) = span {
+        texts.push(sql.get(byte(start)..byte(end))?.to_string());
+    }
+    Some(texts)
 }
 
 /// A setting's name as PostgreSQL spells it: the parts joined by `.`, lowercased unless
@@ -672,6 +721,25 @@ mod tests {
                 value: Some("é".into())
             }
         );
+    }
+
+    #[test]
+    fn statement_texts_are_cut_at_semicolon_tokens() {
+        let sql =
+            "-- first\nCREATE MATRIX a (2, 2) ;\n SELECT ';' AS s, 'é'\n  FROM t;;  SHOW ARRAYS";
+        assert_eq!(
+            statement_texts(sql).unwrap(),
+            [
+                "CREATE MATRIX a (2, 2)",
+                "SELECT ';' AS s, 'é'\n  FROM t",
+                "SHOW ARRAYS"
+            ]
+        );
+        assert_eq!(
+            statement_texts("  ; -- nothing").unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(statement_texts("SELECT 'open"), None);
     }
 
     #[test]

@@ -988,13 +988,13 @@ async fn rows(table: &str, sources: &Sources, state: &dyn Session) -> Vec<Row> {
                     ("pid", int(i64::from(b.pid))),
                     ("usesysid", oid(OWNER_OID)),
                     ("usename", text(b.user)),
-                    ("application_name", text("")),
+                    ("application_name", text(b.application_name)),
                     ("client_addr", text(b.client_addr)),
                     ("backend_start", timestamp(Some(b.backend_start))),
                     ("query_start", timestamp(b.query_start)),
                     ("state", text(b.state)),
                     ("query", text(b.query)),
-                    ("backend_type", text("client backend")),
+                    ("backend_type", text(b.kind.backend_type())),
                 ])
             })
             .collect(),
@@ -1006,11 +1006,7 @@ async fn rows(table: &str, sources: &Sources, state: &dyn Session) -> Vec<Row> {
             .filter(|b| b.state == "active")
             .map(|b| {
                 let p = b.progress;
-                let phase = if p.blocks_total > 0 && p.blocks_done < p.blocks_total {
-                    "reading blocks"
-                } else {
-                    "computing"
-                };
+                let phase = crate::activity::phase(&p);
                 let elapsed = b
                     .query_start
                     .and_then(|t| t.elapsed().ok())

@@ -8,7 +8,7 @@
 //! twice combines ([`Duplicates`]) and in whether the cells overwrite a stored block
 //! ([`CooBuilder::build_over`]).
 
-use super::{Block, BlockFormat, CsrBlock, DenseBlock};
+use super::{Block, BlockFormat, CsrBlock, DenseBlock, is_stored};
 use crate::error::{Result, StorageError};
 
 /// How cells listed more than once at one position combine.
@@ -24,7 +24,7 @@ pub enum Duplicates {
 /// The cells of one `rows x cols` block in coordinate form, pushed in any order, then
 /// built into a block.
 ///
-/// Zeros are kept until the block is built: a zero (after combining duplicates) is not
+/// Zeros are kept until the block is built: a `+0.0` (after combining duplicates) is not
 /// stored, and over a stored block ([`CooBuilder::build_over`]) it removes the stored
 /// cell. NaN is a value like any other (it is non-zero). The block is dense or CSR by
 /// [`Block::preferred_format`].
@@ -115,7 +115,7 @@ impl CooBuilder {
     pub fn build(self) -> Block {
         let (rows, cols) = (self.rows, self.cols);
         let cells = self.combined();
-        let nnz = cells.iter().filter(|c| c.2 != 0.0).count();
+        let nnz = cells.iter().filter(|c| is_stored(c.2)).count();
         match Block::preferred_format(rows, cols, nnz) {
             BlockFormat::Dense => {
                 let mut values = vec![0.0; rows * cols];
@@ -194,7 +194,7 @@ fn csr_of_sorted(
     let mut indptr = vec![0usize; rows + 1];
     let (mut indices, mut data) = (Vec::new(), Vec::new());
     for (r, c, v) in cells {
-        if v != 0.0 {
+        if is_stored(v) {
             indptr[r + 1] += 1;
             indices.push(c);
             data.push(v);
@@ -301,7 +301,7 @@ impl Block {
         match self {
             Block::Dense(d) => {
                 for (c, &v) in d.row(r).iter().enumerate() {
-                    if v != 0.0 {
+                    if is_stored(v) {
                         f(c, v);
                     }
                 }
@@ -411,15 +411,21 @@ mod tests {
     }
 
     #[test]
-    fn nan_is_stored_and_sums_to_nan() {
+    fn nan_and_negative_zero_are_stored_and_nan_sums_to_nan() {
         let mut b = CooBuilder::new(1, 3, Duplicates::Sum);
         b.push(0, 2, f64::NAN).unwrap();
         b.push(0, 2, 1.0).unwrap();
         b.push(0, 0, -0.0).unwrap();
+        b.push(0, 1, 0.0).unwrap();
         let block = b.build();
-        assert_eq!(block.nnz(), 1);
+        assert_eq!(block.nnz(), 2);
         assert!(block.get(0, 2).is_nan());
-        assert_eq!(block.get(0, 0), 0.0);
+        assert!(block.get(0, 0).is_sign_negative());
+        let mut listed = Vec::new();
+        block.for_each_nonzero(|r, c, v| listed.push((r, c, v.is_sign_negative())));
+        assert_eq!(listed, [(0, 0, true), (0, 2, false)]);
+        let csr = CsrBlock::from_dense(&DenseBlock::new(1, 3, vec![-0.0, 0.0, 2.0]).unwrap());
+        assert_eq!(csr.nnz(), 2);
     }
 
     #[test]

@@ -41,7 +41,7 @@ impl CsrBlock {
         indptr.push(0);
         for row in mat.outer_iterator() {
             for (c, &v) in row.iter() {
-                if v != 0.0 {
+                if super::is_stored(v) {
                     indices.push(c);
                     data.push(v);
                 }
@@ -69,7 +69,7 @@ impl CsrBlock {
         indptr.push(0);
         for r in 0..rows {
             for (c, &v) in d.row(r).iter().enumerate() {
-                if v != 0.0 {
+                if super::is_stored(v) {
                     indices.push(c);
                     data.push(v);
                 }
@@ -90,7 +90,7 @@ impl CsrBlock {
         indices: Vec<usize>,
         data: Vec<f64>,
     ) -> Self {
-        debug_assert!(!data.contains(&0.0));
+        debug_assert!(data.iter().all(|v| super::is_stored(*v)));
         Self {
             mat: CsMat::new((rows, cols), indptr, indices, data),
         }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::output::{AtomicFile, dense_row, for_each_nonzero_in_row, to_usize};
 use super::text::{LineReader, is_blank, push_f64, push_u64, shape_str};
 use super::{Bands, CELL_BATCH, CellReader, Cells, CsvLayout, ReadOptions, is_sparse};
+use crate::block::is_stored;
 use crate::error::{Result, StorageError};
 
 /// Largest index accepted when written as a float (`3.0`): above 2^53 floats skip integers.
@@ -209,7 +210,7 @@ impl CsvState {
             .map_err(|_| self.error(no, format!("bad number \"{v}\" in column 3")))?;
         // Checked by parse_index: an index is below u64::MAX, so +1 cannot overflow.
         self.extent = (self.extent.0.max(r + 1), self.extent.1.max(c + 1));
-        if v != 0.0 {
+        if is_stored(v) {
             batch.rows.push(r);
             batch.cols.push(c);
             batch.values.push(v);
@@ -286,7 +287,7 @@ impl CsvState {
                 let msg = format!("bad number \"{field}\" in column {}", n + 1);
                 return Err(self.error(no, msg));
             };
-            if v != 0.0 {
+            if is_stored(v) {
                 self.carry.rows.push(row);
                 self.carry.cols.push(n as u64);
                 self.carry.values.push(v);
@@ -454,7 +455,7 @@ pub(super) fn write(
                         line.push(b',');
                     }
                     push_f64(&mut line, v);
-                    written += (v != 0.0) as u64;
+                    written += is_stored(v) as u64;
                 }
                 line.push(b'\n');
                 out.write_all(&line)?;
@@ -715,7 +716,7 @@ mod tests {
             band(0, vec![(0, Block::Dense(d)), (2, Block::Sparse(s))]),
             band(2, vec![(2, Block::Dense(last))]),
         ];
-        let nnz = 6;
+        let nnz = 7;
         write_file(
             &path,
             FileFormat::Csv,
@@ -724,21 +725,24 @@ mod tests {
             &mut bands.clone().into_iter().map(Ok),
         )
         .unwrap();
-        // 6 of 12 cells: dense rows, no header.
+        // 7 of 12 cells (-0.0 is one): dense rows, no header.
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().next().unwrap(), "0.1,1e300,0,5e-324");
+        assert_eq!(text.lines().nth(1).unwrap(), "0,-0,7,0");
         let (cells, shape) = read_all(&path, &ReadOptions::default()).unwrap();
         assert_eq!(shape, Some((3, 4)));
         let expect = [
             (0, 0, 0.1),
             (0, 1, 1e300),
             (0, 3, 5e-324),
+            (1, 1, -0.0),
             (1, 2, 7.0),
             (2, 2, 1.0 / 3.0),
         ];
-        assert_eq!(cells.len(), 6);
-        assert_eq!(cells[..5], expect);
-        assert!(cells[5].2.is_nan());
+        assert_eq!(cells.len(), 7);
+        assert_eq!(cells[..6], expect);
+        assert!(cells[3].2.is_sign_negative());
+        assert!(cells[6].2.is_nan());
 
         // Sparse: triples with a header, and the zero last cell keeps the shape.
         let s = CsrBlock::from_dense(

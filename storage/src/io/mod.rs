@@ -19,16 +19,19 @@
 //!                   or SciPy sparse CSR/CSC/COO) --next_cells--> Cells (<= CELL_BATCH)
 //!   write_file / write_array_file <-- bands of block rows (one in memory at a time)
 //!                                 --> temp file -> rename
-//!   NpyCellWriter <-- cells in any order (COPY (query) TO 'f.npy') --> scratch file
-//!                 --> dense temp file -> rename
+//!   NpyCellWriter <-- cells in any order (COPY (query) TO 'f.npy' | 'f.npz') --> scratch
+//!                 file --> dense temp file -> rename (or stored as an .npz member)
+//!   MtxCellWriter <-- cells in any order (COPY (query) TO 'f.mtx') --> scratch file
+//!                 --> header + entries -> rename
 //! ```
 //!
 //! Each format lives in its own file (`csv.rs`, `mtx.rs`, `npy.rs`, `npz.rs`) with its
 //! reader, its writer and its tests; `text.rs` holds the line reader and number
 //! formatting the text formats share, `output.rs` the atomic file and the band checks
-//! the writers share. `.npz` archives are read, not written: the `zip` crate reads the
-//! central directory, and each member streams from its own file handle (inflated by
-//! `flate2`, its CRC-32 checked at its end).
+//! the writers share. `.npz` archives are read (the `zip` crate reads the central
+//! directory, and each member streams from its own file handle, inflated by `flate2`,
+//! its CRC-32 checked at its end) and, for a query's cells, written with one member
+//! stored uncompressed, as `numpy.savez` stores its members.
 
 use std::path::Path;
 
@@ -42,6 +45,7 @@ mod npz;
 mod output;
 mod text;
 
+pub use mtx::MtxCellWriter;
 pub use npy::{MAX_CELL_WRITER_ELEMENTS, NpyCellWriter};
 
 /// A file format Tessera reads and writes.

@@ -17,6 +17,7 @@ use super::output::{
 };
 use super::text::{LineReader, is_blank, push_f64, push_u64, shape_str};
 use super::{Bands, CELL_BATCH, CellReader, Cells, ReadOptions, is_sparse};
+use crate::block::is_stored;
 use crate::error::{Result, StorageError};
 
 /// Cells of the in-memory tile through which an `array` export is transposed (32 MiB).
@@ -277,7 +278,7 @@ impl MtxState {
             let msg = format!("diagonal entry {v}: a skew-symmetric matrix has a zero diagonal");
             return Err(self.error(no, msg));
         }
-        if v != 0.0 {
+        if is_stored(v) {
             batch.rows.push(r);
             batch.cols.push(c);
             batch.values.push(v);
@@ -566,6 +567,100 @@ fn write_value(out: &mut AtomicFile, line: &mut Vec<u8>, v: f64) -> Result<()> {
     push_f64(line, v);
     line.push(b'\n');
     out.write_all(line)
+}
+
+/// Writes cells that arrive in any order (a query's `(i, j, v)` rows, 0-based) as a
+/// Matrix Market coordinate file (1-based) whose shape is one past the largest row and
+/// column. Entries go to a scratch file beside the target as they come, since the size
+/// line before them needs their count; [`MtxCellWriter::commit`] writes the header and
+/// copies them after it, in the order pushed (a position listed twice is listed twice;
+/// readers sum such entries, as Tessera's loads do), and renames the file into place.
+/// Dropped before the commit, it leaves nothing behind.
+#[derive(Debug)]
+pub struct MtxCellWriter {
+    target: PathBuf,
+    scratch: TempPath,
+    out: std::io::BufWriter<File>,
+    shape: (u64, u64),
+    entries: u64,
+    line: Vec<u8>,
+}
+
+impl MtxCellWriter {
+    /// Starts a file at `target`.
+    pub fn create(target: &Path) -> Result<Self> {
+        let (scratch, file) = TempPath::create_beside(target, "cells")?;
+        Ok(Self {
+            target: target.to_path_buf(),
+            scratch,
+            out: std::io::BufWriter::with_capacity(1 << 20, file),
+            shape: (0, 0),
+            entries: 0,
+            line: Vec::with_capacity(64),
+        })
+    }
+
+    /// Adds the cell at 0-based `(row, col)`.
+    pub fn push(&mut self, row: u64, col: u64, value: f64) -> Result<()> {
+        let (r, c) = match (row.checked_add(1), col.checked_add(1)) {
+            (Some(r), Some(c)) => (r, c),
+            _ => {
+                return Err(StorageError::InvalidArgument(format!(
+                    "cell ({row}, {col}) is past the largest Matrix Market index"
+                )));
+            }
+        };
+        self.shape = (self.shape.0.max(r), self.shape.1.max(c));
+        self.line.clear();
+        push_u64(&mut self.line, r);
+        self.line.push(b' ');
+        push_u64(&mut self.line, c);
+        self.line.push(b' ');
+        push_f64(&mut self.line, value);
+        self.line.push(b'\n');
+        self.out
+            .write_all(&self.line)
+            .map_err(|e| StorageError::io(self.scratch.path().display(), e))?;
+        self.entries += 1;
+        Ok(())
+    }
+
+    /// Writes the file and renames it into place; returns its shape.
+    pub fn commit(self) -> Result<(u64, u64)> {
+        let Self {
+            target,
+            scratch,
+            out,
+            shape,
+            entries,
+            ..
+        } = self;
+        let scratch_err = |e| StorageError::io(scratch.path().display(), e);
+        let mut scratch_file = out.into_inner().map_err(|e| scratch_err(e.into_error()))?;
+        scratch_file.seek(SeekFrom::Start(0)).map_err(scratch_err)?;
+        let mut file = AtomicFile::create(&target)?;
+        let mut head =
+            b"%%MatrixMarket matrix coordinate real general\n% written by Tessera\n".to_vec();
+        push_u64(&mut head, shape.0);
+        head.push(b' ');
+        push_u64(&mut head, shape.1);
+        head.push(b' ');
+        push_u64(&mut head, entries);
+        head.push(b'\n');
+        file.write_all(&head)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = scratch_file.read(&mut buf).map_err(scratch_err)?;
+            if n == 0 {
+                break;
+            }
+            file.write_all(&buf[..n])?;
+        }
+        drop(scratch_file);
+        drop(scratch);
+        file.commit()?;
+        Ok(shape)
+    }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use super::output::{AtomicFile, TempPath, count_nonzero, dense_row, to_usize};
 use super::text::{READ_BUFFER, shape_str};
 use super::{Bands, CELL_BATCH, CellReader, Cells, ReadOptions};
+use crate::block::is_stored;
 use crate::error::{Result, StorageError};
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
@@ -439,7 +440,7 @@ impl NpyReader {
         if self.fortran {
             // Fortran order: the first index moves fastest.
             for &v in &self.values {
-                if v != 0.0 {
+                if is_stored(v) {
                     let (r, c) = flat_position(&self.dims, &self.index);
                     cells.rows.push(r);
                     cells.cols.push(c);
@@ -459,7 +460,7 @@ impl NpyReader {
         let cols = self.shape.1;
         let (mut r, mut c) = self.next;
         for &v in &self.values {
-            if v != 0.0 {
+            if is_stored(v) {
                 cells.rows.push(r);
                 cells.cols.push(c);
                 cells.values.push(v);
@@ -867,6 +868,60 @@ impl NpyCellWriter {
 
     /// Writes the file and renames it into place; returns its shape.
     pub fn commit(self) -> Result<Vec<u64>> {
+        let target = self.target.clone();
+        let (temp, file, dims) = self.write_dense()?;
+        let temp_err = |e| StorageError::io(temp.path().display(), e);
+        file.sync_all().map_err(temp_err)?;
+        drop(file);
+        temp.persist(&target)?;
+        Ok(dims)
+    }
+
+    /// Writes the array as member `member` (`arr_0` as `numpy.savez` names its first;
+    /// `.npy` is added) of a one-member `.npz` archive, stored uncompressed as `savez`
+    /// stores it, and renames the archive into place; returns the array's shape.
+    pub fn commit_npz(self, member: &str) -> Result<Vec<u64>> {
+        let target = self.target.clone();
+        let (npy, mut npy_file, dims) = self.write_dense()?;
+        let npy_err = |e| StorageError::io(npy.path().display(), e);
+        let npy_len = npy_file.seek(SeekFrom::End(0)).map_err(npy_err)?;
+        npy_file.seek(SeekFrom::Start(0)).map_err(npy_err)?;
+        let (zip_temp, zip_file) = TempPath::create_beside(&target, "npz")?;
+        let zip_err = |e: zip::result::ZipError| {
+            StorageError::io(
+                zip_temp.path().display(),
+                std::io::Error::other(e.to_string()),
+            )
+        };
+        let mut archive = zip::ZipWriter::new(std::io::BufWriter::with_capacity(1 << 20, zip_file));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored)
+            .large_file(npy_len >= zip::ZIP64_BYTES_THR);
+        archive
+            .start_file(format!("{member}.npy"), options)
+            .map_err(zip_err)?;
+        std::io::copy(
+            &mut BufReader::with_capacity(1 << 20, &mut npy_file),
+            &mut archive,
+        )
+        .map_err(|e| StorageError::io(zip_temp.path().display(), e))?;
+        let writer = archive.finish().map_err(zip_err)?;
+        let zip_file = writer
+            .into_inner()
+            .map_err(|e| StorageError::io(zip_temp.path().display(), e.into_error()))?;
+        zip_file
+            .sync_all()
+            .map_err(|e| StorageError::io(zip_temp.path().display(), e))?;
+        drop(zip_file);
+        drop(npy_file);
+        drop(npy);
+        zip_temp.persist(&target)?;
+        Ok(dims)
+    }
+
+    /// The dense `.npy` file of the cells, in a temporary file beside the target (not
+    /// yet synced): its path, the open file and the array's shape.
+    fn write_dense(self) -> Result<(TempPath, File, Vec<u64>)> {
         let Self {
             target,
             scratch,
@@ -913,17 +968,20 @@ impl NpyCellWriter {
             let mut old = [0u8; 8];
             file.seek(SeekFrom::Start(offset)).map_err(temp_err)?;
             file.read_exact(&mut old).map_err(temp_err)?;
-            let sum = f64::from_le_bytes(old) + f64::from_le_bytes(word(value));
+            let sum = add_cell(f64::from_le_bytes(old), f64::from_le_bytes(word(value)));
             file.seek(SeekFrom::Start(offset)).map_err(temp_err)?;
             file.write_all(&sum.to_le_bytes()).map_err(temp_err)?;
         }
         drop(records);
         drop(scratch);
-        file.sync_all().map_err(temp_err)?;
-        drop(file);
-        temp.persist(&target)?;
-        Ok(dims)
+        Ok((temp, file, dims))
     }
+}
+
+/// A cell added to what its place holds: the sum, except that a place not written yet
+/// (`+0.0`, the file's fill) takes the cell as it is, so a `-0.0` keeps its sign.
+fn add_cell(old: f64, value: f64) -> f64 {
+    if is_stored(old) { old + value } else { value }
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use zip::CompressionMethod;
 use super::npy::NpyReader;
 use super::text::{READ_BUFFER, shape_str};
 use super::{CELL_BATCH, CellReader, Cells, NpzMember, ReadOptions};
+use crate::block::is_stored;
 use crate::error::{Result, StorageError};
 
 /// Where one member's bytes are in the archive.
@@ -484,7 +485,7 @@ impl CellReader for SparseReader {
                     shape_str(self.shape)
                 )));
             }
-            if v != 0.0 {
+            if is_stored(v) {
                 cells.rows.push(r as u64);
                 cells.cols.push(c as u64);
                 cells.values.push(v);

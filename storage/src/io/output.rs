@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::BlockBand;
-use crate::block::Block;
+use crate::block::{Block, is_stored};
 use crate::error::{Result, StorageError};
 
 /// Write buffer of output files.
@@ -223,7 +223,7 @@ pub(super) fn for_each_nonzero_in_row(band: &BlockBand, r: usize, mut f: impl Fn
 
 /// Number of non-zeros in `values` (NaN counts, as it does in a block's `nnz`).
 pub(super) fn count_nonzero(values: &[f64]) -> u64 {
-    values.iter().filter(|v| **v != 0.0).count() as u64
+    values.iter().filter(|v| is_stored(**v)).count() as u64
 }
 
 /// A matrix dimension as `usize`, for row buffers.

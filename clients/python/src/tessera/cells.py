@@ -29,26 +29,31 @@ def is_sparse(array: Any) -> bool:
 
 def to_cells(array: Any) -> Tuple[Tuple[int, int], pa.Table]:
     """The shape of a 2-D NumPy array (or anything ``np.asarray`` takes) or SciPy sparse
-    matrix, and its non-zero cells as ``(i, j, v)``. Zeros are not sent: Tessera stores
-    only non-zero cells, and a cell never written reads as 0. Values become float64, the
-    one attribute type Tessera stores. Duplicate entries of a sparse matrix are summed,
-    as SciPy does."""
+    matrix, and its stored cells as ``(i, j, v)``: every value but ``+0.0``. Zeros are
+    not sent (a cell never written reads as 0), but ``-0.0`` is, since Tessera keeps its
+    sign. Values become float64, the one attribute type Tessera stores. Duplicate
+    entries of a sparse matrix are summed, as SciPy does."""
     if is_sparse(array):
         coo = _scipy_sparse().coo_matrix(array, dtype=np.float64)  # a copy: we edit it
         coo.sum_duplicates()
-        coo.eliminate_zeros()
-        shape, i, j, v = coo.shape, coo.row, coo.col, coo.data
+        keep = _stored(coo.data)
+        shape, i, j, v = coo.shape, coo.row[keep], coo.col[keep], coo.data[keep]
     else:
         dense = np.asarray(array, dtype=np.float64)
         if dense.ndim != 2:
             raise ValueError(f"put() takes a 2-D array; this one has shape {dense.shape}")
-        i, j = np.nonzero(dense)
+        i, j = np.nonzero(_stored(dense))
         shape, v = dense.shape, dense[i, j]
     table = pa.Table.from_arrays(
         [pa.array(i.astype(np.int64)), pa.array(j.astype(np.int64)), pa.array(v)],
         schema=CELL_SCHEMA,
     )
     return (int(shape[0]), int(shape[1])), table
+
+
+def _stored(values: np.ndarray) -> np.ndarray:
+    """Where ``values`` holds a value Tessera stores: non-zero (NaN too) or ``-0.0``."""
+    return (values != 0) | np.signbit(values)
 
 
 def _columns(cells: pa.Table):
