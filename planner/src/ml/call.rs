@@ -143,16 +143,16 @@ pub(crate) enum PcaOutput {
 #[derive(Debug, Clone)]
 pub(crate) struct Call {
     /// The call as written.
-    pub written: String,
-    pub name: String,
-    pub builtin: Builtin,
+    pub(crate) written: String,
+    pub(crate) name: String,
+    pub(crate) builtin: Builtin,
     /// The jobs, in the order [`Call::finish`] reads their results.
-    pub jobs: Vec<MatExpr>,
+    pub(crate) jobs: Vec<MatExpr>,
     /// Rows of x when known at planning time.
-    pub rows: Option<u64>,
+    pub(crate) rows: Option<u64>,
     /// The last job gives the row count (rows of `rowsums(x)`), as x's shape is only
     /// known once its subquery has run.
-    pub rows_job: bool,
+    pub(crate) rows_job: bool,
 }
 
 impl fmt::Display for Call {
@@ -273,7 +273,7 @@ pub fn plan_builtin(
                 let before = builder.input_count();
                 mats.push(builder.matrix(name, k + 1, e)?);
                 for _ in before..builder.input_count() {
-                    owners.push((k + 1, n));
+                    owners.push((k + 1, *n));
                 }
             }
             (Param::N(n, _), Some(e)) => match scalar(e) {
@@ -563,8 +563,8 @@ fn scalar(e: &SqlExpr) -> Option<f64> {
 
 /// What a call's in-memory step produced.
 pub(crate) struct Finished {
-    pub batch: RecordBatch,
-    pub report: Option<ParforReport>,
+    pub(crate) batch: RecordBatch,
+    pub(crate) report: Option<ParforReport>,
 }
 
 impl Call {

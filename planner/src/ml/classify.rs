@@ -193,7 +193,7 @@ fn newton_logistic(
             for j in 0..q {
                 // A tiny ridge keeps the over-parametrised softmax (and separable data)
                 // solvable; the penalty itself is lambda on the weights.
-                h[(c * q + j, c * q + j)] += if j < p { f.lambda } else { 0.0 } + 1e-10;
+                h[(c * q + j, c * q + j)] += (if j < p { f.lambda } else { 0.0 }) + 1e-10;
             }
         }
         let g = Mat::from_fn(dim, 1, |r, _| grad[(r % q, r / q)]);
@@ -332,7 +332,7 @@ pub(crate) struct Model {
     weights: Mat<f64>,
     intercepts: Vec<f64>,
     /// Class label of each column.
-    pub labels: Vec<f64>,
+    pub(crate) labels: Vec<f64>,
 }
 
 impl Model {

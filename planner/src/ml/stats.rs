@@ -79,13 +79,13 @@ pub(crate) fn scatter(x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
 #[derive(Debug, Clone)]
 pub(crate) struct PcaFit {
     /// Explained variance of each component, descending.
-    pub values: Vec<f64>,
+    pub(crate) values: Vec<f64>,
     /// Sum of all eigenvalues (the total variance), for the ratios.
-    pub total: f64,
+    pub(crate) total: f64,
     /// Components as columns (p x k), each with its largest-magnitude entry positive.
-    pub vectors: Mat<f64>,
+    pub(crate) vectors: Mat<f64>,
     /// Column standard deviations X was divided by (`scale`).
-    pub sd: Option<Vec<f64>>,
+    pub(crate) sd: Option<Vec<f64>>,
 }
 
 /// PCA of the covariance `cov` (p x p); with `scale`, of the correlation matrix.
