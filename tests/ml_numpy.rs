@@ -142,7 +142,7 @@ fn every_builtin_matches_numpy_and_scikit_learn() {
         ));
     }
     // A matrix result: stored with its shape, written out as .npy.
-    let mut matrix = |name: &str, shape: (u64, u64), sql: &str| {
+    let matrix = |script: &mut String, name: &str, shape: (u64, u64), sql: &str| {
         script.push_str(&format!(
             "CREATE MATRIX {name}_out ({}, {}) AS SELECT * FROM {sql};\n\
              COPY {name}_out TO '{}' WITH (FORMAT npy);\n",
@@ -151,37 +151,89 @@ fn every_builtin_matches_numpy_and_scikit_learn() {
             p(&format!("{name}_out.npy"))
         ));
     };
-    matrix("lm", (9, 1), "lm(x, y, intercept => 1)");
-    matrix("lm_ridge", (9, 1), "lm(x, y, lambda => 2.5, intercept => true)");
-    matrix("lm_ridge0", (8, 1), "lm(x, y, 2.5)");
+    matrix(&mut script, "lm", (9, 1), "lm(x, y, intercept => 1)");
     matrix(
+        &mut script,
+        "lm_ridge",
+        (9, 1),
+        "lm(x, y, lambda => 2.5, intercept => true)",
+    );
+    matrix(&mut script, "lm_ridge0", (8, 1), "lm(x, y, 2.5)");
+    matrix(
+        &mut script,
         "lm_cg",
         (40, 1),
         "lm(wide, wy, solver => 'cg', tol => 1e-12, max_iter => 500)",
     );
-    matrix("lm_predict", (500, 1), "lm_predict(x, lm(x, y, 0, 1))");
-    matrix("cov", (8, 8), "cov(x)");
-    matrix("cor", (8, 8), "cor(x)");
-    matrix("spearman", (8, 8), "cor(x, method => 'spearman')");
-    matrix("pca_variance", (3, 2), "pca_variance(x, 3)");
-    matrix("pca_components", (8, 3), "pca_components(x, 3)");
-    matrix("pca", (500, 3), "pca(x, 3)");
-    matrix("pca_scaled", (2, 2), "pca_variance(x, 2, center => 1, scale => 1)");
-    matrix("kmeans", (4, 3), "kmeans(blobs, 4, 10, 100, 7)");
+    matrix(
+        &mut script,
+        "lm_predict",
+        (500, 1),
+        "lm_predict(x, lm(x, y, 0, 1))",
+    );
+    matrix(&mut script, "cov", (8, 8), "cov(x)");
+    matrix(&mut script, "cor", (8, 8), "cor(x)");
+    matrix(
+        &mut script,
+        "spearman",
+        (8, 8),
+        "cor(x, method => 'spearman')",
+    );
+    matrix(&mut script, "pca_variance", (3, 2), "pca_variance(x, 3)");
+    matrix(
+        &mut script,
+        "pca_components",
+        (8, 3),
+        "pca_components(x, 3)",
+    );
+    matrix(&mut script, "pca", (500, 3), "pca(x, 3)");
+    matrix(
+        &mut script,
+        "pca_scaled",
+        (2, 2),
+        "pca_variance(x, 2, center => 1, scale => 1)",
+    );
+    matrix(
+        &mut script,
+        "kmeans",
+        (4, 3),
+        "kmeans(blobs, 4, 10, 100, 7)",
+    );
     for scheme in ["naive", "static", "fixed", "factoring"] {
         script.push_str(&format!("SET parfor.scheme = '{scheme}';\n"));
         matrix(
+            &mut script,
             &format!("kmeans_{scheme}"),
             (4, 3),
             "kmeans(blobs, 4, 10, 100, 7)",
         );
     }
     script.push_str("SET parfor.scheme = 'auto';\n");
-    matrix("logreg", (8, 2), "logreg(cx, cy, lambda => 0.5)");
-    matrix("logreg_proba", (400, 2), "logreg_proba(cx, logreg(cx, cy, lambda => 0.5))");
-    matrix("logreg_multi_proba", (450, 3), "logreg_proba(mx, logreg(mx, my, 0.5))");
-    matrix("l2svm", (8, 2), "l2svm(cx, cy, lambda => 2)");
-    matrix("l2svm_multi", (7, 3), "l2svm(mx, my, lambda => 2)");
+    matrix(
+        &mut script,
+        "logreg",
+        (8, 2),
+        "logreg(cx, cy, lambda => 0.5)",
+    );
+    matrix(
+        &mut script,
+        "logreg_proba",
+        (400, 2),
+        "logreg_proba(cx, logreg(cx, cy, lambda => 0.5))",
+    );
+    matrix(
+        &mut script,
+        "logreg_multi_proba",
+        (450, 3),
+        "logreg_proba(mx, logreg(mx, my, 0.5))",
+    );
+    matrix(&mut script, "l2svm", (8, 2), "l2svm(cx, cy, lambda => 2)");
+    matrix(
+        &mut script,
+        "l2svm_multi",
+        (7, 3),
+        "l2svm(mx, my, lambda => 2)",
+    );
     // Tables: coordinates then the value, written as a dense .npy.
     let mut table = |name: &str, sql: &str| {
         script.push_str(&format!(
@@ -211,7 +263,11 @@ fn every_builtin_matches_numpy_and_scikit_learn() {
     );
     run_script(&d.join("db"), &script);
     let verdict = python::run(d, CHECK);
-    assert_eq!(verdict.trim(), "ok", "results that differ from NumPy / scikit-learn");
+    assert_eq!(
+        verdict.trim(),
+        "ok",
+        "results that differ from NumPy / scikit-learn"
+    );
 }
 
 /// Runs `script` on a four-partition database in `dir`.

@@ -121,12 +121,21 @@ pub(crate) enum Builtin {
     Lm(LmParams),
     LmPredict,
     Cov,
-    Cor { spearman: bool },
-    Pca { k: usize, center: bool, scale: bool, output: PcaOutput },
+    Cor {
+        spearman: bool,
+    },
+    Pca {
+        k: usize,
+        center: bool,
+        scale: bool,
+        output: PcaOutput,
+    },
     Kmeans(KmeansParams),
     KmeansPredict,
     Logreg(FitParams),
-    LogregPredict { probabilities: bool },
+    LogregPredict {
+        probabilities: bool,
+    },
     L2svm(FitParams),
     L2svmPredict,
 }
@@ -186,7 +195,10 @@ pub(crate) fn output_schema(name: &str) -> SchemaRef {
 fn centred(x: &MatExpr) -> MatExpr {
     MatExpr::new(
         Op::Binary(BinaryOp::Sub),
-        vec![x.clone(), MatExpr::new(Op::Reduce(Reduction::ColMeans), vec![x.clone()])],
+        vec![
+            x.clone(),
+            MatExpr::new(Op::Reduce(Reduction::ColMeans), vec![x.clone()]),
+        ],
     )
 }
 
@@ -325,7 +337,10 @@ pub fn plan_builtin(
     let inputs = builder.into_inputs();
     let written = format!(
         "{name}({})",
-        args.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
+        args.iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let num = |n: &str| nums.get(n).copied().unwrap_or(0.0);
     let count = |n: &str, min: f64| -> Result<usize> {
@@ -352,7 +367,9 @@ pub fn plan_builtin(
         if v.is_finite() && v >= 0.0 {
             Ok(v)
         } else {
-            Err(parameter_error(format!("{name}: {n} must be a number from 0, got {v}")))
+            Err(parameter_error(format!(
+                "{name}: {n} must be a number from 0, got {v}"
+            )))
         }
     };
     let x = mats[0].clone();
@@ -443,7 +460,11 @@ pub fn plan_builtin(
                 "pca_components" => PcaOutput::Components,
                 _ => PcaOutput::Variance,
             };
-            let scatter = if center { tsmm(centred(&x)) } else { tsmm(x.clone()) };
+            let scatter = if center {
+                tsmm(centred(&x))
+            } else {
+                tsmm(x.clone())
+            };
             let jobs = if output == PcaOutput::Projection {
                 vec![scatter, reduce(Reduction::ColMeans, &x), x.clone()]
             } else {
@@ -543,10 +564,8 @@ pub fn plan_builtin(
 /// True when `plan` is a builtin's own relation (its cells are never NULL).
 fn is_builtin_scan(plan: &LogicalPlan) -> bool {
     match plan {
-        LogicalPlan::TableScan(scan) => {
-            datafusion::datasource::source_as_provider(&scan.source)
-                .is_ok_and(|p| p.as_any().is::<BuiltinTable>())
-        }
+        LogicalPlan::TableScan(scan) => datafusion::datasource::source_as_provider(&scan.source)
+            .is_ok_and(|p| p.downcast_ref::<BuiltinTable>().is_some()),
         _ => false,
     }
 }
@@ -577,7 +596,11 @@ impl Call {
     }
 
     /// The call's output from its jobs' results (in job order).
-    pub(crate) fn finish(&self, mats: Vec<BlockMatrix>, parfor: &ParforSettings) -> Result<Finished> {
+    pub(crate) fn finish(
+        &self,
+        mats: Vec<BlockMatrix>,
+        parfor: &ParforSettings,
+    ) -> Result<Finished> {
         let name = self.name.as_str();
         let par = Par::rayon(0);
         let row_count = |mats: &[BlockMatrix]| -> Result<usize> {
@@ -607,7 +630,11 @@ impl Call {
                 }
                 let xsum = gather(&mats[2], None)?;
                 let ysum = gather(&mats[3], None)?;
-                let ysum = if ysum.nrows() > 0 && ysum.ncols() > 0 { ysum[(0, 0)] } else { 0.0 };
+                let ysum = if ysum.nrows() > 0 && ysum.ncols() > 0 {
+                    ysum[(0, 0)]
+                } else {
+                    0.0
+                };
                 if n == 0 {
                     return Err(data_error("lm: x has no rows"));
                 }
@@ -658,7 +685,11 @@ impl Call {
                     PcaOutput::Variance => {
                         let total = fit.total;
                         let v = Mat::from_fn(fit.values.len(), 2, |i, j| {
-                            if j == 0 { fit.values[i] } else { fit.values[i] / total }
+                            if j == 0 {
+                                fit.values[i]
+                            } else {
+                                fit.values[i] / total
+                            }
                         });
                         cells(v.as_ref())
                     }
@@ -783,5 +814,6 @@ pub(crate) fn cells(m: MatRef<'_, f64>) -> RecordBatch {
         Arc::new(Float64Array::from(vs)),
     ];
     // The columns match cells_schema by construction.
-    RecordBatch::try_new(cells_schema(), columns).unwrap_or_else(|_| RecordBatch::new_empty(cells_schema()))
+    RecordBatch::try_new(cells_schema(), columns)
+        .unwrap_or_else(|_| RecordBatch::new_empty(cells_schema()))
 }

@@ -63,7 +63,11 @@ fn design(x: MatRef<'_, f64>, intercept: bool) -> Mat<f64> {
 }
 
 fn softplus(z: f64) -> f64 {
-    if z > 0.0 { z + (-z).exp().ln_1p() } else { z.exp().ln_1p() }
+    if z > 0.0 {
+        z + (-z).exp().ln_1p()
+    } else {
+        z.exp().ln_1p()
+    }
 }
 
 fn sigmoid(z: f64) -> f64 {
@@ -86,7 +90,11 @@ fn model(weights: &Mat<f64>, p: usize, intercept: bool, labels: &[f64]) -> Mat<f
     Mat::from_fn(p + 2, weights.ncols(), |i, c| match i {
         i if i < p => weights[(i, c)],
         i if i == p => {
-            if intercept { weights[(p, c)] } else { 0.0 }
+            if intercept {
+                weights[(p, c)]
+            } else {
+                0.0
+            }
         }
         _ => labels[c],
     })
@@ -94,7 +102,12 @@ fn model(weights: &Mat<f64>, p: usize, intercept: bool, labels: &[f64]) -> Mat<f
 
 /// Logistic regression: minimises `sum(log loss) + lambda / 2 * ||W||^2` (the
 /// intercept not penalised) by Newton's method with a backtracking line search.
-pub(crate) fn logreg(x: MatRef<'_, f64>, y: MatRef<'_, f64>, f: &FitParams, par: Par) -> Result<Mat<f64>> {
+pub(crate) fn logreg(
+    x: MatRef<'_, f64>,
+    y: MatRef<'_, f64>,
+    f: &FitParams,
+    par: Par,
+) -> Result<Mat<f64>> {
     check_finite("logreg", "x", x)?;
     let (labels, index) = classes("logreg", y)?;
     if f.lambda < 0.0 {
@@ -139,7 +152,9 @@ fn newton_logistic(
                 prob[(i, 0)] = sigmoid(zi);
                 loss += softplus(zi) - if index[i] == 1 { zi } else { 0.0 };
             } else {
-                let m = (0..free).map(|c| z[(i, c)]).fold(f64::NEG_INFINITY, f64::max);
+                let m = (0..free)
+                    .map(|c| z[(i, c)])
+                    .fold(f64::NEG_INFINITY, f64::max);
                 let s: f64 = (0..free).map(|c| (z[(i, c)] - m).exp()).sum();
                 for c in 0..free {
                     prob[(i, c)] = (z[(i, c)] - m).exp() / s;
@@ -177,7 +192,11 @@ fn newton_logistic(
                 let weights: Vec<f64> = (0..n)
                     .map(|i| {
                         let pc = prob[(i, c)];
-                        if c == d { pc * (1.0 - pc) } else { -pc * prob[(i, d)] }
+                        if c == d {
+                            pc * (1.0 - pc)
+                        } else {
+                            -pc * prob[(i, d)]
+                        }
                     })
                     .collect();
                 let block = tmm(xa, scaled_rows(xa, &weights).as_ref(), par);
@@ -288,7 +307,9 @@ fn svm_binary(xa: MatRef<'_, f64>, ys: &[f64], f: &FitParams, par: Par) -> Resul
     for _ in 0..f.max_iter.max(1) {
         let active: Vec<usize> = (0..n).filter(|&i| margin[i] > 0.0).collect();
         let xs = Mat::from_fn(active.len(), q, |r, j| xa[(active[r], j)]);
-        let coef = Mat::from_fn(active.len(), 1, |r, _| -2.0 * ys[active[r]] * margin[active[r]]);
+        let coef = Mat::from_fn(active.len(), 1, |r, _| {
+            -2.0 * ys[active[r]] * margin[active[r]]
+        });
         let mut g = tmm(xs.as_ref(), coef.as_ref(), par);
         let mut h = tmm(xs.as_ref(), xs.as_ref(), par);
         for a in 0..q {
@@ -369,7 +390,9 @@ impl Model {
 /// Softmax of each row of `scores`: class probabilities.
 pub(crate) fn softmax_rows(mut s: Mat<f64>) -> Mat<f64> {
     for i in 0..s.nrows() {
-        let m = (0..s.ncols()).map(|c| s[(i, c)]).fold(f64::NEG_INFINITY, f64::max);
+        let m = (0..s.ncols())
+            .map(|c| s[(i, c)])
+            .fold(f64::NEG_INFINITY, f64::max);
         let mut total = 0.0;
         for c in 0..s.ncols() {
             s[(i, c)] = (s[(i, c)] - m).exp();

@@ -45,15 +45,6 @@ pub(crate) fn check_finite(fname: &str, what: &str, m: MatRef<'_, f64>) -> Resul
     Ok(())
 }
 
-/// Parallelism for a product of about `flops`: one thread below a few million.
-pub(crate) fn par_for(flops: f64, allowed: bool) -> Par {
-    if allowed && flops > 4e6 {
-        Par::rayon(0)
-    } else {
-        Par::Seq
-    }
-}
-
 /// `a b`.
 pub(crate) fn mm(a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Mat<f64> {
     let mut out = Mat::zeros(a.nrows(), b.ncols());
@@ -85,7 +76,9 @@ pub(crate) fn spd_solve(
         let l = llt.L();
         let (lo, hi) = (0..l.nrows())
             .map(|i| l[(i, i)].abs())
-            .fold((f64::INFINITY, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+                (lo.min(x), hi.max(x))
+            });
         // A Cholesky factor whose diagonal spans more than ~1e8 means a condition
         // number over ~1e16: numerically singular.
         if lo > hi * 1e-8 {

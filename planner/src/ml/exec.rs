@@ -3,7 +3,6 @@
 //! `LaExec` plan, planned by the session's own planner), then runs the call's small
 //! in-memory step off the async threads.
 
-use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
@@ -11,12 +10,12 @@ use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
@@ -51,7 +50,9 @@ impl ParforSettings {
             .cloned()
             .unwrap_or_default();
         let workers = if cfg.workers == 0 {
-            tessera_storage::kernels::cpu_pool().current_num_threads().max(1)
+            tessera_storage::kernels::cpu_pool()
+                .current_num_threads()
+                .max(1)
         } else {
             cfg.workers
         };
@@ -94,10 +95,6 @@ impl BuiltinTable {
 
 #[async_trait]
 impl TableProvider for BuiltinTable {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }

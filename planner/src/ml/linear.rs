@@ -71,7 +71,11 @@ pub(crate) fn lm_direct(
 }
 
 fn check_system(xtx: &Mat<f64>, xty: &Mat<f64>) -> Result<()> {
-    for v in xtx.col_iter().flat_map(|c| c.iter().copied()).chain(xty.col(0).iter().copied()) {
+    for v in xtx
+        .col_iter()
+        .flat_map(|c| c.iter().copied())
+        .chain(xty.col(0).iter().copied())
+    {
         if !v.is_finite() {
             return Err(data_error(
                 "lm: x or y has a NaN or infinite value; remove or replace it first",
@@ -94,15 +98,26 @@ fn with_intercept(intercept: bool, beta: MatRef<'_, f64>, means: &[f64], ybar: f
 /// The coefficients by conjugate gradient on `(t(Xc) Xc + lambda I) b = t(Xc) y`, where
 /// `Xc` is X with its column means subtracted when an intercept is fitted (applied on
 /// the fly, X stays as it is).
-pub(crate) fn lm_cg(p: &LmParams, x: MatRef<'_, f64>, y: MatRef<'_, f64>, par: Par) -> Result<Mat<f64>> {
+pub(crate) fn lm_cg(
+    p: &LmParams,
+    x: MatRef<'_, f64>,
+    y: MatRef<'_, f64>,
+    par: Par,
+) -> Result<Mat<f64>> {
     let (n, cols) = (x.nrows(), x.ncols());
     let nf = n as f64;
     let means: Vec<f64> = if p.intercept {
-        (0..cols).map(|j| x.col(j).iter().sum::<f64>() / nf).collect()
+        (0..cols)
+            .map(|j| x.col(j).iter().sum::<f64>() / nf)
+            .collect()
     } else {
         vec![0.0; cols]
     };
-    let ybar = if p.intercept { y.col(0).iter().sum::<f64>() / nf } else { 0.0 };
+    let ybar = if p.intercept {
+        y.col(0).iter().sum::<f64>() / nf
+    } else {
+        0.0
+    };
     // A v = t(Xc) (Xc v) + lambda v.
     let apply = |v: &Mat<f64>| -> Mat<f64> {
         let shift: f64 = (0..cols).map(|j| means[j] * v[(j, 0)]).sum();
@@ -135,7 +150,11 @@ pub(crate) fn lm_cg(p: &LmParams, x: MatRef<'_, f64>, y: MatRef<'_, f64>, par: P
     let norm2 = |m: &Mat<f64>| m.col(0).iter().map(|v| v * v).sum::<f64>();
     let mut rr = norm2(&r);
     let stop = p.tol * p.tol * rr.max(f64::MIN_POSITIVE);
-    let max_iter = if p.max_iter == 0 { cols.max(1) } else { p.max_iter };
+    let max_iter = if p.max_iter == 0 {
+        cols.max(1)
+    } else {
+        p.max_iter
+    };
     for _ in 0..max_iter {
         if rr <= stop {
             break;

@@ -51,7 +51,11 @@ impl Scheme {
     /// The scheme the optimizer picks for `n` tasks on `k` workers: one task per
     /// worker when there are no more tasks than workers, else factoring.
     pub fn auto(n: usize, k: usize) -> Scheme {
-        if n <= k { Scheme::Naive } else { Scheme::Factoring }
+        if n <= k {
+            Scheme::Naive
+        } else {
+            Scheme::Factoring
+        }
     }
 
     /// Its name, as EXPLAIN shows it.
@@ -198,7 +202,10 @@ pub fn run<T: Send>(
             all.len()
         )));
     }
-    Ok((all.into_iter().filter_map(|(_, r)| r.ok()).collect(), report))
+    Ok((
+        all.into_iter().filter_map(|(_, r)| r.ok()).collect(),
+        report,
+    ))
 }
 
 #[cfg(test)]
@@ -235,7 +242,10 @@ mod tests {
                 }
             }
         }
-        assert_eq!(Scheme::parse("Factoring", 3).unwrap(), Some(Scheme::Factoring));
+        assert_eq!(
+            Scheme::parse("Factoring", 3).unwrap(),
+            Some(Scheme::Factoring)
+        );
         assert_eq!(Scheme::parse("fixed", 3).unwrap(), Some(Scheme::Fixed(3)));
         assert_eq!(Scheme::parse("auto", 3).unwrap(), None);
         assert!(Scheme::parse("guided", 3).is_err());
@@ -276,6 +286,9 @@ mod tests {
         })
         .unwrap_err();
         let msg = err.to_string();
-        assert!(msg.contains("task 7 of 20") && msg.contains("boom"), "{msg}");
+        assert!(
+            msg.contains("task 7 of 20") && msg.contains("boom"),
+            "{msg}"
+        );
     }
 }

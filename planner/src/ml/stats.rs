@@ -7,7 +7,11 @@ use faer::{Mat, MatRef, Par};
 use super::dense::{data_error, mm, parameter_error, symmetric_eigen, tmm};
 
 /// The covariance `t(Xc) Xc / (n - 1)` from the scatter matrix over `n` rows.
-pub(crate) fn cov_from_scatter(fname: &str, scatter: MatRef<'_, f64>, n: usize) -> Result<Mat<f64>> {
+pub(crate) fn cov_from_scatter(
+    fname: &str,
+    scatter: MatRef<'_, f64>,
+    n: usize,
+) -> Result<Mat<f64>> {
     if n < 2 {
         return Err(data_error(format!(
             "{fname}: x has {n} row(s); a covariance needs at least 2"
@@ -23,7 +27,9 @@ pub(crate) fn cov_from_scatter(fname: &str, scatter: MatRef<'_, f64>, n: usize) 
         }
     }
     let d = (n - 1) as f64;
-    Ok(Mat::from_fn(scatter.nrows(), scatter.ncols(), |i, j| scatter[(i, j)] / d))
+    Ok(Mat::from_fn(scatter.nrows(), scatter.ncols(), |i, j| {
+        scatter[(i, j)] / d
+    }))
 }
 
 /// Pearson correlation from a covariance matrix: `c_ij / sqrt(c_ii c_jj)`, clipped to
@@ -33,7 +39,11 @@ pub(crate) fn cor_from_cov(c: MatRef<'_, f64>) -> Mat<f64> {
     let sd: Vec<f64> = (0..c.nrows()).map(|i| c[(i, i)].max(0.0).sqrt()).collect();
     Mat::from_fn(c.nrows(), c.ncols(), |i, j| {
         let r = c[(i, j)] / (sd[i] * sd[j]);
-        if r.is_nan() { f64::NAN } else { r.clamp(-1.0, 1.0) }
+        if r.is_nan() {
+            f64::NAN
+        } else {
+            r.clamp(-1.0, 1.0)
+        }
     })
 }
 

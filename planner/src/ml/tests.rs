@@ -29,11 +29,15 @@ fn put(store: &Store, name: &str, m: &M, block: (u64, u64)) {
     for bi in 0..(r as u64).div_ceil(block.0) {
         for bj in 0..(c as u64).div_ceil(block.1) {
             let (r0, c0) = ((bi * block.0) as usize, (bj * block.1) as usize);
-            let (br, bc) = ((block.0 as usize).min(r - r0), (block.1 as usize).min(c - c0));
+            let (br, bc) = (
+                (block.0 as usize).min(r - r0),
+                (block.1 as usize).min(c - c0),
+            );
             let d = DenseBlock::from_fn(br, bc, |i, j| m[r0 + i][c0 + j]);
             let b = Block::Dense(d).into_preferred_format();
             if b.nnz() > 0 {
-                w.put_block(BlockKey::matrix(bi as i64, bj as i64), b).unwrap();
+                w.put_block(BlockKey::matrix(bi as i64, bj as i64), b)
+                    .unwrap();
             }
         }
     }
@@ -117,7 +121,11 @@ fn mm(a: &M, b: &M) -> M {
 /// Gaussian elimination with partial pivoting.
 fn naive_solve(a: &M, b: &[f64]) -> Vec<f64> {
     let n = a.len();
-    let mut m: M = a.iter().zip(b).map(|(r, v)| [r.clone(), vec![*v]].concat()).collect();
+    let mut m: M = a
+        .iter()
+        .zip(b)
+        .map(|(r, v)| [r.clone(), vec![*v]].concat())
+        .collect();
     for k in 0..n {
         let p = (k..n)
             .max_by(|&x, &y| m[x][k].abs().total_cmp(&m[y][k].abs()))
@@ -161,7 +169,9 @@ async fn lm_matches_the_normal_equations_solved_naively() {
         let i = u8::from(intercept);
         for sql in [
             format!("SELECT * FROM lm(x, y, {lambda}, {i})"),
-            format!("SELECT * FROM lm(x, y, lambda => {lambda}, intercept => {i}, solver => 'cg', tol => 1e-13)"),
+            format!(
+                "SELECT * FROM lm(x, y, lambda => {lambda}, intercept => {i}, solver => 'cg', tol => 1e-13)"
+            ),
             format!("SELECT * FROM lm((SELECT i, j, v FROM x), (SELECT * FROM y), {lambda}, {i})"),
         ] {
             close(&matrix(&ctx, &sql, rows, 1).await, &want, 1e-8, &sql);
@@ -176,7 +186,9 @@ async fn lm_matches_the_normal_equations_solved_naively() {
 fn naive_cov(x: &M) -> M {
     let n = x.len() as f64;
     let p = x[0].len();
-    let m: Vec<f64> = (0..p).map(|j| x.iter().map(|r| r[j]).sum::<f64>() / n).collect();
+    let m: Vec<f64> = (0..p)
+        .map(|j| x.iter().map(|r| r[j]).sum::<f64>() / n)
+        .collect();
     (0..p)
         .map(|a| {
             (0..p)
@@ -189,7 +201,11 @@ fn naive_cov(x: &M) -> M {
 fn naive_cor(x: &M) -> M {
     let c = naive_cov(x);
     (0..c.len())
-        .map(|a| (0..c.len()).map(|b| c[a][b] / (c[a][a] * c[b][b]).sqrt()).collect())
+        .map(|a| {
+            (0..c.len())
+                .map(|b| c[a][b] / (c[a][a] * c[b][b]).sqrt())
+                .collect()
+        })
         .collect()
 }
 
@@ -204,7 +220,12 @@ async fn cov_and_cor_match_their_definitions() {
         r[1] += 100.0;
     }
     put(&store, "x", &x, (10, 2));
-    close(&matrix(&ctx, "SELECT * FROM cov(x)", 5, 5).await, &naive_cov(&x), 1e-10, "cov");
+    close(
+        &matrix(&ctx, "SELECT * FROM cov(x)", 5, 5).await,
+        &naive_cov(&x),
+        1e-10,
+        "cov",
+    );
     let cor = matrix(&ctx, "SELECT * FROM cor(x)", 5, 5).await;
     close(&cor, &naive_cor(&x), 1e-10, "cor");
     assert!(cor[4][4].is_nan() && cor[0][4].is_nan());
@@ -254,17 +275,39 @@ async fn pca_components_satisfy_the_eigen_equation() {
     let cv = mm(&c, &v);
     for k in 0..3 {
         for i in 0..4 {
-            assert!((cv[i][k] - var[k][0] * v[i][k]).abs() < 1e-9, "C v = lambda v");
+            assert!(
+                (cv[i][k] - var[k][0] * v[i][k]).abs() < 1e-9,
+                "C v = lambda v"
+            );
         }
         assert!((var[k][1] - var[k][0] / total).abs() < 1e-12, "ratio");
         if k > 0 {
             assert!(var[k][0] <= var[k - 1][0], "descending");
         }
     }
-    close(&mm(&t(&v), &v), &vec![vec![1.0, 0.0, 0.0], vec![0.0, 1.0, 0.0], vec![0.0, 0.0, 1.0]], 1e-10, "orthonormal");
-    let means: Vec<f64> = (0..4).map(|j| x.iter().map(|r| r[j]).sum::<f64>() / 80.0).collect();
-    let centred: M = x.iter().map(|r| r.iter().zip(&means).map(|(a, m)| a - m).collect()).collect();
-    close(&matrix(&ctx, "SELECT * FROM pca(x, 3)", 80, 3).await, &mm(&centred, &v), 1e-9, "projection");
+    close(
+        &mm(&t(&v), &v),
+        &vec![
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+        ],
+        1e-10,
+        "orthonormal",
+    );
+    let means: Vec<f64> = (0..4)
+        .map(|j| x.iter().map(|r| r[j]).sum::<f64>() / 80.0)
+        .collect();
+    let centred: M = x
+        .iter()
+        .map(|r| r.iter().zip(&means).map(|(a, m)| a - m).collect())
+        .collect();
+    close(
+        &matrix(&ctx, "SELECT * FROM pca(x, 3)", 80, 3).await,
+        &mm(&centred, &v),
+        1e-9,
+        "projection",
+    );
 }
 
 /// Three far-apart blobs of 30 rows each, interleaved.
@@ -288,20 +331,30 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
     put(&store, "b", &x, (25, 2));
     let auto = matrix(&ctx, "SELECT * FROM kmeans(b, 3, 6, 50, 1)", 3, 2).await;
     for scheme in ["naive", "static", "fixed", "factoring"] {
-        run(&ctx, &format!("SET parfor.scheme = '{scheme}'")).await.unwrap();
+        run(&ctx, &format!("SET parfor.scheme = '{scheme}'"))
+            .await
+            .unwrap();
         let got = matrix(&ctx, "SELECT * FROM kmeans(b, 3, 6, 50, 1)", 3, 2).await;
         close(&got, &auto, 0.0, scheme);
     }
-    let batches = run(&ctx, "SELECT i, cluster FROM kmeans_predict(b, kmeans(b, 3, 6, 50, 1))")
-        .await
-        .unwrap();
+    let batches = run(
+        &ctx,
+        "SELECT i, cluster FROM kmeans_predict(b, kmeans(b, 3, 6, 50, 1))",
+    )
+    .await
+    .unwrap();
     let mut map = std::collections::HashMap::new();
     for b in batches {
         let i = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         let c = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
         for k in 0..b.num_rows() {
             let g = truth[i.value(k) as usize];
-            assert_eq!(*map.entry(g).or_insert(c.value(k)), c.value(k), "row {}", i.value(k));
+            assert_eq!(
+                *map.entry(g).or_insert(c.value(k)),
+                c.value(k),
+                "row {}",
+                i.value(k)
+            );
         }
     }
     assert_eq!(map.len(), 3);
@@ -311,12 +364,16 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
     // EXPLAIN shows the scheme, the workers and the chunk sizes.
     run(&ctx, "SET parfor.scheme = 'factoring'").await.unwrap();
     run(&ctx, "SET parfor.workers = 4").await.unwrap();
-    let plan = run(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)").await.unwrap();
+    let plan = run(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
+        .await
+        .unwrap();
     let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
         .unwrap()
         .to_string();
     assert!(
-        text.contains("scheme=factoring workers=4 tasks=101 chunks=[13,13,13,13,7,7,7,7,3,3,3,3,2,2,2,2,1]"),
+        text.contains(
+            "scheme=factoring workers=4 tasks=101 chunks=[13,13,13,13,7,7,7,7,3,3,3,3,2,2,2,2,1]"
+        ),
         "{text}"
     );
 }
@@ -369,14 +426,21 @@ async fn logreg_and_l2svm_reach_their_optimum() {
         assert!(g.abs() < 1e-6, "l2svm gradient {j}: {g}");
     }
     // Predictions: the label of the best column.
-    let batches = run(&ctx, "SELECT i, label, score FROM l2svm_predict(x, l2svm(x, y, 0.7))")
-        .await
-        .unwrap();
+    let batches = run(
+        &ctx,
+        "SELECT i, label, score FROM l2svm_predict(x, l2svm(x, y, 0.7))",
+    )
+    .await
+    .unwrap();
     for b in batches {
         let i = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         let l = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
         for k in 0..b.num_rows() {
-            let s: f64 = xa[i.value(k) as usize].iter().zip(&w).map(|(a, b)| a * b).sum();
+            let s: f64 = xa[i.value(k) as usize]
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| a * b)
+                .sum();
             assert_eq!(l.value(k), if s > 0.0 { 1.0 } else { 0.0 });
         }
     }
@@ -403,8 +467,15 @@ async fn bad_input_gives_clear_errors() {
     assert_eq!(kind(&e), Some(ErrorKind::DataException));
     let e = error(&ctx, "SELECT * FROM kmeans(x, 21, 2, 10, 1)").await;
     assert_eq!(kind(&e), Some(ErrorKind::InvalidParameterValue), "{e}");
-    assert!(e.to_string().contains("larger than the number of rows"), "{e}");
-    let e = error(&ctx, "SELECT * FROM kmeans((SELECT * FROM x), 21, 2, 10, 1)").await;
+    assert!(
+        e.to_string().contains("larger than the number of rows"),
+        "{e}"
+    );
+    let e = error(
+        &ctx,
+        "SELECT * FROM kmeans((SELECT * FROM x), 21, 2, 10, 1)",
+    )
+    .await;
     assert_eq!(kind(&e), Some(ErrorKind::InvalidParameterValue), "{e}");
     let e = error(
         &ctx,
@@ -429,12 +500,19 @@ async fn bad_input_gives_clear_errors() {
     let e = error(&ctx, "SELECT * FROM l2svm(x, y, lambda => 0)").await;
     assert_eq!(kind(&e), Some(ErrorKind::InvalidParameterValue), "{e}");
     let e = error(&ctx, "SELECT * FROM lm(x, y, penalty => 1)").await;
-    assert!(e.to_string().contains("no parameter named 'penalty'"), "{e}");
+    assert!(
+        e.to_string().contains("no parameter named 'penalty'"),
+        "{e}"
+    );
     let e = error(&ctx, "SELECT * FROM lm(x, slice(x, 0, 20, 0, 2))").await;
     assert!(e.to_string().contains("y must be 20x1"), "{e}");
     let e = error(&ctx, "SELECT * FROM cor(x, method => 'kendall')").await;
     assert!(e.to_string().contains("'pearson' or 'spearman'"), "{e}");
-    let e = error(&ctx, "SELECT * FROM matmul(x, kmeans_predict(x, kmeans(x, 2, 1, 5, 1)))").await;
+    let e = error(
+        &ctx,
+        "SELECT * FROM matmul(x, kmeans_predict(x, kmeans(x, 2, 1, 5, 1)))",
+    )
+    .await;
     assert!(e.to_string().contains("returns a table"), "{e}");
     let e = error(&ctx, "SELECT * FROM lm_predict(x, y)").await;
     assert!(e.to_string().contains("beta must be 3x1"), "{e}");
