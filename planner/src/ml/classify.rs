@@ -221,6 +221,7 @@ fn newton_logistic(
             "the Hessian is singular: x has linearly dependent or constant columns; give lambda > 0",
             h.as_ref(),
             g.as_ref(),
+            None,
         )?;
         let decrement: f64 = (0..dim).map(|r| g[(r, 0)] * step[(r, 0)]).sum();
         if !decrement.is_finite() {
@@ -319,7 +320,7 @@ fn svm_binary(xa: MatRef<'_, f64>, ys: &[f64], f: &FitParams, par: Par) -> Resul
             }
             h[(a, a)] += f.lambda;
         }
-        let step = spd_solve("l2svm", "lambda is too small", h.as_ref(), g.as_ref())?;
+        let step = spd_solve("l2svm", "lambda is too small", h.as_ref(), g.as_ref(), None)?;
         let decrement: f64 = (0..q).map(|a| g[(a, 0)] * step[(a, 0)]).sum();
         if !decrement.is_finite() {
             return Err(data_error("l2svm: Newton's method diverged"));

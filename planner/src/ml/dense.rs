@@ -57,14 +57,21 @@ pub(crate) fn tmm(a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Mat<f64> 
     mm(a.transpose(), b, par)
 }
 
-/// `x` with `a x = b` for a symmetric `a` that should be positive definite: Cholesky,
-/// then LU when Cholesky fails; a singular `a` is a [`ErrorKind::SingularMatrix`]
-/// error with `why` (what makes it singular, in the user's terms).
+/// `x` with `a x = b` for a symmetric `a` that should be positive definite (a Gram
+/// matrix plus a penalty), by Cholesky. A singular `a` is a
+/// [`ErrorKind::SingularMatrix`] error with `why` (what makes it singular, in the
+/// user's terms): Cholesky fails (a pivot is not positive), or, with `reference`, some
+/// pivot `d_i` (the part of column `i` that the columns before it do not explain) is
+/// at most `1e-12 * reference[i]`, `reference[i]` being that column's own magnitude
+/// (for `t(X) X`, its raw sum of squares): the column is a combination of the others
+/// up to rounding. Without `reference` only a Cholesky factor whose diagonal spans more
+/// than 1e8 (a condition number above ~1e16) counts as singular.
 pub(crate) fn spd_solve(
     fname: &str,
     why: &str,
     a: MatRef<'_, f64>,
     b: MatRef<'_, f64>,
+    reference: Option<&[f64]>,
 ) -> Result<Mat<f64>> {
     let singular = || {
         tessera_error(
@@ -72,31 +79,24 @@ pub(crate) fn spd_solve(
             format!("{fname}: the system is singular: {why}"),
         )
     };
-    if let Ok(llt) = a.llt(faer::Side::Lower) {
-        let l = llt.L();
-        let (lo, hi) = (0..l.nrows())
-            .map(|i| l[(i, i)].abs())
-            .fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
-                (lo.min(x), hi.max(x))
-            });
-        // A Cholesky factor whose diagonal spans more than ~1e8 means a condition
-        // number over ~1e16: numerically singular.
-        if lo > hi * 1e-8 {
-            return Ok(llt.solve(b));
+    let llt = a.llt(faer::Side::Lower).map_err(|_| singular())?;
+    let l = llt.L();
+    let pivots: Vec<f64> = (0..l.nrows()).map(|i| l[(i, i)] * l[(i, i)]).collect();
+    let ok = match reference {
+        Some(r) => pivots
+            .iter()
+            .zip(r)
+            .all(|(d, r)| d.is_finite() && *d > 1e-12 * r.abs()),
+        None => {
+            let lo = pivots.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = pivots.iter().copied().fold(0.0, f64::max);
+            lo.is_finite() && lo > hi * 1e-16
         }
+    };
+    if !ok {
         return Err(singular());
     }
-    let lu = a.partial_piv_lu();
-    let u = lu.U();
-    let scale = (0..u.nrows()).map(|i| u[(i, i)].abs()).fold(0.0, f64::max);
-    let bad = (0..u.nrows()).any(|i| {
-        let x = u[(i, i)].abs();
-        !x.is_finite() || x <= scale * f64::EPSILON * u.nrows() as f64 * 16.0
-    });
-    if bad || scale == 0.0 {
-        return Err(singular());
-    }
-    Ok(lu.solve(b))
+    Ok(llt.solve(b))
 }
 
 /// The eigenvalues (descending) and eigenvectors of a symmetric matrix.

@@ -54,6 +54,9 @@ pub(crate) fn lm_direct(
     let nf = n as f64;
     let means: Vec<f64> = (0..cols).map(|j| xsum[(0, j)] / nf).collect();
     let ybar = ysum / nf;
+    // Each column's own magnitude, before centring, for the singularity test: a
+    // constant column centres to rounding noise relative to it.
+    let reference: Vec<f64> = (0..cols).map(|a| xtx[(a, a)] + p.lambda).collect();
     if p.intercept {
         // Centre: t(Xc) Xc = t(X) X - n m t(m), t(Xc) y = t(X) y - n m ybar.
         for a in 0..cols {
@@ -66,7 +69,7 @@ pub(crate) fn lm_direct(
     for a in 0..cols {
         xtx[(a, a)] += p.lambda;
     }
-    let beta = spd_solve("lm", SINGULAR, xtx.as_ref(), xty.as_ref())?;
+    let beta = spd_solve("lm", SINGULAR, xtx.as_ref(), xty.as_ref(), Some(&reference))?;
     Ok(with_intercept(p.intercept, beta.as_ref(), &means, ybar))
 }
 

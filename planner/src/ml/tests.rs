@@ -7,15 +7,26 @@ use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use tessera_storage::{ArraySchema, Block, BlockKey, DenseBlock, Partitioning, Store, WriteMode};
 
+use crate::catalog::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
 use crate::error::{ErrorKind, TesseraError};
+use datafusion::common::config::Dialect;
 
 type M = Vec<Vec<f64>>;
 
+/// A session as the server builds one: PostgreSQL's dialect, and a catalog in which
+/// the stored arrays are tables (`SELECT i, j, v FROM x`).
 fn session(store: &Store) -> SessionContext {
-    let config = crate::la::session_config(SessionConfig::new().with_target_partitions(2));
+    let catalog = crate::TesseraCatalog::in_memory(store.clone());
+    let mut options = SessionConfig::new()
+        .with_target_partitions(2)
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA);
+    options.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
+    let config = crate::la::session_config(options);
     let builder = SessionStateBuilder::new()
-        .with_default_features()
-        .with_config(config);
+        .with_config(config)
+        .with_catalog_list(catalog.catalog_list().unwrap())
+        .with_default_features();
     SessionContext::new_with_state(crate::la::install(builder, store.clone()).build())
 }
 
