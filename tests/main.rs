@@ -14,6 +14,7 @@ mod generated_statements;
 mod guards;
 mod hostile_clients;
 mod la_numpy;
+mod ml_numpy;
 mod nd_files;
 mod pg_catalog;
 mod pgwire;

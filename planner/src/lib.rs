@@ -17,6 +17,7 @@ mod error;
 pub mod explain;
 mod file_access;
 pub mod la;
+pub mod ml;
 mod partitioning;
 pub mod progress;
 mod query_export;

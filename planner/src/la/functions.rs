@@ -118,6 +118,13 @@ impl RelationPlanner for MatrixFunctions {
             return Ok(RelationPlanning::Original(Box::new(relation)));
         };
         let fname = context.normalize_ident(id.clone());
+        if crate::ml::is_builtin(&fname) {
+            let plan = crate::ml::plan_builtin(&fname, &args.args, &self.store, context)?;
+            return Ok(RelationPlanning::Planned(Box::new(PlannedRelation::new(
+                plan,
+                alias.clone(),
+            ))));
+        }
         if signature(&fname).is_none() {
             return Ok(RelationPlanning::Original(Box::new(relation)));
         }
@@ -152,10 +159,33 @@ impl RelationPlanner for MatrixFunctions {
     }
 }
 
-struct Builder<'a, 'c> {
+/// Reads matrix arguments (array names, nested matrix functions, subqueries) into
+/// matrix expressions over the `(i, j, v)` subquery inputs it collects.
+pub(crate) struct Builder<'a, 'c> {
     store: &'a Store,
     inputs: Vec<LogicalPlan>,
     context: &'c mut dyn RelationPlannerContext,
+}
+
+impl<'a, 'c> Builder<'a, 'c> {
+    /// A reader of matrix arguments for arrays in `store`.
+    pub(crate) fn new(store: &'a Store, context: &'c mut dyn RelationPlannerContext) -> Self {
+        Self {
+            store,
+            inputs: Vec::new(),
+            context,
+        }
+    }
+
+    /// The subquery inputs read so far.
+    pub(crate) fn input_count(&self) -> usize {
+        self.inputs.len()
+    }
+
+    /// The subquery inputs, `Op::Input(k)` being the `k`-th.
+    pub(crate) fn into_inputs(self) -> Vec<LogicalPlan> {
+        self.inputs
+    }
 }
 
 impl Builder<'_, '_> {
@@ -374,7 +404,7 @@ impl Builder<'_, '_> {
     }
 
     /// Plans argument `k` of `fname` as a matrix.
-    fn matrix(&mut self, fname: &str, k: usize, e: &SqlExpr) -> Result<MatExpr> {
+    pub(crate) fn matrix(&mut self, fname: &str, k: usize, e: &SqlExpr) -> Result<MatExpr> {
         match e {
             SqlExpr::Nested(inner) => self.matrix(fname, k, inner),
             SqlExpr::Identifier(id) => self.named(fname, k, ObjectName::from(vec![id.clone()])),
@@ -399,6 +429,18 @@ impl Builder<'_, '_> {
                         );
                     }
                 };
+                // A builtin (lm, cov, ...) is an input computed by its own operator.
+                if crate::ml::is_builtin(&name) {
+                    if !crate::ml::returns_matrix(&name) {
+                        return plan_err!(
+                            "{fname}: argument {k}: {name} returns a table, not a matrix"
+                        );
+                    }
+                    let plan =
+                        crate::ml::plan_builtin(&name, args, self.store, &mut *self.context)?;
+                    self.inputs.push(plan);
+                    return Ok(MatExpr::leaf(Op::Input(self.inputs.len() - 1)));
+                }
                 self.call(&name, args, false)
             }
             SqlExpr::Subquery(q) => {
@@ -482,7 +524,7 @@ impl Builder<'_, '_> {
 }
 
 /// A numeric literal, possibly signed.
-fn number(e: &SqlExpr) -> Option<f64> {
+pub(crate) fn number(e: &SqlExpr) -> Option<f64> {
     match e {
         SqlExpr::Value(v) => match &v.value {
             Value::Number(s, _) => s.parse().ok(),

@@ -31,6 +31,7 @@ use tessera_storage::Store;
 pub use aggregate::{BlockAggregateExec, BlockAggregates, CellAggregate, CellGroups};
 pub use exec::{FlowGeometry, LaExec, Output, cells_schema, human_bytes, rows_schema};
 pub use expr::{Estimate, MatExpr, Op, Pinned, Reduction, Step, optimize};
+pub(crate) use functions::{Builder as MatrixArguments, number};
 pub use functions::{MATRIX_FUNCTIONS, MatrixFunctions};
 pub use matrix::{BlockMatrix, Layout, Tile, TileSink};
 pub use node::{LaNode, LaPlanner, TesseraConfig, TesseraQueryPlanner};
@@ -39,7 +40,9 @@ pub use strategy::{Candidate, Choice, CostContext, Strategy};
 /// Adds Tessera's settings (`tessera.*`, e.g. `tessera.matmul_strategy`) to a session
 /// configuration. Call before building the session state.
 pub fn session_config(config: SessionConfig) -> SessionConfig {
-    config.with_option_extension(TesseraConfig::default())
+    config
+        .with_option_extension(TesseraConfig::default())
+        .with_option_extension(crate::ml::ParforConfig::default())
 }
 
 /// Installs the matrix table functions and the physical planner for the

@@ -1,0 +1,422 @@
+//! Classifiers over a gathered `X`: logistic regression (binomial and multinomial,
+//! Newton's method with an L2 penalty) and the linear SVM with squared hinge loss
+//! (Newton on the primal; one-vs-rest parfor tasks for more than two classes), and
+//! their predictions.
+//!
+//! A model is a `(p + 2) x K` matrix, one column per class: rows `0..p` the weights, row
+//! `p` the intercept, row `p + 1` the class label. A two-class logistic model has the
+//! weights in column 1 and zeros in column 0 (so the softmax over the columns is the
+//! sigmoid); a two-class SVM has `w` in column 1 and `-w` in column 0. Either way the
+//! predicted class is the column with the highest score.
+
+use datafusion::common::Result;
+use faer::{Mat, MatRef, Par};
+
+use super::dense::{check_finite, data_error, mm, parameter_error, spd_solve, tmm};
+use super::parfor::{self, ParforReport, Scheme};
+
+/// Parameters shared by `logreg` and `l2svm`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitParams {
+    /// L2 penalty (`1 / C` in scikit-learn's terms).
+    pub lambda: f64,
+    /// Fit an intercept.
+    pub intercept: bool,
+    /// Newton iterations at most.
+    pub max_iter: usize,
+    /// Stop when the Newton decrement falls below `tol` (relative to the objective).
+    pub tol: f64,
+}
+
+/// The sorted distinct labels of `y` (n x 1) and each row's class index.
+pub(crate) fn classes(fname: &str, y: MatRef<'_, f64>) -> Result<(Vec<f64>, Vec<usize>)> {
+    if y.ncols() != 1 {
+        return Err(data_error(format!(
+            "{fname}: y must be one column of class labels, it has {} columns",
+            y.ncols()
+        )));
+    }
+    check_finite(fname, "y", y)?;
+    let mut labels: Vec<f64> = y.col(0).iter().copied().collect();
+    labels.sort_by(f64::total_cmp);
+    labels.dedup();
+    if labels.len() < 2 {
+        return Err(data_error(format!(
+            "{fname}: y has one class ({}); a classifier needs at least two",
+            labels.first().copied().unwrap_or(0.0)
+        )));
+    }
+    let index = y
+        .col(0)
+        .iter()
+        .map(|v| labels.partition_point(|l| l < v))
+        .collect();
+    Ok((labels, index))
+}
+
+/// `x` with a column of ones appended when `intercept`.
+fn design(x: MatRef<'_, f64>, intercept: bool) -> Mat<f64> {
+    let p = x.ncols();
+    Mat::from_fn(x.nrows(), p + usize::from(intercept), |i, j| {
+        if j < p { x[(i, j)] } else { 1.0 }
+    })
+}
+
+fn softplus(z: f64) -> f64 {
+    if z > 0.0 {
+        z + (-z).exp().ln_1p()
+    } else {
+        z.exp().ln_1p()
+    }
+}
+
+fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// Rows of `a` scaled by `w`.
+fn scaled_rows(a: MatRef<'_, f64>, w: &[f64]) -> Mat<f64> {
+    Mat::from_fn(a.nrows(), a.ncols(), |i, j| a[(i, j)] * w[i])
+}
+
+/// The model matrix from per-class weight columns over the design (`q` rows, the last
+/// the intercept when fitted).
+fn model(weights: &Mat<f64>, p: usize, intercept: bool, labels: &[f64]) -> Mat<f64> {
+    Mat::from_fn(p + 2, weights.ncols(), |i, c| match i {
+        i if i < p => weights[(i, c)],
+        i if i == p => {
+            if intercept {
+                weights[(p, c)]
+            } else {
+                0.0
+            }
+        }
+        _ => labels[c],
+    })
+}
+
+/// Logistic regression: minimises `sum(log loss) + lambda / 2 * ||W||^2` (the
+/// intercept not penalised) by Newton's method with a backtracking line search.
+pub(crate) fn logreg(
+    x: MatRef<'_, f64>,
+    y: MatRef<'_, f64>,
+    f: &FitParams,
+    par: Par,
+) -> Result<Mat<f64>> {
+    check_finite("logreg", "x", x)?;
+    let (labels, index) = classes("logreg", y)?;
+    if f.lambda < 0.0 {
+        return Err(parameter_error("logreg: lambda must not be negative"));
+    }
+    let xa = design(x, f.intercept);
+    let p = x.ncols();
+    let k = labels.len();
+    // Two classes: one weight vector (column 1), column 0 stays zero.
+    let free = if k == 2 { 1 } else { k };
+    let w = newton_logistic(xa.as_ref(), &index, free, k == 2, p, f, par)?;
+    let weights = if k == 2 {
+        Mat::from_fn(xa.ncols(), 2, |j, c| if c == 1 { w[(j, 0)] } else { 0.0 })
+    } else {
+        w
+    };
+    Ok(model(&weights, p, f.intercept, &labels))
+}
+
+/// Newton's method for `free` weight columns over the design `xa` (q columns, the
+/// first `p` penalised). With `binary`, class index 1 is the positive class.
+fn newton_logistic(
+    xa: MatRef<'_, f64>,
+    index: &[usize],
+    free: usize,
+    binary: bool,
+    p: usize,
+    f: &FitParams,
+    par: Par,
+) -> Result<Mat<f64>> {
+    let (n, q) = (xa.nrows(), xa.ncols());
+    let dim = q * free;
+    let mut w = Mat::<f64>::zeros(q, free);
+    // Probabilities of each free class per row, and the objective, for weights `w`.
+    let eval = |w: &Mat<f64>| -> (Mat<f64>, f64) {
+        let z = mm(xa, w.as_ref(), par);
+        let mut prob = Mat::<f64>::zeros(n, free);
+        let mut loss = 0.0;
+        for i in 0..n {
+            if binary {
+                let zi = z[(i, 0)];
+                prob[(i, 0)] = sigmoid(zi);
+                loss += softplus(zi) - if index[i] == 1 { zi } else { 0.0 };
+            } else {
+                let m = (0..free)
+                    .map(|c| z[(i, c)])
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let s: f64 = (0..free).map(|c| (z[(i, c)] - m).exp()).sum();
+                for c in 0..free {
+                    prob[(i, c)] = (z[(i, c)] - m).exp() / s;
+                }
+                loss += m + s.ln() - z[(i, index[i])];
+            }
+        }
+        let penalty: f64 = (0..free)
+            .map(|c| (0..p).map(|j| w[(j, c)] * w[(j, c)]).sum::<f64>())
+            .sum();
+        (prob, loss + 0.5 * f.lambda * penalty)
+    };
+    let (mut prob, mut obj) = eval(&w);
+    for _ in 0..f.max_iter.max(1) {
+        // Gradient: t(Xa) (P - T) + lambda W (penalised rows).
+        let mut resid = prob.clone();
+        for (i, &l) in index.iter().enumerate() {
+            let c = if binary { usize::from(l == 1) } else { l };
+            if binary {
+                resid[(i, 0)] -= c as f64;
+            } else {
+                resid[(i, c)] -= 1.0;
+            }
+        }
+        let mut grad = tmm(xa, resid.as_ref(), par);
+        for c in 0..free {
+            for j in 0..p {
+                grad[(j, c)] += f.lambda * w[(j, c)];
+            }
+        }
+        // Hessian blocks t(Xa) diag(P_c (delta_cd - P_d)) Xa.
+        let mut h = Mat::<f64>::zeros(dim, dim);
+        for c in 0..free {
+            for d in c..free {
+                let weights: Vec<f64> = (0..n)
+                    .map(|i| {
+                        let pc = prob[(i, c)];
+                        if c == d {
+                            pc * (1.0 - pc)
+                        } else {
+                            -pc * prob[(i, d)]
+                        }
+                    })
+                    .collect();
+                let block = tmm(xa, scaled_rows(xa, &weights).as_ref(), par);
+                for a in 0..q {
+                    for b in 0..q {
+                        h[(c * q + a, d * q + b)] = block[(a, b)];
+                        h[(d * q + b, c * q + a)] = block[(a, b)];
+                    }
+                }
+            }
+        }
+        for c in 0..free {
+            for j in 0..q {
+                // A tiny ridge keeps the over-parametrised softmax (and separable data)
+                // solvable; the penalty itself is lambda on the weights.
+                h[(c * q + j, c * q + j)] += (if j < p { f.lambda } else { 0.0 }) + 1e-10;
+            }
+        }
+        let g = Mat::from_fn(dim, 1, |r, _| grad[(r % q, r / q)]);
+        let step = spd_solve(
+            "logreg",
+            "the Hessian is singular: x has linearly dependent or constant columns; give lambda > 0",
+            h.as_ref(),
+            g.as_ref(),
+            None,
+        )?;
+        let decrement: f64 = (0..dim).map(|r| g[(r, 0)] * step[(r, 0)]).sum();
+        if !decrement.is_finite() {
+            return Err(data_error("logreg: Newton's method diverged"));
+        }
+        if decrement / 2.0 <= f.tol * obj.abs().max(1.0) {
+            break;
+        }
+        let mut t = 1.0;
+        let mut moved = false;
+        for _ in 0..40 {
+            let trial = Mat::from_fn(q, free, |j, c| w[(j, c)] - t * step[(c * q + j, 0)]);
+            let (tp, to) = eval(&trial);
+            if to <= obj - 1e-4 * t * decrement {
+                w = trial;
+                prob = tp;
+                obj = to;
+                moved = true;
+                break;
+            }
+            t *= 0.5;
+        }
+        if !moved {
+            break;
+        }
+    }
+    Ok(w)
+}
+
+/// The linear SVM with squared hinge loss: one binary problem for two classes, one per
+/// class (one-vs-rest) as parfor tasks for more. Minimises `lambda / 2 * ||w||^2 +
+/// sum(max(0, 1 - y (x w))^2)`, the intercept penalised like a weight (as liblinear).
+pub(crate) fn l2svm(
+    x: MatRef<'_, f64>,
+    y: MatRef<'_, f64>,
+    f: &FitParams,
+    scheme: Option<Scheme>,
+    workers: usize,
+) -> Result<(Mat<f64>, Option<ParforReport>)> {
+    check_finite("l2svm", "x", x)?;
+    let (labels, index) = classes("l2svm", y)?;
+    if f.lambda <= 0.0 || !f.lambda.is_finite() {
+        return Err(parameter_error(format!(
+            "l2svm: lambda must be positive, got {}",
+            f.lambda
+        )));
+    }
+    let xa = design(x, f.intercept);
+    let p = x.ncols();
+    let k = labels.len();
+    let signs = |class: usize| -> Vec<f64> {
+        index
+            .iter()
+            .map(|&l| if l == class { 1.0 } else { -1.0 })
+            .collect()
+    };
+    if k == 2 {
+        let w = svm_binary(xa.as_ref(), &signs(1), f, Par::rayon(0))?;
+        let weights = Mat::from_fn(xa.ncols(), 2, |j, c| if c == 1 { w[j] } else { -w[j] });
+        return Ok((model(&weights, p, f.intercept, &labels), None));
+    }
+    let workers = workers.clamp(1, k);
+    let scheme = scheme.unwrap_or_else(|| Scheme::auto(k, workers));
+    let par = if workers > 1 { Par::Seq } else { Par::rayon(0) };
+    let (columns, report) = parfor::run(k, workers, scheme, |c| {
+        svm_binary(xa.as_ref(), &signs(c), f, par)
+            .map_err(|e| e.context(format!("l2svm: class {} against the rest", labels[c])))
+    })?;
+    let weights = Mat::from_fn(xa.ncols(), k, |j, c| columns[c][j]);
+    Ok((model(&weights, p, f.intercept, &labels), Some(report)))
+}
+
+fn svm_binary(xa: MatRef<'_, f64>, ys: &[f64], f: &FitParams, par: Par) -> Result<Vec<f64>> {
+    let (n, q) = (xa.nrows(), xa.ncols());
+    let eval = |w: &Mat<f64>| -> (Vec<f64>, f64) {
+        let z = mm(xa, w.as_ref(), par);
+        let margin: Vec<f64> = (0..n).map(|i| 1.0 - ys[i] * z[(i, 0)]).collect();
+        let loss: f64 = margin.iter().filter(|m| **m > 0.0).map(|m| m * m).sum();
+        let reg: f64 = w.col(0).iter().map(|v| v * v).sum();
+        (margin, loss + 0.5 * f.lambda * reg)
+    };
+    let mut w = Mat::<f64>::zeros(q, 1);
+    let (mut margin, mut obj) = eval(&w);
+    for _ in 0..f.max_iter.max(1) {
+        let active: Vec<usize> = (0..n).filter(|&i| margin[i] > 0.0).collect();
+        let xs = Mat::from_fn(active.len(), q, |r, j| xa[(active[r], j)]);
+        let coef = Mat::from_fn(active.len(), 1, |r, _| {
+            -2.0 * ys[active[r]] * margin[active[r]]
+        });
+        let mut g = tmm(xs.as_ref(), coef.as_ref(), par);
+        let mut h = tmm(xs.as_ref(), xs.as_ref(), par);
+        for a in 0..q {
+            g[(a, 0)] += f.lambda * w[(a, 0)];
+            for b in 0..q {
+                h[(a, b)] *= 2.0;
+            }
+            h[(a, a)] += f.lambda;
+        }
+        let step = spd_solve("l2svm", "lambda is too small", h.as_ref(), g.as_ref(), None)?;
+        let decrement: f64 = (0..q).map(|a| g[(a, 0)] * step[(a, 0)]).sum();
+        if !decrement.is_finite() {
+            return Err(data_error("l2svm: Newton's method diverged"));
+        }
+        if decrement / 2.0 <= f.tol * obj.abs().max(1.0) {
+            break;
+        }
+        let mut t = 1.0;
+        let mut moved = false;
+        for _ in 0..40 {
+            let trial = Mat::from_fn(q, 1, |a, _| w[(a, 0)] - t * step[(a, 0)]);
+            let (tm, to) = eval(&trial);
+            if to <= obj - 1e-4 * t * decrement {
+                w = trial;
+                margin = tm;
+                obj = to;
+                moved = true;
+                break;
+            }
+            t *= 0.5;
+        }
+        if !moved {
+            break;
+        }
+    }
+    Ok(w.col(0).iter().copied().collect())
+}
+
+/// A model matrix read back: weights (p x K), intercepts and labels.
+pub(crate) struct Model {
+    weights: Mat<f64>,
+    intercepts: Vec<f64>,
+    /// Class label of each column.
+    pub(crate) labels: Vec<f64>,
+}
+
+impl Model {
+    /// Reads a model of `fname` for an `x` with `p` columns.
+    pub(crate) fn read(fname: &str, m: MatRef<'_, f64>, p: usize) -> Result<Model> {
+        if m.nrows() != p + 2 || m.ncols() < 2 {
+            return Err(data_error(format!(
+                "{fname}: the model must be {}xK (K >= 2 classes) for an x with {p} columns, it is {}x{}",
+                p + 2,
+                m.nrows(),
+                m.ncols()
+            )));
+        }
+        check_finite(fname, "the model", m)?;
+        Ok(Model {
+            weights: m.subrows(0, p).to_owned(),
+            intercepts: (0..m.ncols()).map(|c| m[(p, c)]).collect(),
+            labels: (0..m.ncols()).map(|c| m[(p + 1, c)]).collect(),
+        })
+    }
+
+    /// `x W + b`: one score per row and class.
+    pub(crate) fn scores(&self, x: MatRef<'_, f64>, par: Par) -> Mat<f64> {
+        let mut s = mm(x, self.weights.as_ref(), par);
+        for c in 0..s.ncols() {
+            for i in 0..s.nrows() {
+                s[(i, c)] += self.intercepts[c];
+            }
+        }
+        s
+    }
+}
+
+/// Softmax of each row of `scores`: class probabilities.
+pub(crate) fn softmax_rows(mut s: Mat<f64>) -> Mat<f64> {
+    for i in 0..s.nrows() {
+        let m = (0..s.ncols())
+            .map(|c| s[(i, c)])
+            .fold(f64::NEG_INFINITY, f64::max);
+        let mut total = 0.0;
+        for c in 0..s.ncols() {
+            s[(i, c)] = (s[(i, c)] - m).exp();
+            total += s[(i, c)];
+        }
+        for c in 0..s.ncols() {
+            s[(i, c)] /= total;
+        }
+    }
+    s
+}
+
+/// Each row's best column and its value.
+pub(crate) fn argmax_rows(s: MatRef<'_, f64>) -> Vec<(usize, f64)> {
+    (0..s.nrows())
+        .map(|i| {
+            let mut best = 0;
+            for c in 1..s.ncols() {
+                if s[(i, c)] > s[(i, best)] {
+                    best = c;
+                }
+            }
+            (best, s[(i, best)])
+        })
+        .collect()
+}

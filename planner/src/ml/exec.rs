@@ -1,0 +1,343 @@
+//! `BuiltinTable`, the relation a builtin call plans to, and `BuiltinExec`, its
+//! operator: it computes the call's matrix expressions (each a block dataflow or
+//! `LaExec` plan, planned by the session's own planner), then runs the call's small
+//! in-memory step off the async threads.
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream, collect,
+};
+
+use super::ParforConfig;
+use super::call::{Call, output_schema};
+use super::parfor::Scheme;
+use crate::la::{BlockMatrix, MatExpr};
+
+/// How a call's independent tasks (k-means runs, one-vs-rest SVMs) are scheduled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParforSettings {
+    /// A forced scheme, or `None` for the optimizer's choice.
+    pub scheme: Option<Scheme>,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+impl ParforSettings {
+    /// The settings of a session (`parfor.scheme`, `parfor.workers`,
+    /// `parfor.task_size`).
+    pub fn of(session: &dyn Session) -> Result<Self> {
+        let cfg = session
+            .config_options()
+            .extensions
+            .get::<ParforConfig>()
+            .cloned()
+            .unwrap_or_default();
+        let workers = if cfg.workers == 0 {
+            tessera_storage::kernels::cpu_pool()
+                .current_num_threads()
+                .max(1)
+        } else {
+            cfg.workers
+        };
+        Ok(Self {
+            scheme: Scheme::parse(&cfg.scheme, cfg.task_size)?,
+            workers,
+        })
+    }
+}
+
+/// The relation of one builtin call.
+pub(crate) struct BuiltinTable {
+    call: Arc<Call>,
+    jobs: Vec<(MatExpr, LogicalPlan)>,
+    checks: Vec<(String, LogicalPlan)>,
+    schema: SchemaRef,
+}
+
+impl fmt::Debug for BuiltinTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BuiltinTable({})", self.call)
+    }
+}
+
+impl BuiltinTable {
+    pub(crate) fn new(
+        call: Arc<Call>,
+        jobs: Vec<(MatExpr, LogicalPlan)>,
+        checks: Vec<(String, LogicalPlan)>,
+    ) -> Self {
+        let schema = output_schema(&call.name);
+        Self {
+            call,
+            jobs,
+            checks,
+            schema,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for BuiltinTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut jobs = Vec::with_capacity(self.jobs.len());
+        for (e, plan) in &self.jobs {
+            jobs.push(Job {
+                expr: e.clone(),
+                shape: e.shape().ok().flatten(),
+                plan: state.create_physical_plan(plan).await?,
+            });
+        }
+        let mut checks = Vec::with_capacity(self.checks.len());
+        for (what, plan) in &self.checks {
+            checks.push((what.clone(), state.create_physical_plan(plan).await?));
+        }
+        Ok(Arc::new(BuiltinExec::new(
+            Arc::clone(&self.call),
+            jobs,
+            checks,
+            projection.cloned(),
+            ParforSettings::of(state)?,
+            state.config().target_partitions().max(1),
+        )?))
+    }
+}
+
+/// One matrix expression a call reads.
+#[derive(Debug, Clone)]
+struct Job {
+    expr: MatExpr,
+    shape: Option<(u64, u64)>,
+    plan: Arc<dyn ExecutionPlan>,
+}
+
+/// Computes a builtin call: its jobs' matrices, then its result, in one partition.
+#[derive(Debug)]
+pub struct BuiltinExec {
+    call: Arc<Call>,
+    jobs: Vec<Job>,
+    checks: Vec<(String, Arc<dyn ExecutionPlan>)>,
+    projection: Option<Vec<usize>>,
+    parfor: ParforSettings,
+    parts: usize,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl BuiltinExec {
+    fn new(
+        call: Arc<Call>,
+        jobs: Vec<Job>,
+        checks: Vec<(String, Arc<dyn ExecutionPlan>)>,
+        projection: Option<Vec<usize>>,
+        parfor: ParforSettings,
+        parts: usize,
+    ) -> Result<Self> {
+        let full = output_schema(&call.name);
+        let schema = match &projection {
+            Some(p) => Arc::new(full.project(p)?),
+            None => full,
+        };
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(Self {
+            call,
+            jobs,
+            checks,
+            projection,
+            parfor,
+            parts,
+            schema,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        })
+    }
+
+    /// The call as written.
+    pub fn call(&self) -> String {
+        self.call.to_string()
+    }
+}
+
+impl DisplayAs for BuiltinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let jobs: Vec<String> = self.jobs.iter().map(|j| j.expr.to_string()).collect();
+        write!(f, "BuiltinExec: {} jobs=[{}]", self.call, jobs.join(", "))?;
+        if let Some(tasks) = self.call.tasks() {
+            let workers = self.parfor.workers.clamp(1, tasks.max(1));
+            let scheme = self
+                .parfor
+                .scheme
+                .unwrap_or_else(|| Scheme::auto(tasks, workers));
+            let chunks: Vec<String> = scheme
+                .chunks(tasks, workers)
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            write!(
+                f,
+                " parfor: scheme={} workers={workers} tasks={tasks} chunks=[{}] local",
+                scheme.name(),
+                chunks.join(",")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for BuiltinExec {
+    fn name(&self) -> &str {
+        "BuiltinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        // The jobs are whole plans of their own, already optimized; they are run, not
+        // rewritten again as part of this plan.
+        vec![]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        if children.is_empty() {
+            Ok(self)
+        } else {
+            Err(DataFusionError::Internal(
+                "BuiltinExec has no children".into(),
+            ))
+        }
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "BuiltinExec has one partition, asked for {partition}"
+            )));
+        }
+        let call = Arc::clone(&self.call);
+        let jobs = self.jobs.clone();
+        let checks = self.checks.clone();
+        let parfor = self.parfor;
+        let parts = self.parts;
+        let projection = self.projection.clone();
+        let metrics = self.metrics.clone();
+        let schema = Arc::clone(&self.schema);
+        let fut = async move {
+            for (what, plan) in &checks {
+                let rows: usize = collect(Arc::clone(plan), Arc::clone(&context))
+                    .await?
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum();
+                if rows > 0 {
+                    return Err(super::dense::data_error(format!(
+                        "{}: {what} has a NULL value; matrix cells must be numbers (filter the NULLs out or COALESCE them)",
+                        call.name
+                    )));
+                }
+            }
+            let reservation = MemoryConsumer::new(format!("BuiltinExec[{}]", call.name))
+                .register(context.memory_pool());
+            let mut mats: Vec<BlockMatrix> = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                let m = match crate::la::compute_blocks(&job.plan, Arc::clone(&context), None)
+                    .await?
+                {
+                    Some(m) => m,
+                    None => {
+                        let batches = collect(Arc::clone(&job.plan), Arc::clone(&context)).await?;
+                        BlockMatrix::from_batches(&call.name, &batches, job.shape, parts)?
+                    }
+                };
+                // The in-memory step works on dense copies.
+                reservation.try_grow((m.rows.saturating_mul(m.cols) * 8) as usize)?;
+                mats.push(m);
+            }
+            let elapsed = MetricBuilder::new(&metrics).elapsed_compute(0);
+            let timer = elapsed.timer();
+            let finished = tokio::task::spawn_blocking(move || {
+                tessera_storage::kernels::cpu_pool().install(|| call.finish(mats, &parfor))
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            timer.done();
+            if let Some(report) = &finished.report {
+                for (w, (tasks, busy)) in report.tasks.iter().zip(&report.busy).enumerate() {
+                    MetricBuilder::new(&metrics)
+                        .with_new_label("worker", w.to_string())
+                        .global_counter("parfor_tasks")
+                        .add(*tasks);
+                    MetricBuilder::new(&metrics)
+                        .with_new_label("worker", w.to_string())
+                        .subset_time("parfor_busy", 0)
+                        .add_duration(*busy);
+                }
+            }
+            drop(reservation);
+            let batch = finished.batch;
+            Ok(match &projection {
+                Some(p) => batch.project(p)?,
+                None => batch,
+            })
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::once(fut),
+        )))
+    }
+}

@@ -1,0 +1,53 @@
+//! Machine-learning builtins callable from SQL (`lm`, `cor`, `pca`, `kmeans`,
+//! `logreg`, `l2svm`, ...) and the parfor task scheduler they run independent tasks on.
+//!
+//! ```text
+//! FROM lm(x, y, lambda => 0.1)     table function in FROM (planned by MatrixFunctions)
+//!   -> call::plan_builtin          arguments read; jobs: matrix expressions such as
+//!                                  tsmm(x), matmul(t(x), y), colsums(x)
+//!   -> BuiltinTable                a relation; its scan plans each job with the
+//!                                  session's planner (block dataflows, LaExec)
+//!   -> BuiltinExec                 runs the jobs, then the small dense step (a solve,
+//!                                  an eigen-decomposition, Newton's method) in the CPU
+//!                                  pool; independent tasks go through `parfor`
+//! ```
+//!
+//! `docs/ml.md` lists every builtin with its arguments, outputs and errors.
+
+mod call;
+mod classify;
+mod dense;
+mod exec;
+mod kmeans;
+mod linear;
+pub mod parfor;
+mod stats;
+
+use datafusion::common::config::ConfigExtension;
+use datafusion::common::extensions_options;
+
+pub use call::{BUILTINS, is_builtin, plan_builtin, returns_matrix};
+pub use classify::FitParams;
+pub use exec::{BuiltinExec, ParforSettings};
+pub use kmeans::KmeansParams;
+pub use linear::{LM_DIRECT_MAX_COLS, LmParams, LmSolver};
+
+extensions_options! {
+    /// Scheduling of the builtins' independent tasks (`SET parfor.<name> = ...`).
+    pub struct ParforConfig {
+        /// Task-partitioning scheme: `auto` (factoring, or naive when there are no
+        /// more tasks than workers), `naive`, `static`, `fixed` or `factoring`.
+        pub scheme: String, default = "auto".to_string()
+        /// Worker threads; 0 means one per core of the CPU pool.
+        pub workers: usize, default = 0
+        /// Tasks per chunk for the `fixed` scheme.
+        pub task_size: usize, default = 2
+    }
+}
+
+impl ConfigExtension for ParforConfig {
+    const PREFIX: &'static str = "parfor";
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,533 @@
+//! Builtins through SQL, checked against reference arithmetic written out here (naive
+//! normal equations, definitions of covariance and ranks, optimality conditions).
+
+use datafusion::arrow::array::{Array, Float64Array, Int64Array, RecordBatch};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::SessionStateBuilder;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use tessera_storage::{ArraySchema, Block, BlockKey, DenseBlock, Partitioning, Store, WriteMode};
+
+use crate::catalog::{DEFAULT_CATALOG, DEFAULT_SCHEMA};
+use crate::error::{ErrorKind, TesseraError};
+use datafusion::common::config::Dialect;
+
+type M = Vec<Vec<f64>>;
+
+/// A session as the server builds one: PostgreSQL's dialect, and a catalog in which
+/// the stored arrays are tables (`SELECT i, j, v FROM x`).
+fn session(store: &Store) -> SessionContext {
+    let catalog = crate::TesseraCatalog::in_memory(store.clone());
+    let mut options = SessionConfig::new()
+        .with_target_partitions(2)
+        .with_create_default_catalog_and_schema(false)
+        .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA);
+    options.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
+    let config = crate::la::session_config(options);
+    let builder = SessionStateBuilder::new()
+        .with_config(config)
+        .with_catalog_list(catalog.catalog_list().unwrap())
+        .with_default_features();
+    SessionContext::new_with_state(crate::la::install(builder, store.clone()).build())
+}
+
+fn put(store: &Store, name: &str, m: &M, block: (u64, u64)) {
+    let (r, c) = (m.len(), m[0].len());
+    let schema = ArraySchema::matrix(r as u64, c as u64, block.0, block.1).unwrap();
+    store
+        .create_array(name, schema, Some(Partitioning::default()), None)
+        .unwrap();
+    let mut w = store.writer(name, WriteMode::Replace).unwrap();
+    for bi in 0..(r as u64).div_ceil(block.0) {
+        for bj in 0..(c as u64).div_ceil(block.1) {
+            let (r0, c0) = ((bi * block.0) as usize, (bj * block.1) as usize);
+            let (br, bc) = (
+                (block.0 as usize).min(r - r0),
+                (block.1 as usize).min(c - c0),
+            );
+            let d = DenseBlock::from_fn(br, bc, |i, j| m[r0 + i][c0 + j]);
+            let b = Block::Dense(d).into_preferred_format();
+            if b.nnz() > 0 {
+                w.put_block(BlockKey::matrix(bi as i64, bj as i64), b)
+                    .unwrap();
+            }
+        }
+    }
+    w.commit().unwrap();
+}
+
+/// Pseudo-random values in [-5, 5), deterministic in `seed`.
+fn data(r: usize, c: usize, seed: u64) -> M {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+    (0..r)
+        .map(|_| {
+            (0..c)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (s >> 11) as f64 / (1u64 << 53) as f64 * 10.0 - 5.0
+                })
+                .collect()
+        })
+        .collect()
+}
+
+async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
+    ctx.sql(sql).await?.collect().await
+}
+
+async fn matrix(ctx: &SessionContext, sql: &str, r: usize, c: usize) -> M {
+    let batches = run(ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut m = vec![vec![0.0; c]; r];
+    for b in batches {
+        let i = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let j = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let v = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+        for k in 0..b.num_rows() {
+            m[i.value(k) as usize][j.value(k) as usize] = v.value(k);
+        }
+    }
+    m
+}
+
+async fn error(ctx: &SessionContext, sql: &str) -> DataFusionError {
+    match run(ctx, sql).await {
+        Ok(_) => panic!("{sql}: expected an error"),
+        Err(e) => e,
+    }
+}
+
+fn kind(e: &DataFusionError) -> Option<ErrorKind> {
+    TesseraError::find(e).map(TesseraError::kind)
+}
+
+fn close(got: &M, want: &M, tol: f64, what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: rows");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        for (j, (a, b)) in g.iter().zip(w).enumerate() {
+            assert!(
+                (a - b).abs() <= tol * (1.0 + b.abs()) || (a.is_nan() && b.is_nan()),
+                "{what}: ({i}, {j}) is {a}, expected {b}"
+            );
+        }
+    }
+}
+
+fn t(a: &M) -> M {
+    (0..a[0].len())
+        .map(|j| a.iter().map(|r| r[j]).collect())
+        .collect()
+}
+
+fn mm(a: &M, b: &M) -> M {
+    a.iter()
+        .map(|r| {
+            (0..b[0].len())
+                .map(|j| r.iter().zip(b).map(|(x, br)| x * br[j]).sum())
+                .collect()
+        })
+        .collect()
+}
+
+/// Gaussian elimination with partial pivoting.
+fn naive_solve(a: &M, b: &[f64]) -> Vec<f64> {
+    let n = a.len();
+    let mut m: M = a
+        .iter()
+        .zip(b)
+        .map(|(r, v)| [r.clone(), vec![*v]].concat())
+        .collect();
+    for k in 0..n {
+        let p = (k..n)
+            .max_by(|&x, &y| m[x][k].abs().total_cmp(&m[y][k].abs()))
+            .unwrap();
+        m.swap(k, p);
+        for i in k + 1..n {
+            let f = m[i][k] / m[k][k];
+            for j in k..=n {
+                m[i][j] -= f * m[k][j];
+            }
+        }
+    }
+    let mut x = vec![0.0; n];
+    for k in (0..n).rev() {
+        x[k] = (m[k][n] - (k + 1..n).map(|j| m[k][j] * x[j]).sum::<f64>()) / m[k][k];
+    }
+    x
+}
+
+fn with_ones(x: &M) -> M {
+    x.iter().map(|r| [r.clone(), vec![1.0]].concat()).collect()
+}
+
+#[tokio::test]
+async fn lm_matches_the_normal_equations_solved_naively() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    let x = data(60, 4, 1);
+    let y = data(60, 1, 2);
+    put(&store, "x", &x, (16, 3));
+    put(&store, "y", &y, (16, 1));
+    for (lambda, intercept) in [(0.0, false), (0.3, false), (0.0, true), (0.3, true)] {
+        let xa = if intercept { with_ones(&x) } else { x.clone() };
+        let mut a = mm(&t(&xa), &xa);
+        for (k, row) in a.iter_mut().enumerate().take(4) {
+            row[k] += lambda;
+        }
+        let b: Vec<f64> = mm(&t(&xa), &y).iter().map(|r| r[0]).collect();
+        let want: M = naive_solve(&a, &b).into_iter().map(|v| vec![v]).collect();
+        let rows = want.len();
+        let i = u8::from(intercept);
+        for sql in [
+            format!("SELECT * FROM lm(x, y, {lambda}, {i})"),
+            format!(
+                "SELECT * FROM lm(x, y, lambda => {lambda}, intercept => {i}, solver => 'cg', tol => 1e-13)"
+            ),
+            format!("SELECT * FROM lm((SELECT i, j, v FROM x), (SELECT * FROM y), {lambda}, {i})"),
+        ] {
+            close(&matrix(&ctx, &sql, rows, 1).await, &want, 1e-8, &sql);
+        }
+        // Predictions: X beta (+ intercept), naively.
+        let pred = mm(&xa, &want);
+        let sql = format!("SELECT * FROM lm_predict(x, lm(x, y, {lambda}, {i}))");
+        close(&matrix(&ctx, &sql, 60, 1).await, &pred, 1e-8, &sql);
+    }
+}
+
+fn naive_cov(x: &M) -> M {
+    let n = x.len() as f64;
+    let p = x[0].len();
+    let m: Vec<f64> = (0..p)
+        .map(|j| x.iter().map(|r| r[j]).sum::<f64>() / n)
+        .collect();
+    (0..p)
+        .map(|a| {
+            (0..p)
+                .map(|b| x.iter().map(|r| (r[a] - m[a]) * (r[b] - m[b])).sum::<f64>() / (n - 1.0))
+                .collect()
+        })
+        .collect()
+}
+
+fn naive_cor(x: &M) -> M {
+    let c = naive_cov(x);
+    (0..c.len())
+        .map(|a| {
+            (0..c.len())
+                .map(|b| c[a][b] / (c[a][a] * c[b][b]).sqrt())
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cov_and_cor_match_their_definitions() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    let mut x = data(45, 5, 3);
+    // Column 4 is constant: its correlations are NaN (as numpy.corrcoef gives).
+    for r in &mut x {
+        r[4] = 2.0;
+        r[1] += 100.0;
+    }
+    put(&store, "x", &x, (10, 2));
+    close(
+        &matrix(&ctx, "SELECT * FROM cov(x)", 5, 5).await,
+        &naive_cov(&x),
+        1e-10,
+        "cov",
+    );
+    let cor = matrix(&ctx, "SELECT * FROM cor(x)", 5, 5).await;
+    close(&cor, &naive_cor(&x), 1e-10, "cor");
+    assert!(cor[4][4].is_nan() && cor[0][4].is_nan());
+    // From a subquery: the shape is known only when it has run.
+    let sub = matrix(&ctx, "SELECT * FROM cov((SELECT i, j, v FROM x))", 5, 5).await;
+    close(&sub, &naive_cov(&x), 1e-10, "cov of a subquery");
+}
+
+#[tokio::test]
+async fn spearman_is_pearson_of_average_ranks() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    // Rounded values: many ties.
+    let x: M = data(40, 3, 4)
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v.round()).collect())
+        .collect();
+    put(&store, "x", &x, (16, 3));
+    let ranks: M = {
+        let cols: Vec<Vec<f64>> = (0..3)
+            .map(|j| {
+                x.iter()
+                    .map(|r| {
+                        let less = x.iter().filter(|o| o[j] < r[j]).count() as f64;
+                        let equal = x.iter().filter(|o| o[j] == r[j]).count() as f64;
+                        less + (equal + 1.0) / 2.0
+                    })
+                    .collect()
+            })
+            .collect();
+        t(&cols)
+    };
+    let got = matrix(&ctx, "SELECT * FROM cor(x, method => 'spearman')", 3, 3).await;
+    close(&got, &naive_cor(&ranks), 1e-10, "spearman");
+}
+
+#[tokio::test]
+async fn pca_components_satisfy_the_eigen_equation() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    let x = data(80, 4, 5);
+    put(&store, "x", &x, (32, 4));
+    let c = naive_cov(&x);
+    let v = matrix(&ctx, "SELECT * FROM pca_components(x, 3)", 4, 3).await;
+    let var = matrix(&ctx, "SELECT * FROM pca_variance(x, 3)", 3, 2).await;
+    let total: f64 = (0..4).map(|k| c[k][k]).sum();
+    let cv = mm(&c, &v);
+    for k in 0..3 {
+        for i in 0..4 {
+            assert!(
+                (cv[i][k] - var[k][0] * v[i][k]).abs() < 1e-9,
+                "C v = lambda v"
+            );
+        }
+        assert!((var[k][1] - var[k][0] / total).abs() < 1e-12, "ratio");
+        if k > 0 {
+            assert!(var[k][0] <= var[k - 1][0], "descending");
+        }
+    }
+    close(
+        &mm(&t(&v), &v),
+        &vec![
+            vec![1.0, 0.0, 0.0],
+            vec![0.0, 1.0, 0.0],
+            vec![0.0, 0.0, 1.0],
+        ],
+        1e-10,
+        "orthonormal",
+    );
+    let means: Vec<f64> = (0..4)
+        .map(|j| x.iter().map(|r| r[j]).sum::<f64>() / 80.0)
+        .collect();
+    let centred: M = x
+        .iter()
+        .map(|r| r.iter().zip(&means).map(|(a, m)| a - m).collect())
+        .collect();
+    close(
+        &matrix(&ctx, "SELECT * FROM pca(x, 3)", 80, 3).await,
+        &mm(&centred, &v),
+        1e-9,
+        "projection",
+    );
+}
+
+/// Three far-apart blobs of 30 rows each, interleaved.
+fn blobs() -> (M, Vec<usize>) {
+    let noise = data(90, 2, 6);
+    let centres = [(0.0, 0.0), (100.0, 0.0), (0.0, 100.0)];
+    let truth: Vec<usize> = (0..90).map(|i| i % 3).collect();
+    let x = truth
+        .iter()
+        .zip(&noise)
+        .map(|(&g, n)| vec![centres[g].0 + n[0], centres[g].1 + n[1]])
+        .collect();
+    (x, truth)
+}
+
+#[tokio::test]
+async fn kmeans_finds_separated_blobs_under_every_scheme() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    let (x, truth) = blobs();
+    put(&store, "b", &x, (25, 2));
+    let auto = matrix(&ctx, "SELECT * FROM kmeans(b, 3, 6, 50, 1)", 3, 2).await;
+    for scheme in ["naive", "static", "fixed", "factoring"] {
+        run(&ctx, &format!("SET parfor.scheme = '{scheme}'"))
+            .await
+            .unwrap();
+        let got = matrix(&ctx, "SELECT * FROM kmeans(b, 3, 6, 50, 1)", 3, 2).await;
+        close(&got, &auto, 0.0, scheme);
+    }
+    let batches = run(
+        &ctx,
+        "SELECT i, cluster FROM kmeans_predict(b, kmeans(b, 3, 6, 50, 1))",
+    )
+    .await
+    .unwrap();
+    let mut map = std::collections::HashMap::new();
+    for b in batches {
+        let i = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let c = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        for k in 0..b.num_rows() {
+            let g = truth[i.value(k) as usize];
+            assert_eq!(
+                *map.entry(g).or_insert(c.value(k)),
+                c.value(k),
+                "row {}",
+                i.value(k)
+            );
+        }
+    }
+    assert_eq!(map.len(), 3);
+    let mut labels: Vec<i64> = map.into_values().collect();
+    labels.sort();
+    assert_eq!(labels, vec![0, 1, 2], "one cluster per blob");
+    // EXPLAIN shows the scheme, the workers and the chunk sizes.
+    run(&ctx, "SET parfor.scheme = 'factoring'").await.unwrap();
+    run(&ctx, "SET parfor.workers = 4").await.unwrap();
+    let plan = run(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(
+            "scheme=factoring workers=4 tasks=101 chunks=[13,13,13,13,7,7,7,7,3,3,3,3,2,2,2,2,1]"
+        ),
+        "{text}"
+    );
+}
+
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+#[tokio::test]
+async fn logreg_and_l2svm_reach_their_optimum() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    let x = data(120, 3, 7);
+    // Noisy labels from a linear rule, so neither problem is separable.
+    let noise = data(120, 1, 8);
+    let y: M = x
+        .iter()
+        .zip(&noise)
+        .map(|(r, n)| vec![f64::from(u8::from(r[0] - 0.5 * r[1] + 2.0 * n[0] > 0.3))])
+        .collect();
+    put(&store, "x", &x, (50, 3));
+    put(&store, "y", &y, (50, 1));
+    let xa = with_ones(&x);
+    let lambda = 0.7;
+    // logreg: gradient t(Xa) (sigmoid(Xa w) - y) + lambda [w; 0] vanishes.
+    let model = matrix(&ctx, "SELECT * FROM logreg(x, y, lambda => 0.7)", 5, 2).await;
+    assert_eq!((model[4][0], model[4][1]), (0.0, 1.0), "labels row");
+    let w: Vec<f64> = (0..4).map(|k| model[k][1]).collect();
+    for j in 0..4 {
+        let g: f64 = xa
+            .iter()
+            .zip(&y)
+            .map(|(r, t)| (sigmoid(r.iter().zip(&w).map(|(a, b)| a * b).sum()) - t[0]) * r[j])
+            .sum::<f64>()
+            + if j < 3 { lambda * w[j] } else { 0.0 };
+        assert!(g.abs() < 1e-6, "logreg gradient {j}: {g}");
+    }
+    // l2svm: lambda w - 2 sum over margin violators of y (1 - y x.w) x vanishes.
+    let model = matrix(&ctx, "SELECT * FROM l2svm(x, y, lambda => 0.7)", 5, 2).await;
+    let w: Vec<f64> = (0..4).map(|k| model[k][1]).collect();
+    for j in 0..4 {
+        let mut g = lambda * w[j];
+        for (r, t) in xa.iter().zip(&y) {
+            let s = if t[0] > 0.5 { 1.0 } else { -1.0 };
+            let m = 1.0 - s * r.iter().zip(&w).map(|(a, b)| a * b).sum::<f64>();
+            if m > 0.0 {
+                g -= 2.0 * s * m * r[j];
+            }
+        }
+        assert!(g.abs() < 1e-6, "l2svm gradient {j}: {g}");
+    }
+    // Predictions: the label of the best column.
+    let batches = run(
+        &ctx,
+        "SELECT i, label, score FROM l2svm_predict(x, l2svm(x, y, 0.7))",
+    )
+    .await
+    .unwrap();
+    for b in batches {
+        let i = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let l = b.column(1).as_any().downcast_ref::<Float64Array>().unwrap();
+        for k in 0..b.num_rows() {
+            let s: f64 = xa[i.value(k) as usize]
+                .iter()
+                .zip(&w)
+                .map(|(a, b)| a * b)
+                .sum();
+            assert_eq!(l.value(k), if s > 0.0 { 1.0 } else { 0.0 });
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gives_clear_errors() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    let mut x = data(20, 3, 9);
+    for r in &mut x {
+        r[2] = 2.0 * r[0];
+    }
+    put(&store, "x", &x, (8, 3));
+    put(&store, "y", &data(20, 1, 10), (8, 1));
+    put(&store, "one", &vec![vec![1.0]; 20], (8, 1));
+    let e = error(&ctx, "SELECT * FROM lm(x, y)").await;
+    assert_eq!(kind(&e), Some(ErrorKind::SingularMatrix), "{e}");
+    assert!(e.to_string().contains("lambda > 0"), "{e}");
+    // A penalty makes it solvable.
+    run(&ctx, "SELECT * FROM lm(x, y, 0.1)").await.unwrap();
+    let e = error(&ctx, "SELECT * FROM logreg(x, one)").await;
+    assert!(e.to_string().contains("one class"), "{e}");
+    assert_eq!(kind(&e), Some(ErrorKind::DataException));
+    let e = error(&ctx, "SELECT * FROM kmeans(x, 21, 2, 10, 1)").await;
+    assert_eq!(kind(&e), Some(ErrorKind::InvalidParameterValue), "{e}");
+    assert!(
+        e.to_string().contains("larger than the number of rows"),
+        "{e}"
+    );
+    let e = error(
+        &ctx,
+        "SELECT * FROM kmeans((SELECT * FROM x), 21, 2, 10, 1)",
+    )
+    .await;
+    assert_eq!(kind(&e), Some(ErrorKind::InvalidParameterValue), "{e}");
+    let e = error(
+        &ctx,
+        "SELECT * FROM cov((SELECT i, j, CASE WHEN i = 3 THEN NULL ELSE v END AS v FROM x))",
+    )
+    .await;
+    assert!(e.to_string().contains("NULL"), "{e}");
+    let e = error(
+        &ctx,
+        "SELECT * FROM kmeans((SELECT i, j, CASE WHEN i = 3 THEN 'NaN'::double ELSE v END AS v FROM x), 2, 1, 5, 1)",
+    )
+    .await;
+    assert!(e.to_string().contains("NaN value at (3, "), "{e}");
+    let e = error(
+        &ctx,
+        "SELECT * FROM cor((SELECT i, j, CASE WHEN i = 3 THEN 'NaN'::double ELSE v END AS v FROM x))",
+    )
+    .await;
+    assert!(e.to_string().contains("NaN"), "{e}");
+    let e = error(&ctx, "SELECT * FROM pca_variance(x, 4)").await;
+    assert_eq!(kind(&e), Some(ErrorKind::InvalidParameterValue), "{e}");
+    let e = error(&ctx, "SELECT * FROM l2svm(x, y, lambda => 0)").await;
+    assert_eq!(kind(&e), Some(ErrorKind::InvalidParameterValue), "{e}");
+    let e = error(&ctx, "SELECT * FROM lm(x, y, penalty => 1)").await;
+    assert!(
+        e.to_string().contains("no parameter named 'penalty'"),
+        "{e}"
+    );
+    let e = error(&ctx, "SELECT * FROM lm(x, slice(x, 0, 20, 0, 2))").await;
+    assert!(e.to_string().contains("y must be 20x1"), "{e}");
+    let e = error(&ctx, "SELECT * FROM cor(x, method => 'kendall')").await;
+    assert!(e.to_string().contains("'pearson' or 'spearman'"), "{e}");
+    let e = error(
+        &ctx,
+        "SELECT * FROM matmul(x, kmeans_predict(x, kmeans(x, 2, 1, 5, 1)))",
+    )
+    .await;
+    assert!(e.to_string().contains("returns a table"), "{e}");
+    let e = error(&ctx, "SELECT * FROM lm_predict(x, y)").await;
+    assert!(e.to_string().contains("beta must be 3x1"), "{e}");
+    run(&ctx, "SET parfor.scheme = 'guided'").await.unwrap();
+    let e = error(&ctx, "SELECT * FROM kmeans(x, 2, 2, 5, 1)").await;
+    assert!(e.to_string().contains("unknown parfor.scheme"), "{e}");
+}
