@@ -129,7 +129,7 @@ fn count_nonzero(v: &[f64]) -> usize {
     let rest = chunks.remainder();
     for c in chunks {
         for k in 0..4 {
-            acc[k] += (c[k].to_bits() != 0) as usize;
+            acc[k] += (c[k] != 0.0) as usize;
         }
     }
     acc.iter().sum::<usize>() + rest.iter().filter(|x| super::is_stored(**x)).count()

@@ -18,17 +18,19 @@ pub use cells::{CooBuilder, Duplicates};
 pub use csr::CsrBlock;
 pub use dense::DenseBlock;
 
-/// Whether a cell with value `v` is stored: every value but `+0.0`. Negative zero is a
-/// value (its sign bit is data: `1 / -0.0` is `-inf`), and NaN is non-zero, so a block
-/// keeps both, and a load or write of `-0.0` reads back as `-0.0`.
+/// Whether a cell with value `v` is stored: every value that is not zero, NaN
+/// included. Both zeros are zero, as in NumPy's `count_nonzero` and SciPy's sparse
+/// matrices: a `-0.0` is not a stored cell (else every `0 * -x` of an elementwise
+/// product would be one, and `count(*)` would disagree with NumPy), and it loads,
+/// lists and exports as `0.0`.
 ///
 /// ```
 /// use tessera_storage::is_stored;
-/// assert!(!is_stored(0.0));
-/// assert!(is_stored(-0.0) && is_stored(f64::NAN) && is_stored(1.5));
+/// assert!(!is_stored(0.0) && !is_stored(-0.0));
+/// assert!(is_stored(f64::NAN) && is_stored(1.5));
 /// ```
 pub fn is_stored(v: f64) -> bool {
-    v.to_bits() != 0
+    v != 0.0
 }
 
 /// Density below which a block is stored as CSR: SystemDS's sparsity turn point.

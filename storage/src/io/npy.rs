@@ -979,7 +979,7 @@ impl NpyCellWriter {
 }
 
 /// A cell added to what its place holds: the sum, except that a place not written yet
-/// (`+0.0`, the file's fill) takes the cell as it is, so a `-0.0` keeps its sign.
+/// (a zero, the file's fill) takes the cell as it is.
 fn add_cell(old: f64, value: f64) -> f64 {
     if is_stored(old) { old + value } else { value }
 }

@@ -29,10 +29,10 @@ def is_sparse(array: Any) -> bool:
 
 def to_cells(array: Any) -> Tuple[Tuple[int, int], pa.Table]:
     """The shape of a 2-D NumPy array (or anything ``np.asarray`` takes) or SciPy sparse
-    matrix, and its stored cells as ``(i, j, v)``: every value but ``+0.0``. Zeros are
-    not sent (a cell never written reads as 0), but ``-0.0`` is, since Tessera keeps its
-    sign. Values become float64, the one attribute type Tessera stores. Duplicate
-    entries of a sparse matrix are summed, as SciPy does."""
+    matrix, and its stored cells as ``(i, j, v)``: every non-zero value, NaN included.
+    Zeros (``-0.0`` too, as in SciPy) are not sent: a cell never written reads as 0.
+    Values become float64, the one attribute type Tessera stores. Duplicate entries of
+    a sparse matrix are summed, as SciPy does."""
     if is_sparse(array):
         coo = _scipy_sparse().coo_matrix(array, dtype=np.float64)  # a copy: we edit it
         coo.sum_duplicates()
@@ -52,8 +52,8 @@ def to_cells(array: Any) -> Tuple[Tuple[int, int], pa.Table]:
 
 
 def _stored(values: np.ndarray) -> np.ndarray:
-    """Where ``values`` holds a value Tessera stores: non-zero (NaN too) or ``-0.0``."""
-    return (values != 0) | np.signbit(values)
+    """Where ``values`` holds a value Tessera stores: non-zero, NaN too."""
+    return values != 0
 
 
 def _columns(cells: pa.Table):

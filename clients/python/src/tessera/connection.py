@@ -89,8 +89,8 @@ class Connection:
         A NumPy array becomes ``CREATE MATRIX name (rows, cols)`` (Tessera picks dense
         or sparse storage per block by density), a sparse matrix ``... SPARSE``. Only
         the non-zero cells are sent, as one Arrow stream (Flight SQL) or one COPY
-        (PostgreSQL): Tessera stores only non-zero cells (``-0.0`` is one: it keeps its
-        sign), so the zeros read back as ``0.0``. Values are stored as float64. With
+        (PostgreSQL): Tessera stores only non-zero cells, so the zeros (``-0.0``
+        too) read back as ``0.0``. Values are stored as float64. With
         ``replace=True`` an existing array of that name is dropped first; otherwise a
         taken name is a ``ProgrammingError`` (42P07)."""
         (rows, cols), table = cells.to_cells(array)
