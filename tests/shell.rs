@@ -297,12 +297,13 @@ fn bar_setup() -> String {
 
 const BAR_QUERY: &str = "SELECT count(*) AS joined FROM big a JOIN big b ON a.i = b.j;";
 
-#[test]
-fn the_shell_draws_a_progress_bar_for_a_long_statement_then_its_result() {
+/// Runs the bar's statements in the shell on a pseudo-terminal with `args` and returns
+/// the transcript, after asserting that `bar` (a piece of the bar's text) shows before
+/// the result, and that the result line has no bar left in it.
+fn run_bar_statements(args: &[&str], bar: &str) -> String {
     let binary = tessera_binary();
     let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    let driver = d.join("pty_driver.py");
+    let driver = dir.path().join("pty_driver.py");
     std::fs::write(&driver, PTY_DRIVER).unwrap();
     let joined = BAR_N.pow(3).to_string();
     let steps: Vec<(String, Option<&str>)> = vec![
@@ -311,8 +312,7 @@ fn the_shell_draws_a_progress_bar_for_a_long_statement_then_its_result() {
         ("\\q\r".to_string(), None),
     ];
     let steps = serde_json::to_string(&steps).unwrap();
-    let db = d.join("db").display().to_string();
-    let args = serde_json::to_string(&["-d", &db]).unwrap();
+    let args = serde_json::to_string(args).unwrap();
     let out = Command::new("python3")
         .arg(&driver)
         .arg(&binary)
@@ -328,16 +328,26 @@ fn the_shell_draws_a_progress_bar_for_a_long_statement_then_its_result() {
         "{transcript}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // The bar: blocks read of the two scans' 200, then the result, with no bar left in it.
-    let bar = transcript
-        .find("/200 blocks, ")
-        .unwrap_or_else(|| panic!("no progress bar:\n{transcript}"));
+    let shown = transcript
+        .find(bar)
+        .unwrap_or_else(|| panic!("no progress bar with {bar:?}:\n{transcript}"));
     let result = transcript
         .find(&format!("| {joined} |"))
         .unwrap_or_else(|| panic!("no result {joined}:\n{transcript}"));
-    assert!(bar < result, "{transcript}");
+    assert!(shown < result, "{transcript}");
     let result_line = transcript[result..].lines().next().unwrap();
     assert_eq!(result_line.trim_end(), format!("| {joined} |"));
+    transcript
+}
+
+#[test]
+fn the_shell_draws_a_progress_bar_for_a_long_statement_then_its_result() {
+    let binary = tessera_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db").display().to_string();
+    let joined = BAR_N.pow(3).to_string();
+    // The bar: blocks read of the two scans' 200, then the result.
+    run_bar_statements(&["-d", &db, "--progress-after", "100ms"], "/200 blocks, ");
 
     // Not a terminal: the same statement prints its result and no bar.
     let mut child = Command::new(&binary)
@@ -363,4 +373,25 @@ fn the_shell_draws_a_progress_bar_for_a_long_statement_then_its_result() {
         !stdout.contains("blocks,") && !stderr.contains("blocks,"),
         "{stdout}\n{stderr}"
     );
+}
+
+/// With `--connect`, the bar shows the server's progress NOTICEs: the shell asks for
+/// them after `--progress-after`, and the server reports its scans' blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_shell_shows_a_servers_progress_notices_in_its_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(dir.path()).await;
+    let url = format!(
+        "postgresql://tessera@127.0.0.1:{}/tessera",
+        server.local_addr().port()
+    );
+    tokio::task::spawn_blocking(move || {
+        run_bar_statements(
+            &["--connect", &url, "--progress-after", "100ms"],
+            "progress: ",
+        );
+    })
+    .await
+    .unwrap();
+    server.shutdown().await;
 }

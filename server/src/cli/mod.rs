@@ -123,6 +123,16 @@ struct Target {
     /// Memory budget for queries, e.g. 2G, 512M (default 70% of RAM).
     #[arg(long, value_name = "BYTES", env = "TESSERA_MEMORY_LIMIT", value_parser = parse_bytes)]
     memory_limit: Option<usize>,
+    /// How long a statement runs before the shell draws its progress bar, e.g. 1s,
+    /// 200ms (with --connect, also how often the server sends progress NOTICEs).
+    #[arg(
+        long,
+        value_name = "DURATION",
+        env = "TESSERA_PROGRESS_AFTER",
+        default_value = "1s",
+        value_parser = crate::config::parse_duration
+    )]
+    progress_after: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -1,12 +1,13 @@
-//! The shell's progress bar: a statement still running after [`SHOW_AFTER`] gets a bar
-//! on stderr (indicatif), updated every [`TICK`] until its result prints, then cleared.
+//! The shell's progress bar: a statement still running after `--progress-after` (one
+//! second unless set) gets a bar on stderr (indicatif), updated every [`TICK`] until its
+//! result prints, then cleared.
 //! Only when stdout and stderr are terminals: a shell whose output goes to a file or a
 //! pipe never draws one.
 //!
 //! On the embedded database the bar reads the statement's [`StatementProgress`] (the
 //! blocks its scans have read of the blocks they will read, as `tessera_progress`
 //! shows); against a server (`--connect`) it shows the server's progress NOTICEs (the
-//! shell sets `tessera.progress_notice_after` to [`SHOW_AFTER`] on its connection).
+//! shell sets `tessera.progress_notice_after` to `--progress-after` on its connection).
 
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -16,9 +17,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tessera_planner::progress::StatementProgress;
 
 use crate::activity::phase;
-
-/// How long a statement runs before its bar shows.
-pub(super) const SHOW_AFTER: Duration = Duration::from_secs(1);
 
 /// How often the bar is updated.
 const TICK: Duration = Duration::from_millis(100);
@@ -37,14 +35,16 @@ pub(super) struct StatementBar {
     bar: ProgressBar,
     feed: ProgressFeed,
     started: Instant,
+    /// How long the statement runs before the bar shows.
+    after: Duration,
     shown: bool,
     /// Whether the terminal may get a bar at all.
     enabled: bool,
 }
 
 impl StatementBar {
-    /// The bar of a statement starting now (hidden until [`SHOW_AFTER`]).
-    pub(super) fn start(feed: ProgressFeed) -> StatementBar {
+    /// The bar of a statement starting now (hidden until it has run `after`).
+    pub(super) fn start(feed: ProgressFeed, after: Duration) -> StatementBar {
         match &feed {
             ProgressFeed::Local(progress) => progress.reset(),
             ProgressFeed::Notices(last) => {
@@ -55,6 +55,7 @@ impl StatementBar {
             bar: ProgressBar::hidden(),
             feed,
             started: Instant::now(),
+            after,
             shown: false,
             enabled: std::io::stdout().is_terminal() && std::io::stderr().is_terminal(),
         }
@@ -65,9 +66,9 @@ impl StatementBar {
         self.bar.clone()
     }
 
-    /// Updates the bar, showing it once the statement has run [`SHOW_AFTER`].
+    /// Updates the bar, showing it once the statement has run `after`.
     fn tick(&mut self) {
-        if !self.enabled || self.bar.is_finished() || self.started.elapsed() < SHOW_AFTER {
+        if !self.enabled || self.bar.is_finished() || self.started.elapsed() < self.after {
             return;
         }
         if !self.shown {

@@ -17,7 +17,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -28,7 +28,7 @@ use tokio::runtime::Runtime;
 use tokio_postgres::{AsyncMessage, CancelToken, NoTls, SimpleQueryMessage};
 
 use super::output::{CappedTable, RowCap, TextRow, text_rows, write_csv_row};
-use super::progress::{ProgressFeed, SHOW_AFTER, StatementBar};
+use super::progress::{ProgressFeed, StatementBar};
 use super::{OutputFormat, Target};
 use crate::Database;
 
@@ -58,7 +58,7 @@ pub(super) fn run(target: &Target, stdout: &mut dyn Write, stderr: &mut dyn Writ
             return 1;
         }
     };
-    let mut shell = Shell::new(backend, target.format, stdout, stderr);
+    let mut shell = Shell::new(backend, target, stdout, stderr);
     let _ = writeln!(
         shell.out,
         "tessera {} shell on {}; \\? for help, \\q to quit",
@@ -161,7 +161,7 @@ pub(super) fn run_script(
             return 1;
         }
     };
-    let mut shell = Shell::new(backend, target.format, stdout, stderr);
+    let mut shell = Shell::new(backend, target, stdout, stderr);
     shell.cap = RowCap(None);
     let mut split = split_statements(text);
     if !split.rest.trim().is_empty() {
@@ -222,7 +222,7 @@ fn connect(target: &Target) -> Result<(Runtime, Backend), String> {
             // as the bar waits; another server refuses the setting, and gets no bar.
             let notice_after = format!(
                 "SET tessera.progress_notice_after = '{}ms'",
-                SHOW_AFTER.as_millis()
+                target.progress_after.as_millis().max(1)
             );
             let _ = client.batch_execute(&notice_after).await;
             Ok::<_, String>(Backend::Remote {
@@ -499,6 +499,8 @@ enum Flow {
 struct Shell<'a> {
     backend: Backend,
     format: OutputFormat,
+    /// How long a statement runs before its progress bar shows.
+    progress_after: Duration,
     cap: RowCap,
     timing: bool,
     out: &'a mut dyn Write,
@@ -508,13 +510,14 @@ struct Shell<'a> {
 impl<'a> Shell<'a> {
     fn new(
         backend: Backend,
-        format: OutputFormat,
+        target: &Target,
         out: &'a mut dyn Write,
         err: &'a mut dyn Write,
     ) -> Self {
         Shell {
             backend,
-            format,
+            format: target.format,
+            progress_after: target.progress_after,
             cap: RowCap::DEFAULT,
             timing: false,
             out,
@@ -526,7 +529,7 @@ impl<'a> Shell<'a> {
     /// Returns whether it succeeded.
     fn statement(&mut self, runtime: &Runtime, sql: &str) -> bool {
         let started = Instant::now();
-        let mut bar = StatementBar::start(self.backend.progress_feed());
+        let mut bar = StatementBar::start(self.backend.progress_feed(), self.progress_after);
         let mut printer = StatementPrinter {
             out: &mut *self.out,
             bar: bar.handle(),
