@@ -171,7 +171,10 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
         "CREATE MATRIX b (30, 20) BLOCK (10, 10) WITH (shards = 3)",
         "CREATE MATRIX x (40, 20) BLOCK (10, 10) WITH (partitioning = 'rows', shards = 4)",
         "CREATE MATRIX y (40, 30) BLOCK (10, 10) WITH (partitioning = 'rows', shards = 4)",
+        // Blocked unlike `b`: reblocked where it meets `a`.
+        "CREATE MATRIX c (30, 20) BLOCK (7, 6) WITH (shards = 3)",
         &fill("a", 40, 30, 1),
+        &fill("c", 30, 20, 5),
         &fill("b", 30, 20, 2),
         &fill("x", 40, 20, 3),
         &fill("y", 40, 30, 4),
@@ -242,6 +245,25 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
     let got = rows(&client, "SELECT i, j, v FROM matmul(t(a), a)").await;
     let ata = naive(30, 40, 30, |i, k| cell(k, i, 1), |k, j| cell(k, j, 1));
     check("matmul(t(a), a)", &got, &ata);
+    // An operand blocked unlike the one it meets is cut into pieces and assembled on
+    // the workers; a row vector is repeated into the blocks of the matrix it meets.
+    let plan = rows(&client, "EXPLAIN SELECT * FROM matmul(a, c)").await;
+    let plan: String = plan.iter().map(|r| r.join(" ") + "\n").collect();
+    assert!(
+        plan.contains("DistributedExec") && plan.contains("BlockAssembleExec"),
+        "reblock: {plan}"
+    );
+    let got = rows(&client, "SELECT i, j, v FROM matmul(a, c)").await;
+    let ac = naive(40, 30, 20, |i, k| cell(i, k, 1), |k, j| cell(k, j, 5));
+    check("matmul(a, c) reblocked", &got, &ac);
+    let got = rows(&client, "SELECT i, j, v FROM sub(a, colmeans(a))").await;
+    let means: Vec<f64> = (0..30)
+        .map(|j| (0..40).map(|i| cell(i, j, 1)).sum::<f64>() / 40.0)
+        .collect();
+    let centered: Vec<Vec<f64>> = (0..40)
+        .map(|i| (0..30).map(|j| cell(i, j, 1) - means[j as usize]).collect())
+        .collect();
+    check("sub(a, colmeans(a))", &got, &centered);
     // A session may keep its statements in the coordinator.
     client
         .batch_execute("SET tessera.distributed = false")

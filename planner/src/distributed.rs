@@ -42,8 +42,9 @@ use tessera_storage::Store;
 
 use crate::error::storage_error;
 use crate::la::flow::{
-    BlockCellsExec, BlockElementwiseExec, BlockMap, BlockMapExec, BlockProductExec, BlockScanExec,
-    BlockSumExec, BlockZipJoinExec, ExchangeMeterExec, FusedPartialExec, OutputKeys,
+    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockMap, BlockMapExec,
+    BlockProductExec, BlockScanExec, BlockSumExec, BlockZipJoinExec, ExchangeMeterExec,
+    FusedPartialExec, OutputKeys,
 };
 use crate::la::{FlowGeometry, Pinned, TesseraQueryPlanner};
 
@@ -75,6 +76,10 @@ enum FlowNode {
         block: (u64, u64),
     },
     Meter,
+    Assemble {
+        shape: (u64, u64),
+        block: (u64, u64),
+    },
     Cells {
         shape: (u64, u64),
         block: (u64, u64),
@@ -137,6 +142,10 @@ impl FlowCodec {
         }
         if node.is::<ExchangeMeterExec>() {
             return Some(FlowNode::Meter);
+        }
+        if let Some(a) = node.downcast_ref::<BlockAssembleExec>() {
+            let FlowGeometry { shape, block } = a.geometry();
+            return Some(FlowNode::Assemble { shape, block });
         }
         if let Some(c) = node.downcast_ref::<BlockCellsExec>() {
             let FlowGeometry { shape, block } = c.geometry();
@@ -213,6 +222,10 @@ impl FlowCodec {
                 FlowGeometry { shape, block },
             )?),
             FlowNode::Meter => Arc::new(ExchangeMeterExec::new(one()?)),
+            FlowNode::Assemble { shape, block } => Arc::new(BlockAssembleExec::try_new(
+                one()?,
+                FlowGeometry { shape, block },
+            )?),
             FlowNode::Cells {
                 shape,
                 block,

@@ -99,6 +99,17 @@ pub struct FlowGeometry {
     pub block: (u64, u64),
 }
 
+impl FlowGeometry {
+    /// The shape of block `(i, j)`: the block size, cut at the matrix's edge.
+    pub fn block_shape(&self, (i, j): (u64, u64)) -> (usize, usize) {
+        let ((rows, cols), (br, bc)) = (self.shape, self.block);
+        (
+            br.min(rows.saturating_sub(i * br)) as usize,
+            bc.min(cols.saturating_sub(j * bc)) as usize,
+        )
+    }
+}
+
 impl LaExec {
     /// An operator computing `op` over `children` (each an `LaExec` or, for
     /// [`Op::Input`], the subquery's plan), with `parts` output partitions.
@@ -736,15 +747,10 @@ fn block_batches(m: &BlockMatrix, geometry: FlowGeometry) -> Result<Vec<RecordBa
     let mut tiles: Vec<&Tile> = m.tiles().collect();
     tiles.sort_by_key(|t| (t.0, t.1));
     let mut out = super::flow::BlockBatches::new();
-    let mut batches = Vec::new();
     for (bi, bj, b) in tiles {
         if b.nnz() > 0 {
-            batches.extend(out.push(*bi, *bj, b)?);
+            out.push(*bi, *bj, b)?;
         }
     }
-    let last = out.flush()?;
-    if last.num_rows() > 0 {
-        batches.push(last);
-    }
-    Ok(batches)
+    out.finish()
 }

@@ -22,10 +22,10 @@ use tessera_storage::Partitioning;
 use tessera_storage::kernels::{BinaryOp, Step};
 
 use super::exec::{FlowGeometry, LaExec, Output, cells_schema, rows_schema};
-use super::expr::{Estimate, MatExpr, Op, Reduction};
+use super::expr::{Broadcast, Estimate, MatExpr, Op, Reduction, broadcast};
 use super::flow::{
-    BlockCellsExec, BlockElementwiseExec, BlockMap, BlockMapExec, BlockScanExec, BlockSumExec,
-    FlowStrategy, fused_plan, matmul_plan,
+    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockMap, BlockMapExec, BlockScanExec,
+    BlockSumExec, FlowStrategy, fused_plan, matmul_plan,
 };
 use super::matrix::{KeyFn, Layout};
 use super::strategy::{self, CostContext, Operand, Pattern, Strategy};
@@ -408,6 +408,28 @@ impl FlowOperand {
         }
     }
 
+    /// Its block size cut at its shape: what two block sizes are compared by (a 5 x 5
+    /// matrix stored in blocks of 1000 is one 5 x 5 block).
+    fn blocks(&self) -> (u64, u64) {
+        fit_block(self.block, self.shape)
+    }
+
+    /// The same matrix in blocks of `block`: itself when it is blocked so, else its
+    /// blocks cut into pieces and assembled into the new blocks where the hash of
+    /// their keys places them.
+    fn reblocked(self, block: (u64, u64)) -> Result<Self> {
+        let block = fit_block(block, self.shape);
+        if block == self.blocks() {
+            return Ok(self);
+        }
+        let geometry = FlowGeometry {
+            shape: self.shape,
+            block,
+        };
+        let plan = assembled(vec![(self, (0, 0))], geometry)?;
+        Ok(FlowOperand::new(plan, geometry.shape, block))
+    }
+
     fn transposed(self) -> Result<Self> {
         let plan = Arc::new(BlockMapExec::try_new(self.plan, BlockMap::Transpose)?);
         Ok(FlowOperand::new(
@@ -416,6 +438,36 @@ impl FlowOperand {
             (self.block.1, self.block.0),
         ))
     }
+}
+
+/// `block` cut at `shape` (and at least 1 x 1).
+fn fit_block(block: (u64, u64), shape: (u64, u64)) -> (u64, u64) {
+    (
+        block.0.clamp(1, shape.0.max(1)),
+        block.1.clamp(1, shape.1.max(1)),
+    )
+}
+
+/// The matrix of `geometry` assembled from the pieces of `parts`, each moved by a cell
+/// offset: a reblock, or the operands of `rbind` / `cbind` placed one after the other.
+fn assembled(
+    parts: Vec<(FlowOperand, (u64, u64))>,
+    geometry: FlowGeometry,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let mut pieces: Vec<Arc<dyn ExecutionPlan>> = Vec::with_capacity(parts.len());
+    for (part, offset) in parts {
+        let map = BlockMap::Pieces {
+            from: part.block,
+            to: geometry.block,
+            offset,
+        };
+        pieces.push(Arc::new(BlockMapExec::try_new(part.plan, map)?));
+    }
+    let input = match pieces.len() {
+        1 => pieces.remove(0),
+        _ => UnionExec::try_new(pieces)?,
+    };
+    Ok(Arc::new(BlockAssembleExec::try_new(input, geometry)?))
 }
 
 /// `exec` as a block stream: a dataflow as it is, a matrix computed whole as its blocks
@@ -522,9 +574,11 @@ fn dataflow(
             let (Some(x), Some(v)) = (as_flow(x, xb), as_flow(v, vb)) else {
                 return Ok(None);
             };
-            if x.block.1 != v.block.0 || x.shape.1 != v.shape.0 {
+            if x.shape.1 != v.shape.0 {
                 return Ok(None);
             }
+            let inner = (x.block.1, v.block.1);
+            let v = v.reblocked(inner)?;
             let shape = (x.shape.1, v.shape.1);
             let block = (x.block.1, v.block.1);
             let plan = fused_plan(x.plan, Some(v.plan), x.rows_together)?;
@@ -566,22 +620,30 @@ fn dataflow(
             let Some(b) = as_flow(b, a.block) else {
                 return Ok(None);
             };
-            // The second operand's blocks follow the first's whole blocks.
             let rbind = e.op == Op::RBind;
             let (along, across) = if rbind { (0, 1) } else { (1, 0) };
             let dims = |t: (u64, u64), k: usize| if k == 0 { t.0 } else { t.1 };
-            let meets = a.block == b.block
-                && dims(a.shape, across) == dims(b.shape, across)
-                && dims(a.shape, along) % dims(a.block, along) == 0;
-            if !meets {
+            if dims(a.shape, across) != dims(b.shape, across) {
                 return Ok(None);
             }
-            let offset = dims(a.shape, along) / dims(a.block, along);
-            let (shift, shape) = if rbind {
-                ((offset, 0), (a.shape.0 + b.shape.0, a.shape.1))
+            let (cells, shape) = if rbind {
+                ((a.shape.0, 0), (a.shape.0 + b.shape.0, a.shape.1))
             } else {
-                ((0, offset), (a.shape.0, a.shape.1 + b.shape.1))
+                ((0, a.shape.1), (a.shape.0, a.shape.1 + b.shape.1))
             };
+            if a.block != b.block || dims(a.shape, along) % dims(a.block, along) != 0 {
+                // The second operand's cells go after the first's, in the first's
+                // blocking: both cut into pieces and assembled.
+                let geometry = FlowGeometry {
+                    shape,
+                    block: a.block,
+                };
+                let plan = assembled(vec![(a, (0, 0)), (b, cells)], geometry)?;
+                return Ok(Some(FlowOperand::new(plan, shape, geometry.block)));
+            }
+            // The second operand's blocks follow the first's whole blocks.
+            let offset = dims(a.shape, along) / dims(a.block, along);
+            let shift = if rbind { (offset, 0) } else { (0, offset) };
             let shifted = Arc::new(BlockMapExec::try_new(
                 b.plan,
                 BlockMap::Shift {
@@ -597,14 +659,22 @@ fn dataflow(
                 return Ok(None);
             };
             // Operands computed whole are gathered in the blocking of the first
-            // dataflow among them.
-            let block = leaves
+            // dataflow among the largest of them (not a vector that broadcasts).
+            let streams: Vec<&FlowOperand> = leaves
                 .iter()
-                .find_map(|l| match l {
-                    Exec::Flow(f) => Some(f.block),
+                .filter_map(|l| match l {
+                    Exec::Flow(f) => Some(f),
                     Exec::La(_) => None,
                 })
-                .unwrap_or(operands[0].block);
+                .collect();
+            let largest = streams
+                .iter()
+                .map(|f| f.shape.0.saturating_mul(f.shape.1))
+                .max();
+            let block = streams
+                .iter()
+                .find(|f| Some(f.shape.0.saturating_mul(f.shape.1)) == largest)
+                .map_or(operands[0].block, |f| f.block);
             let Some(flows) = leaves
                 .iter()
                 .map(|l| as_flow(l, block))
@@ -612,11 +682,43 @@ fn dataflow(
             else {
                 return Ok(None);
             };
-            let geometry = flows[0].geometry();
-            // Same shape and blocking everywhere; broadcasting runs computed whole.
-            if flows.iter().any(|f| f.geometry() != geometry) {
+            // The result has the shape of the largest operand and the blocking of the
+            // first operand of that shape; the others are reblocked to it, and vectors
+            // (and 1 x 1 matrices) that broadcast are repeated into its blocks.
+            let cells = |f: &FlowOperand| f.shape.0.saturating_mul(f.shape.1);
+            let Some(geometry) = flows
+                .iter()
+                .max_by_key(|f| cells(f))
+                .and_then(|big| flows.iter().find(|f| f.shape == big.shape))
+                .map(FlowOperand::geometry)
+            else {
                 return Ok(None);
+            };
+            let mut met = Vec::with_capacity(flows.len());
+            for f in flows {
+                let (down, across, block) = match broadcast("", geometry.shape, f.shape) {
+                    Ok(Broadcast::None) => {
+                        met.push(f.reblocked(geometry.block)?);
+                        continue;
+                    }
+                    Ok(Broadcast::Row) => (true, false, (1, geometry.block.1)),
+                    Ok(Broadcast::Col) => (false, true, (geometry.block.0, 1)),
+                    Ok(Broadcast::Scalar) => (true, true, (1, 1)),
+                    // Shapes that do not conform: the operator computing it whole
+                    // reports them.
+                    Err(_) => return Ok(None),
+                };
+                let f = f.reblocked(block)?;
+                let map = BlockMap::Broadcast {
+                    shape: geometry.shape,
+                    block: geometry.block,
+                    down,
+                    across,
+                };
+                let plan = Arc::new(BlockMapExec::try_new(f.plan, map)?);
+                met.push(FlowOperand::new(plan, geometry.shape, geometry.block));
             }
+            let flows = met;
             let plan = Arc::new(BlockElementwiseExec::try_new(
                 flows.into_iter().map(|f| f.plan).collect(),
                 steps,
@@ -630,9 +732,13 @@ fn dataflow(
 
 /// `a b` as the dataflow of `strategy`, when the blocks meet.
 fn product(a: FlowOperand, b: FlowOperand, strategy: FlowStrategy) -> Result<Option<FlowOperand>> {
-    if a.block.1 != b.block.0 || a.shape.1 != b.shape.0 {
+    if a.shape.1 != b.shape.0 {
         return Ok(None);
     }
+    // Operands whose inner blocks differ meet in the left one's: the right one is
+    // reblocked on its way in.
+    let inner = (a.block.1, b.block.1);
+    let b = b.reblocked(inner)?;
     let grid = (a.grid().0, b.grid().1);
     let shape = (a.shape.0, b.shape.1);
     let block = (a.block.0, b.block.1);

@@ -435,8 +435,14 @@ async fn elementwise_reductions_and_reshaping_match_naive() {
     )
     .await;
     check("SELECT * FROM add(r, a)", 21, 13, a.map2(&r, |x, y| y + x)).await;
+    // One fused program over the blocks, `b` (6 x 6 blocks) reblocked to `a`'s 8 x 5.
     let plan = explain(&ctx, "SELECT * FROM sqrt(abs(sub(a, b)))").await;
-    assert!(plan.contains("FusedElementwiseExec"), "{plan}");
+    assert!(
+        plan.contains("BlockElementwiseExec: 3 steps over 2 inputs")
+            && plan.contains("BlockAssembleExec: 8x5 blocks")
+            && plan.contains("pieces of 6x6 blocks"),
+        "{plan}"
+    );
     let rowsums = M::new(21, 1, |i, _| (0..13).map(|j| a.at(i, j)).sum());
     check("SELECT * FROM rowsums(a)", 21, 1, rowsums.clone()).await;
     check(
@@ -1432,8 +1438,9 @@ fn whole_matrix_operators(plan: &str) -> Vec<&'static str> {
 /// Expressions whose operands are themselves expressions run as one dataflow: a
 /// product of a product, elementwise programs over products and transposes (zeros that
 /// stay zeros mapped block by block, others met on `(i, j)` with the missing blocks
-/// made where the hash puts them), and an operand computed whole (a solve) gathered
-/// into one partition and fed to the dataflow. Each result matches naive arithmetic,
+/// made where the hash puts them), an operand computed whole (a solve) gathered
+/// into one partition and fed to the dataflow, and operands blocked unlike the ones
+/// they meet, reblocked by pieces and an assemble. Each result matches naive arithmetic,
 /// for 1 to 5 partitions, and each plan has no operator computing a matrix whole
 /// except the gathered solve.
 #[tokio::test]
@@ -1464,6 +1471,17 @@ async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
     put(&store, "e", &e, (8, 6), Partitioning::Hash { shards: 2 });
     put(&store, "f", &f, (8, 6), Partitioning::Hash { shards: 3 });
     put(&store, "g", &g, (8, 6), Partitioning::Hash { shards: 1 });
+    // Blocked unlike the operands they meet: reblocked on the way in.
+    let h = M::random(17, 9, 0.9, 39);
+    let p = M::random(29, 23, 0.9, 40);
+    let sp = M::random(29, 23, 0.08, 41);
+    let q = M::random(13, 12, 0.7, 42);
+    let r = M::random(32, 5, 0.7, 43);
+    put(&store, "h", &h, (7, 4), Partitioning::Hash { shards: 2 });
+    put(&store, "p", &p, (10, 7), Partitioning::Hash { shards: 3 });
+    put(&store, "sp", &sp, (7, 9), Partitioning::Hash { shards: 2 });
+    put(&store, "q", &q, (8, 6), Partitioning::Hash { shards: 2 });
+    put(&store, "r", &r, (5, 5), Partitioning::Hash { shards: 1 });
     // solve(k, b) by hand: Gaussian elimination with partial pivoting.
     let solve = |k: &M, b: &M| {
         let n = k.r;
@@ -1492,6 +1510,16 @@ async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
         M::new(n, b.c, |i, j| aug[i][n + j] / aug[i][i])
     };
     let ab = a.mm(&b);
+    let col_means: Vec<f64> = (0..d.c)
+        .map(|j| (0..d.r).map(|i| d.at(i, j)).sum::<f64>() / d.r as f64)
+        .collect();
+    let row_sums: Vec<f64> = (0..d.r)
+        .map(|i| (0..d.c).map(|j| d.at(i, j)).sum())
+        .collect();
+    let s_total: f64 = (0..s.r)
+        .flat_map(|i| (0..s.c).map(move |j| (i, j)))
+        .map(|(i, j)| s.at(i, j))
+        .sum();
     let cases: Vec<(&str, M, bool)> = vec![
         ("matmul(matmul(a, b), c)", ab.mm(&c), false),
         ("add(matmul(a, b), d)", ab.map2(&d, |x, y| x + y), false),
@@ -1541,6 +1569,48 @@ async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
                 19,
                 |i, j| if j < 12 { e.at(i, j) } else { g.at(i, j - 12) },
             ),
+            false,
+        ),
+        // Reblocks: a product whose inner blocks differ (5 against 7), elementwise
+        // operands blocked 8 x 6 against 10 x 7 (dense) and 7 x 9 (sparse), an rbind
+        // whose first operand ends inside a block (13 rows in blocks of 8), a cbind of
+        // operands blocked differently.
+        ("matmul(a, h)", a.mm(&h), false),
+        ("add(d, p)", d.map2(&p, |x, y| x + y), false),
+        ("sub(s, sp)", s.map2(&sp, |x, y| x - y), false),
+        ("matmul(matmul(a, b), t(sp))", ab.mm(&sp.t()), false),
+        (
+            "rbind(q, e)",
+            M::new(
+                45,
+                12,
+                |i, j| if i < 13 { q.at(i, j) } else { e.at(i - 13, j) },
+            ),
+            false,
+        ),
+        (
+            "cbind(e, r)",
+            M::new(
+                32,
+                17,
+                |i, j| if j < 12 { e.at(i, j) } else { r.at(i, j - 12) },
+            ),
+            false,
+        ),
+        // Vectors broadcast: a row vector, a column vector, a 1 x 1 matrix.
+        (
+            "sub(d, colmeans(d))",
+            M::new(d.r, d.c, |i, j| d.at(i, j) - col_means[j]),
+            false,
+        ),
+        (
+            "add(d, rowsums(d))",
+            M::new(d.r, d.c, |i, j| d.at(i, j) + row_sums[i]),
+            false,
+        ),
+        (
+            "add(s, colsums(rowsums(s)))",
+            M::new(s.r, s.c, |i, j| s.at(i, j) + s_total),
             false,
         ),
     ];

@@ -121,18 +121,6 @@ impl BlockElementwiseExec {
     }
 }
 
-/// The shape of block `(i, j)` of a matrix of `geometry`.
-fn block_shape(geometry: FlowGeometry, (i, j): (u64, u64)) -> (usize, usize) {
-    let FlowGeometry {
-        shape: (rows, cols),
-        block: (br, bc),
-    } = geometry;
-    (
-        br.min(rows.saturating_sub(i * br)) as usize,
-        bc.min(cols.saturating_sub(j * bc)) as usize,
-    )
-}
-
 /// Brings the inputs to one partitioning, so that partition `p` of every input holds
 /// the same keys: an input already hash-partitioned on `(i, j)` into the most partitions
 /// any input has (or, when that is one, any input of one partition) is kept; the others
@@ -322,9 +310,8 @@ impl ExecutionPlan for BlockElementwiseExec {
                 }
                 let mut zeros: Vec<f64> = Vec::new();
                 let mut out = BlockBatches::new();
-                let mut batches = Vec::new();
                 for key in keys {
-                    let (r, c) = block_shape(geometry, key);
+                    let (r, c) = geometry.block_shape(key);
                     if zeros.len() < r * c {
                         zeros.resize(r * c, 0.0);
                     }
@@ -332,13 +319,10 @@ impl ExecutionPlan for BlockElementwiseExec {
                         maps.iter().map(|m| m.get(&key)).collect();
                     let block = fused_block(&steps, fused_key(&steps, (r, c), &present, &zeros)?)?;
                     if block.nnz() > 0 {
-                        batches.extend(out.push(key.0, key.1, &block)?);
+                        out.push(key.0, key.1, &block)?;
                     }
                 }
-                let last = out.flush()?;
-                if last.num_rows() > 0 {
-                    batches.push(last);
-                }
+                let batches = out.finish()?;
                 reservation.free();
                 Ok(batches)
             })
@@ -356,7 +340,6 @@ impl ExecutionPlan for BlockElementwiseExec {
 fn map_batch(steps: &[Step], batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
     let rows = BlockRows::new(batch, 0)?;
     let mut out = BlockBatches::new();
-    let mut batches = Vec::new();
     for row in 0..rows.len() {
         let (i, j) = rows.key(row);
         let block = Arc::new(rows.block(row)?);
@@ -364,12 +347,8 @@ fn map_batch(steps: &[Step], batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
         // The one leaf is present, so no zeros are read.
         let result = fused_block(steps, fused_key(steps, block.shape(), &present, &[])?)?;
         if result.nnz() > 0 {
-            batches.extend(out.push(i, j, &result)?);
+            out.push(i, j, &result)?;
         }
     }
-    let last = out.flush()?;
-    if last.num_rows() > 0 {
-        batches.push(last);
-    }
-    Ok(batches)
+    out.finish()
 }

@@ -23,11 +23,14 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 use tessera_storage::{Block, kernels};
 
-use super::{BI, BJ, BlockRows, batches_stream, block_stream_schema, is_block_stream, sum_batches};
+use super::{
+    BI, BJ, BlockRows, batches_stream, is_block_stream, partial_batches, partial_stream_schema,
+};
 use crate::error::{blocking, storage_error};
 use crate::la::ops::Acc;
 
-/// One partial `t(X) X` or `t(X) (X v)` per partition of `X` (see the module docs).
+/// One partial `t(X) X` or `t(X) (X v)` per partition of `X` (see the module docs),
+/// ordered by its partition for [`BlockSumExec`](super::BlockSumExec).
 #[derive(Debug)]
 pub struct FusedPartialExec {
     x: Arc<dyn ExecutionPlan>,
@@ -55,7 +58,7 @@ impl FusedPartialExec {
         }
         let parts = x.output_partitioning().partition_count();
         let props = PlanProperties::new(
-            EquivalenceProperties::new(block_stream_schema()),
+            EquivalenceProperties::new(partial_stream_schema()),
             Partitioning::UnknownPartitioning(parts),
             EmissionType::Final,
             Boundedness::Bounded,
@@ -201,7 +204,7 @@ impl ExecutionPlan for FusedPartialExec {
                         "FusedPartialExec: a partial result of {bytes} bytes does not fit the session's memory budget: {e}"
                     ))
                 })?;
-                let batches = sum_batches(partials, |block| block)?;
+                let batches = partial_batches(partials, partition as u64)?;
                 reservation.free();
                 Ok::<_, DataFusionError>((batches, count))
             })
@@ -268,7 +271,8 @@ fn mmchain_partials(
     seq: bool,
 ) -> Result<usize> {
     let mut count = 0;
-    for (_, blocks) in rows {
+    for (_, mut blocks) in rows {
+        blocks.sort_unstable_by_key(|b| b.0);
         if let [(k, xk)] = blocks.as_slice() {
             // One block in the row: the fused kernel reads it once per block of V.
             for (l, vkl) in v_by_k.get(k).into_iter().flatten() {

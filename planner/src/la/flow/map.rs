@@ -23,8 +23,13 @@ use futures::StreamExt;
 use tessera_storage::{Block, DenseBlock, kernels};
 
 use crate::error::storage_error;
+use crate::la::FlowGeometry;
 
-use super::{BI, BJ, BlockBatches, BlockRows, block_stream_schema, flatten, is_block_stream};
+use super::reblock::{piece_stream_schema, pieces_batch};
+use super::{
+    BI, BJ, BlockBatches, BlockRows, block_stream_schema, flatten, is_block_stream,
+    partial_stream_schema,
+};
 
 /// What a [`BlockMapExec`] does to each block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,6 +52,31 @@ pub enum BlockMap {
     RowSums,
     /// `colsums`' partials: block `(i, j)` becomes block `(0, j)`, its column sums.
     ColSums,
+    /// The pieces of each block (blocked `from`, moved by `offset` cells) in the blocks
+    /// of blocking `to`, for a [`BlockAssembleExec`](super::BlockAssembleExec): a
+    /// piece stream keyed by the target block, with where each piece starts in it.
+    Pieces {
+        /// The input's block size.
+        from: (u64, u64),
+        /// The target block size.
+        to: (u64, u64),
+        /// Rows and columns added to every cell's position.
+        offset: (u64, u64),
+    },
+    /// The operand of an elementwise operation that broadcasts it over a matrix of
+    /// `shape` blocked `block`: each block of a row vector (of a column vector, of a
+    /// 1 x 1 matrix) goes to every block of the matrix it meets, made that block's size
+    /// by repeating its row (its column, its cell).
+    Broadcast {
+        /// The matrix's shape.
+        shape: (u64, u64),
+        /// The matrix's block size; the vector is blocked alike along its length.
+        block: (u64, u64),
+        /// Repeated down the block rows (a row vector, or 1 x 1).
+        down: bool,
+        /// Repeated across the block columns (a column vector, or 1 x 1).
+        across: bool,
+    },
     /// The second operand of `rbind` / `cbind`: block `(i, j)` becomes block
     /// `(i + rows, j + cols)`, its values untouched.
     Shift {
@@ -65,10 +95,11 @@ pub(super) const OJ: &str = "oj";
 impl BlockMap {
     fn schema(self) -> SchemaRef {
         let prefix = match self {
-            BlockMap::Transpose
-            | BlockMap::RowSums
-            | BlockMap::ColSums
-            | BlockMap::Shift { .. } => return block_stream_schema(),
+            BlockMap::Transpose | BlockMap::Shift { .. } | BlockMap::Broadcast { .. } => {
+                return block_stream_schema();
+            }
+            BlockMap::RowSums | BlockMap::ColSums => return partial_stream_schema(),
+            BlockMap::Pieces { .. } => return piece_stream_schema(),
             BlockMap::FanOutLeft { .. } => OJ,
             BlockMap::FanOutRight { .. } => OI,
         };
@@ -154,6 +185,21 @@ impl DisplayAs for BlockMapExec {
                 BlockMap::Shift { rows, cols } => {
                     writeln!(f, "map=shift by ({rows}, {cols}) blocks")
                 }
+                BlockMap::Broadcast {
+                    shape,
+                    block,
+                    down,
+                    across,
+                } => {
+                    writeln!(f, "map=broadcast over {}x{}", shape.0, shape.1)?;
+                    writeln!(f, "blocks={}x{}", block.0, block.1)?;
+                    writeln!(f, "down={down}, across={across}")
+                }
+                BlockMap::Pieces { from, to, offset } => {
+                    writeln!(f, "map=pieces of {}x{} blocks", from.0, from.1)?;
+                    writeln!(f, "to={}x{} blocks", to.0, to.1)?;
+                    writeln!(f, "offset=({}, {})", offset.0, offset.1)
+                }
             };
         }
         match self.map {
@@ -173,6 +219,21 @@ impl DisplayAs for BlockMapExec {
             BlockMap::Shift { rows, cols } => {
                 write!(f, "BlockMapExec: block keys shifted by ({rows}, {cols})")
             }
+            BlockMap::Broadcast {
+                shape,
+                block,
+                down,
+                across,
+            } => write!(
+                f,
+                "BlockMapExec: broadcast over {}x{} in {}x{} blocks (down={down}, across={across})",
+                shape.0, shape.1, block.0, block.1
+            ),
+            BlockMap::Pieces { from, to, offset } => write!(
+                f,
+                "BlockMapExec: pieces of {}x{} blocks moved by ({}, {}) cells in {}x{} blocks",
+                from.0, from.1, offset.0, offset.1, to.0, to.1
+            ),
         }
     }
 }
@@ -234,6 +295,13 @@ impl ExecutionPlan for BlockMapExec {
                     sums_batch(&batch, map == BlockMap::RowSums)?
                 }
                 BlockMap::Shift { rows, cols } => vec![shift_batch(&batch, rows, cols)?],
+                BlockMap::Pieces { from, to, offset } => pieces_batch(&batch, from, to, offset)?,
+                BlockMap::Broadcast {
+                    shape,
+                    block,
+                    down,
+                    across,
+                } => broadcast_batch(&batch, FlowGeometry { shape, block }, down, across)?,
                 BlockMap::FanOutLeft { copies } | BlockMap::FanOutRight { copies } => {
                     vec![fan_out(&batch, copies, &out_schema)?]
                 }
@@ -249,40 +317,66 @@ impl ExecutionPlan for BlockMapExec {
 fn transpose_batch(batch: &RecordBatch) -> Result<Vec<RecordBatch>> {
     let rows = BlockRows::new(batch, 0)?;
     let mut out = BlockBatches::new();
-    let mut batches = Vec::new();
     for row in 0..rows.len() {
         let (i, j) = rows.key(row);
-        let block = kernels::transpose(&rows.block(row)?);
-        batches.extend(out.push(j, i, &block)?);
+        out.push(j, i, &kernels::transpose(&rows.block(row)?))?;
     }
-    let last = out.flush()?;
-    if last.num_rows() > 0 {
-        batches.push(last);
-    }
-    Ok(batches)
+    out.finish()
 }
 
-/// The row (or column) sums of every block of `batch`, keyed `(i, 0)` (or `(0, j)`).
+/// The row (or column) sums of every block of `batch`, keyed `(i, 0)` (or `(0, j)`),
+/// as partials ordered by the block column (or row) they sum.
 fn sums_batch(batch: &RecordBatch, by_row: bool) -> Result<Vec<RecordBatch>> {
     let rows = BlockRows::new(batch, 0)?;
-    let mut out = BlockBatches::new();
-    let mut batches = Vec::new();
+    let mut out = BlockBatches::partials();
     for row in 0..rows.len() {
         let (i, j) = rows.key(row);
         let block = rows.block(row)?;
-        let (shape, key, sums) = if by_row {
-            ((block.rows(), 1), (i, 0), kernels::row_sums(&block))
+        let (shape, key, ord, sums) = if by_row {
+            ((block.rows(), 1), (i, 0), j, kernels::row_sums(&block))
         } else {
-            ((1, block.cols()), (0, j), kernels::col_sums(&block))
+            ((1, block.cols()), (0, j), i, kernels::col_sums(&block))
         };
         let sums = Block::Dense(DenseBlock::new(shape.0, shape.1, sums).map_err(storage_error)?);
-        batches.extend(out.push(key.0, key.1, &sums)?);
+        out.push_partial(key.0, key.1, ord, &sums)?;
     }
-    let last = out.flush()?;
-    if last.num_rows() > 0 {
-        batches.push(last);
+    out.finish()
+}
+
+/// The blocks of a vector in `batch` repeated into the blocks of a matrix of
+/// `geometry` they meet: down its block rows and / or across its block columns.
+fn broadcast_batch(
+    batch: &RecordBatch,
+    geometry: FlowGeometry,
+    down: bool,
+    across: bool,
+) -> Result<Vec<RecordBatch>> {
+    let rows = BlockRows::new(batch, 0)?;
+    let (rows_of_blocks, cols_of_blocks) = (
+        geometry.shape.0.div_ceil(geometry.block.0.max(1)),
+        geometry.shape.1.div_ceil(geometry.block.1.max(1)),
+    );
+    let mut out = BlockBatches::new();
+    for row in 0..rows.len() {
+        let (vi, vj) = rows.key(row);
+        let v = rows.block(row)?;
+        let bis = if down { 0..rows_of_blocks } else { vi..vi + 1 };
+        for bi in bis {
+            let bjs = if across {
+                0..cols_of_blocks
+            } else {
+                vj..vj + 1
+            };
+            for bj in bjs {
+                let (r, c) = geometry.block_shape((bi, bj));
+                let block = DenseBlock::from_fn(r, c, |x, y| {
+                    v.get(if down { 0 } else { x }, if across { 0 } else { y })
+                });
+                out.push(bi, bj, &Block::Dense(block).into_preferred_format())?;
+            }
+        }
     }
-    Ok(batches)
+    out.finish()
 }
 
 /// `batch` with its block keys moved by `(rows, cols)`; the block columns are shared.

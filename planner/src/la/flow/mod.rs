@@ -21,7 +21,12 @@
 //! - [`FusedPartialExec`] makes one partial `t(X) X` or `t(X) (X v)` per partition;
 //! - [`BlockSumExec`] sums partials by `(i, j)`, requiring its input hash-partitioned on
 //!   `(i, j)` (or, after tsmm, mmchain and a local product, in one partition), so
-//!   DataFusion's own distribution rule puts the exchange below it;
+//!   DataFusion's own distribution rule puts the exchange below it; it adds the
+//!   partials of a block in the fixed order of their [`ORD`] column, so a sum has the
+//!   same bits however the exchanges interleaved;
+//! - [`BlockAssembleExec`] builds the blocks of another blocking from the pieces a
+//!   [`BlockMap::Pieces`] cut (a reblock, or `rbind` / `cbind` of operands that do not
+//!   meet on whole blocks), requiring the pieces hash-partitioned on `(i, j)`;
 //! - [`BlockCellsExec`] turns the blocks at the top into `(i, j, v)` rows as they come.
 //!
 //! [`matmul_plan`] and [`fused_plan`] build the plan shape of each strategy:
@@ -64,6 +69,7 @@ mod map;
 mod meter;
 mod plan;
 mod product;
+mod reblock;
 mod scan;
 mod sum;
 mod zip;
@@ -87,6 +93,7 @@ pub use map::{BlockMap, BlockMapExec};
 pub use meter::{ExchangeMeterExec, MeterExchanges};
 pub use plan::{FlowStrategy, fused_plan, matmul_plan};
 pub use product::{BlockProductExec, OutputKeys};
+pub use reblock::BlockAssembleExec;
 pub use scan::BlockScanExec;
 pub use sum::BlockSumExec;
 pub use zip::BlockZipJoinExec;
@@ -136,12 +143,35 @@ pub fn block_stream_at(schema: &Schema) -> Option<usize> {
     values.checked_sub(5)
 }
 
-/// Collects blocks into batches of a block stream.
+/// The order column of a partial block stream: where a partial stands among the
+/// partials of its output block. [`BlockSumExec`] adds the partials of a block in this
+/// order, whatever order they arrive in, so a sum is the same to the bit in every run
+/// of a plan (and in a retry on other workers): a block product's partial carries the
+/// first `k` it sums, a per-partition partial its partition, a row or column sum the
+/// block column or row it came from.
+pub const ORD: &str = "ord";
+
+/// The schema of a partial block stream: a block stream with [`ORD`] after the block.
+pub fn partial_stream_schema() -> SchemaRef {
+    let mut fields: Vec<Field> = block_stream_schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
+    fields.push(Field::new(ORD, DataType::Int64, false));
+    Arc::new(Schema::new(fields))
+}
+
+/// Collects blocks into the batches of a block stream (or, made by
+/// [`BlockBatches::partials`], of a partial block stream).
 pub(crate) struct BlockBatches {
     schema: SchemaRef,
     bi: Vec<i64>,
     bj: Vec<i64>,
+    /// The order of each partial, for a partial block stream.
+    ord: Option<Vec<i64>>,
     blocks: BlockColumnsBuilder,
+    done: Vec<RecordBatch>,
 }
 
 impl BlockBatches {
@@ -150,59 +180,103 @@ impl BlockBatches {
             schema: block_stream_schema(),
             bi: Vec::new(),
             bj: Vec::new(),
+            ord: None,
             blocks: BlockColumnsBuilder::default(),
+            done: Vec::new(),
         }
     }
 
-    /// Adds block `(bi, bj)`; returns a batch when one is full.
-    pub(crate) fn push(&mut self, bi: u64, bj: u64, block: &Block) -> Result<Option<RecordBatch>> {
+    /// Batches of partials, each pushed with [`BlockBatches::push_partial`].
+    pub(crate) fn partials() -> Self {
+        Self {
+            schema: partial_stream_schema(),
+            ord: Some(Vec::new()),
+            ..Self::new()
+        }
+    }
+
+    /// Adds block `(bi, bj)`.
+    pub(crate) fn push(&mut self, bi: u64, bj: u64, block: &Block) -> Result<()> {
         self.bi.push(bi as i64);
         self.bj.push(bj as i64);
         self.blocks.append(block).map_err(storage_error)?;
         if self.bi.len() >= BLOCKS_PER_BATCH {
-            return self.flush().map(Some);
+            self.flush()?;
         }
-        Ok(None)
+        Ok(())
     }
 
-    /// The blocks pushed since the last batch, as one batch (possibly empty).
-    pub(crate) fn flush(&mut self) -> Result<RecordBatch> {
+    /// Adds partial `ord` of block `(bi, bj)`.
+    pub(crate) fn push_partial(&mut self, bi: u64, bj: u64, ord: u64, block: &Block) -> Result<()> {
+        match &mut self.ord {
+            Some(o) => o.push(ord as i64),
+            None => {
+                return Err(DataFusionError::Internal(
+                    "a partial pushed to a block stream without an order column".into(),
+                ));
+            }
+        }
+        self.push(bi, bj, block)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.bi.is_empty() {
+            return Ok(());
+        }
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from(std::mem::take(&mut self.bi))),
             Arc::new(Int64Array::from(std::mem::take(&mut self.bj))),
         ];
         columns.extend(self.blocks.finish());
-        Ok(RecordBatch::try_new(self.schema.clone(), columns)?)
+        if let Some(ord) = &mut self.ord {
+            columns.push(Arc::new(Int64Array::from(std::mem::take(ord))));
+        }
+        self.done
+            .push(RecordBatch::try_new(self.schema.clone(), columns)?);
+        Ok(())
+    }
+
+    /// Every batch, the last one partly filled; none for no blocks.
+    pub(crate) fn finish(mut self) -> Result<Vec<RecordBatch>> {
+        self.flush()?;
+        Ok(self.done)
     }
 }
 
-/// The sums in `sums` as block-stream batches in key order, each sum made a block by
-/// `finish`; all-zero blocks are left out.
-pub(crate) fn sum_batches(
+/// The sums in `sums` as partial block-stream batches in key order, each of order
+/// `ord`; all-zero blocks are left out.
+pub(crate) fn partial_batches(
     mut sums: HashMap<(u64, u64), Option<Acc>>,
-    finish: impl Fn(Block) -> Block,
+    ord: u64,
 ) -> Result<Vec<RecordBatch>> {
     let mut keys: Vec<(u64, u64)> = sums.keys().copied().collect();
     keys.sort_unstable();
-    let mut out = BlockBatches::new();
-    let mut batches = Vec::new();
+    let mut out = BlockBatches::partials();
     for key in keys {
         let Some(Some(acc)) = sums.remove(&key) else {
             continue;
         };
-        let block = finish(acc.into_block());
-        if block.nnz() == 0 {
-            continue;
-        }
-        if let Some(batch) = out.push(key.0, key.1, &block)? {
-            batches.push(batch);
+        let block = acc.into_block();
+        if block.nnz() > 0 {
+            out.push_partial(key.0, key.1, ord, &block)?;
         }
     }
-    let last = out.flush()?;
-    if last.num_rows() > 0 {
-        batches.push(last);
-    }
-    Ok(batches)
+    out.finish()
+}
+
+/// The partials of a partial block-stream batch: key, order and row of each.
+pub(crate) fn partial_rows(batch: &RecordBatch) -> Result<(BlockRows<'_>, &Int64Array)> {
+    let rows = BlockRows::new(batch, 0)?;
+    let ord = batch
+        .column_by_name(ORD)
+        .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+        .filter(|a| a.null_count() == 0)
+        .ok_or_else(|| {
+            DataFusionError::Internal(format!(
+                "a partial block stream needs an Int64 column {ORD} without nulls"
+            ))
+        })?;
+    Ok((rows, ord))
 }
 
 /// A stream of the batches `batches` resolves to (or of its error).
@@ -339,3 +413,6 @@ impl<'a> BlockRows<'a> {
         self.blocks.bytes(row)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,6 +1,5 @@
 //! Block products of joined block pairs, summed per output block within a partition.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -20,9 +19,10 @@ use futures::TryStreamExt;
 use datafusion::physical_expr::expressions::Column;
 
 use super::{
-    BI, BJ, BLOCK_STREAM_WIDTH, BlockRows, batches_stream, block_stream_schema, sum_batches,
+    BI, BJ, BLOCK_STREAM_WIDTH, BlockBatches, BlockRows, batches_stream, partial_stream_schema,
 };
 use crate::error::blocking;
+use crate::la::matrix::block_bytes;
 use crate::la::ops::Acc;
 
 /// The input columns that hold an output block's row key `i` and column key `j`.
@@ -49,9 +49,9 @@ impl OutputKeys {
 
 /// Multiplies, for each input row, the block `A(i, k)` whose block stream columns start
 /// at `a_at` with the block `B(k, j)` starting at `b_at` (the row of a join on `k`), and
-/// keeps one partial sum per output block `(i, j)`; emits the partials as a block
-/// stream keyed `(i, j)` when its input partition ends. Partials are charged to the
-/// memory pool.
+/// keeps one partial sum per output block `(i, j)`, adding its products in `k` order;
+/// emits the partials as a partial block stream keyed `(i, j)`, each ordered by its
+/// first `k`, when its input partition ends. Partials are charged to the memory pool.
 #[derive(Debug)]
 pub struct BlockProductExec {
     input: Arc<dyn ExecutionPlan>,
@@ -112,7 +112,7 @@ impl BlockProductExec {
             _ => Partitioning::UnknownPartitioning(parts),
         };
         let props = PlanProperties::new(
-            EquivalenceProperties::new(block_stream_schema()),
+            EquivalenceProperties::new(partial_stream_schema()),
             partitioning,
             EmissionType::Final,
             Boundedness::Bounded,
@@ -227,27 +227,41 @@ impl ExecutionPlan for BlockProductExec {
             let timer = elapsed.timer();
             let (batches, products_done) = blocking(move || {
                 let reservation = reservation;
-                let mut partials: HashMap<(u64, u64), Option<Acc>> = HashMap::new();
-                let mut count = 0usize;
-                for batch in &batches {
-                    let a = BlockRows::new(batch, a_at)?;
-                    let b = BlockRows::new(batch, b_at)?;
+                // Every joined pair by output block, then by `k`: each partial is summed
+                // in `k` order, whatever order the join produced the pairs in.
+                let mut pairs = Vec::new();
+                let mut rows = Vec::with_capacity(batches.len());
+                for (b, batch) in batches.iter().enumerate() {
+                    let (a, bb) = (BlockRows::new(batch, a_at)?, BlockRows::new(batch, b_at)?);
                     for row in 0..a.len() {
-                        let ((i, _), (_, j)) = (a.key(row), b.key(row));
-                        let (ab, bb) = (a.block(row)?, b.block(row)?);
-                        let slot = partials.entry((i, j)).or_default();
-                        let before = slot.as_ref().map_or(0, Acc::bytes);
-                        Acc::add_product(slot, &ab, &bb, seq)?;
-                        let after = slot.as_ref().map_or(0, Acc::bytes);
-                        if after > before {
-                            reservation
-                                .try_grow((after - before) as usize)
-                                .map_err(|e| exhausted(e, partials.len()))?;
-                        }
-                        count += 1;
+                        let ((i, k), (_, j)) = (a.key(row), bb.key(row));
+                        pairs.push(((i, j), k, b, row));
+                    }
+                    rows.push((a, bb));
+                }
+                pairs.sort_unstable();
+                let count = pairs.len();
+                let mut out = BlockBatches::partials();
+                let mut held = 0usize;
+                for run in pairs.chunk_by(|x, y| x.0 == y.0) {
+                    let mut partial: Option<Acc> = None;
+                    for &(_, _, b, row) in run {
+                        let (a, bb) = &rows[b];
+                        Acc::add_product(&mut partial, &a.block(row)?, &bb.block(row)?, seq)?;
+                    }
+                    let Some(partial) = partial else { continue };
+                    let block = partial.into_block();
+                    reservation
+                        .try_grow(block_bytes(&block) as usize)
+                        .map_err(|e| exhausted(e, held))?;
+                    held += 1;
+                    if block.nnz() > 0 {
+                        let ((i, j), k, ..) = run[0];
+                        out.push_partial(i, j, k, &block)?;
                     }
                 }
-                let batches = sum_batches(partials, |block| block)?;
+                drop(rows);
+                let batches = out.finish()?;
                 // The partials now live in the emitted batches, which their consumer
                 // holds and charges.
                 reservation.free();

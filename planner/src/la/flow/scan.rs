@@ -148,7 +148,6 @@ impl ExecutionPlan for BlockScanExec {
                 blocking(move || snapshot.read_shard(partition as u32).map_err(storage_error))
                     .await?;
             let mut out = BlockBatches::new();
-            let mut batches = Vec::new();
             for (key, mut attrs) in blocks {
                 let Some(block) = attrs.drain(..).next() else {
                     continue;
@@ -159,14 +158,9 @@ impl ExecutionPlan for BlockScanExec {
                 if let Some(p) = &progress {
                     p.add_done(size);
                 }
-                if let Some(batch) = out.push(bi, bj, &block)? {
-                    batches.push(batch);
-                }
+                out.push(bi, bj, &block)?;
             }
-            let last = out.flush()?;
-            if last.num_rows() > 0 {
-                batches.push(last);
-            }
+            let batches = out.finish()?;
             for b in &batches {
                 output_rows.add(b.num_rows());
             }

@@ -1,6 +1,5 @@
 //! The block-sum aggregate: partial blocks summed by their key.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -18,15 +17,18 @@ use datafusion::physical_plan::{
 };
 use futures::TryStreamExt;
 
-use super::{BI, BJ, BlockRows, batches_stream, block_stream_schema, is_block_stream, sum_batches};
+use super::{BI, BJ, BlockBatches, ORD, batches_stream, block_stream_schema, partial_rows};
 use crate::error::blocking;
+use crate::la::matrix::block_bytes;
 use crate::la::ops::Acc;
-use tessera_storage::Block;
 
-/// Sums the blocks of its input by `(bi, bj)`. It requires its input hash-partitioned
-/// on `(bi, bj)`, so every partial of an output block is in one partition: DataFusion's
-/// distribution rule plans the exchange below it (a hash repartition) unless the input
-/// is already partitioned so. The sums are charged to the memory pool while they grow.
+/// Sums the partials of its input (a partial block stream) by `(bi, bj)`. It requires
+/// its input hash-partitioned on `(bi, bj)`, so every partial of an output block is in
+/// one partition: DataFusion's distribution rule plans the exchange below it (a hash
+/// repartition) unless the input is already partitioned so. The partials of a block are
+/// added in the order of their [`ORD`](super::ORD) column, not in the order they
+/// arrive, so a sum does not depend on how the exchanges interleaved. The sums are
+/// charged to the memory pool as they are made.
 #[derive(Debug)]
 pub struct BlockSumExec {
     input: Arc<dyn ExecutionPlan>,
@@ -52,8 +54,8 @@ impl BlockSumExec {
     }
 
     fn build(input: Arc<dyn ExecutionPlan>, single: bool) -> Result<Self> {
-        if !is_block_stream(&input.schema()) {
-            return exec_err!("BlockSumExec: the input is not a block stream");
+        if input.schema().column_with_name(ORD).is_none() {
+            return exec_err!("BlockSumExec: the input is not a partial block stream");
         }
         let parts = input.output_partitioning().partition_count();
         let partitioning = if single {
@@ -157,32 +159,40 @@ impl ExecutionPlan for BlockSumExec {
             let timer = elapsed.timer();
             let (batches, count) = blocking(move || {
                 let reservation = reservation;
-                let mut sums: HashMap<(u64, u64), Option<Acc>> = HashMap::new();
-                let mut count = 0usize;
-                for batch in &batches {
-                    let rows = BlockRows::new(batch, 0)?;
+                let mut partials = Vec::new();
+                let mut blocks = Vec::with_capacity(batches.len());
+                for (b, batch) in batches.iter().enumerate() {
+                    let (rows, ord) = partial_rows(batch)?;
                     for row in 0..rows.len() {
-                        let slot = sums.entry(rows.key(row)).or_default();
-                        let before = slot.as_ref().map_or(0, Acc::bytes);
-                        match slot {
-                            None => *slot = Some(Acc::wrap(rows.block(row)?)),
-                            Some(_) => Acc::add_block(slot, rows.block(row)?)?,
-                        }
-                        let after = slot.as_ref().map_or(0, Acc::bytes);
-                        if after > before {
-                            reservation
-                                .try_grow((after - before) as usize)
-                                .map_err(|e| {
-                                    DataFusionError::ResourcesExhausted(format!(
-                                        "BlockSumExec: the block sums do not fit the session's memory budget: {e}"
-                                    ))
-                                })?;
-                        }
-                        count += 1;
+                        partials.push((rows.key(row), ord.value(row), b, row));
+                    }
+                    blocks.push(rows);
+                }
+                partials.sort_unstable();
+                let count = partials.len();
+                let mut out = BlockBatches::new();
+                for run in partials.chunk_by(|x, y| x.0 == y.0) {
+                    let mut sum: Option<Acc> = None;
+                    for &(_, _, b, row) in run {
+                        Acc::add_block(&mut sum, blocks[b].block(row)?)?;
+                    }
+                    let Some(sum) = sum else { continue };
+                    let block = sum.into_block().into_preferred_format();
+                    reservation
+                        .try_grow(block_bytes(&block) as usize)
+                        .map_err(|e| {
+                            DataFusionError::ResourcesExhausted(format!(
+                                "BlockSumExec: the block sums do not fit the session's memory budget: {e}"
+                            ))
+                        })?;
+                    if block.nnz() > 0 {
+                        let (i, j) = run[0].0;
+                        out.push(i, j, &block)?;
                     }
                 }
+                drop(blocks);
                 drop(batches);
-                let batches = sum_batches(sums, Block::into_preferred_format)?;
+                let batches = out.finish()?;
                 reservation.free();
                 Ok::<_, DataFusionError>((batches, count))
             })
