@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tessera_server::Database;
 
 /// The sum of every `name<number>` in EXPLAIN ANALYZE text (numbers may carry a unit
-/// suffix such as `K` or `M`, as DataFusion prints counts).
+/// such as `K` or `M`, after a space, as DataFusion prints counts: `16.78 M`).
 fn metric_sum(text: &str, name: &str) -> String {
     let mut total = 0.0f64;
     for part in text.split(name).skip(1) {
@@ -28,7 +28,7 @@ fn metric_sum(text: &str, name: &str) -> String {
             .chars()
             .take_while(|c| c.is_ascii_digit() || *c == '.')
             .collect();
-        let scale = match part[number.len()..].chars().next() {
+        let scale = match part[number.len()..].trim_start_matches(' ').chars().next() {
             Some('K') => 1e3,
             Some('M') => 1e6,
             Some('G') => 1e9,
