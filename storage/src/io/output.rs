@@ -175,7 +175,7 @@ impl Drop for TempDir {
 }
 
 /// Fails when `target` exists (a file, a directory or a dangling link).
-fn refuse_existing(target: &Path) -> Result<()> {
+pub(super) fn refuse_existing(target: &Path) -> Result<()> {
     if target.symlink_metadata().is_ok() {
         return Err(StorageError::InvalidArgument(format!(
             "{} already exists; a Zarr array is a directory, which is not replaced in \

@@ -37,7 +37,7 @@ use zarrs::config::MetadataRetrieveVersion;
 use zarrs::filesystem::FilesystemStore;
 
 use super::npy::{add_cell, check_target, dims_str, flat_position, flatten2};
-use super::output::{TempDir, TempPath};
+use super::output::{TempDir, TempPath, refuse_existing};
 use super::{CELL_BATCH, CellReader, Cells, ReadOptions};
 use crate::block::is_stored;
 use crate::error::{Result, StorageError};
@@ -709,7 +709,7 @@ impl ZarrCellWriter {
             ));
         }
         // Refused now rather than after the query ran.
-        drop(TempDir::create_beside(target, "check")?);
+        refuse_existing(target)?;
         let (scratch, file) = TempPath::create_beside(target, "cells")?;
         Ok(Self {
             target: target.to_path_buf(),
