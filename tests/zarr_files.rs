@@ -70,24 +70,56 @@ dump('plain_dir', zarr.open_array('plain_dir', mode='r')[...])
     assert_eq!(reference.len(), 12);
     // The fill values are cells: 2.5 where no chunk was written, NaN likewise.
     assert!(reference["fill"].values().any(|&v| v == 2.5f64.to_bits()));
-    assert!(reference["nanfill"].values().any(|&v| f64::from_bits(v).is_nan()));
+    assert!(
+        reference["nanfill"]
+            .values()
+            .any(|&v| f64::from_bits(v).is_nan())
+    );
     assert!(reference["zeros"].is_empty());
-    assert!(reference["zstd"].contains_key(&vec![3, 3]), "-0.0 is listed");
+    assert!(
+        reference["zstd"].contains_key(&vec![3, 3]),
+        "-0.0 is listed"
+    );
 
     // Blocks unlike the chunks, so chunks and blocks cut each other.
     let arrays = [
-        ("zstd", "CREATE MATRIX zstd (23, 17) BLOCK (10, 8)", "i, j", ""),
-        ("gzip", "CREATE MATRIX gzip (23, 17) BLOCK (4, 17)", "i, j", ""),
+        (
+            "zstd",
+            "CREATE MATRIX zstd (23, 17) BLOCK (10, 8)",
+            "i, j",
+            "",
+        ),
+        (
+            "gzip",
+            "CREATE MATRIX gzip (23, 17) BLOCK (4, 17)",
+            "i, j",
+            "",
+        ),
         ("raw", "CREATE MATRIX raw (23, 17)", "i, j", ""),
-        ("sharded", "CREATE MATRIX sharded (23, 17) BLOCK (5, 5)", "i, j", ""),
-        ("swapped", "CREATE MATRIX swapped (23, 17) BLOCK (6, 9)", "i, j", ""),
+        (
+            "sharded",
+            "CREATE MATRIX sharded (23, 17) BLOCK (5, 5)",
+            "i, j",
+            "",
+        ),
+        (
+            "swapped",
+            "CREATE MATRIX swapped (23, 17) BLOCK (6, 9)",
+            "i, j",
+            "",
+        ),
         (
             "t3",
             "CREATE ARRAY t3 (v DOUBLE) DIMENSIONS (x 0:5 BLOCK 4, y 0:4 BLOCK 3, z 0:6 BLOCK 4)",
             "x, y, z",
             "",
         ),
-        ("fill", "CREATE MATRIX fill (10, 9) BLOCK (3, 5)", "i, j", ""),
+        (
+            "fill",
+            "CREATE MATRIX fill (10, 9) BLOCK (3, 5)",
+            "i, j",
+            "",
+        ),
         ("nanfill", "CREATE MATRIX nanfill (5, 6)", "i, j", ""),
         (
             "u16",
@@ -103,7 +135,12 @@ dump('plain_dir', zarr.open_array('plain_dir', mode='r')[...])
         ),
         ("zeros", "CREATE MATRIX zeros (4, 4)", "i, j", ""),
         // A directory without the extension: found by its zarr.json, or named by FORMAT.
-        ("plain_dir", "CREATE MATRIX plain_dir (23, 17) BLOCK (7, 7)", "i, j", ""),
+        (
+            "plain_dir",
+            "CREATE MATRIX plain_dir (23, 17) BLOCK (7, 7)",
+            "i, j",
+            "",
+        ),
         (
             "plain_dir",
             "CREATE MATRIX plain_dir2 (23, 17) BLOCK (7, 7)",
@@ -200,7 +237,10 @@ np.save('s.npy', s)
             .await
             .unwrap_err()
             .to_string();
-        assert!(err.contains("m_out.zarr") && err.contains("already exists"), "{err}");
+        assert!(
+            err.contains("m_out.zarr") && err.contains("already exists"),
+            "{err}"
+        );
         let err = db
             .sql(&format!(
                 "COPY (SELECT i, j, v FROM m) TO '{}'",
@@ -303,7 +343,11 @@ for name in ['corrupt.zarr', 'short.zarr', 'shard.zarr']:
 "#
         ),
     );
-    assert_eq!(out.trim(), "", "the damaged arrays must not read in zarr-python");
+    assert_eq!(
+        out.trim(),
+        "",
+        "the damaged arrays must not read in zarr-python"
+    );
     runtime().block_on(async {
         let db = Database::open(d.join("db")).unwrap();
         db.sql("CREATE MATRIX target (23, 17) BLOCK (10, 10)")

@@ -831,7 +831,9 @@ impl CopyOptions {
                     Some("ndjson" | "jsonl") => "json".to_string(),
                     Some(e) if allowed.contains(&e) => e.to_string(),
                     // A Zarr array is a directory; its name need not end in `.zarr`.
-                    _ if allowed.contains(&"zarr") && Path::new(path).join("zarr.json").is_file() => {
+                    _ if allowed.contains(&"zarr")
+                        && Path::new(path).join("zarr.json").is_file() =>
+                    {
                         "zarr".to_string()
                     }
                     _ => {
