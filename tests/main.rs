@@ -33,3 +33,4 @@ mod storage_format;
 mod storage_io;
 mod storage_load;
 mod storage_store;
+mod zarr_files;

@@ -15,10 +15,10 @@ use crate::python;
 use crate::sql_database::runtime;
 
 /// Cells by coordinates: the value's bits (so NaN equals NaN and nothing rounds).
-type CellMap = BTreeMap<Vec<i64>, u64>;
+pub(crate) type CellMap = BTreeMap<Vec<i64>, u64>;
 
 /// NumPy's non-zero cells of each array it printed as `== name` then `x y ... repr(v)`.
-fn numpy_cells(out: &str) -> BTreeMap<String, CellMap> {
+pub(crate) fn numpy_cells(out: &str) -> BTreeMap<String, CellMap> {
     let mut arrays = BTreeMap::new();
     let mut current: Option<(String, CellMap)> = None;
     for line in out.lines() {
@@ -38,7 +38,7 @@ fn numpy_cells(out: &str) -> BTreeMap<String, CellMap> {
 }
 
 /// Tessera's cells of a query returning coordinates then one value.
-fn tessera_cells(batches: &[RecordBatch]) -> CellMap {
+pub(crate) fn tessera_cells(batches: &[RecordBatch]) -> CellMap {
     let mut cells = CellMap::new();
     for b in batches {
         let n = b.num_columns() - 1;
@@ -64,7 +64,7 @@ def dump(name, a):
         print(*[int(i) for i in idx], repr(float(a[idx])))
 "#;
 
-fn path(dir: &Path, file: &str) -> String {
+pub(crate) fn path(dir: &Path, file: &str) -> String {
     dir.join(file).display().to_string()
 }
 

@@ -1,6 +1,6 @@
 //! `COPY (query) TO 'file'` in the array formats Tessera reads: a query's rows written
-//! as a dense NumPy array (`.npy`, or the one member of an `.npz` archive) or as a
-//! Matrix Market coordinate file (`.mtx`).
+//! as a dense NumPy array (`.npy`, or the one member of an `.npz` archive), as a
+//! Matrix Market coordinate file (`.mtx`) or as a Zarr v3 array (`.zarr`, a directory).
 //!
 //! The query returns coordinates and a value: `(i, j, v)` for a matrix, `(i, v)` for a
 //! vector, `(x, y, z, v)` for a 3-d array (all columns but the last are 0-based integer
@@ -9,9 +9,12 @@
 //! are zero and a cell listed twice is summed; `.mtx` takes two coordinates and lists
 //! the rows as entries, in the order the query returns them (readers sum a position
 //! listed twice). An `.npz` member is named `arr_0`, as `numpy.savez` names its first
-//! array, or by the option `member` (`OPTIONS (member 'x')`). The rows stream into
-//! storage's writers ([`NpyCellWriter`], [`MtxCellWriter`]), so memory stays bounded
-//! whatever the query returns; a failure leaves no file behind.
+//! array, or by the option `member` (`OPTIONS (member 'x')`). A Zarr array is `float64`
+//! with zstd, zero cells unlisted as in `.npy` and chunks of zeros not written; its
+//! chunks are the blocks `CREATE MATRIX` would give a matrix of its shape
+//! ([`zarr_chunk_shape`]), and an existing target is refused. The rows stream into
+//! storage's writers ([`NpyCellWriter`], [`MtxCellWriter`], [`ZarrCellWriter`]), so
+//! memory stays bounded whatever the query returns; a failure leaves no file behind.
 //!
 //! CSV, the other format Tessera reads, is DataFusion's own `COPY ... TO 'f.csv'`.
 
@@ -26,7 +29,9 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{CopyToSource, CopyToStatement, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{Query, Value};
 use futures::StreamExt;
-use tessera_storage::io::{MtxCellWriter, NpyCellWriter};
+use tessera_storage::io::{MtxCellWriter, NpyCellWriter, ZarrCellWriter};
+
+use crate::array_write::{AUTO_BLOCK_CELLS, auto_block_size};
 
 use crate::error::{ErrorKind, blocking, storage_error, tessera_error};
 use crate::file_access::{FileUse, check_file};
@@ -41,6 +46,7 @@ enum ArrayFile {
     Npy,
     Npz,
     Mtx,
+    Zarr,
 }
 
 impl ArrayFile {
@@ -49,11 +55,13 @@ impl ArrayFile {
             "npy" => Some(ArrayFile::Npy),
             "npz" => Some(ArrayFile::Npz),
             "mtx" => Some(ArrayFile::Mtx),
+            "zarr" => Some(ArrayFile::Zarr),
             _ => None,
         }
     }
 
-    /// `STORED AS npy | npz | mtx`, or no `STORED AS` and a target with that extension.
+    /// `STORED AS npy | npz | mtx | zarr`, or no `STORED AS` and a target with that
+    /// extension.
     fn of(copy: &CopyToStatement) -> Option<ArrayFile> {
         match &copy.stored_as {
             Some(format) => ArrayFile::from_name(format),
@@ -69,11 +77,13 @@ impl ArrayFile {
             ArrayFile::Npy => ".npy",
             ArrayFile::Npz => ".npz",
             ArrayFile::Mtx => ".mtx",
+            ArrayFile::Zarr => ".zarr",
         }
     }
 }
 
-/// Whether a `COPY ... TO` statement writes an array file (`.npy`, `.npz`, `.mtx`).
+/// Whether a `COPY ... TO` statement writes an array file (`.npy`, `.npz`, `.mtx`,
+/// `.zarr`).
 pub(crate) fn is_array_file_copy(copy: &CopyToStatement) -> bool {
     ArrayFile::of(copy).is_some()
 }
@@ -93,12 +103,14 @@ enum CellWriter {
     Npy(NpyCellWriter),
     Npz(NpyCellWriter, String),
     Mtx(MtxCellWriter),
+    Zarr(ZarrCellWriter),
 }
 
 impl CellWriter {
     fn push(&mut self, index: &[u64], value: f64) -> tessera_storage::Result<()> {
         match self {
             CellWriter::Npy(w) | CellWriter::Npz(w, _) => w.push(index, value),
+            CellWriter::Zarr(w) => w.push(index, value),
             CellWriter::Mtx(w) => match index {
                 [i, j] => w.push(*i, *j, value),
                 _ => Err(tessera_storage::StorageError::Internal(
@@ -113,8 +125,31 @@ impl CellWriter {
             CellWriter::Npy(w) => w.commit().map(drop),
             CellWriter::Npz(w, member) => w.commit_npz(&member).map(drop),
             CellWriter::Mtx(w) => w.commit().map(drop),
+            CellWriter::Zarr(w) => w.commit(zarr_chunk_shape).map(drop),
         }
     }
+}
+
+/// The chunk shape of a query's Zarr array of shape `dims`: for a matrix the block size
+/// `CREATE MATRIX` picks ([`auto_block_size`]); for another rank about
+/// [`AUTO_BLOCK_CELLS`] cells, the same length along each dimension (a million along
+/// one, 100 along each of three), balanced so the chunks are nearly equal and never
+/// longer than the shape.
+fn zarr_chunk_shape(dims: &[u64]) -> Vec<u64> {
+    if let [rows, cols] = dims {
+        let (r, c) = auto_block_size(*rows, *cols);
+        return vec![r, c];
+    }
+    let side = (AUTO_BLOCK_CELLS as f64)
+        .powf(1.0 / dims.len().max(1) as f64)
+        .round()
+        .max(1.0) as u64;
+    dims.iter()
+        .map(|&d| {
+            let d = d.max(1);
+            d.div_ceil(d.div_ceil(side))
+        })
+        .collect()
 }
 
 /// The `.npz` member the options name, and whether any other option is given.
@@ -155,7 +190,7 @@ pub(crate) async fn copy_query_to_array_file(
     let path = copy.target.clone();
     let what = format!("COPY (query) TO '{path}'");
     let Some(format) = ArrayFile::of(copy) else {
-        return plan_err!("{what}: not an array file (.npy, .npz, .mtx)");
+        return plan_err!("{what}: not an array file (.npy, .npz, .mtx, .zarr)");
     };
     if !copy.partitioned_by.is_empty() {
         return plan_err!(
@@ -211,6 +246,7 @@ pub(crate) async fn copy_query_to_array_file(
         let target = Path::new(&target);
         let writer = match (format, member) {
             (ArrayFile::Mtx, _) => MtxCellWriter::create(target).map(CellWriter::Mtx),
+            (ArrayFile::Zarr, _) => ZarrCellWriter::create(target, ndim).map(CellWriter::Zarr),
             (ArrayFile::Npz, Some(member)) => {
                 NpyCellWriter::create(target, ndim).map(|w| CellWriter::Npz(w, member))
             }

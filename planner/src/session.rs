@@ -830,6 +830,12 @@ impl CopyOptions {
                 match ext.as_deref() {
                     Some("ndjson" | "jsonl") => "json".to_string(),
                     Some(e) if allowed.contains(&e) => e.to_string(),
+                    // A Zarr array is a directory; its name need not end in `.zarr`.
+                    _ if allowed.contains(&"zarr")
+                        && Path::new(path).join("zarr.json").is_file() =>
+                    {
+                        "zarr".to_string()
+                    }
                     _ => {
                         return plan_err!(
                             "{what}: cannot tell the format of '{path}' from its extension; add WITH (FORMAT {})",
@@ -935,7 +941,7 @@ async fn copy_into_array(
     options: &CopyOptions,
     what: &str,
 ) -> Result<SendableRecordBatchStream> {
-    let format = options.format(path, &["csv", "mtx", "npy", "npz", "parquet"], what)?;
+    let format = options.format(path, &["csv", "mtx", "npy", "npz", "zarr", "parquet"], what)?;
     if options.header.is_some() && format != "csv" {
         return plan_err!("{what}: HEADER applies to csv files only");
     }
@@ -955,6 +961,7 @@ async fn copy_into_array(
         "csv" => FileFormat::Csv,
         "mtx" => FileFormat::MatrixMarket,
         "npz" => FileFormat::Npz,
+        "zarr" => FileFormat::Zarr,
         _ => FileFormat::Npy,
     };
     // Without MEMBER, an archive's member named like the array (so one COPY per array
@@ -991,7 +998,7 @@ async fn copy_array_out(
     options: &CopyOptions,
     what: &str,
 ) -> Result<SendableRecordBatchStream> {
-    let format = options.format(path, &["csv", "mtx", "npy", "parquet"], what)?;
+    let format = options.format(path, &["csv", "mtx", "npy", "zarr", "parquet"], what)?;
     if options.mode.is_some()
         || options.layout.is_some()
         || options.delimiter.is_some()
@@ -1022,6 +1029,7 @@ async fn copy_array_out(
     let file_format = match format.as_str() {
         "csv" => FileFormat::Csv,
         "mtx" => FileFormat::MatrixMarket,
+        "zarr" => FileFormat::Zarr,
         _ => FileFormat::Npy,
     };
     let store = catalog.store().clone();

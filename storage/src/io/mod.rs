@@ -1,4 +1,4 @@
-//! File ingest and export: CSV, Matrix Market (`.mtx`), NumPy `.npy` and `.npz`.
+//! File ingest and export: CSV, Matrix Market (`.mtx`), NumPy `.npy` and `.npz`, Zarr v3.
 //!
 //! Readers stream: they yield [`Cells`] in batches and never hold the whole file, so a
 //! file larger than memory loads in bounded memory (the store groups cells into blocks).
@@ -8,30 +8,44 @@
 //! and rename it into place after an fsync, so a failed export leaves nothing
 //! half-written.
 //!
-//! Cells are rows and columns. An array of another rank (`.npy` and `.npz` files, which
-//! may have any number of dimensions) is seen with its leading dimensions flattened in C
+//! Cells are rows and columns. An array of another rank (`.npy`, `.npz` and Zarr files,
+//! which may have any number of dimensions) is seen with its leading dimensions flattened in C
 //! order into rows and its last dimension as columns (a 1-d array is one column): the
 //! mapping [`ArraySchema::shape2`](crate::ArraySchema::shape2) uses, so a C-order file is
 //! row-ordered whatever its rank, and writing rows in order writes C order.
 //!
 //! ```text
 //!   open_reader --> CsvReader | MtxReader | NpyReader | npz (a member's NpyReader,
-//!                   or SciPy sparse CSR/CSC/COO) --next_cells--> Cells (<= CELL_BATCH)
+//!                   or SciPy sparse CSR/CSC/COO) | ZarrReader (a band of chunks, or
+//!                   one chunk, at a time) --next_cells--> Cells (<= CELL_BATCH)
 //!   write_file / write_array_file <-- bands of block rows (one in memory at a time)
 //!                                 --> temp file -> rename
+//!   ZarrWriter <-- one chunk at a time (a stored block each) --> temp directory -> rename
 //!   NpyCellWriter <-- cells in any order (COPY (query) TO 'f.npy' | 'f.npz') --> scratch
 //!                 file --> dense temp file -> rename (or stored as an .npz member)
 //!   MtxCellWriter <-- cells in any order (COPY (query) TO 'f.mtx') --> scratch file
 //!                 --> header + entries -> rename
+//!   ZarrCellWriter <-- cells in any order (COPY (query) TO 'f.zarr') --> scratch file
+//!                  --> sorted by chunk --> ZarrWriter
 //! ```
 //!
-//! Each format lives in its own file (`csv.rs`, `mtx.rs`, `npy.rs`, `npz.rs`) with its
+//! Each format lives in its own file (`csv.rs`, `mtx.rs`, `npy.rs`, `npz.rs`, `zarr.rs`) with its
 //! reader, its writer and its tests; `text.rs` holds the line reader and number
 //! formatting the text formats share, `output.rs` the atomic file and the band checks
 //! the writers share. `.npz` archives are read (the `zip` crate reads the central
 //! directory, and each member streams from its own file handle, inflated by `flate2`,
 //! its CRC-32 checked at its end) and, for a query's cells, written with one member
 //! stored uncompressed, as `numpy.savez` stores its members.
+//!
+//! Zarr v3 arrays (directories holding `zarr.json`) go through the `zarrs` crate: read
+//! one band of chunks at a time (the chunks sharing an index along the first dimension,
+//! so cells come out row-ordered), or chunk by chunk when a band is over
+//! [`BAND_ELEMENTS`]; sharded arrays by inner chunk; chunks never written are the fill
+//! value. Codecs `bytes`, `transpose`, `gzip`, `zstd`, `crc32c`, `sharding_indexed`; not
+//! `blosc` (it would compile the C blosc library), nor Zarr v2 arrays, groups or
+//! consolidated metadata. Errors name the path and the chunk (`chunk [1, 0]`). Exports
+//! are `float64`, `bytes` + `zstd`, fill value 0, chunks of zeros not written, in a
+//! temporary directory renamed into place; an existing target is refused.
 
 use std::path::Path;
 
@@ -44,9 +58,11 @@ mod npy;
 mod npz;
 mod output;
 mod text;
+mod zarr;
 
 pub use mtx::MtxCellWriter;
 pub use npy::{MAX_CELL_WRITER_ELEMENTS, NpyCellWriter};
+pub use zarr::{BAND_ELEMENTS, ZSTD_LEVEL, ZarrCellWriter, ZarrWriter};
 
 /// A file format Tessera reads and writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,24 +76,34 @@ pub enum FileFormat {
     /// NumPy `.npz` (`numpy.savez`, `savez_compressed`) or SciPy's sparse `.npz`
     /// (`scipy.sparse.save_npz`): read only.
     Npz,
+    /// A Zarr v3 array: a directory holding `zarr.json` and its chunks. Written by
+    /// [`ZarrWriter`] and [`ZarrCellWriter`], not by [`write_file`].
+    Zarr,
 }
 
 impl FileFormat {
-    /// The format a file name's extension names (`.csv`, `.mtx`, `.npy`, any case), for
-    /// `COPY` without a `FORMAT` option.
+    /// The format a file name's extension names (`.csv`, `.mtx`, `.npy`, `.npz`, `.zarr`,
+    /// any case), or Zarr for a directory holding `zarr.json`, for `COPY` without a
+    /// `FORMAT` option.
     ///
     /// ```
     /// use tessera_storage::io::FileFormat;
     /// assert_eq!(FileFormat::from_path("data/X.MTX".as_ref()), Some(FileFormat::MatrixMarket));
+    /// assert_eq!(FileFormat::from_path("out/a.zarr/".as_ref()), Some(FileFormat::Zarr));
     /// assert_eq!(FileFormat::from_path("x.parquet".as_ref()), None);
     /// ```
     pub fn from_path(path: &Path) -> Option<FileFormat> {
-        let ext = path.extension()?.to_str()?.to_ascii_lowercase();
-        match ext.as_str() {
-            "csv" => Some(FileFormat::Csv),
-            "mtx" => Some(FileFormat::MatrixMarket),
-            "npy" => Some(FileFormat::Npy),
-            "npz" => Some(FileFormat::Npz),
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("csv") => Some(FileFormat::Csv),
+            Some("mtx") => Some(FileFormat::MatrixMarket),
+            Some("npy") => Some(FileFormat::Npy),
+            Some("npz") => Some(FileFormat::Npz),
+            Some("zarr") => Some(FileFormat::Zarr),
+            _ if path.join("zarr.json").is_file() => Some(FileFormat::Zarr),
             _ => None,
         }
     }
@@ -236,6 +262,7 @@ pub fn open_reader(
         FileFormat::MatrixMarket => Box::new(mtx::MtxReader::open(path, options)?),
         FileFormat::Npy => Box::new(npy::NpyReader::open(path, options)?),
         FileFormat::Npz => npz::open(path, options)?,
+        FileFormat::Zarr => Box::new(zarr::ZarrReader::open(path, options)?),
     })
 }
 
@@ -284,6 +311,11 @@ pub fn write_array_file(
             "Tessera reads .npz archives but does not write them; write .npy files".into(),
         ));
     }
+    if format == FileFormat::Zarr {
+        return Err(crate::StorageError::Internal(
+            "Zarr arrays are written chunk by chunk with ZarrWriter, not from bands".into(),
+        ));
+    }
     if dims.is_empty() || (dims.len() != 2 && format != FileFormat::Npy) {
         return Err(crate::StorageError::InvalidArgument(format!(
             "a {}-d array can be written to .npy files only",
@@ -302,7 +334,11 @@ pub fn write_array_file(
         FileFormat::Csv => csv::write(&mut out, shape, nnz, &mut checked)?,
         FileFormat::MatrixMarket => mtx::write(&mut out, shape, nnz, &mut checked)?,
         FileFormat::Npy => npy::write(&mut out, dims, &mut checked)?,
-        FileFormat::Npz => return Err(crate::StorageError::Internal("npz refused above".into())),
+        FileFormat::Npz | FileFormat::Zarr => {
+            return Err(crate::StorageError::Internal(
+                "npz and zarr refused above".into(),
+            ));
+        }
     };
     drop(checked);
     check.finish()?;

@@ -252,7 +252,7 @@ pub(super) fn string_value(bytes: &[u8]) -> Option<String> {
 }
 
 /// `dims` as NumPy prints a shape: `2x3x4`.
-fn dims_str(dims: &[u64]) -> String {
+pub(super) fn dims_str(dims: &[u64]) -> String {
     let parts: Vec<String> = dims.iter().map(u64::to_string).collect();
     parts.join("x")
 }
@@ -477,7 +477,7 @@ impl NpyReader {
 }
 
 /// The flattened `(row, col)` of n-d index `index` in an array of shape `dims`.
-fn flat_position(dims: &[u64], index: &[u64]) -> (u64, u64) {
+pub(super) fn flat_position(dims: &[u64], index: &[u64]) -> (u64, u64) {
     match index {
         [] => (0, 0),
         [x] => (*x, 0),
@@ -493,7 +493,7 @@ fn flat_position(dims: &[u64], index: &[u64]) -> (u64, u64) {
 
 /// Checks the file's shape against the target's: equal shapes, or for arrays of at most two
 /// dimensions, equal rows and columns (a 1-d file of `n` loads into an `n x 1` matrix).
-fn check_target(dims: &[u64], options: &ReadOptions) -> std::result::Result<(), String> {
+pub(super) fn check_target(dims: &[u64], options: &ReadOptions) -> std::result::Result<(), String> {
     let fits = match (&options.target_dims, options.target_shape) {
         (Some(target), _) if dims.len() <= 2 && target.len() <= 2 => {
             flatten2(dims) == flatten2(target)
@@ -980,7 +980,7 @@ impl NpyCellWriter {
 
 /// A cell added to what its place holds: the sum, except that a place not written yet
 /// (a zero, the file's fill) takes the cell as it is.
-fn add_cell(old: f64, value: f64) -> f64 {
+pub(super) fn add_cell(old: f64, value: f64) -> f64 {
     if is_stored(old) { old + value } else { value }
 }
 

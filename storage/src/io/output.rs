@@ -13,6 +13,9 @@ use crate::error::{Result, StorageError};
 /// Write buffer of output files.
 const WRITE_BUFFER: usize = 1 << 20;
 
+/// Numbers the temporary files and directories of this process.
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
 /// A file created beside its target under a hidden temporary name. [`AtomicFile::commit`]
 /// fsyncs it and renames it over the target; dropping it uncommitted removes it, so an
 /// export that fails at any point leaves the target as it was.
@@ -76,11 +79,10 @@ impl TempPath {
     /// Creates a new, empty file `.<target name>.<pid>.<n>.<tag>` in the target's
     /// directory (the same file system, so a rename is atomic).
     pub(super) fn create_beside(target: &Path, tag: &str) -> Result<(Self, File)> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
         let name = target.file_name().ok_or_else(|| {
             StorageError::InvalidArgument(format!("{} does not name a file", target.display()))
         })?;
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let temp_name = format!(
             ".{}.{}.{n}.{tag}",
             name.to_string_lossy(),
@@ -117,6 +119,91 @@ impl Drop for TempPath {
             let _ = std::fs::remove_file(&self.path);
         }
     }
+}
+
+/// A directory created beside its target under a hidden temporary name, for formats
+/// that are directories (Zarr). [`TempDir::persist`] fsyncs what it holds and renames it
+/// to the target; dropping it unpersisted removes it and everything in it.
+#[derive(Debug)]
+pub(super) struct TempDir {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempDir {
+    /// Creates `.<target name>.<pid>.<n>.<tag>` beside `target`. A target that already
+    /// exists is refused: a directory cannot be swapped for another in one rename.
+    pub(super) fn create_beside(target: &Path, tag: &str) -> Result<Self> {
+        refuse_existing(target)?;
+        let name = target.file_name().ok_or_else(|| {
+            StorageError::InvalidArgument(format!("{} does not name a file", target.display()))
+        })?;
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let temp_name = format!(
+            ".{}.{}.{n}.{tag}",
+            name.to_string_lossy(),
+            std::process::id()
+        );
+        let path = parent_dir(target).join(temp_name);
+        std::fs::create_dir(&path).map_err(|e| StorageError::io(path.display(), e))?;
+        Ok(Self { path, armed: true })
+    }
+
+    /// The temporary directory's path.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fsyncs every file and directory inside, renames the directory to `target` (which
+    /// must still not exist) and fsyncs the parent, so the rename survives a crash.
+    pub(super) fn persist(mut self, target: &Path) -> Result<()> {
+        sync_tree(&self.path)?;
+        refuse_existing(target)?;
+        std::fs::rename(&self.path, target).map_err(|e| StorageError::io(target.display(), e))?;
+        self.armed = false;
+        sync_dir(parent_dir(target))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.armed {
+            // Best effort: the error that got us here is the one worth reporting.
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// Fails when `target` exists (a file, a directory or a dangling link).
+pub(super) fn refuse_existing(target: &Path) -> Result<()> {
+    if target.symlink_metadata().is_ok() {
+        return Err(StorageError::InvalidArgument(format!(
+            "{} already exists; a Zarr array is a directory, which is not replaced in \
+             place: remove it or choose another name",
+            target.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Fsyncs every regular file under `dir`, then each directory, deepest first.
+fn sync_tree(dir: &Path) -> Result<()> {
+    let entries = std::fs::read_dir(dir).map_err(|e| StorageError::io(dir.display(), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io(dir.display(), e))?;
+        let path = entry.path();
+        let kind = entry
+            .file_type()
+            .map_err(|e| StorageError::io(path.display(), e))?;
+        if kind.is_dir() {
+            sync_tree(&path)?;
+        } else if kind.is_file() {
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(|e| StorageError::io(path.display(), e))?;
+        }
+    }
+    sync_dir(dir)
 }
 
 fn parent_dir(path: &Path) -> &Path {

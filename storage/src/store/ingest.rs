@@ -81,7 +81,7 @@ impl Store {
     ) -> Result<LoadSummary> {
         let info = self.array(name)?;
         let schema = info.schema.clone();
-        let nd_format = matches!(format, FileFormat::Npy | FileFormat::Npz);
+        let nd_format = matches!(format, FileFormat::Npy | FileFormat::Npz | FileFormat::Zarr);
         if schema.attributes().len() != 1 || (!nd_format && !schema.is_matrix()) {
             return Err(StorageError::InvalidArgument(format!(
                 "array '{name}' is not a matrix; files load into arrays with one attribute, \
@@ -119,7 +119,13 @@ impl Store {
     }
 
     /// Writes a version of an array (the current one if `None`) to `path`. Arrays with
-    /// one attribute: matrices in every format, other ranks to `.npy` with their shape.
+    /// one attribute: matrices in every format, other ranks to `.npy` and Zarr with their
+    /// shape.
+    ///
+    /// A Zarr array is chunked like the array's blocks (each block length cut to the
+    /// dimension's length), so each stored block is one chunk, written as it is read
+    /// and one band of blocks at a time in memory; blocks without a non-zero are not
+    /// written.
     pub fn export(
         &self,
         name: &str,
@@ -129,7 +135,8 @@ impl Store {
     ) -> Result<()> {
         let snap = self.snapshot(name, version)?;
         let schema = snap.info().schema.clone();
-        if schema.attributes().len() != 1 || (format != FileFormat::Npy && !schema.is_matrix()) {
+        let nd_format = matches!(format, FileFormat::Npy | FileFormat::Zarr);
+        if schema.attributes().len() != 1 || (!nd_format && !schema.is_matrix()) {
             return Err(StorageError::InvalidArgument(format!(
                 "array '{name}' is not a matrix; arrays with one attribute can be exported, \
                  and only 2-d ones to CSV and Matrix Market files"
@@ -139,6 +146,31 @@ impl Store {
         let dims: Vec<u64> = schema.dimensions().iter().map(|d| d.len()).collect();
         let nnz = snap.nnz();
         let first = &schema.dimensions()[0];
+        if format == FileFormat::Zarr {
+            let chunk: Vec<u64> = schema
+                .dimensions()
+                .iter()
+                .map(|d| d.block_len.min(d.len()))
+                .collect();
+            let mut out = io::ZarrWriter::create(path, &dims, &chunk)?;
+            for b0 in 0..first.block_count() {
+                for (key, mut attributes) in snap.read_where(|k| k.0[0] == b0 as i64)? {
+                    if attributes.is_empty() {
+                        continue;
+                    }
+                    let block = attributes.swap_remove(0);
+                    if block.nnz() == 0 {
+                        continue;
+                    }
+                    let cols = block.shape().1;
+                    let mut values = vec![0.0; block.shape().0 * cols];
+                    block.for_each_nonzero(|r, c, v| values[r * cols + c] = v);
+                    let indices: Vec<u64> = key.0.iter().map(|&k| k.max(0) as u64).collect();
+                    out.write_chunk(&indices, &values)?;
+                }
+            }
+            return out.commit();
+        }
         let mut bands = (0..first.block_count()).map(|b0| -> Result<BlockBand> {
             let blocks = snap.read_where(|k| k.0[0] == b0 as i64)?;
             grid.band(b0, blocks)
