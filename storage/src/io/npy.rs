@@ -14,7 +14,7 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use super::output::{AtomicFile, TempPath, count_nonzero, dense_row, to_usize};
+use super::output::{AtomicFile, ScratchCells, TempPath, count_nonzero, dense_row, to_usize};
 use super::text::{READ_BUFFER, shape_str};
 use super::{Bands, CELL_BATCH, CellReader, Cells, ReadOptions};
 use crate::block::is_stored;
@@ -816,11 +816,7 @@ fn header_v1(dims: &[u64]) -> Vec<u8> {
 #[derive(Debug)]
 pub struct NpyCellWriter {
     target: PathBuf,
-    scratch: TempPath,
-    out: std::io::BufWriter<File>,
-    /// One past the largest coordinate seen, per dimension.
-    dims: Vec<u64>,
-    cells: u64,
+    cells: ScratchCells,
 }
 
 /// Largest array [`NpyCellWriter`] writes, in elements (8 bytes each): 2^36, 512 GiB.
@@ -834,36 +830,15 @@ impl NpyCellWriter {
                 "a .npy file of cells needs at least one coordinate".into(),
             ));
         }
-        let (scratch, file) = TempPath::create_beside(target, "cells")?;
         Ok(Self {
             target: target.to_path_buf(),
-            scratch,
-            out: std::io::BufWriter::with_capacity(1 << 20, file),
-            dims: vec![0; ndim],
-            cells: 0,
+            cells: ScratchCells::create_beside(target, ndim)?,
         })
     }
 
     /// Adds the cell at `index` (one coordinate per dimension).
     pub fn push(&mut self, index: &[u64], value: f64) -> Result<()> {
-        if index.len() != self.dims.len() {
-            return Err(StorageError::Internal(format!(
-                "a cell of {} coordinates in a {}-d file",
-                index.len(),
-                self.dims.len()
-            )));
-        }
-        let mut record = Vec::with_capacity(8 * (index.len() + 1));
-        for (d, &x) in self.dims.iter_mut().zip(index) {
-            *d = (*d).max(x.saturating_add(1));
-            record.extend_from_slice(&x.to_le_bytes());
-        }
-        record.extend_from_slice(&value.to_le_bytes());
-        self.out
-            .write_all(&record)
-            .map_err(|e| StorageError::io(self.scratch.path().display(), e))?;
-        self.cells += 1;
-        Ok(())
+        self.cells.push(index, value)
     }
 
     /// Writes the file and renames it into place; returns its shape.
@@ -924,10 +899,13 @@ impl NpyCellWriter {
     fn write_dense(self) -> Result<(TempPath, File, Vec<u64>)> {
         let Self {
             target,
-            scratch,
-            out,
-            dims,
-            cells,
+            cells:
+                ScratchCells {
+                    scratch,
+                    out,
+                    dims,
+                    cells,
+                },
         } = self;
         let scratch_err = |e| StorageError::io(scratch.path().display(), e);
         let mut scratch_file = out.into_inner().map_err(|e| scratch_err(e.into_error()))?;

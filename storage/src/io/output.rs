@@ -328,3 +328,51 @@ pub(super) fn check_nnz(declared: u64, written: u64) -> Result<()> {
     }
     Ok(())
 }
+
+/// Cells that arrive in any order, recorded in a scratch file beside a target as they
+/// come (each as its coordinates and value, little endian), with the array's shape so
+/// far: what [`NpyCellWriter`](super::NpyCellWriter) and the Zarr cell writer read back
+/// when they commit.
+#[derive(Debug)]
+pub(super) struct ScratchCells {
+    pub(super) scratch: TempPath,
+    pub(super) out: BufWriter<File>,
+    /// One past the largest coordinate seen, per dimension.
+    pub(super) dims: Vec<u64>,
+    pub(super) cells: u64,
+}
+
+impl ScratchCells {
+    /// No cells yet, of `ndim` coordinates each, in a scratch file beside `target`.
+    pub(super) fn create_beside(target: &Path, ndim: usize) -> Result<Self> {
+        let (scratch, file) = TempPath::create_beside(target, "cells")?;
+        Ok(Self {
+            scratch,
+            out: BufWriter::with_capacity(1 << 20, file),
+            dims: vec![0; ndim],
+            cells: 0,
+        })
+    }
+
+    /// Records the cell at `index` (one coordinate per dimension).
+    pub(super) fn push(&mut self, index: &[u64], value: f64) -> Result<()> {
+        if index.len() != self.dims.len() {
+            return Err(StorageError::Internal(format!(
+                "a cell of {} coordinates in a {}-d array",
+                index.len(),
+                self.dims.len()
+            )));
+        }
+        let mut record = Vec::with_capacity(8 * (index.len() + 1));
+        for (d, &x) in self.dims.iter_mut().zip(index) {
+            *d = (*d).max(x.saturating_add(1));
+            record.extend_from_slice(&x.to_le_bytes());
+        }
+        record.extend_from_slice(&value.to_le_bytes());
+        self.out
+            .write_all(&record)
+            .map_err(|e| StorageError::io(self.scratch.path().display(), e))?;
+        self.cells += 1;
+        Ok(())
+    }
+}

@@ -37,7 +37,7 @@ use zarrs::config::MetadataRetrieveVersion;
 use zarrs::filesystem::FilesystemStore;
 
 use super::npy::{add_cell, check_target, dims_str, flat_position, flatten2};
-use super::output::{TempDir, TempPath, refuse_existing};
+use super::output::{ScratchCells, TempDir, TempPath, refuse_existing};
 use super::{CELL_BATCH, CellReader, Cells, ReadOptions};
 use crate::block::is_stored;
 use crate::error::{Result, StorageError};
@@ -694,10 +694,7 @@ impl ZarrWriter {
 #[derive(Debug)]
 pub struct ZarrCellWriter {
     target: PathBuf,
-    scratch: TempPath,
-    out: BufWriter<File>,
-    dims: Vec<u64>,
-    cells: u64,
+    cells: ScratchCells,
 }
 
 /// A cell placed in the chunk grid: the chunk's number in C order, the cell's offset in
@@ -714,36 +711,15 @@ impl ZarrCellWriter {
         }
         // Refused now rather than after the query ran.
         refuse_existing(target)?;
-        let (scratch, file) = TempPath::create_beside(target, "cells")?;
         Ok(Self {
             target: target.to_path_buf(),
-            scratch,
-            out: BufWriter::with_capacity(1 << 20, file),
-            dims: vec![0; ndim],
-            cells: 0,
+            cells: ScratchCells::create_beside(target, ndim)?,
         })
     }
 
     /// Adds the cell at `index` (one coordinate per dimension).
     pub fn push(&mut self, index: &[u64], value: f64) -> Result<()> {
-        if index.len() != self.dims.len() {
-            return Err(StorageError::Internal(format!(
-                "a cell of {} coordinates in a {}-d array",
-                index.len(),
-                self.dims.len()
-            )));
-        }
-        let mut record = Vec::with_capacity(8 * (index.len() + 1));
-        for (d, &x) in self.dims.iter_mut().zip(index) {
-            *d = (*d).max(x.saturating_add(1));
-            record.extend_from_slice(&x.to_le_bytes());
-        }
-        record.extend_from_slice(&value.to_le_bytes());
-        self.out
-            .write_all(&record)
-            .map_err(|e| StorageError::io(self.scratch.path().display(), e))?;
-        self.cells += 1;
-        Ok(())
+        self.cells.push(index, value)
     }
 
     /// Writes the array with chunks of `chunk_shape(shape)` and renames it into place;
@@ -751,10 +727,13 @@ impl ZarrCellWriter {
     pub fn commit(self, chunk_shape: impl FnOnce(&[u64]) -> Vec<u64>) -> Result<Vec<u64>> {
         let Self {
             target,
-            scratch,
-            out,
-            dims,
-            cells,
+            cells:
+                ScratchCells {
+                    scratch,
+                    out,
+                    dims,
+                    cells,
+                },
         } = self;
         let scratch_err = |e| StorageError::io(scratch.path().display(), e);
         let mut file = out.into_inner().map_err(|e| scratch_err(e.into_error()))?;
