@@ -1452,7 +1452,9 @@ async fn wait_unlisted(pg: &tokio_postgres::Client, listed: &str) {
 async fn flight_poll_flight_info_reports_growing_progress_then_the_result() {
     let server = start().await;
     let mut client = server.client().await;
-    let n = 500i64;
+    // A join of 1e9 pairs: it runs for over a second here, so several polls see it
+    // running while its probe side is read (500 x 500 ended before the second poll).
+    let n = 1000i64;
     let slow = join_input(&mut client, n).await;
     let mut raw = FlightServiceClient::new(server.channel().await);
     let command = CommandStatementQuery {

@@ -192,3 +192,259 @@ fn run_script(dir: &Path, script: &str) {
         db.sql(script).await.unwrap_or_else(|e| panic!("{e}"));
     });
 }
+
+/// Random nested matrix expressions, each with its NumPy twin: shapes chosen to fit,
+/// dense and sparse leaves (sliced to the shape wanted), every matmul strategy setting
+/// and exact sums on or off from case to case. Tessera stores each result and writes
+/// it out as `.npy`; NumPy evaluates the twin and names every case that differs.
+struct Expressions {
+    state: u64,
+}
+
+impl Expressions {
+    fn next(&mut self) -> u64 {
+        // xorshift64*
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+
+    /// A leaf of `shape`: a slice of the 60 x 50 dense `g` or sparse `h` (or of their
+    /// transposes), or the whole of one when the shape is theirs.
+    fn leaf(&mut self, (r, c): (u64, u64)) -> (String, String) {
+        let (name, np) = if self.chance(50) {
+            ("g", "g")
+        } else {
+            ("h", "h")
+        };
+        let transposed = r <= 50 && c <= 50 && self.chance(30);
+        let (src, py, (rows, cols)) = if transposed {
+            (format!("t({name})"), format!("{np}.T"), (50, 60))
+        } else {
+            (name.to_string(), np.to_string(), (60, 50))
+        };
+        if (r, c) == (rows, cols) {
+            return (src, py);
+        }
+        let r0 = self.below(rows - r + 1);
+        let c0 = self.below(cols - c + 1);
+        (
+            format!("slice({src}, {r0}, {}, {c0}, {})", r0 + r, c0 + c),
+            format!("({py})[{r0}:{}, {c0}:{}]", r0 + r, c0 + c),
+        )
+    }
+
+    /// An expression of `shape` at most `depth` deep: `(SQL, NumPy)`.
+    fn expr(&mut self, shape: (u64, u64), depth: u32) -> (String, String) {
+        let (r, c) = shape;
+        if depth == 0 || self.chance(20) {
+            return self.leaf(shape);
+        }
+        let d = depth - 1;
+        loop {
+            match self.below(13) {
+                0 | 1 => {
+                    let k = 1 + self.below(40);
+                    let (a, pa) = self.expr((r, k), d);
+                    let (b, pb) = self.expr((k, c), d);
+                    return (format!("matmul({a}, {b})"), format!("(({pa}) @ ({pb}))"));
+                }
+                2 => {
+                    let (a, pa) = self.expr((r, c), d);
+                    let (b, pb) = self.expr((r, c), d);
+                    return (format!("add({a}, {b})"), format!("(({pa}) + ({pb}))"));
+                }
+                3 => {
+                    let (a, pa) = self.expr((r, c), d);
+                    let (b, pb) = self.expr((r, c), d);
+                    return (format!("sub({a}, {b})"), format!("(({pa}) - ({pb}))"));
+                }
+                4 => {
+                    let (a, pa) = self.expr((r, c), d);
+                    let (b, pb) = self.expr((r, c), d);
+                    return (format!("mul({a}, {b})"), format!("(({pa}) * ({pb}))"));
+                }
+                5 => {
+                    let s = [0.5, -2.0, 3.0][self.below(3) as usize];
+                    let (a, pa) = self.expr((r, c), d);
+                    return (format!("scale({a}, {s})"), format!("(({pa}) * {s})"));
+                }
+                6 => {
+                    let (a, pa) = self.expr((c, r), d);
+                    return (format!("t({a})"), format!("(({pa}).T)"));
+                }
+                7 if r >= 2 => {
+                    let top = 1 + self.below(r - 1);
+                    let (a, pa) = self.expr((top, c), d);
+                    let (b, pb) = self.expr((r - top, c), d);
+                    return (
+                        format!("rbind({a}, {b})"),
+                        format!("np.vstack([{pa}, {pb}])"),
+                    );
+                }
+                8 if c >= 2 => {
+                    let left = 1 + self.below(c - 1);
+                    let (a, pa) = self.expr((r, left), d);
+                    let (b, pb) = self.expr((r, c - left), d);
+                    return (
+                        format!("cbind({a}, {b})"),
+                        format!("np.hstack([{pa}, {pb}])"),
+                    );
+                }
+                9 => {
+                    // A vector (or a 1 x 1) broadcast over a matrix.
+                    let (a, pa) = self.expr((r, c), d);
+                    let vshape = match self.below(3) {
+                        0 => (1, c),
+                        1 => (r, 1),
+                        _ => (1, 1),
+                    };
+                    let (v, pv) = self.expr(vshape, d);
+                    return (format!("sub({a}, {v})"), format!("(({pa}) - ({pv}))"));
+                }
+                10 if c == 1 => {
+                    let k = 1 + self.below(40);
+                    let (a, pa) = self.expr((r, k), d);
+                    let (f, pf) = if self.chance(50) {
+                        ("rowsums", "sum")
+                    } else {
+                        ("rowmeans", "mean")
+                    };
+                    return (
+                        format!("{f}({a})"),
+                        format!("(({pa}).{pf}(axis=1, keepdims=True))"),
+                    );
+                }
+                10 if r == 1 => {
+                    let k = 1 + self.below(40);
+                    let (a, pa) = self.expr((k, c), d);
+                    let (f, pf) = if self.chance(50) {
+                        ("colsums", "sum")
+                    } else {
+                        ("colmeans", "mean")
+                    };
+                    return (
+                        format!("{f}({a})"),
+                        format!("(({pa}).{pf}(axis=0, keepdims=True))"),
+                    );
+                }
+                11 if (r, c) == (1, 1) => {
+                    let inner = (1 + self.below(30), 1 + self.below(30));
+                    let (a, pa) = self.expr(inner, d);
+                    let f = ["sum", "min", "max"][self.below(3) as usize];
+                    return (format!("{f}({a})"), format!("np.array([[({pa}).{f}()]])"));
+                }
+                11 if c == 1 && r >= 2 => {
+                    let (a, pa) = self.expr((r, r), d);
+                    return (
+                        format!("diag({a})"),
+                        format!("np.diag({pa}).reshape(-1, 1)"),
+                    );
+                }
+                11 if r == c && r >= 2 => {
+                    let (v, pv) = self.expr((r, 1), d);
+                    return (format!("diag({v})"), format!("np.diag(({pv})[:, 0])"));
+                }
+                12 => {
+                    // A slice of a larger expression (shapes stay within 50 x 50, so
+                    // every leaf can be cut from g, h or their transposes).
+                    let er = (r + self.below(8)).min(50).max(r);
+                    let ec = (c + self.below(8)).min(50).max(c);
+                    let (a, pa) = self.expr((er, ec), d);
+                    let (r0, c0) = (self.below(er - r + 1), self.below(ec - c + 1));
+                    return (
+                        format!("slice({a}, {r0}, {}, {c0}, {})", r0 + r, c0 + c),
+                        format!("(({pa})[{r0}:{}, {c0}:{}])", r0 + r, c0 + c),
+                    );
+                }
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// How many random expressions [`generated_expressions_match_numpy`] checks.
+const GENERATED: usize = 400;
+
+#[test]
+fn generated_expressions_match_numpy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    python::run(
+        d,
+        r#"
+import numpy as np, scipy.sparse, scipy.io
+rng = np.random.default_rng(17)
+np.save('g.npy', rng.standard_normal((60, 50)))
+scipy.io.mmwrite('h.mtx', scipy.sparse.random(60, 50, density=0.1, random_state=3, format='coo') * 4)
+"#,
+    );
+    let p = |f: &str| d.join(f).display().to_string();
+    let mut script = format!(
+        "CREATE MATRIX g (60, 50) BLOCK (16, 12); COPY g FROM '{}' WITH (FORMAT npy);\n\
+         CREATE MATRIX h (60, 50) BLOCK (9, 20) SPARSE; COPY h FROM '{}' WITH (FORMAT mtx);\n",
+        p("g.npy"),
+        p("h.mtx")
+    );
+    let mut twins = String::from("want = {}\n");
+    let strategies = [
+        "auto",
+        "local",
+        "broadcast",
+        "broadcast_left",
+        "repartition",
+        "replication",
+    ];
+    let mut exprs = Expressions {
+        state: 0x5EED_2026_1207,
+    };
+    for n in 0..GENERATED {
+        let shape = (1 + exprs.below(30), 1 + exprs.below(30));
+        let (sql, py) = exprs.expr(shape, 3);
+        let strategy = strategies[exprs.below(strategies.len() as u64) as usize];
+        let exact = exprs.chance(30);
+        script.push_str(&format!(
+            "SET tessera.matmul_strategy = '{strategy}'; SET tessera.exact_sums = {exact};\n\
+             CREATE MATRIX e{n} ({}, {}) AS SELECT * FROM {sql};\n\
+             COPY e{n} TO '{}' WITH (FORMAT npy);\n",
+            shape.0,
+            shape.1,
+            p(&format!("e{n}.npy"))
+        ));
+        twins.push_str(&format!(
+            "want['e{n}'] = ({py}, {sql:?}, '{strategy}, exact {exact}')\n"
+        ));
+    }
+    std::fs::write(d.join("twins.py"), twins).unwrap();
+    run_script(&d.join("db"), &script);
+    let verdict = python::run(
+        d,
+        r#"
+import numpy as np, scipy.io
+g = np.load('g.npy'); h = scipy.io.mmread('h.mtx').toarray()
+exec(open('twins.py').read())
+bad = []
+for name, (expected, sql, setting) in want.items():
+    got = np.load(name + '.npy')
+    scale = max(1.0, float(np.abs(expected).max()))
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-9, atol=1e-9 * scale):
+        err = np.abs(got - expected).max() if got.shape == expected.shape else 'shape'
+        bad.append(f'{name} ({setting}): {sql}: got {got.shape}, want {expected.shape}, max error {err}')
+print(f'{len(want)} cases'); print('\n'.join(bad) or 'ok')
+"#,
+    );
+    assert_eq!(
+        verdict.trim(),
+        format!("{GENERATED} cases\nok"),
+        "generated expressions that differ from NumPy"
+    );
+}

@@ -224,8 +224,10 @@ impl ExecutionPlan for CellScanExec {
                 );
             }
         };
+        // Read through a file cache of this execution's own, which goes when it ends
+        // (the plan may live on in the plan cache).
         let (snapshot, schema, ranges, listing) = (
-            self.snapshot.clone(),
+            Arc::new(self.snapshot.reader()),
             self.schema.clone(),
             self.ranges.clone(),
             self.listing,

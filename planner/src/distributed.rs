@@ -42,9 +42,9 @@ use tessera_storage::Store;
 
 use crate::error::storage_error;
 use crate::la::flow::{
-    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockMap, BlockMapExec,
-    BlockProductExec, BlockScanExec, BlockSumExec, BlockZipJoinExec, ExchangeMeterExec,
-    FusedPartialExec, OutputKeys,
+    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGenerateExec, BlockMap,
+    BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, BlockZipJoinExec,
+    ExchangeMeterExec, Fold, FusedPartialExec, Generator, OutputKeys,
 };
 use crate::la::{FlowGeometry, Pinned, TesseraQueryPlanner};
 
@@ -54,6 +54,7 @@ enum FlowNode {
     Scan {
         array: String,
         version: u64,
+        window: Option<BlockWindow>,
     },
     Map(BlockMap),
     Product {
@@ -62,12 +63,15 @@ enum FlowNode {
         i: Vec<usize>,
         j: Vec<usize>,
         single: bool,
+        exact: bool,
     },
     Sum {
         single: bool,
+        fold: Fold,
     },
     Fused {
         rows_together: bool,
+        exact: bool,
     },
     Zip,
     Elementwise {
@@ -76,6 +80,12 @@ enum FlowNode {
         block: (u64, u64),
     },
     Meter,
+    Generate {
+        generator: Generator,
+        shape: (u64, u64),
+        block: (u64, u64),
+        parts: usize,
+    },
     Assemble {
         shape: (u64, u64),
         block: (u64, u64),
@@ -84,6 +94,7 @@ enum FlowNode {
         shape: (u64, u64),
         block: (u64, u64),
         planned: crate::la::flow::Planned,
+        one_cell: bool,
     },
 }
 
@@ -107,6 +118,7 @@ impl FlowCodec {
             return Some(FlowNode::Scan {
                 array: pinned.name().to_string(),
                 version: pinned.0.version(),
+                window: scan.window(),
             });
         }
         if let Some(map) = node.downcast_ref::<BlockMapExec>() {
@@ -119,14 +131,19 @@ impl FlowCodec {
                 i: p.keys.i.clone(),
                 j: p.keys.j.clone(),
                 single: p.single,
+                exact: p.exact,
             });
         }
         if let Some(s) = node.downcast_ref::<BlockSumExec>() {
-            return Some(FlowNode::Sum { single: s.single });
+            return Some(FlowNode::Sum {
+                single: s.single,
+                fold: s.fold,
+            });
         }
         if let Some(f) = node.downcast_ref::<FusedPartialExec>() {
             return Some(FlowNode::Fused {
                 rows_together: f.rows_together,
+                exact: f.exact,
             });
         }
         if node.is::<BlockZipJoinExec>() {
@@ -143,6 +160,15 @@ impl FlowCodec {
         if node.is::<ExchangeMeterExec>() {
             return Some(FlowNode::Meter);
         }
+        if let Some(g) = node.downcast_ref::<BlockGenerateExec>() {
+            let FlowGeometry { shape, block } = g.geometry();
+            return Some(FlowNode::Generate {
+                generator: g.generator,
+                shape,
+                block,
+                parts: g.properties().partitioning.partition_count(),
+            });
+        }
         if let Some(a) = node.downcast_ref::<BlockAssembleExec>() {
             let FlowGeometry { shape, block } = a.geometry();
             return Some(FlowNode::Assemble { shape, block });
@@ -153,6 +179,7 @@ impl FlowCodec {
                 shape,
                 block,
                 planned: c.planned.clone(),
+                one_cell: c.one_cell,
             });
         }
         None
@@ -171,7 +198,11 @@ impl FlowCodec {
             ),
         };
         Ok(match node {
-            FlowNode::Scan { array, version } => {
+            FlowNode::Scan {
+                array,
+                version,
+                window,
+            } => {
                 if !inputs.is_empty() {
                     return internal_err!("a block scan arrived with inputs");
                 }
@@ -179,7 +210,7 @@ impl FlowCodec {
                     .store
                     .snapshot(&array, Some(version))
                     .map_err(storage_error)?;
-                Arc::new(BlockScanExec::new(Pinned(Arc::new(snapshot))))
+                Arc::new(BlockScanExec::new(Pinned(Arc::new(snapshot))).with_window(window))
             }
             FlowNode::Map(map) => Arc::new(BlockMapExec::try_new(one()?, map)?),
             FlowNode::Product {
@@ -188,26 +219,35 @@ impl FlowCodec {
                 i,
                 j,
                 single,
+                exact,
             } => {
                 let mut p = BlockProductExec::with_keys(one()?, a_at, b_at, OutputKeys { i, j })?;
                 p.single = single;
+                p.exact = exact;
                 Arc::new(p)
             }
-            FlowNode::Sum { single: true } => Arc::new(BlockSumExec::single(one()?)?),
-            FlowNode::Sum { single: false } => Arc::new(BlockSumExec::try_new(one()?)?),
-            FlowNode::Fused { rows_together } => match inputs {
-                [x] => Arc::new(FusedPartialExec::try_new(
-                    Arc::clone(x),
-                    None,
-                    rows_together,
-                )?),
-                [x, v] => Arc::new(FusedPartialExec::try_new(
-                    Arc::clone(x),
-                    Some(Arc::clone(v)),
-                    rows_together,
-                )?),
-                _ => return internal_err!("a fused partial arrived with {} inputs", inputs.len()),
-            },
+            FlowNode::Sum { single, fold } => Arc::new(BlockSumExec::build(one()?, single, fold)?),
+            FlowNode::Fused {
+                rows_together,
+                exact,
+            } => {
+                let mut f = match inputs {
+                    [x] => FusedPartialExec::try_new(Arc::clone(x), None, rows_together)?,
+                    [x, v] => FusedPartialExec::try_new(
+                        Arc::clone(x),
+                        Some(Arc::clone(v)),
+                        rows_together,
+                    )?,
+                    _ => {
+                        return internal_err!(
+                            "a fused partial arrived with {} inputs",
+                            inputs.len()
+                        );
+                    }
+                };
+                f.exact = exact;
+                Arc::new(f)
+            }
             FlowNode::Zip => match inputs {
                 [a, b] => Arc::new(BlockZipJoinExec::try_new(Arc::clone(a), Arc::clone(b))?),
                 _ => return internal_err!("a zip join arrived with {} inputs", inputs.len()),
@@ -222,6 +262,21 @@ impl FlowCodec {
                 FlowGeometry { shape, block },
             )?),
             FlowNode::Meter => Arc::new(ExchangeMeterExec::new(one()?)),
+            FlowNode::Generate {
+                generator,
+                shape,
+                block,
+                parts,
+            } => {
+                if !inputs.is_empty() {
+                    return internal_err!("a block generator arrived with inputs");
+                }
+                Arc::new(BlockGenerateExec::new(
+                    generator,
+                    FlowGeometry { shape, block },
+                    parts,
+                ))
+            }
             FlowNode::Assemble { shape, block } => Arc::new(BlockAssembleExec::try_new(
                 one()?,
                 FlowGeometry { shape, block },
@@ -230,11 +285,15 @@ impl FlowCodec {
                 shape,
                 block,
                 planned,
-            } => Arc::new(BlockCellsExec::try_new(
-                one()?,
-                FlowGeometry { shape, block },
-                planned,
-            )?),
+                one_cell,
+            } => {
+                let geometry = FlowGeometry { shape, block };
+                Arc::new(if one_cell {
+                    BlockCellsExec::one_cell(one()?, geometry, planned)?
+                } else {
+                    BlockCellsExec::try_new(one()?, geometry, planned)?
+                })
+            }
         })
     }
 }
@@ -333,9 +392,31 @@ impl DistributedGate {
         if !wanted || !Self::scans_shards(&local) {
             return Ok(local);
         }
+        // Planned with exact sums, so that a retry on other workers (other partition
+        // counts) computes the same bits.
+        let exact_state;
+        let planning: &dyn Session = match session_state
+            .as_any()
+            .downcast_ref::<datafusion::execution::SessionState>()
+        {
+            Some(state) => {
+                let mut state = state.clone();
+                if let Some(c) = state
+                    .config_mut()
+                    .options_mut()
+                    .extensions
+                    .get_mut::<crate::la::TesseraConfig>()
+                {
+                    c.exact_sums = true;
+                }
+                exact_state = state;
+                &exact_state
+            }
+            None => session_state,
+        };
         let distributed = self
             .distributed
-            .create_physical_plan(logical_plan, session_state)
+            .create_physical_plan(logical_plan, planning)
             .await?;
         let codec = DistributedCodec::new_combined_with_user(session_state.config());
         // EXPLAIN ANALYZE comes back as the library's analyze over a `DistributedExec`.

@@ -225,7 +225,13 @@ impl PlanCache {
     /// Marks a statement that may change data, definitions or settings as running.
     pub(crate) fn begin_write(self: &Arc<Self>) -> WriteGuard {
         self.writers.fetch_add(1, Ordering::SeqCst);
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        // Plans from before the write are dropped now, not at the next lookup: they pin
+        // the array versions they read, which this write may retire. (Dropped outside
+        // the lock: the last pin of a retired version deletes its files.)
+        let plans = lock(&self.entries).clear(generation);
+        let generic = lock(&self.generic).clear(generation);
+        drop((plans, generic));
         WriteGuard {
             cache: self.clone(),
         }
@@ -245,10 +251,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl<K: PartialEq + Clone, P> Entries<K, P> {
-    fn clear(&mut self, generation: u64) {
-        self.by_text.clear();
+    /// Empties the cache for `generation`; returns what it held.
+    fn clear(&mut self, generation: u64) -> HashMap<String, Vec<Entry<K, P>>> {
         self.len = 0;
         self.generation = generation;
+        std::mem::take(&mut self.by_text)
     }
 
     /// Drops the least recently used eighth of the entries: one pass over the map per
@@ -468,6 +475,9 @@ mod tests {
         assert!(cache.get("SELECT 1", 0).is_some());
         assert!(cache.get("SELECT 1", 1).is_none(), "other settings");
         let guard = cache.begin_write();
+        // Dropped when the write starts, not at the next lookup: the plans pin the
+        // array versions they read.
+        assert_eq!(cache.len(), 0, "a write empties the cache");
         assert!(cache.get("SELECT 1", 0).is_none(), "a write is running");
         drop(guard);
         assert!(cache.get("SELECT 1", 0).is_none(), "a write ran");

@@ -789,7 +789,10 @@ fn cells_source(plan: &Arc<dyn ExecutionPlan>) -> Option<(Arc<dyn ExecutionPlan>
             .collect::<Option<Vec<_>>>()?;
         return Some((la, columns));
     }
-    if node.downcast_ref::<BlockCellsExec>().is_some() {
+    if node
+        .downcast_ref::<BlockCellsExec>()
+        .is_some_and(|c| !c.one_cell)
+    {
         return Some((Arc::clone(node), vec![0, 1, 2]));
     }
     let la = node.downcast_ref::<LaExec>()?;

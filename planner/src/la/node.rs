@@ -24,10 +24,12 @@ use tessera_storage::kernels::{BinaryOp, Step};
 use super::exec::{FlowGeometry, LaExec, Output, cells_schema, rows_schema};
 use super::expr::{Broadcast, Estimate, MatExpr, Op, Reduction, broadcast};
 use super::flow::{
-    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockMap, BlockMapExec, BlockScanExec,
-    BlockSumExec, FlowStrategy, fused_plan, matmul_plan,
+    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGenerateExec, BlockMap,
+    BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, FlowStrategy, Fold,
+    FusedPartialExec, Generator, Total, fused_plan, matmul_plan,
 };
 use super::matrix::{KeyFn, Layout};
+use super::ops::Draw;
 use super::strategy::{self, CostContext, Operand, Pattern, Strategy};
 use crate::partitioning::hash_placement_is_live;
 
@@ -43,6 +45,16 @@ extensions_options! {
         /// With workers, run block dataflows over stored matrices on them (`true`), or
         /// keep every statement of this session in the coordinator (`false`).
         pub distributed: bool, default = true
+        /// The parfor scheme of the builtins' independent tasks, as `parfor.scheme`
+        /// (which it overrides when set): `auto`, `naive`, `static`, `fixed` or
+        /// `factoring`.
+        pub parfor_scheme: String, default = String::new()
+        /// Make a product's blocks one partial per product (and `t(X) X`'s one per
+        /// block row), added in a fixed order on one thread, so a matrix result is the
+        /// same to the bit however its work is spread over partitions and workers.
+        /// Every statement that runs distributed is planned so (a retry on fewer
+        /// workers then gives the first attempt's answer).
+        pub exact_sums: bool, default = false
     }
 }
 
@@ -152,7 +164,7 @@ struct Ctx<'a> {
     forced: Option<Strategy>,
 }
 
-fn settings(session: &dyn Session) -> Result<(Option<Strategy>, usize)> {
+fn settings(session: &dyn Session) -> Result<(Option<Strategy>, usize, bool)> {
     let cfg = session
         .config()
         .options()
@@ -172,7 +184,33 @@ fn settings(session: &dyn Session) -> Result<(Option<Strategy>, usize)> {
             }
         },
     };
-    Ok((forced, cfg.broadcast_budget))
+    Ok((forced, cfg.broadcast_budget, cfg.exact_sums))
+}
+
+/// `plan` with every block product and fused partial in exact mode (see
+/// [`TesseraConfig::exact_sums`]), when `exact`.
+fn with_exact_sums(
+    plan: Arc<dyn ExecutionPlan>,
+    exact: bool,
+) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    if !exact {
+        return Ok(Some(plan));
+    }
+    let plan = plan.transform_up(|node| {
+        if let Some(p) = node.downcast_ref::<BlockProductExec>() {
+            return Ok(Transformed::yes(
+                Arc::new(p.exact_copy()?) as Arc<dyn ExecutionPlan>
+            ));
+        }
+        if let Some(f) = node.downcast_ref::<FusedPartialExec>() {
+            return Ok(Transformed::yes(
+                Arc::new(f.exact_copy()?) as Arc<dyn ExecutionPlan>
+            ));
+        }
+        Ok(Transformed::no(node))
+    })?;
+    Ok(Some(plan.data))
 }
 
 /// Builds the operator tree for `e`: a block dataflow where its operation has one (its
@@ -289,7 +327,7 @@ fn build(e: &MatExpr, ctx: &Ctx<'_>) -> Result<Built> {
         }
         _ => (None, hashed(auto)),
     };
-    if let Some(flow) = dataflow(e, &built, &operands, choice.as_ref())? {
+    if let Some(flow) = dataflow(e, &built, &operands, choice.as_ref(), parts)? {
         return Ok(Built {
             exec: Exec::Flow(flow),
             operand,
@@ -526,9 +564,30 @@ fn dataflow(
     children: &[Exec],
     operands: &[Operand],
     choice: Option<&strategy::Choice>,
+    parts: usize,
 ) -> Result<Option<FlowOperand>> {
     let strategy = choice.map(|c| c.chosen.strategy);
     Ok(match (&e.op, children) {
+        (&Op::Eye(n), []) => generated(Generator::Eye, (n, n), parts),
+        (
+            &Op::Rand {
+                rows,
+                cols,
+                density,
+                seed,
+                min,
+                max,
+            },
+            [],
+        ) => {
+            let draw = Draw {
+                density,
+                seed,
+                min,
+                max,
+            };
+            generated(Generator::Rand(draw), (rows, cols), parts)
+        }
         (Op::Array(p), []) => {
             let plan = Arc::new(BlockScanExec::new(p.clone()));
             let operand = FlowOperand::new(plan, p.shape(), p.block());
@@ -582,6 +641,89 @@ fn dataflow(
             let shape = (x.shape.1, v.shape.1);
             let block = (x.block.1, v.block.1);
             let plan = fused_plan(x.plan, Some(v.plan), x.rows_together)?;
+            Some(FlowOperand::new(plan, shape, block))
+        }
+        (Op::Reduce(r), [x]) if r.is_scalar() => {
+            let Some(x) = as_flow(x, operands[0].block) else {
+                return Ok(None);
+            };
+            // One 1 x 1 partial per block, summed in the blocks' order, or the smallest
+            // (largest) of them and of the zeros of the blocks not stored.
+            let (grid, blocks) = (x.grid(), x.grid().0.saturating_mul(x.grid().1));
+            let (of, fold) = match r {
+                Reduction::Sum => (Total::Sum, Fold::Sum),
+                Reduction::Nnz => (Total::Nnz, Fold::Sum),
+                Reduction::Min => (Total::Min, Fold::Extreme { max: false, blocks }),
+                Reduction::Max => (Total::Max, Fold::Extreme { max: true, blocks }),
+                _ => return Ok(None),
+            };
+            let map = BlockMap::Total { of, across: grid.1 };
+            let partials = Arc::new(BlockMapExec::try_new(x.plan, map)?);
+            let plan = Arc::new(BlockSumExec::folding(partials, fold)?);
+            Some(FlowOperand::new(plan, (1, 1), (1, 1)))
+        }
+        (&Op::Slice { r0, r1, c0, c1 }, [x]) => {
+            let Some(x) = as_flow(x, operands[0].block) else {
+                return Ok(None);
+            };
+            if r0 >= r1 || c0 >= c1 || r1 > x.shape.0 || c1 > x.shape.1 {
+                // Out of range: the operator computing it whole reports it.
+                return Ok(None);
+            }
+            let shape = (r1 - r0, c1 - c0);
+            let block = fit_block(x.block, shape);
+            let map = BlockMap::Window {
+                from: x.block,
+                to: block,
+                rows: (r0, r1),
+                cols: (c0, c1),
+            };
+            // A stored matrix reads only the blocks the slice touches.
+            let mut input = x.plan;
+            if let Some(scan) = input.downcast_ref::<BlockScanExec>()
+                && scan.window().is_none()
+            {
+                let (br, bc) = (x.block.0.max(1), x.block.1.max(1));
+                let window = BlockWindow {
+                    rows: (r0 / br, r1.div_ceil(br)),
+                    cols: (c0 / bc, c1.div_ceil(bc)),
+                };
+                let windowed = BlockScanExec::new(scan.pinned().clone()).with_window(Some(window));
+                input = Arc::new(windowed);
+            }
+            let cut: Arc<dyn ExecutionPlan> = Arc::new(BlockMapExec::try_new(input, map)?);
+            let plan: Arc<dyn ExecutionPlan> = if map.is_aligned() {
+                cut
+            } else {
+                let geometry = FlowGeometry { shape, block };
+                Arc::new(BlockAssembleExec::try_new(cut, geometry)?)
+            };
+            Some(FlowOperand::new(plan, shape, block))
+        }
+        (Op::Diag, [x]) => {
+            let Some(x) = as_flow(x, operands[0].block) else {
+                return Ok(None);
+            };
+            let (rows, cols) = x.shape;
+            let vector = rows == 1 || cols == 1;
+            if !vector && rows != cols {
+                // Neither square nor a vector: the operator computing it whole says so.
+                return Ok(None);
+            }
+            let (shape, block, x) = if vector {
+                let b = if cols == 1 {
+                    x.blocks().0
+                } else {
+                    x.blocks().1
+                };
+                let len = rows.max(cols);
+                ((len, len), (b, b), x)
+            } else {
+                // Diagonal blocks are square only in square blocks.
+                let b = x.blocks().0;
+                ((rows, 1), (b, 1), x.reblocked((b, b))?)
+            };
+            let plan = Arc::new(BlockMapExec::try_new(x.plan, BlockMap::Diag { vector })?);
             Some(FlowOperand::new(plan, shape, block))
         }
         (Op::Reduce(r), [x]) if !r.is_scalar() => {
@@ -730,6 +872,21 @@ fn dataflow(
     })
 }
 
+/// The blocks of `generator` for a matrix of `shape`, in the blocking the in-memory
+/// evaluator gives it; `None` for a shape it refuses (it says why).
+fn generated(generator: Generator, shape: (u64, u64), parts: usize) -> Option<FlowOperand> {
+    let block = super::auto_block(shape.0, shape.1);
+    if shape.0 == 0
+        || shape.1 == 0
+        || super::matrix::check_shape("", shape.0, shape.1, block.0, block.1).is_err()
+    {
+        return None;
+    }
+    let geometry = FlowGeometry { shape, block };
+    let plan = Arc::new(BlockGenerateExec::new(generator, geometry, parts));
+    Some(FlowOperand::new(plan, shape, block))
+}
+
 /// `a b` as the dataflow of `strategy`, when the blocks meet.
 fn product(a: FlowOperand, b: FlowOperand, strategy: FlowStrategy) -> Result<Option<FlowOperand>> {
     if a.shape.1 != b.shape.0 {
@@ -760,7 +917,7 @@ impl ExtensionPlanner for LaPlanner {
         let Some(node) = node.as_any().downcast_ref::<LaNode>() else {
             return Ok(None);
         };
-        let (forced, budget) = settings(session)?;
+        let (forced, budget, exact) = settings(session)?;
         let parts = session.config().target_partitions().max(1);
         let cores = tessera_storage::kernels::cpu_pool()
             .current_num_threads()
@@ -776,7 +933,7 @@ impl ExtensionPlanner for LaPlanner {
         };
         let built = build(&node.expr, &ctx)?;
         let flow = match built.exec {
-            Exec::La(la) => return Ok(Some(Arc::new(la.with_output(node.output)))),
+            Exec::La(la) => return with_exact_sums(Arc::new(la.with_output(node.output)), exact),
             Exec::Flow(flow) => flow,
         };
         let geometry = flow.geometry();
@@ -792,7 +949,7 @@ impl ExtensionPlanner for LaPlanner {
         .with_flow(geometry);
         if node.output != Output::Cells {
             // Rows are made from the whole matrix.
-            return Ok(Some(Arc::new(chosen)));
+            return with_exact_sums(Arc::new(chosen), exact);
         }
         // A dataflow at the top streams its cells as its blocks arrive.
         let line = datafusion::physical_plan::displayable(&chosen)
@@ -806,8 +963,12 @@ impl ExtensionPlanner for LaPlanner {
                 .to_string(),
             tree: super::exec::tree_lines(&chosen),
         };
-        let cells = BlockCellsExec::try_new(flow.plan, geometry, planned)?;
-        Ok(Some(Arc::new(cells)))
+        let cells = if matches!(node.expr.op, Op::Reduce(r) if r.is_scalar()) {
+            BlockCellsExec::one_cell(flow.plan, geometry, planned)?
+        } else {
+            BlockCellsExec::try_new(flow.plan, geometry, planned)?
+        };
+        with_exact_sums(Arc::new(cells), exact)
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use datafusion::common::{DataFusionError, Result, exec_err, plan_err};
 use rayon::prelude::*;
 use tessera_storage::kernels::{self, BinaryOp, DenseAccumulator, Operand, UnaryOp, cpu_pool};
-use tessera_storage::{Block, DenseBlock, Partitioning, Snapshot};
+use tessera_storage::{Block, CooBuilder, DenseBlock, Duplicates, Partitioning, Snapshot};
 
 use super::expr::{Broadcast, Reduction, Step, broadcast};
 use super::matrix::{
@@ -49,68 +49,10 @@ fn tasks_fill_cores(tasks: usize) -> bool {
 // ---------------------------------------------------------------------------------
 // Leaves
 
-/// Bytes of decoded blocks kept between queries (see [`scan`]).
-const SCAN_CACHE_BYTES: u64 = 1 << 30;
-
-/// One cached scan: the store it came from (held weakly, so a dropped store's entries
-/// never match a new one at the same address), the array id and version, the tiles.
-struct Cached {
-    backend: std::sync::Weak<dyn tessera_storage::backend::Backend>,
-    id: u64,
-    version: u64,
-    parts: Vec<Vec<Tile>>,
-    bytes: u64,
-}
-
-/// Decoded blocks of recently scanned array versions, oldest first. A committed version
-/// never changes, so a hit is always current.
-static SCAN_CACHE: std::sync::Mutex<Vec<Cached>> = std::sync::Mutex::new(Vec::new());
-
-fn cached_scan(snapshot: &Snapshot) -> Option<Vec<Vec<Tile>>> {
-    let backend = snapshot.backend();
-    let (id, version) = (snapshot.info().id, snapshot.version());
-    let mut cache = SCAN_CACHE.lock().ok()?;
-    cache.retain(|c| c.backend.strong_count() > 0);
-    let hit = cache.iter().position(|c| {
-        c.id == id
-            && c.version == version
-            && c.backend
-                .upgrade()
-                .is_some_and(|b| Arc::ptr_eq(&b, backend))
-    })?;
-    // Most recently used goes last.
-    let entry = cache.remove(hit);
-    let parts = entry.parts.clone();
-    cache.push(entry);
-    Some(parts)
-}
-
-fn remember_scan(snapshot: &Snapshot, parts: &[Vec<Tile>]) {
-    let bytes: u64 = parts.iter().flatten().map(|t| block_bytes(&t.2)).sum();
-    if bytes > SCAN_CACHE_BYTES / 2 + SCAN_CACHE_BYTES / 4 {
-        return;
-    }
-    let Ok(mut cache) = SCAN_CACHE.lock() else {
-        return;
-    };
-    let mut total: u64 = cache.iter().map(|c| c.bytes).sum::<u64>() + bytes;
-    while total > SCAN_CACHE_BYTES && !cache.is_empty() {
-        total -= cache.remove(0).bytes;
-    }
-    cache.push(Cached {
-        backend: Arc::downgrade(snapshot.backend()),
-        id: snapshot.info().id,
-        version: snapshot.version(),
-        parts: parts.to_vec(),
-        bytes,
-    });
-}
-
-/// Reads every block of a pinned matrix version, one partition per shard. Decoded
-/// blocks of recent versions stay in a process-wide cache of up to 1 GiB (a version
-/// never changes once committed), so repeated queries over an array do not re-read and
-/// re-verify its files.
+/// Reads every block of a pinned matrix version, one partition per shard. (The planner
+/// makes every stored matrix a `BlockScanExec`; this serves an `LaExec` built by hand.)
 pub(crate) fn scan(snapshot: &Snapshot) -> Result<BlockMatrix> {
+    let snapshot = &snapshot.reader();
     let info = snapshot.info();
     let schema = &info.schema;
     if !schema.is_matrix() {
@@ -132,11 +74,6 @@ pub(crate) fn scan(snapshot: &Snapshot) -> Result<BlockMatrix> {
         }),
         Partitioning::Grid { .. } => Layout::Other,
     };
-    if let Some(parts) = cached_scan(snapshot) {
-        let mut m = BlockMatrix::empty(rows, cols, br, bc, shards, layout);
-        m.parts = parts;
-        return Ok(m);
-    }
     let parts = par_map((0..shards as u32).collect(), |s| {
         let blocks = snapshot.read_shard(s).map_err(storage)?;
         Ok(blocks
@@ -147,7 +84,6 @@ pub(crate) fn scan(snapshot: &Snapshot) -> Result<BlockMatrix> {
             })
             .collect::<Vec<Tile>>())
     })?;
-    remember_scan(snapshot, &parts);
     let mut m = BlockMatrix::empty(rows, cols, br, bc, shards, layout);
     m.parts = parts;
     Ok(m)
@@ -202,45 +138,14 @@ pub(crate) fn rand(
     let keys: Vec<(u64, u64)> = (0..rows.div_ceil(br))
         .flat_map(|i| (0..cols.div_ceil(bc)).map(move |j| (i, j)))
         .collect();
-    let value = |rng: &mut SplitMix| min + (max - min) * rng.unit();
-    let tiles = par_map(keys, |(bi, bj)| {
-        let r = br.min(rows - bi * br) as usize;
-        let c = bc.min(cols - bj * bc) as usize;
-        let mut sink = CellSink::new(r as u64, c as u64, r as u64, c as u64);
-        // One stream per (row, block column), so a block is drawn without the others;
-        // non-zero positions are drawn as geometric gaps, so the work is O(non-zeros).
-        let ln_miss = (1.0 - density).ln();
-        for lr in 0..r {
-            let g = bi * br + lr as u64;
-            let mut rng = SplitMix(
-                seed ^ g.wrapping_mul(0xD1B5_4A32_D192_ED03)
-                    ^ bj.wrapping_mul(0x8CB9_2BA7_2F3D_8DD7),
-            );
-            let mut lc = 0usize;
-            loop {
-                if density < 1.0 {
-                    let gap = ((1.0 - rng.unit()).ln() / ln_miss).floor();
-                    if gap.is_nan() || gap >= c as f64 {
-                        break;
-                    }
-                    lc += gap as usize;
-                }
-                if lc >= c {
-                    break;
-                }
-                let v = value(&mut rng);
-                if v != 0.0 {
-                    sink.push(lr as u64, lc as u64, v)?;
-                }
-                lc += 1;
-            }
-        }
-        let m = sink.finish(1);
-        Ok(m.parts
-            .into_iter()
-            .flatten()
-            .next()
-            .map(|(_, _, b)| (bi, bj, b)))
+    let draw = Draw {
+        density,
+        seed,
+        min,
+        max,
+    };
+    let tiles = par_map(keys, |key| {
+        Ok(rand_block((rows, cols), (br, bc), key, draw)?.map(|b| (key.0, key.1, Arc::new(b))))
     })?;
     Ok(BlockMatrix::from_tiles(
         (rows, cols),
@@ -249,6 +154,96 @@ pub(crate) fn rand(
         parts,
         Layout::Hash2,
     ))
+}
+
+/// What `rand` draws: the fraction of non-zero cells, the seed and the value range.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Draw {
+    /// Fraction of non-zero cells.
+    pub density: f64,
+    /// The same seed draws the same matrix.
+    pub seed: u64,
+    /// Smallest value.
+    pub min: f64,
+    /// Largest value (exclusive).
+    pub max: f64,
+}
+
+/// Block `(bi, bj)` of `rand` of `shape` in blocks of `block`, drawn without the other
+/// blocks (`None` when it has no non-zero cell).
+pub(crate) fn rand_block(
+    (rows, cols): (u64, u64),
+    (br, bc): (u64, u64),
+    (bi, bj): (u64, u64),
+    Draw {
+        density,
+        seed,
+        min,
+        max,
+    }: Draw,
+) -> Result<Option<Block>> {
+    if density.is_nan() || density <= 0.0 {
+        return Ok(None);
+    }
+    let value = |rng: &mut SplitMix| min + (max - min) * rng.unit();
+    let r = br.min(rows - bi * br) as usize;
+    let c = bc.min(cols - bj * bc) as usize;
+    let mut sink = CellSink::new(r as u64, c as u64, r as u64, c as u64);
+    // One stream per (row, block column), so a block is drawn without the others;
+    // non-zero positions are drawn as geometric gaps, so the work is O(non-zeros).
+    let ln_miss = (1.0 - density).ln();
+    for lr in 0..r {
+        let g = bi * br + lr as u64;
+        let mut rng = SplitMix(
+            seed ^ g.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ bj.wrapping_mul(0x8CB9_2BA7_2F3D_8DD7),
+        );
+        let mut lc = 0usize;
+        loop {
+            if density < 1.0 {
+                let gap = ((1.0 - rng.unit()).ln() / ln_miss).floor();
+                if gap.is_nan() || gap >= c as f64 {
+                    break;
+                }
+                lc += gap as usize;
+            }
+            if lc >= c {
+                break;
+            }
+            let v = value(&mut rng);
+            if v != 0.0 {
+                sink.push(lr as u64, lc as u64, v)?;
+            }
+            lc += 1;
+        }
+    }
+    let m = sink.finish(1);
+    Ok(m.parts
+        .into_iter()
+        .flatten()
+        .next()
+        .map(|(_, _, b)| Arc::unwrap_or_clone(b)))
+}
+
+/// Block `(bi, bj)` of `eye(n)` in blocks of `block`: the diagonal cells it holds
+/// (`None` when the diagonal misses it).
+pub(crate) fn eye_block(
+    n: u64,
+    (br, bc): (u64, u64),
+    (bi, bj): (u64, u64),
+) -> Result<Option<Block>> {
+    let (r0, c0) = (bi * br, bj * bc);
+    let (r1, c1) = ((r0 + br).min(n), (c0 + bc).min(n));
+    let (from, to) = (r0.max(c0), r1.min(c1));
+    if from >= to {
+        return Ok(None);
+    }
+    let mut cells = CooBuilder::new((r1 - r0) as usize, (c1 - c0) as usize, Duplicates::Last);
+    for t in from..to {
+        cells
+            .push((t - r0) as usize, (t - c0) as usize, 1.0)
+            .map_err(storage)?;
+    }
+    Ok(Some(cells.build()))
 }
 
 // ---------------------------------------------------------------------------------

@@ -1613,7 +1613,105 @@ async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
             M::new(s.r, s.c, |i, j| s.at(i, j) + s_total),
             false,
         ),
+        // Slices: starting on a block boundary (each block cut where it is) and not
+        // (pieces assembled), dense and sparse, of a stored matrix and of a product.
+        (
+            "slice(a, 8, 24, 5, 15)",
+            M::new(16, 10, |i, j| a.at(i + 8, j + 5)),
+            false,
+        ),
+        (
+            "slice(a, 3, 29, 2, 17)",
+            M::new(26, 15, |i, j| a.at(i + 3, j + 2)),
+            false,
+        ),
+        (
+            "slice(matmul(a, b), 5, 20, 7, 23)",
+            M::new(15, 16, |i, j| ab.at(i + 5, j + 7)),
+            false,
+        ),
+        (
+            "slice(sp, 0, 4, 9, 23)",
+            M::new(4, 14, |i, j| sp.at(i, j + 9)),
+            false,
+        ),
+        (
+            "slice(sp, 6, 22, 1, 20)",
+            M::new(16, 19, |i, j| sp.at(i + 6, j + 1)),
+            false,
+        ),
+        // Scalar reductions: a 1 x 1 partial per block, summed.
+        ("sum(s)", M::new(1, 1, |_, _| s_total), false),
+        (
+            "sum(matmul(a, b))",
+            M::new(1, 1, |_, _| ab.v.iter().sum()),
+            false,
+        ),
+        (
+            "nnz(sp)",
+            M::new(1, 1, |_, _| {
+                sp.v.iter().filter(|x| **x != 0.0).count() as f64
+            }),
+            false,
+        ),
+        // diag: of a square matrix in square blocks, of one in blocks of 8 x 5
+        // (reblocked to 8 x 8), of a column and of a row vector.
+        ("diag(k)", M::new(17, 1, |i, _| k.at(i, i)), false),
+        (
+            "diag(slice(a, 0, 17, 0, 17))",
+            M::new(17, 1, |i, _| a.at(i, i)),
+            false,
+        ),
+        (
+            "diag(rowsums(d))",
+            M::new(d.r, d.r, |i, j| if i == j { row_sums[i] } else { 0.0 }),
+            false,
+        ),
+        (
+            "diag(colmeans(d))",
+            M::new(d.c, d.c, |i, j| if i == j { col_means[i] } else { 0.0 }),
+            false,
+        ),
+        // Generated: eye in an elementwise sum and as a product's operand.
+        (
+            "add(k, eye(17))",
+            M::new(17, 17, |i, j| k.at(i, j) + if i == j { 1.0 } else { 0.0 }),
+            false,
+        ),
+        (
+            "matmul(a, eye(17))",
+            M::new(a.r, a.c, |i, j| a.at(i, j)),
+            false,
+        ),
+        // min and max count the zeros of sparse blocks and of blocks not stored.
+        (
+            "max(a)",
+            M::new(1, 1, |_, _| a.v.iter().copied().fold(0.0, f64::max)),
+            false,
+        ),
+        (
+            "min(scale(sp, -1))",
+            M::new(1, 1, |_, _| -sp.v.iter().copied().fold(0.0, f64::max)),
+            false,
+        ),
+        (
+            "min(k)",
+            M::new(1, 1, |_, _| {
+                k.v.iter().copied().fold(f64::INFINITY, f64::min)
+            }),
+            false,
+        ),
+        (
+            "max(sub(s, 5))",
+            M::new(1, 1, |_, _| {
+                s.v.iter()
+                    .map(|x| x - 5.0)
+                    .fold(f64::NEG_INFINITY, f64::max)
+            }),
+            false,
+        ),
     ];
+    let mut draws = Vec::new();
     for parts in [1, 2, 5] {
         let config = super::session_config(SessionConfig::new().with_target_partitions(parts));
         let state = SessionStateBuilder::new()
@@ -1642,6 +1740,31 @@ async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
             let got = matrix(&ctx, &format!("SELECT * FROM {sql}"), want.r, want.c).await;
             got.assert_close(want, &format!("{sql} with {parts} partitions\n{plan}"));
         }
+        // A slice of a stored matrix reads only the blocks it touches: rows 8..24 and
+        // columns 5..15 in blocks of 8 x 5 are block rows 1..3 and columns 1..3.
+        let plan = explain(&ctx, "SELECT * FROM slice(a, 8, 24, 5, 15)").await;
+        assert!(
+            plan.contains("block rows 1..3 and columns 1..3 only"),
+            "{plan}"
+        );
+        // rand is made block by block where the blocks land, and draws the same
+        // matrix whatever the partitions (checked after the loop).
+        // In blocks of 1000 x 1000: six blocks, spread over the partitions.
+        let sql = "SELECT * FROM rand(2500, 1200, density => 0.002, seed => 7, min => 1, max => 2)";
+        assert!(whole_matrix_operators(&explain(&ctx, sql).await).is_empty());
+        draws.push(matrix(&ctx, sql, 2500, 1200).await);
+        // A scalar reduction is one row even when it is zero, as SQL's sum is.
+        for sql in [
+            "SELECT * FROM sum(sub(s, s))",
+            "SELECT * FROM max(scale(s, 0))",
+        ] {
+            let batches = run(&ctx, sql).await.unwrap();
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            assert_eq!(rows, 1, "{sql}");
+            let v = batches.iter().find(|b| b.num_rows() > 0).unwrap().column(2);
+            let v = v.as_any().downcast_ref::<Float64Array>().unwrap().value(0);
+            assert_eq!(v, 0.0, "{sql}");
+        }
         // Aggregates over an elementwise program fold its leaves without its blocks.
         let sql = "SELECT sum(v), count(*) FROM add(mul(matmul(a, b), d), d)";
         let batches = run(&ctx, sql).await.unwrap();
@@ -1658,4 +1781,102 @@ async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
             "{sql}: {sum} against {want_sum}"
         );
     }
+    // The same cells in every run, about 0.2% of them, each in [1, 2).
+    for d in &draws[1..] {
+        assert_eq!(d.v, draws[0].v, "rand depends on the partitions");
+    }
+    let nnz = draws[0].v.iter().filter(|v| **v != 0.0).count() as f64;
+    let (n, p): (f64, f64) = (2500.0 * 1200.0, 0.002);
+    let sd = (n * p * (1.0 - p)).sqrt();
+    assert!(
+        (nnz - n * p).abs() < 5.0 * sd,
+        "{nnz} non-zeros of 3e6 at density 0.002"
+    );
+    assert!(
+        draws[0]
+            .v
+            .iter()
+            .all(|v| *v == 0.0 || (1.0..2.0).contains(v))
+    );
+}
+
+/// With `tessera.exact_sums` (what every distributed statement is planned with), a
+/// product's result is the same to the bit whatever the partitions and whichever
+/// strategy spreads its `k` over them, and `t(X) X`'s whatever the partitions: each
+/// product is a partial of its own and the block sums add them in `k` (block row)
+/// order. The values span 1e16, so a different order of additions shows in the bits.
+#[tokio::test]
+async fn exact_sums_give_the_same_bits_for_every_partition_count_and_strategy() {
+    let store = Store::in_memory();
+    let wild = |i: usize, j: usize| match (i * 7 + j * 3) % 5 {
+        0 => 1e16,
+        1 => 1.0 + (i as f64) / 8.0,
+        2 => -1e16,
+        3 => 0.0,
+        _ => 3.0 - (j as f64) / 16.0,
+    };
+    let a = M::new(12, 40, wild);
+    let b = M::new(40, 9, |i, j| wild(j + 1, i));
+    let x = M::new(60, 6, |i, j| wild(i, j + 2));
+    put(&store, "a", &a, (4, 5), Partitioning::Hash { shards: 3 });
+    put(&store, "b", &b, (5, 3), Partitioning::Hash { shards: 2 });
+    put(&store, "x", &x, (5, 3), Partitioning::Hash { shards: 3 });
+    let bits = |m: &M| m.v.iter().map(|v| v.to_bits()).collect::<Vec<u64>>();
+    let mut product: Option<Vec<u64>> = None;
+    let mut gram: Option<Vec<u64>> = None;
+    for parts in [1, 2, 3, 7] {
+        let config = super::session_config(SessionConfig::new().with_target_partitions(parts));
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config);
+        let ctx = SessionContext::new_with_state(super::install(state, store.clone()).build());
+        run(&ctx, "SET tessera.exact_sums = true").await.unwrap();
+        for strategy in [
+            "local",
+            "repartition",
+            "broadcast",
+            "broadcast_left",
+            "replication",
+        ] {
+            run(&ctx, &format!("SET tessera.matmul_strategy = '{strategy}'"))
+                .await
+                .unwrap();
+            let sql = "SELECT * FROM matmul(a, b)";
+            let plan = explain(&ctx, sql).await;
+            assert!(plan.contains("each product a partial (exact)"), "{plan}");
+            let got = matrix(&ctx, sql, 12, 9).await;
+            match &product {
+                None => product = Some(bits(&got)),
+                Some(first) => assert!(
+                    *first == bits(&got),
+                    "{strategy} with {parts} partitions differs from the first run"
+                ),
+            }
+        }
+        run(&ctx, "SET tessera.matmul_strategy = 'tsmm'")
+            .await
+            .unwrap();
+        let sql = "SELECT * FROM matmul(t(x), x)";
+        let plan = explain(&ctx, sql).await;
+        assert!(plan.contains("per block row (exact)"), "{plan}");
+        let got = matrix(&ctx, sql, 6, 6).await;
+        match &gram {
+            None => gram = Some(bits(&got)),
+            Some(first) => assert!(*first == bits(&got), "tsmm with {parts} partitions"),
+        }
+    }
+    // And the bits are a sum in k order: the product of well-behaved matrices matches
+    // a naive triple loop.
+    let c = M::random(12, 40, 0.7, 51);
+    let d = M::random(40, 9, 0.7, 52);
+    put(&store, "c", &c, (4, 5), Partitioning::Hash { shards: 3 });
+    put(&store, "d", &d, (5, 3), Partitioning::Hash { shards: 2 });
+    let config = super::session_config(SessionConfig::new().with_target_partitions(3));
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config);
+    let ctx = SessionContext::new_with_state(super::install(state, store.clone()).build());
+    run(&ctx, "SET tessera.exact_sums = true").await.unwrap();
+    let got = matrix(&ctx, "SELECT * FROM matmul(c, d)", 12, 9).await;
+    got.assert_close(&c.mm(&d), "exact matmul(c, d)");
 }

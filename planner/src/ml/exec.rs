@@ -41,14 +41,18 @@ pub struct ParforSettings {
 
 impl ParforSettings {
     /// The settings of a session (`parfor.scheme`, `parfor.workers`,
-    /// `parfor.task_size`).
+    /// `parfor.task_size`); `tessera.parfor_scheme`, when set, is the scheme.
     pub fn of(session: &dyn Session) -> Result<Self> {
-        let cfg = session
-            .config_options()
-            .extensions
+        let extensions = &session.config_options().extensions;
+        let mut cfg = extensions
             .get::<ParforConfig>()
             .cloned()
             .unwrap_or_default();
+        if let Some(t) = extensions.get::<crate::la::TesseraConfig>()
+            && !t.parfor_scheme.is_empty()
+        {
+            cfg.scheme = t.parfor_scheme.clone();
+        }
         let workers = if cfg.workers == 0 {
             tessera_storage::kernels::cpu_pool()
                 .current_num_threads()

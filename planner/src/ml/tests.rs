@@ -144,8 +144,9 @@ fn naive_solve(a: &M, b: &[f64]) -> Vec<f64> {
         m.swap(k, p);
         for i in k + 1..n {
             let f = m[i][k] / m[k][k];
-            for j in k..=n {
-                m[i][j] -= f * m[k][j];
+            let (above, below) = m.split_at_mut(i);
+            for (x, y) in below[0][k..].iter_mut().zip(&above[k][k..]) {
+                *x -= f * y;
             }
         }
     }
@@ -385,6 +386,21 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
         text.contains(
             "scheme=factoring workers=4 tasks=101 chunks=[13,13,13,13,7,7,7,7,3,3,3,3,2,2,2,2,1]"
         ),
+        "{text}"
+    );
+    // `tessera.parfor_scheme` forces a scheme over `parfor.scheme`: static is 4 chunks
+    // of ceil(101 / 4) = 26 (the last 23).
+    run(&ctx, "SET tessera.parfor_scheme = 'static'")
+        .await
+        .unwrap();
+    let plan = run(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("scheme=static workers=4 tasks=101 chunks=[26,26,26,23]"),
         "{text}"
     );
 }

@@ -69,7 +69,7 @@ pub struct Snapshot {
     info: ArrayInfo,
     version: u64,
     manifest: Arc<Manifest>,
-    index: HashMap<BlockKey, usize>,
+    index: Arc<HashMap<BlockKey, usize>>,
     cache: Mutex<HashMap<String, Bytes>>,
     _pin: Pin,
 }
@@ -93,10 +93,32 @@ impl Snapshot {
             info,
             version,
             manifest,
-            index,
+            index: Arc::new(index),
             cache: Mutex::new(HashMap::new()),
             _pin: pin,
         }
+    }
+
+    /// The same version, read through a file cache of its own, empty: what one
+    /// execution of a plan reads through, so the shard files it kept are dropped when
+    /// the execution ends, not when the plan (which a plan cache may keep) is. It pins
+    /// the version like the snapshot does.
+    pub fn reader(&self) -> Snapshot {
+        let (id, version) = self._pin.key;
+        Snapshot {
+            inner: Arc::clone(&self.inner),
+            info: self.info.clone(),
+            version: self.version,
+            manifest: Arc::clone(&self.manifest),
+            index: Arc::clone(&self.index),
+            cache: Mutex::new(HashMap::new()),
+            _pin: Pin::new(Arc::clone(&self.inner), id, version),
+        }
+    }
+
+    /// Bytes of shard files this snapshot keeps from its reads.
+    pub fn cached_file_bytes(&self) -> usize {
+        lock(&self.cache).values().map(Bytes::len).sum()
     }
 
     /// The array as the catalog described it when the snapshot was taken.
@@ -183,20 +205,35 @@ impl Snapshot {
 
     /// How many blocks shard `shard` stores.
     pub fn shard_blocks(&self, shard: u32) -> u64 {
+        self.shard_blocks_where(shard, |_| true)
+    }
+
+    /// How many blocks shard `shard` stores whose key satisfies `keep`.
+    pub fn shard_blocks_where(&self, shard: u32, keep: impl Fn(&BlockKey) -> bool) -> u64 {
         self.manifest
             .blocks
             .iter()
-            .filter(|b| b.shard == shard)
+            .filter(|b| b.shard == shard && keep(&b.key))
             .count() as u64
     }
 
     /// Every block of shard `shard`, sorted by key.
     pub fn read_shard(&self, shard: u32) -> Result<Vec<(BlockKey, Vec<Block>)>> {
+        self.read_shard_where(shard, |_| true)
+    }
+
+    /// The blocks of shard `shard` whose key satisfies `keep`, sorted by key; the
+    /// others are not read.
+    pub fn read_shard_where(
+        &self,
+        shard: u32,
+        keep: impl Fn(&BlockKey) -> bool,
+    ) -> Result<Vec<(BlockKey, Vec<Block>)>> {
         let entries: Vec<&BlockEntry> = self
             .manifest
             .blocks
             .iter()
-            .filter(|b| b.shard == shard)
+            .filter(|b| b.shard == shard && keep(&b.key))
             .collect();
         let mut out = self.read_entries(&entries)?;
         out.sort_by(|a, b| a.0.cmp(&b.0));

@@ -116,7 +116,26 @@ fn versions_commit_read_and_retire() {
             .same_cells(&block_for(&schema, &k, 2))
     );
     assert!(mem.list("arrays/1/v1/").unwrap().len() > 1);
+    // A reader (one execution's view) reads through a file cache of its own and pins
+    // the version as the snapshot does, past the snapshot itself.
+    assert!(old.cached_file_bytes() > 0);
+    let reader = old.reader();
+    assert_eq!(reader.cached_file_bytes(), 0);
     drop(old);
+    assert!(
+        mem.list("arrays/1/v1/").unwrap().len() > 1,
+        "the reader pins v1"
+    );
+    let k0 = BlockKey::matrix(0, 0);
+    assert!(
+        reader
+            .read_block(&k0)
+            .unwrap()
+            .unwrap()
+            .same_cells(&block_for(&schema, &k0, 2))
+    );
+    assert!(reader.cached_file_bytes() > 0);
+    drop(reader);
     assert!(
         mem.list("arrays/1/v1/").unwrap().is_empty(),
         "retired files are deleted"

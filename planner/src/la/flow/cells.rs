@@ -9,6 +9,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{Result, exec_err};
 use datafusion::execution::TaskContext;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::Distribution;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -16,19 +17,22 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
     PlanProperties, SendableRecordBatchStream,
 };
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 
-use super::{BI, BlockRows, CellBatches, flatten, is_block_stream};
+use super::{BI, BlockRows, CellBatches, batches_stream, flatten, is_block_stream};
 use crate::la::exec::{FlowGeometry, cells_schema};
 
 /// The non-zero cells of the matrix whose blocks `input` streams, as `(i, j, v)` rows:
 /// each partition turns the blocks it receives into rows, one input batch at a time, so
-/// no partition waits for the whole matrix and nothing holds it.
+/// no partition waits for the whole matrix and nothing holds it. The 1 x 1 result of a
+/// scalar reduction (`one_cell`) is read in one partition and is always one row, zero
+/// or not, as SQL's aggregates are.
 #[derive(Debug)]
 pub struct BlockCellsExec {
     input: Arc<dyn ExecutionPlan>,
     geometry: FlowGeometry,
     pub(crate) planned: Planned,
+    pub(crate) one_cell: bool,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -66,9 +70,37 @@ impl BlockCellsExec {
             input,
             geometry,
             planned,
+            one_cell: false,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+
+    /// The one cell of a scalar reduction's 1 x 1 result, a row even when it is zero.
+    /// It requires its input in one partition.
+    pub fn one_cell(
+        input: Arc<dyn ExecutionPlan>,
+        geometry: FlowGeometry,
+        planned: Planned,
+    ) -> Result<Self> {
+        let mut cells = Self::try_new(input, geometry, planned)?;
+        cells.one_cell = true;
+        cells.props = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(cells_schema()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        ));
+        Ok(cells)
+    }
+
+    /// The same operator over `input`.
+    pub(crate) fn with_input(&self, input: Arc<dyn ExecutionPlan>) -> Result<Self> {
+        if self.one_cell {
+            Self::one_cell(input, self.geometry, self.planned.clone())
+        } else {
+            Self::try_new(input, self.geometry, self.planned.clone())
+        }
     }
 
     /// The block stream whose cells this makes.
@@ -92,8 +124,13 @@ impl DisplayAs for BlockCellsExec {
         }
         write!(
             f,
-            "BlockCellsExec: (i, j, v) of {}x{} in {}x{} blocks, {}",
-            shape.0, shape.1, block.0, block.1, self.planned.line
+            "BlockCellsExec: (i, j, v) of {}x{} in {}x{} blocks{}, {}",
+            shape.0,
+            shape.1,
+            block.0,
+            block.1,
+            if self.one_cell { ", its one cell" } else { "" },
+            self.planned.line
         )
     }
 }
@@ -115,6 +152,14 @@ impl ExecutionPlan for BlockCellsExec {
         vec![false]
     }
 
+    fn required_input_distribution(&self) -> Vec<Distribution> {
+        if self.one_cell {
+            vec![Distribution::SinglePartition]
+        } else {
+            vec![Distribution::UnspecifiedDistribution]
+        }
+    }
+
     fn apply_expressions(
         &self,
         _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
@@ -127,11 +172,7 @@ impl ExecutionPlan for BlockCellsExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::try_new(
-                input,
-                self.geometry,
-                self.planned.clone(),
-            )?)),
+            (Some(input), true) => Ok(Arc::new(self.with_input(input)?)),
             _ => exec_err!("BlockCellsExec takes one child"),
         }
     }
@@ -152,6 +193,23 @@ impl ExecutionPlan for BlockCellsExec {
         let block = self.geometry.block;
         let schema = self.schema();
         let out_schema = schema.clone();
+        if self.one_cell {
+            return Ok(batches_stream(schema, async move {
+                let batches: Vec<RecordBatch> = input.try_collect().await?;
+                let mut value = 0.0;
+                for b in &batches {
+                    let rows = BlockRows::new(b, 0)?;
+                    for row in 0..rows.len() {
+                        value = rows.block(row)?.get(0, 0);
+                    }
+                }
+                let mut out = CellBatches::new(out_schema, 1);
+                out.push(0, 0, value);
+                let out = out.finish()?;
+                output_rows.add(out.iter().map(RecordBatch::num_rows).sum());
+                Ok(out)
+            }));
+        }
         let stream = flatten(input.map(move |batch| {
             let timer = elapsed.timer();
             let out = batch.and_then(|b| cell_batches(&b, block, batch_size, &out_schema));

@@ -36,6 +36,9 @@ pub struct FusedPartialExec {
     x: Arc<dyn ExecutionPlan>,
     v: Option<Arc<dyn ExecutionPlan>>,
     pub(crate) rows_together: bool,
+    /// One partial per block row, ordered by it, made on one thread: the same result to
+    /// the bit however the block rows are spread over partitions.
+    pub(crate) exact: bool,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -67,17 +70,31 @@ impl FusedPartialExec {
             x,
             v,
             rows_together,
+            exact: false,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         })
     }
 }
 
+impl FusedPartialExec {
+    /// The same operator in exact mode: one partial per block row.
+    pub(crate) fn exact_copy(&self) -> Result<Self> {
+        let mut exec = Self::try_new(Arc::clone(&self.x), self.v.clone(), self.rows_together)?;
+        exec.exact = true;
+        Ok(exec)
+    }
+}
+
 impl DisplayAs for FusedPartialExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let what = match self.v {
-            None => "tsmm, one partial t(X) X per partition",
-            Some(_) => "mmchain, one partial t(X) (X v) per partition, v read whole",
+        let what = match (&self.v, self.exact) {
+            (None, false) => "tsmm, one partial t(X) X per partition",
+            (None, true) => "tsmm, one partial t(X) X per block row (exact)",
+            (Some(_), false) => "mmchain, one partial t(X) (X v) per partition, v read whole",
+            (Some(_), true) => {
+                "mmchain, one partial t(X) (X v) per block row (exact), v read whole"
+            }
         };
         let rows = if self.rows_together {
             "whole block rows where stored"
@@ -135,11 +152,10 @@ impl ExecutionPlan for FusedPartialExec {
         let mut it = children.into_iter();
         let (x, v) = (it.next(), it.next());
         match (x, v, self.v.is_some(), it.next()) {
-            (Some(x), None, false, None) => {
-                Ok(Arc::new(Self::try_new(x, None, self.rows_together)?))
-            }
-            (Some(x), Some(v), true, None) => {
-                Ok(Arc::new(Self::try_new(x, Some(v), self.rows_together)?))
+            (Some(x), v, has_v, None) if v.is_some() == has_v => {
+                let mut exec = Self::try_new(x, v, self.rows_together)?;
+                exec.exact = self.exact;
+                Ok(Arc::new(exec))
             }
             _ => exec_err!("FusedPartialExec: wrong number of children"),
         }
@@ -160,7 +176,8 @@ impl ExecutionPlan for FusedPartialExec {
             None => None,
         };
         let cores = kernels::cpu_pool().current_num_threads();
-        let seq = self.props.partitioning.partition_count() >= cores;
+        let exact = self.exact;
+        let seq = exact || self.props.partitioning.partition_count() >= cores;
         let products = MetricBuilder::new(&self.metrics).counter("block_products", partition);
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
@@ -183,28 +200,42 @@ impl ExecutionPlan for FusedPartialExec {
                         rows.entry(i).or_default().push((k, blocks.block(row)?));
                     }
                 }
-                let mut partials: HashMap<(u64, u64), Option<Acc>> = HashMap::new();
-                let count = match v {
-                    None => tsmm_partials(rows, &mut partials, seq)?,
-                    Some(v) => {
-                        let mut v_by_k: HashMap<u64, Vec<(u64, Block)>> = HashMap::new();
-                        for batch in &v {
-                            let blocks = BlockRows::new(batch, 0)?;
-                            for row in 0..blocks.len() {
-                                let (k, l) = blocks.key(row);
-                                v_by_k.entry(k).or_default().push((l, blocks.block(row)?));
-                            }
+                let mut v_by_k: Option<HashMap<u64, Vec<(u64, Block)>>> = None;
+                if let Some(v) = &v {
+                    let by_k = v_by_k.get_or_insert_with(HashMap::new);
+                    for batch in v {
+                        let blocks = BlockRows::new(batch, 0)?;
+                        for row in 0..blocks.len() {
+                            let (k, l) = blocks.key(row);
+                            by_k.entry(k).or_default().push((l, blocks.block(row)?));
                         }
-                        mmchain_partials(rows, &v_by_k, &mut partials, seq)?
                     }
+                }
+                // The partials: one for the partition, ordered by it; exact, one per
+                // block row, ordered by the row.
+                let groups: Vec<(u64, BTreeMap<u64, Vec<(u64, Block)>>)> = if exact {
+                    rows.into_iter()
+                        .map(|(i, blocks)| (i, BTreeMap::from([(i, blocks)])))
+                        .collect()
+                } else {
+                    vec![(partition as u64, rows)]
                 };
-                let bytes: u64 = partials.values().flatten().map(Acc::bytes).sum();
-                reservation.try_grow(bytes as usize).map_err(|e| {
-                    DataFusionError::ResourcesExhausted(format!(
-                        "FusedPartialExec: a partial result of {bytes} bytes does not fit the session's memory budget: {e}"
-                    ))
-                })?;
-                let batches = partial_batches(partials, partition as u64)?;
+                let (mut count, mut bytes, mut batches) = (0, 0u64, Vec::new());
+                for (ord, rows) in groups {
+                    let mut partials: HashMap<(u64, u64), Option<Acc>> = HashMap::new();
+                    count += match &v_by_k {
+                        None => tsmm_partials(rows, &mut partials, seq)?,
+                        Some(v_by_k) => mmchain_partials(rows, v_by_k, &mut partials, seq)?,
+                    };
+                    let made: u64 = partials.values().flatten().map(Acc::bytes).sum();
+                    bytes += made;
+                    reservation.try_grow(made as usize).map_err(|e| {
+                        DataFusionError::ResourcesExhausted(format!(
+                            "FusedPartialExec: a partial result of {bytes} bytes does not fit the session's memory budget: {e}"
+                        ))
+                    })?;
+                    batches.extend(partial_batches(partials, ord)?);
+                }
                 reservation.free();
                 Ok::<_, DataFusionError>((batches, count))
             })

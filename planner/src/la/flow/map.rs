@@ -20,12 +20,12 @@ use datafusion::physical_plan::{
     PlanProperties, SendableRecordBatchStream,
 };
 use futures::StreamExt;
-use tessera_storage::{Block, DenseBlock, kernels};
+use tessera_storage::{Block, CooBuilder, DenseBlock, Duplicates, is_stored, kernels};
 
 use crate::error::storage_error;
 use crate::la::FlowGeometry;
 
-use super::reblock::{piece_stream_schema, pieces_batch};
+use super::reblock::{Cut, piece_stream_schema, pieces_batch};
 use super::{
     BI, BJ, BlockBatches, BlockRows, block_stream_schema, flatten, is_block_stream,
     partial_stream_schema,
@@ -77,6 +77,38 @@ pub enum BlockMap {
         /// Repeated across the block columns (a column vector, or 1 x 1).
         across: bool,
     },
+    /// `slice`: the cells in rows `rows.0..rows.1` and columns `cols.0..cols.1` of a
+    /// matrix blocked `from`, moved to start at `(0, 0)`, in blocks of `to`. When the
+    /// window starts on a block boundary ([`BlockMap::is_aligned`]) each block is cut
+    /// to the window and re-keyed, a block stream; otherwise the output is a piece
+    /// stream for a [`BlockAssembleExec`](super::BlockAssembleExec).
+    Window {
+        /// The input's block size.
+        from: (u64, u64),
+        /// The output's block size.
+        to: (u64, u64),
+        /// Rows kept, half-open.
+        rows: (u64, u64),
+        /// Columns kept, half-open.
+        cols: (u64, u64),
+    },
+    /// The partials of a reduction to one value (`sum`, `nnz`, `min`, `max`): block
+    /// `(i, j)` becomes a 1 x 1 block keyed `(0, 0)` holding its own, ordered by the
+    /// block's place in row-major order among `across` block columns.
+    Total {
+        /// What each block is reduced to.
+        of: Total,
+        /// Block columns of the input.
+        across: u64,
+    },
+    /// `diag`: with `vector`, block `k` of a row or column vector becomes the diagonal
+    /// block `(k, k)` holding it; otherwise diagonal block `(k, k)` of a square matrix
+    /// in square blocks becomes block `(k, 0)` of a column vector, its diagonal, and
+    /// the other blocks go nowhere.
+    Diag {
+        /// The input is a vector (a matrix of one row or one column).
+        vector: bool,
+    },
     /// The second operand of `rbind` / `cbind`: block `(i, j)` becomes block
     /// `(i + rows, j + cols)`, its values untouched.
     Shift {
@@ -87,19 +119,60 @@ pub enum BlockMap {
     },
 }
 
+/// What a [`BlockMap::Total`] reduces each block to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Total {
+    /// The sum of its cells.
+    Sum,
+    /// The number of its non-zero cells.
+    Nnz,
+    /// Its smallest cell, implicit zeros included (NaN if any cell is NaN).
+    Min,
+    /// Its largest cell, implicit zeros included (NaN if any cell is NaN).
+    Max,
+}
+
+impl Total {
+    fn name(self) -> &'static str {
+        match self {
+            Total::Sum => "sum",
+            Total::Nnz => "non-zero count",
+            Total::Min => "smallest cell",
+            Total::Max => "largest cell",
+        }
+    }
+}
+
 /// The output block-row key column of a fanned-out right operand.
 pub(super) const OI: &str = "oi";
 /// The output block-column key column of a fanned-out left operand.
 pub(super) const OJ: &str = "oj";
 
 impl BlockMap {
+    /// True for a [`BlockMap::Window`] that starts on a block boundary, so each block it
+    /// keeps is (part of) exactly one output block, which starts where it does.
+    pub fn is_aligned(self) -> bool {
+        match self {
+            BlockMap::Window {
+                from, rows, cols, ..
+            } => rows.0 % from.0.max(1) == 0 && cols.0 % from.1.max(1) == 0,
+            _ => false,
+        }
+    }
+
     fn schema(self) -> SchemaRef {
         let prefix = match self {
-            BlockMap::Transpose | BlockMap::Shift { .. } | BlockMap::Broadcast { .. } => {
+            BlockMap::Transpose
+            | BlockMap::Shift { .. }
+            | BlockMap::Broadcast { .. }
+            | BlockMap::Diag { .. } => {
                 return block_stream_schema();
             }
-            BlockMap::RowSums | BlockMap::ColSums => return partial_stream_schema(),
-            BlockMap::Pieces { .. } => return piece_stream_schema(),
+            BlockMap::Window { .. } if self.is_aligned() => return block_stream_schema(),
+            BlockMap::RowSums | BlockMap::ColSums | BlockMap::Total { .. } => {
+                return partial_stream_schema();
+            }
+            BlockMap::Pieces { .. } | BlockMap::Window { .. } => return piece_stream_schema(),
             BlockMap::FanOutLeft { .. } => OJ,
             BlockMap::FanOutRight { .. } => OI,
         };
@@ -200,6 +273,28 @@ impl DisplayAs for BlockMapExec {
                     writeln!(f, "to={}x{} blocks", to.0, to.1)?;
                     writeln!(f, "offset=({}, {})", offset.0, offset.1)
                 }
+                BlockMap::Window {
+                    from,
+                    to,
+                    rows,
+                    cols,
+                } => {
+                    writeln!(
+                        f,
+                        "map=slice [{}:{}, {}:{}]",
+                        rows.0, rows.1, cols.0, cols.1
+                    )?;
+                    writeln!(f, "from={}x{} blocks", from.0, from.1)?;
+                    writeln!(f, "to={}x{} blocks", to.0, to.1)?;
+                    writeln!(f, "aligned={}", self.map.is_aligned())
+                }
+                BlockMap::Total { of, .. } => {
+                    writeln!(f, "map={} of each block to (0, 0)", of.name())
+                }
+                BlockMap::Diag { vector: true } => writeln!(f, "map=vector block k to (k, k)"),
+                BlockMap::Diag { vector: false } => {
+                    writeln!(f, "map=diagonal of block (k, k) to (k, 0)")
+                }
             };
         }
         match self.map {
@@ -234,6 +329,37 @@ impl DisplayAs for BlockMapExec {
                 "BlockMapExec: pieces of {}x{} blocks moved by ({}, {}) cells in {}x{} blocks",
                 from.0, from.1, offset.0, offset.1, to.0, to.1
             ),
+            BlockMap::Window {
+                from,
+                to,
+                rows,
+                cols,
+            } => write!(
+                f,
+                "BlockMapExec: slice [{}:{}, {}:{}] of {}x{} blocks {} {}x{} blocks",
+                rows.0,
+                rows.1,
+                cols.0,
+                cols.1,
+                from.0,
+                from.1,
+                if self.map.is_aligned() {
+                    "cut to"
+                } else {
+                    "in pieces of"
+                },
+                to.0,
+                to.1
+            ),
+            BlockMap::Total { of, .. } => {
+                write!(f, "BlockMapExec: {} of each block to (0, 0)", of.name())
+            }
+            BlockMap::Diag { vector: true } => {
+                write!(f, "BlockMapExec: vector block k to diagonal block (k, k)")
+            }
+            BlockMap::Diag { vector: false } => {
+                write!(f, "BlockMapExec: diagonal of block (k, k) to (k, 0)")
+            }
         }
     }
 }
@@ -295,7 +421,41 @@ impl ExecutionPlan for BlockMapExec {
                     sums_batch(&batch, map == BlockMap::RowSums)?
                 }
                 BlockMap::Shift { rows, cols } => vec![shift_batch(&batch, rows, cols)?],
-                BlockMap::Pieces { from, to, offset } => pieces_batch(&batch, from, to, offset)?,
+                BlockMap::Pieces { from, to, offset } => pieces_batch(
+                    &batch,
+                    Cut {
+                        from,
+                        to,
+                        rows: (0, u64::MAX),
+                        cols: (0, u64::MAX),
+                        offset,
+                    },
+                )?,
+                BlockMap::Window {
+                    from,
+                    to,
+                    rows,
+                    cols,
+                } => {
+                    let cut = Cut {
+                        from,
+                        to,
+                        rows,
+                        cols,
+                        offset: (0, 0),
+                    };
+                    let pieces = pieces_batch(&batch, cut)?;
+                    if map.is_aligned() {
+                        pieces
+                            .into_iter()
+                            .map(|p| without_piece_offsets(&p))
+                            .collect::<Result<_>>()?
+                    } else {
+                        pieces
+                    }
+                }
+                BlockMap::Total { of, across } => totals_batch(&batch, of, across)?,
+                BlockMap::Diag { vector } => diag_batch(&batch, vector)?,
                 BlockMap::Broadcast {
                     shape,
                     block,
@@ -339,6 +499,79 @@ fn sums_batch(batch: &RecordBatch, by_row: bool) -> Result<Vec<RecordBatch>> {
         };
         let sums = Block::Dense(DenseBlock::new(shape.0, shape.1, sums).map_err(storage_error)?);
         out.push_partial(key.0, key.1, ord, &sums)?;
+    }
+    out.finish()
+}
+
+/// A piece stream whose pieces all start at `(0, 0)` of their blocks and are one to a
+/// block, as the block stream it is: the pieces' offsets dropped.
+fn without_piece_offsets(pieces: &RecordBatch) -> Result<RecordBatch> {
+    let blocks = block_stream_schema();
+    let columns = pieces.columns()[..blocks.fields().len()].to_vec();
+    Ok(RecordBatch::try_new(blocks, columns)?)
+}
+
+/// What `of` makes of every block of `batch`, as a 1 x 1 partial keyed `(0, 0)`,
+/// ordered by the block's row-major place among `across` block columns. A block with no
+/// cells has no smallest or largest cell, and no partial.
+fn totals_batch(batch: &RecordBatch, of: Total, across: u64) -> Result<Vec<RecordBatch>> {
+    let rows = BlockRows::new(batch, 0)?;
+    let mut out = BlockBatches::partials();
+    for row in 0..rows.len() {
+        let (i, j) = rows.key(row);
+        let block = rows.block(row)?;
+        let total = match of {
+            Total::Sum => kernels::sum(&block),
+            Total::Nnz => block.nnz() as f64,
+            Total::Min => match kernels::min(&block) {
+                Some(v) => v,
+                None => continue,
+            },
+            Total::Max => match kernels::max(&block) {
+                Some(v) => v,
+                None => continue,
+            },
+        };
+        let total = Block::Dense(DenseBlock::new(1, 1, vec![total]).map_err(storage_error)?);
+        out.push_partial(0, 0, i * across.max(1) + j, &total)?;
+    }
+    out.finish()
+}
+
+/// `diag` of every block of `batch`: a vector's block `k` as the diagonal block
+/// `(k, k)`, or a square matrix's diagonal block `(k, k)` as its diagonal, block `(k, 0)`
+/// of a column. Blocks that come out all zeros are left out.
+fn diag_batch(batch: &RecordBatch, vector: bool) -> Result<Vec<RecordBatch>> {
+    let rows = BlockRows::new(batch, 0)?;
+    let mut out = BlockBatches::new();
+    for row in 0..rows.len() {
+        let (i, j) = rows.key(row);
+        let block = rows.block(row)?;
+        let (r, c) = block.shape();
+        let (key, made) = if vector {
+            let n = r.max(c);
+            let mut cells = CooBuilder::new(n, n, Duplicates::Last);
+            for t in 0..n {
+                let v = if c == 1 {
+                    block.get(t, 0)
+                } else {
+                    block.get(0, t)
+                };
+                if is_stored(v) {
+                    cells.push(t, t, v).map_err(storage_error)?;
+                }
+            }
+            ((i.max(j), i.max(j)), cells.build())
+        } else if i == j {
+            let d: Vec<f64> = (0..r.min(c)).map(|t| block.get(t, t)).collect();
+            let d = DenseBlock::new(d.len(), 1, d).map_err(storage_error)?;
+            ((i, 0), Block::Dense(d).into_preferred_format())
+        } else {
+            continue;
+        };
+        if made.nnz() > 0 {
+            out.push(key.0, key.1, &made)?;
+        }
     }
     out.finish()
 }

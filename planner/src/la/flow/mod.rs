@@ -9,7 +9,12 @@
 //!
 //! - [`BlockScanExec`] emits shard `k` of a stored matrix as partition `k`, and declares
 //!   `Hash([bi, bj], n)` when the stored placement is this build's hash placement;
-//! - [`BlockMapExec`] maps each block alone: a transpose, or the fan-out of rmm;
+//!   A [`BlockWindow`] makes it read only the blocks a `slice` touches;
+//! - [`BlockGenerateExec`] makes the blocks of `eye` and `rand` in the partitions the
+//!   hash on `(bi, bj)` puts them in;
+//! - [`BlockMapExec`] maps each block alone: a transpose, the fan-out of rmm, a block's
+//!   row, column or total sums (or non-zero count, smallest or largest cell), a slice,
+//!   `diag`, the pieces of a reblock, a vector repeated into a matrix's blocks;
 //! - [`BlockZipJoinExec`] joins partition `p` of two inputs placed alike on `k`;
 //! - [`BlockElementwiseExec`] runs a fused elementwise program over matrices of one
 //!   shape and blocking: one input whose zeros stay zeros is mapped block by block where
@@ -17,13 +22,16 @@
 //!   partition `p` meets partition `p` of the others (no exchange for inputs stored
 //!   alike);
 //! - [`BlockProductExec`] multiplies the `A(i, k)` and `B(k, j)` blocks of each joined
-//!   row and keeps one partial sum per output block `(i, j)`;
-//! - [`FusedPartialExec`] makes one partial `t(X) X` or `t(X) (X v)` per partition;
+//!   row and keeps one partial sum per output block `(i, j)` (with exact sums, each
+//!   product is a partial of its own);
+//! - [`FusedPartialExec`] makes one partial `t(X) X` or `t(X) (X v)` per partition (with
+//!   exact sums, per block row);
 //! - [`BlockSumExec`] sums partials by `(i, j)`, requiring its input hash-partitioned on
 //!   `(i, j)` (or, after tsmm, mmchain and a local product, in one partition), so
 //!   DataFusion's own distribution rule puts the exchange below it; it adds the
 //!   partials of a block in the fixed order of their [`ORD`] column, so a sum has the
-//!   same bits however the exchanges interleaved;
+//!   same bits however the exchanges interleaved ([`Fold::Extreme`] takes the smallest
+//!   or largest instead, for `min` and `max`);
 //! - [`BlockAssembleExec`] builds the blocks of another blocking from the pieces a
 //!   [`BlockMap::Pieces`] cut (a reblock, or `rbind` / `cbind` of operands that do not
 //!   meet on whole blocks), requiring the pieces hash-partitioned on `(i, j)`;
@@ -65,6 +73,7 @@
 mod cells;
 mod elementwise;
 mod fused;
+mod generate;
 mod map;
 mod meter;
 mod plan;
@@ -89,13 +98,14 @@ use tessera_storage::{BLOCK_FIELD_COUNT, Block, BlockColumns, BlockColumnsBuilde
 pub use cells::{BlockCellsExec, Planned};
 pub use elementwise::BlockElementwiseExec;
 pub use fused::FusedPartialExec;
-pub use map::{BlockMap, BlockMapExec};
+pub use generate::{BlockGenerateExec, Generator};
+pub use map::{BlockMap, BlockMapExec, Total};
 pub use meter::{ExchangeMeterExec, MeterExchanges};
 pub use plan::{FlowStrategy, fused_plan, matmul_plan};
 pub use product::{BlockProductExec, OutputKeys};
 pub use reblock::BlockAssembleExec;
-pub use scan::BlockScanExec;
-pub use sum::BlockSumExec;
+pub use scan::{BlockScanExec, BlockWindow};
+pub use sum::{BlockSumExec, Fold};
 pub use zip::BlockZipJoinExec;
 
 use crate::error::storage_error;

@@ -52,6 +52,11 @@ impl OutputKeys {
 /// keeps one partial sum per output block `(i, j)`, adding its products in `k` order;
 /// emits the partials as a partial block stream keyed `(i, j)`, each ordered by its
 /// first `k`, when its input partition ends. Partials are charged to the memory pool.
+///
+/// With `exact`, every product is a partial of its own, ordered by its `k`, and runs on
+/// one thread: the block sum then adds a block's products one at a time in `k` order,
+/// so the result is the same to the bit however the join spread `k` over partitions (a
+/// retry on fewer workers gives the first attempt's answer).
 #[derive(Debug)]
 pub struct BlockProductExec {
     input: Arc<dyn ExecutionPlan>,
@@ -59,6 +64,7 @@ pub struct BlockProductExec {
     pub(crate) b_at: usize,
     pub(crate) keys: OutputKeys,
     pub(crate) single: bool,
+    pub(crate) exact: bool,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -72,6 +78,19 @@ impl BlockProductExec {
             j: vec![b_at + 1],
         };
         Self::with_keys(input, a_at, b_at, keys)
+    }
+
+    /// The same operator in exact mode: each product a partial of its own.
+    pub(crate) fn exact_copy(&self) -> Result<Self> {
+        let mut exec = Self::with_keys(
+            Arc::clone(&self.input),
+            self.a_at,
+            self.b_at,
+            self.keys.clone(),
+        )?;
+        exec.single = self.single;
+        exec.exact = true;
+        Ok(exec)
     }
 
     /// [`BlockProductExec::try_new`] making every product in one partition (the local
@@ -123,6 +142,7 @@ impl BlockProductExec {
             b_at,
             keys,
             single: false,
+            exact: false,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -134,7 +154,11 @@ impl DisplayAs for BlockProductExec {
         if let DisplayFormatType::TreeRender = t {
             writeln!(f, "A(i, k) at={}", self.a_at)?;
             writeln!(f, "B(k, j) at={}", self.b_at)?;
-            writeln!(f, "partial sums by=(i, j)")?;
+            if self.exact {
+                writeln!(f, "partials=each product, by (i, j, k)")?;
+            } else {
+                writeln!(f, "partial sums by=(i, j)")?;
+            }
             return writeln!(
                 f,
                 "partitions={}",
@@ -143,9 +167,14 @@ impl DisplayAs for BlockProductExec {
         }
         write!(
             f,
-            "BlockProductExec: A(i, k) at column {} times B(k, j) at column {}, partial sums by (i, j){}",
+            "BlockProductExec: A(i, k) at column {} times B(k, j) at column {}, {}{}",
             self.a_at,
             self.b_at,
+            if self.exact {
+                "each product a partial (exact)"
+            } else {
+                "partial sums by (i, j)"
+            },
             if self.single {
                 ", in one partition"
             } else {
@@ -195,6 +224,7 @@ impl ExecutionPlan for BlockProductExec {
             (Some(input), true) => {
                 let mut exec = Self::with_keys(input, self.a_at, self.b_at, self.keys.clone())?;
                 exec.single = self.single;
+                exec.exact = self.exact;
                 Ok(Arc::new(exec))
             }
             _ => exec_err!("BlockProductExec takes one child"),
@@ -215,7 +245,8 @@ impl ExecutionPlan for BlockProductExec {
         // With a partition per core, each product runs on one core; with fewer
         // partitions than cores, the kernels spread over the pool.
         let cores = tessera_storage::kernels::cpu_pool().current_num_threads();
-        let seq = self.props.partitioning.partition_count() >= cores;
+        let exact = self.exact;
+        let seq = exact || self.props.partitioning.partition_count() >= cores;
         let products = MetricBuilder::new(&self.metrics).counter("block_products", partition);
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let elapsed = MetricBuilder::new(&self.metrics).elapsed_compute(partition);
@@ -243,7 +274,8 @@ impl ExecutionPlan for BlockProductExec {
                 let count = pairs.len();
                 let mut out = BlockBatches::partials();
                 let mut held = 0usize;
-                for run in pairs.chunk_by(|x, y| x.0 == y.0) {
+                // Exact: a run is one product, not every product of an output block.
+                for run in pairs.chunk_by(|x, y| x.0 == y.0 && (!exact || x.1 == y.1)) {
                     let mut partial: Option<Acc> = None;
                     for &(_, _, b, row) in run {
                         let (a, bb) = &rows[b];

@@ -57,21 +57,46 @@ pub(super) fn piece_stream_schema() -> SchemaRef {
     Arc::new(Schema::new(fields))
 }
 
-/// Where the pieces of one block go: the target blocks it overlaps, and for each the
-/// rows (or columns) of the block it takes and where they start in the target block.
-fn spans(origin: u64, len: u64, to: u64) -> Vec<(u64, std::ops::Range<usize>, u64)> {
+/// Where the pieces of one block go along one dimension: the block starts at cell
+/// `origin` of the input and is `len` cells long, the input's cells `keep.0..keep.1`
+/// are kept, and cell `keep.0` goes to cell `offset` of the output, in blocks of `to`.
+/// For each target block the block overlaps: its index, the block's cells it takes
+/// (from the block's start), and where they start in the target block.
+fn spans(
+    origin: u64,
+    len: u64,
+    keep: (u64, u64),
+    offset: u64,
+    to: u64,
+) -> Vec<(u64, std::ops::Range<usize>, u64)> {
     let mut out = Vec::new();
-    if len == 0 {
+    let (start, end) = (origin.max(keep.0), origin.saturating_add(len).min(keep.1));
+    if start >= end {
         return out;
     }
-    let (first, last) = (origin / to, (origin + len - 1) / to);
+    let skip = start - origin;
+    let dest = start - keep.0 + offset;
+    let n = end - start;
+    let (first, last) = (dest / to, (dest + n - 1) / to);
     for t in first..=last {
-        let start = origin.max(t * to);
-        let end = (origin + len).min((t + 1) * to);
-        let taken = (start - origin) as usize..(end - origin) as usize;
-        out.push((t, taken, start - t * to));
+        let s = dest.max(t * to);
+        let e = (dest + n).min((t + 1) * to);
+        let taken = (skip + s - dest) as usize..(skip + e - dest) as usize;
+        out.push((t, taken, s - t * to));
     }
     out
+}
+
+/// How a [`pieces_batch`] cuts a block stream: blocked `from`, the cells in `rows` x
+/// `cols` (half-open) kept, moved so that cell `(rows.0, cols.0)` lands on `offset`, in
+/// blocks of `to`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cut {
+    pub from: (u64, u64),
+    pub to: (u64, u64),
+    pub rows: (u64, u64),
+    pub cols: (u64, u64),
+    pub offset: (u64, u64),
 }
 
 /// Collects pieces into batches of a piece stream.
@@ -114,24 +139,26 @@ impl PieceBatches {
     }
 }
 
-/// The pieces of every block of `batch` (blocked `from`, each cell moved by `offset`)
-/// in the blocks of blocking `to`. A block that is one whole target block goes as it is.
-pub(super) fn pieces_batch(
-    batch: &RecordBatch,
-    from: (u64, u64),
-    to: (u64, u64),
-    offset: (u64, u64),
-) -> Result<Vec<RecordBatch>> {
+/// The pieces of every block of `batch` cut by `cut`, in the blocks of `cut.to`. A
+/// block that is one whole target block goes as it is; cells outside the kept window
+/// go nowhere.
+pub(super) fn pieces_batch(batch: &RecordBatch, cut: Cut) -> Result<Vec<RecordBatch>> {
     let rows = BlockRows::new(batch, 0)?;
     let mut out = PieceBatches::new();
     for row in 0..rows.len() {
         let (bi, bj) = rows.key(row);
         let block = rows.block(row)?;
         let (r, c) = block.shape();
-        let origin = (bi * from.0 + offset.0, bj * from.1 + offset.1);
-        let down = spans(origin.0, r as u64, to.0);
-        let across = spans(origin.1, c as u64, to.1);
-        if let ([(ti, _, 0)], [(tj, _, 0)]) = (down.as_slice(), across.as_slice()) {
+        let origin = (bi * cut.from.0, bj * cut.from.1);
+        let down = spans(origin.0, r as u64, cut.rows, cut.offset.0, cut.to.0);
+        let across = spans(origin.1, c as u64, cut.cols, cut.offset.1, cut.to.1);
+        if down.is_empty() || across.is_empty() {
+            continue;
+        }
+        if let ([(ti, rs, 0)], [(tj, cs, 0)]) = (down.as_slice(), across.as_slice())
+            && rs.len() == r
+            && cs.len() == c
+        {
             out.push((*ti, *tj), (0, 0), &block)?;
             continue;
         }
@@ -153,11 +180,13 @@ pub(super) fn pieces_batch(
                 // One pass over the non-zeros, each to the piece it falls in.
                 let mut pieces: HashMap<(usize, usize), CooBuilder> = HashMap::new();
                 let find = |spans: &[(u64, std::ops::Range<usize>, u64)], x: usize| {
-                    spans.iter().position(|s| s.1.contains(&x)).unwrap_or(0)
+                    spans.iter().position(|s| s.1.contains(&x))
                 };
                 let mut failed = None;
                 block.for_each_nonzero(|i, j, v| {
-                    let (p, q) = (find(&down, i), find(&across, j));
+                    let (Some(p), Some(q)) = (find(&down, i), find(&across, j)) else {
+                        return;
+                    };
                     let (rs, cs) = (&down[p].1, &across[q].1);
                     let piece = pieces
                         .entry((p, q))
@@ -407,10 +436,29 @@ mod tests {
     fn spans_cut_a_block_at_the_target_blocks_it_crosses() {
         // Rows 5..12 (7 rows) in blocks of 4: rows 5..8 of block 1 (from its row 1),
         // rows 8..12 of block 2 (from its row 0).
-        let s = spans(5, 7, 4);
+        let all = (0, u64::MAX);
+        let s = spans(5, 7, all, 0, 4);
         assert_eq!(s, vec![(1, 0..3, 1), (2, 3..7, 0)]);
         // A block that is exactly one target block.
-        assert_eq!(spans(8, 4, 4), vec![(2, 0..4, 0)]);
-        assert_eq!(spans(0, 0, 4), vec![]);
+        assert_eq!(spans(8, 4, all, 0, 4), vec![(2, 0..4, 0)]);
+        assert_eq!(spans(0, 0, all, 0, 4), vec![]);
+        // Moved by an offset: rows 5..12 land on 7..14.
+        assert_eq!(
+            spans(5, 7, all, 2, 4),
+            vec![(1, 0..1, 3), (2, 1..5, 0), (3, 5..7, 0)]
+        );
+    }
+
+    #[test]
+    fn spans_keep_only_the_window_and_move_it_to_the_origin() {
+        // A block of rows 8..16; rows 10..13 kept, moved to start at 0, in blocks of 2:
+        // its rows 2..4 to target block 0, its row 4 to target block 1.
+        assert_eq!(
+            spans(8, 8, (10, 13), 0, 2),
+            vec![(0, 2..4, 0), (1, 4..5, 0)]
+        );
+        // A block wholly outside the window goes nowhere.
+        assert_eq!(spans(0, 8, (10, 13), 0, 2), vec![]);
+        assert_eq!(spans(13, 8, (10, 13), 0, 2), vec![]);
     }
 }

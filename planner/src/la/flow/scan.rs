@@ -20,13 +20,32 @@ use crate::error::{blocking, storage_error};
 use crate::la::expr::Pinned;
 use crate::partitioning::hash_placement_is_live;
 
+/// The blocks a scan reads: block rows `rows.0..rows.1` and block columns
+/// `cols.0..cols.1` (half-open). The others are neither read nor decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockWindow {
+    /// Block rows, half-open.
+    pub rows: (u64, u64),
+    /// Block columns, half-open.
+    pub cols: (u64, u64),
+}
+
+impl BlockWindow {
+    fn contains(&self, key: &tessera_storage::BlockKey) -> bool {
+        let at = |d: usize| key.0.get(d).map_or(0, |&x| x.max(0) as u64);
+        (self.rows.0..self.rows.1).contains(&at(0)) && (self.cols.0..self.cols.1).contains(&at(1))
+    }
+}
+
 /// Reads a pinned matrix version as a block stream, one partition per shard. When the
 /// version was placed by this build's hash placement, the scan declares
 /// `Hash([bi, bj], shards)`, which is exactly where DataFusion's hash repartition would
-/// have put each block; otherwise its partitioning is unknown.
+/// have put each block; otherwise its partitioning is unknown. A scan with a
+/// [`BlockWindow`] reads only the blocks in it (a `slice` of the matrix).
 #[derive(Debug)]
 pub struct BlockScanExec {
     pinned: Pinned,
+    window: Option<BlockWindow>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -56,14 +75,26 @@ impl BlockScanExec {
         );
         Self {
             pinned,
+            window: None,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
+    /// The same scan reading only the blocks in `window` (where it still has its
+    /// partitioning: a subset of each shard stays where it was).
+    pub fn with_window(self, window: Option<BlockWindow>) -> Self {
+        Self { window, ..self }
+    }
+
     /// The matrix version scanned.
     pub fn pinned(&self) -> &Pinned {
         &self.pinned
+    }
+
+    /// The blocks it reads, if not all.
+    pub fn window(&self) -> Option<BlockWindow> {
+        self.window
     }
 }
 
@@ -75,13 +106,28 @@ impl DisplayAs for BlockScanExec {
             writeln!(f, "array={:?}", self.pinned)?;
             writeln!(f, "shape={rows}x{cols}")?;
             writeln!(f, "blocks={br}x{bc}")?;
+            if let Some(w) = self.window {
+                writeln!(
+                    f,
+                    "window=block rows {}..{}, block columns {}..{}",
+                    w.rows.0, w.rows.1, w.cols.0, w.cols.1
+                )?;
+            }
             return writeln!(f, "partitioning={}", self.props.partitioning);
         }
         write!(
             f,
-            "BlockScanExec: {:?} {rows}x{cols} in {br}x{bc} blocks, partitioning={}",
-            self.pinned, self.props.partitioning
-        )
+            "BlockScanExec: {:?} {rows}x{cols} in {br}x{bc} blocks, ",
+            self.pinned
+        )?;
+        if let Some(w) = self.window {
+            write!(
+                f,
+                "block rows {}..{} and columns {}..{} only, ",
+                w.rows.0, w.rows.1, w.cols.0, w.cols.1
+            )?;
+        }
+        write!(f, "partitioning={}", self.props.partitioning)
     }
 }
 
@@ -135,18 +181,25 @@ impl ExecutionPlan for BlockScanExec {
             let schema = self.props.eq_properties.schema().clone();
             return Ok(batches_stream(schema, async { Ok(Vec::new()) }));
         }
-        let snapshot = self.pinned.0.clone();
+        // Read through a file cache of this execution's own, which goes when it ends
+        // (the plan may live on in the plan cache).
+        let snapshot = self.pinned.0.reader();
+        let window = self.window;
+        let keep = move |key: &tessera_storage::BlockKey| window.is_none_or(|w| w.contains(key));
         let progress = crate::progress::StatementProgress::of(&context);
         if let Some(p) = &progress {
-            p.add_total(snapshot.shard_blocks(partition as u32));
+            p.add_total(snapshot.shard_blocks_where(partition as u32, keep));
         }
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
         let bytes = MetricBuilder::new(&self.metrics).counter("bytes_read", partition);
         let schema = self.props.eq_properties.schema().clone();
         Ok(batches_stream(schema, async move {
-            let blocks =
-                blocking(move || snapshot.read_shard(partition as u32).map_err(storage_error))
-                    .await?;
+            let blocks = blocking(move || {
+                snapshot
+                    .read_shard_where(partition as u32, keep)
+                    .map_err(storage_error)
+            })
+            .await?;
             let mut out = BlockBatches::new();
             for (key, mut attrs) in blocks {
                 let Some(block) = attrs.drain(..).next() else {

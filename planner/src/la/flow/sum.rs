@@ -18,11 +18,41 @@ use datafusion::physical_plan::{
 use futures::TryStreamExt;
 
 use super::{BI, BJ, BlockBatches, ORD, batches_stream, block_stream_schema, partial_rows};
-use crate::error::blocking;
+use tessera_storage::{Block, DenseBlock};
+
+use crate::error::{blocking, storage_error};
 use crate::la::matrix::block_bytes;
 use crate::la::ops::Acc;
 
-/// Sums the partials of its input (a partial block stream) by `(bi, bj)`. It requires
+/// How a [`BlockSumExec`] combines the partials of a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum Fold {
+    /// Added cell by cell, in the partials' order.
+    #[default]
+    Sum,
+    /// The smallest (`max: false`) or largest value of 1 x 1 partials, one from each
+    /// of the `blocks` blocks of a matrix; a block with no partial is all zeros, so
+    /// fewer partials than `blocks` bring a 0 in. NaN if any partial is NaN.
+    Extreme {
+        /// The largest rather than the smallest.
+        max: bool,
+        /// The blocks of the matrix reduced.
+        blocks: u64,
+    },
+}
+
+impl Fold {
+    fn name(self) -> &'static str {
+        match self {
+            Fold::Sum => "sum",
+            Fold::Extreme { max: false, .. } => "min",
+            Fold::Extreme { max: true, .. } => "max",
+        }
+    }
+}
+
+/// Sums the partials of its input (a partial block stream) by `(bi, bj)` (or, with a
+/// [`Fold::Extreme`], takes their smallest or largest value). It requires
 /// its input hash-partitioned on `(bi, bj)`, so every partial of an output block is in
 /// one partition: DataFusion's distribution rule plans the exchange below it (a hash
 /// repartition) unless the input is already partitioned so. The partials of a block are
@@ -33,6 +63,7 @@ use crate::la::ops::Acc;
 pub struct BlockSumExec {
     input: Arc<dyn ExecutionPlan>,
     pub(crate) single: bool,
+    pub(crate) fold: Fold,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
@@ -44,16 +75,21 @@ fn keys() -> Vec<Arc<dyn PhysicalExpr>> {
 impl BlockSumExec {
     /// Sums of the block stream `input`.
     pub fn try_new(input: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        Self::build(input, false)
+        Self::build(input, false, Fold::Sum)
     }
 
     /// The sums of all partials in one partition, after a coalesce (the partials of
     /// tsmm and mmchain, or a local product).
     pub fn single(input: Arc<dyn ExecutionPlan>) -> Result<Self> {
-        Self::build(input, true)
+        Self::build(input, true, Fold::Sum)
     }
 
-    fn build(input: Arc<dyn ExecutionPlan>, single: bool) -> Result<Self> {
+    /// The partials of the block stream `input` combined by `fold`, by `(bi, bj)`.
+    pub fn folding(input: Arc<dyn ExecutionPlan>, fold: Fold) -> Result<Self> {
+        Self::build(input, false, fold)
+    }
+
+    pub(crate) fn build(input: Arc<dyn ExecutionPlan>, single: bool, fold: Fold) -> Result<Self> {
         if input.schema().column_with_name(ORD).is_none() {
             return exec_err!("BlockSumExec: the input is not a partial block stream");
         }
@@ -72,6 +108,7 @@ impl BlockSumExec {
         Ok(Self {
             input,
             single,
+            fold,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         })
@@ -80,8 +117,9 @@ impl BlockSumExec {
 
 impl DisplayAs for BlockSumExec {
     fn fmt_as(&self, t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let fold = self.fold.name();
         if let DisplayFormatType::TreeRender = t {
-            writeln!(f, "sum by=(bi, bj)")?;
+            writeln!(f, "{fold} by=(bi, bj)")?;
             return writeln!(
                 f,
                 "partitions={}",
@@ -89,9 +127,9 @@ impl DisplayAs for BlockSumExec {
             );
         }
         if self.single {
-            write!(f, "BlockSumExec: sum by (bi, bj) in one partition")
+            write!(f, "BlockSumExec: {fold} by (bi, bj) in one partition")
         } else {
-            write!(f, "BlockSumExec: sum by (bi, bj)")
+            write!(f, "BlockSumExec: {fold} by (bi, bj)")
         }
     }
 }
@@ -133,7 +171,7 @@ impl ExecutionPlan for BlockSumExec {
         mut children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         match (children.pop(), children.is_empty()) {
-            (Some(input), true) => Ok(Arc::new(Self::build(input, self.single)?)),
+            (Some(input), true) => Ok(Arc::new(Self::build(input, self.single, self.fold)?)),
             _ => exec_err!("BlockSumExec takes one child"),
         }
     }
@@ -154,6 +192,7 @@ impl ExecutionPlan for BlockSumExec {
         let reservation = MemoryConsumer::new(format!("BlockSumExec[{partition}]"))
             .register(context.memory_pool());
         let schema = self.schema();
+        let fold = self.fold;
         Ok(batches_stream(schema, async move {
             let batches: Vec<_> = input.try_collect().await?;
             let timer = elapsed.timer();
@@ -172,12 +211,26 @@ impl ExecutionPlan for BlockSumExec {
                 let count = partials.len();
                 let mut out = BlockBatches::new();
                 for run in partials.chunk_by(|x, y| x.0 == y.0) {
-                    let mut sum: Option<Acc> = None;
-                    for &(_, _, b, row) in run {
-                        Acc::add_block(&mut sum, blocks[b].block(row)?)?;
-                    }
-                    let Some(sum) = sum else { continue };
-                    let block = sum.into_block().into_preferred_format();
+                    let block = match fold {
+                        Fold::Sum => {
+                            let mut sum: Option<Acc> = None;
+                            for &(_, _, b, row) in run {
+                                Acc::add_block(&mut sum, blocks[b].block(row)?)?;
+                            }
+                            let Some(sum) = sum else { continue };
+                            sum.into_block().into_preferred_format()
+                        }
+                        Fold::Extreme { max, blocks: all } => {
+                            let mut values = Vec::with_capacity(run.len() + 1);
+                            for &(_, _, b, row) in run {
+                                values.push(blocks[b].block(row)?.get(0, 0));
+                            }
+                            if (run.len() as u64) < all {
+                                values.push(0.0);
+                            }
+                            extreme_block(&values, max)?
+                        }
+                    };
                     reservation
                         .try_grow(block_bytes(&block) as usize)
                         .map_err(|e| {
@@ -205,4 +258,20 @@ impl ExecutionPlan for BlockSumExec {
             Ok(batches)
         }))
     }
+}
+
+/// The smallest (largest) of `values`, NaN if any is NaN, as a 1 x 1 block.
+fn extreme_block(values: &[f64], max: bool) -> Result<Block> {
+    let pick = |x: f64, y: f64| {
+        if x.is_nan() || y.is_nan() {
+            f64::NAN
+        } else if max {
+            x.max(y)
+        } else {
+            x.min(y)
+        }
+    };
+    let v = values.iter().copied().reduce(pick).unwrap_or(0.0);
+    let block = DenseBlock::new(1, 1, vec![v]).map_err(storage_error)?;
+    Ok(Block::Dense(block))
 }
