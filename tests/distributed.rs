@@ -329,6 +329,36 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
         .collect();
     want.sort();
     assert_eq!(states, want);
+    // The shards of the matrices of several shards are owned by the live workers,
+    // none by the lost one.
+    let shards: u64 = rows(&client, "SHOW ARRAYS")
+        .await
+        .iter()
+        .filter_map(|r| {
+            let n = r[8]
+                .split_once('(')?
+                .1
+                .trim_end_matches(')')
+                .parse::<u64>()
+                .ok()?;
+            (n > 1).then_some(n)
+        })
+        .sum();
+    let owned = rows(
+        &client,
+        "SELECT address, shards_owned FROM tessera_workers() ORDER BY address",
+    )
+    .await;
+    let by = |state: &str| -> u64 {
+        owned
+            .iter()
+            .zip(&states)
+            .filter(|(_, s)| s[1] == state)
+            .map(|(o, _)| o[1].parse::<u64>().unwrap())
+            .sum()
+    };
+    assert!(shards > 0);
+    assert_eq!((by("live"), by("down")), (shards, 0), "{owned:?}");
 
     // With no worker left (once the heartbeat has seen them go), a distributed
     // statement fails at once with a retryable error, while the relational query

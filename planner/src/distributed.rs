@@ -673,9 +673,31 @@ impl Cluster {
 }
 
 /// `tessera_workers()`: the workers of a coordinator as the heartbeat last saw them,
-/// one row each (`address`, `state` live or down, `last_heartbeat`, `error`).
+/// one row each (`address`, `state` live or down, `last_heartbeat`, `error`,
+/// `shards_owned`: the shards of the stored matrices of several shards whose scan
+/// tasks [`task_owners`] puts on the worker among the live ones now).
 #[derive(Debug)]
-pub struct WorkersFunction(pub Arc<Cluster>);
+pub struct WorkersFunction(pub Arc<Cluster>, pub Store);
+
+impl WorkersFunction {
+    /// Shards owned per live worker: shard `k` of a matrix of `s > 1` shards is read by
+    /// scan task `k mod t` (`t = min(s, live workers)`), which runs on its owner.
+    fn shards_owned(&self, live: &[url::Url]) -> std::collections::HashMap<url::Url, u64> {
+        let mut owned = std::collections::HashMap::new();
+        for info in self.1.arrays() {
+            let shards = info.partitioning.shard_count() as usize;
+            let tasks = shards.min(live.len());
+            if !info.schema.is_matrix() || shards < 2 || tasks == 0 {
+                continue;
+            }
+            let owners = task_owners(live, tasks);
+            for k in 0..shards {
+                *owned.entry(owners[k % tasks].clone()).or_insert(0) += 1;
+            }
+        }
+        owned
+    }
+}
 
 impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
     fn call(
@@ -697,7 +719,9 @@ impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
                 true,
             ),
             Field::new("error", DataType::Utf8, true),
+            Field::new("shards_owned", DataType::UInt64, false),
         ]));
+        let owned = self.shards_owned(&self.0.live());
         let millis = |t: &Option<std::time::SystemTime>| {
             t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_millis() as i64)
@@ -722,6 +746,11 @@ impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
                 ),
                 Arc::new(StringArray::from(
                     states.iter().map(|w| w.error.clone()).collect::<Vec<_>>(),
+                )),
+                Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(
+                    states
+                        .iter()
+                        .map(|w| owned.get(&w.url).copied().unwrap_or(0)),
                 )),
             ],
         )?;

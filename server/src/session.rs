@@ -111,9 +111,10 @@ impl Session {
         if let Some(cluster) = &inner.cluster {
             ctx.register_udtf(
                 "tessera_workers",
-                Arc::new(tessera_planner::distributed::WorkersFunction(Arc::clone(
-                    cluster,
-                ))),
+                Arc::new(tessera_planner::distributed::WorkersFunction(
+                    Arc::clone(cluster),
+                    inner.store.clone(),
+                )),
             );
         }
         let backend = Arc::new(crate::pg_catalog::BackendIdentity::default());

@@ -81,7 +81,10 @@ pub struct LaExec {
     parts: usize,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
-    result: Arc<tokio::sync::OnceCell<Arc<BlockMatrix>>>,
+    /// The result, or the error computing it, shared by the output partitions: a
+    /// failure is kept too, since computing again would execute the inputs' streams
+    /// (exchanges among them) a second time.
+    result: Arc<tokio::sync::OnceCell<std::result::Result<Arc<BlockMatrix>, Arc<DataFusionError>>>>,
     /// Set when the only child is a block dataflow that computes this operator's
     /// result (see [`super::flow`]): the result's shape and block size.
     flow: Option<FlowGeometry>,
@@ -635,9 +638,12 @@ impl ExecutionPlan for LaExec {
         let out_schema = schema.clone();
         let stream = futures::stream::once(async move {
             let m = result
-                .get_or_try_init(|| async { this.compute(context).await.map(Arc::new) })
-                .await?
-                .clone();
+                .get_or_init(|| async {
+                    this.compute(context).await.map(Arc::new).map_err(Arc::new)
+                })
+                .await
+                .clone()
+                .map_err(DataFusionError::Shared)?;
             let batches = match output {
                 Output::Cells => {
                     cell_batches(&m, partition, parts, batch_size, scalar, &out_schema)?

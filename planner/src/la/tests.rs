@@ -625,6 +625,21 @@ async fn solvers_match_hand_worked_examples() {
     assert!(msg.contains("singular"), "{msg}");
     let msg = error(&ctx, "SELECT * FROM cholesky(scale(a, -1))").await;
     assert!(msg.contains("positive definite"), "{msg}");
+    // A product computed whole that fails (1x1 times the 2x2 the subquery's cells
+    // span) over a dataflow with an exchange, in several partitions: each partition
+    // gets the one error, and the dataflow runs once (a second run of its exchange
+    // would panic).
+    let config = super::session_config(SessionConfig::new().with_target_partitions(3));
+    let state = SessionStateBuilder::new()
+        .with_default_features()
+        .with_config(config);
+    let ctx = SessionContext::new_with_state(super::install(state, store.clone()).build());
+    let sql = "SELECT * FROM matmul(colmeans(t(eye(1))), \
+               (SELECT * FROM (VALUES (0, 0, 1.0), (1, 1, 2.0)) t(i, j, v)))";
+    let plan = explain(&ctx, sql).await;
+    assert!(plan.contains("RepartitionExec"), "{plan}");
+    let msg = error(&ctx, sql).await;
+    assert!(msg.contains("1x1") && msg.contains("2x2"), "{msg}");
 }
 
 #[tokio::test]
