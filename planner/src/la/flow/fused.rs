@@ -77,6 +77,10 @@ impl FusedPartialExec {
     }
 }
 
+/// The blocks of `X` a partition holds, by block row: each row's blocks with their
+/// block column.
+type BlockRowsOfX = BTreeMap<u64, Vec<(u64, Block)>>;
+
 impl FusedPartialExec {
     /// The same operator in exact mode: one partial per block row.
     pub(crate) fn exact_copy(&self) -> Result<Self> {
@@ -192,7 +196,7 @@ impl ExecutionPlan for FusedPartialExec {
             let timer = elapsed.timer();
             let (batches, count) = blocking(move || {
                 let reservation = reservation;
-                let mut rows: BTreeMap<u64, Vec<(u64, Block)>> = BTreeMap::new();
+                let mut rows: BlockRowsOfX = BTreeMap::new();
                 for batch in &x {
                     let blocks = BlockRows::new(batch, 0)?;
                     for row in 0..blocks.len() {
@@ -213,7 +217,7 @@ impl ExecutionPlan for FusedPartialExec {
                 }
                 // The partials: one for the partition, ordered by it; exact, one per
                 // block row, ordered by the row.
-                let groups: Vec<(u64, BTreeMap<u64, Vec<(u64, Block)>>)> = if exact {
+                let groups: Vec<(u64, BlockRowsOfX)> = if exact {
                     rows.into_iter()
                         .map(|(i, blocks)| (i, BTreeMap::from([(i, blocks)])))
                         .collect()
@@ -253,7 +257,7 @@ impl ExecutionPlan for FusedPartialExec {
 /// Adds `t(X_i) X_i` of every block row `X_i` in `rows` to `partials`, by output block
 /// `(k, j)`; returns the block products made.
 fn tsmm_partials(
-    rows: BTreeMap<u64, Vec<(u64, Block)>>,
+    rows: BlockRowsOfX,
     partials: &mut HashMap<(u64, u64), Option<Acc>>,
     seq: bool,
 ) -> Result<usize> {
@@ -296,7 +300,7 @@ fn tsmm_partials(
 /// Adds `t(X_i) (X_i V)` of every block row `X_i` in `rows` to `partials`, by output
 /// block `(k, l)`, with `V`'s blocks by block row; returns the block products made.
 fn mmchain_partials(
-    rows: BTreeMap<u64, Vec<(u64, Block)>>,
+    rows: BlockRowsOfX,
     v_by_k: &HashMap<u64, Vec<(u64, Block)>>,
     partials: &mut HashMap<(u64, u64), Option<Acc>>,
     seq: bool,
