@@ -325,17 +325,27 @@ fn main() {
         ));
         sql("CREATE MATRIX sv BLOCK (100, 1) AS SELECT * FROM rand(100, 1, 1.0, 13, 0, 1)");
         let mut rows_out = Vec::new();
-        for (strategy, query) in [
-            ("local", "matmul(sa, sb)"),
-            ("broadcast", "matmul(sa, sb)"),
-            ("broadcast_left", "matmul(sa, sb)"),
-            ("repartition", "matmul(sa, sb)"),
-            ("replication", "matmul(sa, sb)"),
-            ("copartitioned", "matmul(t(sa), sb)"),
-            ("tsmm", "matmul(t(sx), sx)"),
-            ("mmchain", "matmul(t(sx), matmul(sx, sv))"),
+        // The last two again with exact sums (what distributed statements run with):
+        // one partial per product, single-threaded kernels.
+        for (strategy, query, exact) in [
+            ("local", "matmul(sa, sb)", false),
+            ("broadcast", "matmul(sa, sb)", false),
+            ("broadcast_left", "matmul(sa, sb)", false),
+            ("repartition", "matmul(sa, sb)", false),
+            ("replication", "matmul(sa, sb)", false),
+            ("copartitioned", "matmul(t(sa), sb)", false),
+            ("tsmm", "matmul(t(sx), sx)", false),
+            ("mmchain", "matmul(t(sx), matmul(sx, sv))", false),
+            ("repartition", "matmul(sa, sb)", true),
+            ("tsmm", "matmul(t(sx), sx)", true),
         ] {
             sql(&format!("SET tessera.matmul_strategy = '{strategy}'"));
+            sql(&format!("SET tessera.exact_sums = {exact}"));
+            let strategy = if exact {
+                format!("{strategy}, exact sums")
+            } else {
+                strategy.to_string()
+            };
             let q = format!("SELECT sum(v) FROM {query}");
             let time = best_of(3, || sql(&q));
             let analyzed = rt
@@ -347,6 +357,7 @@ fn main() {
             rows_out.push((strategy, query, time, metric_sum(&text, "bytes_moved=")));
         }
         sql("SET tessera.matmul_strategy = 'auto'");
+        sql("SET tessera.exact_sums = false");
         println!("| strategy | SELECT sum(v) FROM ... | s | bytes through exchanges |");
         println!("|---|---|---|---|");
         for (strategy, query, time, bytes) in rows_out {
