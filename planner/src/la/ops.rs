@@ -1196,6 +1196,18 @@ fn eval_scalar(steps: &[Step], leaves: &[f64]) -> f64 {
 // ---------------------------------------------------------------------------------
 // Reductions and reshaping
 
+/// The larger (`max`) or smaller of `x` and `y`, NaN if either is: how `min` and `max`
+/// of a matrix combine cells and partials.
+pub(crate) fn extreme(x: f64, y: f64, max: bool) -> f64 {
+    if x.is_nan() || y.is_nan() {
+        f64::NAN
+    } else if max {
+        x.max(y)
+    } else {
+        x.min(y)
+    }
+}
+
 /// A reduction; the result is collected in partition 0.
 pub(crate) fn reduce(
     a: BlockMatrix,
@@ -1226,15 +1238,7 @@ pub(crate) fn reduce(
             .fold(0.0, |x, y| x + y)),
         Reduction::Nnz => one(a.nnz() as f64),
         Reduction::Min | Reduction::Max => {
-            let pick = |x: f64, y: f64| {
-                if x.is_nan() || y.is_nan() {
-                    f64::NAN
-                } else if r == Reduction::Min {
-                    x.min(y)
-                } else {
-                    x.max(y)
-                }
-            };
+            let pick = |x: f64, y: f64| extreme(x, y, r == Reduction::Max);
             let mut acc: Option<f64> = if has_implicit_zeros && cells > 0.0 {
                 Some(0.0)
             } else {

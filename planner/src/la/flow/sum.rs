@@ -22,7 +22,7 @@ use tessera_storage::{Block, DenseBlock};
 
 use crate::error::{blocking, storage_error};
 use crate::la::matrix::block_bytes;
-use crate::la::ops::Acc;
+use crate::la::ops::{Acc, extreme};
 
 /// How a [`BlockSumExec`] combines the partials of a block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -262,16 +262,11 @@ impl ExecutionPlan for BlockSumExec {
 
 /// The smallest (largest) of `values`, NaN if any is NaN, as a 1 x 1 block.
 fn extreme_block(values: &[f64], max: bool) -> Result<Block> {
-    let pick = |x: f64, y: f64| {
-        if x.is_nan() || y.is_nan() {
-            f64::NAN
-        } else if max {
-            x.max(y)
-        } else {
-            x.min(y)
-        }
-    };
-    let v = values.iter().copied().reduce(pick).unwrap_or(0.0);
+    let v = values
+        .iter()
+        .copied()
+        .reduce(|x, y| extreme(x, y, max))
+        .unwrap_or(0.0);
     let block = DenseBlock::new(1, 1, vec![v]).map_err(storage_error)?;
     Ok(Block::Dense(block))
 }
