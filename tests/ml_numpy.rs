@@ -114,6 +114,15 @@ svm = LinearSVC(C=0.5, loss='squared_hinge', dual=False, tol=1e-12, max_iter=100
 model = L('l2svm_multi_out')
 close('l2svm_multi_coef', model[:5, :].T, svm.coef_, rtol=1e-4, atol=1e-5)
 agree('l2svm_multi_predict', L('l2svm_multi_predict_out'), svm.predict(mx), 0.99)
+
+# LATERAL sweeps: one ridge fit and one logistic regression per row of a table.
+lambdas = [0.5, 2.5, 10.0]
+for k, lam in enumerate(lambdas):
+    r = Ridge(alpha=lam, fit_intercept=True, solver='cholesky').fit(x, y)
+    close(f'lateral_lm[{k}]', L('lateral_lm_out')[k], np.concatenate([r.coef_.ravel(), r.intercept_]))
+    lr = LogisticRegression(C=1 / lam, tol=1e-12, max_iter=10000).fit(cx, cy)
+    close(f'lateral_logreg[{k}]', L('lateral_logreg_out')[k],
+          np.concatenate([lr.coef_.ravel(), lr.intercept_]), rtol=1e-5, atol=1e-6)
 print('\n'.join(bad) or 'ok')
 "#;
 
@@ -261,6 +270,19 @@ fn every_builtin_matches_numpy_and_scikit_learn() {
         "l2svm_multi_predict",
         "SELECT i, label FROM l2svm_predict(mx, l2svm(mx, my, 2))",
     );
+    // One fit per row of a table of penalties: coefficients as (row, coefficient).
+    script.push_str(
+        "CREATE TABLE sweep (k BIGINT, lambda DOUBLE PRECISION);\n\
+         INSERT INTO sweep VALUES (0, 0.5), (1, 2.5), (2, 10.0);\n",
+    );
+    script.push_str(&format!(
+        "COPY (SELECT s.k, m.i, m.v FROM sweep s, LATERAL lm(x, y, lambda => s.lambda, intercept => 1) m) TO '{}';\n",
+        p("lateral_lm_out.npy")
+    ));
+    script.push_str(&format!(
+        "COPY (SELECT s.k, m.i, m.v FROM sweep s, LATERAL logreg(cx, cy, lambda => s.lambda, tol => 1e-13) m WHERE m.j = 1 AND m.i < 7) TO '{}';\n",
+        p("lateral_logreg_out.npy")
+    ));
     run_script(&d.join("db"), &script);
     let verdict = python::run(d, CHECK);
     assert_eq!(

@@ -105,6 +105,33 @@ impl RelationPlanner for MatrixFunctions {
         relation: TableFactor,
         context: &mut dyn RelationPlannerContext,
     ) -> Result<RelationPlanning> {
+        if let TableFactor::Function {
+            lateral: true,
+            name,
+            args,
+            alias,
+            ..
+        } = &relation
+            && let Some(id) = single_name(name)
+        {
+            let fname = context.normalize_ident(id.clone());
+            if crate::ml::is_builtin(&fname) {
+                let planned = crate::ml::plan_call(&fname, args, &self.store, context, true)?;
+                let plan = crate::ml::LateralNode::plan(planned)?;
+                return Ok(RelationPlanning::Planned(Box::new(PlannedRelation::new(
+                    plan,
+                    alias.clone(),
+                ))));
+            }
+            if signature(&fname).is_some() {
+                return Err(crate::error::tessera_error(
+                    crate::error::ErrorKind::FeatureNotSupported,
+                    format!(
+                        "LATERAL {fname}(...): only the ML builtins (lm, kmeans, ...) take arguments from the row before them; write {fname}(...) without LATERAL"
+                    ),
+                ));
+            }
+        }
         let TableFactor::Table {
             name,
             alias,
@@ -175,6 +202,11 @@ impl<'a, 'c> Builder<'a, 'c> {
             inputs: Vec::new(),
             context,
         }
+    }
+
+    /// The planner context it reads with.
+    pub(crate) fn context(&mut self) -> &mut dyn RelationPlannerContext {
+        &mut *self.context
     }
 
     /// The subquery inputs read so far.

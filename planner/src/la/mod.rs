@@ -54,6 +54,7 @@ pub fn install(builder: SessionStateBuilder, store: Store) -> SessionStateBuilde
         // `FLOAT` / `FLOAT(p)` with PostgreSQL's widths (DataFusion makes every FLOAT 32-bit).
         .with_type_planner(Arc::new(crate::PostgresTypes))
         .with_query_planner(Arc::new(TesseraQueryPlanner))
+        .with_analyzer_rule(Arc::new(crate::ml::LateralCalls))
         .with_physical_optimizer_rule(Arc::new(crate::copartition::CoPartitionedJoins))
         .with_physical_optimizer_rule(Arc::new(BlockAggregates))
         .with_physical_optimizer_rule(Arc::new(flow::MeterExchanges))

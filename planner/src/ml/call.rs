@@ -2,12 +2,13 @@
 //! needs computed (block dataflows over its matrix arguments), and the in-memory step
 //! that turns their results into its output.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::common::{Column, Result, plan_err};
+use datafusion::common::{Column, DFSchema, Result, plan_err};
 use datafusion::datasource::provider_as_source;
 use datafusion::logical_expr::planner::RelationPlannerContext;
 use datafusion::logical_expr::{Expr, Extension, LogicalPlan, LogicalPlanBuilder};
@@ -162,6 +163,10 @@ pub(crate) struct Call {
     /// The last job gives the row count (rows of `rowsums(x)`), as x's shape is only
     /// known once its subquery has run.
     pub(crate) rows_job: bool,
+    /// Its numeric and string arguments.
+    arguments: Arguments,
+    /// Its matrix arguments.
+    mats: Vec<MatExpr>,
 }
 
 impl fmt::Display for Call {
@@ -217,6 +222,36 @@ pub fn plan_builtin(
     store: &Store,
     context: &mut dyn RelationPlannerContext,
 ) -> Result<LogicalPlan> {
+    let planned = plan_call(name, args, store, context, false)?;
+    planned.scan()
+}
+
+/// A builtin call planned: its relation, and the numeric arguments a `LATERAL` call
+/// takes from each row of the relation before it.
+pub(crate) struct PlannedCall {
+    pub(crate) table: Arc<BuiltinTable>,
+    /// `(parameter, expression over the outer row's columns)`.
+    pub(crate) per_row: Vec<(&'static str, Expr)>,
+}
+
+impl PlannedCall {
+    /// The call as a relation of its own (no per-row arguments).
+    pub(crate) fn scan(self) -> Result<LogicalPlan> {
+        let name = self.table.call_name().to_string();
+        LogicalPlanBuilder::scan(name, provider_as_source(self.table), None)?.build()
+    }
+}
+
+/// Plans `name(args)`. With `lateral`, a numeric argument may be an expression over
+/// the columns of the relation before it in `FROM` (`lambda => p.lambda`): it is
+/// returned in [`PlannedCall::per_row`] and the call planned with a stand-in value.
+pub(crate) fn plan_call(
+    name: &str,
+    args: &[FunctionArg],
+    store: &Store,
+    context: &mut dyn RelationPlannerContext,
+    lateral: bool,
+) -> Result<PlannedCall> {
     let sig = signature(name);
     let usage = || {
         let params: Vec<String> = sig
@@ -277,8 +312,9 @@ pub fn plan_builtin(
     let mut builder = crate::la::MatrixArguments::new(store, context);
     let mut mats = Vec::new();
     let mut owners: Vec<(usize, &'static str)> = Vec::new();
-    let mut nums = std::collections::HashMap::new();
-    let mut strs = std::collections::HashMap::new();
+    let mut nums = HashMap::new();
+    let mut strs = HashMap::new();
+    let mut per_row = Vec::new();
     for (k, (p, e)) in sig.iter().zip(&slots).enumerate() {
         match (p, e) {
             (Param::M(n), Some(e)) => {
@@ -288,9 +324,14 @@ pub fn plan_builtin(
                     owners.push((k + 1, *n));
                 }
             }
-            (Param::N(n, _), Some(e)) => match scalar(e) {
+            (Param::N(n, default), Some(e)) => match scalar(e) {
                 Some(v) => {
                     nums.insert(*n, v);
+                }
+                None if lateral && let Some(outer) = outer_expr(e, builder.context()) => {
+                    // Planned with a stand-in; each row's value is checked as it runs.
+                    nums.insert(*n, default.unwrap_or(1.0));
+                    per_row.push((*n, outer));
                 }
                 None => {
                     return Err(parameter_error(format!(
@@ -342,7 +383,71 @@ pub fn plan_builtin(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let num = |n: &str| nums.get(n).copied().unwrap_or(0.0);
+    let arguments = Arguments { nums, strs };
+    let (builtin, jobs, rows_job) = read(name, &arguments, &mats)?;
+    let call = Call {
+        written,
+        name: name.to_string(),
+        builtin,
+        jobs,
+        rows: mats[0].shape()?.map(|s| s.0),
+        rows_job,
+        arguments,
+        mats,
+    };
+    // Each job is a linear-algebra plan node over all the call's subquery inputs.
+    let mut job_plans = Vec::with_capacity(call.jobs.len());
+    for e in &call.jobs {
+        let node = LaNode::new(e.clone(), inputs.clone(), Output::Cells)?;
+        job_plans.push((
+            e.clone(),
+            LogicalPlan::Extension(Extension {
+                node: Arc::new(node),
+            }),
+        ));
+    }
+    // A NULL value in a subquery argument is an error, not an absent cell.
+    let mut checks = Vec::new();
+    for (input, (k, pname)) in inputs.iter().zip(&owners) {
+        if is_builtin_scan(input) {
+            continue;
+        }
+        let v = Expr::Column(Column::from(input.schema().qualified_field(2)));
+        let plan = LogicalPlanBuilder::from(input.clone())
+            .filter(v.is_null())?
+            .limit(0, Some(1))?
+            .build()?;
+        checks.push((format!("argument {k} ({pname})"), plan));
+    }
+    if !per_row.is_empty() && inputs.iter().any(|i| !i.all_out_ref_exprs().is_empty()) {
+        return Err(tessera_error(
+            ErrorKind::FeatureNotSupported,
+            format!("{name}: a LATERAL call takes numbers from the row before it, not matrices; a subquery argument may not refer to that row"),
+        ));
+    }
+    let table = BuiltinTable::new(Arc::new(call), job_plans, checks);
+    Ok(PlannedCall {
+        table: Arc::new(table),
+        per_row,
+    })
+}
+
+/// The numeric and string arguments of a call, by parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Arguments {
+    nums: HashMap<&'static str, f64>,
+    strs: HashMap<&'static str, String>,
+}
+
+/// What builtin `name` computes with `arguments` over the matrices `mats`, the jobs it
+/// reads, and whether the last job is the row count; bad arguments are errors.
+fn read(
+    name: &str,
+    arguments: &Arguments,
+    mats: &[MatExpr],
+) -> Result<(Builtin, Vec<MatExpr>, bool)> {
+    let sig = signature(name);
+    let num = |n: &str| arguments.nums.get(n).copied().unwrap_or(0.0);
     let count = |n: &str, min: f64| -> Result<usize> {
         let v = num(n);
         if v.fract() != 0.0 || v < min || v > 1e12 {
@@ -387,7 +492,7 @@ pub fn plan_builtin(
     let mut rows_job = false;
     let (builtin, mut jobs) = match name {
         "lm" => {
-            let solver = match strs.get("solver").map(String::as_str) {
+            let solver = match arguments.strs.get("solver").map(String::as_str) {
                 Some("auto") | None => LmSolver::Auto,
                 Some("direct") => LmSolver::Direct,
                 Some("cg") => LmSolver::Cg,
@@ -432,7 +537,7 @@ pub fn plan_builtin(
             rows_job = rows.is_none();
             (Builtin::Cov, vec![tsmm(centred(&x))])
         }
-        "cor" => match strs.get("method").map(String::as_str) {
+        "cor" => match arguments.strs.get("method").map(String::as_str) {
             Some("pearson") | None => {
                 rows_job = rows.is_none();
                 (Builtin::Cor { spearman: false }, vec![tsmm(centred(&x))])
@@ -525,40 +630,25 @@ pub fn plan_builtin(
     if rows_job {
         jobs.push(reduce(Reduction::RowSums, &x));
     }
-    let call = Call {
-        written,
-        name: name.to_string(),
-        builtin,
-        jobs,
-        rows,
-        rows_job,
-    };
-    // Each job is a linear-algebra plan node over all the call's subquery inputs.
-    let mut job_plans = Vec::with_capacity(call.jobs.len());
-    for e in &call.jobs {
-        let node = LaNode::new(e.clone(), inputs.clone(), Output::Cells)?;
-        job_plans.push((
-            e.clone(),
-            LogicalPlan::Extension(Extension {
-                node: Arc::new(node),
-            }),
-        ));
-    }
-    // A NULL value in a subquery argument is an error, not an absent cell.
-    let mut checks = Vec::new();
-    for (input, (k, pname)) in inputs.iter().zip(&owners) {
-        if is_builtin_scan(input) {
-            continue;
-        }
-        let v = Expr::Column(Column::from(input.schema().qualified_field(2)));
-        let plan = LogicalPlanBuilder::from(input.clone())
-            .filter(v.is_null())?
-            .limit(0, Some(1))?
-            .build()?;
-        checks.push((format!("argument {k} ({pname})"), plan));
-    }
-    let table = BuiltinTable::new(Arc::new(call), job_plans, checks);
-    LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(table)), None)?.build()
+    Ok((builtin, jobs, rows_job))
+}
+
+/// `e` as an expression over the outer row's columns, when it refers to any.
+fn outer_expr(e: &SqlExpr, context: &mut dyn RelationPlannerContext) -> Option<Expr> {
+    use datafusion::common::tree_node::{Transformed, TreeNode};
+    let expr = context.sql_to_expr(e.clone(), &DFSchema::empty()).ok()?;
+    let mut outer = false;
+    let expr = expr
+        .transform(|e| match e {
+            Expr::OuterReferenceColumn(_, c) => {
+                outer = true;
+                Ok(Transformed::yes(Expr::Column(c)))
+            }
+            e => Ok(Transformed::no(e)),
+        })
+        .ok()?
+        .data;
+    outer.then_some(expr)
 }
 
 /// True when `plan` is a builtin's own relation (its cells are never NULL).
@@ -595,14 +685,40 @@ impl Call {
         }
     }
 
-    /// The call's output from its jobs' results (in job order).
+    /// The same call with the numeric arguments `values` (a `LATERAL` call's row),
+    /// checked as the call's own were. Values that would change what the call reads
+    /// (its jobs) are refused: every row shares the jobs' results.
+    pub(crate) fn with_numbers(&self, values: &[(&'static str, f64)]) -> Result<Call> {
+        let mut arguments = self.arguments.clone();
+        for (n, v) in values {
+            arguments.nums.insert(n, *v);
+        }
+        let (builtin, jobs, rows_job) = read(&self.name, &arguments, &self.mats)?;
+        if jobs != self.jobs || rows_job != self.rows_job {
+            return Err(tessera_error(
+                ErrorKind::FeatureNotSupported,
+                format!(
+                    "{}: these per-row arguments change which matrices the call reads; give them as constants",
+                    self.name
+                ),
+            ));
+        }
+        Ok(Call {
+            builtin,
+            arguments,
+            ..self.clone()
+        })
+    }
+
+    /// The call's output from its jobs' results (in job order), its dense steps run
+    /// with `par`.
     pub(crate) fn finish(
         &self,
-        mats: Vec<BlockMatrix>,
+        mats: &[BlockMatrix],
         parfor: &ParforSettings,
+        par: Par,
     ) -> Result<Finished> {
         let name = self.name.as_str();
-        let par = Par::rayon(0);
         let row_count = |mats: &[BlockMatrix]| -> Result<usize> {
             match (self.rows, self.rows_job) {
                 (Some(n), _) => Ok(n as usize),

@@ -14,7 +14,7 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -27,7 +27,7 @@ use datafusion::physical_plan::{
 
 use super::ParforConfig;
 use super::call::{Call, output_schema};
-use super::parfor::Scheme;
+use super::parfor::{ParforReport, Scheme};
 use crate::la::{BlockMatrix, MatExpr};
 
 /// How a call's independent tasks (k-means runs, one-vs-rest SVMs) are scheduled.
@@ -97,23 +97,27 @@ impl BuiltinTable {
     }
 }
 
-#[async_trait]
-impl TableProvider for BuiltinTable {
-    fn schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
+impl BuiltinTable {
+    /// The builtin's name.
+    pub(crate) fn call_name(&self) -> &str {
+        &self.call.name
     }
 
-    fn table_type(&self) -> TableType {
-        TableType::Temporary
+    /// The call as written.
+    pub(crate) fn call_text(&self) -> String {
+        self.call.to_string()
     }
 
-    async fn scan(
+    /// The call's operator, its jobs planned by `state`'s planner.
+    pub(crate) async fn scan_call(&self, state: &dyn Session) -> Result<Arc<BuiltinExec>> {
+        self.exec(state, None).await
+    }
+
+    async fn exec(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
-        _limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
+    ) -> Result<Arc<BuiltinExec>> {
         let mut jobs = Vec::with_capacity(self.jobs.len());
         for (e, plan) in &self.jobs {
             jobs.push(Job {
@@ -134,6 +138,27 @@ impl TableProvider for BuiltinTable {
             ParforSettings::of(state)?,
             state.config().target_partitions().max(1),
         )?))
+    }
+}
+
+#[async_trait]
+impl TableProvider for BuiltinTable {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Temporary
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self.exec(state, projection).await?)
     }
 }
 
@@ -195,6 +220,82 @@ impl BuiltinExec {
     /// The call as written.
     pub fn call(&self) -> String {
         self.call.to_string()
+    }
+
+    pub(crate) fn call_arc(&self) -> Arc<Call> {
+        Arc::clone(&self.call)
+    }
+
+    pub(crate) fn call_name(&self) -> String {
+        self.call.name.clone()
+    }
+
+    pub(crate) fn parfor(&self) -> ParforSettings {
+        self.parfor
+    }
+
+    /// The jobs, as EXPLAIN shows them.
+    pub(crate) fn job_names(&self) -> Vec<String> {
+        self.jobs.iter().map(|j| j.expr.to_string()).collect()
+    }
+
+    /// Runs the call's NULL checks, then its jobs: their matrices, in job order, and
+    /// the reservation charging their dense copies to the memory pool.
+    pub(crate) fn compute_jobs(
+        &self,
+        context: Arc<TaskContext>,
+    ) -> impl Future<Output = Result<(Vec<BlockMatrix>, MemoryReservation)>> + Send + 'static {
+        let call = Arc::clone(&self.call);
+        let jobs = self.jobs.clone();
+        let checks = self.checks.clone();
+        let parts = self.parts;
+        async move {
+            for (what, plan) in &checks {
+                let rows: usize = collect(Arc::clone(plan), Arc::clone(&context))
+                    .await?
+                    .iter()
+                    .map(RecordBatch::num_rows)
+                    .sum();
+                if rows > 0 {
+                    return Err(super::dense::data_error(format!(
+                        "{}: {what} has a NULL value; matrix cells must be numbers (filter the NULLs out or COALESCE them)",
+                        call.name
+                    )));
+                }
+            }
+            let reservation = MemoryConsumer::new(format!("BuiltinExec[{}]", call.name))
+                .register(context.memory_pool());
+            let mut mats: Vec<BlockMatrix> = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                let m = match crate::la::compute_blocks(&job.plan, Arc::clone(&context), None)
+                    .await?
+                {
+                    Some(m) => m,
+                    None => {
+                        let batches = collect(Arc::clone(&job.plan), Arc::clone(&context)).await?;
+                        BlockMatrix::from_batches(&call.name, &batches, job.shape, parts)?
+                    }
+                };
+                // The in-memory step works on dense copies.
+                reservation.try_grow((m.rows.saturating_mul(m.cols) * 8) as usize)?;
+                mats.push(m);
+            }
+            Ok((mats, reservation))
+        }
+    }
+}
+
+/// A parfor run's tasks and busy time per worker, as `parfor_tasks` and `parfor_busy`.
+pub(crate) fn record_report(metrics: &ExecutionPlanMetricsSet, report: &ParforReport) {
+    for (w, (tasks, busy)) in report.tasks.iter().zip(&report.busy).enumerate() {
+        MetricBuilder::new(metrics)
+            .with_new_label("worker", w.to_string())
+            .global_counter("parfor_tasks")
+            .add(*tasks);
+        MetricBuilder::new(metrics)
+            .with_new_label("worker", w.to_string())
+            .subset_time("parfor_busy", 0)
+            .add_duration(*busy);
     }
 }
 
@@ -274,63 +375,24 @@ impl ExecutionPlan for BuiltinExec {
             )));
         }
         let call = Arc::clone(&self.call);
-        let jobs = self.jobs.clone();
-        let checks = self.checks.clone();
+        let jobs = self.compute_jobs(Arc::clone(&context));
         let parfor = self.parfor;
-        let parts = self.parts;
         let projection = self.projection.clone();
         let metrics = self.metrics.clone();
         let schema = Arc::clone(&self.schema);
         let fut = async move {
-            for (what, plan) in &checks {
-                let rows: usize = collect(Arc::clone(plan), Arc::clone(&context))
-                    .await?
-                    .iter()
-                    .map(RecordBatch::num_rows)
-                    .sum();
-                if rows > 0 {
-                    return Err(super::dense::data_error(format!(
-                        "{}: {what} has a NULL value; matrix cells must be numbers (filter the NULLs out or COALESCE them)",
-                        call.name
-                    )));
-                }
-            }
-            let reservation = MemoryConsumer::new(format!("BuiltinExec[{}]", call.name))
-                .register(context.memory_pool());
-            let mut mats: Vec<BlockMatrix> = Vec::with_capacity(jobs.len());
-            for job in &jobs {
-                let m = match crate::la::compute_blocks(&job.plan, Arc::clone(&context), None)
-                    .await?
-                {
-                    Some(m) => m,
-                    None => {
-                        let batches = collect(Arc::clone(&job.plan), Arc::clone(&context)).await?;
-                        BlockMatrix::from_batches(&call.name, &batches, job.shape, parts)?
-                    }
-                };
-                // The in-memory step works on dense copies.
-                reservation.try_grow((m.rows.saturating_mul(m.cols) * 8) as usize)?;
-                mats.push(m);
-            }
+            let (mats, reservation) = jobs.await?;
             let elapsed = MetricBuilder::new(&metrics).elapsed_compute(0);
             let timer = elapsed.timer();
             let finished = tokio::task::spawn_blocking(move || {
-                tessera_storage::kernels::cpu_pool().install(|| call.finish(mats, &parfor))
+                tessera_storage::kernels::cpu_pool()
+                    .install(|| call.finish(&mats, &parfor, faer::Par::rayon(0)))
             })
             .await
             .map_err(|e| DataFusionError::External(Box::new(e)))??;
             timer.done();
             if let Some(report) = &finished.report {
-                for (w, (tasks, busy)) in report.tasks.iter().zip(&report.busy).enumerate() {
-                    MetricBuilder::new(&metrics)
-                        .with_new_label("worker", w.to_string())
-                        .global_counter("parfor_tasks")
-                        .add(*tasks);
-                    MetricBuilder::new(&metrics)
-                        .with_new_label("worker", w.to_string())
-                        .subset_time("parfor_busy", 0)
-                        .add_duration(*busy);
-                }
+                record_report(&metrics, report);
             }
             drop(reservation);
             let batch = finished.batch;

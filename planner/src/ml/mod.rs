@@ -10,6 +10,11 @@
 //!   -> BuiltinExec                 runs the jobs, then the small dense step (a solve,
 //!                                  an eigen-decomposition, Newton's method) in the CPU
 //!                                  pool; independent tasks go through `parfor`
+//!
+//! FROM p, LATERAL lm(x, y, lambda => p.lambda)
+//!   -> lateral::LateralNode        the call over p's rows (an analyzer rule turns the
+//!                                  cross join into it)
+//!   -> LateralBuiltinExec          the jobs once, then one parfor task per row of p
 //! ```
 //!
 //! `docs/ml.md` lists every builtin with its arguments, outputs and errors.
@@ -19,6 +24,7 @@ mod classify;
 mod dense;
 mod exec;
 mod kmeans;
+mod lateral;
 mod linear;
 pub mod parfor;
 mod stats;
@@ -30,6 +36,9 @@ pub use call::{BUILTINS, is_builtin, plan_builtin, returns_matrix};
 pub use classify::FitParams;
 pub use exec::{BuiltinExec, ParforSettings};
 pub use kmeans::KmeansParams;
+pub use lateral::{LateralBuiltinExec, LateralCalls, LateralNode};
+pub(crate) use call::plan_call;
+pub(crate) use lateral::plan_lateral;
 pub use linear::{LM_DIRECT_MAX_COLS, LmParams, LmSolver};
 
 extensions_options! {

@@ -547,3 +547,135 @@ async fn bad_input_gives_clear_errors() {
     let e = error(&ctx, "SELECT * FROM kmeans(x, 2, 2, 5, 1)").await;
     assert!(e.to_string().contains("unknown parfor.scheme"), "{e}");
 }
+
+/// `(k, lambda, intercept)` rows as a `VALUES` relation named `p`.
+fn params(rows: &[(i64, &str, &str)]) -> String {
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|(k, l, i)| format!("({k}, {l}, {i})"))
+        .collect();
+    format!("(VALUES {}) AS p(k, lambda, icpt)", rows.join(", "))
+}
+
+#[tokio::test]
+async fn lateral_lm_fits_one_model_per_row() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    let x = data(60, 4, 11);
+    let y = data(60, 1, 12);
+    put(&store, "x", &x, (16, 3));
+    put(&store, "y", &y, (16, 1));
+    let grid = [(0.0, false), (0.3, false), (0.0, true), (2.5, true), (0.3, true)];
+    let rows: Vec<(i64, String, String)> = grid
+        .iter()
+        .enumerate()
+        .map(|(k, (l, i))| (k as i64, format!("{l:.1}"), u8::from(*i).to_string()))
+        .collect();
+    let rows: Vec<(i64, &str, &str)> = rows
+        .iter()
+        .map(|(k, l, i)| (*k, l.as_str(), i.as_str()))
+        .collect();
+    let from = params(&rows);
+    let sql = format!(
+        "SELECT p.k, m.i, m.v FROM {from}, LATERAL lm(x, y, lambda => p.lambda, intercept => p.icpt) m ORDER BY p.k, m.i"
+    );
+    for scheme in ["auto", "naive", "static", "factoring"] {
+        run(&ctx, &format!("SET parfor.scheme = '{scheme}'"))
+            .await
+            .unwrap();
+        // Coefficients by row, as (k, i) -> v.
+        let got = matrix(&ctx, &sql, grid.len(), 5).await;
+        for (k, (lambda, intercept)) in grid.iter().enumerate() {
+            let xa = if *intercept { with_ones(&x) } else { x.clone() };
+            let mut a = mm(&t(&xa), &xa);
+            for (d, row) in a.iter_mut().enumerate().take(4) {
+                row[d] += lambda;
+            }
+            let b: Vec<f64> = mm(&t(&xa), &y).iter().map(|r| r[0]).collect();
+            let mut want = naive_solve(&a, &b);
+            want.resize(5, 0.0);
+            close(
+                &vec![got[k].clone()],
+                &vec![want],
+                1e-8,
+                &format!("{scheme}: row {k}"),
+            );
+        }
+    }
+    run(&ctx, "SET parfor.scheme = 'auto'").await.unwrap();
+    // The outer row's columns come first, once per output row; a WHERE on them holds.
+    let batches = run(
+        &ctx,
+        &format!(
+            "SELECT p.lambda, count(*) AS n FROM {from}, LATERAL lm(x, y, lambda => p.lambda * 2) m WHERE p.icpt = 1 GROUP BY p.lambda ORDER BY p.lambda"
+        ),
+    )
+    .await
+    .unwrap();
+    let b = &batches[0];
+    let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(b.num_rows(), 3);
+    assert!((0..3).all(|r| n.value(r) == 4), "{b:?}");
+    // EXPLAIN names the per-row arguments, the shared jobs and the scheduling.
+    let plan = run(&ctx, &format!("EXPLAIN {sql}")).await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("LateralBuiltinExec: lm(x, y, lambda => p.lambda, intercept => p.icpt) per row: lambda = p.lambda, intercept = p.icpt jobs=[tsmm(x)"),
+        "{text}"
+    );
+    assert!(text.contains("parfor: scheme=auto"), "{text}");
+}
+
+#[tokio::test]
+async fn lateral_calls_refuse_what_they_cannot_run() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    put(&store, "x", &data(20, 3, 13), (8, 3));
+    put(&store, "y", &data(20, 1, 14), (8, 1));
+    // A NULL or a bad value names its row.
+    let from = params(&[(0, "0.5", "0"), (1, "CAST(NULL AS DOUBLE)", "0")]);
+    let e = error(
+        &ctx,
+        &format!("SELECT * FROM {from}, LATERAL lm(x, y, lambda => p.lambda) m"),
+    )
+    .await;
+    assert_eq!(kind(&e), Some(ErrorKind::DataException), "{e}");
+    assert!(e.to_string().contains("row 1: lambda => p.lambda is NULL"), "{e}");
+    let from = params(&[(0, "0.5", "0"), (1, "0.5", "7")]);
+    let e = error(
+        &ctx,
+        &format!("SELECT * FROM {from}, LATERAL lm(x, y, intercept => p.icpt) m"),
+    )
+    .await;
+    assert_eq!(kind(&e), Some(ErrorKind::InvalidParameterValue), "{e}");
+    assert!(e.to_string().contains("row 1 (intercept = 7)"), "{e}");
+    // Only a plain join with the relation before it.
+    let e = error(
+        &ctx,
+        &format!("SELECT * FROM {from} LEFT JOIN LATERAL lm(x, y, lambda => p.lambda) m ON true"),
+    )
+    .await;
+    assert_eq!(kind(&e), Some(ErrorKind::FeatureNotSupported), "{e}");
+    // Matrix functions take no per-row arguments.
+    let e = error(
+        &ctx,
+        &format!("SELECT * FROM {from}, LATERAL slice(x, 0, p.k + 1, 0, 3) m"),
+    )
+    .await;
+    assert_eq!(kind(&e), Some(ErrorKind::FeatureNotSupported), "{e}");
+    // Without per-row arguments LATERAL is an ordinary call, joined to every row.
+    let batches = run(
+        &ctx,
+        &format!("SELECT count(*) FROM {from}, LATERAL lm(x, y, lambda => 0.5) m"),
+    )
+    .await
+    .unwrap();
+    let n = batches[0]
+        .column(0)
+        .as_any()
+        .downcast_ref::<Int64Array>()
+        .unwrap();
+    assert_eq!(n.value(0), 6);
+}

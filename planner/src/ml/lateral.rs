@@ -1,0 +1,488 @@
+//! Per-row builtin calls: `FROM params p, LATERAL lm(x, y, lambda => p.lambda) m` runs
+//! one task per row of `params`, each the call with that row's numbers.
+//!
+//! ```text
+//! LATERAL lm(..., lambda => p.lambda)   planned by MatrixFunctions as a LateralNode
+//!                                       holding the call (no input yet)
+//! Join(params, LateralNode)             the cross join DataFusion plans for FROM
+//!   -> LateralCalls (analyzer rule)     one LateralNode over params, the join's schema
+//!   -> LateralBuiltinExec               the call's jobs computed once and shared by
+//!                                       every row; one task per row of params,
+//!                                       scheduled by parfor; rows merged in order
+//! ```
+//!
+//! Every row shares the jobs' results (the matrices the call reads, such as `t(X) X`
+//! for `lm`), so a sweep over `lambda` multiplies `X` once. A per-row value that would
+//! change the jobs (a solver chosen per row) is refused.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, UInt32Array};
+use datafusion::arrow::compute::{cast, concat_batches, take};
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::config::ConfigOptions;
+use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
+use datafusion::common::{DFSchema, DFSchemaRef, DataFusionError, Result, ScalarValue};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{
+    Expr, Extension, JoinType, LogicalPlan, UserDefinedLogicalNodeCore,
+};
+use datafusion::optimizer::AnalyzerRule;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+    SendableRecordBatchStream, collect,
+};
+use faer::Par;
+
+use super::call::{PlannedCall, output_schema};
+use super::exec::{BuiltinExec, BuiltinTable, ParforSettings, record_report};
+use super::parfor::{self, Scheme};
+use crate::error::{ErrorKind, tessera_error};
+
+/// A `LATERAL` builtin call with per-row arguments: before [`LateralCalls`] runs, the
+/// call alone (no input, the builtin's output schema); after, the call over the
+/// relation whose rows it reads (the join's schema: that relation's columns, then the
+/// call's).
+#[derive(Debug, Clone)]
+pub struct LateralNode {
+    table: Arc<BuiltinTable>,
+    /// `(parameter, expression over the input's columns)`.
+    per_row: Vec<(&'static str, Expr)>,
+    input: Option<LogicalPlan>,
+    schema: DFSchemaRef,
+}
+
+impl LateralNode {
+    /// The plan of a `LATERAL` call: the call's own relation when no argument comes
+    /// from the row before it, else a node the analyzer joins to that row's relation.
+    pub(crate) fn plan(planned: PlannedCall) -> Result<LogicalPlan> {
+        if planned.per_row.is_empty() {
+            return planned.scan();
+        }
+        let arrow = output_schema(planned.table.call_name());
+        let schema = Arc::new(DFSchema::try_from(arrow.as_ref().clone())?);
+        Ok(LogicalPlan::Extension(Extension {
+            node: Arc::new(LateralNode {
+                table: planned.table,
+                per_row: planned.per_row,
+                input: None,
+                schema,
+            }),
+        }))
+    }
+
+    fn call(&self) -> String {
+        self.table.call_text()
+    }
+
+    fn per_row_text(&self) -> String {
+        self.per_row
+            .iter()
+            .map(|(n, e)| format!("{n} = {e}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+impl PartialEq for LateralNode {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.table, &other.table)
+            && self.per_row == other.per_row
+            && self.input == other.input
+    }
+}
+
+impl Eq for LateralNode {}
+
+impl Hash for LateralNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.call().hash(state);
+        self.input.hash(state);
+    }
+}
+
+impl PartialOrd for LateralNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        (self == other).then_some(Ordering::Equal)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for LateralNode {
+    fn name(&self) -> &str {
+        "LateralBuiltin"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        self.input.iter().collect()
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        // Before it has an input its expressions refer to nothing it can see.
+        match self.input {
+            Some(_) => self.per_row.iter().map(|(_, e)| e.clone()).collect(),
+            None => vec![],
+        }
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "LateralBuiltin: {} per row: {}",
+            self.call(),
+            self.per_row_text()
+        )
+    }
+
+    fn with_exprs_and_inputs(&self, exprs: Vec<Expr>, inputs: Vec<LogicalPlan>) -> Result<Self> {
+        let per_row = if exprs.is_empty() {
+            self.per_row.clone()
+        } else {
+            self.per_row
+                .iter()
+                .zip(exprs)
+                .map(|((n, _), e)| (*n, e))
+                .collect()
+        };
+        Ok(Self {
+            table: Arc::clone(&self.table),
+            per_row,
+            input: inputs.into_iter().next(),
+            schema: Arc::clone(&self.schema),
+        })
+    }
+}
+
+/// The analyzer rule that gives each `LATERAL` call the relation before it: the cross
+/// join of that relation with the call becomes the call over that relation.
+#[derive(Debug, Default)]
+pub struct LateralCalls;
+
+impl AnalyzerRule for LateralCalls {
+    fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
+        Ok(plan
+            .transform_up_with_subqueries(|plan| {
+                let LogicalPlan::Join(join) = &plan else {
+                    return Ok(Transformed::no(plan));
+                };
+                let Some(call) = lateral_call(&join.right) else {
+                    return Ok(Transformed::no(plan));
+                };
+                let unconditional = join.on.is_empty()
+                    && match &join.filter {
+                        None => true,
+                        Some(Expr::Literal(ScalarValue::Boolean(Some(true)), _)) => true,
+                        Some(_) => false,
+                    };
+                if join.join_type != JoinType::Inner || !unconditional {
+                    return Err(tessera_error(
+                        ErrorKind::FeatureNotSupported,
+                        format!(
+                            "LATERAL {}: only a plain (cross or ON true) join with the relation before it is supported",
+                            call.call()
+                        ),
+                    ));
+                }
+                let node = LateralNode {
+                    table: Arc::clone(&call.table),
+                    per_row: call.per_row.clone(),
+                    input: Some(join.left.as_ref().clone()),
+                    schema: Arc::clone(&join.schema),
+                };
+                Ok(Transformed::yes(LogicalPlan::Extension(Extension {
+                    node: Arc::new(node),
+                })))
+            })?
+            .data)
+    }
+
+    fn name(&self) -> &str {
+        "tessera_lateral_calls"
+    }
+}
+
+/// The lateral call `plan` is (under its alias and column renames), if it is one
+/// without an input.
+fn lateral_call(plan: &LogicalPlan) -> Option<&LateralNode> {
+    match plan {
+        LogicalPlan::SubqueryAlias(a) => lateral_call(&a.input),
+        LogicalPlan::Projection(p) if p.expr.iter().all(is_column) => lateral_call(&p.input),
+        LogicalPlan::Extension(e) => e
+            .node
+            .as_any()
+            .downcast_ref::<LateralNode>()
+            .filter(|n| n.input.is_none()),
+        _ => None,
+    }
+}
+
+fn is_column(e: &Expr) -> bool {
+    match e {
+        Expr::Column(_) => true,
+        Expr::Alias(a) => matches!(*a.expr, Expr::Column(_)),
+        _ => false,
+    }
+}
+
+/// The operator for a [`LateralNode`] over `input`.
+pub(crate) async fn plan_lateral(
+    node: &LateralNode,
+    input: Arc<dyn ExecutionPlan>,
+    session: &dyn Session,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let Some(logical_input) = &node.input else {
+        return Err(tessera_error(
+            ErrorKind::FeatureNotSupported,
+            format!(
+                "LATERAL {}: a call with per-row arguments must follow, in FROM, the relation whose rows it reads",
+                node.call()
+            ),
+        ));
+    };
+    let builtin = node.table.scan_call(session).await?;
+    let mut per_row = Vec::with_capacity(node.per_row.len());
+    for (n, e) in &node.per_row {
+        per_row.push((
+            *n,
+            e.to_string(),
+            session.create_physical_expr(e.clone(), logical_input.schema())?,
+        ));
+    }
+    let schema: SchemaRef = Arc::new(node.schema.as_arrow().clone());
+    Ok(Arc::new(LateralBuiltinExec::new(
+        input, builtin, per_row, schema,
+    )))
+}
+
+/// A builtin call run once per row of its input: the call's jobs computed once, then
+/// one parfor task per row with that row's numbers; each row's output rows follow a
+/// copy of the row, in row order.
+#[derive(Debug)]
+pub struct LateralBuiltinExec {
+    input: Arc<dyn ExecutionPlan>,
+    builtin: Arc<BuiltinExec>,
+    /// `(parameter, expression as written, expression)`.
+    per_row: Vec<(&'static str, String, Arc<dyn PhysicalExpr>)>,
+    schema: SchemaRef,
+    props: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
+}
+
+impl LateralBuiltinExec {
+    fn new(
+        input: Arc<dyn ExecutionPlan>,
+        builtin: Arc<BuiltinExec>,
+        per_row: Vec<(&'static str, String, Arc<dyn PhysicalExpr>)>,
+        schema: SchemaRef,
+    ) -> Self {
+        let props = PlanProperties::new(
+            EquivalenceProperties::new(Arc::clone(&schema)),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Self {
+            input,
+            builtin,
+            per_row,
+            schema,
+            props: Arc::new(props),
+            metrics: ExecutionPlanMetricsSet::new(),
+        }
+    }
+}
+
+impl DisplayAs for LateralBuiltinExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        let per_row: Vec<String> = self
+            .per_row
+            .iter()
+            .map(|(n, e, _)| format!("{n} = {e}"))
+            .collect();
+        let parfor = self.builtin.parfor();
+        let scheme = parfor.scheme.map_or_else(|| "auto".to_string(), Scheme::name);
+        write!(
+            f,
+            "LateralBuiltinExec: {} per row: {} jobs=[{}] parfor: scheme={scheme} workers={} tasks=one per input row local",
+            self.builtin.call(),
+            per_row.join(", "),
+            self.builtin.job_names().join(", "),
+            parfor.workers
+        )
+    }
+}
+
+impl ExecutionPlan for LateralBuiltinExec {
+    fn name(&self) -> &str {
+        "LateralBuiltinExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.props
+    }
+
+    fn apply_expressions(
+        &self,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        for (_, _, e) in &self.per_row {
+            if f(e)? == TreeNodeRecursion::Stop {
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
+            DataFusionError::Internal("LateralBuiltinExec has one child".into())
+        })?;
+        Ok(Arc::new(Self::new(
+            input,
+            Arc::clone(&self.builtin),
+            self.per_row.clone(),
+            Arc::clone(&self.schema),
+        )))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    fn execute(
+        &self,
+        partition: usize,
+        context: Arc<TaskContext>,
+    ) -> Result<SendableRecordBatchStream> {
+        if partition != 0 {
+            return Err(DataFusionError::Internal(format!(
+                "LateralBuiltinExec has one partition, asked for {partition}"
+            )));
+        }
+        let input = Arc::clone(&self.input);
+        let builtin = Arc::clone(&self.builtin);
+        let per_row = self.per_row.clone();
+        let schema = Arc::clone(&self.schema);
+        let metrics = self.metrics.clone();
+        let fut = async move {
+            let input_schema = input.schema();
+            let batches = collect(input, Arc::clone(&context)).await?;
+            let rows = concat_batches(&input_schema, &batches)?;
+            drop(batches);
+            let n = rows.num_rows();
+            // Each per-row argument as numbers, NULL for a NULL or non-number.
+            let mut values = Vec::with_capacity(per_row.len());
+            for (name, written, e) in &per_row {
+                let v = e.evaluate(&rows)?.into_array(n)?;
+                let v = cast(&v, &DataType::Float64).map_err(|err| {
+                    tessera_error(
+                        ErrorKind::DatatypeMismatch,
+                        format!(
+                            "LATERAL {}: {name} => {written} must be a number: {err}",
+                            builtin.call()
+                        ),
+                    )
+                })?;
+                values.push((*name, written.clone(), v));
+            }
+            let (mats, reservation) = builtin.compute_jobs(Arc::clone(&context)).await?;
+            let parfor = builtin.parfor();
+            let workers = parfor.workers.clamp(1, n.max(1));
+            let scheme = parfor.scheme.unwrap_or_else(|| Scheme::auto(n, workers));
+            // Concurrent rows compute on one thread each; a single row may use every
+            // core, and runs its own tasks (k-means runs) itself.
+            let (par, inner) = if workers > 1 {
+                (
+                    Par::Seq,
+                    ParforSettings {
+                        workers: 1,
+                        ..parfor
+                    },
+                )
+            } else {
+                (Par::rayon(0), parfor)
+            };
+            let call = builtin.call_arc();
+            let elapsed = MetricBuilder::new(&metrics).elapsed_compute(0);
+            let timer = elapsed.timer();
+            let (outputs, report) = tokio::task::spawn_blocking(move || {
+                tessera_storage::kernels::cpu_pool().install(|| {
+                    parfor::run(n, workers, scheme, |r| {
+                        let mut numbers = Vec::with_capacity(values.len());
+                        for (name, written, v) in &values {
+                            let v = v
+                                .as_any()
+                                .downcast_ref::<Float64Array>()
+                                .filter(|v| v.is_valid(r))
+                                .map(|v| v.value(r));
+                            let Some(v) = v else {
+                                return Err(tessera_error(
+                                    ErrorKind::DataException,
+                                    format!(
+                                        "LATERAL {call}: row {r}: {name} => {written} is NULL"
+                                    ),
+                                ));
+                            };
+                            numbers.push((*name, v));
+                        }
+                        let shown: Vec<String> =
+                            numbers.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+                        let row_call = call.with_numbers(&numbers).map_err(|e| {
+                            e.context(format!("LATERAL {call}: row {r} ({})", shown.join(", ")))
+                        })?;
+                        row_call
+                            .finish(&mats, &inner, par)
+                            .map(|f| f.batch)
+                            .map_err(|e| {
+                                e.context(format!(
+                                    "LATERAL {call}: row {r} ({})",
+                                    shown.join(", ")
+                                ))
+                            })
+                    })
+                })
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            timer.done();
+            record_report(&metrics, &report);
+            // Row r's output rows, after copies of row r.
+            let mut index = Vec::new();
+            for (r, out) in outputs.iter().enumerate() {
+                index.extend(std::iter::repeat_n(r as u32, out.num_rows()));
+            }
+            let index = UInt32Array::from(index);
+            let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+            for c in rows.columns() {
+                columns.push(take(c.as_ref(), &index, None)?);
+            }
+            let call_schema = output_schema(&builtin.call_name());
+            let results = concat_batches(&call_schema, &outputs)?;
+            columns.extend(results.columns().iter().cloned());
+            drop(reservation);
+            Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            Arc::clone(&self.schema),
+            futures::stream::once(fut),
+        )))
+    }
+}
