@@ -677,6 +677,36 @@ fn plan_cache_sees_writes_from_other_sessions() {
 }
 
 #[test]
+fn builtin_calls_run_again_from_the_plan_cache() {
+    runtime().block_on(async {
+        let db = Database::in_memory().unwrap();
+        let session = db.session().unwrap();
+        session
+            .sql(
+                "CREATE MATRIX x (20000, 10) BLOCK (1000, 10);
+                 INSERT INTO x SELECT * FROM rand(20000, 10, 1.0, 1, 0, 1);
+                 CREATE MATRIX y (20000, 1) BLOCK (1000, 1);
+                 INSERT INTO y SELECT * FROM rand(20000, 1, 1.0, 2, 0, 1);
+                 CREATE TABLE sweep (lambda DOUBLE PRECISION);
+                 INSERT INTO sweep VALUES (0.1), (1)",
+            )
+            .await
+            .unwrap();
+        // The calls' jobs (block dataflows with exchanges) run afresh every time.
+        for query in [
+            "SELECT count(*) FROM lm(x, y, lambda => 0.1)",
+            "SELECT count(*) FROM sweep s, LATERAL lm(x, y, lambda => s.lambda) m",
+            "SELECT count(*) FROM cor(x)",
+        ] {
+            let first = session_rows(&session, query).await;
+            for _ in 0..3 {
+                assert_eq!(session_rows(&session, query).await, first, "{query}");
+            }
+        }
+    });
+}
+
+#[test]
 fn plan_cache_sees_drop_and_create() {
     runtime().block_on(async {
         let db = Database::in_memory().unwrap();

@@ -143,7 +143,7 @@ fn alternate(mut ours: impl FnMut() -> Duration, numpy: &mut NumPy) -> (Duration
 
 fn main() {
     let small = std::env::var_os("TESSERA_BENCH_SMALL").is_some();
-    // TESSERA_BENCH_ONLY=matmul|tsmm|relational|aggregates|strategies|distributed runs one.
+    // TESSERA_BENCH_ONLY=matmul|tsmm|relational|aggregates|strategies|distributed|ml runs one.
     let only = std::env::var("TESSERA_BENCH_ONLY").ok();
     let runs = |what: &str| only.as_deref().is_none_or(|o| o == what);
     let (n, rows) = if small {
@@ -482,6 +482,11 @@ fn main() {
         }
     }
 
+    // 6. The ML builtins through SQL against NumPy / scikit-learn on the same data.
+    if runs("ml") {
+        ml(&rt, &db, dir.path(), rows, &mut table);
+    }
+
     println!("| workload | Tessera s | other s | speed ratio (other / Tessera) | target |");
     println!("|---|---|---|---|---|");
     for (what, ours, other, target) in table {
@@ -494,4 +499,142 @@ fn main() {
             None => println!("| {what} | {ours:.3} | (not available) | - | {target}x |"),
         }
     }
+}
+
+/// A row of the summary table: what ran, Tessera's time, the other side's, the target.
+type Row = (String, Duration, Option<f64>, f64);
+
+/// Best of `rounds` for each side, the sides taking turns.
+fn alternate_n(
+    rounds: usize,
+    mut ours: impl FnMut() -> Duration,
+    other: &mut NumPy,
+) -> (Duration, Option<f64>) {
+    let mut best = (Duration::MAX, None::<f64>);
+    for _ in 0..rounds {
+        best.0 = best.0.min(ours());
+        if let Some(t) = other.run() {
+            best.1 = Some(best.1.map_or(t, |b| b.min(t)));
+        }
+    }
+    best
+}
+
+/// The ML workloads of issue 19: `lm` closed form and by CG, ten `lm` fits as
+/// independent tasks (a `LATERAL` sweep; each scheduling scheme forced in turn), `cor`,
+/// k-means and logistic regression. The data is drawn by NumPy and loaded with `COPY`.
+fn ml(rt: &tokio::runtime::Runtime, db: &Database, dir: &Path, rows: usize, table: &mut Vec<Row>) {
+    let sql = |q: &str| {
+        rt.block_on(db.sql(q))
+            .unwrap_or_else(|e| panic!("{q}: {e}"));
+    };
+    let timed = |q: &str| {
+        let t = Instant::now();
+        sql(q);
+        t.elapsed()
+    };
+    let path = |name: &str| dir.join(format!("ml_{name}.npy")).display().to_string();
+    let cor_rows = rows / 10;
+    let made = python(&format!(
+        "import numpy as np\n\
+         r = np.random.default_rng(7)\n\
+         x = r.standard_normal(({rows}, 100)); np.save('{x}', x)\n\
+         y = x @ r.standard_normal((100, 1)) + 0.1 * r.standard_normal(({rows}, 1)); np.save('{y}', y)\n\
+         np.save('{c}', (x[:, :1] + x[:, 1:2] + 0.5 * r.standard_normal(({rows}, 1)) > 0).astype(float))\n\
+         np.save('{w}', r.standard_normal(({cor_rows}, 200)))\n\
+         centres = 4 * r.standard_normal((10, 20))\n\
+         np.save('{k}', centres[r.integers(0, 10, {rows})] + r.standard_normal(({rows}, 20)))\n\
+         print(0)",
+        x = path("x"),
+        y = path("y"),
+        c = path("c"),
+        w = path("w"),
+        k = path("k"),
+    ));
+    if made.is_none() {
+        eprintln!("ml: NumPy could not write the data; skipped");
+        return;
+    }
+    for (name, shape) in [
+        ("mx", format!("({rows}, 100) BLOCK (10000, 100)")),
+        ("my", format!("({rows}, 1) BLOCK (10000, 1)")),
+        ("mc", format!("({rows}, 1) BLOCK (10000, 1)")),
+        ("mw", format!("({cor_rows}, 200)")),
+        ("mk", format!("({rows}, 20) BLOCK (10000, 20)")),
+    ] {
+        let file = path(&name[1..]);
+        sql(&format!(
+            "CREATE MATRIX {name} {shape}; COPY {name} FROM '{file}' WITH (FORMAT npy)"
+        ));
+    }
+    let prelude = format!(
+        "import numpy as np\nx = np.load('{x}'); y = np.load('{y}'); c = np.load('{c}').ravel(); w = np.load('{w}'); k = np.load('{k}')\ndef setup(): pass\n",
+        x = path("x"),
+        y = path("y"),
+        c = path("c"),
+        w = path("w"),
+        k = path("k"),
+    );
+    let numpy = |run: &str| NumPy::start(&format!("{prelude}{run}"));
+
+    // lm, closed form: the builtin, and the same in matrix functions.
+    let mut other = numpy(
+        "def run(): np.linalg.solve(x.T @ x + 0.001 * np.eye(100), x.T @ y)",
+    );
+    let (ours, theirs) = alternate_n(5, || timed("SELECT * FROM lm(mx, my, lambda => 0.001)"), &mut other);
+    table.push((format!("lm(x, y, lambda => 0.001), x {rows}x100 vs np.linalg.solve(x.T @ x + 0.001 I, x.T @ y)"), ours, theirs, 1.5));
+    let (ours, theirs) = alternate_n(
+        5,
+        || timed("SELECT * FROM solve(add(matmul(t(mx), mx), scale(eye(100), 0.001)), matmul(t(mx), my))"),
+        &mut other,
+    );
+    table.push(("the same as solve(add(matmul(t(x), x), scale(eye(100), 0.001)), matmul(t(x), y))".into(), ours, theirs, 1.5));
+    drop(other);
+
+    // lm by conjugate gradient, 20 iterations on both sides.
+    let mut other = numpy(
+        "def run():\n b = x.T @ y; v = np.zeros((100, 1)); r = b.copy(); p = r.copy(); rs = float((r * r).sum())\n for _ in range(20):\n  q = x.T @ (x @ p) + 0.001 * p; a = rs / float((p * q).sum()); v += a * p; r -= a * q; rn = float((r * r).sum()); p = r + (rn / rs) * p; rs = rn",
+    );
+    let (ours, theirs) = alternate_n(
+        3,
+        || timed("SELECT * FROM lm(mx, my, lambda => 0.001, solver => 'cg', max_iter => 20, tol => 0)"),
+        &mut other,
+    );
+    table.push((format!("lm by CG, 20 iterations, x {rows}x100 vs the same loop in NumPy"), ours, theirs, 2.0));
+    drop(other);
+
+    // Ten lm fits as independent tasks: NumPy fits each from scratch.
+    sql("CREATE TABLE IF NOT EXISTS ml_sweep (lambda DOUBLE PRECISION)");
+    sql("INSERT INTO ml_sweep VALUES (0.001), (0.01), (0.1), (1), (2), (5), (10), (20), (50), (100)");
+    let mut other = numpy(
+        "def run():\n for l in [0.001, 0.01, 0.1, 1, 2, 5, 10, 20, 50, 100]: np.linalg.solve(x.T @ x + l * np.eye(100), x.T @ y)",
+    );
+    let sweep = "SELECT s.lambda, m.i, m.v FROM ml_sweep s, LATERAL lm(mx, my, lambda => s.lambda) m";
+    for scheme in ["auto", "naive", "static", "fixed", "factoring"] {
+        sql(&format!("SET parfor.scheme = '{scheme}'"));
+        let (ours, theirs) = alternate_n(3, || timed(sweep), &mut other);
+        table.push((format!("ten lm fits, LATERAL over 10 lambdas, parfor.scheme = {scheme}, vs ten np.linalg.solve"), ours, theirs, 1.8));
+    }
+    sql("SET parfor.scheme = 'auto'");
+    drop(other);
+
+    // cor of 200 columns.
+    let mut other = numpy("def run(): np.corrcoef(w, rowvar=False)");
+    let (ours, theirs) = alternate_n(5, || timed("SELECT * FROM cor(mw)"), &mut other);
+    table.push((format!("cor(w), w {cor_rows}x200 vs np.corrcoef"), ours, theirs, 1.0));
+    drop(other);
+
+    // k-means, one run of at most 20 Lloyd steps, and logistic regression.
+    let mut other = numpy(
+        "from sklearn.cluster import KMeans\ndef run(): KMeans(n_clusters=10, n_init=1, max_iter=20, algorithm='lloyd', random_state=0).fit(k)",
+    );
+    let (ours, theirs) = alternate_n(2, || timed("SELECT * FROM kmeans(mk, 10, runs => 1, max_iter => 20)"), &mut other);
+    table.push((format!("kmeans(k, 10, runs => 1, max_iter => 20), k {rows}x20 vs scikit-learn KMeans(n_init=1, max_iter=20)"), ours, theirs, 1.0));
+    drop(other);
+    let mut other = numpy(
+        "from sklearn.linear_model import LogisticRegression\ndef run(): LogisticRegression(C=1.0, tol=1e-6, max_iter=1000).fit(x, c)",
+    );
+    let (ours, theirs) = alternate_n(2, || timed("SELECT * FROM logreg(mx, mc, lambda => 1, tol => 1e-6)"), &mut other);
+    table.push((format!("logreg(x, c, lambda => 1), x {rows}x100, two classes vs scikit-learn LogisticRegression(C=1)"), ours, theirs, 1.0));
+    drop(other);
 }

@@ -17,7 +17,7 @@ use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
@@ -222,6 +222,30 @@ impl BuiltinExec {
         self.call.to_string()
     }
 
+    /// The same call, ready to run again: its jobs' and checks' plans (outside its
+    /// children, so [`reset_plan_states`] does not reach them) reset, its metrics new.
+    pub(crate) fn reset(&self) -> Result<BuiltinExec> {
+        let mut jobs = Vec::with_capacity(self.jobs.len());
+        for job in &self.jobs {
+            jobs.push(Job {
+                plan: reset_plan_states(Arc::clone(&job.plan))?,
+                ..job.clone()
+            });
+        }
+        let mut checks = Vec::with_capacity(self.checks.len());
+        for (what, plan) in &self.checks {
+            checks.push((what.clone(), reset_plan_states(Arc::clone(plan))?));
+        }
+        BuiltinExec::new(
+            Arc::clone(&self.call),
+            jobs,
+            checks,
+            self.projection.clone(),
+            self.parfor,
+            self.parts,
+        )
+    }
+
     pub(crate) fn call_arc(&self) -> Arc<Call> {
         Arc::clone(&self.call)
     }
@@ -362,6 +386,10 @@ impl ExecutionPlan for BuiltinExec {
 
     fn metrics(&self) -> Option<MetricsSet> {
         Some(self.metrics.clone_inner())
+    }
+
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(self.reset()?))
     }
 
     fn execute(

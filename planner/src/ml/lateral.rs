@@ -367,6 +367,15 @@ impl ExecutionPlan for LateralBuiltinExec {
         Some(self.metrics.clone_inner())
     }
 
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(Arc::new(Self::new(
+            Arc::clone(&self.input),
+            Arc::new(self.builtin.reset()?),
+            self.per_row.clone(),
+            Arc::clone(&self.schema),
+        )))
+    }
+
     fn execute(
         &self,
         partition: usize,
