@@ -707,6 +707,54 @@ fn builtin_calls_run_again_from_the_plan_cache() {
 }
 
 #[test]
+fn blocks_read_again_come_from_the_store_cache_charged_to_the_pool() {
+    runtime().block_on(async {
+        let db = Database::in_memory_with(DatabaseOptions {
+            memory_limit: Some(256 << 20),
+            ..DatabaseOptions::default()
+        })
+        .unwrap();
+        db.sql(
+            "CREATE MATRIX x (4000, 50) BLOCK (500, 50);
+             INSERT INTO x SELECT * FROM rand(4000, 50, 1.0, 3, 0, 1)",
+        )
+        .await
+        .unwrap();
+        let stats = || db.store().block_cache_stats().unwrap();
+        // A quarter of the memory limit.
+        assert_eq!(stats().capacity, 64 << 20);
+        let query = "SELECT sum(v) FROM matmul(t(x), x)";
+        let first = rows(&db.sql(query).await.unwrap());
+        let after_first = stats();
+        assert_eq!(after_first.blocks, 8, "{after_first:?}");
+        assert_eq!(after_first.bytes, 8 * 500 * 50 * 8);
+        let again = rows(&db.sql(query).await.unwrap());
+        assert_eq!(again, first);
+        let after_again = stats();
+        assert_eq!(after_again.misses, after_first.misses, "{after_again:?}");
+        assert!(after_again.hits >= after_first.hits + 8, "{after_again:?}");
+        // A new version reads its new blocks, never the old version's cached ones.
+        let top = "SELECT sum(v) FROM matmul(slice(x, 0, 500, 0, 50), eye(50))";
+        let number = |r: Vec<String>| r[0].parse::<f64>().unwrap();
+        let before = number(rows(&db.sql(top).await.unwrap()));
+        db.sql("UPDATE x SET v = v * 2 WHERE i < 500").await.unwrap();
+        let after = number(rows(&db.sql(top).await.unwrap()));
+        assert!((after - 2.0 * before).abs() < 1e-9 * before.abs(), "{before} then {after}");
+        // What the cache holds is what the pool has granted it; dropping the array
+        // gives its blocks back.
+        db.sql("DROP MATRIX x").await.unwrap();
+        assert_eq!(stats().bytes, 0);
+        // Off when asked.
+        let off = Database::in_memory_with(DatabaseOptions {
+            block_cache: Some(0),
+            ..DatabaseOptions::default()
+        })
+        .unwrap();
+        assert!(off.store().block_cache_stats().is_none());
+    });
+}
+
+#[test]
 fn plan_cache_sees_drop_and_create() {
     runtime().block_on(async {
         let db = Database::in_memory().unwrap();

@@ -45,6 +45,9 @@ pub struct ServerConfig {
     pub flight_listen: Option<String>,
     /// Memory budget of all queries together, e.g. `"2G"`. Default: 70% of RAM.
     pub memory_limit: Option<String>,
+    /// Decoded blocks kept in memory for the next read, charged to `memory_limit`,
+    /// e.g. `"1G"`; `"0"` turns the cache off. Default: a quarter of `memory_limit`.
+    pub block_cache: Option<String>,
     /// Authenticated connections served at once, as PostgreSQL counts backends; one
     /// more gets SQLSTATE 53300 once it has authenticated. Default 100.
     pub max_connections: usize,
@@ -108,6 +111,7 @@ impl Default for ServerConfig {
             pg_listen: "127.0.0.1:5433".to_string(),
             flight_listen: None,
             memory_limit: None,
+            block_cache: None,
             max_connections: 100,
             superuser_reserved_connections: 3,
             max_startup_connections: 64,
@@ -199,6 +203,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("TESSERA_PG_LISTEN", "pg_listen"),
     ("TESSERA_FLIGHT_LISTEN", "flight_listen"),
     ("TESSERA_MEMORY_LIMIT", "memory_limit"),
+    ("TESSERA_BLOCK_CACHE", "block_cache"),
     ("TESSERA_MAX_CONNECTIONS", "max_connections"),
     ("TESSERA_WORKERS", "workers"),
     ("TESSERA_LOCAL_WORKERS", "local_workers"),
@@ -253,6 +258,10 @@ impl ServerConfig {
             "memory_limit" => {
                 parse_bytes(value)?;
                 self.memory_limit = Some(value.to_string());
+            }
+            "block_cache" => {
+                parse_cache_bytes(value)?;
+                self.block_cache = Some(value.to_string());
             }
             "max_connections" => {
                 self.max_connections = value
@@ -366,6 +375,9 @@ impl ServerConfig {
         if let Some(m) = &self.memory_limit {
             parse_bytes(m).map_err(|e| format!("memory_limit: {e}"))?;
         }
+        if let Some(c) = &self.block_cache {
+            parse_cache_bytes(c).map_err(|e| format!("block_cache: {e}"))?;
+        }
         parse_bytes(&self.max_message_size).map_err(|e| format!("max_message_size: {e}"))?;
         parse_duration(&self.startup_timeout).map_err(|e| format!("startup_timeout: {e}"))?;
         parse_duration(&self.shutdown_timeout).map_err(|e| format!("shutdown_timeout: {e}"))?;
@@ -392,6 +404,13 @@ impl ServerConfig {
         self.memory_limit
             .as_deref()
             .and_then(|m| parse_bytes(m).ok())
+    }
+
+    /// `block_cache` in bytes, when set.
+    pub fn block_cache_bytes(&self) -> Option<usize> {
+        self.block_cache
+            .as_deref()
+            .and_then(|c| parse_cache_bytes(c).ok())
     }
 
     /// `max_message_size` in bytes.
@@ -467,6 +486,15 @@ fn whole_number(key: &str, value: &str) -> Result<usize, String> {
 }
 
 /// `1024`, `64K`, `512M`, `2G` (powers of 1024; a trailing `B` or `iB` is allowed).
+/// A cache size: `parse_bytes`, or `0` / `off` for none.
+fn parse_cache_bytes(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    if t == "0" || t.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    parse_bytes(t)
+}
+
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim().to_ascii_uppercase();
     let t = t.trim_end_matches("IB").trim_end_matches('B');
@@ -641,5 +669,8 @@ mod tests {
         assert!(parse_duration("fast").is_err());
         assert_eq!(parse_bytes("64M"), Ok(64 << 20));
         assert!(parse_bytes("0").is_err());
+        assert_eq!(parse_cache_bytes("off"), Ok(0));
+        assert_eq!(parse_cache_bytes("0"), Ok(0));
+        assert_eq!(parse_cache_bytes("2G"), Ok(2 << 30));
     }
 }

@@ -8,6 +8,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::CatalogProviderList;
 use datafusion::error::Result;
 use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use tessera_planner::{FileAccess, TesseraCatalog, storage_error};
 use tessera_storage::Store;
@@ -23,6 +24,10 @@ pub struct DatabaseOptions {
     /// `ResourcesExhausted` error, instead of the process running out of memory.
     /// `None`: [`DatabaseOptions::default_memory_limit`].
     pub memory_limit: Option<usize>,
+    /// Bytes of decoded blocks the store keeps in memory for the next read, charged to
+    /// the memory pool like an operator's (a block read again is not read, verified and
+    /// decoded again). `None`: a quarter of the memory limit; `Some(0)`: no cache.
+    pub block_cache: Option<usize>,
     /// Partitions a query runs in parallel (DataFusion's `target_partitions`).
     /// `None`: the number of CPUs.
     pub target_partitions: Option<usize>,
@@ -43,6 +48,37 @@ impl DatabaseOptions {
         match physical_memory() {
             Some(bytes) => (bytes as f64 * 0.7) as usize,
             None => 4 << 30,
+        }
+    }
+}
+
+/// The store's block cache charged to the memory pool queries draw from, as one
+/// consumer (`block cache`), so the pool's limit bounds queries and cache together.
+#[derive(Debug)]
+struct PoolBudget {
+    reservation: std::sync::Mutex<MemoryReservation>,
+}
+
+impl PoolBudget {
+    fn new(runtime: &RuntimeEnv) -> Self {
+        let reservation = MemoryConsumer::new("block cache").register(&runtime.memory_pool);
+        PoolBudget {
+            reservation: std::sync::Mutex::new(reservation),
+        }
+    }
+}
+
+impl tessera_storage::CacheBudget for PoolBudget {
+    fn try_grow(&self, bytes: usize) -> bool {
+        match self.reservation.lock() {
+            Ok(r) => r.try_grow(bytes).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    fn shrink(&self, bytes: usize) {
+        if let Ok(r) = self.reservation.lock() {
+            r.shrink(bytes.min(r.size()));
         }
     }
 }
@@ -170,6 +206,8 @@ impl Database {
             runtime = runtime.with_temp_file_path(spill.clone());
         }
         let runtime = runtime.build_arc()?;
+        let cache = options.block_cache.unwrap_or(limit / 4);
+        store.set_block_cache(cache, Arc::new(PoolBudget::new(&runtime)));
         let catalogs = catalog.catalog_list()?;
         let cluster = if options.workers.is_empty() {
             None
@@ -243,10 +281,24 @@ impl Database {
         self.inner.dir.as_deref()
     }
 
-    /// Bytes reserved in the shared memory pool right now; zero when no statement runs
-    /// (nothing a finished statement computed stays charged).
+    /// Bytes statements hold in the shared memory pool right now; zero when no
+    /// statement runs (nothing a finished statement computed stays charged). The
+    /// store's block cache, charged to the same pool, is not counted: see
+    /// [`Database::block_cache_bytes`].
     pub fn memory_reserved(&self) -> usize {
-        self.inner.runtime.memory_pool.reserved()
+        self.inner
+            .runtime
+            .memory_pool
+            .reserved()
+            .saturating_sub(self.block_cache_bytes())
+    }
+
+    /// Bytes of decoded blocks the store's cache holds, charged to the memory pool.
+    pub fn block_cache_bytes(&self) -> usize {
+        self.inner
+            .store
+            .block_cache_stats()
+            .map_or(0, |s| s.bytes)
     }
 
     /// Restricts server files to the roles and directories `files` names (a server

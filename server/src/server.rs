@@ -151,6 +151,7 @@ impl ServerBuilder {
                 &config.data_dir,
                 DatabaseOptions {
                     memory_limit: config.memory_limit_bytes(),
+                    block_cache: config.block_cache_bytes(),
                     workers: config
                         .worker_urls()
                         .map_err(DataFusionError::Configuration)?,

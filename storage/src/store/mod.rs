@@ -8,6 +8,7 @@
 //! the old or the new version, never a mix. A version that rewrites only some blocks
 //! points at the unchanged blocks' existing files.
 
+mod cache;
 mod catalog;
 mod format;
 mod ingest;
@@ -18,6 +19,7 @@ mod writer;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use cache::{CacheBudget, CacheStats, Unlimited};
 pub use ingest::{LoadOptions, LoadSummary};
 pub use snapshot::{BlockMeta, Snapshot};
 pub use verify::Damage;
@@ -153,6 +155,9 @@ pub(crate) struct Inner {
     damaged: Mutex<HashMap<u64, String>>,
     /// A read-only view of a store another process owns ([`Store::open_reader`]).
     reader: bool,
+    /// Decoded blocks kept for the next read ([`Store::set_block_cache`]); none by
+    /// default.
+    pub(crate) blocks: Mutex<Option<cache::BlockCache>>,
 }
 
 /// Files of retired versions, waiting for their last reader.
@@ -246,6 +251,7 @@ impl Store {
                 doomed: Mutex::new(Vec::new()),
                 damaged: Mutex::new(HashMap::new()),
                 reader: false,
+                blocks: Mutex::new(None),
             }),
         };
         store.collect_garbage()?;
@@ -274,8 +280,23 @@ impl Store {
                 doomed: Mutex::new(Vec::new()),
                 damaged: Mutex::new(HashMap::new()),
                 reader: true,
+                blocks: Mutex::new(None),
             }),
         })
+    }
+
+    /// Keeps up to `capacity` bytes of decoded blocks in memory, each byte granted by
+    /// `budget` first, so a block read again is not read, verified and decoded again
+    /// (see `cache.rs`). Replaces the cache there was (its memory is given back);
+    /// `capacity` 0 turns it off.
+    pub fn set_block_cache(&self, capacity: usize, budget: Arc<dyn CacheBudget>) {
+        let cache = (capacity > 0).then(|| cache::BlockCache::new(capacity, budget));
+        *lock(&self.inner.blocks) = cache;
+    }
+
+    /// What the block cache holds and did, if there is one.
+    pub fn block_cache_stats(&self) -> Option<CacheStats> {
+        lock(&self.inner.blocks).as_ref().map(cache::BlockCache::stats)
     }
 
     /// True for a read-only view opened by [`Store::open_reader`].
@@ -459,6 +480,9 @@ impl Store {
         self.inner.retire(entry.id, versions, files);
         lock(&self.inner.next_version).remove(&entry.id);
         lock(&self.inner.damaged).remove(&entry.id);
+        if let Some(cache) = lock(&self.inner.blocks).as_mut() {
+            cache.forget_array(entry.id);
+        }
         Ok(())
     }
 

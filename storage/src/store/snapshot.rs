@@ -241,11 +241,21 @@ impl Snapshot {
     }
 
     fn read_entries(&self, entries: &[&BlockEntry]) -> Result<Vec<(BlockKey, Vec<Block>)>> {
-        let mut by_file: BTreeMap<&str, Vec<&BlockEntry>> = BTreeMap::new();
-        for e in entries {
-            by_file.entry(e.file.as_str()).or_default().push(e);
-        }
+        let id = self.info.id;
         let mut out = Vec::with_capacity(entries.len());
+        let mut by_file: BTreeMap<&str, Vec<&BlockEntry>> = BTreeMap::new();
+        {
+            let mut cache = lock(&self.inner.blocks);
+            for e in entries {
+                match cache
+                    .as_mut()
+                    .and_then(|c| c.get(id, e.written_version, &e.key))
+                {
+                    Some(blocks) => out.push((e.key.clone(), blocks)),
+                    None => by_file.entry(e.file.as_str()).or_default().push(e),
+                }
+            }
+        }
         for (file, blocks) in by_file {
             let corrupt = |key: &BlockKey, message: String| StorageError::Corruption {
                 array: self.info.name.clone(),
@@ -258,6 +268,17 @@ impl Snapshot {
             for e in blocks {
                 let decoded = check_block(&self.info, &schema, e, &bytes)
                     .map_err(|message| corrupt(&e.key, message))?;
+                let bytes: usize = decoded.iter().map(super::cache::held_bytes).sum();
+                let keep = lock(&self.inner.blocks)
+                    .as_ref()
+                    .is_some_and(|c| c.takes(bytes));
+                if keep {
+                    // Copied outside the lock: other readers need not wait for it.
+                    let copies = decoded.iter().map(super::cache::owned).collect();
+                    if let Some(cache) = lock(&self.inner.blocks).as_mut() {
+                        cache.put(id, e.written_version, &e.key, copies);
+                    }
+                }
                 out.push((e.key.clone(), decoded));
             }
         }
