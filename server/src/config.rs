@@ -485,8 +485,7 @@ fn whole_number(key: &str, value: &str) -> Result<usize, String> {
         .map_err(|_| format!("{key}: '{value}' is not a whole number"))
 }
 
-/// `1024`, `64K`, `512M`, `2G` (powers of 1024; a trailing `B` or `iB` is allowed).
-/// A cache size: `parse_bytes`, or `0` / `off` for none.
+/// A cache size: [`parse_bytes`], or `0` / `off` for none.
 fn parse_cache_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
     if t == "0" || t.eq_ignore_ascii_case("off") {
@@ -495,6 +494,7 @@ fn parse_cache_bytes(text: &str) -> Result<usize, String> {
     parse_bytes(t)
 }
 
+/// `1024`, `64K`, `512M`, `2G` (powers of 1024; a trailing `B` or `iB` is allowed).
 pub fn parse_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim().to_ascii_uppercase();
     let t = t.trim_end_matches("IB").trim_end_matches('B');
