@@ -383,7 +383,11 @@ pub(crate) fn plan_call(
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let arguments = Arguments { nums, strs };
+    let arguments = Arguments {
+        nums,
+        strs,
+        per_row: per_row.iter().map(|(n, _)| *n).collect(),
+    };
     let (builtin, jobs, rows_job) = read(name, &arguments, &mats)?;
     let call = Call {
         written,
@@ -437,6 +441,8 @@ pub(crate) fn plan_call(
 pub(crate) struct Arguments {
     nums: HashMap<&'static str, f64>,
     strs: HashMap<&'static str, String>,
+    /// The numeric parameters a `LATERAL` call takes from each row.
+    per_row: Vec<&'static str>,
 }
 
 /// What builtin `name` computes with `arguments` over the matrices `mats`, the jobs it
@@ -519,12 +525,17 @@ fn read(
                 vec![x.clone(), y]
             } else {
                 rows_job = rows.is_none();
-                vec![
+                let mut jobs = vec![
                     tsmm(x.clone()),
                     MatExpr::new(Op::MatMul, vec![x.clone().t(), y.clone()]),
-                    reduce(Reduction::ColSums, &x),
-                    reduce(Reduction::ColSums, &y),
-                ]
+                ];
+                // The column sums centre the system for the intercept: read only when
+                // some call (or some row of a LATERAL one) fits one.
+                if params.intercept || arguments.per_row.contains(&"intercept") {
+                    jobs.push(reduce(Reduction::ColSums, &x));
+                    jobs.push(reduce(Reduction::ColSums, &y));
+                }
+                jobs
             };
             let params = LmParams {
                 solver: if cg { LmSolver::Cg } else { LmSolver::Direct },
@@ -744,12 +755,20 @@ impl Call {
                         xty.ncols()
                     )));
                 }
-                let xsum = gather(&mats[2], None)?;
-                let ysum = gather(&mats[3], None)?;
-                let ysum = if ysum.nrows() > 0 && ysum.ncols() > 0 {
-                    ysum[(0, 0)]
+                let summed = self
+                    .jobs
+                    .get(2)
+                    .is_some_and(|j| j.op == Op::Reduce(Reduction::ColSums));
+                let (xsum, ysum) = if summed {
+                    let ysum = gather(&mats[3], None)?;
+                    let ysum = if ysum.nrows() > 0 && ysum.ncols() > 0 {
+                        ysum[(0, 0)]
+                    } else {
+                        0.0
+                    };
+                    (gather(&mats[2], None)?, ysum)
                 } else {
-                    0.0
+                    (Mat::zeros(1, xtx.ncols()), 0.0)
                 };
                 if n == 0 {
                     return Err(data_error("lm: x has no rows"));
