@@ -24,9 +24,14 @@ pub(crate) fn parameter_error(message: impl Into<String>) -> DataFusionError {
 pub(crate) fn gather(m: &BlockMatrix, rows: Option<usize>) -> Result<Mat<f64>> {
     let d = m.to_dense()?;
     let r = rows.unwrap_or(0).max(d.rows());
-    Ok(Mat::from_fn(r, d.cols(), |i, j| {
-        if i < d.rows() { d.get(i, j) } else { 0.0 }
-    }))
+    // faer copies the row-major values into its column-major matrix block by block.
+    let values = MatRef::from_row_major_slice(d.values(), d.rows(), d.cols());
+    if r == d.rows() {
+        return Ok(values.to_owned());
+    }
+    let mut out = Mat::zeros(r, d.cols());
+    out.as_mut().subrows_mut(0, d.rows()).copy_from(values);
+    Ok(out)
 }
 
 /// Fails naming the first NaN or infinite cell of `m`, argument `what` of `fname`.

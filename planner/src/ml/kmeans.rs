@@ -101,10 +101,17 @@ fn one_run(
         for j in 0..d {
             centres[(k, j)] = x[(chosen, j)];
         }
+        // Squared distances to the new centre, a column at a time (x is column-major).
+        let mut dist = vec![0.0; n];
+        for j in 0..d {
+            let c = x[(chosen, j)];
+            for (acc, v) in dist.iter_mut().zip(x.col(j).iter()) {
+                *acc += (v - c) * (v - c);
+            }
+        }
         let mut total = 0.0;
-        for (i, near) in nearest.iter_mut().enumerate() {
-            let dist: f64 = (0..d).map(|j| (x[(i, j)] - x[(chosen, j)]).powi(2)).sum();
-            *near = near.min(dist);
+        for (near, dist) in nearest.iter_mut().zip(&dist) {
+            *near = near.min(*dist);
             total += *near;
         }
         if k + 1 == p.k {
@@ -139,14 +146,20 @@ fn one_run(
         // from its centre.
         let mut sums = Mat::<f64>::zeros(p.k, d);
         let mut counts = vec![0usize; p.k];
-        for (i, &l) in labels.iter().enumerate() {
+        for &l in &labels {
             counts[l] += 1;
-            for j in 0..d {
-                sums[(l, j)] += x[(i, j)];
+        }
+        for j in 0..d {
+            for (&l, v) in labels.iter().zip(x.col(j).iter()) {
+                sums[(l, j)] += v;
             }
         }
-        let mut far: Vec<usize> = (0..n).collect();
-        far.sort_by(|&a, &b| dist[b].total_cmp(&dist[a]));
+        // Rows farthest from their centres first, for clusters left empty.
+        let mut far: Vec<usize> = Vec::new();
+        if counts.contains(&0) {
+            far = (0..n).collect();
+            far.sort_by(|&a, &b| dist[b].total_cmp(&dist[a]));
+        }
         let mut far = far.into_iter();
         for k in 0..p.k {
             if counts[k] > 0 {
