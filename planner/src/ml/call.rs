@@ -746,7 +746,7 @@ impl Call {
                 cells(linear::lm_cg(p, x.as_ref(), y.as_ref(), par)?.as_ref())
             }
             Builtin::Lm(p) => {
-                let n = row_count(&mats)?;
+                let n = row_count(mats)?;
                 let xtx = gather(&mats[0], None)?;
                 let xty = gather(&mats[1], Some(xtx.nrows()))?;
                 if xty.ncols() != 1 {
@@ -782,7 +782,7 @@ impl Call {
                 cells(linear::lm_predict(x.as_ref(), beta.as_ref(), par)?.as_ref())
             }
             Builtin::Cov | Builtin::Cor { spearman: false } => {
-                let n = row_count(&mats)?;
+                let n = row_count(mats)?;
                 let s = gather(&mats[0], None)?;
                 let c = stats::cov_from_scatter(name, s.as_ref(), n)?;
                 if self.builtin == Builtin::Cov {
@@ -811,7 +811,7 @@ impl Call {
                         let x = gather(&mats[2], self.rows.map(|r| r as usize))?;
                         (x.nrows(), Some(x))
                     }
-                    _ => (row_count(&mats)?, None),
+                    _ => (row_count(mats)?, None),
                 };
                 let cov = stats::cov_from_scatter(name, s.as_ref(), n)?;
                 let fit = stats::pca_fit(cov.as_ref(), *k, *scale)?;
