@@ -737,9 +737,14 @@ fn blocks_read_again_come_from_the_store_cache_charged_to_the_pool() {
         let top = "SELECT sum(v) FROM matmul(slice(x, 0, 500, 0, 50), eye(50))";
         let number = |r: Vec<String>| r[0].parse::<f64>().unwrap();
         let before = number(rows(&db.sql(top).await.unwrap()));
-        db.sql("UPDATE x SET v = v * 2 WHERE i < 500").await.unwrap();
+        db.sql("UPDATE x SET v = v * 2 WHERE i < 500")
+            .await
+            .unwrap();
         let after = number(rows(&db.sql(top).await.unwrap()));
-        assert!((after - 2.0 * before).abs() < 1e-9 * before.abs(), "{before} then {after}");
+        assert!(
+            (after - 2.0 * before).abs() < 1e-9 * before.abs(),
+            "{before} then {after}"
+        );
         // What the cache holds is what the pool has granted it; dropping the array
         // gives its blocks back.
         db.sql("DROP MATRIX x").await.unwrap();

@@ -578,17 +578,35 @@ fn ml(rt: &tokio::runtime::Runtime, db: &Database, dir: &Path, rows: usize, tabl
     let numpy = |run: &str| NumPy::start(&format!("{prelude}{run}"));
 
     // lm, closed form: the builtin, and the same in matrix functions.
-    let mut other = numpy(
-        "def run(): np.linalg.solve(x.T @ x + 0.001 * np.eye(100), x.T @ y)",
-    );
-    let (ours, theirs) = alternate_n(5, || timed("SELECT * FROM lm(mx, my, lambda => 0.001)"), &mut other);
-    table.push((format!("lm(x, y, lambda => 0.001), x {rows}x100 vs np.linalg.solve(x.T @ x + 0.001 I, x.T @ y)"), ours, theirs, 1.5));
+    let mut other = numpy("def run(): np.linalg.solve(x.T @ x + 0.001 * np.eye(100), x.T @ y)");
     let (ours, theirs) = alternate_n(
         5,
-        || timed("SELECT * FROM solve(add(matmul(t(mx), mx), scale(eye(100), 0.001)), matmul(t(mx), my))"),
+        || timed("SELECT * FROM lm(mx, my, lambda => 0.001)"),
         &mut other,
     );
-    table.push(("the same as solve(add(matmul(t(x), x), scale(eye(100), 0.001)), matmul(t(x), y))".into(), ours, theirs, 1.5));
+    table.push((
+        format!(
+            "lm(x, y, lambda => 0.001), x {rows}x100 vs np.linalg.solve(x.T @ x + 0.001 I, x.T @ y)"
+        ),
+        ours,
+        theirs,
+        1.5,
+    ));
+    let (ours, theirs) = alternate_n(
+        5,
+        || {
+            timed(
+                "SELECT * FROM solve(add(matmul(t(mx), mx), scale(eye(100), 0.001)), matmul(t(mx), my))",
+            )
+        },
+        &mut other,
+    );
+    table.push((
+        "the same as solve(add(matmul(t(x), x), scale(eye(100), 0.001)), matmul(t(x), y))".into(),
+        ours,
+        theirs,
+        1.5,
+    ));
     drop(other);
 
     // lm by conjugate gradient, 20 iterations on both sides.
@@ -597,19 +615,31 @@ fn ml(rt: &tokio::runtime::Runtime, db: &Database, dir: &Path, rows: usize, tabl
     );
     let (ours, theirs) = alternate_n(
         3,
-        || timed("SELECT * FROM lm(mx, my, lambda => 0.001, solver => 'cg', max_iter => 20, tol => 0)"),
+        || {
+            timed(
+                "SELECT * FROM lm(mx, my, lambda => 0.001, solver => 'cg', max_iter => 20, tol => 0)",
+            )
+        },
         &mut other,
     );
-    table.push((format!("lm by CG, 20 iterations, x {rows}x100 vs the same loop in NumPy"), ours, theirs, 2.0));
+    table.push((
+        format!("lm by CG, 20 iterations, x {rows}x100 vs the same loop in NumPy"),
+        ours,
+        theirs,
+        2.0,
+    ));
     drop(other);
 
     // Ten lm fits as independent tasks: NumPy fits each from scratch.
     sql("CREATE TABLE IF NOT EXISTS ml_sweep (lambda DOUBLE PRECISION)");
-    sql("INSERT INTO ml_sweep VALUES (0.001), (0.01), (0.1), (1), (2), (5), (10), (20), (50), (100)");
+    sql(
+        "INSERT INTO ml_sweep VALUES (0.001), (0.01), (0.1), (1), (2), (5), (10), (20), (50), (100)",
+    );
     let mut other = numpy(
         "def run():\n for l in [0.001, 0.01, 0.1, 1, 2, 5, 10, 20, 50, 100]: np.linalg.solve(x.T @ x + l * np.eye(100), x.T @ y)",
     );
-    let sweep = "SELECT s.lambda, m.i, m.v FROM ml_sweep s, LATERAL lm(mx, my, lambda => s.lambda) m";
+    let sweep =
+        "SELECT s.lambda, m.i, m.v FROM ml_sweep s, LATERAL lm(mx, my, lambda => s.lambda) m";
     for scheme in ["auto", "naive", "static", "fixed", "factoring"] {
         sql(&format!("SET parfor.scheme = '{scheme}'"));
         let (ours, theirs) = alternate_n(3, || timed(sweep), &mut other);
@@ -621,20 +651,33 @@ fn ml(rt: &tokio::runtime::Runtime, db: &Database, dir: &Path, rows: usize, tabl
     // cor of 200 columns.
     let mut other = numpy("def run(): np.corrcoef(w, rowvar=False)");
     let (ours, theirs) = alternate_n(5, || timed("SELECT * FROM cor(mw)"), &mut other);
-    table.push((format!("cor(w), w {cor_rows}x200 vs np.corrcoef"), ours, theirs, 1.0));
+    table.push((
+        format!("cor(w), w {cor_rows}x200 vs np.corrcoef"),
+        ours,
+        theirs,
+        1.0,
+    ));
     drop(other);
 
     // k-means, one run of at most 20 Lloyd steps, and logistic regression.
     let mut other = numpy(
         "from sklearn.cluster import KMeans\ndef run(): KMeans(n_clusters=10, n_init=1, max_iter=20, algorithm='lloyd', random_state=0).fit(k)",
     );
-    let (ours, theirs) = alternate_n(2, || timed("SELECT * FROM kmeans(mk, 10, runs => 1, max_iter => 20)"), &mut other);
+    let (ours, theirs) = alternate_n(
+        2,
+        || timed("SELECT * FROM kmeans(mk, 10, runs => 1, max_iter => 20)"),
+        &mut other,
+    );
     table.push((format!("kmeans(k, 10, runs => 1, max_iter => 20), k {rows}x20 vs scikit-learn KMeans(n_init=1, max_iter=20)"), ours, theirs, 1.0));
     drop(other);
     let mut other = numpy(
         "from sklearn.linear_model import LogisticRegression\ndef run(): LogisticRegression(C=1.0, tol=1e-6, max_iter=1000).fit(x, c)",
     );
-    let (ours, theirs) = alternate_n(2, || timed("SELECT * FROM logreg(mx, mc, lambda => 1, tol => 1e-6)"), &mut other);
+    let (ours, theirs) = alternate_n(
+        2,
+        || timed("SELECT * FROM logreg(mx, mc, lambda => 1, tol => 1e-6)"),
+        &mut other,
+    );
     table.push((format!("logreg(x, c, lambda => 1), x {rows}x100, two classes vs scikit-learn LogisticRegression(C=1)"), ours, theirs, 1.0));
     drop(other);
 }

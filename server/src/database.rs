@@ -295,10 +295,7 @@ impl Database {
 
     /// Bytes of decoded blocks the store's cache holds, charged to the memory pool.
     pub fn block_cache_bytes(&self) -> usize {
-        self.inner
-            .store
-            .block_cache_stats()
-            .map_or(0, |s| s.bytes)
+        self.inner.store.block_cache_stats().map_or(0, |s| s.bytes)
     }
 
     /// Restricts server files to the roles and directories `files` names (a server

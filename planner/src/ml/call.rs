@@ -426,7 +426,9 @@ pub(crate) fn plan_call(
     if !per_row.is_empty() && inputs.iter().any(|i| !i.all_out_ref_exprs().is_empty()) {
         return Err(tessera_error(
             ErrorKind::FeatureNotSupported,
-            format!("{name}: a LATERAL call takes numbers from the row before it, not matrices; a subquery argument may not refer to that row"),
+            format!(
+                "{name}: a LATERAL call takes numbers from the row before it, not matrices; a subquery argument may not refer to that row"
+            ),
         ));
     }
     let table = BuiltinTable::new(Arc::new(call), job_plans, checks);

@@ -311,7 +311,9 @@ impl DisplayAs for LateralBuiltinExec {
             .map(|(n, e, _)| format!("{n} = {e}"))
             .collect();
         let parfor = self.builtin.parfor();
-        let scheme = parfor.scheme.map_or_else(|| "auto".to_string(), Scheme::name);
+        let scheme = parfor
+            .scheme
+            .map_or_else(|| "auto".to_string(), Scheme::name);
         write!(
             f,
             "LateralBuiltinExec: {} per row: {} jobs=[{}] parfor: scheme={scheme} workers={} tasks=one per input row local",
@@ -352,9 +354,8 @@ impl ExecutionPlan for LateralBuiltinExec {
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let [input] = <[_; 1]>::try_from(children).map_err(|_| {
-            DataFusionError::Internal("LateralBuiltinExec has one child".into())
-        })?;
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("LateralBuiltinExec has one child".into()))?;
         Ok(Arc::new(Self::new(
             input,
             Arc::clone(&self.builtin),
@@ -445,9 +446,7 @@ impl ExecutionPlan for LateralBuiltinExec {
                             let Some(v) = v else {
                                 return Err(tessera_error(
                                     ErrorKind::DataException,
-                                    format!(
-                                        "LATERAL {call}: row {r}: {name} => {written} is NULL"
-                                    ),
+                                    format!("LATERAL {call}: row {r}: {name} => {written} is NULL"),
                                 ));
                             };
                             numbers.push((*name, v));
@@ -461,10 +460,7 @@ impl ExecutionPlan for LateralBuiltinExec {
                             .finish(&mats, &inner, par)
                             .map(|f| f.batch)
                             .map_err(|e| {
-                                e.context(format!(
-                                    "LATERAL {call}: row {r} ({})",
-                                    shown.join(", ")
-                                ))
+                                e.context(format!("LATERAL {call}: row {r} ({})", shown.join(", ")))
                             })
                     })
                 })

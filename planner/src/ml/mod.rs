@@ -32,13 +32,13 @@ mod stats;
 use datafusion::common::config::ConfigExtension;
 use datafusion::common::extensions_options;
 
+pub(crate) use call::plan_call;
 pub use call::{BUILTINS, is_builtin, plan_builtin, returns_matrix};
 pub use classify::FitParams;
 pub use exec::{BuiltinExec, ParforSettings};
 pub use kmeans::KmeansParams;
-pub use lateral::{LateralBuiltinExec, LateralCalls, LateralNode};
-pub(crate) use call::plan_call;
 pub(crate) use lateral::plan_lateral;
+pub use lateral::{LateralBuiltinExec, LateralCalls, LateralNode};
 pub use linear::{LM_DIRECT_MAX_COLS, LmParams, LmSolver};
 
 extensions_options! {

@@ -565,7 +565,13 @@ async fn lateral_lm_fits_one_model_per_row() {
     let y = data(60, 1, 12);
     put(&store, "x", &x, (16, 3));
     put(&store, "y", &y, (16, 1));
-    let grid = [(0.0, false), (0.3, false), (0.0, true), (2.5, true), (0.3, true)];
+    let grid = [
+        (0.0, false),
+        (0.3, false),
+        (0.0, true),
+        (2.5, true),
+        (0.3, true),
+    ];
     let rows: Vec<(i64, String, String)> = grid
         .iter()
         .enumerate()
@@ -642,7 +648,10 @@ async fn lateral_calls_refuse_what_they_cannot_run() {
     )
     .await;
     assert_eq!(kind(&e), Some(ErrorKind::DataException), "{e}");
-    assert!(e.to_string().contains("row 1: lambda => p.lambda is NULL"), "{e}");
+    assert!(
+        e.to_string().contains("row 1: lambda => p.lambda is NULL"),
+        "{e}"
+    );
     let from = params(&[(0, "0.5", "0"), (1, "0.5", "7")]);
     let e = error(
         &ctx,

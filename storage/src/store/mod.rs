@@ -296,7 +296,9 @@ impl Store {
 
     /// What the block cache holds and did, if there is one.
     pub fn block_cache_stats(&self) -> Option<CacheStats> {
-        lock(&self.inner.blocks).as_ref().map(cache::BlockCache::stats)
+        lock(&self.inner.blocks)
+            .as_ref()
+            .map(cache::BlockCache::stats)
     }
 
     /// True for a read-only view opened by [`Store::open_reader`].
