@@ -130,15 +130,8 @@ impl Drop for NumPy {
 }
 
 /// Best of [`ROUNDS`] for each side, the sides taking turns.
-fn alternate(mut ours: impl FnMut() -> Duration, numpy: &mut NumPy) -> (Duration, Option<f64>) {
-    let mut best = (Duration::MAX, None::<f64>);
-    for _ in 0..ROUNDS {
-        best.0 = best.0.min(ours());
-        if let Some(t) = numpy.run() {
-            best.1 = Some(best.1.map_or(t, |b| b.min(t)));
-        }
-    }
-    best
+fn alternate(ours: impl FnMut() -> Duration, numpy: &mut NumPy) -> (Duration, Option<f64>) {
+    alternate_n(ROUNDS, ours, numpy)
 }
 
 fn main() {

@@ -915,13 +915,7 @@ impl ExtensionPlanner for LaPlanner {
         _planning_ctx: &PhysicalPlanningContext,
     ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
         if let Some(lateral) = node.as_any().downcast_ref::<crate::ml::LateralNode>() {
-            let input = match physical_inputs {
-                [input] => Arc::clone(input),
-                _ => Arc::new(datafusion::physical_plan::empty::EmptyExec::new(Arc::new(
-                    datafusion::arrow::datatypes::Schema::empty(),
-                ))),
-            };
-            return crate::ml::plan_lateral(lateral, input, session)
+            return crate::ml::plan_lateral(lateral, physical_inputs.first().cloned(), session)
                 .await
                 .map(Some);
         }

@@ -238,10 +238,10 @@ fn is_column(e: &Expr) -> bool {
 /// The operator for a [`LateralNode`] over `input`.
 pub(crate) async fn plan_lateral(
     node: &LateralNode,
-    input: Arc<dyn ExecutionPlan>,
+    input: Option<Arc<dyn ExecutionPlan>>,
     session: &dyn Session,
 ) -> Result<Arc<dyn ExecutionPlan>> {
-    let Some(logical_input) = &node.input else {
+    let (Some(logical_input), Some(input)) = (&node.input, input) else {
         return Err(tessera_error(
             ErrorKind::FeatureNotSupported,
             format!(

@@ -632,6 +632,25 @@ async fn lateral_lm_fits_one_model_per_row() {
         "{text}"
     );
     assert!(text.contains("parfor: scheme=auto"), "{text}");
+    // The scheduler really ran one task per row: the workers' task counts (shown
+    // summed over the workers) add up to the rows.
+    let analyzed = run(&ctx, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&analyzed)
+        .unwrap()
+        .to_string();
+    let tasks: usize = text
+        .split("parfor_tasks=")
+        .skip(1)
+        .filter_map(|count| {
+            count
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(tasks, grid.len(), "{text}");
 }
 
 #[tokio::test]
