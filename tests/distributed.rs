@@ -391,6 +391,105 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
     server.shutdown().await;
 }
 
+/// A worker killed with SIGKILL while a product runs on three: the statement (an
+/// aggregate of the product: its one row is held back until the statement ends) is
+/// planned again on the two left and answers exactly; the heartbeat then shows the
+/// killed worker down. (Once a statement has sent rows, the client gets 57P01 instead:
+/// rows sent cannot be taken back.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_product_is_survived_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("db");
+    std::fs::create_dir_all(&data).unwrap();
+    let mut workers = Workers::start(3, &data, SECRET, &dir.path().join("workers.log"));
+    let config = ServerConfig {
+        data_dir: data.clone(),
+        pg_listen: "127.0.0.1:0".into(),
+        workers: workers.urls.clone(),
+        cluster_secret: Some(SECRET.into()),
+        ..ServerConfig::default()
+    };
+    let server = Server::builder().config(config).build().await.unwrap();
+    let client = connect(server.local_addr().port()).await;
+    // Small blocks make many block products and exchanged batches: a product that
+    // runs long enough to be interrupted.
+    const N: u64 = KILL_N;
+    for sql in [
+        &format!("CREATE MATRIX a ({N}, {N}) BLOCK (8, 8) WITH (shards = 6)"),
+        &fill("a", N, N, 1),
+        "SET tessera.matmul_strategy = 'repartition'",
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let want = naive(N, N, N, |i, k| cell(i, k, 1), |k, j| cell(k, j, 1));
+    let got = rows(&client, "SELECT i, j, v FROM matmul(a, a)").await;
+    check("matmul(a, a) on three workers", &got, &want);
+    // The product summed: one row, sent when the whole product is done. The cells are
+    // integers, so the sums are exact in any order.
+    let summed = "SELECT sum(v), sum(v * v) FROM matmul(a, a)";
+    let cells = want.iter().flatten();
+    let exact = vec![vec![
+        cells.clone().sum::<f64>().to_string(),
+        cells.map(|v| v * v).sum::<f64>().to_string(),
+    ]];
+    let start = std::time::Instant::now();
+    assert_eq!(
+        rows(&client, summed).await,
+        exact,
+        "{summed} on three workers"
+    );
+    let whole = start.elapsed();
+    eprintln!("{summed} on three workers: {whole:?}");
+
+    // Again, killing one worker a quarter of the way in.
+    let port = server.local_addr().port();
+    let running = tokio::spawn(async move {
+        let client = connect(port).await;
+        let start = std::time::Instant::now();
+        let got = rows(&client, summed).await;
+        (got, start.elapsed())
+    });
+    let kill_at = whole / 4;
+    tokio::time::sleep(kill_at).await;
+    {
+        let victim = &mut workers.children[1];
+        victim.kill().unwrap();
+        victim.wait().unwrap();
+    }
+    let (got, took) = tokio::time::timeout(Duration::from_secs(120), running)
+        .await
+        .expect("the product must not hang after losing a worker")
+        .unwrap();
+    assert!(
+        took > kill_at,
+        "the product ended ({took:?}) before the worker was killed ({kill_at:?}): nothing was tested"
+    );
+    assert_eq!(got, exact, "{summed} after a worker was killed mid-product");
+
+    let query = "SELECT address, state FROM tessera_workers() ORDER BY address";
+    let mut states = rows(&client, query).await;
+    for _ in 0..100 {
+        if states.iter().any(|r| r[1] == "down") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        states = rows(&client, query).await;
+    }
+    let down: Vec<&str> = states
+        .iter()
+        .filter(|r| r[1] == "down")
+        .map(|r| r[0].as_str())
+        .collect();
+    assert_eq!(down, [workers.urls[1].as_str()], "{states:?}");
+    server.shutdown().await;
+}
+
+/// The side of the matrix the mid-product kill multiplies by itself.
+const KILL_N: u64 = 360;
+
 /// Workers take plans only from coordinators with the cluster's secret: a coordinator
 /// with another secret gets no stage run, sees the workers down with the reason, and
 /// each refusal is in the workers' log.

@@ -303,15 +303,13 @@ impl Session {
             None => self.settings(),
         };
         match &self.inner.cluster {
-            Some(cluster) if physical.is::<datafusion_distributed::DistributedExec>() => {
-                Ok(retry_on_survivors(
-                    state,
-                    plan,
-                    (physical, used.unwrap_or_default()),
-                    settings.task,
-                    Arc::clone(cluster),
-                ))
-            }
+            Some(cluster) if runs_on_workers(&physical) => Ok(retry_on_survivors(
+                state,
+                plan,
+                (physical, used.unwrap_or_default()),
+                settings.task,
+                Arc::clone(cluster),
+            )),
             _ => execute_stream(physical, settings.task),
         }
     }
@@ -760,17 +758,41 @@ fn sql_data_type(ty: &DataType) -> Option<SqlDataType> {
     })
 }
 
+/// True when some stage of `plan` runs on workers: a distributed plan sits under the
+/// statement's own operators (a sort, a limit, a projection) as often as at the top.
+fn runs_on_workers(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> bool {
+    plan.is::<datafusion_distributed::DistributedExec>()
+        || plan.children().into_iter().any(runs_on_workers)
+}
+
 /// Attempts a distributed statement gets, the first included (as Spark tries a task).
 const DISTRIBUTED_ATTEMPTS: usize = 4;
+
+/// Bytes of result a distributed statement holds back before sending the first row:
+/// until then (and for every result this small, to its end) a lost worker's error,
+/// even one that arrives after the last batch as a stream to the dead worker closes,
+/// still finds nothing sent and the statement runs again.
+const RETRY_BUFFER: usize = 4 << 20;
+
+/// What the first part of an attempt gave.
+enum Held {
+    /// The whole result.
+    Done(Vec<RecordBatch>),
+    /// [`RETRY_BUFFER`] or more of it; the rest is still to come.
+    Full(Vec<RecordBatch>),
+    /// An error before either.
+    Failed(DataFusionError),
+}
 
 /// Runs the distributed plan `physical` of `plan`, made when the workers `used` were
 /// live. A failure is put down to a lost worker when its error says so (a gRPC status
 /// of the retryable class raised here) or when, asked at once, the heartbeat finds one
 /// of `used` gone: an error a worker met reading from a dead peer reaches this process
 /// re-encoded by the library, its type lost, so the cluster's state is what tells.
-/// Before the first batch (nothing has reached the client yet) the statement is then
-/// planned again on the workers left and run again, up to [`DISTRIBUTED_ATTEMPTS`]
-/// attempts in all; after it, or on the last attempt, the client gets the error as
+/// While nothing has reached the client (the first [`RETRY_BUFFER`] bytes of the
+/// result are held back) the statement is then planned again on the workers left and
+/// run again, up to [`DISTRIBUTED_ATTEMPTS`] attempts in all; after that, or on the
+/// last attempt, the client gets the error as
 /// [`ErrorKind::WorkerLost`](tessera_planner::ErrorKind) (57P01: retry).
 fn retry_on_survivors(
     state: SessionState,
@@ -783,6 +805,7 @@ fn retry_on_survivors(
     cluster: Arc<tessera_planner::distributed::Cluster>,
 ) -> SendableRecordBatchStream {
     use futures::TryStreamExt;
+    use futures::stream::BoxStream;
     let schema = physical.schema();
     let attempts = futures::stream::once(async move {
         let (mut physical, mut used) = (physical, used);
@@ -790,13 +813,28 @@ fn retry_on_survivors(
         loop {
             // Starting the stages may fail at once (a worker that refuses connections):
             // that failure counts as the first batch's.
-            let mut stream: futures::stream::BoxStream<'static, Result<RecordBatch>> =
+            let mut stream: BoxStream<'static, Result<RecordBatch>> =
                 match execute_stream(physical, Arc::clone(&task)) {
                     Ok(stream) => stream.boxed(),
                     Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
                 };
-            match stream.next().await {
-                Some(Err(e)) => {
+            let mut held = Vec::new();
+            let mut bytes = 0;
+            let outcome = loop {
+                match stream.next().await {
+                    None => break Held::Done(std::mem::take(&mut held)),
+                    Some(Ok(batch)) => {
+                        bytes += batch.get_array_memory_size();
+                        held.push(batch);
+                        if bytes >= RETRY_BUFFER {
+                            break Held::Full(std::mem::take(&mut held));
+                        }
+                    }
+                    Some(Err(e)) => break Held::Failed(e),
+                }
+            };
+            match outcome {
+                Held::Failed(e) => {
                     let lost = worker_loss(e, &used, &cluster).await;
                     if attempt == DISTRIBUTED_ATTEMPTS || !is_worker_lost(&lost) {
                         return Err(lost);
@@ -810,7 +848,12 @@ fn retry_on_survivors(
                     used = cluster.live();
                     physical = state.create_physical_plan(&plan).await?;
                 }
-                first => {
+                Held::Done(batches) => {
+                    let all: BoxStream<'static, Result<RecordBatch>> =
+                        futures::stream::iter(batches.into_iter().map(Ok)).boxed();
+                    return Ok::<_, DataFusionError>(all);
+                }
+                Held::Full(batches) => {
                     let rest = stream.then(move |batch| {
                         let (used, cluster) = (used.clone(), Arc::clone(&cluster));
                         async move {
@@ -820,7 +863,11 @@ fn retry_on_survivors(
                             }
                         }
                     });
-                    return Ok::<_, DataFusionError>(futures::stream::iter(first).chain(rest));
+                    let all: BoxStream<'static, Result<RecordBatch>> =
+                        futures::stream::iter(batches.into_iter().map(Ok))
+                            .chain(rest)
+                            .boxed();
+                    return Ok(all);
                 }
             }
         }

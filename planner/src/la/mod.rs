@@ -45,10 +45,14 @@ pub fn session_config(config: SessionConfig) -> SessionConfig {
         .with_option_extension(crate::ml::ParforConfig::default())
 }
 
-/// Installs the matrix table functions and the physical planner for the
+/// Installs the matrix table functions, the `lm_fit` aggregate and the physical planner for the
 /// linear-algebra nodes into a session being built. Arrays named in matrix functions
 /// are read from `store`.
-pub fn install(builder: SessionStateBuilder, store: Store) -> SessionStateBuilder {
+pub fn install(mut builder: SessionStateBuilder, store: Store) -> SessionStateBuilder {
+    builder
+        .aggregate_functions()
+        .get_or_insert_with(Vec::new)
+        .push(Arc::new(crate::ml::lm_fit_udaf()));
     builder
         .with_relation_planners(vec![Arc::new(MatrixFunctions::new(store))])
         // `FLOAT` / `FLOAT(p)` with PostgreSQL's widths (DataFusion makes every FLOAT 32-bit).

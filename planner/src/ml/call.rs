@@ -22,6 +22,7 @@ use super::dense::{check_finite, data_error, gather, parameter_error};
 use super::exec::{BuiltinTable, ParforSettings};
 use super::kmeans::{self, KmeansParams};
 use super::linear::{self, LM_DIRECT_MAX_COLS, LmParams, LmSolver};
+use super::panels::RowPanels;
 use super::parfor::ParforReport;
 use super::stats;
 use crate::error::{ErrorKind, tessera_error};
@@ -742,10 +743,11 @@ impl Call {
         let mut report = None;
         let batch = match &self.builtin {
             Builtin::Lm(p) if p.solver == LmSolver::Cg => {
-                let x = gather(&mats[0], None)?;
+                let x = RowPanels::new(&mats[0], None);
                 let y = gather(&mats[1], Some(x.nrows()))?;
-                check_y(name, &x, &y)?;
-                cells(linear::lm_cg(p, x.as_ref(), y.as_ref(), par)?.as_ref())
+                check_y(name, (x.nrows(), x.ncols()), &y)?;
+                let y: Vec<f64> = y.col(0).iter().copied().collect();
+                cells(linear::lm_cg(p, &x, &y, par)?.as_ref())
             }
             Builtin::Lm(p) => {
                 let n = row_count(mats)?;
@@ -867,15 +869,24 @@ impl Call {
                 batch(name, vec![Arc::new(i), Arc::new(l)])?
             }
             Builtin::Logreg(f) => {
-                let x = gather(&mats[0], self.rows.map(|r| r as usize))?;
+                let rows = self.rows.map(|r| r as usize);
+                let x = RowPanels::new(&mats[0], rows);
                 let y = gather(&mats[1], Some(x.nrows()))?;
-                check_y(name, &x, &y)?;
-                cells(classify::logreg(x.as_ref(), y.as_ref(), f, par)?.as_ref())
+                check_y(name, (x.nrows(), x.ncols()), &y)?;
+                x.check_finite(name, "x")?;
+                let (labels, index) = classify::classes(name, y.as_ref())?;
+                if labels.len() == 2 {
+                    // Two classes: Newton's method over x's blocks.
+                    cells(classify::logreg_binary(&x, &labels, &index, f, par)?.as_ref())
+                } else {
+                    let x = gather(&mats[0], rows)?;
+                    cells(classify::logreg(x.as_ref(), y.as_ref(), f, par)?.as_ref())
+                }
             }
             Builtin::L2svm(f) => {
                 let x = gather(&mats[0], self.rows.map(|r| r as usize))?;
                 let y = gather(&mats[1], Some(x.nrows()))?;
-                check_y(name, &x, &y)?;
+                check_y(name, (x.nrows(), x.ncols()), &y)?;
                 let (m, r) =
                     classify::l2svm(x.as_ref(), y.as_ref(), f, parfor.scheme, parfor.workers)?;
                 report = r;
@@ -906,13 +917,14 @@ impl Call {
     }
 }
 
-fn check_y(name: &str, x: &Mat<f64>, y: &Mat<f64>) -> Result<()> {
-    if y.nrows() != x.nrows() || y.ncols() != 1 {
+/// `y` must be one finite column as long as an x of `(rows, cols)`.
+fn check_y(name: &str, (rows, cols): (usize, usize), y: &Mat<f64>) -> Result<()> {
+    if y.nrows() != rows || y.ncols() != 1 {
         return Err(data_error(format!(
             "{name}: y must be {}x1 for an x of {}x{}, it is {}x{}",
-            x.nrows(),
-            x.nrows(),
-            x.ncols(),
+            rows,
+            rows,
+            cols,
             y.nrows(),
             y.ncols()
         )));

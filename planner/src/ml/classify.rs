@@ -13,6 +13,7 @@ use datafusion::common::Result;
 use faer::{Mat, MatRef, Par};
 
 use super::dense::{check_finite, data_error, mm, parameter_error, spd_solve, tmm};
+use super::panels::RowPanels;
 use super::parfor::{self, ParforReport, Scheme};
 
 /// Parameters shared by `logreg` and `l2svm`.
@@ -125,6 +126,105 @@ pub(crate) fn logreg(
         w
     };
     Ok(model(&weights, p, f.intercept, &labels))
+}
+
+/// Binomial logistic regression over the blocks of `x` (never gathered): Newton's
+/// method as [`logreg`] does it, each step one pass for `t(X) diag(w) X` (a Gram matrix
+/// per block row of the scaled rows), one for the gradient and one for `X step`; the
+/// line search moves `X w` along `X step` without reading `X` again. `index` is each
+/// row's class (0 or 1) among the two `labels`.
+pub(crate) fn logreg_binary(
+    x: &RowPanels,
+    labels: &[f64],
+    index: &[usize],
+    f: &FitParams,
+    par: Par,
+) -> Result<Mat<f64>> {
+    if f.lambda < 0.0 {
+        return Err(parameter_error("logreg: lambda must not be negative"));
+    }
+    let (n, p) = (x.nrows(), x.ncols());
+    let q = p + usize::from(f.intercept);
+    let target: Vec<f64> = index.iter().map(|&c| c as f64).collect();
+    // The objective at `z = X w (+ b)` with weights `w`.
+    let objective = |z: &[f64], w: &[f64]| -> f64 {
+        let loss: f64 = z
+            .iter()
+            .zip(&target)
+            .map(|(z, t)| softplus(*z) - t * z)
+            .sum();
+        loss + 0.5 * f.lambda * w[..p].iter().map(|v| v * v).sum::<f64>()
+    };
+    let mut w = vec![0.0; q];
+    let mut z = vec![0.0; n];
+    let mut obj = objective(&z, &w);
+    for _ in 0..f.max_iter.max(1) {
+        let prob: Vec<f64> = z.iter().map(|z| sigmoid(*z)).collect();
+        let resid: Vec<f64> = prob.iter().zip(&target).map(|(p, t)| p - t).collect();
+        let weight: Vec<f64> = prob.iter().map(|p| p * (1.0 - p)).collect();
+        // Gradient: t(X) (P - T) + lambda w, the intercept's the sum of P - T.
+        let mut g = x.tmv(&resid, par)?;
+        for j in 0..p {
+            g[j] += f.lambda * w[j];
+        }
+        // Hessian: t(X) D X, with the intercept's row and column t(X) d and sum(d).
+        let gram = x.weighted_gram(&weight, par)?;
+        let mut h = Mat::<f64>::zeros(q, q);
+        h.as_mut()
+            .submatrix_mut(0, 0, p, p)
+            .copy_from(gram.as_ref());
+        if f.intercept {
+            g.push(resid.iter().sum());
+            let xd = x.tmv(&weight, par)?;
+            for j in 0..p {
+                h[(j, p)] = xd[j];
+                h[(p, j)] = xd[j];
+            }
+            h[(p, p)] = weight.iter().sum();
+        }
+        for j in 0..q {
+            // The same tiny ridge as the gathered path keeps separable data solvable.
+            h[(j, j)] += (if j < p { f.lambda } else { 0.0 }) + 1e-10;
+        }
+        let gm = Mat::from_fn(q, 1, |r, _| g[r]);
+        let step = spd_solve(
+            "logreg",
+            "the Hessian is singular: x has linearly dependent or constant columns; give lambda > 0",
+            h.as_ref(),
+            gm.as_ref(),
+            None,
+        )?;
+        let step: Vec<f64> = step.col(0).iter().copied().collect();
+        let decrement: f64 = g.iter().zip(&step).map(|(g, s)| g * s).sum();
+        if !decrement.is_finite() {
+            return Err(data_error("logreg: Newton's method diverged"));
+        }
+        if decrement / 2.0 <= f.tol * obj.abs().max(1.0) {
+            break;
+        }
+        let mut dz = x.mv(&step[..p], par)?;
+        if f.intercept {
+            dz.iter_mut().for_each(|v| *v += step[p]);
+        }
+        let mut t = 1.0;
+        let mut moved = false;
+        for _ in 0..40 {
+            let trial_w: Vec<f64> = w.iter().zip(&step).map(|(w, s)| w - t * s).collect();
+            let trial_z: Vec<f64> = z.iter().zip(&dz).map(|(z, d)| z - t * d).collect();
+            let trial = objective(&trial_z, &trial_w);
+            if trial <= obj - 1e-4 * t * decrement {
+                (w, z, obj) = (trial_w, trial_z, trial);
+                moved = true;
+                break;
+            }
+            t *= 0.5;
+        }
+        if !moved {
+            break;
+        }
+    }
+    let weights = Mat::from_fn(q, 2, |j, c| if c == 1 { w[j] } else { 0.0 });
+    Ok(model(&weights, p, f.intercept, labels))
 }
 
 /// Newton's method for `free` weight columns over the design `xa` (q columns, the

@@ -1,11 +1,12 @@
 //! Linear regression: the normal equations solved directly (SystemDS's lmDS) from
 //! `t(X) X` and `t(X) y` computed as block dataflows, or conjugate gradient over the
-//! gathered `X` (lmCG) for wide problems; and prediction.
+//! blocks of `X` (lmCG) for wide problems; and prediction.
 
 use datafusion::common::Result;
 use faer::{Mat, MatRef, Par};
 
-use super::dense::{data_error, mm, spd_solve, tmm};
+use super::dense::{data_error, mm, spd_solve};
+use super::panels::RowPanels;
 
 /// `ncol(X)` up to which `lm` solves the normal equations directly (as SystemDS).
 pub const LM_DIRECT_MAX_COLS: u64 = 1024;
@@ -100,58 +101,43 @@ fn with_intercept(intercept: bool, beta: MatRef<'_, f64>, means: &[f64], ybar: f
 
 /// The coefficients by conjugate gradient on `(t(Xc) Xc + lambda I) b = t(Xc) y`, where
 /// `Xc` is X with its column means subtracted when an intercept is fitted (applied on
-/// the fly, X stays as it is).
-pub(crate) fn lm_cg(
-    p: &LmParams,
-    x: MatRef<'_, f64>,
-    y: MatRef<'_, f64>,
-    par: Par,
-) -> Result<Mat<f64>> {
+/// the fly, X stays as it is). X is read as its blocks: each iteration is one pass that
+/// forms `Xc d` a row at a time and adds `t(Xc) (Xc d)` as it goes (SystemDS's mmchain,
+/// with the centring in between).
+pub(crate) fn lm_cg(p: &LmParams, x: &RowPanels, y: &[f64], par: Par) -> Result<Mat<f64>> {
     let (n, cols) = (x.nrows(), x.ncols());
     let nf = n as f64;
-    let means: Vec<f64> = if p.intercept {
-        (0..cols)
-            .map(|j| x.col(j).iter().sum::<f64>() / nf)
-            .collect()
+    let ysum: f64 = y.iter().sum();
+    let (means, ybar) = if p.intercept {
+        let sums = x.tmv(&vec![1.0; n], par)?;
+        (sums.iter().map(|s| s / nf).collect(), ysum / nf)
     } else {
-        vec![0.0; cols]
+        (vec![0.0; cols], 0.0)
     };
-    let ybar = if p.intercept {
-        y.col(0).iter().sum::<f64>() / nf
-    } else {
-        0.0
-    };
-    // A v = t(Xc) (Xc v) + lambda v.
-    let apply = |v: &Mat<f64>| -> Mat<f64> {
-        let shift: f64 = (0..cols).map(|j| means[j] * v[(j, 0)]).sum();
-        let mut xv = mm(x, v.as_ref(), par);
-        for i in 0..n {
-            xv[(i, 0)] -= shift;
-        }
-        let total: f64 = xv.col(0).iter().sum();
-        let mut out = tmm(x, xv.as_ref(), par);
+    // A v = t(Xc) (Xc v) + lambda v: row r gives s = x_r . v - m . v, added as s x_r;
+    // the sum of the s takes the means back out of t(X) s.
+    let apply = |v: &[f64]| -> Result<Vec<f64>> {
+        let shift: f64 = means.iter().zip(v).map(|(m, v)| m * v).sum();
+        let (mut out, total) = x.chain(v, |_, d| (d - shift, d - shift), par)?;
         for j in 0..cols {
-            out[(j, 0)] += p.lambda * v[(j, 0)] - means[j] * total;
+            out[j] += p.lambda * v[j] - means[j] * total;
         }
-        out
+        Ok(out)
     };
-    let ysum: f64 = y.col(0).iter().sum();
-    let mut b = tmm(x, y, par);
+    let mut b = x.tmv(y, par)?;
     for j in 0..cols {
-        b[(j, 0)] -= means[j] * ysum;
+        b[j] -= means[j] * ysum;
     }
-    for v in b.col(0).iter() {
-        if !v.is_finite() {
-            return Err(data_error(
-                "lm: x or y has a NaN or infinite value; remove or replace it first",
-            ));
-        }
+    if b.iter().any(|v| !v.is_finite()) {
+        return Err(data_error(
+            "lm: x or y has a NaN or infinite value; remove or replace it first",
+        ));
     }
-    let mut beta = Mat::<f64>::zeros(cols, 1);
+    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(a, b)| a * b).sum::<f64>();
+    let mut beta = vec![0.0; cols];
     let mut r = b.clone();
     let mut d = r.clone();
-    let norm2 = |m: &Mat<f64>| m.col(0).iter().map(|v| v * v).sum::<f64>();
-    let mut rr = norm2(&r);
+    let mut rr = dot(&r, &r);
     let stop = p.tol * p.tol * rr.max(f64::MIN_POSITIVE);
     let max_iter = if p.max_iter == 0 {
         cols.max(1)
@@ -162,8 +148,8 @@ pub(crate) fn lm_cg(
         if rr <= stop {
             break;
         }
-        let q = apply(&d);
-        let dq: f64 = (0..cols).map(|j| d[(j, 0)] * q[(j, 0)]).sum();
+        let q = apply(&d)?;
+        let dq = dot(&d, &q);
         if dq <= 0.0 || !dq.is_finite() {
             return Err(crate::error::tessera_error(
                 crate::error::ErrorKind::SingularMatrix,
@@ -172,16 +158,17 @@ pub(crate) fn lm_cg(
         }
         let alpha = rr / dq;
         for j in 0..cols {
-            beta[(j, 0)] += alpha * d[(j, 0)];
-            r[(j, 0)] -= alpha * q[(j, 0)];
+            beta[j] += alpha * d[j];
+            r[j] -= alpha * q[j];
         }
-        let next = norm2(&r);
+        let next = dot(&r, &r);
         let gamma = next / rr;
         rr = next;
         for j in 0..cols {
-            d[(j, 0)] = r[(j, 0)] + gamma * d[(j, 0)];
+            d[j] = r[j] + gamma * d[j];
         }
     }
+    let beta = Mat::from_fn(cols, 1, |i, _| beta[i]);
     Ok(with_intercept(p.intercept, beta.as_ref(), &means, ybar))
 }
 

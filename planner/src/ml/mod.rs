@@ -15,6 +15,10 @@
 //!   -> lateral::LateralNode        the call over p's rows (an analyzer rule turns the
 //!                                  cross join into it)
 //!   -> LateralBuiltinExec          the jobs once, then one parfor task per row of p
+//!
+//! SELECT g, lm_fit(y, ARRAY[x1, x2]) FROM t GROUP BY g
+//!   -> fit::LmFit                  an aggregate: the normal equations' sums per group,
+//!                                  one solve per group in the final aggregate
 //! ```
 //!
 //! `docs/ml.md` lists every builtin with its arguments, outputs and errors.
@@ -23,9 +27,11 @@ mod call;
 mod classify;
 mod dense;
 mod exec;
+mod fit;
 mod kmeans;
 mod lateral;
 mod linear;
+mod panels;
 pub mod parfor;
 mod stats;
 
@@ -36,6 +42,7 @@ pub(crate) use call::plan_call;
 pub use call::{BUILTINS, is_builtin, plan_builtin, returns_matrix};
 pub use classify::FitParams;
 pub use exec::{BuiltinExec, ParforSettings};
+pub use fit::lm_fit_udaf;
 pub use kmeans::KmeansParams;
 pub(crate) use lateral::plan_lateral;
 pub use lateral::{LateralBuiltinExec, LateralCalls, LateralNode};

@@ -707,3 +707,146 @@ async fn lateral_calls_refuse_what_they_cannot_run() {
         .unwrap();
     assert_eq!(n.value(0), 6);
 }
+
+/// `(VALUES ...)` rows `(g, y, x1, x2, x3)` for `rows`, the group of row r being `r % groups`.
+fn group_rows(x: &M, y: &M, rows: std::ops::Range<usize>, groups: usize) -> String {
+    let rows: Vec<String> = rows
+        .map(|r| {
+            format!(
+                "({}, {}, {}, {}, {})",
+                r % groups,
+                y[r][0],
+                x[r][0],
+                x[r][1],
+                x[r][2]
+            )
+        })
+        .collect();
+    rows.join(", ")
+}
+
+/// The coefficients per group of `SELECT g, <call> ... GROUP BY g ORDER BY g`: a
+/// NULL list is None.
+async fn fits(ctx: &SessionContext, sql: &str) -> Vec<(i64, Option<Vec<f64>>)> {
+    let mut out = Vec::new();
+    for b in run(ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}")) {
+        let g = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let l = b
+            .column(1)
+            .as_any()
+            .downcast_ref::<datafusion::arrow::array::ListArray>()
+            .unwrap();
+        for r in 0..b.num_rows() {
+            let coef = (!l.is_null(r)).then(|| {
+                let v = l.value(r);
+                let v = v.as_any().downcast_ref::<Float64Array>().unwrap();
+                v.values().to_vec()
+            });
+            out.push((g.value(r), coef));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn lm_fit_fits_one_model_per_group() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    let (n, groups) = (90, 3);
+    let x = data(n, 3, 21);
+    let y = data(n, 1, 22);
+    // Two halves in a UNION ALL: two partitions, so each group's partial sums from
+    // both are merged before its solve. Rows with a NULL are skipped; group 7 has one
+    // row only, too few for a fit with an intercept.
+    let from = format!(
+        "(SELECT * FROM (VALUES {}) AS a(g, y, x1, x2, x3) UNION ALL \
+          SELECT * FROM (VALUES {}, (0, NULL, 1.0, 2.0, 3.0), (1, 5.0, NULL, 2.0, 3.0), \
+          (7, 1.0, 2.0, 3.0, 4.0)) AS b(g, y, x1, x2, x3)) AS t",
+        group_rows(&x, &y, 0..n / 2, groups),
+        group_rows(&x, &y, n / 2..n, groups),
+    );
+    let naive = |g: usize, cols: usize, lambda: f64, intercept: bool| -> Vec<f64> {
+        let rows: Vec<usize> = (0..n).filter(|r| r % groups == g).collect();
+        let xg: M = rows.iter().map(|&r| x[r][..cols].to_vec()).collect();
+        let yg: M = rows.iter().map(|&r| y[r].clone()).collect();
+        let xa = if intercept { with_ones(&xg) } else { xg };
+        let mut a = mm(&t(&xa), &xa);
+        for (d, row) in a.iter_mut().enumerate().take(cols) {
+            row[d] += lambda;
+        }
+        let b: Vec<f64> = mm(&t(&xa), &yg).iter().map(|r| r[0]).collect();
+        naive_solve(&a, &b)
+    };
+    let cases = [
+        ("lm_fit(y, ARRAY[x1, x2, x3])", 3, 0.0, true),
+        ("lm_fit(y, ARRAY[x1, x2, x3], 0.3, false)", 3, 0.3, false),
+        ("lm_fit(y, [x1, x2, x3], lambda => 2.5)", 3, 2.5, true),
+        (
+            "lm_fit(y, ARRAY[x1, x2], lambda => 0, intercept => false)",
+            2,
+            0.0,
+            false,
+        ),
+        ("lm_fit(y, x1)", 1, 0.0, true),
+    ];
+    for (call, cols, lambda, intercept) in cases {
+        let sql = format!("SELECT g, {call} FROM {from} GROUP BY g ORDER BY g");
+        let got = fits(&ctx, &sql).await;
+        assert_eq!(
+            got.iter().map(|(g, _)| *g).collect::<Vec<_>>(),
+            [0, 1, 2, 7],
+            "{sql}"
+        );
+        for (g, coef) in &got[..3] {
+            let want = naive(*g as usize, cols, lambda, intercept);
+            let got = coef
+                .clone()
+                .unwrap_or_else(|| panic!("{sql}: group {g} is NULL"));
+            close(&vec![got], &vec![want], 1e-9, &format!("{sql}, group {g}"));
+        }
+        // One row: a rank-one system, singular (NULL) unless it has one unknown or a
+        // ridge; with a ridge the weights are 0 and the intercept is that row's y.
+        let unknowns = cols + usize::from(intercept);
+        match &got[3].1 {
+            None => assert!(lambda == 0.0 && unknowns > 1, "{sql}: group 7 is NULL"),
+            Some(c) => {
+                assert!(lambda > 0.0 || unknowns == 1, "{sql}: group 7 gave {c:?}");
+                assert_eq!(c.len(), unknowns, "{sql}: group 7");
+                if intercept {
+                    close(
+                        &vec![c.clone()],
+                        &vec![[vec![0.0; cols], vec![1.0]].concat()],
+                        1e-9,
+                        &sql,
+                    );
+                }
+            }
+        }
+    }
+    // The coefficients as rows, unnested, as a client would read them.
+    let sql = format!(
+        "SELECT g, unnest(lm_fit(y, ARRAY[x1, x2, x3])) AS b FROM {from} WHERE g = 1 GROUP BY g"
+    );
+    let rows = run(&ctx, &sql).await.unwrap();
+    let count: usize = rows.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(count, 4, "{sql}: three coefficients and the intercept");
+
+    // Bad calls.
+    for (call, want) in [
+        (
+            "lm_fit(y, ARRAY[x1, x2], lambda => -1)",
+            ErrorKind::InvalidParameterValue,
+        ),
+        ("lm_fit(y, 'a')", ErrorKind::DatatypeMismatch),
+        ("lm_fit(y, x1, x2)", ErrorKind::FeatureNotSupported),
+        (
+            "lm_fit(y, CASE WHEN x1 > 0 THEN ARRAY[x1] ELSE ARRAY[x1, x2] END)",
+            ErrorKind::DataException,
+        ),
+        ("lm_fit(y / 0.0, x1)", ErrorKind::DataException),
+    ] {
+        let sql = format!("SELECT g, {call} FROM {from} GROUP BY g");
+        let e = error(&ctx, &sql).await;
+        assert_eq!(kind(&e), Some(want), "{sql}: {e}");
+    }
+}
