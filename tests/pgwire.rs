@@ -281,6 +281,63 @@ async fn pgwire_rows_of_a_matrix_come_back_as_float8_arrays() {
     }
 }
 
+/// `lm_fit` over a table from a PostgreSQL client: one line per group, hand-worked
+/// (`y = 2x + 1` and `y = 3 - x` exactly), a group of one row NULL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pgwire_lm_fit_returns_each_groups_coefficients() {
+    let server = start().await;
+    let client = server.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE obs (g TEXT, x DOUBLE PRECISION, y DOUBLE PRECISION);
+             INSERT INTO obs VALUES ('a', 0, 1), ('a', 1, 3), ('a', 2, 5),
+               ('b', 0, 3), ('b', 1, 2), ('b', 2, 1), ('b', 3, 0), ('b', NULL, 7),
+               ('c', 1, 1)",
+        )
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            "SELECT g, lm_fit(y, x) AS coef FROM obs GROUP BY g ORDER BY g",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0].columns()[1].type_(),
+        &tokio_postgres::types::Type::FLOAT8_ARRAY
+    );
+    let got: Vec<(String, Option<Vec<f64>>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let want = [
+        ("a", Some([2.0, 1.0])),
+        ("b", Some([-1.0, 3.0])),
+        ("c", None),
+    ];
+    assert_eq!(got.len(), want.len());
+    for ((g, coef), (wg, wc)) in got.iter().zip(want) {
+        assert_eq!(g, wg);
+        match (coef, wc) {
+            (Some(c), Some(w)) => {
+                assert_eq!(c.len(), 2, "{g}: {c:?}");
+                for (a, b) in c.iter().zip(w) {
+                    assert!((a - b).abs() < 1e-12, "{g}: {c:?}, want {w:?}");
+                }
+            }
+            (None, None) => {}
+            other => panic!("{g}: {other:?}"),
+        }
+    }
+    // A negative ridge is the client's mistake, with its SQLSTATE.
+    let e = client
+        .query(
+            "SELECT g, lm_fit(y, x, lambda => -1) FROM obs GROUP BY g",
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code().map(|c| c.code()), Some("22023"), "{e:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pgwire_copy_round_trips_arrays_and_tables() {
     let server = start().await;

@@ -4,10 +4,12 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
 use datafusion::arrow::array::{AsArray, RecordBatch};
 use datafusion::arrow::datatypes::{Float64Type, Int64Type, UInt64Type};
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use tessera_server::{Database, DatabaseOptions};
 
 use crate::python;
@@ -756,6 +758,51 @@ fn blocks_read_again_come_from_the_store_cache_charged_to_the_pool() {
         })
         .unwrap();
         assert!(off.store().block_cache_stats().is_none());
+    });
+}
+
+/// The block cache holds only memory no query wants: a query's request that does not
+/// fit beside the cache makes the cache give back what is missing (least recently
+/// used blocks first), and no more.
+#[test]
+fn the_block_cache_gives_memory_back_to_a_query_that_needs_it() {
+    runtime().block_on(async {
+        let limit = 64usize << 20;
+        let db = Database::in_memory_with(DatabaseOptions {
+            memory_limit: Some(limit),
+            block_cache: Some(48 << 20),
+            ..DatabaseOptions::default()
+        })
+        .unwrap();
+        // 12 dense blocks of 500 x 500 doubles: 24 MiB once read.
+        db.sql(
+            "CREATE MATRIX x (6000, 500) BLOCK (500, 500);
+             INSERT INTO x SELECT * FROM rand(6000, 500, 1.0, 3, 0, 1)",
+        )
+        .await
+        .unwrap();
+        let query = "SELECT sum(v) FROM matmul(t(x), x)";
+        let first = rows(&db.sql(query).await.unwrap());
+        let held = db.block_cache_bytes();
+        let block = 500 * 500 * 8;
+        assert_eq!(held, 12 * block);
+        // A reservation 8 MiB larger than what is free beside the cache.
+        let session = db.session().unwrap();
+        let pool = Arc::clone(&session.context().runtime_env().memory_pool);
+        let free = limit - pool.reserved();
+        let query_memory = MemoryConsumer::new("a query").register(&pool);
+        query_memory.try_grow(free + (8 << 20)).unwrap();
+        let after = db.block_cache_bytes();
+        assert!(
+            after <= held - (8 << 20) && after + (8 << 20) + block > held,
+            "the cache held {held} bytes, then {after}"
+        );
+        // More than the whole pool is refused (53200 for a statement), cache or not.
+        let more = MemoryConsumer::new("another query").register(&pool);
+        assert!(more.try_grow(limit).is_err());
+        drop((query_memory, more));
+        // The answer is the same, from blocks read again.
+        assert_eq!(rows(&db.sql(query).await.unwrap()), first);
     });
 }
 

@@ -486,7 +486,7 @@ fn whole_number(key: &str, value: &str) -> Result<usize, String> {
 }
 
 /// A cache size: [`parse_bytes`], or `0` / `off` for none.
-fn parse_cache_bytes(text: &str) -> Result<usize, String> {
+pub(crate) fn parse_cache_bytes(text: &str) -> Result<usize, String> {
     let t = text.trim();
     if t == "0" || t.eq_ignore_ascii_case("off") {
         return Ok(0);

@@ -8,10 +8,13 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::CatalogProviderList;
 use datafusion::error::Result;
 use datafusion::execution::SendableRecordBatchStream;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::{
+    GreedyMemoryPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation,
+    TrackConsumersPool,
+};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use tessera_planner::{FileAccess, TesseraCatalog, storage_error};
-use tessera_storage::Store;
+use tessera_storage::{Store, WeakStore};
 
 use crate::plan_cache::PlanCache;
 use crate::session::Session;
@@ -61,7 +64,7 @@ struct PoolBudget {
 
 impl PoolBudget {
     fn new(runtime: &RuntimeEnv) -> Self {
-        let reservation = MemoryConsumer::new("block cache").register(&runtime.memory_pool);
+        let reservation = MemoryConsumer::new(CACHE_CONSUMER).register(&runtime.memory_pool);
         PoolBudget {
             reservation: std::sync::Mutex::new(reservation),
         }
@@ -80,6 +83,78 @@ impl tessera_storage::CacheBudget for PoolBudget {
         if let Ok(r) = self.reservation.lock() {
             r.shrink(bytes.min(r.size()));
         }
+    }
+}
+
+/// Name of the block cache's consumer in the memory pool.
+const CACHE_CONSUMER: &str = "block cache";
+
+/// The memory pool queries and the block cache draw from: when a query's request does
+/// not fit, the cache gives back least recently used blocks and the request is tried
+/// again, so the cache only ever holds memory no query wants.
+#[derive(Debug)]
+struct YieldingPool {
+    inner: Arc<dyn MemoryPool>,
+    store: WeakStore,
+}
+
+impl std::fmt::Display for YieldingPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (the block cache yields)", self.inner)
+    }
+}
+
+impl MemoryPool for YieldingPool {
+    fn name(&self) -> &str {
+        "yielding to the block cache"
+    }
+
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional)
+    }
+
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink)
+    }
+
+    fn try_grow(&self, reservation: &MemoryReservation, additional: usize) -> Result<()> {
+        let refused = match self.inner.try_grow(reservation, additional) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        // The cache's own requests never evict for themselves here (it makes room by
+        // its own order), and nothing is taken back for a request no cache could cover.
+        if reservation.consumer().name() == CACHE_CONSUMER {
+            return Err(refused);
+        }
+        // Only what is missing: the cache keeps the rest.
+        let free = match self.inner.memory_limit() {
+            MemoryLimit::Finite(limit) => limit.saturating_sub(self.inner.reserved()),
+            _ => 0,
+        };
+        let missing = additional.saturating_sub(free).max(1);
+        match self.store.upgrade() {
+            Some(store) if store.release_block_cache(missing) > 0 => {
+                self.inner.try_grow(reservation, additional)
+            }
+            _ => Err(refused),
+        }
+    }
+
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
     }
 }
 
@@ -201,7 +276,16 @@ impl Database {
         let limit = options
             .memory_limit
             .unwrap_or_else(DatabaseOptions::default_memory_limit);
-        let mut runtime = RuntimeEnvBuilder::new().with_memory_limit(limit, 1.0);
+        // DataFusion's pool for a limit (greedy, naming the largest consumers when it
+        // refuses), asking the store's block cache for memory back before refusing.
+        let pool = Arc::new(YieldingPool {
+            inner: Arc::new(TrackConsumersPool::new(
+                GreedyMemoryPool::new(limit),
+                std::num::NonZeroUsize::new(5).expect("5 is not zero"),
+            )),
+            store: store.downgrade(),
+        });
+        let mut runtime = RuntimeEnvBuilder::new().with_memory_pool(pool);
         if let Some(spill) = &options.spill_dir {
             runtime = runtime.with_temp_file_path(spill.clone());
         }

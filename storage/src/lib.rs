@@ -38,5 +38,5 @@ pub use partition::{
 pub use schema::{ArraySchema, Attribute, AttributeType, BlockKey, Dimension, MAX_BLOCK_CELLS};
 pub use store::{
     ArrayInfo, ArrayWriter, BlockMeta, CacheBudget, CacheStats, Damage, LoadOptions, LoadSummary,
-    Snapshot, Store, StoreOptions, Unlimited, VersionInfo, WriteMode,
+    Snapshot, Store, StoreOptions, Unlimited, VersionInfo, WeakStore, WriteMode,
 };

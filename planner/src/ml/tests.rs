@@ -169,6 +169,8 @@ async fn lm_matches_the_normal_equations_solved_naively() {
     let y = data(60, 1, 2);
     put(&store, "x", &x, (16, 3));
     put(&store, "y", &y, (16, 1));
+    // The same x in blocks as wide as x: CG reads each block row as one block.
+    put(&store, "xw", &x, (16, 4));
     for (lambda, intercept) in [(0.0, false), (0.3, false), (0.0, true), (0.3, true)] {
         let xa = if intercept { with_ones(&x) } else { x.clone() };
         let mut a = mm(&t(&xa), &xa);
@@ -183,6 +185,9 @@ async fn lm_matches_the_normal_equations_solved_naively() {
             format!("SELECT * FROM lm(x, y, {lambda}, {i})"),
             format!(
                 "SELECT * FROM lm(x, y, lambda => {lambda}, intercept => {i}, solver => 'cg', tol => 1e-13)"
+            ),
+            format!(
+                "SELECT * FROM lm(xw, y, lambda => {lambda}, intercept => {i}, solver => 'cg', tol => 1e-13)"
             ),
             format!("SELECT * FROM lm((SELECT i, j, v FROM x), (SELECT * FROM y), {lambda}, {i})"),
         ] {
@@ -423,20 +428,25 @@ async fn logreg_and_l2svm_reach_their_optimum() {
         .collect();
     put(&store, "x", &x, (50, 3));
     put(&store, "y", &y, (50, 1));
+    // The same x in blocks narrower than x: two blocks per block row.
+    put(&store, "xn", &x, (32, 2));
     let xa = with_ones(&x);
     let lambda = 0.7;
     // logreg: gradient t(Xa) (sigmoid(Xa w) - y) + lambda [w; 0] vanishes.
-    let model = matrix(&ctx, "SELECT * FROM logreg(x, y, lambda => 0.7)", 5, 2).await;
-    assert_eq!((model[4][0], model[4][1]), (0.0, 1.0), "labels row");
-    let w: Vec<f64> = (0..4).map(|k| model[k][1]).collect();
-    for j in 0..4 {
-        let g: f64 = xa
-            .iter()
-            .zip(&y)
-            .map(|(r, t)| (sigmoid(r.iter().zip(&w).map(|(a, b)| a * b).sum()) - t[0]) * r[j])
-            .sum::<f64>()
-            + if j < 3 { lambda * w[j] } else { 0.0 };
-        assert!(g.abs() < 1e-6, "logreg gradient {j}: {g}");
+    for from in ["x", "xn"] {
+        let sql = format!("SELECT * FROM logreg({from}, y, lambda => 0.7)");
+        let model = matrix(&ctx, &sql, 5, 2).await;
+        assert_eq!((model[4][0], model[4][1]), (0.0, 1.0), "labels row");
+        let w: Vec<f64> = (0..4).map(|k| model[k][1]).collect();
+        for j in 0..4 {
+            let g: f64 = xa
+                .iter()
+                .zip(&y)
+                .map(|(r, t)| (sigmoid(r.iter().zip(&w).map(|(a, b)| a * b).sum()) - t[0]) * r[j])
+                .sum::<f64>()
+                + if j < 3 { lambda * w[j] } else { 0.0 };
+            assert!(g.abs() < 1e-6, "{sql}: gradient {j}: {g}");
+        }
     }
     // l2svm: lambda w - 2 sum over margin violators of y (1 - y x.w) x vanishes.
     let model = matrix(&ctx, "SELECT * FROM l2svm(x, y, lambda => 0.7)", 5, 2).await;

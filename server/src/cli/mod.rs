@@ -534,6 +534,22 @@ mod tests {
         assert!(parse_bytes("0").is_err());
     }
 
+    #[test]
+    fn a_worker_refuses_a_bad_block_cache_size() {
+        let Some(Command::Worker(args)) =
+            parse(&["worker", "--block-cache", "lots"]).unwrap().command
+        else {
+            panic!("not a worker command");
+        };
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        assert_eq!(worker::run(args, &mut out, &mut err), 2);
+        let err = String::from_utf8(err).unwrap();
+        assert!(
+            err.contains("--block-cache") && err.contains("lots"),
+            "{err}"
+        );
+    }
+
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::try_parse_from(std::iter::once("tessera").chain(args.iter().copied()))
     }

@@ -40,6 +40,15 @@ pub(super) struct WorkerArgs {
         hide_env_values = true
     )]
     cluster_secret: Option<String>,
+    /// Bytes of decoded blocks the worker keeps, so a block its tasks read again is not
+    /// read and decoded again (`512M`, `2G`; `0` or `off` for none).
+    #[arg(
+        long,
+        value_name = "SIZE",
+        env = "TESSERA_BLOCK_CACHE",
+        default_value = "1G"
+    )]
+    block_cache: String,
     /// Exit when standard input closes (how `tessera serve --local-workers` ties its
     /// workers' lives to its own).
     #[arg(long, hide = true)]
@@ -70,6 +79,13 @@ pub(super) fn run(args: WorkerArgs, stdout: &mut dyn Write, stderr: &mut dyn Wri
             return 2;
         }
     };
+    let cache = match crate::config::parse_cache_bytes(&args.block_cache) {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            let _ = writeln!(stderr, "error: --block-cache: {e}");
+            return 2;
+        }
+    };
     if !std::path::Path::new(&args.data_dir).is_dir() {
         let _ = writeln!(
             stderr,
@@ -95,6 +111,9 @@ pub(super) fn run(args: WorkerArgs, stdout: &mut dyn Write, stderr: &mut dyn Wri
             return 1;
         }
     };
+    // Blocks are named by the version that wrote them, so an entry is never stale; a
+    // worker has no memory pool of its own, so the size is the cache's only bound.
+    store.set_block_cache(cache, std::sync::Arc::new(tessera_storage::Unlimited));
     let listener = match runtime.block_on(tokio::net::TcpListener::bind(addr)) {
         Ok(l) => l,
         Err(e) => {

@@ -100,6 +100,13 @@ pub fn chain_rows_add(
             (v.len(), out.len()),
         ));
     }
+    if x.cols() == 0 {
+        // No columns: every row's product is 0, and `f` still sees every row.
+        for r in 0..x.rows() {
+            f(r, 0.0);
+        }
+        return Ok(());
+    }
     match x {
         Block::Dense(d) => dense_chain(Isa::best(), out, d.values(), d.cols(), v, f),
         Block::Sparse(s) => {

@@ -166,6 +166,14 @@ impl BlockCache {
         }
     }
 
+    /// Drops least recently used blocks until `bytes` are given back (or none is
+    /// left); returns the bytes given back.
+    pub(crate) fn give_back(&mut self, bytes: usize) -> usize {
+        let start = self.stats.bytes;
+        while start - self.stats.bytes < bytes && self.evict_oldest() {}
+        start - self.stats.bytes
+    }
+
     pub(crate) fn stats(&self) -> CacheStats {
         self.stats
     }

@@ -137,6 +137,17 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
+/// A [`Store`] that may have been closed; see [`Store::downgrade`].
+#[derive(Debug, Clone)]
+pub struct WeakStore(std::sync::Weak<Inner>);
+
+impl WeakStore {
+    /// The store, while it is open somewhere.
+    pub fn upgrade(&self) -> Option<Store> {
+        self.0.upgrade().map(|inner| Store { inner })
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Inner {
     backend: Arc<dyn Backend>,
@@ -292,6 +303,20 @@ impl Store {
     pub fn set_block_cache(&self, capacity: usize, budget: Arc<dyn CacheBudget>) {
         let cache = (capacity > 0).then(|| cache::BlockCache::new(capacity, budget));
         *lock(&self.inner.blocks) = cache;
+    }
+
+    /// Gives back up to `bytes` of the block cache's memory, least recently used blocks
+    /// first, for a query that needs it; returns the bytes given back.
+    pub fn release_block_cache(&self, bytes: usize) -> usize {
+        lock(&self.inner.blocks)
+            .as_mut()
+            .map_or(0, |cache| cache.give_back(bytes))
+    }
+
+    /// A handle to this store that does not keep it open (for a memory pool that asks
+    /// the store's cache for memory back, which the cache's budget refers to).
+    pub fn downgrade(&self) -> WeakStore {
+        WeakStore(Arc::downgrade(&self.inner))
     }
 
     /// What the block cache holds and did, if there is one.
