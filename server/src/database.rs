@@ -281,7 +281,7 @@ impl Database {
         let pool = Arc::new(YieldingPool {
             inner: Arc::new(TrackConsumersPool::new(
                 GreedyMemoryPool::new(limit),
-                std::num::NonZeroUsize::new(5).expect("5 is not zero"),
+                std::num::NonZeroUsize::MIN.saturating_add(4),
             )),
             store: store.downgrade(),
         });

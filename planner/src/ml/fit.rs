@@ -41,9 +41,10 @@ struct LmFit {
 
 impl LmFit {
     fn new() -> Self {
-        let signature = Signature::user_defined(Volatility::Immutable)
-            .with_parameter_names(vec!["y", "x", "lambda", "intercept"])
-            .expect("lm_fit's parameter names suit a user-defined signature");
+        // A user-defined signature takes any names (`return_type` checks the arguments).
+        let mut signature = Signature::user_defined(Volatility::Immutable);
+        signature.parameter_names =
+            Some(["y", "x", "lambda", "intercept"].map(String::from).to_vec());
         Self { signature }
     }
 }
