@@ -231,7 +231,9 @@ impl<'a> BlockColumns<'a> {
         let values = view_buffer(self.values, row);
         if self.indptr.is_null(row) {
             let values = typed::<f64>(values, "values")?;
-            return Ok(Block::Dense(DenseBlock::new(rows, cols, values)?));
+            // The batch carries the count, written from the block: no second scan.
+            let nnz = self.nnz(row) as usize;
+            return Ok(Block::Dense(DenseBlock::with_nnz(rows, cols, values, nnz)?));
         }
         let indptr = typed::<u64>(view_buffer(self.indptr, row), "indptr")?;
         let indices = typed::<u64>(view_buffer(self.indices, row), "indices")?;

@@ -34,6 +34,31 @@ impl DenseBlock {
         })
     }
 
+    /// A block over `values` whose non-zero count the caller already has (a block
+    /// column's `nnz`, written from the block itself), so the values are not scanned
+    /// again. A count larger than the cells is an error.
+    pub fn with_nnz(
+        rows: usize,
+        cols: usize,
+        values: impl Into<ScalarBuffer<f64>>,
+        nnz: usize,
+    ) -> Result<Self> {
+        let values = values.into();
+        if Some(values.len()) != rows.checked_mul(cols) || nnz > values.len() {
+            return Err(StorageError::InvalidArgument(format!(
+                "a {rows}x{cols} dense block needs {} values and at most that many non-zeros, got {} values and {nnz}",
+                rows.saturating_mul(cols),
+                values.len()
+            )));
+        }
+        Ok(Self {
+            rows,
+            cols,
+            nnz,
+            values,
+        })
+    }
+
     /// A block of zeros.
     pub fn zeros(rows: usize, cols: usize) -> Self {
         Self {

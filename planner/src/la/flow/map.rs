@@ -602,14 +602,38 @@ fn broadcast_batch(
             };
             for bj in bjs {
                 let (r, c) = geometry.block_shape((bi, bj));
-                let block = DenseBlock::from_fn(r, c, |x, y| {
-                    v.get(if down { 0 } else { x }, if across { 0 } else { y })
-                });
-                out.push(bi, bj, &Block::Dense(block).into_preferred_format())?;
+                out.push(bi, bj, &repeated(&v, r, c, down, across)?)?;
             }
         }
     }
     out.finish()
+}
+
+/// An `r x c` block of vector block `v` repeated down (its one row in every row) and /
+/// or across (its one column in every column), by copying rows rather than cells.
+fn repeated(v: &Block, r: usize, c: usize, down: bool, across: bool) -> Result<Block> {
+    let cell = |x: usize, y: usize| v.get(if down { 0 } else { x }, if across { 0 } else { y });
+    let mut values = Vec::with_capacity(r * c);
+    match (v, down, across) {
+        (Block::Dense(d), true, false) => {
+            let row = &d.row(0)[..c];
+            for _ in 0..r {
+                values.extend_from_slice(row);
+            }
+        }
+        _ => {
+            for x in 0..r {
+                if across {
+                    let value = cell(x, 0);
+                    values.resize(values.len() + c, value);
+                } else {
+                    values.extend((0..c).map(|y| cell(x, y)));
+                }
+            }
+        }
+    }
+    let block = DenseBlock::new(r, c, values).map_err(storage_error)?;
+    Ok(Block::Dense(block).into_preferred_format())
 }
 
 /// `batch` with its block keys moved by `(rows, cols)`; the block columns are shared.
