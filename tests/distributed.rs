@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use tessera_server::{Server, ServerConfig};
+use tessera_server::{Server, ServerConfig, ServerHandle};
 use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 use crate::sql_database::tessera_binary;
@@ -151,14 +151,15 @@ fn check(what: &str, got: &[Vec<String>], want: &[Vec<f64>]) {
 
 const SECRET: &str = "correct horse battery staple";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
+/// `n` workers and a coordinator over them on a fresh data directory (kept while the
+/// returned directory lives), with a client connected to the coordinator.
+async fn cluster(n: usize) -> (tempfile::TempDir, Workers, ServerHandle, Client) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("db");
     std::fs::create_dir_all(&data).unwrap();
-    let mut workers = Workers::start(2, &data, SECRET, &dir.path().join("workers.log"));
+    let workers = Workers::start(n, &data, SECRET, &dir.path().join("workers.log"));
     let config = ServerConfig {
-        data_dir: data.clone(),
+        data_dir: data,
         pg_listen: "127.0.0.1:0".into(),
         workers: workers.urls.clone(),
         cluster_secret: Some(SECRET.into()),
@@ -166,6 +167,12 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
     };
     let server = Server::builder().config(config).build().await.unwrap();
     let client = connect(server.local_addr().port()).await;
+    (dir, workers, server, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
+    let (_dir, mut workers, server, client) = cluster(2).await;
     for sql in [
         "CREATE MATRIX a (40, 30) BLOCK (10, 10) WITH (shards = 4)",
         "CREATE MATRIX b (30, 20) BLOCK (10, 10) WITH (shards = 3)",
@@ -398,19 +405,7 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
 /// rows sent cannot be taken back.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_product_is_survived_exactly() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("db");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut workers = Workers::start(3, &data, SECRET, &dir.path().join("workers.log"));
-    let config = ServerConfig {
-        data_dir: data.clone(),
-        pg_listen: "127.0.0.1:0".into(),
-        workers: workers.urls.clone(),
-        cluster_secret: Some(SECRET.into()),
-        ..ServerConfig::default()
-    };
-    let server = Server::builder().config(config).build().await.unwrap();
-    let client = connect(server.local_addr().port()).await;
+    let (_dir, mut workers, server, client) = cluster(3).await;
     // Small blocks make many block products and exchanged batches: a product that
     // runs long enough to be interrupted.
     const N: u64 = KILL_N;

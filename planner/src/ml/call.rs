@@ -880,7 +880,8 @@ impl Call {
                     cells(classify::logreg_binary(&x, &labels, &index, f, par)?.as_ref())
                 } else {
                     let x = gather(&mats[0], rows)?;
-                    cells(classify::logreg(x.as_ref(), y.as_ref(), f, par)?.as_ref())
+                    let model = classify::logreg_multinomial(x.as_ref(), &labels, &index, f, par)?;
+                    cells(model.as_ref())
                 }
             }
             Builtin::L2svm(f) => {

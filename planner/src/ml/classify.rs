@@ -101,31 +101,24 @@ fn model(weights: &Mat<f64>, p: usize, intercept: bool, labels: &[f64]) -> Mat<f
     })
 }
 
-/// Logistic regression: minimises `sum(log loss) + lambda / 2 * ||W||^2` (the
-/// intercept not penalised) by Newton's method with a backtracking line search.
-pub(crate) fn logreg(
+/// Multinomial logistic regression (three classes or more; two go to
+/// [`logreg_binary`]) over a gathered `x` whose rows' classes `index` among `labels`
+/// the caller has read: minimises `sum(log loss) + lambda / 2 * ||W||^2` (the intercept
+/// not penalised) by Newton's method with a backtracking line search.
+pub(crate) fn logreg_multinomial(
     x: MatRef<'_, f64>,
-    y: MatRef<'_, f64>,
+    labels: &[f64],
+    index: &[usize],
     f: &FitParams,
     par: Par,
 ) -> Result<Mat<f64>> {
-    check_finite("logreg", "x", x)?;
-    let (labels, index) = classes("logreg", y)?;
     if f.lambda < 0.0 {
         return Err(parameter_error("logreg: lambda must not be negative"));
     }
     let xa = design(x, f.intercept);
     let p = x.ncols();
-    let k = labels.len();
-    // Two classes: one weight vector (column 1), column 0 stays zero.
-    let free = if k == 2 { 1 } else { k };
-    let w = newton_logistic(xa.as_ref(), &index, free, k == 2, p, f, par)?;
-    let weights = if k == 2 {
-        Mat::from_fn(xa.ncols(), 2, |j, c| if c == 1 { w[(j, 0)] } else { 0.0 })
-    } else {
-        w
-    };
-    Ok(model(&weights, p, f.intercept, &labels))
+    let w = newton_logistic(xa.as_ref(), index, labels.len(), p, f, par)?;
+    Ok(model(&w, p, f.intercept, labels))
 }
 
 /// Binomial logistic regression over the blocks of `x` (never gathered): Newton's
@@ -227,13 +220,12 @@ pub(crate) fn logreg_binary(
     Ok(model(&weights, p, f.intercept, labels))
 }
 
-/// Newton's method for `free` weight columns over the design `xa` (q columns, the
-/// first `p` penalised). With `binary`, class index 1 is the positive class.
+/// Newton's method for `free` weight columns (one per class) over the design `xa` (q
+/// columns, the first `p` penalised).
 fn newton_logistic(
     xa: MatRef<'_, f64>,
     index: &[usize],
     free: usize,
-    binary: bool,
     p: usize,
     f: &FitParams,
     par: Par,
@@ -247,20 +239,14 @@ fn newton_logistic(
         let mut prob = Mat::<f64>::zeros(n, free);
         let mut loss = 0.0;
         for i in 0..n {
-            if binary {
-                let zi = z[(i, 0)];
-                prob[(i, 0)] = sigmoid(zi);
-                loss += softplus(zi) - if index[i] == 1 { zi } else { 0.0 };
-            } else {
-                let m = (0..free)
-                    .map(|c| z[(i, c)])
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let s: f64 = (0..free).map(|c| (z[(i, c)] - m).exp()).sum();
-                for c in 0..free {
-                    prob[(i, c)] = (z[(i, c)] - m).exp() / s;
-                }
-                loss += m + s.ln() - z[(i, index[i])];
+            let m = (0..free)
+                .map(|c| z[(i, c)])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = (0..free).map(|c| (z[(i, c)] - m).exp()).sum();
+            for c in 0..free {
+                prob[(i, c)] = (z[(i, c)] - m).exp() / s;
             }
+            loss += m + s.ln() - z[(i, index[i])];
         }
         let penalty: f64 = (0..free)
             .map(|c| (0..p).map(|j| w[(j, c)] * w[(j, c)]).sum::<f64>())
@@ -271,13 +257,8 @@ fn newton_logistic(
     for _ in 0..f.max_iter.max(1) {
         // Gradient: t(Xa) (P - T) + lambda W (penalised rows).
         let mut resid = prob.clone();
-        for (i, &l) in index.iter().enumerate() {
-            let c = if binary { usize::from(l == 1) } else { l };
-            if binary {
-                resid[(i, 0)] -= c as f64;
-            } else {
-                resid[(i, c)] -= 1.0;
-            }
+        for (i, &c) in index.iter().enumerate() {
+            resid[(i, c)] -= 1.0;
         }
         let mut grad = tmm(xa, resid.as_ref(), par);
         for c in 0..free {

@@ -135,57 +135,50 @@ multiversion! {
     }
 }
 
+/// `out += s_k x_k` over dense rows `x` (`n` wide, `n > 0`), `s_k = scale(k, x_k)` taken
+/// in row order; four rows per pass over `out`, so `out` is loaded and stored once per
+/// four rows.
+#[inline(always)]
+fn add_scaled_rows(
+    out: &mut [f64],
+    x: &[f64],
+    n: usize,
+    mut scale: impl FnMut(usize, &[f64]) -> f64,
+) {
+    let quads = x.chunks_exact(4 * n);
+    let rest = quads.remainder();
+    let mut k = 0;
+    for q in quads {
+        let (r0, q) = q.split_at(n);
+        let (r1, q) = q.split_at(n);
+        let (r2, r3) = q.split_at(n);
+        let (s0, s1) = (scale(k, r0), scale(k + 1, r1));
+        let (s2, s3) = (scale(k + 2, r2), scale(k + 3, r3));
+        for j in 0..n {
+            out[j] += (s0 * r0[j] + s1 * r1[j]) + (s2 * r2[j] + s3 * r3[j]);
+        }
+        k += 4;
+    }
+    for row in rest.chunks_exact(n) {
+        axpy(out, scale(k, row), row);
+        k += 1;
+    }
+}
+
 multiversion! {
-    /// `out += t(x) u` over dense rows `x` (`n` wide), four rows per pass over `out`.
+    /// `out += t(x) u` over dense rows `x` (`n` wide).
     fn dense_tmatvec(out: &mut [f64], x: &[f64], n: usize, u: &[f64]) {
-        if n == 0 {
-            return;
-        }
-        let quads = x.chunks_exact(4 * n);
-        let rest = quads.remainder();
-        let mut k = 0;
-        for q in quads {
-            let (r0, q) = q.split_at(n);
-            let (r1, q) = q.split_at(n);
-            let (r2, r3) = q.split_at(n);
-            let (s0, s1, s2, s3) = (u[k], u[k + 1], u[k + 2], u[k + 3]);
-            for j in 0..n {
-                out[j] += (s0 * r0[j] + s1 * r1[j]) + (s2 * r2[j] + s3 * r3[j]);
-            }
-            k += 4;
-        }
-        for row in rest.chunks_exact(n) {
-            axpy(out, u[k], row);
-            k += 1;
+        if n > 0 {
+            add_scaled_rows(out, x, n, |k, _| u[k]);
         }
     }
 }
 
 multiversion! {
-    /// `out += t(x) f(x v)` row by row over dense rows `x` (`n` wide), four rows per pass
-    /// over `out`.
+    /// `out += t(x) f(x v)` row by row over dense rows `x` (`n` wide).
     fn dense_chain(out: &mut [f64], x: &[f64], n: usize, v: &[f64], f: &mut dyn FnMut(usize, f64) -> f64) {
-        if n == 0 {
-            return;
-        }
-        let quads = x.chunks_exact(4 * n);
-        let rest = quads.remainder();
-        let mut k = 0;
-        for q in quads {
-            let (r0, q) = q.split_at(n);
-            let (r1, q) = q.split_at(n);
-            let (r2, r3) = q.split_at(n);
-            let (d0, d1, d2, d3) = (dot(r0, v), dot(r1, v), dot(r2, v), dot(r3, v));
-            let (s0, s1, s2, s3) = (f(k, d0), f(k + 1, d1), f(k + 2, d2), f(k + 3, d3));
-            for j in 0..n {
-                out[j] += (s0 * r0[j] + s1 * r1[j]) + (s2 * r2[j] + s3 * r3[j]);
-            }
-            k += 4;
-        }
-        for row in rest.chunks_exact(n) {
-            let s = f(k, dot(row, v));
-            axpy(out, s, row);
-            k += 1;
+        if n > 0 {
+            add_scaled_rows(out, x, n, |k, row| f(k, dot(row, v)));
         }
     }
 }
