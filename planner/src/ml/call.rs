@@ -102,6 +102,7 @@ fn signature(name: &str) -> &'static [Param] {
             N("runs", Some(10.0)),
             N("max_iter", Some(100.0)),
             N("seed", Some(42.0)),
+            N("tol", Some(1e-4)),
         ],
         "kmeans_predict" => &[M("x"), M("centroids")],
         "logreg" | "l2svm" => &[
@@ -606,6 +607,7 @@ fn read(
                 runs: count("runs", 1.0)?,
                 max_iter: count("max_iter", 1.0)?,
                 seed: num("seed") as i64 as u64,
+                tol: real("tol")?,
             };
             if let Some(n) = rows
                 && params.k as u64 > n
@@ -842,16 +844,16 @@ impl Call {
                 }
             }
             Builtin::Kmeans(p) => {
-                let x = gather(&mats[0], self.rows.map(|r| r as usize))?;
-                check_finite(name, "x", x.as_ref())?;
-                let (c, _, r) = kmeans::kmeans(x.as_ref(), p, parfor.scheme, parfor.workers)?;
+                let x = RowPanels::new(&mats[0], self.rows.map(|r| r as usize));
+                x.check_finite(name, "x")?;
+                let (c, _, r) = kmeans::kmeans(&x, p, parfor.scheme, parfor.workers)?;
                 report = Some(r);
                 cells(c.as_ref())
             }
             Builtin::KmeansPredict => {
-                let x = gather(&mats[0], None)?;
+                let x = RowPanels::new(&mats[0], None);
                 let c = gather(&mats[1], None)?;
-                check_finite(name, "x", x.as_ref())?;
+                x.check_finite(name, "x")?;
                 check_finite(name, "centroids", c.as_ref())?;
                 if c.ncols() != x.ncols() {
                     return Err(data_error(format!(
@@ -860,12 +862,10 @@ impl Call {
                         x.ncols()
                     )));
                 }
-                let norms: Vec<f64> = (0..x.nrows())
-                    .map(|i| (0..x.ncols()).map(|j| x[(i, j)] * x[(i, j)]).sum())
-                    .collect();
-                let (labels, _) = kmeans::assign(x.as_ref(), &norms, c.as_ref(), par);
-                let i = Int64Array::from_iter_values(0..labels.len() as i64);
-                let l = Int64Array::from_iter_values(labels.iter().map(|&l| l as i64));
+                let (norms, _) = kmeans::row_norms_and_variance(&x, par)?;
+                let pass = kmeans::assign(&x, &norms, c.as_ref(), par)?;
+                let i = Int64Array::from_iter_values(0..pass.labels.len() as i64);
+                let l = Int64Array::from_iter_values(pass.labels.iter().map(|&l| i64::from(l)));
                 batch(name, vec![Arc::new(i), Arc::new(l)])?
             }
             Builtin::Logreg(f) => {

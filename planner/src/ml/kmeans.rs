@@ -5,6 +5,7 @@ use datafusion::common::Result;
 use faer::{Mat, MatRef, Par};
 
 use super::dense::{SplitMix, mm, parameter_error};
+use super::panels::RowPanels;
 use super::parfor::{self, ParforReport, Scheme};
 
 /// `kmeans`'s parameters.
@@ -18,11 +19,15 @@ pub struct KmeansParams {
     pub max_iter: usize,
     /// Seed of the first run; run `r` uses `seed + r`.
     pub seed: u64,
+    /// A run stops when its centroids move less than this in all (the sum of their
+    /// squared moves), relative to the mean variance of `x`'s columns; 0 iterates
+    /// until no row changes cluster (scikit-learn's `tol`).
+    pub tol: f64,
 }
 
 /// The best run's centroids (k x p) and inertia, and what the scheduler did.
 pub(crate) fn kmeans(
-    x: MatRef<'_, f64>,
+    x: &RowPanels,
     p: &KmeansParams,
     scheme: Option<Scheme>,
     workers: usize,
@@ -36,11 +41,12 @@ pub(crate) fn kmeans(
     }
     let workers = workers.clamp(1, p.runs.max(1));
     let scheme = scheme.unwrap_or_else(|| Scheme::auto(p.runs, workers));
-    // Runs already fill the workers; a single run may use every core in its products.
+    // Runs already fill the workers; a single run may use every core in its passes.
     let par = if workers > 1 { Par::Seq } else { Par::rayon(0) };
-    let norms = row_norms(x);
+    let (norms, variance) = row_norms_and_variance(x, par)?;
+    let tol = p.tol * variance;
     let (runs, report) = parfor::run(p.runs, workers, scheme, |r| {
-        Ok(one_run(x, &norms, p, p.seed.wrapping_add(r as u64), par))
+        one_run(x, &norms, p, tol, p.seed.wrapping_add(r as u64), par)
     })?;
     let best = runs
         .into_iter()
@@ -49,74 +55,149 @@ pub(crate) fn kmeans(
     Ok((best.0, best.1, report))
 }
 
-fn row_norms(x: MatRef<'_, f64>) -> Vec<f64> {
-    let mut out = vec![0.0; x.nrows()];
-    for j in 0..x.ncols() {
-        for (i, v) in x.col(j).iter().enumerate() {
-            out[i] += v * v;
-        }
+/// Each row's squared norm, and the mean of the columns' variances.
+pub(crate) fn row_norms_and_variance(x: &RowPanels, par: Par) -> Result<(Vec<f64>, f64)> {
+    let d = x.ncols();
+    let parts = x.fold_rows(
+        par,
+        || (Vec::new(), vec![0.0; d], vec![0.0; d]),
+        |_, rows, (norms, sum, squares)| {
+            for row in rows.chunks_exact(d.max(1)) {
+                let mut norm = 0.0;
+                for ((v, s), q) in row.iter().zip(sum.iter_mut()).zip(squares.iter_mut()) {
+                    norm += v * v;
+                    *s += v;
+                    *q += v * v;
+                }
+                norms.push(norm);
+            }
+            Ok(())
+        },
+    )?;
+    let mut norms = Vec::with_capacity(x.nrows());
+    let (mut sum, mut squares) = (vec![0.0; d], vec![0.0; d]);
+    for (part, s, q) in parts {
+        norms.extend(part);
+        sum.iter_mut().zip(&s).for_each(|(a, b)| *a += b);
+        squares.iter_mut().zip(&q).for_each(|(a, b)| *a += b);
     }
-    out
+    let n = x.nrows().max(1) as f64;
+    let variance = sum
+        .iter()
+        .zip(&squares)
+        .map(|(s, q)| (q / n - (s / n) * (s / n)).max(0.0))
+        .sum::<f64>()
+        / d.max(1) as f64;
+    Ok((norms, variance))
 }
 
-/// For each row of `x`, its nearest centroid and the squared distance to it.
-pub(crate) fn assign(
-    x: MatRef<'_, f64>,
-    norms: &[f64],
-    c: MatRef<'_, f64>,
-    par: Par,
-) -> (Vec<usize>, Vec<f64>) {
-    let g = mm(x, c.transpose(), par);
-    let cn = row_norms(c);
-    let mut label = vec![0usize; x.nrows()];
-    let mut dist = vec![f64::INFINITY; x.nrows()];
-    for k in 0..c.nrows() {
-        for i in 0..x.nrows() {
-            let d = (norms[i] - 2.0 * g[(i, k)] + cn[k]).max(0.0);
-            if d < dist[i] {
-                dist[i] = d;
-                label[i] = k;
+/// One Lloyd pass: each row's nearest centroid and squared distance to it, and per
+/// cluster the sum and count of its rows.
+pub(crate) struct Pass {
+    pub(crate) labels: Vec<u32>,
+    pub(crate) dist: Vec<f64>,
+    /// `k x d`, row-major.
+    sums: Vec<f64>,
+    counts: Vec<usize>,
+}
+
+/// Assigns every row of `x` to its nearest row of `c` (`k x d`), block row by block
+/// row: `c t(x_panel)` by faer, then `|x|^2 - 2 x.c + |c|^2` per row, the sums
+/// accumulated in the same read of the panel. Tasks add in row order, so a pass gives
+/// the same bits every time.
+pub(crate) fn assign(x: &RowPanels, norms: &[f64], c: MatRef<'_, f64>, par: Par) -> Result<Pass> {
+    let (k, d) = (c.nrows(), c.ncols());
+    let cn: Vec<f64> = (0..k)
+        .map(|a| (0..d).map(|j| c[(a, j)] * c[(a, j)]).sum())
+        .collect();
+    let parts = x.fold_rows(
+        par,
+        || Pass {
+            labels: Vec::new(),
+            dist: Vec::new(),
+            sums: vec![0.0; k * d],
+            counts: vec![0; k],
+        },
+        |r0, rows, acc| {
+            let n = rows.len() / d.max(1);
+            let xt = MatRef::from_column_major_slice(rows, d, n);
+            // One column per row of the panel: its k dot products, contiguous.
+            let g = mm(c, xt, Par::Seq);
+            for (r, row) in rows.chunks_exact(d.max(1)).enumerate() {
+                let (mut best, mut label) = (f64::INFINITY, 0);
+                for (a, cn) in cn.iter().enumerate() {
+                    let dist = (norms[r0 + r] - 2.0 * g[(a, r)] + cn).max(0.0);
+                    if dist < best {
+                        best = dist;
+                        label = a;
+                    }
+                }
+                acc.labels.push(label as u32);
+                acc.dist.push(best);
+                acc.counts[label] += 1;
+                let sum = &mut acc.sums[label * d..(label + 1) * d];
+                sum.iter_mut().zip(row).for_each(|(s, v)| *s += v);
             }
-        }
+            Ok(())
+        },
+    )?;
+    let mut out = Pass {
+        labels: Vec::with_capacity(x.nrows()),
+        dist: Vec::with_capacity(x.nrows()),
+        sums: vec![0.0; k * d],
+        counts: vec![0; k],
+    };
+    for part in parts {
+        out.labels.extend(part.labels);
+        out.dist.extend(part.dist);
+        out.sums
+            .iter_mut()
+            .zip(&part.sums)
+            .for_each(|(a, b)| *a += b);
+        out.counts
+            .iter_mut()
+            .zip(&part.counts)
+            .for_each(|(a, b)| *a += b);
     }
-    (label, dist)
+    Ok(out)
 }
 
 fn one_run(
-    x: MatRef<'_, f64>,
+    x: &RowPanels,
     norms: &[f64],
     p: &KmeansParams,
+    tol: f64,
     seed: u64,
     par: Par,
-) -> (Mat<f64>, f64) {
+) -> Result<(Mat<f64>, f64)> {
     let (n, d) = (x.nrows(), x.ncols());
     let mut rng = SplitMix::new(seed);
     // k-means++: each next centre drawn with probability proportional to its squared
     // distance from the nearest centre so far.
     let mut centres = Mat::<f64>::zeros(p.k, d);
-    let first = (rng.next_u64() % n as u64) as usize;
     let mut nearest = vec![f64::INFINITY; n];
-    let mut chosen = first;
+    let mut chosen = (rng.next_u64() % n as u64) as usize;
     for k in 0..p.k {
-        for j in 0..d {
-            centres[(k, j)] = x[(chosen, j)];
+        let centre = x.row(chosen);
+        for (j, v) in centre.iter().enumerate() {
+            centres[(k, j)] = *v;
         }
-        // Squared distances to the new centre, a column at a time (x is column-major).
-        let mut dist = vec![0.0; n];
-        for j in 0..d {
-            let c = x[(chosen, j)];
-            for (acc, v) in dist.iter_mut().zip(x.col(j).iter()) {
-                *acc += (v - c) * (v - c);
+        let parts = x.fold_rows(par, Vec::new, |r0, rows, out: &mut Vec<f64>| {
+            for (r, row) in rows.chunks_exact(d.max(1)).enumerate() {
+                let dist: f64 = row
+                    .iter()
+                    .zip(&centre)
+                    .map(|(v, c)| (v - c) * (v - c))
+                    .sum();
+                out.push(nearest[r0 + r].min(dist));
             }
-        }
-        let mut total = 0.0;
-        for (near, dist) in nearest.iter_mut().zip(&dist) {
-            *near = near.min(*dist);
-            total += *near;
-        }
+            Ok(())
+        })?;
+        nearest = parts.concat();
         if k + 1 == p.k {
             break;
         }
+        let total: f64 = nearest.iter().sum();
         chosen = if total > 0.0 {
             let mut target = rng.uniform() * total;
             let mut pick = n - 1;
@@ -132,46 +213,44 @@ fn one_run(
             (rng.next_u64() % n as u64) as usize
         };
     }
-    let mut labels = vec![usize::MAX; n];
+    let mut labels = Vec::new();
     let mut inertia = f64::INFINITY;
+    let mut settled = false;
     for iter in 0..=p.max_iter.max(1) {
-        let (next, dist) = assign(x, norms, centres.as_ref(), par);
-        inertia = dist.iter().sum();
+        let pass = assign(x, norms, centres.as_ref(), par)?;
+        inertia = pass.dist.iter().sum();
         // The last pass only measures the final centres.
-        if next == labels || iter == p.max_iter.max(1) {
+        if settled || pass.labels == labels || iter == p.max_iter.max(1) {
             break;
         }
-        labels = next;
         // New centres: the means of their rows; an empty cluster takes the row farthest
         // from its centre.
-        let mut sums = Mat::<f64>::zeros(p.k, d);
-        let mut counts = vec![0usize; p.k];
-        for &l in &labels {
-            counts[l] += 1;
-        }
-        for j in 0..d {
-            for (&l, v) in labels.iter().zip(x.col(j).iter()) {
-                sums[(l, j)] += v;
-            }
-        }
-        // Rows farthest from their centres first, for clusters left empty.
         let mut far: Vec<usize> = Vec::new();
-        if counts.contains(&0) {
+        if pass.counts.contains(&0) {
             far = (0..n).collect();
-            far.sort_by(|&a, &b| dist[b].total_cmp(&dist[a]));
+            far.sort_by(|&a, &b| pass.dist[b].total_cmp(&pass.dist[a]));
         }
         let mut far = far.into_iter();
+        let mut shift = 0.0;
         for k in 0..p.k {
-            if counts[k] > 0 {
-                for j in 0..d {
-                    centres[(k, j)] = sums[(k, j)] / counts[k] as f64;
-                }
+            let next = if pass.counts[k] > 0 {
+                let count = pass.counts[k] as f64;
+                pass.sums[k * d..(k + 1) * d]
+                    .iter()
+                    .map(|s| s / count)
+                    .collect()
             } else if let Some(i) = far.next() {
-                for j in 0..d {
-                    centres[(k, j)] = x[(i, j)];
-                }
+                x.row(i)
+            } else {
+                continue;
+            };
+            for (j, v) in next.into_iter().enumerate() {
+                shift += (v - centres[(k, j)]) * (v - centres[(k, j)]);
+                centres[(k, j)] = v;
             }
         }
+        labels = pass.labels;
+        settled = shift <= tol;
     }
-    (centres, inertia)
+    Ok((centres, inertia))
 }

@@ -6,6 +6,7 @@
 //! Partial sums are added in task order, and the tasks are fixed by the row count and
 //! the CPU pool's size, so a pass gives the same bits every time on a machine.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -27,6 +28,33 @@ struct Panel {
     rows: usize,
     /// Each block with its first column.
     blocks: Vec<(usize, Arc<Block>)>,
+}
+
+impl Panel {
+    /// The block row as one row-major `rows x cols` slice: the block's own values when
+    /// it is one dense block of that shape, else a copy (absent cells are zeros).
+    fn dense_rows(&self, cols: usize) -> Cow<'_, [f64]> {
+        if let [(0, b)] = self.blocks.as_slice()
+            && let Block::Dense(d) = &**b
+            && d.rows() == self.rows
+            && d.cols() == cols
+        {
+            return Cow::Borrowed(d.values());
+        }
+        let mut rows = vec![0.0; self.rows * cols];
+        for (c0, b) in &self.blocks {
+            match &**b {
+                Block::Dense(dense) => {
+                    for r in 0..dense.rows() {
+                        let at = r * cols + c0;
+                        rows[at..at + dense.cols()].copy_from_slice(dense.row(r));
+                    }
+                }
+                sparse => sparse.for_each_nonzero(|r, c, v| rows[r * cols + c0 + c] = v),
+            }
+        }
+        Cow::Owned(rows)
+    }
 }
 
 /// A matrix as block rows; every row of `0..rows` is in exactly one panel (block rows
@@ -151,18 +179,7 @@ impl RowPanels {
                 if p.blocks.is_empty() {
                     return Ok(());
                 }
-                let mut rows = vec![0.0; p.rows * cols];
-                for (c0, b) in &p.blocks {
-                    match &**b {
-                        Block::Dense(dense) => {
-                            for r in 0..dense.rows() {
-                                let at = r * cols + c0;
-                                rows[at..at + dense.cols()].copy_from_slice(dense.row(r));
-                            }
-                        }
-                        sparse => sparse.for_each_nonzero(|r, c, v| rows[r * cols + c0 + c] = v),
-                    }
-                }
+                let mut rows = p.dense_rows(cols).into_owned();
                 for (r, row) in rows.chunks_exact_mut(cols.max(1)).enumerate() {
                     let s = d[p.r0 + r].sqrt();
                     row.iter_mut().for_each(|v| *v *= s);
@@ -175,6 +192,34 @@ impl RowPanels {
         )?;
         let sum = sum_in_order(parts, cols * cols);
         Ok(Mat::from_fn(cols, cols, |a, b| sum[a * cols + b]))
+    }
+
+    /// Runs `f(r0, rows, acc)` over every block row, its rows as one row-major
+    /// `rows.len() / ncols` by `ncols` slice starting at row `r0` (the block's own values
+    /// when the block row is one dense block, else a copy of its blocks), with one
+    /// accumulator per task; returns the accumulators in row order.
+    pub(crate) fn fold_rows<T: Send>(
+        &self,
+        par: Par,
+        init: impl Fn() -> T + Sync,
+        f: impl Fn(usize, &[f64], &mut T) -> Result<()> + Sync,
+    ) -> Result<Vec<T>> {
+        let cols = self.cols;
+        self.over_panels(par, init, |p, acc| f(p.r0, &p.dense_rows(cols), acc))
+    }
+
+    /// Row `i` of the matrix.
+    pub(crate) fn row(&self, i: usize) -> Vec<f64> {
+        let mut out = vec![0.0; self.cols];
+        let at = self.panels.partition_point(|p| p.r0 + p.rows <= i);
+        if let Some(p) = self.panels.get(at) {
+            for (c0, b) in &p.blocks {
+                if i - p.r0 < b.rows() {
+                    b.for_each_nonzero_in_row(i - p.r0, |c, v| out[c0 + c] = v);
+                }
+            }
+        }
+        out
     }
 
     /// `t(x) u`.

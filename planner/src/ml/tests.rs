@@ -354,6 +354,12 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
         let got = matrix(&ctx, "SELECT * FROM kmeans(b, 3, 6, 50, 1)", 3, 2).await;
         close(&got, &auto, 0.0, scheme);
     }
+    // Block rows of two column blocks are read through a copy of the row; the answer is
+    // the same.
+    put(&store, "b_split", &x, (25, 1));
+    run(&ctx, "SET parfor.scheme = 'auto'").await.unwrap();
+    let split = matrix(&ctx, "SELECT * FROM kmeans(b_split, 3, 6, 50, 1)", 3, 2).await;
+    close(&split, &auto, 1e-12, "two column blocks");
     let batches = run(
         &ctx,
         "SELECT i, cluster FROM kmeans_predict(b, kmeans(b, 3, 6, 50, 1))",

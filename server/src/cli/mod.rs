@@ -219,6 +219,56 @@ enum OutputFormat {
     Json,
 }
 
+/// Parses a command line. The shell's options given before a command (`tessera -d DIR
+/// sql ...`, `tessera -d DIR serve`) apply to it where the command does not set them
+/// itself, instead of being dropped for the command's defaults.
+fn parse_command_line(
+    args: impl IntoIterator<Item = impl Into<std::ffi::OsString> + Clone>,
+) -> Result<Cli, clap::Error> {
+    use clap::parser::ValueSource;
+    use clap::{ArgMatches, CommandFactory, FromArgMatches};
+    let matches = Cli::command().try_get_matches_from(args)?;
+    let mut cli = Cli::from_arg_matches(&matches)?;
+    let given = |m: &ArgMatches, id: &str| m.value_source(id) == Some(ValueSource::CommandLine);
+    let top = &cli.target;
+    let inherits = |sub: &ArgMatches, id: &str| given(&matches, id) && !given(sub, id);
+    match (&mut cli.command, matches.subcommand()) {
+        (Some(Command::Sql(sql)), Some((_, sub))) => {
+            let own = &mut sql.target;
+            if inherits(sub, "data_dir") {
+                own.data_dir.clone_from(&top.data_dir);
+            }
+            if inherits(sub, "connect") {
+                own.connect.clone_from(&top.connect);
+            }
+            if inherits(sub, "format") {
+                own.format = top.format;
+            }
+            if inherits(sub, "memory_limit") {
+                own.memory_limit = top.memory_limit;
+            }
+            if inherits(sub, "progress_after") {
+                own.progress_after = top.progress_after;
+            }
+        }
+        (Some(Command::Serve(serve)), Some((_, sub))) => {
+            if inherits(sub, "data_dir") {
+                serve.data_dir = Some(top.data_dir.clone());
+            }
+            if inherits(sub, "memory_limit") && serve.memory_limit.is_none() {
+                serve.memory_limit = top.memory_limit.map(|bytes| bytes.to_string());
+            }
+        }
+        (Some(Command::Worker(worker)), Some((_, sub))) => {
+            if inherits(sub, "data_dir") {
+                worker.data_dir.clone_from(&top.data_dir);
+            }
+        }
+        _ => {}
+    }
+    Ok(cli)
+}
+
 /// Runs the command line `args` (without the program name), reading a script from
 /// `stdin` for `-f -`, printing results to `stdout` and `error: <message>` to `stderr`.
 /// Returns the process exit code: 0 on success, 1 when a statement fails, 2 for a
@@ -229,7 +279,7 @@ pub fn run(
     stdout: &mut dyn Write,
     stderr: &mut dyn Write,
 ) -> u8 {
-    let cli = match Cli::try_parse_from(
+    let cli = match parse_command_line(
         std::iter::once("tessera".to_string()).chain(args.iter().cloned()),
     ) {
         Ok(cli) => cli,
@@ -551,7 +601,7 @@ mod tests {
     }
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("tessera").chain(args.iter().copied()))
+        parse_command_line(std::iter::once("tessera").chain(args.iter().copied()))
     }
 
     fn sql(args: &[&str]) -> SqlArgs {
@@ -606,6 +656,37 @@ mod tests {
             clap::error::ErrorKind::DisplayHelp
         );
         assert_eq!(help(&["--version"]), clap::error::ErrorKind::DisplayVersion);
+    }
+
+    #[test]
+    fn options_before_the_command_apply_to_it() {
+        // `tessera -d DIR sql ...` once ran on ./tessera-data: the command's own default
+        // hid the directory given before it.
+        let c = sql(&["-d", "before", "--format", "csv", "sql", "SELECT 1"]);
+        assert_eq!(
+            (c.target.data_dir.as_str(), c.target.format),
+            ("before", OutputFormat::Csv)
+        );
+        // The command's own option wins.
+        let c = sql(&["-d", "before", "sql", "-d", "after", "SELECT 1"]);
+        assert_eq!(c.target.data_dir, "after");
+        let c = sql(&["sql", "SELECT 1"]);
+        assert_eq!(c.target.data_dir, "./tessera-data");
+        match parse(&["-d", "served", "--memory-limit", "1G", "serve"]).map(|c| c.command) {
+            Ok(Some(Command::Serve(serve))) => {
+                assert_eq!(serve.data_dir.as_deref(), Some("served"));
+                let limit = serve
+                    .memory_limit
+                    .as_deref()
+                    .map(crate::config::parse_bytes);
+                assert_eq!(limit, Some(Ok(1 << 30)));
+            }
+            other => panic!("{other:?}"),
+        }
+        match parse(&["-d", "shared", "worker", "--listen", "127.0.0.1:0"]).map(|c| c.command) {
+            Ok(Some(Command::Worker(worker))) => assert_eq!(worker.data_dir, "shared"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub(super) struct WorkerArgs {
         env = "TESSERA_DATA_DIR",
         default_value = "./tessera-data"
     )]
-    data_dir: String,
+    pub(super) data_dir: String,
     /// The cluster's secret that coordinators must present (set it in the environment
     /// rather than on the command line). Required unless --listen is a loopback address.
     #[arg(
