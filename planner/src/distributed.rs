@@ -72,6 +72,7 @@ enum FlowNode {
     Fused {
         rows_together: bool,
         exact: bool,
+        centred: bool,
     },
     Zip,
     Elementwise {
@@ -144,6 +145,7 @@ impl FlowCodec {
             return Some(FlowNode::Fused {
                 rows_together: f.rows_together,
                 exact: f.exact,
+                centred: f.centred,
             });
         }
         if node.is::<BlockZipJoinExec>() {
@@ -230,6 +232,7 @@ impl FlowCodec {
             FlowNode::Fused {
                 rows_together,
                 exact,
+                centred,
             } => {
                 let mut f = match inputs {
                     [x] => FusedPartialExec::try_new(Arc::clone(x), None, rows_together)?,
@@ -246,6 +249,7 @@ impl FlowCodec {
                     }
                 };
                 f.exact = exact;
+                f.centred = centred && f.children().len() == 2;
                 Arc::new(f)
             }
             FlowNode::Zip => match inputs {

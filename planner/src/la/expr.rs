@@ -660,9 +660,29 @@ pub fn optimize(e: MatExpr) -> MatExpr {
 }
 
 /// Moves transposes towards the leaves: `t(t(x)) = x`, `t(a b) = t(b) t(a)`,
-/// `t(a + b) = t(a) + t(b)`, `t(f(a)) = f(t(a))`, `t(eye) = eye`.
+/// `t(a + b) = t(a) + t(b)`, `t(f(a)) = f(t(a))`, `t(eye) = eye`; except the `t(x)` of
+/// `t(x) x` and `t(x) (x v)`, which the fused products read as they are.
 pub(crate) fn push_transposes(e: MatExpr) -> MatExpr {
     let MatExpr { op, args } = e;
+    if op == Op::MatMul
+        && let [a, b] = args.as_slice()
+        && a.op == Op::Transpose
+        && let [x] = a.args.as_slice()
+    {
+        // `t(x) x` and `t(x) (x v)` keep their transpose at x, even when x is an
+        // expression (`t(x - m) (x - m)`), so that tsmm and mmchain see them.
+        let x2 = push_transposes(x.clone());
+        if x == b {
+            return MatExpr::new(Op::MatMul, vec![x2.clone().t(), x2]);
+        }
+        if b.op == Op::MatMul
+            && let [bx, v] = b.args.as_slice()
+            && bx == x
+        {
+            let chain = MatExpr::new(Op::MatMul, vec![x2.clone(), push_transposes(v.clone())]);
+            return MatExpr::new(Op::MatMul, vec![x2.t(), chain]);
+        }
+    }
     if op != Op::Transpose {
         return MatExpr::new(op, args.into_iter().map(push_transposes).collect());
     }

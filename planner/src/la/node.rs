@@ -26,7 +26,7 @@ use super::expr::{Broadcast, Estimate, MatExpr, Op, Reduction, broadcast};
 use super::flow::{
     BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGenerateExec, BlockMap,
     BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, FlowStrategy, Fold,
-    FusedPartialExec, Generator, Total, fused_plan, matmul_plan,
+    FusedPartialExec, Generator, Total, centred_tsmm_plan, fused_plan, matmul_plan,
 };
 use super::matrix::{KeyFn, Layout};
 use super::ops::Draw;
@@ -412,6 +412,9 @@ struct FlowOperand {
     /// Each partition holds whole block rows (stored by row, one block column, or one
     /// partition).
     rows_together: bool,
+    /// When it is `X - 1 c` for a row vector `c`: `X`, and `c` blocked as `X`'s columns,
+    /// so that `t(this) this` can centre `X`'s blocks as it reads them.
+    centred: Option<Arc<(FlowOperand, Arc<dyn ExecutionPlan>)>>,
 }
 
 impl FlowOperand {
@@ -437,6 +440,7 @@ impl FlowOperand {
             shape,
             block,
             rows_together: false,
+            centred: None,
         };
         let rows_together =
             operand.grid().1 == 1 || operand.plan.output_partitioning().partition_count() == 1;
@@ -623,7 +627,13 @@ fn dataflow(
                 None => {
                     let shape = (x.shape.1, x.shape.1);
                     let block = (x.block.1, x.block.1);
-                    let plan = fused_plan(x.plan, None, x.rows_together)?;
+                    let plan = match x.centred.as_deref() {
+                        // t(X - 1 c) (X - 1 c): X's blocks centred as they are read.
+                        Some((inner, c)) => {
+                            centred_tsmm_plan(inner.plan.clone(), c.clone(), inner.rows_together)?
+                        }
+                        None => fused_plan(x.plan, None, x.rows_together)?,
+                    };
                     Some(FlowOperand::new(plan, shape, block))
                 }
             }
@@ -836,12 +846,18 @@ fn dataflow(
             else {
                 return Ok(None);
             };
+            let minus_row = steps.as_slice() == [Step::Binary(BinaryOp::Sub, 0, 1)];
+            let mut centre = None;
             let mut met = Vec::with_capacity(flows.len());
-            for f in flows {
+            for (at, f) in flows.into_iter().enumerate() {
                 let (down, across, block) = match broadcast("", geometry.shape, f.shape) {
                     Ok(Broadcast::None) => {
                         met.push(f.reblocked(geometry.block)?);
                         continue;
+                    }
+                    Ok(Broadcast::Row) if minus_row && at == 1 => {
+                        centre = Some(f.clone().reblocked((1, geometry.block.1))?.plan);
+                        (true, false, (1, geometry.block.1))
                     }
                     Ok(Broadcast::Row) => (true, false, (1, geometry.block.1)),
                     Ok(Broadcast::Col) => (false, true, (geometry.block.0, 1)),
@@ -861,12 +877,19 @@ fn dataflow(
                 met.push(FlowOperand::new(plan, geometry.shape, geometry.block));
             }
             let flows = met;
+            let centred = match (centre, flows.first()) {
+                (Some(c), Some(x)) => Some(Arc::new((x.clone(), c))),
+                _ => None,
+            };
             let plan = Arc::new(BlockElementwiseExec::try_new(
                 flows.into_iter().map(|f| f.plan).collect(),
                 steps,
                 geometry,
             )?);
-            Some(FlowOperand::new(plan, geometry.shape, geometry.block))
+            Some(FlowOperand {
+                centred,
+                ..FlowOperand::new(plan, geometry.shape, geometry.block)
+            })
         }
         _ => None,
     })

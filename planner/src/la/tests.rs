@@ -1112,6 +1112,23 @@ async fn zipmm_tsmm_and_mmchain_run_as_dataflows() {
                 rows * (nb + nb * (nb - 1) / 2),
                 "{what}: {products:?}"
             );
+            // The scatter matrix of cov and cor: x's blocks are centred as they are
+            // read, not broadcast into a centred copy of x first.
+            let what = format!("centred t({name}) {name} over {partitions} partitions");
+            let c = format!("sub({name}, colmeans({name}))");
+            let (_, shape, batches) = plan_of(format!("SELECT * FROM matmul(t({c}), {c})"))
+                .await
+                .unwrap();
+            assert!(
+                shape.contains("FusedPartialExec: centred tsmm")
+                    && !shape.contains("BlockMapExec: broadcast"),
+                "{what}\n{shape}"
+            );
+            let means: Vec<f64> = (0..m.c)
+                .map(|j| (0..m.r).map(|i| m.at(i, j)).sum::<f64>() / m.r as f64)
+                .collect();
+            let centred = M::new(m.r, m.c, |i, j| m.at(i, j) - means[j]);
+            cells_of(&batches, m.c, m.c).assert_close(&centred.t().mm(&centred), &what);
         }
 
         run(&ctx, "SET tessera.matmul_strategy = 'mmchain'")

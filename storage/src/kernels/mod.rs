@@ -72,5 +72,5 @@ pub use fused_elementwise::{FUSED_CHUNK, Step, fused_dense};
 pub use gemm::{matmul, matmul_into, matmul_into_seq, matmul_seq};
 pub use pool::{PARALLEL_MIN_FLOPS, cpu_pool};
 pub use reduce::{col_means, col_sums, max, min, nnz, row_means, row_sums, sum};
-pub use rows::{chain_rows_add, matvec_add, tmatvec_add};
+pub use rows::{chain_rows_add, matvec_add, sub_row, tmatvec_add};
 pub use transpose::transpose;

@@ -270,3 +270,53 @@ mod tests {
         }
     }
 }
+
+/// `x - 1 c`: `c` (x's columns long) subtracted from every row of `x`, as a dense block
+/// (a sparse `x`'s absent cells become `-c`). The non-zeros are counted as the cells are
+/// written, so the values are read once.
+///
+/// ```
+/// use tessera_storage::{Block, DenseBlock};
+/// use tessera_storage::kernels::sub_row;
+///
+/// let x = Block::Dense(DenseBlock::new(2, 2, vec![1.0, 2.0, 3.0, 4.0]).unwrap());
+/// let centred = sub_row(&x, &[1.0, 3.0]).unwrap();
+/// assert_eq!(centred.values(), [0.0, -1.0, 2.0, 1.0]);
+/// assert_eq!(centred.nnz(), 3);
+/// ```
+pub fn sub_row(x: &Block, c: &[f64]) -> Result<crate::block::DenseBlock> {
+    let (rows, cols) = x.shape();
+    if c.len() != cols {
+        return Err(StorageError::shape_mismatch(
+            "sub_row",
+            (rows, cols),
+            (1, c.len()),
+        ));
+    }
+    let mut values = Vec::with_capacity(rows * cols);
+    let mut zeros = 0;
+    match x {
+        Block::Dense(d) => {
+            for row in d.values().chunks_exact(cols.max(1)) {
+                for (v, m) in row.iter().zip(c) {
+                    let out = v - m;
+                    zeros += usize::from(out == 0.0);
+                    values.push(out);
+                }
+            }
+        }
+        Block::Sparse(s) => {
+            for r in 0..rows {
+                let at = values.len();
+                values.extend(c.iter().map(|m| -m));
+                let (idx, vals) = s.row(r);
+                for (&j, v) in idx.iter().zip(vals) {
+                    values[at + j] += v;
+                }
+                zeros += values[at..].iter().filter(|v| **v == 0.0).count();
+            }
+        }
+    }
+    let nnz = rows * cols - zeros;
+    crate::block::DenseBlock::with_nnz(rows, cols, values, nnz)
+}

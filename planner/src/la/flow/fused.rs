@@ -8,10 +8,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{DataFusionError, Result, exec_err};
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::MemoryConsumer;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -36,12 +37,21 @@ pub struct FusedPartialExec {
     x: Arc<dyn ExecutionPlan>,
     v: Option<Arc<dyn ExecutionPlan>>,
     pub(crate) rows_together: bool,
+    /// `v` is a row vector subtracted from every row of `X` as its blocks are read: the
+    /// partials are of `t(X - 1 v) (X - 1 v)` (a scatter matrix, for `cov` and `cor`).
+    pub(crate) centred: bool,
     /// One partial per block row, ordered by it, made on one thread: the same result to
     /// the bit however the block rows are spread over partitions.
     pub(crate) exact: bool,
+    /// `v`'s batches, read once for every partition of this execution (a fresh cell per
+    /// plan copy, so a reset plan reads `v` again), with the memory they hold.
+    v_read: Arc<tokio::sync::OnceCell<SharedBatches>>,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
 }
+
+/// A side input read once and shared by every partition, charged to the pool.
+type SharedBatches = Arc<(Vec<RecordBatch>, MemoryReservation)>;
 
 impl FusedPartialExec {
     /// Partials of `t(X) X` (no `v`) or `t(X) (X v)` over the block stream `x` (and the
@@ -70,10 +80,27 @@ impl FusedPartialExec {
             x,
             v,
             rows_together,
+            centred: false,
             exact: false,
+            v_read: Arc::new(tokio::sync::OnceCell::new()),
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
         })
+    }
+}
+
+impl FusedPartialExec {
+    /// Partials of `t(X - 1 c) (X - 1 c)` over the block stream `x` and the row vector
+    /// `c` (a block stream blocked as `x`'s columns, read whole by every partition): `X`
+    /// centred block by block as it is read, never as a stream of its own.
+    pub fn centred(
+        x: Arc<dyn ExecutionPlan>,
+        c: Arc<dyn ExecutionPlan>,
+        rows_together: bool,
+    ) -> Result<Self> {
+        let mut exec = Self::try_new(x, Some(c), rows_together)?;
+        exec.centred = true;
+        Ok(exec)
     }
 }
 
@@ -85,6 +112,7 @@ impl FusedPartialExec {
     /// The same operator in exact mode: one partial per block row.
     pub(crate) fn exact_copy(&self) -> Result<Self> {
         let mut exec = Self::try_new(Arc::clone(&self.x), self.v.clone(), self.rows_together)?;
+        exec.centred = self.centred;
         exec.exact = true;
         Ok(exec)
     }
@@ -95,6 +123,12 @@ impl DisplayAs for FusedPartialExec {
         let what = match (&self.v, self.exact) {
             (None, false) => "tsmm, one partial t(X) X per partition",
             (None, true) => "tsmm, one partial t(X) X per block row (exact)",
+            (Some(_), false) if self.centred => {
+                "centred tsmm, one partial t(X - 1 c) (X - 1 c) per partition, c read whole"
+            }
+            (Some(_), true) if self.centred => {
+                "centred tsmm, one partial t(X - 1 c) (X - 1 c) per block row (exact), c read whole"
+            }
             (Some(_), false) => "mmchain, one partial t(X) (X v) per partition, v read whole",
             (Some(_), true) => {
                 "mmchain, one partial t(X) (X v) per block row (exact), v read whole"
@@ -158,6 +192,7 @@ impl ExecutionPlan for FusedPartialExec {
         match (x, v, self.v.is_some(), it.next()) {
             (Some(x), v, has_v, None) if v.is_some() == has_v => {
                 let mut exec = Self::try_new(x, v, self.rows_together)?;
+                exec.centred = self.centred;
                 exec.exact = self.exact;
                 Ok(Arc::new(exec))
             }
@@ -175,12 +210,27 @@ impl ExecutionPlan for FusedPartialExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let x = self.x.execute(partition, context.clone())?;
-        let v = match &self.v {
-            Some(v) => Some(v.execute(0, context.clone())?),
-            None => None,
-        };
+        // `v` is read whole once, for all partitions: its plan may hold exchanges, whose
+        // partitions run only once.
+        let v = self.v.clone().map(|v| {
+            let (cell, context) = (Arc::clone(&self.v_read), Arc::clone(&context));
+            async move {
+                cell.get_or_try_init(|| async move {
+                    let batches: Vec<RecordBatch> =
+                        v.execute(0, Arc::clone(&context))?.try_collect().await?;
+                    let reservation = MemoryConsumer::new("FusedPartialExec side input")
+                        .register(context.memory_pool());
+                    let bytes = batches.iter().map(RecordBatch::get_array_memory_size).sum();
+                    reservation.try_grow(bytes)?;
+                    Ok::<_, DataFusionError>(Arc::new((batches, reservation)))
+                })
+                .await
+                .cloned()
+            }
+        });
         let cores = kernels::cpu_pool().current_num_threads();
         let exact = self.exact;
+        let centred = self.centred;
         let seq = exact || self.props.partitioning.partition_count() >= cores;
         let products = MetricBuilder::new(&self.metrics).counter("block_products", partition);
         let output_rows = MetricBuilder::new(&self.metrics).output_rows(partition);
@@ -189,8 +239,8 @@ impl ExecutionPlan for FusedPartialExec {
             .register(context.memory_pool());
         Ok(batches_stream(self.schema(), async move {
             let x: Vec<_> = x.try_collect().await?;
-            let v: Option<Vec<_>> = match v {
-                Some(v) => Some(v.try_collect().await?),
+            let v: Option<SharedBatches> = match v {
+                Some(v) => Some(v.await?),
                 None => None,
             };
             let timer = elapsed.timer();
@@ -205,9 +255,19 @@ impl ExecutionPlan for FusedPartialExec {
                     }
                 }
                 let mut v_by_k: Option<HashMap<u64, Vec<(u64, Block)>>> = None;
-                if let Some(v) = &v {
+                let mut centre: HashMap<u64, Vec<f64>> = HashMap::new();
+                if let (Some(v), true) = (&v, centred) {
+                    for batch in &v.0 {
+                        let blocks = BlockRows::new(batch, 0)?;
+                        for row in 0..blocks.len() {
+                            let (_, k) = blocks.key(row);
+                            let block = blocks.block(row)?.to_dense();
+                            centre.insert(k, block.row(0).to_vec());
+                        }
+                    }
+                } else if let Some(v) = &v {
                     let by_k = v_by_k.get_or_insert_with(HashMap::new);
-                    for batch in v {
+                    for batch in &v.0 {
                         let blocks = BlockRows::new(batch, 0)?;
                         for row in 0..blocks.len() {
                             let (k, l) = blocks.key(row);
@@ -228,7 +288,10 @@ impl ExecutionPlan for FusedPartialExec {
                 for (ord, rows) in groups {
                     let mut partials: HashMap<(u64, u64), Option<Acc>> = HashMap::new();
                     count += match &v_by_k {
-                        None => tsmm_partials(rows, &mut partials, seq)?,
+                        None if centred => {
+                            tsmm_partials(rows, Some(&centre), &mut partials, seq)?
+                        }
+                        None => tsmm_partials(rows, None, &mut partials, seq)?,
                         Some(v_by_k) => mmchain_partials(rows, v_by_k, &mut partials, seq)?,
                     };
                     let made: u64 = partials.values().flatten().map(Acc::bytes).sum();
@@ -255,15 +318,25 @@ impl ExecutionPlan for FusedPartialExec {
 }
 
 /// Adds `t(X_i) X_i` of every block row `X_i` in `rows` to `partials`, by output block
-/// `(k, j)`; returns the block products made.
+/// `(k, j)`, with `centre`'s row (by block column) first subtracted from every row of
+/// `X_i`; returns the block products made.
 fn tsmm_partials(
     rows: BlockRowsOfX,
+    centre: Option<&HashMap<u64, Vec<f64>>>,
     partials: &mut HashMap<(u64, u64), Option<Acc>>,
     seq: bool,
 ) -> Result<usize> {
     let mut count = 0;
     for (_, mut blocks) in rows {
         blocks.sort_unstable_by_key(|b| b.0);
+        if let Some(centre) = centre {
+            for (k, xk) in &mut blocks {
+                let Some(c) = centre.get(k) else {
+                    return exec_err!("FusedPartialExec: no centre for block column {k}");
+                };
+                *xk = Block::Dense(kernels::sub_row(xk, c).map_err(storage_error)?);
+            }
+        }
         for (at, (k, xk)) in blocks.iter().enumerate() {
             // The diagonal block with the symmetric kernel (one triangle of flops).
             let d = if seq {

@@ -101,7 +101,7 @@ pub use fused::FusedPartialExec;
 pub use generate::{BlockGenerateExec, Generator};
 pub use map::{BlockMap, BlockMapExec, Total};
 pub use meter::{ExchangeMeterExec, MeterExchanges};
-pub use plan::{FlowStrategy, fused_plan, matmul_plan};
+pub use plan::{FlowStrategy, centred_tsmm_plan, fused_plan, matmul_plan};
 pub use product::{BlockProductExec, OutputKeys};
 pub use reblock::BlockAssembleExec;
 pub use scan::{BlockScanExec, BlockWindow};

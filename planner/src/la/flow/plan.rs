@@ -211,3 +211,14 @@ pub fn fused_plan(
     let partials = FusedPartialExec::try_new(x, v, rows_together)?;
     Ok(Arc::new(BlockSumExec::single(Arc::new(partials))?))
 }
+
+/// `t(X - 1 c) (X - 1 c)` for a row vector `c` (blocked as `X`'s columns): one partial
+/// per partition of `X`, each block centred as it is read, summed in one partition.
+pub fn centred_tsmm_plan(
+    x: Arc<dyn ExecutionPlan>,
+    c: Arc<dyn ExecutionPlan>,
+    rows_together: bool,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let partials = FusedPartialExec::centred(x, c, rows_together)?;
+    Ok(Arc::new(BlockSumExec::single(Arc::new(partials))?))
+}
