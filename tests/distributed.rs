@@ -479,6 +479,33 @@ async fn a_worker_killed_mid_product_is_survived_exactly() {
         .map(|r| r[0].as_str())
         .collect();
     assert_eq!(down, [workers.urls[1].as_str()], "{states:?}");
+    // The statement was run again because of the killed worker, and of it alone.
+    let retried = rows(
+        &client,
+        "SELECT address, statements_retried FROM tessera_workers() ORDER BY address",
+    )
+    .await;
+    let mut expected: Vec<Vec<String>> = workers
+        .urls
+        .iter()
+        .enumerate()
+        .map(|(k, url)| vec![url.to_string(), u64::from(k == 1).to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(retried, expected);
+
+    // The two left killed as well, and the statement sent at once, before the heartbeat
+    // can notice: planned on dead workers, it fails with the retryable error within 10
+    // seconds (the bound), never hangs.
+    workers.kill();
+    let start = std::time::Instant::now();
+    let failed = tokio::time::timeout(Duration::from_secs(30), client.simple_query(summed))
+        .await
+        .expect("a product on dead workers must not hang");
+    let took = start.elapsed();
+    let error = failed.err().expect("a product ran with every worker dead");
+    assert_eq!(error.code().map(|c| c.code()), Some("57P01"), "{error:?}");
+    assert!(took < Duration::from_secs(10), "the error took {took:?}");
     server.shutdown().await;
 }
 

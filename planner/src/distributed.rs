@@ -562,6 +562,9 @@ pub struct WorkerState {
     pub last_heartbeat: Option<std::time::SystemTime>,
     /// Why it did not answer the last heartbeat, if it did not.
     pub error: Option<String>,
+    /// Statements run again on the other workers because this one was lost while they
+    /// ran.
+    pub statements_retried: u64,
 }
 
 /// How often the coordinator asks each worker whether it is alive.
@@ -580,6 +583,7 @@ impl Cluster {
                         live: true,
                         last_heartbeat: None,
                         error: None,
+                        statements_retried: 0,
                     })
                     .collect(),
             ),
@@ -666,6 +670,18 @@ impl Cluster {
             .any(|w| !w.live && used.contains(&w.url))
     }
 
+    /// Counts a statement run again because workers of `used` were lost: each of them
+    /// that is down now gets it in its `statements_retried`.
+    pub fn note_retry(&self, used: &[url::Url]) {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for w in workers
+            .iter_mut()
+            .filter(|w| !w.live && used.contains(&w.url))
+        {
+            w.statements_retried += 1;
+        }
+    }
+
     /// The workers plans may use now.
     pub fn live(&self) -> Vec<url::Url> {
         self.states()
@@ -678,6 +694,7 @@ impl Cluster {
 
 /// `tessera_workers()`: the workers of a coordinator as the heartbeat last saw them,
 /// one row each (`address`, `state` live or down, `last_heartbeat`, `error`,
+/// `statements_retried`: statements run again because the worker was lost under them;
 /// `shards_owned`: the shards of the stored matrices of several shards whose scan
 /// tasks [`task_owners`] puts on the worker among the live ones now).
 #[derive(Debug)]
@@ -724,6 +741,7 @@ impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
             ),
             Field::new("error", DataType::Utf8, true),
             Field::new("shards_owned", DataType::UInt64, false),
+            Field::new("statements_retried", DataType::UInt64, false),
         ]));
         let owned = self.shards_owned(&self.0.live());
         let millis = |t: &Option<std::time::SystemTime>| {
@@ -755,6 +773,9 @@ impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
                     states
                         .iter()
                         .map(|w| owned.get(&w.url).copied().unwrap_or(0)),
+                )),
+                Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(
+                    states.iter().map(|w| w.statements_retried),
                 )),
             ],
         )?;

@@ -843,6 +843,7 @@ fn retry_on_survivors(
                         attempt,
                         "a worker was lost before the statement sent rows ({lost}); running it again on the workers left"
                     );
+                    cluster.note_retry(&used);
                     drop(stream);
                     attempt += 1;
                     used = cluster.live();
