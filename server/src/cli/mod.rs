@@ -259,10 +259,8 @@ fn parse_command_line(
                 serve.memory_limit = top.memory_limit.map(|bytes| bytes.to_string());
             }
         }
-        (Some(Command::Worker(worker)), Some((_, sub))) => {
-            if inherits(sub, "data_dir") {
-                worker.data_dir.clone_from(&top.data_dir);
-            }
+        (Some(Command::Worker(worker)), Some((_, sub))) if inherits(sub, "data_dir") => {
+            worker.data_dir.clone_from(&top.data_dir);
         }
         _ => {}
     }

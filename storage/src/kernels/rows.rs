@@ -183,6 +183,56 @@ multiversion! {
     }
 }
 
+/// `x - 1 c`: `c` (x's columns long) subtracted from every row of `x`, as a dense block
+/// (a sparse `x`'s absent cells become `-c`). The non-zeros are counted as the cells are
+/// written, so the values are read once.
+///
+/// ```
+/// use tessera_storage::{Block, DenseBlock};
+/// use tessera_storage::kernels::sub_row;
+///
+/// let x = Block::Dense(DenseBlock::new(2, 2, vec![1.0, 2.0, 3.0, 4.0]).unwrap());
+/// let centred = sub_row(&x, &[1.0, 3.0]).unwrap();
+/// assert_eq!(centred.values(), [0.0, -1.0, 2.0, 1.0]);
+/// assert_eq!(centred.nnz(), 3);
+/// ```
+pub fn sub_row(x: &Block, c: &[f64]) -> Result<crate::block::DenseBlock> {
+    let (rows, cols) = x.shape();
+    if c.len() != cols {
+        return Err(StorageError::shape_mismatch(
+            "sub_row",
+            (rows, cols),
+            (1, c.len()),
+        ));
+    }
+    let mut values = Vec::with_capacity(rows * cols);
+    let mut zeros = 0;
+    match x {
+        Block::Dense(d) => {
+            for row in d.values().chunks_exact(cols.max(1)) {
+                for (v, m) in row.iter().zip(c) {
+                    let out = v - m;
+                    zeros += usize::from(out == 0.0);
+                    values.push(out);
+                }
+            }
+        }
+        Block::Sparse(s) => {
+            for r in 0..rows {
+                let at = values.len();
+                values.extend(c.iter().map(|m| -m));
+                let (idx, vals) = s.row(r);
+                for (&j, v) in idx.iter().zip(vals) {
+                    values[at + j] += v;
+                }
+                zeros += values[at..].iter().filter(|v| **v == 0.0).count();
+            }
+        }
+    }
+    let nnz = rows * cols - zeros;
+    crate::block::DenseBlock::with_nnz(rows, cols, values, nnz)
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -249,6 +299,12 @@ mod tests {
             close(&out, &chain);
             prop_assert_eq!(seen, (0..m).collect::<Vec<_>>());
 
+            // x - 1 v, dense or sparse x: every cell, and the non-zeros counted.
+            let centred = sub_row(&x, &v).unwrap();
+            let want: Vec<f64> = (0..m * n).map(|k| cell(&x, k / n, k % n) - v[k % n]).collect();
+            prop_assert_eq!(centred.values(), want.as_slice());
+            prop_assert_eq!(centred.nnz(), want.iter().filter(|w| **w != 0.0).count());
+
             // Every instruction set the CPU has gives the baseline's sums.
             if let Block::Dense(d) = &x {
                 for isa in Isa::available() {
@@ -269,54 +325,4 @@ mod tests {
             prop_assert!(chain_rows_add(&x, &vec![0.0; n + 1], &mut vec![0.0; n], &mut |_, d| d).is_err());
         }
     }
-}
-
-/// `x - 1 c`: `c` (x's columns long) subtracted from every row of `x`, as a dense block
-/// (a sparse `x`'s absent cells become `-c`). The non-zeros are counted as the cells are
-/// written, so the values are read once.
-///
-/// ```
-/// use tessera_storage::{Block, DenseBlock};
-/// use tessera_storage::kernels::sub_row;
-///
-/// let x = Block::Dense(DenseBlock::new(2, 2, vec![1.0, 2.0, 3.0, 4.0]).unwrap());
-/// let centred = sub_row(&x, &[1.0, 3.0]).unwrap();
-/// assert_eq!(centred.values(), [0.0, -1.0, 2.0, 1.0]);
-/// assert_eq!(centred.nnz(), 3);
-/// ```
-pub fn sub_row(x: &Block, c: &[f64]) -> Result<crate::block::DenseBlock> {
-    let (rows, cols) = x.shape();
-    if c.len() != cols {
-        return Err(StorageError::shape_mismatch(
-            "sub_row",
-            (rows, cols),
-            (1, c.len()),
-        ));
-    }
-    let mut values = Vec::with_capacity(rows * cols);
-    let mut zeros = 0;
-    match x {
-        Block::Dense(d) => {
-            for row in d.values().chunks_exact(cols.max(1)) {
-                for (v, m) in row.iter().zip(c) {
-                    let out = v - m;
-                    zeros += usize::from(out == 0.0);
-                    values.push(out);
-                }
-            }
-        }
-        Block::Sparse(s) => {
-            for r in 0..rows {
-                let at = values.len();
-                values.extend(c.iter().map(|m| -m));
-                let (idx, vals) = s.row(r);
-                for (&j, v) in idx.iter().zip(vals) {
-                    values[at + j] += v;
-                }
-                zeros += values[at..].iter().filter(|v| **v == 0.0).count();
-            }
-        }
-    }
-    let nnz = rows * cols - zeros;
-    crate::block::DenseBlock::with_nnz(rows, cols, values, nnz)
 }
