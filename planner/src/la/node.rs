@@ -855,10 +855,6 @@ fn dataflow(
                         met.push(f.reblocked(geometry.block)?);
                         continue;
                     }
-                    Ok(Broadcast::Row) if minus_row && at == 1 => {
-                        centre = Some(f.clone().reblocked((1, geometry.block.1))?.plan);
-                        (true, false, (1, geometry.block.1))
-                    }
                     Ok(Broadcast::Row) => (true, false, (1, geometry.block.1)),
                     Ok(Broadcast::Col) => (false, true, (geometry.block.0, 1)),
                     Ok(Broadcast::Scalar) => (true, true, (1, 1)),
@@ -867,6 +863,10 @@ fn dataflow(
                     Err(_) => return Ok(None),
                 };
                 let f = f.reblocked(block)?;
+                if minus_row && at == 1 && down && !across {
+                    // x - 1 c: a tsmm above can centre x's blocks with c as it is here.
+                    centre = Some(Arc::clone(&f.plan));
+                }
                 let map = BlockMap::Broadcast {
                     shape: geometry.shape,
                     block: geometry.block,
