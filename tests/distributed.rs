@@ -438,6 +438,22 @@ async fn a_worker_killed_mid_product_is_survived_exactly() {
     );
     let whole = start.elapsed();
     eprintln!("{summed} on three workers: {whole:?}");
+    // A finished statement leaves no task counted as running (its tasks' last
+    // messages, their metrics, may still be on their way for a moment).
+    let tasks = "SELECT address, running_tasks FROM tessera_workers() ORDER BY address";
+    let settled = async |client: &Client| {
+        let mut now = rows(client, tasks).await;
+        for _ in 0..50 {
+            if now.iter().all(|r| r[1] == "0") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            now = rows(client, tasks).await;
+        }
+        now
+    };
+    let idle = settled(&client).await;
+    assert!(idle.iter().all(|r| r[1] == "0"), "{idle:?}");
 
     // Again, killing one worker a quarter of the way in.
     let port = server.local_addr().port();
@@ -448,7 +464,19 @@ async fn a_worker_killed_mid_product_is_survived_exactly() {
         (got, start.elapsed())
     });
     let kill_at = whole / 4;
-    tokio::time::sleep(kill_at).await;
+    let started = std::time::Instant::now();
+    // Once its stages are set up, every worker runs tasks of the product (the
+    // repartition's stages spread over all three) until it ends.
+    let mut busy = rows(&client, tasks).await;
+    while !busy.iter().all(|r| r[1].parse::<u64>().unwrap() > 0) && started.elapsed() < whole {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        busy = rows(&client, tasks).await;
+    }
+    assert!(
+        busy.iter().all(|r| r[1].parse::<u64>().unwrap() > 0),
+        "running tasks mid-product: {busy:?}"
+    );
+    tokio::time::sleep(kill_at.saturating_sub(started.elapsed())).await;
     {
         let victim = &mut workers.children[1];
         victim.kill().unwrap();
@@ -493,6 +521,9 @@ async fn a_worker_killed_mid_product_is_survived_exactly() {
         .collect();
     expected.sort();
     assert_eq!(retried, expected);
+    // Nothing stays counted: not the finished retry's tasks, nor the lost worker's.
+    let idle = settled(&client).await;
+    assert!(idle.iter().all(|r| r[1] == "0"), "{idle:?}");
 
     // The two left killed as well, and the statement sent at once, before the heartbeat
     // can notice: planned on dead workers, it fails with the retryable error within 10

@@ -20,6 +20,7 @@
 //! a query reads it.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use datafusion::catalog::Session;
@@ -481,6 +482,8 @@ struct Channels {
     cache: std::sync::Mutex<std::collections::HashMap<url::Url, BoxCloneSyncChannel>>,
     /// Sent with every request, in [`SECRET_HEADER`]; workers refuse requests without it.
     secret: Option<tonic::codegen::http::HeaderValue>,
+    /// Tasks running on each worker for this process (see [`CountTasks`]).
+    running: std::sync::Mutex<std::collections::HashMap<url::Url, Arc<AtomicU64>>>,
 }
 
 /// The request header that carries the cluster secret to workers.
@@ -516,17 +519,117 @@ impl Channels {
             .tcp_keepalive(Some(KEEPALIVE.0))
             .tcp_nodelay(true);
         let secret = self.secret.clone();
-        let channel = BoxCloneSyncChannel::new(tower::util::MapRequest::new(
-            endpoint.connect_lazy(),
-            move |mut request: tonic::codegen::http::Request<tonic::body::Body>| {
-                if let Some(secret) = &secret {
-                    request.headers_mut().insert(SECRET_HEADER, secret.clone());
-                }
-                request
-            },
-        ));
+        let channel = BoxCloneSyncChannel::new(CountTasks {
+            inner: tower::util::MapRequest::new(
+                endpoint.connect_lazy(),
+                move |mut request: tonic::codegen::http::Request<tonic::body::Body>| {
+                    if let Some(secret) = &secret {
+                        request.headers_mut().insert(SECRET_HEADER, secret.clone());
+                    }
+                    request
+                },
+            ),
+            running: self.running_on(url),
+        });
         cache.insert(url.clone(), channel.clone());
         Ok(channel)
+    }
+
+    /// The counter of tasks this process runs on the worker at `url`.
+    fn running_on(&self, url: &url::Url) -> Arc<AtomicU64> {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(running.entry(url.clone()).or_default())
+    }
+}
+
+/// Counts the tasks a coordinator runs on one worker: the library sets up each task
+/// with a `CoordinatorChannel` stream that stays open until the statement ends (the
+/// task's metrics come back on it last), so a task is counted from that request until
+/// its response stream is dropped, whether it ended, failed or was abandoned.
+#[derive(Clone)]
+struct CountTasks<S> {
+    inner: S,
+    running: Arc<AtomicU64>,
+}
+
+type HttpRequest = tonic::codegen::http::Request<tonic::body::Body>;
+type HttpResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+impl<S> tower::Service<HttpRequest> for CountTasks<S>
+where
+    S: tower::Service<HttpRequest, Response = HttpResponse>,
+    S::Future: Send + 'static,
+{
+    type Response = HttpResponse;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, std::result::Result<HttpResponse, S::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::result::Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: HttpRequest) -> Self::Future {
+        let task = request
+            .uri()
+            .path()
+            .ends_with("/CoordinatorChannel")
+            .then(|| RunningTask::start(&self.running));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            Ok(match task {
+                Some(task) => {
+                    response.map(|body| tonic::body::Body::new(Counted { body, _task: task }))
+                }
+                None => response,
+            })
+        })
+    }
+}
+
+/// One task counted as running until dropped.
+struct RunningTask(Arc<AtomicU64>);
+
+impl RunningTask {
+    fn start(counter: &Arc<AtomicU64>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(Arc::clone(counter))
+    }
+}
+
+impl Drop for RunningTask {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A task's response stream, which keeps the task counted while it is held.
+struct Counted {
+    body: tonic::body::Body,
+    _task: RunningTask,
+}
+
+impl http_body::Body for Counted {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<std::result::Result<http_body::Frame<bytes::Bytes>, tonic::Status>>>
+    {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -588,8 +691,8 @@ impl Cluster {
                     .collect(),
             ),
             channels: Arc::new(Channels {
-                cache: Default::default(),
                 secret,
+                ..Channels::default()
             }),
         }))
     }
@@ -654,6 +757,11 @@ impl Cluster {
         }
     }
 
+    /// Tasks of this process's running statements on the worker at `url`.
+    pub fn running_tasks(&self, url: &url::Url) -> u64 {
+        self.channels.running_on(url).load(Ordering::Relaxed)
+    }
+
     /// Every worker, live or not.
     pub fn states(&self) -> Vec<WorkerState> {
         self.workers
@@ -695,12 +803,13 @@ impl Cluster {
 /// `tessera_workers()`: the workers of a coordinator as the heartbeat last saw them,
 /// one row each (`address`, `state` live or down, `last_heartbeat`, `error`,
 /// `statements_retried`: statements run again because the worker was lost under them;
+/// `running_tasks`: tasks of this coordinator's running statements on the worker;
 /// `shards_owned`: the shards of the stored matrices of several shards whose scan
 /// tasks [`task_owners`] puts on the worker among the live ones now).
 #[derive(Debug)]
 pub struct WorkersFunction(pub Arc<Cluster>, pub Store);
 
-impl WorkersFunction {
+impl WorkersView {
     /// Shards owned per live worker: shard `k` of a matrix of `s > 1` shards is read by
     /// scan task `k mod t` (`t = min(s, live workers)`), which runs on its owner.
     fn shards_owned(&self, live: &[url::Url]) -> std::collections::HashMap<url::Url, u64> {
@@ -725,13 +834,22 @@ impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
         &self,
         args: &[datafusion::prelude::Expr],
     ) -> Result<Arc<dyn datafusion::catalog::TableProvider>> {
-        use datafusion::arrow::array::{StringArray, TimestampMillisecondArray};
-        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
         if !args.is_empty() {
             return datafusion::common::plan_err!("tessera_workers() takes no arguments");
         }
-        let states = self.0.states();
-        let schema = Arc::new(Schema::new(vec![
+        Ok(Arc::new(WorkersView(Arc::clone(&self.0), self.1.clone())))
+    }
+}
+
+/// What `tessera_workers()` reads: the workers as they are when a statement runs
+/// (a view, so no plan cache keeps one reading for the next statement).
+#[derive(Debug)]
+struct WorkersView(Arc<Cluster>, Store);
+
+impl WorkersView {
+    fn schema() -> datafusion::arrow::datatypes::SchemaRef {
+        use datafusion::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+        Arc::new(Schema::new(vec![
             Field::new("address", DataType::Utf8, false),
             Field::new("state", DataType::Utf8, false),
             Field::new(
@@ -742,14 +860,21 @@ impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
             Field::new("error", DataType::Utf8, true),
             Field::new("shards_owned", DataType::UInt64, false),
             Field::new("statements_retried", DataType::UInt64, false),
-        ]));
+            Field::new("running_tasks", DataType::UInt64, false),
+        ]))
+    }
+
+    /// One row per worker, now.
+    fn reading(&self) -> Result<datafusion::arrow::record_batch::RecordBatch> {
+        use datafusion::arrow::array::{StringArray, TimestampMillisecondArray, UInt64Array};
+        let states = self.0.states();
         let owned = self.shards_owned(&self.0.live());
         let millis = |t: &Option<std::time::SystemTime>| {
             t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                 .map(|d| d.as_millis() as i64)
         };
-        let batch = datafusion::arrow::record_batch::RecordBatch::try_new(
-            Arc::clone(&schema),
+        Ok(datafusion::arrow::record_batch::RecordBatch::try_new(
+            Self::schema(),
             vec![
                 Arc::new(StringArray::from_iter_values(
                     states.iter().map(|w| w.url.as_str().trim_end_matches('/')),
@@ -769,20 +894,42 @@ impl datafusion::catalog::TableFunctionImpl for WorkersFunction {
                 Arc::new(StringArray::from(
                     states.iter().map(|w| w.error.clone()).collect::<Vec<_>>(),
                 )),
-                Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(
+                Arc::new(UInt64Array::from_iter_values(
                     states
                         .iter()
                         .map(|w| owned.get(&w.url).copied().unwrap_or(0)),
                 )),
-                Arc::new(datafusion::arrow::array::UInt64Array::from_iter_values(
+                Arc::new(UInt64Array::from_iter_values(
                     states.iter().map(|w| w.statements_retried),
                 )),
+                Arc::new(UInt64Array::from_iter_values(
+                    states.iter().map(|w| self.0.running_tasks(&w.url)),
+                )),
             ],
-        )?;
-        Ok(Arc::new(datafusion::datasource::MemTable::try_new(
-            schema,
-            vec![vec![batch]],
-        )?))
+        )?)
+    }
+}
+
+#[async_trait]
+impl datafusion::catalog::TableProvider for WorkersView {
+    fn schema(&self) -> datafusion::arrow::datatypes::SchemaRef {
+        Self::schema()
+    }
+
+    fn table_type(&self) -> datafusion::datasource::TableType {
+        datafusion::datasource::TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn datafusion::catalog::Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[datafusion::prelude::Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        datafusion::datasource::MemTable::try_new(Self::schema(), vec![vec![self.reading()?]])?
+            .scan(state, projection, filters, limit)
+            .await
     }
 }
 
@@ -891,8 +1038,8 @@ pub fn install(
 /// the cluster's, as coordinators do.
 pub fn worker(store: Store, secret: Option<&str>) -> Result<Worker> {
     let channels = Arc::new(Channels {
-        cache: Default::default(),
         secret: secret_header(secret)?,
+        ..Channels::default()
     });
     Ok(Worker::from_session_builder(
         move |ctx: WorkerQueryContext| {

@@ -37,6 +37,7 @@ pub use partition::{
 };
 pub use schema::{ArraySchema, Attribute, AttributeType, BlockKey, Dimension, MAX_BLOCK_CELLS};
 pub use store::{
-    ArrayInfo, ArrayWriter, BlockMeta, CacheBudget, CacheStats, Damage, LoadOptions, LoadSummary,
-    Snapshot, Store, StoreOptions, Unlimited, VersionInfo, WeakStore, WriteMode,
+    ArrayInfo, ArrayWriter, BlockMeta, CacheBudget, CacheStats, Damage, Derived, LineageStats,
+    LoadOptions, LoadSummary, Snapshot, Store, StoreOptions, Unlimited, VersionInfo, WeakStore,
+    WriteMode,
 };

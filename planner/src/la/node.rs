@@ -55,6 +55,11 @@ extensions_options! {
         /// Every statement that runs distributed is planned so (a retry on fewer
         /// workers then gives the first attempt's answer).
         pub exact_sums: bool, default = false
+        /// Take a builtin's intermediates over stored arrays (`t(X) X`, `t(X) y`,
+        /// column sums) from the store's lineage cache when an earlier call computed
+        /// them from the same array versions, and keep new ones there (`false`:
+        /// compute every one again).
+        pub reuse: bool, default = true
     }
 }
 

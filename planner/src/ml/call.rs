@@ -879,17 +879,14 @@ impl Call {
                     // Two classes: Newton's method over x's blocks.
                     cells(classify::logreg_binary(&x, &labels, &index, f, par)?.as_ref())
                 } else {
-                    let x = gather(&mats[0], rows)?;
-                    let model = classify::logreg_multinomial(x.as_ref(), &labels, &index, f, par)?;
-                    cells(model.as_ref())
+                    cells(classify::logreg_multinomial(&x, &labels, &index, f, par)?.as_ref())
                 }
             }
             Builtin::L2svm(f) => {
-                let x = gather(&mats[0], self.rows.map(|r| r as usize))?;
+                let x = RowPanels::new(&mats[0], self.rows.map(|r| r as usize));
                 let y = gather(&mats[1], Some(x.nrows()))?;
                 check_y(name, (x.nrows(), x.ncols()), &y)?;
-                let (m, r) =
-                    classify::l2svm(x.as_ref(), y.as_ref(), f, parfor.scheme, parfor.workers)?;
+                let (m, r) = classify::l2svm(&x, y.as_ref(), f, parfor.scheme, parfor.workers)?;
                 report = r;
                 cells(m.as_ref())
             }

@@ -1,4 +1,4 @@
-//! Classifiers over a gathered `X`: logistic regression (binomial and multinomial,
+//! Classifiers: logistic regression (binomial and multinomial over `X`'s blocks,
 //! Newton's method with an L2 penalty) and the linear SVM with squared hinge loss
 //! (Newton on the primal; one-vs-rest parfor tasks for more than two classes), and
 //! their predictions.
@@ -55,14 +55,6 @@ pub(crate) fn classes(fname: &str, y: MatRef<'_, f64>) -> Result<(Vec<f64>, Vec<
     Ok((labels, index))
 }
 
-/// `x` with a column of ones appended when `intercept`.
-fn design(x: MatRef<'_, f64>, intercept: bool) -> Mat<f64> {
-    let p = x.ncols();
-    Mat::from_fn(x.nrows(), p + usize::from(intercept), |i, j| {
-        if j < p { x[(i, j)] } else { 1.0 }
-    })
-}
-
 fn softplus(z: f64) -> f64 {
     if z > 0.0 {
         z + (-z).exp().ln_1p()
@@ -102,11 +94,12 @@ fn model(weights: &Mat<f64>, p: usize, intercept: bool, labels: &[f64]) -> Mat<f
 }
 
 /// Multinomial logistic regression (three classes or more; two go to
-/// [`logreg_binary`]) over a gathered `x` whose rows' classes `index` among `labels`
-/// the caller has read: minimises `sum(log loss) + lambda / 2 * ||W||^2` (the intercept
-/// not penalised) by Newton's method with a backtracking line search.
+/// [`logreg_binary`]) over the blocks of `x` (never gathered), whose rows' classes
+/// `index` among `labels` the caller has read: minimises `sum(log loss) + lambda / 2 *
+/// ||W||^2` (the intercept not penalised) by Newton's method with a backtracking line
+/// search.
 pub(crate) fn logreg_multinomial(
-    x: MatRef<'_, f64>,
+    x: &RowPanels,
     labels: &[f64],
     index: &[usize],
     f: &FitParams,
@@ -115,15 +108,13 @@ pub(crate) fn logreg_multinomial(
     if f.lambda < 0.0 {
         return Err(parameter_error("logreg: lambda must not be negative"));
     }
-    let xa = design(x, f.intercept);
-    let p = x.ncols();
-    let w = newton_logistic(xa.as_ref(), index, labels.len(), p, f, par)?;
-    Ok(model(&w, p, f.intercept, labels))
+    let w = newton_logistic(x, index, labels.len(), f, par)?;
+    Ok(model(&w, x.ncols(), f.intercept, labels))
 }
 
 /// Binomial logistic regression over the blocks of `x` (never gathered): Newton's
 /// method as [`logreg`] does it, each step one pass for `t(X) diag(w) X` (a Gram matrix
-/// per block row of the scaled rows), one for the gradient and one for `X step`; the
+/// per block row of the scaled rows) and the gradient together, and one for `X step`; the
 /// line search moves `X w` along `X step` without reading `X` again. `index` is each
 /// row's class (0 or 1) among the two `labels`.
 pub(crate) fn logreg_binary(
@@ -155,20 +146,26 @@ pub(crate) fn logreg_binary(
         let prob: Vec<f64> = z.iter().map(|z| sigmoid(*z)).collect();
         let resid: Vec<f64> = prob.iter().zip(&target).map(|(p, t)| p - t).collect();
         let weight: Vec<f64> = prob.iter().map(|p| p * (1.0 - p)).collect();
-        // Gradient: t(X) (P - T) + lambda w, the intercept's the sum of P - T.
-        let mut g = x.tmv(&resid, par)?;
+        // One read of X for both: the gradient t(X) (P - T) + lambda w (the
+        // intercept's the sum of P - T), and the Hessian t(X) D X with the intercept's
+        // row and column t(X) d and sum(d).
+        let products: &[&[f64]] = if f.intercept {
+            &[&resid, &weight]
+        } else {
+            &[&resid]
+        };
+        let (gram, mut products) = x.weighted_gram(&weight, products, par)?;
+        let mut g = std::mem::take(&mut products[0]);
         for j in 0..p {
             g[j] += f.lambda * w[j];
         }
-        // Hessian: t(X) D X, with the intercept's row and column t(X) d and sum(d).
-        let gram = x.weighted_gram(&weight, par)?;
         let mut h = Mat::<f64>::zeros(q, q);
         h.as_mut()
             .submatrix_mut(0, 0, p, p)
             .copy_from(gram.as_ref());
         if f.intercept {
             g.push(resid.iter().sum());
-            let xd = x.tmv(&weight, par)?;
+            let xd = &products[1];
             for j in 0..p {
                 h[(j, p)] = xd[j];
                 h[(p, j)] = xd[j];
@@ -220,75 +217,116 @@ pub(crate) fn logreg_binary(
     Ok(model(&weights, p, f.intercept, labels))
 }
 
-/// Newton's method for `free` weight columns (one per class) over the design `xa` (q
-/// columns, the first `p` penalised).
+/// Newton's method for `free` weight columns (one per class) over the design of `x`
+/// (its `p` columns, penalised, then a column of ones when `f.intercept`), read by
+/// block rows: one pass for the probabilities and the objective, one for the gradient
+/// and every block of the Hessian together.
 fn newton_logistic(
-    xa: MatRef<'_, f64>,
+    x: &RowPanels,
     index: &[usize],
     free: usize,
-    p: usize,
     f: &FitParams,
     par: Par,
 ) -> Result<Mat<f64>> {
-    let (n, q) = (xa.nrows(), xa.ncols());
+    let (n, p) = (x.nrows(), x.ncols());
+    let q = p + usize::from(f.intercept);
     let dim = q * free;
-    let mut w = Mat::<f64>::zeros(q, free);
-    // Probabilities of each free class per row, and the objective, for weights `w`.
-    let eval = |w: &Mat<f64>| -> (Mat<f64>, f64) {
-        let z = mm(xa, w.as_ref(), par);
-        let mut prob = Mat::<f64>::zeros(n, free);
+    // A block row's design: its rows of x, then the intercept's column of ones.
+    let design_rows = |rows: &[f64]| -> Mat<f64> {
+        let m = rows.len() / p.max(1);
+        Mat::from_fn(m, q, |i, j| if j < p { rows[i * p + j] } else { 1.0 })
+    };
+    // Probabilities of each free class per row (row-major, `free` per row), and the
+    // objective, for weights `w`.
+    let eval = |w: &Mat<f64>| -> Result<(Vec<f64>, f64)> {
+        let parts = x.fold_rows(
+            par,
+            || (Vec::new(), 0.0),
+            |r0, rows, (prob, loss): &mut (Vec<f64>, f64)| {
+                let xa = design_rows(rows);
+                let z = mm(xa.as_ref(), w.as_ref(), Par::Seq);
+                for i in 0..xa.nrows() {
+                    let m = (0..free)
+                        .map(|c| z[(i, c)])
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let s: f64 = (0..free).map(|c| (z[(i, c)] - m).exp()).sum();
+                    prob.extend((0..free).map(|c| (z[(i, c)] - m).exp() / s));
+                    *loss += m + s.ln() - z[(i, index[r0 + i])];
+                }
+                Ok(())
+            },
+        )?;
+        let mut prob = Vec::with_capacity(n * free);
         let mut loss = 0.0;
-        for i in 0..n {
-            let m = (0..free)
-                .map(|c| z[(i, c)])
-                .fold(f64::NEG_INFINITY, f64::max);
-            let s: f64 = (0..free).map(|c| (z[(i, c)] - m).exp()).sum();
-            for c in 0..free {
-                prob[(i, c)] = (z[(i, c)] - m).exp() / s;
-            }
-            loss += m + s.ln() - z[(i, index[i])];
+        for (part, l) in parts {
+            prob.extend(part);
+            loss += l;
         }
         let penalty: f64 = (0..free)
             .map(|c| (0..p).map(|j| w[(j, c)] * w[(j, c)]).sum::<f64>())
             .sum();
-        (prob, loss + 0.5 * f.lambda * penalty)
+        Ok((prob, loss + 0.5 * f.lambda * penalty))
     };
-    let (mut prob, mut obj) = eval(&w);
+    let mut w = Mat::<f64>::zeros(q, free);
+    let (mut prob, mut obj) = eval(&w)?;
     for _ in 0..f.max_iter.max(1) {
-        // Gradient: t(Xa) (P - T) + lambda W (penalised rows).
-        let mut resid = prob.clone();
-        for (i, &c) in index.iter().enumerate() {
-            resid[(i, c)] -= 1.0;
-        }
-        let mut grad = tmm(xa, resid.as_ref(), par);
-        for c in 0..free {
-            for j in 0..p {
-                grad[(j, c)] += f.lambda * w[(j, c)];
-            }
-        }
-        // Hessian blocks t(Xa) diag(P_c (delta_cd - P_d)) Xa.
-        let mut h = Mat::<f64>::zeros(dim, dim);
-        for c in 0..free {
-            for d in c..free {
-                let weights: Vec<f64> = (0..n)
-                    .map(|i| {
-                        let pc = prob[(i, c)];
-                        if c == d {
-                            pc * (1.0 - pc)
-                        } else {
-                            -pc * prob[(i, d)]
-                        }
-                    })
-                    .collect();
-                let block = tmm(xa, scaled_rows(xa, &weights).as_ref(), par);
-                for a in 0..q {
-                    for b in 0..q {
-                        h[(c * q + a, d * q + b)] = block[(a, b)];
-                        h[(d * q + b, c * q + a)] = block[(a, b)];
+        // Gradient t(Xa) (P - T) in the first `q * free` (class by class), the upper
+        // blocks t(Xa) diag(P_c (delta_cd - P_d)) Xa of the Hessian after, row-major.
+        let len = q * free + dim * dim;
+        let parts = x.fold_rows(
+            par,
+            || vec![0.0; len],
+            |r0, rows, acc: &mut Vec<f64>| {
+                let xa = design_rows(rows);
+                let m = xa.nrows();
+                let pr = |i: usize, c: usize| prob[(r0 + i) * free + c];
+                let resid = Mat::from_fn(m, free, |i, c| {
+                    pr(i, c) - if index[r0 + i] == c { 1.0 } else { 0.0 }
+                });
+                let g = tmm(xa.as_ref(), resid.as_ref(), Par::Seq);
+                let (grad, h) = acc.split_at_mut(q * free);
+                for c in 0..free {
+                    for j in 0..q {
+                        grad[c * q + j] += g[(j, c)];
                     }
                 }
-            }
+                for c in 0..free {
+                    for d in c..free {
+                        let weights: Vec<f64> = (0..m)
+                            .map(|i| {
+                                let pc = pr(i, c);
+                                if c == d {
+                                    pc * (1.0 - pc)
+                                } else {
+                                    -pc * pr(i, d)
+                                }
+                            })
+                            .collect();
+                        let block = tmm(
+                            xa.as_ref(),
+                            scaled_rows(xa.as_ref(), &weights).as_ref(),
+                            Par::Seq,
+                        );
+                        for a in 0..q {
+                            for b in 0..q {
+                                h[(c * q + a) * dim + d * q + b] += block[(a, b)];
+                            }
+                        }
+                    }
+                }
+                Ok(())
+            },
+        )?;
+        let mut sum = vec![0.0; len];
+        for part in parts {
+            sum.iter_mut().zip(&part).for_each(|(s, v)| *s += v);
         }
+        let (grad, upper) = sum.split_at(q * free);
+        let mut h = Mat::from_fn(dim, dim, |r, c| {
+            // Blocks below the diagonal mirror those above.
+            let (r, c) = if r / q > c / q { (c, r) } else { (r, c) };
+            upper[r * dim + c]
+        });
         for c in 0..free {
             for j in 0..q {
                 // A tiny ridge keeps the over-parametrised softmax (and separable data)
@@ -296,7 +334,10 @@ fn newton_logistic(
                 h[(c * q + j, c * q + j)] += (if j < p { f.lambda } else { 0.0 }) + 1e-10;
             }
         }
-        let g = Mat::from_fn(dim, 1, |r, _| grad[(r % q, r / q)]);
+        let g = Mat::from_fn(dim, 1, |r, _| {
+            let (c, j) = (r / q, r % q);
+            grad[r] + if j < p { f.lambda * w[(j, c)] } else { 0.0 }
+        });
         let step = spd_solve(
             "logreg",
             "the Hessian is singular: x has linearly dependent or constant columns; give lambda > 0",
@@ -315,7 +356,7 @@ fn newton_logistic(
         let mut moved = false;
         for _ in 0..40 {
             let trial = Mat::from_fn(q, free, |j, c| w[(j, c)] - t * step[(c * q + j, 0)]);
-            let (tp, to) = eval(&trial);
+            let (tp, to) = eval(&trial)?;
             if to <= obj - 1e-4 * t * decrement {
                 w = trial;
                 prob = tp;
@@ -336,13 +377,13 @@ fn newton_logistic(
 /// class (one-vs-rest) as parfor tasks for more. Minimises `lambda / 2 * ||w||^2 +
 /// sum(max(0, 1 - y (x w))^2)`, the intercept penalised like a weight (as liblinear).
 pub(crate) fn l2svm(
-    x: MatRef<'_, f64>,
+    x: &RowPanels,
     y: MatRef<'_, f64>,
     f: &FitParams,
     scheme: Option<Scheme>,
     workers: usize,
 ) -> Result<(Mat<f64>, Option<ParforReport>)> {
-    check_finite("l2svm", "x", x)?;
+    x.check_finite("l2svm", "x")?;
     let (labels, index) = classes("l2svm", y)?;
     if f.lambda <= 0.0 || !f.lambda.is_finite() {
         return Err(parameter_error(format!(
@@ -350,8 +391,8 @@ pub(crate) fn l2svm(
             f.lambda
         )));
     }
-    let xa = design(x, f.intercept);
     let p = x.ncols();
+    let q = p + usize::from(f.intercept);
     let k = labels.len();
     let signs = |class: usize| -> Vec<f64> {
         index
@@ -360,64 +401,103 @@ pub(crate) fn l2svm(
             .collect()
     };
     if k == 2 {
-        let w = svm_binary(xa.as_ref(), &signs(1), f, Par::rayon(0))?;
-        let weights = Mat::from_fn(xa.ncols(), 2, |j, c| if c == 1 { w[j] } else { -w[j] });
+        let w = svm_binary(x, &signs(1), f, Par::rayon(0))?;
+        let weights = Mat::from_fn(q, 2, |j, c| if c == 1 { w[j] } else { -w[j] });
         return Ok((model(&weights, p, f.intercept, &labels), None));
     }
     let workers = workers.clamp(1, k);
     let scheme = scheme.unwrap_or_else(|| Scheme::auto(k, workers));
     let par = if workers > 1 { Par::Seq } else { Par::rayon(0) };
     let (columns, report) = parfor::run(k, workers, scheme, |c| {
-        svm_binary(xa.as_ref(), &signs(c), f, par)
+        svm_binary(x, &signs(c), f, par)
             .map_err(|e| e.context(format!("l2svm: class {} against the rest", labels[c])))
     })?;
-    let weights = Mat::from_fn(xa.ncols(), k, |j, c| columns[c][j]);
+    let weights = Mat::from_fn(q, k, |j, c| columns[c][j]);
     Ok((model(&weights, p, f.intercept, &labels), Some(report)))
 }
 
-fn svm_binary(xa: MatRef<'_, f64>, ys: &[f64], f: &FitParams, par: Par) -> Result<Vec<f64>> {
-    let (n, q) = (xa.nrows(), xa.ncols());
-    let eval = |w: &Mat<f64>| -> (Vec<f64>, f64) {
-        let z = mm(xa, w.as_ref(), par);
-        let margin: Vec<f64> = (0..n).map(|i| 1.0 - ys[i] * z[(i, 0)]).collect();
-        let loss: f64 = margin.iter().filter(|m| **m > 0.0).map(|m| m * m).sum();
-        let reg: f64 = w.col(0).iter().map(|v| v * v).sum();
-        (margin, loss + 0.5 * f.lambda * reg)
+/// One binary problem (`ys` the rows' signs) by Newton's method over the blocks of
+/// `x`: each step one pass for the Gram matrix of the rows inside the margin and the
+/// gradient together, and one for `X step`; the line search moves the scores along
+/// `X step` without reading `X` again.
+fn svm_binary(x: &RowPanels, ys: &[f64], f: &FitParams, par: Par) -> Result<Vec<f64>> {
+    let (n, p) = (x.nrows(), x.ncols());
+    let q = p + usize::from(f.intercept);
+    // The objective at scores `z = X w (+ b)` with weights `w` (the intercept
+    // penalised like a weight, as liblinear does).
+    let objective = |z: &[f64], w: &[f64]| -> f64 {
+        let loss: f64 = z
+            .iter()
+            .zip(ys)
+            .map(|(z, y)| (1.0 - y * z).max(0.0).powi(2))
+            .sum();
+        loss + 0.5 * f.lambda * w.iter().map(|v| v * v).sum::<f64>()
     };
-    let mut w = Mat::<f64>::zeros(q, 1);
-    let (mut margin, mut obj) = eval(&w);
+    let mut w = vec![0.0; q];
+    let mut z = vec![0.0; n];
+    let mut obj = objective(&z, &w);
     for _ in 0..f.max_iter.max(1) {
-        let active: Vec<usize> = (0..n).filter(|&i| margin[i] > 0.0).collect();
-        let xs = Mat::from_fn(active.len(), q, |r, j| xa[(active[r], j)]);
-        let coef = Mat::from_fn(active.len(), 1, |r, _| {
-            -2.0 * ys[active[r]] * margin[active[r]]
-        });
-        let mut g = tmm(xs.as_ref(), coef.as_ref(), par);
-        let mut h = tmm(xs.as_ref(), xs.as_ref(), par);
+        // Rows inside the margin, and their share of the gradient.
+        let active: Vec<f64> = (0..n)
+            .map(|i| if 1.0 - ys[i] * z[i] > 0.0 { 1.0 } else { 0.0 })
+            .collect();
+        let coef: Vec<f64> = (0..n)
+            .map(|i| -2.0 * ys[i] * (1.0 - ys[i] * z[i]) * active[i])
+            .collect();
+        let products: &[&[f64]] = if f.intercept {
+            &[&coef, &active]
+        } else {
+            &[&coef]
+        };
+        let (gram, mut products) = x.weighted_gram(&active, products, par)?;
+        let mut g = std::mem::take(&mut products[0]);
+        let mut h = Mat::<f64>::zeros(q, q);
+        h.as_mut()
+            .submatrix_mut(0, 0, p, p)
+            .copy_from(gram.as_ref());
+        if f.intercept {
+            g.push(coef.iter().sum());
+            for j in 0..p {
+                h[(j, p)] = products[1][j];
+                h[(p, j)] = products[1][j];
+            }
+            h[(p, p)] = active.iter().sum();
+        }
         for a in 0..q {
-            g[(a, 0)] += f.lambda * w[(a, 0)];
+            g[a] += f.lambda * w[a];
             for b in 0..q {
                 h[(a, b)] *= 2.0;
             }
             h[(a, a)] += f.lambda;
         }
-        let step = spd_solve("l2svm", "lambda is too small", h.as_ref(), g.as_ref(), None)?;
-        let decrement: f64 = (0..q).map(|a| g[(a, 0)] * step[(a, 0)]).sum();
+        let gm = Mat::from_fn(q, 1, |r, _| g[r]);
+        let step = spd_solve(
+            "l2svm",
+            "lambda is too small",
+            h.as_ref(),
+            gm.as_ref(),
+            None,
+        )?;
+        let step: Vec<f64> = step.col(0).iter().copied().collect();
+        let decrement: f64 = g.iter().zip(&step).map(|(g, s)| g * s).sum();
         if !decrement.is_finite() {
             return Err(data_error("l2svm: Newton's method diverged"));
         }
         if decrement / 2.0 <= f.tol * obj.abs().max(1.0) {
             break;
         }
+        let mut dz = x.mv(&step[..p], par)?;
+        if f.intercept {
+            dz.iter_mut().for_each(|v| *v += step[p]);
+        }
         let mut t = 1.0;
         let mut moved = false;
         for _ in 0..40 {
-            let trial = Mat::from_fn(q, 1, |a, _| w[(a, 0)] - t * step[(a, 0)]);
-            let (tm, to) = eval(&trial);
-            if to <= obj - 1e-4 * t * decrement {
-                w = trial;
-                margin = tm;
-                obj = to;
+            let trial_w: Vec<f64> = w.iter().zip(&step).map(|(w, s)| w - t * s).collect();
+            let trial_z: Vec<f64> = z.iter().zip(&dz).map(|(z, d)| z - t * d).collect();
+            let trial = objective(&trial_z, &trial_w);
+            if trial <= obj - 1e-4 * t * decrement {
+                (w, z, obj) = (trial_w, trial_z, trial);
                 moved = true;
                 break;
             }
@@ -427,7 +507,7 @@ fn svm_binary(xa: MatRef<'_, f64>, ys: &[f64], f: &FitParams, par: Par) -> Resul
             break;
         }
     }
-    Ok(w.col(0).iter().copied().collect())
+    Ok(w)
 }
 
 /// A model matrix read back: weights (p x K), intercepts and labels.

@@ -28,7 +28,7 @@ use datafusion::physical_plan::{
 use super::ParforConfig;
 use super::call::{Call, output_schema};
 use super::parfor::{ParforReport, Scheme};
-use crate::la::{BlockMatrix, MatExpr};
+use crate::la::{BlockMatrix, Layout, MatExpr, Op, Pinned, Tile};
 
 /// How a call's independent tasks (k-means runs, one-vs-rest SVMs) are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +130,11 @@ impl BuiltinTable {
         for (what, plan) in &self.checks {
             checks.push((what.clone(), state.create_physical_plan(plan).await?));
         }
+        let reuse = state
+            .config_options()
+            .extensions
+            .get::<crate::la::TesseraConfig>()
+            .is_none_or(|t| t.reuse);
         Ok(Arc::new(BuiltinExec::new(
             Arc::clone(&self.call),
             jobs,
@@ -137,6 +142,7 @@ impl BuiltinTable {
             projection.cloned(),
             ParforSettings::of(state)?,
             state.config().target_partitions().max(1),
+            reuse,
         )?))
     }
 }
@@ -170,6 +176,91 @@ struct Job {
     plan: Arc<dyn ExecutionPlan>,
 }
 
+/// Where a job's result may be kept for later calls: its lineage key (the expression
+/// with the id and version of every array it reads), those arrays' ids, and their
+/// store. `None` for a stored matrix itself (the block cache keeps its blocks), an
+/// expression that reads a subquery (no version names what it read), or one that
+/// reads no array.
+fn lineage(expr: &MatExpr) -> Option<(String, Vec<u64>, tessera_storage::Store)> {
+    fn walk(e: &MatExpr, key: &mut String, reads: &mut Vec<Pinned>) -> bool {
+        use std::fmt::Write;
+        match &e.op {
+            Op::Input(_) => return false,
+            Op::Array(p) => {
+                let _ = write!(key, "#{}@{}", p.0.info().id, p.0.version());
+                reads.push(p.clone());
+                return true;
+            }
+            op => {
+                let _ = write!(key, "{op:?}");
+            }
+        }
+        key.push('(');
+        for (n, a) in e.args.iter().enumerate() {
+            if n > 0 {
+                key.push_str(", ");
+            }
+            if !walk(a, key, reads) {
+                return false;
+            }
+        }
+        key.push(')');
+        true
+    }
+    if matches!(expr.op, Op::Array(_)) {
+        return None;
+    }
+    let mut key = String::new();
+    let mut reads = Vec::new();
+    if !walk(expr, &mut key, &mut reads) {
+        return None;
+    }
+    let store = reads.first()?.0.store();
+    let mut ids: Vec<u64> = reads.iter().map(|p| p.0.info().id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Some((key, ids, store))
+}
+
+/// A job's result as the lineage cache keeps it: the blocks (shared, never copied)
+/// and how they were cut and placed, without the statement's memory reservation.
+struct KeptMatrix {
+    rows: u64,
+    cols: u64,
+    br: u64,
+    bc: u64,
+    parts: Vec<Vec<Tile>>,
+    layout: Layout,
+    inferred: bool,
+}
+
+impl KeptMatrix {
+    fn of(m: &BlockMatrix) -> Self {
+        Self {
+            rows: m.rows,
+            cols: m.cols,
+            br: m.br,
+            bc: m.bc,
+            parts: m.parts.clone(),
+            layout: m.layout,
+            inferred: m.inferred,
+        }
+    }
+
+    fn matrix(&self) -> BlockMatrix {
+        BlockMatrix {
+            rows: self.rows,
+            cols: self.cols,
+            br: self.br,
+            bc: self.bc,
+            parts: self.parts.clone(),
+            layout: self.layout,
+            inferred: self.inferred,
+            reservation: None,
+        }
+    }
+}
+
 /// Computes a builtin call: its jobs' matrices, then its result, in one partition.
 #[derive(Debug)]
 pub struct BuiltinExec {
@@ -179,6 +270,8 @@ pub struct BuiltinExec {
     projection: Option<Vec<usize>>,
     parfor: ParforSettings,
     parts: usize,
+    /// Jobs over stored arrays are taken from and kept in the lineage cache.
+    reuse: bool,
     schema: SchemaRef,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
@@ -192,6 +285,7 @@ impl BuiltinExec {
         projection: Option<Vec<usize>>,
         parfor: ParforSettings,
         parts: usize,
+        reuse: bool,
     ) -> Result<Self> {
         let full = output_schema(&call.name);
         let schema = match &projection {
@@ -211,6 +305,7 @@ impl BuiltinExec {
             projection,
             parfor,
             parts,
+            reuse,
             schema,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
@@ -243,6 +338,7 @@ impl BuiltinExec {
             self.projection.clone(),
             self.parfor,
             self.parts,
+            self.reuse,
         )
     }
 
@@ -264,15 +360,22 @@ impl BuiltinExec {
     }
 
     /// Runs the call's NULL checks, then its jobs: their matrices, in job order, and
-    /// the reservation charging their dense copies to the memory pool.
+    /// the reservation charging their dense copies to the memory pool. A job over
+    /// stored arrays whose lineage the store's cache holds is taken from there, and one
+    /// computed is kept there (when the session reuses); `metrics` counts both as
+    /// `lineage_hits` and `lineage_misses`.
     pub(crate) fn compute_jobs(
         &self,
         context: Arc<TaskContext>,
+        metrics: &ExecutionPlanMetricsSet,
     ) -> impl Future<Output = Result<(Vec<BlockMatrix>, MemoryReservation)>> + Send + 'static {
         let call = Arc::clone(&self.call);
         let jobs = self.jobs.clone();
         let checks = self.checks.clone();
         let parts = self.parts;
+        let reuse = self.reuse;
+        let hits = MetricBuilder::new(metrics).global_counter("lineage_hits");
+        let misses = MetricBuilder::new(metrics).global_counter("lineage_misses");
         async move {
             for (what, plan) in &checks {
                 let rows: usize = collect(Arc::clone(plan), Arc::clone(&context))
@@ -291,13 +394,39 @@ impl BuiltinExec {
                 .register(context.memory_pool());
             let mut mats: Vec<BlockMatrix> = Vec::with_capacity(jobs.len());
             for job in &jobs {
-                let m = match crate::la::compute_blocks(&job.plan, Arc::clone(&context), None)
-                    .await?
-                {
-                    Some(m) => m,
+                let lineage = if reuse { lineage(&job.expr) } else { None };
+                let kept = lineage.as_ref().and_then(|(key, _, store)| {
+                    store
+                        .lineage_get(key)
+                        .and_then(|v| v.downcast_ref::<KeptMatrix>().map(KeptMatrix::matrix))
+                });
+                let m = match kept {
+                    Some(m) => {
+                        hits.add(1);
+                        m
+                    }
                     None => {
-                        let batches = collect(Arc::clone(&job.plan), Arc::clone(&context)).await?;
-                        BlockMatrix::from_batches(&call.name, &batches, job.shape, parts)?
+                        let m =
+                            match crate::la::compute_blocks(&job.plan, Arc::clone(&context), None)
+                                .await?
+                            {
+                                Some(m) => m,
+                                None => {
+                                    let batches =
+                                        collect(Arc::clone(&job.plan), Arc::clone(&context))
+                                            .await?;
+                                    BlockMatrix::from_batches(
+                                        &call.name, &batches, job.shape, parts,
+                                    )?
+                                }
+                            };
+                        if let Some((key, reads, store)) = lineage {
+                            misses.add(1);
+                            // Blocks plus their keys and headers.
+                            let bytes = m.bytes() as usize + m.block_count() * 64;
+                            store.lineage_put(key, Arc::new(KeptMatrix::of(&m)), bytes, reads);
+                        }
+                        m
                     }
                 };
                 // The in-memory step works on dense copies.
@@ -403,7 +532,7 @@ impl ExecutionPlan for BuiltinExec {
             )));
         }
         let call = Arc::clone(&self.call);
-        let jobs = self.compute_jobs(Arc::clone(&context));
+        let jobs = self.compute_jobs(Arc::clone(&context), &self.metrics);
         let parfor = self.parfor;
         let projection = self.projection.clone();
         let metrics = self.metrics.clone();

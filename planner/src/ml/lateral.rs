@@ -413,7 +413,7 @@ impl ExecutionPlan for LateralBuiltinExec {
                 })?;
                 values.push((*name, written.clone(), v));
             }
-            let (mats, reservation) = builtin.compute_jobs(Arc::clone(&context)).await?;
+            let (mats, reservation) = builtin.compute_jobs(Arc::clone(&context), &metrics).await?;
             let parfor = builtin.parfor();
             let workers = parfor.workers.clamp(1, n.max(1));
             let scheme = parfor.scheme.unwrap_or_else(|| Scheme::auto(n, workers));

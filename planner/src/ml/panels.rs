@@ -169,15 +169,30 @@ impl RowPanels {
     }
 
     /// `t(x) diag(d) x` (`d` at least 0), one Gram matrix per block row of the rows
-    /// scaled by `sqrt(d)`, summed.
-    pub(crate) fn weighted_gram(&self, d: &[f64], par: Par) -> Result<Mat<f64>> {
+    /// scaled by `sqrt(d)`, summed; and `t(x) u` for each `u` of `us`, in the same
+    /// read of each block row.
+    pub(crate) fn weighted_gram(
+        &self,
+        d: &[f64],
+        us: &[&[f64]],
+        par: Par,
+    ) -> Result<(Mat<f64>, Vec<Vec<f64>>)> {
         let cols = self.cols;
+        let gram_len = cols * cols;
+        let len = gram_len + us.len() * cols;
         let parts = self.over_panels(
             par,
-            || vec![0.0; cols * cols],
+            || vec![0.0; len],
             |p, acc| {
                 if p.blocks.is_empty() {
                     return Ok(());
+                }
+                let (gram_acc, tmv_acc) = acc.split_at_mut(gram_len);
+                for (u, out) in us.iter().zip(tmv_acc.chunks_exact_mut(cols.max(1))) {
+                    for (c0, b) in &p.blocks {
+                        tmatvec_add(b, &u[p.r0..p.r0 + b.rows()], &mut out[*c0..*c0 + b.cols()])
+                            .map_err(storage_error)?;
+                    }
                 }
                 let mut rows = p.dense_rows(cols).into_owned();
                 for (r, row) in rows.chunks_exact_mut(cols.max(1)).enumerate() {
@@ -186,12 +201,16 @@ impl RowPanels {
                 }
                 let scaled = DenseBlock::new(p.rows, cols, rows).map_err(storage_error)?;
                 let gram = tsmm_seq(&Block::Dense(scaled)).map_err(storage_error)?;
-                add(acc, gram.values());
+                add(gram_acc, gram.values());
                 Ok(())
             },
         )?;
-        let sum = sum_in_order(parts, cols * cols);
-        Ok(Mat::from_fn(cols, cols, |a, b| sum[a * cols + b]))
+        let sum = sum_in_order(parts, len);
+        let gram = Mat::from_fn(cols, cols, |a, b| sum[a * cols + b]);
+        let products = (0..us.len())
+            .map(|k| sum[gram_len + k * cols..gram_len + (k + 1) * cols].to_vec())
+            .collect();
+        Ok((gram, products))
     }
 
     /// Runs `f(r0, rows, acc)` over every block row, its rows as one row-major

@@ -468,6 +468,64 @@ async fn logreg_and_l2svm_reach_their_optimum() {
         }
         assert!(g.abs() < 1e-6, "l2svm gradient {j}: {g}");
     }
+    // Three classes (labels 2, 5, 9): multinomial logreg's gradient for every class,
+    // t(Xa) (softmax(Xa W)_c - [y = c]) + lambda [w_c; 0], vanishes; so does each
+    // one-vs-rest SVM's. Over x in one block per block row and in two.
+    let y3: M = x
+        .iter()
+        .zip(&noise)
+        .map(|(r, n)| {
+            let s = r[0] - 0.5 * r[1] + 2.0 * n[0];
+            vec![if s < -1.0 {
+                2.0
+            } else if s < 1.5 {
+                5.0
+            } else {
+                9.0
+            }]
+        })
+        .collect();
+    put(&store, "y3", &y3, (50, 1));
+    let labels = [2.0, 5.0, 9.0];
+    let dot = |r: &Vec<f64>, w: &[f64]| -> f64 { r.iter().zip(w).map(|(a, b)| a * b).sum() };
+    for from in ["x", "xn"] {
+        let sql = format!("SELECT * FROM logreg({from}, y3, lambda => 0.7, tol => 1e-12)");
+        let model = matrix(&ctx, &sql, 5, 3).await;
+        assert_eq!(model[4], labels.to_vec(), "{sql}: labels row");
+        let ws: Vec<Vec<f64>> = (0..3)
+            .map(|c| (0..4).map(|k| model[k][c]).collect())
+            .collect();
+        for c in 0..3 {
+            for j in 0..4 {
+                let mut g = if j < 3 { lambda * ws[c][j] } else { 0.0 };
+                for (r, t) in xa.iter().zip(&y3) {
+                    let z: Vec<f64> = ws.iter().map(|w| dot(r, w)).collect();
+                    let m = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let s: f64 = z.iter().map(|v| (v - m).exp()).sum();
+                    let p = (z[c] - m).exp() / s;
+                    g += (p - f64::from(u8::from(t[0] == labels[c]))) * r[j];
+                }
+                assert!(g.abs() < 1e-6, "{sql}: class {c}, gradient {j}: {g}");
+            }
+        }
+        let sql = format!("SELECT * FROM l2svm({from}, y3, lambda => 0.7, tol => 1e-12)");
+        let model = matrix(&ctx, &sql, 5, 3).await;
+        assert_eq!(model[4], labels.to_vec(), "{sql}: labels row");
+        for c in 0..3 {
+            let w: Vec<f64> = (0..4).map(|k| model[k][c]).collect();
+            for j in 0..4 {
+                let mut g = lambda * w[j];
+                for (r, t) in xa.iter().zip(&y3) {
+                    let s = if t[0] == labels[c] { 1.0 } else { -1.0 };
+                    let m = 1.0 - s * dot(r, &w);
+                    if m > 0.0 {
+                        g -= 2.0 * s * m * r[j];
+                    }
+                }
+                assert!(g.abs() < 1e-6, "{sql}: class {c}, gradient {j}: {g}");
+            }
+        }
+    }
     // Predictions: the label of the best column.
     let batches = run(
         &ctx,
@@ -865,4 +923,103 @@ async fn lm_fit_fits_one_model_per_group() {
         let e = error(&ctx, &sql).await;
         assert_eq!(kind(&e), Some(want), "{sql}: {e}");
     }
+}
+
+/// Replaces every block of stored matrix `name` with `m`'s (a new version).
+fn rewrite(store: &Store, name: &str, m: &M, block: (u64, u64)) {
+    let mut w = store.writer(name, WriteMode::Replace).unwrap();
+    for bi in 0..(m.len() as u64).div_ceil(block.0) {
+        for bj in 0..(m[0].len() as u64).div_ceil(block.1) {
+            let (r0, c0) = ((bi * block.0) as usize, (bj * block.1) as usize);
+            let br = (block.0 as usize).min(m.len() - r0);
+            let bc = (block.1 as usize).min(m[0].len() - c0);
+            let d = DenseBlock::from_fn(br, bc, |i, j| m[r0 + i][c0 + j]);
+            w.put_block(BlockKey::matrix(bi as i64, bj as i64), Block::Dense(d))
+                .unwrap();
+        }
+    }
+    w.commit().unwrap();
+}
+
+/// `(lineage_hits, lineage_misses)` of a statement, from its EXPLAIN ANALYZE.
+async fn reuse_counts(ctx: &SessionContext, sql: &str) -> (usize, usize) {
+    let analyzed = run(ctx, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&analyzed)
+        .unwrap()
+        .to_string();
+    let count = |name: &str| -> usize {
+        text.split(&format!("{name}="))
+            .skip(1)
+            .filter_map(|n| {
+                n.chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect::<String>()
+                    .parse::<usize>()
+                    .ok()
+            })
+            .sum()
+    };
+    (count("lineage_hits"), count("lineage_misses"))
+}
+
+#[tokio::test]
+async fn lineage_cache_reuses_intermediates_until_an_array_changes() {
+    let store = Store::in_memory();
+    store.set_block_cache(64 << 20, std::sync::Arc::new(tessera_storage::Unlimited));
+    let ctx = session(&store);
+    let ridge = |x: &M, y: &M, lambda: f64| -> M {
+        let mut a = mm(&t(x), x);
+        for (k, row) in a.iter_mut().enumerate() {
+            row[k] += lambda;
+        }
+        let b: Vec<f64> = mm(&t(x), y).iter().map(|r| r[0]).collect();
+        naive_solve(&a, &b).into_iter().map(|v| vec![v]).collect()
+    };
+    let x = data(60, 4, 11);
+    let y = data(60, 1, 12);
+    put(&store, "x", &x, (16, 3));
+    put(&store, "y", &y, (16, 1));
+
+    // The first call computes t(x) x and t(x) y; later calls over the same versions
+    // take both from the cache, whatever their lambda.
+    let fit = |lambda: f64| format!("SELECT * FROM lm(x, y, lambda => {lambda})");
+    assert_eq!(reuse_counts(&ctx, &fit(0.3)).await, (0, 2));
+    close(
+        &matrix(&ctx, &fit(0.7), 4, 1).await,
+        &ridge(&x, &y, 0.7),
+        1e-9,
+        "reused",
+    );
+    assert_eq!(reuse_counts(&ctx, &fit(1.5)).await, (2, 0));
+    // So does cov, which shares none of them.
+    assert_eq!(reuse_counts(&ctx, "SELECT * FROM cov(x)").await, (0, 1));
+    assert_eq!(store.lineage_stats().unwrap().entries, 3);
+
+    // A new version of x: nothing computed from the old one is served (or kept).
+    let x2 = data(60, 4, 13);
+    rewrite(&store, "x", &x2, (16, 3));
+    assert_eq!(store.lineage_stats().unwrap().entries, 0);
+    assert_eq!(reuse_counts(&ctx, &fit(0.3)).await, (0, 2));
+    close(
+        &matrix(&ctx, &fit(0.3), 4, 1).await,
+        &ridge(&x2, &y, 0.3),
+        1e-9,
+        "new x",
+    );
+
+    // Dropping y forgets t(x) y but keeps t(x) x, which never read y.
+    store.drop_array("y").unwrap();
+    assert_eq!(store.lineage_stats().unwrap().entries, 1);
+
+    // A session that turns reuse off neither takes nor keeps.
+    put(&store, "y", &y, (16, 1));
+    run(&ctx, "SET tessera.reuse = false").await.unwrap();
+    assert_eq!(reuse_counts(&ctx, &fit(0.3)).await, (0, 0));
+    close(
+        &matrix(&ctx, &fit(0.3), 4, 1).await,
+        &ridge(&x2, &y, 0.3),
+        1e-9,
+        "no reuse",
+    );
+    assert_eq!(store.lineage_stats().unwrap().entries, 1);
 }

@@ -12,6 +12,7 @@ mod cache;
 mod catalog;
 mod format;
 mod ingest;
+mod lineage;
 mod snapshot;
 mod verify;
 mod writer;
@@ -21,6 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use cache::{CacheBudget, CacheStats, Unlimited};
 pub use ingest::{LoadOptions, LoadSummary};
+pub use lineage::{Derived, LineageStats};
 pub use snapshot::{BlockMeta, Snapshot};
 pub use verify::Damage;
 pub use writer::{ArrayWriter, WriteMode};
@@ -169,6 +171,9 @@ pub(crate) struct Inner {
     /// Decoded blocks kept for the next read ([`Store::set_block_cache`]); none by
     /// default.
     pub(crate) blocks: Mutex<Option<cache::BlockCache>>,
+    /// Values derived from arrays, by lineage ([`Store::lineage_get`]); set up with the
+    /// block cache.
+    pub(crate) derived: Mutex<Option<lineage::LineageCache>>,
 }
 
 /// Files of retired versions, waiting for their last reader.
@@ -263,6 +268,7 @@ impl Store {
                 damaged: Mutex::new(HashMap::new()),
                 reader: false,
                 blocks: Mutex::new(None),
+                derived: Mutex::new(None),
             }),
         };
         store.collect_garbage()?;
@@ -292,6 +298,7 @@ impl Store {
                 damaged: Mutex::new(HashMap::new()),
                 reader: true,
                 blocks: Mutex::new(None),
+                derived: Mutex::new(None),
             }),
         })
     }
@@ -300,17 +307,52 @@ impl Store {
     /// `budget` first, so a block read again is not read, verified and decoded again
     /// (see `cache.rs`). Replaces the cache there was (its memory is given back);
     /// `capacity` 0 turns it off.
+    ///
+    /// The lineage cache ([`Store::lineage_get`]) is set up beside it with a quarter of
+    /// `capacity` and the same budget.
     pub fn set_block_cache(&self, capacity: usize, budget: Arc<dyn CacheBudget>) {
+        let derived =
+            (capacity >= 4).then(|| lineage::LineageCache::new(capacity / 4, Arc::clone(&budget)));
+        *lock(&self.inner.derived) = derived;
         let cache = (capacity > 0).then(|| cache::BlockCache::new(capacity, budget));
         *lock(&self.inner.blocks) = cache;
     }
 
-    /// Gives back up to `bytes` of the block cache's memory, least recently used blocks
-    /// first, for a query that needs it; returns the bytes given back.
+    /// Gives back up to `bytes` of the caches' memory for a query that needs it, least
+    /// recently used derived values first, then blocks; returns the bytes given back.
     pub fn release_block_cache(&self, bytes: usize) -> usize {
-        lock(&self.inner.blocks)
+        let derived = lock(&self.inner.derived)
             .as_mut()
-            .map_or(0, |cache| cache.give_back(bytes))
+            .map_or(0, |cache| cache.give_back(bytes));
+        if derived >= bytes {
+            return derived;
+        }
+        derived
+            + lock(&self.inner.blocks)
+                .as_mut()
+                .map_or(0, |cache| cache.give_back(bytes - derived))
+    }
+
+    /// The value derived under lineage `key`, if the lineage cache holds it. A key
+    /// names the expression and every array version it read (see `lineage.rs`).
+    pub fn lineage_get(&self, key: &str) -> Option<Derived> {
+        lock(&self.inner.derived).as_mut()?.get(key)
+    }
+
+    /// Keeps `value`, which holds `bytes` and was computed from the arrays with ids
+    /// `reads`, under lineage `key` (until one of those arrays changes or the room is
+    /// needed); returns whether it was kept.
+    pub fn lineage_put(&self, key: String, value: Derived, bytes: usize, reads: Vec<u64>) -> bool {
+        lock(&self.inner.derived)
+            .as_mut()
+            .is_some_and(|cache| cache.put(key, value, bytes, reads))
+    }
+
+    /// What the lineage cache holds and did, if there is one.
+    pub fn lineage_stats(&self) -> Option<LineageStats> {
+        lock(&self.inner.derived)
+            .as_ref()
+            .map(lineage::LineageCache::stats)
     }
 
     /// A handle to this store that does not keep it open (for a memory pool that asks
@@ -510,6 +552,7 @@ impl Store {
         if let Some(cache) = lock(&self.inner.blocks).as_mut() {
             cache.forget_array(entry.id);
         }
+        self.inner.forget_derived(entry.id);
         Ok(())
     }
 
@@ -785,6 +828,13 @@ impl Inner {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Drops every derived value computed from array `id` (it changed or went).
+    pub(crate) fn forget_derived(&self, id: u64) {
+        if let Some(cache) = lock(&self.derived).as_mut() {
+            cache.forget_array(id);
         }
     }
 

@@ -131,6 +131,13 @@ impl Snapshot {
         self.version
     }
 
+    /// The store this snapshot was taken from (for its caches).
+    pub fn store(&self) -> super::Store {
+        super::Store {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+
     /// The backend of the store the snapshot reads (identifies the store: caches key
     /// on it).
     pub fn backend(&self) -> &Arc<dyn crate::backend::Backend> {

@@ -482,6 +482,7 @@ impl ArrayWriter {
         }
         let manifest = Arc::new(manifest);
         lock(&self.inner.manifests).insert((info.id, self.version), manifest);
+        self.inner.forget_derived(info.id);
         if self.creating.is_some() {
             let mut next_version = lock(&self.inner.next_version);
             let n = next_version.entry(info.id).or_insert(self.version + 1);
