@@ -176,45 +176,68 @@ pub(crate) fn logreg_binary(
             // The same tiny ridge as the gathered path keeps separable data solvable.
             h[(j, j)] += (if j < p { f.lambda } else { 0.0 }) + 1e-10;
         }
-        let gm = Mat::from_fn(q, 1, |r, _| g[r]);
-        let step = spd_solve(
-            "logreg",
-            "the Hessian is singular: x has linearly dependent or constant columns; give lambda > 0",
-            h.as_ref(),
-            gm.as_ref(),
-            None,
-        )?;
-        let step: Vec<f64> = step.col(0).iter().copied().collect();
-        let decrement: f64 = g.iter().zip(&step).map(|(g, s)| g * s).sum();
-        if !decrement.is_finite() {
-            return Err(data_error("logreg: Newton's method diverged"));
-        }
-        if decrement / 2.0 <= f.tol * obj.abs().max(1.0) {
-            break;
-        }
-        let mut dz = x.mv(&step[..p], par)?;
-        if f.intercept {
-            dz.iter_mut().for_each(|v| *v += step[p]);
-        }
-        let mut t = 1.0;
-        let mut moved = false;
-        for _ in 0..40 {
-            let trial_w: Vec<f64> = w.iter().zip(&step).map(|(w, s)| w - t * s).collect();
-            let trial_z: Vec<f64> = z.iter().zip(&dz).map(|(z, d)| z - t * d).collect();
-            let trial = objective(&trial_z, &trial_w);
-            if trial <= obj - 1e-4 * t * decrement {
-                (w, z, obj) = (trial_w, trial_z, trial);
-                moved = true;
-                break;
-            }
-            t *= 0.5;
-        }
-        if !moved {
+        let why = "the Hessian is singular: x has linearly dependent or constant columns; give lambda > 0";
+        if !newton_move(
+            x,
+            f,
+            ("logreg", why),
+            &h,
+            &g,
+            (&mut w, &mut z, &mut obj),
+            &objective,
+            par,
+        )? {
             break;
         }
     }
     let weights = Mat::from_fn(q, 2, |j, c| if c == 1 { w[j] } else { 0.0 });
     Ok(model(&weights, p, f.intercept, labels))
+}
+
+/// One damped Newton step of a two-class fit over the blocks of `x`, from the gradient
+/// `g` and Hessian `h` at weights `w` (the intercept last when `f.intercept`), scores
+/// `z = X w (+ b)` and objective `obj`: the step `h \ g` (`why` says what makes `h`
+/// singular), then a backtracking line search that moves `z` along `X step` without
+/// reading `x` again. `false` when the fit has converged or no trial decreases the
+/// objective.
+#[allow(clippy::too_many_arguments)]
+fn newton_move(
+    x: &RowPanels,
+    f: &FitParams,
+    (fname, why): (&str, &str),
+    h: &Mat<f64>,
+    g: &[f64],
+    (w, z, obj): (&mut Vec<f64>, &mut Vec<f64>, &mut f64),
+    objective: &dyn Fn(&[f64], &[f64]) -> f64,
+    par: Par,
+) -> Result<bool> {
+    let p = x.ncols();
+    let gm = Mat::from_fn(g.len(), 1, |r, _| g[r]);
+    let step = spd_solve(fname, why, h.as_ref(), gm.as_ref(), None)?;
+    let step: Vec<f64> = step.col(0).iter().copied().collect();
+    let decrement: f64 = g.iter().zip(&step).map(|(g, s)| g * s).sum();
+    if !decrement.is_finite() {
+        return Err(data_error(format!("{fname}: Newton's method diverged")));
+    }
+    if decrement / 2.0 <= f.tol * obj.abs().max(1.0) {
+        return Ok(false);
+    }
+    let mut dz = x.mv(&step[..p], par)?;
+    if f.intercept {
+        dz.iter_mut().for_each(|v| *v += step[p]);
+    }
+    let mut t = 1.0;
+    for _ in 0..40 {
+        let trial_w: Vec<f64> = w.iter().zip(&step).map(|(w, s)| w - t * s).collect();
+        let trial_z: Vec<f64> = z.iter().zip(&dz).map(|(z, d)| z - t * d).collect();
+        let trial = objective(&trial_z, &trial_w);
+        if trial <= *obj - 1e-4 * t * decrement {
+            (*w, *z, *obj) = (trial_w, trial_z, trial);
+            return Ok(true);
+        }
+        t *= 0.5;
+    }
+    Ok(false)
 }
 
 /// Newton's method for `free` weight columns (one per class) over the design of `x`
@@ -470,40 +493,17 @@ fn svm_binary(x: &RowPanels, ys: &[f64], f: &FitParams, par: Par) -> Result<Vec<
             }
             h[(a, a)] += f.lambda;
         }
-        let gm = Mat::from_fn(q, 1, |r, _| g[r]);
-        let step = spd_solve(
-            "l2svm",
-            "lambda is too small",
-            h.as_ref(),
-            gm.as_ref(),
-            None,
-        )?;
-        let step: Vec<f64> = step.col(0).iter().copied().collect();
-        let decrement: f64 = g.iter().zip(&step).map(|(g, s)| g * s).sum();
-        if !decrement.is_finite() {
-            return Err(data_error("l2svm: Newton's method diverged"));
-        }
-        if decrement / 2.0 <= f.tol * obj.abs().max(1.0) {
-            break;
-        }
-        let mut dz = x.mv(&step[..p], par)?;
-        if f.intercept {
-            dz.iter_mut().for_each(|v| *v += step[p]);
-        }
-        let mut t = 1.0;
-        let mut moved = false;
-        for _ in 0..40 {
-            let trial_w: Vec<f64> = w.iter().zip(&step).map(|(w, s)| w - t * s).collect();
-            let trial_z: Vec<f64> = z.iter().zip(&dz).map(|(z, d)| z - t * d).collect();
-            let trial = objective(&trial_z, &trial_w);
-            if trial <= obj - 1e-4 * t * decrement {
-                (w, z, obj) = (trial_w, trial_z, trial);
-                moved = true;
-                break;
-            }
-            t *= 0.5;
-        }
-        if !moved {
+        let why = "lambda is too small";
+        if !newton_move(
+            x,
+            f,
+            ("l2svm", why),
+            &h,
+            &g,
+            (&mut w, &mut z, &mut obj),
+            &objective,
+            par,
+        )? {
             break;
         }
     }

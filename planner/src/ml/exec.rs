@@ -28,7 +28,7 @@ use datafusion::physical_plan::{
 use super::ParforConfig;
 use super::call::{Call, output_schema};
 use super::parfor::{ParforReport, Scheme};
-use crate::la::{BlockMatrix, Layout, MatExpr, Op, Pinned, Tile};
+use crate::la::{BlockMatrix, MatExpr, Op, Pinned};
 
 /// How a call's independent tasks (k-means runs, one-vs-rest SVMs) are scheduled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -222,45 +222,6 @@ fn lineage(expr: &MatExpr) -> Option<(String, Vec<u64>, tessera_storage::Store)>
     Some((key, ids, store))
 }
 
-/// A job's result as the lineage cache keeps it: the blocks (shared, never copied)
-/// and how they were cut and placed, without the statement's memory reservation.
-struct KeptMatrix {
-    rows: u64,
-    cols: u64,
-    br: u64,
-    bc: u64,
-    parts: Vec<Vec<Tile>>,
-    layout: Layout,
-    inferred: bool,
-}
-
-impl KeptMatrix {
-    fn of(m: &BlockMatrix) -> Self {
-        Self {
-            rows: m.rows,
-            cols: m.cols,
-            br: m.br,
-            bc: m.bc,
-            parts: m.parts.clone(),
-            layout: m.layout,
-            inferred: m.inferred,
-        }
-    }
-
-    fn matrix(&self) -> BlockMatrix {
-        BlockMatrix {
-            rows: self.rows,
-            cols: self.cols,
-            br: self.br,
-            bc: self.bc,
-            parts: self.parts.clone(),
-            layout: self.layout,
-            inferred: self.inferred,
-            reservation: None,
-        }
-    }
-}
-
 /// Computes a builtin call: its jobs' matrices, then its result, in one partition.
 #[derive(Debug)]
 pub struct BuiltinExec {
@@ -398,7 +359,7 @@ impl BuiltinExec {
                 let kept = lineage.as_ref().and_then(|(key, _, store)| {
                     store
                         .lineage_get(key)
-                        .and_then(|v| v.downcast_ref::<KeptMatrix>().map(KeptMatrix::matrix))
+                        .and_then(|v| v.downcast_ref::<BlockMatrix>().map(BlockMatrix::share))
                 });
                 let m = match kept {
                     Some(m) => {
@@ -424,7 +385,7 @@ impl BuiltinExec {
                             misses.add(1);
                             // Blocks plus their keys and headers.
                             let bytes = m.bytes() as usize + m.block_count() * 64;
-                            store.lineage_put(key, Arc::new(KeptMatrix::of(&m)), bytes, reads);
+                            store.lineage_put(key, Arc::new(m.share()), bytes, reads);
                         }
                         m
                     }

@@ -229,16 +229,16 @@ pub(crate) fn owned(b: &Block) -> Block {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Mutex;
 
     use super::*;
 
     /// A budget of `limit` bytes that records what it granted.
     #[derive(Debug)]
-    struct Limited {
-        limit: usize,
-        granted: Mutex<usize>,
+    pub(crate) struct Limited {
+        pub(crate) limit: usize,
+        pub(crate) granted: Mutex<usize>,
     }
 
     impl CacheBudget for Limited {

@@ -191,28 +191,8 @@ impl Drop for LineageCache {
 mod tests {
     use std::sync::Mutex;
 
+    use super::super::cache::tests::Limited;
     use super::*;
-
-    #[derive(Debug)]
-    struct Limited {
-        limit: usize,
-        granted: Mutex<usize>,
-    }
-
-    impl CacheBudget for Limited {
-        fn try_grow(&self, bytes: usize) -> bool {
-            let mut g = self.granted.lock().unwrap();
-            if *g + bytes > self.limit {
-                return false;
-            }
-            *g += bytes;
-            true
-        }
-
-        fn shrink(&self, bytes: usize) {
-            *self.granted.lock().unwrap() -= bytes;
-        }
-    }
 
     fn value(v: f64) -> Derived {
         Arc::new(v)
