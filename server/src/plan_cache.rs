@@ -427,7 +427,7 @@ fn reads_external_files(provider: &dyn TableProvider) -> bool {
 /// between runs: no dynamic filters (a hash join's or a top-k sort's, which live in
 /// the scan below them), no scalar subqueries (their results are shared), no
 /// recursive queries, none of Tessera's operators that wrap another plan outside
-/// their children, and no distributed plan (its stages are named for one query and
+/// their children or plan again as they run, and no distributed plan (its stages are named for one query and
 /// handed to workers when it runs).
 pub(crate) fn cacheable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
     let mut ok = true;
@@ -438,6 +438,7 @@ pub(crate) fn cacheable_physical(plan: &Arc<dyn ExecutionPlan>) -> bool {
                 | "RecursiveQueryExec"
                 | "WorkTableExec"
                 | "CoPartitionedJoinExec"
+                | "LateralBuiltinPerRowExec"
                 | "DistributedExec"
         ) {
             ok = false;

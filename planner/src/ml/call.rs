@@ -401,39 +401,16 @@ pub(crate) fn plan_call(
         arguments,
         mats,
     };
-    // Each job is a linear-algebra plan node over all the call's subquery inputs.
-    let mut job_plans = Vec::with_capacity(call.jobs.len());
-    for e in &call.jobs {
-        let node = LaNode::new(e.clone(), inputs.clone(), Output::Cells)?;
-        job_plans.push((
-            e.clone(),
-            LogicalPlan::Extension(Extension {
-                node: Arc::new(node),
-            }),
-        ));
-    }
-    // A NULL value in a subquery argument is an error, not an absent cell.
-    let mut checks = Vec::new();
-    for (input, (k, pname)) in inputs.iter().zip(&owners) {
-        if is_builtin_scan(input) {
-            continue;
-        }
-        let v = Expr::Column(Column::from(input.schema().qualified_field(2)));
-        let plan = LogicalPlanBuilder::from(input.clone())
-            .filter(v.is_null())?
-            .limit(0, Some(1))?
-            .build()?;
-        checks.push((format!("argument {k} ({pname})"), plan));
-    }
-    if !per_row.is_empty() && inputs.iter().any(|i| !i.all_out_ref_exprs().is_empty()) {
+    let correlated = inputs.iter().any(|i| !i.all_out_ref_exprs().is_empty());
+    if correlated && !lateral {
         return Err(tessera_error(
             ErrorKind::FeatureNotSupported,
             format!(
-                "{name}: a LATERAL call takes numbers from the row before it, not matrices; a subquery argument may not refer to that row"
+                "{name}: a subquery argument refers to a column of an outer query; only a call written LATERAL after the relation whose rows it reads may do so, not a call nested in another"
             ),
         ));
     }
-    let table = BuiltinTable::new(Arc::new(call), job_plans, checks);
+    let table = BuiltinTable::new(Arc::new(call), inputs, owners)?;
     Ok(PlannedCall {
         table: Arc::new(table),
         per_row,
@@ -667,6 +644,42 @@ fn outer_expr(e: &SqlExpr, context: &mut dyn RelationPlannerContext) -> Option<E
     outer.then_some(expr)
 }
 
+/// The plans a call over `inputs` (its subquery arguments, `owners` naming each one's
+/// argument) runs: each job a linear-algebra plan node over all the inputs, and per
+/// input not a builtin's own relation a check for a NULL value (an error, not an absent
+/// cell).
+pub(crate) type CallPlans = (Vec<(MatExpr, LogicalPlan)>, Vec<(String, LogicalPlan)>);
+
+pub(crate) fn plan_jobs(
+    call: &Call,
+    inputs: &[LogicalPlan],
+    owners: &[(usize, &'static str)],
+) -> Result<CallPlans> {
+    let mut jobs = Vec::with_capacity(call.jobs.len());
+    for e in &call.jobs {
+        let node = LaNode::new(e.clone(), inputs.to_vec(), Output::Cells)?;
+        jobs.push((
+            e.clone(),
+            LogicalPlan::Extension(Extension {
+                node: Arc::new(node),
+            }),
+        ));
+    }
+    let mut checks = Vec::new();
+    for (input, (k, pname)) in inputs.iter().zip(owners) {
+        if is_builtin_scan(input) {
+            continue;
+        }
+        let v = Expr::Column(Column::from(input.schema().qualified_field(2)));
+        let plan = LogicalPlanBuilder::from(input.clone())
+            .filter(v.is_null())?
+            .limit(0, Some(1))?
+            .build()?;
+        checks.push((format!("argument {k} ({pname})"), plan));
+    }
+    Ok((jobs, checks))
+}
+
 /// True when `plan` is a builtin's own relation (its cells are never NULL).
 fn is_builtin_scan(plan: &LogicalPlan) -> bool {
     match plan {
@@ -702,14 +715,27 @@ impl Call {
     }
 
     /// The same call with the numeric arguments `values` (a `LATERAL` call's row),
-    /// checked as the call's own were. Values that would change what the call reads
-    /// (its jobs) are refused: every row shares the jobs' results.
-    pub(crate) fn with_numbers(&self, values: &[(&'static str, f64)]) -> Result<Call> {
+    /// checked as the call's own were. With `shared` (every row shares the jobs'
+    /// results), values that would change what the call reads (its jobs) are refused.
+    pub(crate) fn with_numbers(
+        &self,
+        values: &[(&'static str, f64)],
+        shared: bool,
+    ) -> Result<Call> {
         let mut arguments = self.arguments.clone();
         for (n, v) in values {
             arguments.nums.insert(n, *v);
         }
         let (builtin, jobs, rows_job) = read(&self.name, &arguments, &self.mats)?;
+        if !shared {
+            return Ok(Call {
+                builtin,
+                jobs,
+                rows_job,
+                arguments,
+                ..self.clone()
+            });
+        }
         if jobs != self.jobs || rows_job != self.rows_job {
             return Err(tessera_error(
                 ErrorKind::FeatureNotSupported,

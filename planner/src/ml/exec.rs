@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::datatypes::{FieldRef, SchemaRef};
 use datafusion::catalog::Session;
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, Result};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DataFusionError, Result, ScalarValue};
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
@@ -26,7 +26,7 @@ use datafusion::physical_plan::{
 };
 
 use super::ParforConfig;
-use super::call::{Call, output_schema};
+use super::call::{Call, output_schema, plan_jobs};
 use super::parfor::{ParforReport, Scheme};
 use crate::la::{BlockMatrix, MatExpr, Op, Pinned};
 
@@ -70,6 +70,10 @@ impl ParforSettings {
 /// The relation of one builtin call.
 pub(crate) struct BuiltinTable {
     call: Arc<Call>,
+    /// Its subquery arguments, `Op::Input(k)` being the `k`-th.
+    inputs: Vec<LogicalPlan>,
+    /// `(argument position, parameter)` of each input.
+    owners: Vec<(usize, &'static str)>,
     jobs: Vec<(MatExpr, LogicalPlan)>,
     checks: Vec<(String, LogicalPlan)>,
     schema: SchemaRef,
@@ -82,18 +86,73 @@ impl fmt::Debug for BuiltinTable {
 }
 
 impl BuiltinTable {
+    /// The relation of `call` over its subquery arguments `inputs`.
     pub(crate) fn new(
         call: Arc<Call>,
-        jobs: Vec<(MatExpr, LogicalPlan)>,
-        checks: Vec<(String, LogicalPlan)>,
-    ) -> Self {
+        inputs: Vec<LogicalPlan>,
+        owners: Vec<(usize, &'static str)>,
+    ) -> Result<Self> {
+        let (jobs, checks) = plan_jobs(&call, &inputs, &owners)?;
         let schema = output_schema(&call.name);
-        Self {
+        Ok(Self {
             call,
+            inputs,
+            owners,
             jobs,
             checks,
             schema,
+        })
+    }
+
+    /// The columns of an outer row its subquery arguments refer to (`LATERAL
+    /// lm((SELECT i, j, v FROM obs WHERE obs.grp = g.grp), ...)`): empty unless the
+    /// call must be planned and run again for each row.
+    pub(crate) fn outer_columns(&self) -> Vec<(FieldRef, Column)> {
+        let mut out: Vec<(FieldRef, Column)> = Vec::new();
+        for input in &self.inputs {
+            for e in input.all_out_ref_exprs() {
+                if let Expr::OuterReferenceColumn(f, c) = e
+                    && !out.iter().any(|(_, o)| *o == c)
+                {
+                    out.push((f, c));
+                }
+            }
         }
+        out
+    }
+
+    /// The call for one outer row: its subquery arguments with the row's `values` in
+    /// place of the outer columns they refer to, and its per-row numbers `numbers`.
+    pub(crate) fn for_row(
+        &self,
+        values: &[(Column, ScalarValue)],
+        numbers: &[(&'static str, f64)],
+    ) -> Result<BuiltinTable> {
+        let mut inputs = Vec::with_capacity(self.inputs.len());
+        for input in &self.inputs {
+            let bound = input
+                .clone()
+                .transform_up(|node| {
+                    node.map_expressions(|e| {
+                        e.transform(|e| match e {
+                            Expr::OuterReferenceColumn(f, c) => {
+                                let Some((_, v)) = values.iter().find(|(o, _)| *o == c) else {
+                                    return Ok(Transformed::no(Expr::OuterReferenceColumn(f, c)));
+                                };
+                                Ok(Transformed::yes(Expr::Literal(
+                                    v.cast_to(f.data_type())?,
+                                    None,
+                                )))
+                            }
+                            e => Ok(Transformed::no(e)),
+                        })
+                    })
+                })?
+                .data;
+            inputs.push(bound);
+        }
+        let call = self.call.with_numbers(numbers, false)?;
+        BuiltinTable::new(Arc::new(call), inputs, self.owners.clone())
     }
 }
 

@@ -14,6 +14,12 @@
 //! Every row shares the jobs' results (the matrices the call reads, such as `t(X) X`
 //! for `lm`), so a sweep over `lambda` multiplies `X` once. A per-row value that would
 //! change the jobs (a solver chosen per row) is refused.
+//!
+//! A call whose subquery arguments read the row (`lm((SELECT i, j, v FROM obs WHERE
+//! obs.grp = g.grp), ...)`, one model per group) shares nothing: each row's task binds
+//! the row's values into the subqueries, plans the call with the statement's session
+//! state, computes its jobs and runs its step; the tasks are pulled by
+//! [`parfor::run_async`].
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -26,8 +32,9 @@ use datafusion::arrow::datatypes::{DataType, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNodeRecursion};
-use datafusion::common::{DFSchema, DFSchemaRef, DataFusionError, Result, ScalarValue};
+use datafusion::common::{Column, DFSchema, DFSchemaRef, DataFusionError, Result, ScalarValue};
 use datafusion::execution::TaskContext;
+use datafusion::execution::session_state::SessionState;
 use datafusion::logical_expr::{
     Expr, Extension, JoinType, LogicalPlan, UserDefinedLogicalNodeCore,
 };
@@ -64,7 +71,7 @@ impl LateralNode {
     /// The plan of a `LATERAL` call: the call's own relation when no argument comes
     /// from the row before it, else a node the analyzer joins to that row's relation.
     pub(crate) fn plan(planned: PlannedCall) -> Result<LogicalPlan> {
-        if planned.per_row.is_empty() {
+        if planned.per_row.is_empty() && planned.table.outer_columns().is_empty() {
             return planned.scan();
         }
         let arrow = output_schema(planned.table.call_name());
@@ -250,7 +257,6 @@ pub(crate) async fn plan_lateral(
             ),
         ));
     };
-    let builtin = node.table.scan_call(session).await?;
     let mut per_row = Vec::with_capacity(node.per_row.len());
     for (n, e) in &node.per_row {
         per_row.push((
@@ -259,19 +265,91 @@ pub(crate) async fn plan_lateral(
             session.create_physical_expr(e.clone(), logical_input.schema())?,
         ));
     }
+    let outer = node.table.outer_columns();
+    let work = if outer.is_empty() {
+        Work::Shared(node.table.scan_call(session).await?)
+    } else {
+        let Some(state) = session.as_any().downcast_ref::<SessionState>() else {
+            return Err(DataFusionError::Internal(
+                "LATERAL: a call planned again per row needs the session's state".into(),
+            ));
+        };
+        let mut columns = Vec::with_capacity(outer.len());
+        for (_, c) in outer {
+            let e =
+                session.create_physical_expr(Expr::Column(c.clone()), logical_input.schema())?;
+            columns.push((c, e));
+        }
+        Work::PerRow(Arc::new(PerRowCall {
+            table: Arc::clone(&node.table),
+            parfor: ParforSettings::of(session)?,
+            state: state.clone(),
+            outer: columns,
+        }))
+    };
     let schema: SchemaRef = Arc::new(node.schema.as_arrow().clone());
     Ok(Arc::new(LateralBuiltinExec::new(
-        input, builtin, per_row, schema,
+        input, work, per_row, schema,
     )))
 }
 
-/// A builtin call run once per row of its input: the call's jobs computed once, then
-/// one parfor task per row with that row's numbers; each row's output rows follow a
-/// copy of the row, in row order.
+/// What the rows of a `LATERAL` call share.
+#[derive(Debug, Clone)]
+enum Work {
+    /// The call's jobs, computed once for every row.
+    Shared(Arc<BuiltinExec>),
+    /// Nothing: the call's subquery arguments read the row, so each row's call is
+    /// planned and its jobs computed in its own task.
+    PerRow(Arc<PerRowCall>),
+}
+
+/// A call whose subquery arguments refer to the row before it.
+struct PerRowCall {
+    table: Arc<BuiltinTable>,
+    /// Plans each row's call as the statement was planned (its settings and catalogs).
+    state: SessionState,
+    /// The outer columns the subqueries read, each as an expression over the input.
+    outer: Vec<(Column, Arc<dyn PhysicalExpr>)>,
+    parfor: ParforSettings,
+}
+
+impl fmt::Debug for PerRowCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PerRowCall({:?})", self.table)
+    }
+}
+
+impl Work {
+    fn call(&self) -> String {
+        match self {
+            Work::Shared(b) => b.call(),
+            Work::PerRow(p) => p.table.call_text(),
+        }
+    }
+
+    fn call_name(&self) -> String {
+        match self {
+            Work::Shared(b) => b.call_name(),
+            Work::PerRow(p) => p.table.call_name().to_string(),
+        }
+    }
+
+    fn parfor(&self) -> ParforSettings {
+        match self {
+            Work::Shared(b) => b.parfor(),
+            Work::PerRow(p) => p.parfor,
+        }
+    }
+}
+
+/// A builtin call run once per row of its input: one parfor task per row with that
+/// row's numbers, each row's output rows after a copy of the row, in row order. The
+/// call's jobs are computed once and shared by every row, unless its subquery
+/// arguments read the row: then each task plans the row's call and computes its jobs.
 #[derive(Debug)]
 pub struct LateralBuiltinExec {
     input: Arc<dyn ExecutionPlan>,
-    builtin: Arc<BuiltinExec>,
+    work: Work,
     /// `(parameter, expression as written, expression)`.
     per_row: Vec<(&'static str, String, Arc<dyn PhysicalExpr>)>,
     schema: SchemaRef,
@@ -279,10 +357,13 @@ pub struct LateralBuiltinExec {
     metrics: ExecutionPlanMetricsSet,
 }
 
+/// A per-row argument's name, its expression as written, and its values.
+type RowValues = Vec<(&'static str, String, ArrayRef)>;
+
 impl LateralBuiltinExec {
     fn new(
         input: Arc<dyn ExecutionPlan>,
-        builtin: Arc<BuiltinExec>,
+        work: Work,
         per_row: Vec<(&'static str, String, Arc<dyn PhysicalExpr>)>,
         schema: SchemaRef,
     ) -> Self {
@@ -294,7 +375,7 @@ impl LateralBuiltinExec {
         );
         Self {
             input,
-            builtin,
+            work,
             per_row,
             schema,
             props: Arc::new(props),
@@ -305,21 +386,29 @@ impl LateralBuiltinExec {
 
 impl DisplayAs for LateralBuiltinExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        let per_row: Vec<String> = self
+        let mut per_row: Vec<String> = self
             .per_row
             .iter()
             .map(|(n, e, _)| format!("{n} = {e}"))
             .collect();
-        let parfor = self.builtin.parfor();
+        let parfor = self.work.parfor();
         let scheme = parfor
             .scheme
             .map_or_else(|| "auto".to_string(), Scheme::name);
+        let jobs = match &self.work {
+            Work::Shared(b) => format!("jobs=[{}] shared", b.job_names().join(", ")),
+            Work::PerRow(p) => {
+                let columns: Vec<String> = p.outer.iter().map(|(c, _)| c.to_string()).collect();
+                per_row.push(format!("subqueries over {}", columns.join(", ")));
+                "jobs planned and computed per row".to_string()
+            }
+        };
         write!(
             f,
-            "LateralBuiltinExec: {} per row: {} jobs=[{}] parfor: scheme={scheme} workers={} tasks=one per input row local",
-            self.builtin.call(),
+            "{}: {} per row: {} {jobs} parfor: scheme={scheme} workers={} tasks=one per input row local",
+            self.name(),
+            self.work.call(),
             per_row.join(", "),
-            self.builtin.job_names().join(", "),
             parfor.workers
         )
     }
@@ -327,7 +416,11 @@ impl DisplayAs for LateralBuiltinExec {
 
 impl ExecutionPlan for LateralBuiltinExec {
     fn name(&self) -> &str {
-        "LateralBuiltinExec"
+        // The plan cache keeps no plan that plans again as it runs (by this name).
+        match self.work {
+            Work::Shared(_) => "LateralBuiltinExec",
+            Work::PerRow(_) => "LateralBuiltinPerRowExec",
+        }
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -338,7 +431,16 @@ impl ExecutionPlan for LateralBuiltinExec {
         &self,
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        for (_, _, e) in &self.per_row {
+        let outer = match &self.work {
+            Work::Shared(_) => &[][..],
+            Work::PerRow(p) => &p.outer[..],
+        };
+        for e in self
+            .per_row
+            .iter()
+            .map(|(_, _, e)| e)
+            .chain(outer.iter().map(|(_, e)| e))
+        {
             if f(e)? == TreeNodeRecursion::Stop {
                 return Ok(TreeNodeRecursion::Stop);
             }
@@ -358,7 +460,7 @@ impl ExecutionPlan for LateralBuiltinExec {
             .map_err(|_| DataFusionError::Internal("LateralBuiltinExec has one child".into()))?;
         Ok(Arc::new(Self::new(
             input,
-            Arc::clone(&self.builtin),
+            self.work.clone(),
             self.per_row.clone(),
             Arc::clone(&self.schema),
         )))
@@ -369,9 +471,13 @@ impl ExecutionPlan for LateralBuiltinExec {
     }
 
     fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        let work = match &self.work {
+            Work::Shared(b) => Work::Shared(Arc::new(b.reset()?)),
+            Work::PerRow(p) => Work::PerRow(Arc::clone(p)),
+        };
         Ok(Arc::new(Self::new(
             Arc::clone(&self.input),
-            Arc::new(self.builtin.reset()?),
+            work,
             self.per_row.clone(),
             Arc::clone(&self.schema),
         )))
@@ -388,7 +494,7 @@ impl ExecutionPlan for LateralBuiltinExec {
             )));
         }
         let input = Arc::clone(&self.input);
-        let builtin = Arc::clone(&self.builtin);
+        let work = self.work.clone();
         let per_row = self.per_row.clone();
         let schema = Arc::clone(&self.schema);
         let metrics = self.metrics.clone();
@@ -407,14 +513,13 @@ impl ExecutionPlan for LateralBuiltinExec {
                         ErrorKind::DatatypeMismatch,
                         format!(
                             "LATERAL {}: {name} => {written} must be a number: {err}",
-                            builtin.call()
+                            work.call()
                         ),
                     )
                 })?;
                 values.push((*name, written.clone(), v));
             }
-            let (mats, reservation) = builtin.compute_jobs(Arc::clone(&context), &metrics).await?;
-            let parfor = builtin.parfor();
+            let parfor = work.parfor();
             let workers = parfor.workers.clamp(1, n.max(1));
             let scheme = parfor.scheme.unwrap_or_else(|| Scheme::auto(n, workers));
             // Concurrent rows compute on one thread each; a single row may use every
@@ -430,43 +535,50 @@ impl ExecutionPlan for LateralBuiltinExec {
             } else {
                 (Par::rayon(0), parfor)
             };
-            let call = builtin.call_arc();
             let elapsed = MetricBuilder::new(&metrics).elapsed_compute(0);
             let timer = elapsed.timer();
-            let (outputs, report) = tokio::task::spawn_blocking(move || {
-                tessera_storage::kernels::cpu_pool().install(|| {
-                    parfor::run(n, workers, scheme, |r| {
-                        let mut numbers = Vec::with_capacity(values.len());
-                        for (name, written, v) in &values {
-                            let v = v
-                                .as_any()
-                                .downcast_ref::<Float64Array>()
-                                .filter(|v| v.is_valid(r))
-                                .map(|v| v.value(r));
-                            let Some(v) = v else {
-                                return Err(tessera_error(
-                                    ErrorKind::DataException,
-                                    format!("LATERAL {call}: row {r}: {name} => {written} is NULL"),
-                                ));
-                            };
-                            numbers.push((*name, v));
-                        }
-                        let shown: Vec<String> =
-                            numbers.iter().map(|(n, v)| format!("{n} = {v}")).collect();
-                        let row_call = call.with_numbers(&numbers).map_err(|e| {
-                            e.context(format!("LATERAL {call}: row {r} ({})", shown.join(", ")))
-                        })?;
-                        row_call
-                            .finish(&mats, &inner, par)
-                            .map(|f| f.batch)
-                            .map_err(|e| {
-                                e.context(format!("LATERAL {call}: row {r} ({})", shown.join(", ")))
+            let (outputs, report) = match &work {
+                Work::Shared(builtin) => {
+                    let (mats, reservation) =
+                        builtin.compute_jobs(Arc::clone(&context), &metrics).await?;
+                    let call = builtin.call_arc();
+                    let out = tokio::task::spawn_blocking(move || {
+                        tessera_storage::kernels::cpu_pool().install(|| {
+                            parfor::run(n, workers, scheme, |r| {
+                                let (numbers, shown) = row_numbers(&values, r, &call)?;
+                                let row_call = call.with_numbers(&numbers, true).map_err(|e| {
+                                    e.context(format!("LATERAL {call}: row {r} ({shown})"))
+                                })?;
+                                row_call
+                                    .finish(&mats, &inner, par)
+                                    .map(|f| f.batch)
+                                    .map_err(|e| {
+                                        e.context(format!("LATERAL {call}: row {r} ({shown})"))
+                                    })
                             })
+                        })
                     })
-                })
-            })
-            .await
-            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+                    .await
+                    .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    drop(reservation);
+                    out?
+                }
+                Work::PerRow(call) => {
+                    let mut outer = Vec::with_capacity(call.outer.len());
+                    for (c, e) in &call.outer {
+                        outer.push((c.clone(), e.evaluate(&rows)?.into_array(n)?));
+                    }
+                    let (values, outer, metrics) = (&values, &outer, &metrics);
+                    parfor::run_async(n, workers, scheme, |r| {
+                        let context = Arc::clone(&context);
+                        async move {
+                            call.run_row(r, values, outer, context, metrics, inner, par)
+                                .await
+                        }
+                    })
+                    .await?
+                }
+            };
             timer.done();
             record_report(&metrics, &report);
             // Row r's output rows, after copies of row r.
@@ -479,15 +591,85 @@ impl ExecutionPlan for LateralBuiltinExec {
             for c in rows.columns() {
                 columns.push(take(c.as_ref(), &index, None)?);
             }
-            let call_schema = output_schema(&builtin.call_name());
+            let call_schema = output_schema(&work.call_name());
             let results = concat_batches(&call_schema, &outputs)?;
             columns.extend(results.columns().iter().cloned());
-            drop(reservation);
             Ok(RecordBatch::try_new(Arc::clone(&schema), columns)?)
         };
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             futures::stream::once(fut),
         )))
+    }
+}
+
+/// Row `r`'s per-row numbers, and them as text for messages; a NULL is an error naming
+/// the row.
+fn row_numbers(
+    values: &RowValues,
+    r: usize,
+    call: &impl fmt::Display,
+) -> Result<(Vec<(&'static str, f64)>, String)> {
+    let mut numbers = Vec::with_capacity(values.len());
+    for (name, written, v) in values {
+        let v = v
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .filter(|v| v.is_valid(r))
+            .map(|v| v.value(r));
+        let Some(v) = v else {
+            return Err(tessera_error(
+                ErrorKind::DataException,
+                format!("LATERAL {call}: row {r}: {name} => {written} is NULL"),
+            ));
+        };
+        numbers.push((*name, v));
+    }
+    let shown: Vec<String> = numbers.iter().map(|(n, v)| format!("{n} = {v}")).collect();
+    Ok((numbers, shown.join(", ")))
+}
+
+impl PerRowCall {
+    /// Row `r`'s task: the call with the row's values in its subqueries and its
+    /// numbers, planned, its jobs computed (charged to the pool while it runs), and its
+    /// in-memory step run on the CPU pool.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_row(
+        &self,
+        r: usize,
+        values: &RowValues,
+        outer: &[(Column, ArrayRef)],
+        context: Arc<TaskContext>,
+        metrics: &ExecutionPlanMetricsSet,
+        inner: ParforSettings,
+        par: Par,
+    ) -> Result<RecordBatch> {
+        let written = self.table.call_text();
+        let (numbers, mut shown) = row_numbers(values, r, &written)?;
+        let mut bound = Vec::with_capacity(outer.len());
+        for (c, a) in outer {
+            let v = ScalarValue::try_from_array(a.as_ref(), r)?;
+            if !shown.is_empty() {
+                shown.push_str(", ");
+            }
+            shown.push_str(&format!("{c} = {v}"));
+            bound.push((c.clone(), v));
+        }
+        let named = |e: DataFusionError| e.context(format!("LATERAL {written}: row {r} ({shown})"));
+        let run = async {
+            let table = self.table.for_row(&bound, &numbers)?;
+            let exec = table.scan_call(&self.state).await?;
+            let (mats, reservation) = exec.compute_jobs(context, metrics).await?;
+            let call = exec.call_arc();
+            let batch = tokio::task::spawn_blocking(move || {
+                tessera_storage::kernels::cpu_pool()
+                    .install(|| call.finish(&mats, &inner, par).map(|f| f.batch))
+            })
+            .await
+            .map_err(|e| DataFusionError::External(Box::new(e)))??;
+            drop(reservation);
+            Ok(batch)
+        };
+        run.await.map_err(named)
     }
 }

@@ -16,6 +16,11 @@
 //!                                  cross join into it)
 //!   -> LateralBuiltinExec          the jobs once, then one parfor task per row of p
 //!
+//! FROM g, LATERAL lm((SELECT i, j, v FROM obs WHERE obs.grp = g.grp), ...)
+//!   -> LateralBuiltinPerRowExec    one parfor task per row of g: the row's values bound
+//!                                  in the subqueries, the call planned and its jobs
+//!                                  computed in the task (BuiltinTable::for_row)
+//!
 //! SELECT g, lm_fit(y, ARRAY[x1, x2]) FROM t GROUP BY g
 //!   -> fit::LmFit                  an aggregate: the normal equations' sums per group,
 //!                                  one solve per group in the final aggregate

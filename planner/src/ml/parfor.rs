@@ -124,14 +124,7 @@ pub fn run<T: Send>(
     scheme: Scheme,
     task: impl Fn(usize) -> Result<T> + Sync,
 ) -> Result<(Vec<T>, ParforReport)> {
-    let workers = workers.clamp(1, n.max(1));
-    let chunks = scheme.chunks(n, workers);
-    let mut starts = Vec::with_capacity(chunks.len());
-    let mut at = 0;
-    for c in &chunks {
-        starts.push((at, *c));
-        at += c;
-    }
+    let (workers, chunks, starts) = chunked(n, workers, scheme);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<(usize, Result<T>)>> = Mutex::new(Vec::with_capacity(n));
@@ -185,9 +178,87 @@ pub fn run<T: Send>(
             }
         });
     }
-    let mut all = results
+    let all = results
         .into_inner()
         .map_err(|_| DataFusionError::Internal("a parfor worker panicked".into()))?;
+    Ok((in_order(n, all)?, report))
+}
+
+/// Runs the futures `task(0..n)` on `workers` concurrent pullers, chunked by `scheme`,
+/// as [`run`] does with threads: for tasks that wait on other operators (a subquery
+/// each) and hand their computing to the CPU pool. Results come back in task order;
+/// the first failing task fails the run, named by its index.
+pub async fn run_async<T, F, Fut>(
+    n: usize,
+    workers: usize,
+    scheme: Scheme,
+    task: F,
+) -> Result<(Vec<T>, ParforReport)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let (workers, chunks, starts) = chunked(n, workers, scheme);
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let work = || async {
+        let mut local = Vec::new();
+        let mut busy = Duration::ZERO;
+        'pull: loop {
+            if failed.load(Ordering::Relaxed) {
+                break;
+            }
+            let c = next.fetch_add(1, Ordering::Relaxed);
+            let Some(&(start, len)) = starts.get(c) else {
+                break;
+            };
+            let t0 = Instant::now();
+            for t in start..start + len {
+                let r = task(t).await;
+                let bad = r.is_err();
+                local.push((t, r));
+                if bad {
+                    failed.store(true, Ordering::Relaxed);
+                    busy += t0.elapsed();
+                    break 'pull;
+                }
+            }
+            busy += t0.elapsed();
+        }
+        (local, busy)
+    };
+    let done = futures::future::join_all((0..workers).map(|_| work())).await;
+    let mut report = ParforReport {
+        tasks: vec![0; workers],
+        busy: vec![Duration::ZERO; workers],
+        chunks,
+    };
+    let mut all = Vec::with_capacity(n);
+    for (w, (local, busy)) in done.into_iter().enumerate() {
+        report.tasks[w] = local.len();
+        report.busy[w] = busy;
+        all.extend(local);
+    }
+    Ok((in_order(n, all)?, report))
+}
+
+/// The workers used for `n` tasks (at most one per task), the chunk sizes, and each
+/// chunk's `(first task, length)`.
+fn chunked(n: usize, workers: usize, scheme: Scheme) -> (usize, Vec<usize>, Vec<(usize, usize)>) {
+    let workers = workers.clamp(1, n.max(1));
+    let chunks = scheme.chunks(n, workers);
+    let mut starts = Vec::with_capacity(chunks.len());
+    let mut at = 0;
+    for c in &chunks {
+        starts.push((at, *c));
+        at += c;
+    }
+    (workers, chunks, starts)
+}
+
+/// The results `all` (tagged by task) in task order, or the lowest failing task's
+/// error, named by its index.
+fn in_order<T>(n: usize, mut all: Vec<(usize, Result<T>)>) -> Result<Vec<T>> {
     all.sort_by_key(|(t, _)| *t);
     if let Some(pos) = all.iter().position(|(_, r)| r.is_err()) {
         let (t, r) = all.swap_remove(pos);
@@ -202,10 +273,7 @@ pub fn run<T: Send>(
             all.len()
         )));
     }
-    Ok((
-        all.into_iter().filter_map(|(_, r)| r.ok()).collect(),
-        report,
-    ))
+    Ok(all.into_iter().filter_map(|(_, r)| r.ok()).collect())
 }
 
 #[cfg(test)]

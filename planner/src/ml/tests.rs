@@ -782,6 +782,145 @@ async fn lateral_calls_refuse_what_they_cannot_run() {
     assert_eq!(n.value(0), 6);
 }
 
+#[tokio::test]
+async fn lateral_calls_with_subqueries_over_the_row_fit_one_model_per_group() {
+    let store = Store::in_memory();
+    let ctx = session(&store);
+    // Groups of different sizes, each with its own rows 0..n_g of x (3 columns) and y.
+    let sizes = [14usize, 25, 9, 18];
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    let (mut x_cells, mut y_cells) = (Vec::new(), Vec::new());
+    for (g, &n) in sizes.iter().enumerate() {
+        let x = data(n, 3, 40 + g as u64);
+        let y = data(n, 1, 50 + g as u64);
+        for (r, (xr, yr)) in x.iter().zip(&y).enumerate() {
+            for (c, v) in xr.iter().enumerate() {
+                x_cells.push(format!("({g}, {r}, {c}, {v})"));
+            }
+            y_cells.push(format!("({g}, {r}, 0, {})", yr[0]));
+        }
+        xs.push(x);
+        ys.push(y);
+    }
+    let with = format!(
+        "WITH obs(g, i, j, v) AS (VALUES {}), resp(g, i, j, v) AS (VALUES {})",
+        x_cells.join(", "),
+        y_cells.join(", ")
+    );
+    // The lambda comes from the row too: 0.5 times the group number.
+    let sql = format!(
+        "{with} SELECT p.g, m.i, m.v FROM (VALUES (0), (1), (2), (3)) AS p(g), \
+         LATERAL lm((SELECT i, j, v FROM obs WHERE obs.g = p.g), \
+                    (SELECT i, j, v FROM resp WHERE resp.g = p.g), \
+                    lambda => p.g * 0.5, intercept => 1) m ORDER BY p.g, m.i"
+    );
+    for (scheme, workers) in [("auto", 2), ("naive", 2), ("factoring", 3), ("auto", 1)] {
+        run(&ctx, &format!("SET parfor.scheme = '{scheme}'"))
+            .await
+            .unwrap();
+        run(&ctx, &format!("SET parfor.workers = {workers}"))
+            .await
+            .unwrap();
+        let got = matrix(&ctx, &sql, sizes.len(), 4).await;
+        for g in 0..sizes.len() {
+            let xa = with_ones(&xs[g]);
+            let mut a = mm(&t(&xa), &xa);
+            for (d, row) in a.iter_mut().enumerate().take(3) {
+                row[d] += 0.5 * g as f64;
+            }
+            let b: Vec<f64> = mm(&t(&xa), &ys[g]).iter().map(|r| r[0]).collect();
+            close(
+                &vec![got[g].clone()],
+                &vec![naive_solve(&a, &b)],
+                1e-8,
+                &format!("{scheme}/{workers}: group {g}"),
+            );
+        }
+    }
+    run(&ctx, "SET parfor.scheme = 'auto'").await.unwrap();
+    run(&ctx, "SET parfor.workers = 2").await.unwrap();
+    // EXPLAIN says the call is planned per row, over which outer column.
+    let plan = run(&ctx, &format!("EXPLAIN {sql}")).await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("LateralBuiltinPerRowExec: lm(")
+            && text.contains("per row: lambda = p.g * Float64(0.5), subqueries over p.g jobs planned and computed per row"),
+        "{text}"
+    );
+    // One parfor task per group.
+    let analyzed = run(&ctx, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&analyzed)
+        .unwrap()
+        .to_string();
+    let tasks: usize = text
+        .split("parfor_tasks=")
+        .skip(1)
+        .filter_map(|c| {
+            c.chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(tasks, sizes.len(), "{text}");
+    // A group with no rows fails the statement, naming its row and value.
+    let e = error(
+        &ctx,
+        &format!(
+            "{with} SELECT * FROM (VALUES (1), (7)) AS p(g), \
+             LATERAL lm((SELECT i, j, v FROM obs WHERE obs.g = p.g), \
+                        (SELECT i, j, v FROM resp WHERE resp.g = p.g)) m"
+        ),
+    )
+    .await;
+    assert!(e.to_string().contains("row 1 (p.g = 7)"), "{e}");
+    // k-means per group, k from the row: group g's g + 1 centroids; with k = 1 the
+    // centroid is the group's column means.
+    let sql = format!(
+        "{with} SELECT p.g, m.i, m.j, m.v FROM (VALUES (0), (1), (2)) AS p(g), \
+         LATERAL kmeans((SELECT i, j, v FROM obs WHERE obs.g = p.g), p.g + 1, seed => 3) m \
+         ORDER BY p.g, m.i, m.j"
+    );
+    let batches = run(&ctx, &sql).await.unwrap();
+    let mut centroids = vec![Vec::<Vec<f64>>::new(); 3];
+    for b in &batches {
+        let g = b.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        let i = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+        let v = b.column(3).as_any().downcast_ref::<Float64Array>().unwrap();
+        for r in 0..b.num_rows() {
+            let c = &mut centroids[g.value(r) as usize];
+            let i = i.value(r) as usize;
+            if c.len() <= i {
+                c.resize(i + 1, Vec::new());
+            }
+            c[i].push(v.value(r));
+        }
+    }
+    for (g, c) in centroids.iter().enumerate() {
+        assert_eq!(c.len(), g + 1, "group {g}: {c:?}");
+    }
+    let n0 = sizes[0] as f64;
+    let mean: Vec<f64> = (0..3)
+        .map(|j| xs[0].iter().map(|r| r[j]).sum::<f64>() / n0)
+        .collect();
+    close(&centroids[0], &vec![mean], 1e-10, "k = 1 centroid");
+    // A call nested in the LATERAL one may not read the row.
+    let e = error(
+        &ctx,
+        &format!(
+            "{with} SELECT * FROM (VALUES (1)) AS p(g), \
+             LATERAL kmeans_predict((SELECT i, j, v FROM obs WHERE obs.g = p.g), \
+                 kmeans((SELECT i, j, v FROM obs WHERE obs.g = p.g), 2)) m"
+        ),
+    )
+    .await;
+    assert_eq!(kind(&e), Some(ErrorKind::FeatureNotSupported), "{e}");
+}
+
 /// `(VALUES ...)` rows `(g, y, x1, x2, x3)` for `rows`, the group of row r being `r % groups`.
 fn group_rows(x: &M, y: &M, rows: std::ops::Range<usize>, groups: usize) -> String {
     let rows: Vec<String> = rows
