@@ -123,6 +123,10 @@ for k, lam in enumerate(lambdas):
     lr = LogisticRegression(C=1 / lam, tol=1e-12, max_iter=10000).fit(cx, cy)
     close(f'lateral_logreg[{k}]', L('lateral_logreg_out')[k],
           np.concatenate([lr.coef_.ravel(), lr.intercept_]), rtol=1e-5, atol=1e-6)
+# One ridge fit per group of rows, the group's rows chosen by a subquery over the row.
+for k, (lo, hi) in enumerate([(0, 150), (150, 330), (330, 500)]):
+    r = Ridge(alpha=1.0, fit_intercept=True, solver='cholesky').fit(x[lo:hi], y[lo:hi])
+    close(f'per_group_lm[{k}]', L('per_group_lm_out')[k], np.concatenate([r.coef_.ravel(), r.intercept_]))
 print('\n'.join(bad) or 'ok')
 "#;
 
@@ -282,6 +286,18 @@ fn every_builtin_matches_numpy_and_scikit_learn() {
     script.push_str(&format!(
         "COPY (SELECT s.k, m.i, m.v FROM sweep s, LATERAL logreg(cx, cy, lambda => s.lambda, tol => 1e-13) m WHERE m.j = 1 AND m.i < 7) TO '{}';\n",
         p("lateral_logreg_out.npy")
+    ));
+    // One fit per group of x's rows: a LATERAL call whose subqueries read the group.
+    script.push_str(
+        "CREATE TABLE parts (k BIGINT, lo BIGINT, hi BIGINT);\n\
+         INSERT INTO parts VALUES (0, 0, 150), (1, 150, 330), (2, 330, 500);\n",
+    );
+    script.push_str(&format!(
+        "COPY (SELECT g.k, m.i, m.v FROM parts g, LATERAL lm(\
+         (SELECT i - g.lo AS i, j, v FROM x WHERE i >= g.lo AND i < g.hi), \
+         (SELECT i - g.lo AS i, j, v FROM y WHERE i >= g.lo AND i < g.hi), \
+         lambda => 1.0, intercept => 1) m) TO '{}';\n",
+        p("per_group_lm_out.npy")
     ));
     run_script(&d.join("db"), &script);
     let verdict = python::run(d, CHECK);
