@@ -23,7 +23,7 @@ use super::exec::{BuiltinTable, ParforSettings};
 use super::kmeans::{self, KmeansParams};
 use super::linear::{self, LM_DIRECT_MAX_COLS, LmParams, LmSolver};
 use super::panels::RowPanels;
-use super::parfor::ParforReport;
+use super::parfor::{ParforReport, TaskCost};
 use super::stats;
 use crate::error::{ErrorKind, tessera_error};
 use crate::la::{BlockMatrix, LaNode, MatExpr, Op, Output, Reduction, cells_schema};
@@ -706,11 +706,71 @@ pub(crate) struct Finished {
 }
 
 impl Call {
-    /// The independent tasks it runs, when known at planning time (k-means runs).
-    pub(crate) fn tasks(&self) -> Option<usize> {
+    /// The independent tasks it runs and what each costs, when known at planning time
+    /// (k-means runs, over an `x` of shape `x`).
+    pub(crate) fn tasks(&self, x: Option<(u64, u64)>) -> Option<(usize, TaskCost)> {
         match &self.builtin {
-            Builtin::Kmeans(p) => Some(p.runs),
+            Builtin::Kmeans(p) => {
+                let cost = x.map_or(
+                    TaskCost {
+                        uniform: true,
+                        ..TaskCost::default()
+                    },
+                    |(n, d)| kmeans::run_cost(n as usize, d as usize, p),
+                );
+                Some((p.runs, cost))
+            }
             _ => None,
+        }
+    }
+
+    /// What this call costs as one task of a `LATERAL` run, its jobs' results `mats`
+    /// at hand: rough operation and byte counts of its in-memory step, from the shapes.
+    pub(crate) fn task_cost(&self, mats: &[BlockMatrix]) -> TaskCost {
+        let (r, c) = mats
+            .first()
+            .map_or((0.0, 0.0), |m| (m.rows as f64, m.cols as f64));
+        let (flops, memory, uniform) = match &self.builtin {
+            // x' x is c x c: a Cholesky solve.
+            Builtin::Lm(p) if p.solver != LmSolver::Cg => {
+                (c * c * c / 3.0, 2.0 * c * c * 8.0, true)
+            }
+            Builtin::Lm(p) => {
+                let iters = if p.max_iter == 0 {
+                    c
+                } else {
+                    p.max_iter as f64
+                };
+                (iters * 4.0 * r * c, 3.0 * r * 8.0, false)
+            }
+            // A p x p eigen-decomposition or scaling.
+            Builtin::Cov | Builtin::Cor { .. } | Builtin::Pca { .. } => {
+                (10.0 * c * c * c, 3.0 * c * c * 8.0, true)
+            }
+            Builtin::Kmeans(p) => {
+                let run = kmeans::run_cost(r as usize, c as usize, p);
+                (
+                    p.runs as f64 * run.flops.unwrap_or(0.0),
+                    run.memory.unwrap_or(0) as f64,
+                    false,
+                )
+            }
+            Builtin::Logreg(f) | Builtin::L2svm(f) => {
+                let q = c as usize + usize::from(f.intercept);
+                let fit = classify::newton_cost(r as usize, q, f);
+                (
+                    fit.flops.unwrap_or(0.0),
+                    fit.memory.unwrap_or(0) as f64,
+                    false,
+                )
+            }
+            // One pass over x.
+            _ => (2.0 * r * c, r * 16.0, true),
+        };
+        TaskCost {
+            flops: Some(flops),
+            memory: Some(memory as u64),
+            uniform,
         }
     }
 
@@ -779,6 +839,9 @@ impl Call {
             }
             Builtin::Lm(p) => {
                 let n = row_count(mats)?;
+                if n == 0 {
+                    return Err(data_error("lm: x has no rows"));
+                }
                 let xtx = gather(&mats[0], None)?;
                 let xty = gather(&mats[1], Some(xtx.nrows()))?;
                 if xty.ncols() != 1 {
@@ -802,9 +865,6 @@ impl Call {
                 } else {
                     (Mat::zeros(1, xtx.ncols()), 0.0)
                 };
-                if n == 0 {
-                    return Err(data_error("lm: x has no rows"));
-                }
                 cells(linear::lm_direct(p, xtx, xty, xsum.as_ref(), ysum, n)?.as_ref())
             }
             Builtin::LmPredict => {
@@ -872,7 +932,7 @@ impl Call {
             Builtin::Kmeans(p) => {
                 let x = RowPanels::new(&mats[0], self.rows.map(|r| r as usize));
                 x.check_finite(name, "x")?;
-                let (c, _, r) = kmeans::kmeans(&x, p, parfor.scheme, parfor.workers)?;
+                let (c, _, r) = kmeans::kmeans(&x, p, parfor)?;
                 report = Some(r);
                 cells(c.as_ref())
             }
@@ -912,7 +972,7 @@ impl Call {
                 let x = RowPanels::new(&mats[0], self.rows.map(|r| r as usize));
                 let y = gather(&mats[1], Some(x.nrows()))?;
                 check_y(name, (x.nrows(), x.ncols()), &y)?;
-                let (m, r) = classify::l2svm(&x, y.as_ref(), f, parfor.scheme, parfor.workers)?;
+                let (m, r) = classify::l2svm(&x, y.as_ref(), f, parfor)?;
                 report = r;
                 cells(m.as_ref())
             }

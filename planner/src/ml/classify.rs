@@ -13,8 +13,9 @@ use datafusion::common::Result;
 use faer::{Mat, MatRef, Par};
 
 use super::dense::{check_finite, data_error, mm, parameter_error, spd_solve, tmm};
+use super::exec::ParforSettings;
 use super::panels::RowPanels;
-use super::parfor::{self, ParforReport, Scheme};
+use super::parfor::{self, ParforReport, TaskCost};
 
 /// Parameters shared by `logreg` and `l2svm`.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -403,8 +404,7 @@ pub(crate) fn l2svm(
     x: &RowPanels,
     y: MatRef<'_, f64>,
     f: &FitParams,
-    scheme: Option<Scheme>,
-    workers: usize,
+    parfor: &ParforSettings,
 ) -> Result<(Mat<f64>, Option<ParforReport>)> {
     x.check_finite("l2svm", "x")?;
     let (labels, index) = classes("l2svm", y)?;
@@ -424,19 +424,29 @@ pub(crate) fn l2svm(
             .collect()
     };
     if k == 2 {
-        let w = svm_binary(x, &signs(1), f, Par::rayon(0))?;
+        let w = svm_binary(x, &signs(1), f, parfor::threads(parfor.cores))?;
         let weights = Mat::from_fn(q, 2, |j, c| if c == 1 { w[j] } else { -w[j] });
         return Ok((model(&weights, p, f.intercept, &labels), None));
     }
-    let workers = workers.clamp(1, k);
-    let scheme = scheme.unwrap_or_else(|| Scheme::auto(k, workers));
-    let par = if workers > 1 { Par::Seq } else { Par::rayon(0) };
-    let (columns, report) = parfor::run(k, workers, scheme, |c| {
+    let plan = parfor.plan(k, newton_cost(x.nrows(), q, f));
+    let par = plan.par();
+    let (columns, report) = parfor::run(k, &plan, |c| {
         svm_binary(x, &signs(c), f, par)
             .map_err(|e| e.context(format!("l2svm: class {} against the rest", labels[c])))
     })?;
     let weights = Mat::from_fn(q, k, |j, c| columns[c][j]);
     Ok((model(&weights, p, f.intercept, &labels), Some(report)))
+}
+
+/// What one fit by Newton's method costs the optimizer: a Gram pass of `n q^2`
+/// multiply-adds per step (about 20 steps at most in practice), the scores, weights and
+/// residuals of the rows held.
+pub(crate) fn newton_cost(n: usize, q: usize, f: &FitParams) -> TaskCost {
+    TaskCost {
+        flops: Some(f.max_iter.clamp(1, 20) as f64 * (n * q * q) as f64),
+        memory: Some((n * 32 + q * q * 8) as u64),
+        uniform: true,
+    }
 }
 
 /// One binary problem (`ys` the rows' signs) by Newton's method over the blocks of

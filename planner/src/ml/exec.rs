@@ -27,16 +27,21 @@ use datafusion::physical_plan::{
 
 use super::ParforConfig;
 use super::call::{Call, output_schema, plan_jobs};
-use super::parfor::{ParforReport, Scheme};
+use super::parfor::{ParforReport, RunPlan, Scheme, TaskCost};
 use crate::la::{BlockMatrix, MatExpr, Op, Pinned};
 
-/// How a call's independent tasks (k-means runs, one-vs-rest SVMs) are scheduled.
+/// How a call's independent tasks (k-means runs, one-vs-rest SVMs, `LATERAL` rows)
+/// are scheduled: what the session forces, and what the optimizer plans with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParforSettings {
     /// A forced scheme, or `None` for the optimizer's choice.
     pub scheme: Option<Scheme>,
-    /// Worker threads.
-    pub workers: usize,
+    /// Forced worker count (`parfor.workers` > 0), or `None` for the optimizer's.
+    pub workers: Option<usize>,
+    /// Threads the tasks may use in all.
+    pub cores: usize,
+    /// Bytes left in the memory pool when the run starts, when it has a limit.
+    pub free: Option<u64>,
 }
 
 impl ParforSettings {
@@ -53,17 +58,41 @@ impl ParforSettings {
         {
             cfg.scheme = t.parfor_scheme.clone();
         }
-        let workers = if cfg.workers == 0 {
-            tessera_storage::kernels::cpu_pool()
-                .current_num_threads()
-                .max(1)
-        } else {
-            cfg.workers
-        };
         Ok(Self {
             scheme: Scheme::parse(&cfg.scheme, cfg.task_size)?,
-            workers,
+            workers: (cfg.workers > 0).then_some(cfg.workers),
+            cores: tessera_storage::kernels::cpu_pool()
+                .current_num_threads()
+                .max(1),
+            free: None,
         })
+    }
+
+    /// The same settings with the free memory of `context`'s pool.
+    pub(crate) fn with_pool(self, context: &TaskContext) -> Self {
+        use datafusion::execution::memory_pool::MemoryLimit;
+        let pool = context.memory_pool();
+        let free = match pool.memory_limit() {
+            MemoryLimit::Finite(limit) => Some(limit.saturating_sub(pool.reserved()) as u64),
+            _ => None,
+        };
+        Self { free, ..self }
+    }
+
+    /// The plan for `n` tasks costing `cost` each.
+    pub fn plan(&self, n: usize, cost: TaskCost) -> RunPlan {
+        RunPlan::choose(n, cost, self.cores, self.free, self.scheme, self.workers)
+    }
+
+    /// The settings for the tasks of a task run by `plan` (k-means runs inside a
+    /// `LATERAL` row): the threads that task has.
+    pub fn inside(&self, plan: &RunPlan) -> Self {
+        Self {
+            workers: if plan.workers > 1 { None } else { self.workers },
+            cores: plan.threads,
+            free: self.free.map(|f| f / plan.workers.max(1) as u64),
+            ..*self
+        }
     }
 }
 
@@ -295,6 +324,7 @@ pub struct BuiltinExec {
     schema: SchemaRef,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    ran: Ran,
 }
 
 impl BuiltinExec {
@@ -329,6 +359,7 @@ impl BuiltinExec {
             schema,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
+            ran: Ran::default(),
         })
     }
 
@@ -458,8 +489,15 @@ impl BuiltinExec {
     }
 }
 
-/// A parfor run's tasks and busy time per worker, as `parfor_tasks` and `parfor_busy`.
-pub(crate) fn record_report(metrics: &ExecutionPlanMetricsSet, report: &ParforReport) {
+/// The plan a parfor run ran, for EXPLAIN ANALYZE (empty until a run).
+pub(crate) type Ran = Arc<std::sync::Mutex<Option<String>>>;
+
+/// A parfor run's tasks and busy time per worker, as `parfor_tasks` and `parfor_busy`,
+/// and the plan it ran in `ran`.
+pub(crate) fn record_report(metrics: &ExecutionPlanMetricsSet, ran: &Ran, report: &ParforReport) {
+    if let Ok(mut ran) = ran.lock() {
+        *ran = Some(report.plan.clone());
+    }
     for (w, (tasks, busy)) in report.tasks.iter().zip(&report.busy).enumerate() {
         MetricBuilder::new(metrics)
             .with_new_label("worker", w.to_string())
@@ -476,23 +514,15 @@ impl DisplayAs for BuiltinExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
         let jobs: Vec<String> = self.jobs.iter().map(|j| j.expr.to_string()).collect();
         write!(f, "BuiltinExec: {} jobs=[{}]", self.call, jobs.join(", "))?;
-        if let Some(tasks) = self.call.tasks() {
-            let workers = self.parfor.workers.clamp(1, tasks.max(1));
-            let scheme = self
-                .parfor
-                .scheme
-                .unwrap_or_else(|| Scheme::auto(tasks, workers));
-            let chunks: Vec<String> = scheme
-                .chunks(tasks, workers)
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
-            write!(
-                f,
-                " parfor: scheme={} workers={workers} tasks={tasks} chunks=[{}] local",
-                scheme.name(),
-                chunks.join(",")
-            )?;
+        let x = self.jobs.first().and_then(|j| j.shape);
+        if let Some((tasks, cost)) = self.call.tasks(x) {
+            let plan = self.parfor.plan(tasks, cost).describe(tasks);
+            write!(f, " parfor: {plan} local")?;
+        }
+        if let Ok(ran) = self.ran.lock()
+            && let Some(ran) = ran.as_ref()
+        {
+            write!(f, " ran: {ran}")?;
         }
         Ok(())
     }
@@ -553,9 +583,10 @@ impl ExecutionPlan for BuiltinExec {
         }
         let call = Arc::clone(&self.call);
         let jobs = self.compute_jobs(Arc::clone(&context), &self.metrics);
-        let parfor = self.parfor;
+        let parfor = self.parfor.with_pool(&context);
         let projection = self.projection.clone();
         let metrics = self.metrics.clone();
+        let ran = Arc::clone(&self.ran);
         let schema = Arc::clone(&self.schema);
         let fut = async move {
             let (mats, reservation) = jobs.await?;
@@ -569,7 +600,7 @@ impl ExecutionPlan for BuiltinExec {
             .map_err(|e| DataFusionError::External(Box::new(e)))??;
             timer.done();
             if let Some(report) = &finished.report {
-                record_report(&metrics, report);
+                record_report(&metrics, &ran, report);
             }
             drop(reservation);
             let batch = finished.batch;

@@ -5,8 +5,9 @@ use datafusion::common::Result;
 use faer::{Mat, MatRef, Par};
 
 use super::dense::{SplitMix, mm, parameter_error};
+use super::exec::ParforSettings;
 use super::panels::RowPanels;
-use super::parfor::{self, ParforReport, Scheme};
+use super::parfor::{self, ParforReport, TaskCost};
 
 /// `kmeans`'s parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,8 +30,7 @@ pub struct KmeansParams {
 pub(crate) fn kmeans(
     x: &RowPanels,
     p: &KmeansParams,
-    scheme: Option<Scheme>,
-    workers: usize,
+    parfor: &ParforSettings,
 ) -> Result<(Mat<f64>, f64, ParforReport)> {
     let n = x.nrows();
     if p.k == 0 || p.k > n {
@@ -39,13 +39,12 @@ pub(crate) fn kmeans(
             p.k
         )));
     }
-    let workers = workers.clamp(1, p.runs.max(1));
-    let scheme = scheme.unwrap_or_else(|| Scheme::auto(p.runs, workers));
-    // Runs already fill the workers; a single run may use every core in its passes.
-    let par = if workers > 1 { Par::Seq } else { Par::rayon(0) };
-    let (norms, variance) = row_norms_and_variance(x, par)?;
+    // Runs side by side share the cores; a run alone may use every core in its passes.
+    let plan = parfor.plan(p.runs, run_cost(n, x.ncols(), p));
+    let par = plan.par();
+    let (norms, variance) = row_norms_and_variance(x, parfor::threads(parfor.cores))?;
     let tol = p.tol * variance;
-    let (runs, report) = parfor::run(p.runs, workers, scheme, |r| {
+    let (runs, report) = parfor::run(p.runs, &plan, |r| {
         one_run(x, &norms, p, tol, p.seed.wrapping_add(r as u64), par)
     })?;
     let best = runs
@@ -53,6 +52,16 @@ pub(crate) fn kmeans(
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .ok_or_else(|| parameter_error("kmeans: runs must be at least 1"))?;
     Ok((best.0, best.1, report))
+}
+
+/// What one run of k-means costs the optimizer: `max_iter` Lloyd passes of `n k d`
+/// multiply-adds (distances, then the update), its labels and distances held.
+pub(crate) fn run_cost(n: usize, d: usize, p: &KmeansParams) -> TaskCost {
+    TaskCost {
+        flops: Some(p.max_iter.max(1) as f64 * 3.0 * (n * p.k * d) as f64),
+        memory: Some((n * 16 + p.k * d * 16) as u64),
+        uniform: true,
+    }
 }
 
 /// Each row's squared norm, and the mean of the columns' variances.

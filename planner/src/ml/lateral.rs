@@ -42,6 +42,7 @@ use datafusion::optimizer::AnalyzerRule;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
+use datafusion::physical_plan::statistics::{StatisticsArgs, StatisticsContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -50,8 +51,8 @@ use datafusion::physical_plan::{
 use faer::Par;
 
 use super::call::{PlannedCall, output_schema};
-use super::exec::{BuiltinExec, BuiltinTable, ParforSettings, record_report};
-use super::parfor::{self, Scheme};
+use super::exec::{BuiltinExec, BuiltinTable, ParforSettings, Ran, record_report};
+use super::parfor::{self, Scheme, TaskCost};
 use crate::error::{ErrorKind, tessera_error};
 
 /// A `LATERAL` builtin call with per-row arguments: before [`LateralCalls`] runs, the
@@ -340,6 +341,15 @@ impl Work {
             Work::PerRow(p) => p.parfor,
         }
     }
+
+    /// What the optimizer knows of a row before the run: rows sharing their jobs do
+    /// alike work; rows with subqueries of their own are unknown.
+    fn planning_cost(&self) -> TaskCost {
+        TaskCost {
+            uniform: matches!(self, Work::Shared(_)),
+            ..TaskCost::default()
+        }
+    }
 }
 
 /// A builtin call run once per row of its input: one parfor task per row with that
@@ -355,6 +365,7 @@ pub struct LateralBuiltinExec {
     schema: SchemaRef,
     props: Arc<PlanProperties>,
     metrics: ExecutionPlanMetricsSet,
+    ran: Ran,
 }
 
 /// A per-row argument's name, its expression as written, and its values.
@@ -380,6 +391,7 @@ impl LateralBuiltinExec {
             schema,
             props: Arc::new(props),
             metrics: ExecutionPlanMetricsSet::new(),
+            ran: Ran::default(),
         }
     }
 }
@@ -391,10 +403,6 @@ impl DisplayAs for LateralBuiltinExec {
             .iter()
             .map(|(n, e, _)| format!("{n} = {e}"))
             .collect();
-        let parfor = self.work.parfor();
-        let scheme = parfor
-            .scheme
-            .map_or_else(|| "auto".to_string(), Scheme::name);
         let jobs = match &self.work {
             Work::Shared(b) => format!("jobs=[{}] shared", b.job_names().join(", ")),
             Work::PerRow(p) => {
@@ -403,14 +411,38 @@ impl DisplayAs for LateralBuiltinExec {
                 "jobs planned and computed per row".to_string()
             }
         };
+        // The plan for the rows the input's statistics promise; the one that ran after
+        // EXPLAIN ANALYZE.
+        let parfor = self.work.parfor();
+        let rows = StatisticsContext::new()
+            .compute(self.input.as_ref(), &StatisticsArgs::new())
+            .ok()
+            .and_then(|s| s.num_rows.get_value().copied());
+        let planned = match rows {
+            Some(n) => parfor.plan(n, self.work.planning_cost()).describe(n),
+            None => format!(
+                "scheme={} workers={} tasks=one per input row",
+                parfor
+                    .scheme
+                    .map_or_else(|| "auto".to_string(), Scheme::name),
+                parfor
+                    .workers
+                    .map_or_else(|| "auto".to_string(), |w| w.to_string())
+            ),
+        };
         write!(
             f,
-            "{}: {} per row: {} {jobs} parfor: scheme={scheme} workers={} tasks=one per input row local",
+            "{}: {} per row: {} {jobs} parfor: {planned} local",
             self.name(),
             self.work.call(),
             per_row.join(", "),
-            parfor.workers
-        )
+        )?;
+        if let Ok(ran) = self.ran.lock()
+            && let Some(ran) = ran.as_ref()
+        {
+            write!(f, " ran: {ran}")?;
+        }
+        Ok(())
     }
 }
 
@@ -498,6 +530,7 @@ impl ExecutionPlan for LateralBuiltinExec {
         let per_row = self.per_row.clone();
         let schema = Arc::clone(&self.schema);
         let metrics = self.metrics.clone();
+        let ran = Arc::clone(&self.ran);
         let fut = async move {
             let input_schema = input.schema();
             let batches = collect(input, Arc::clone(&context)).await?;
@@ -519,22 +552,7 @@ impl ExecutionPlan for LateralBuiltinExec {
                 })?;
                 values.push((*name, written.clone(), v));
             }
-            let parfor = work.parfor();
-            let workers = parfor.workers.clamp(1, n.max(1));
-            let scheme = parfor.scheme.unwrap_or_else(|| Scheme::auto(n, workers));
-            // Concurrent rows compute on one thread each; a single row may use every
-            // core, and runs its own tasks (k-means runs) itself.
-            let (par, inner) = if workers > 1 {
-                (
-                    Par::Seq,
-                    ParforSettings {
-                        workers: 1,
-                        ..parfor
-                    },
-                )
-            } else {
-                (Par::rayon(0), parfor)
-            };
+            let parfor = work.parfor().with_pool(&context);
             let elapsed = MetricBuilder::new(&metrics).elapsed_compute(0);
             let timer = elapsed.timer();
             let (outputs, report) = match &work {
@@ -542,9 +560,13 @@ impl ExecutionPlan for LateralBuiltinExec {
                     let (mats, reservation) =
                         builtin.compute_jobs(Arc::clone(&context), &metrics).await?;
                     let call = builtin.call_arc();
+                    // Rows side by side compute on the cores left to each; a row alone
+                    // may use every core, and runs its own tasks (k-means runs) itself.
+                    let plan = parfor.plan(n, call.task_cost(&mats));
+                    let (inner, par) = (parfor.inside(&plan), plan.par());
                     let out = tokio::task::spawn_blocking(move || {
                         tessera_storage::kernels::cpu_pool().install(|| {
-                            parfor::run(n, workers, scheme, |r| {
+                            parfor::run(n, &plan, |r| {
                                 let (numbers, shown) = row_numbers(&values, r, &call)?;
                                 let row_call = call.with_numbers(&numbers, true).map_err(|e| {
                                     e.context(format!("LATERAL {call}: row {r} ({shown})"))
@@ -568,8 +590,11 @@ impl ExecutionPlan for LateralBuiltinExec {
                     for (c, e) in &call.outer {
                         outer.push((c.clone(), e.evaluate(&rows)?.into_array(n)?));
                     }
+                    // Nothing is known of a row's cost before its subqueries run.
+                    let plan = parfor.plan(n, TaskCost::default());
+                    let (inner, par) = (parfor.inside(&plan), plan.par());
                     let (values, outer, metrics) = (&values, &outer, &metrics);
-                    parfor::run_async(n, workers, scheme, |r| {
+                    parfor::run_async(n, &plan, |r| {
                         let context = Arc::clone(&context);
                         async move {
                             call.run_row(r, values, outer, context, metrics, inner, par)
@@ -580,7 +605,7 @@ impl ExecutionPlan for LateralBuiltinExec {
                 }
             };
             timer.done();
-            record_report(&metrics, &report);
+            record_report(&metrics, &ran, &report);
             // Row r's output rows, after copies of row r.
             let mut index = Vec::new();
             for (r, out) in outputs.iter().enumerate() {

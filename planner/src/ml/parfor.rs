@@ -48,16 +48,6 @@ impl Scheme {
         }))
     }
 
-    /// The scheme the optimizer picks for `n` tasks on `k` workers: one task per
-    /// worker when there are no more tasks than workers, else factoring.
-    pub fn auto(n: usize, k: usize) -> Scheme {
-        if n <= k {
-            Scheme::Naive
-        } else {
-            Scheme::Factoring
-        }
-    }
-
     /// Its name, as EXPLAIN shows it.
     pub fn name(self) -> String {
         match self {
@@ -104,6 +94,150 @@ impl Scheme {
     }
 }
 
+/// What the optimizer knows of a run's tasks before they run.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TaskCost {
+    /// Floating-point operations of one task (the largest, when they differ).
+    pub flops: Option<f64>,
+    /// Bytes one task holds while it runs.
+    pub memory: Option<u64>,
+    /// Every task does the same work (one call, only numbers differ), so equal chunks
+    /// balance; otherwise chunks shrink as the run goes (factoring).
+    pub uniform: bool,
+}
+
+/// Below this many operations in all, tasks run one after another on one thread:
+/// handing them to threads would cost more than it saves.
+const TINY_RUN_FLOPS: f64 = 2e6;
+
+/// Operations at which a task's own kernels use extra threads with full benefit; below,
+/// the benefit of each extra thread falls in proportion (synchronisation and split
+/// costs dominate small kernels).
+const PARALLEL_TASK_FLOPS: f64 = 1e9;
+
+/// How a run's tasks are scheduled: the optimizer's choice or the forced settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunPlan {
+    /// How tasks are grouped into chunks.
+    pub scheme: Scheme,
+    /// Concurrent workers pulling chunks.
+    pub workers: usize,
+    /// Threads each task's kernels use.
+    pub threads: usize,
+    /// Why `workers` is what it is, for EXPLAIN.
+    pub why: &'static str,
+}
+
+impl RunPlan {
+    /// The optimizer's plan for `n` tasks of cost `cost` on `cores` threads, `free`
+    /// bytes of the memory pool left (when it has a limit). `scheme` and `workers`
+    /// force what they give.
+    ///
+    /// - workers: at most one per task and, with a task's memory known, as many as
+    ///   the free memory holds at once (each task's memory is charged to the pool
+    ///   while it runs); with a task's operations known, the count that finishes the
+    ///   run soonest, a task given the cores left over (`cores / workers` threads),
+    ///   its kernels' speed-up from extra threads falling for small tasks; a run too
+    ///   small to spread runs on one thread;
+    /// - scheme: naive when every worker gets one task, static when tasks are alike,
+    ///   else factoring (chunks shrinking so the last ones balance uneven tasks).
+    pub fn choose(
+        n: usize,
+        cost: TaskCost,
+        cores: usize,
+        free: Option<u64>,
+        scheme: Option<Scheme>,
+        workers: Option<usize>,
+    ) -> RunPlan {
+        let cores = cores.max(1);
+        let tasks = n.max(1);
+        let (workers, why) = match workers {
+            Some(w) => (w.clamp(1, tasks), "set"),
+            None => {
+                let mut cap = cores.min(tasks);
+                let mut why = if cap < cores { "tasks" } else { "cores" };
+                if let (Some(m), Some(free)) = (cost.memory, free)
+                    && m > 0
+                {
+                    let fit = usize::try_from(free / m).unwrap_or(usize::MAX).max(1);
+                    if fit < cap {
+                        cap = fit;
+                        why = "memory";
+                    }
+                }
+                match cost.flops {
+                    Some(f) if f * n as f64 <= TINY_RUN_FLOPS => (1, "tiny"),
+                    Some(f) => {
+                        let time = |k: usize| {
+                            let threads = (cores / k).max(1) as f64;
+                            let gain = (f / PARALLEL_TASK_FLOPS).min(1.0);
+                            let speedup = 1.0 + (threads - 1.0) * gain * 0.9;
+                            tasks.div_ceil(k) as f64 * f / speedup
+                        };
+                        // Fewest rounds first; among equal times, more workers.
+                        let best = (1..=cap)
+                            .rev()
+                            .min_by(|a, b| time(*a).total_cmp(&time(*b)))
+                            .unwrap_or(cap);
+                        (best, if best < cap { "cost" } else { why })
+                    }
+                    None => (cap, why),
+                }
+            }
+        };
+        let scheme = scheme.unwrap_or(if n <= workers {
+            Scheme::Naive
+        } else if cost.uniform {
+            Scheme::Static
+        } else {
+            Scheme::Factoring
+        });
+        RunPlan {
+            scheme,
+            workers,
+            // A tiny run's tasks gain nothing from threads of their own either.
+            threads: if why == "tiny" {
+                1
+            } else {
+                (cores / workers).max(1)
+            },
+            why,
+        }
+    }
+
+    /// The parallelism a task's kernels get.
+    pub fn par(&self) -> faer::Par {
+        threads(self.threads)
+    }
+
+    /// As EXPLAIN shows it, for `n` tasks.
+    pub fn describe(&self, n: usize) -> String {
+        let chunks: Vec<String> = self
+            .scheme
+            .chunks(n, self.workers)
+            .iter()
+            .map(usize::to_string)
+            .collect();
+        format!(
+            "scheme={} workers={} ({}) threads/task={} tasks={n} chunks=[{}]",
+            self.scheme.name(),
+            self.workers,
+            self.why,
+            self.threads,
+            chunks.join(",")
+        )
+    }
+}
+
+/// Kernels on `n` threads (sequential for one).
+pub fn threads(n: usize) -> faer::Par {
+    if n > 1 {
+        faer::Par::rayon(n)
+    } else {
+        faer::Par::Seq
+    }
+}
+
 /// What a parfor run did, for EXPLAIN ANALYZE.
 #[derive(Debug, Clone, Default)]
 pub struct ParforReport {
@@ -113,18 +247,19 @@ pub struct ParforReport {
     pub busy: Vec<Duration>,
     /// Chunk sizes handed out.
     pub chunks: Vec<usize>,
+    /// The plan it ran, as [`RunPlan::describe`] gives it.
+    pub plan: String,
 }
 
-/// Runs `task(0..n)` on `workers` threads, chunked by `scheme`, and returns the results
+/// Runs `task(0..n)` on `plan.workers` threads, chunked by `plan.scheme`, and returns the results
 /// in task order. The first failing task (lowest index among those that ran) fails the
 /// run, named by its index; workers stop pulling chunks once one has failed.
 pub fn run<T: Send>(
     n: usize,
-    workers: usize,
-    scheme: Scheme,
+    plan: &RunPlan,
     task: impl Fn(usize) -> Result<T> + Sync,
 ) -> Result<(Vec<T>, ParforReport)> {
-    let (workers, chunks, starts) = chunked(n, workers, scheme);
+    let (workers, chunks, starts) = chunked(n, plan.workers, plan.scheme);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<(usize, Result<T>)>> = Mutex::new(Vec::with_capacity(n));
@@ -132,6 +267,7 @@ pub fn run<T: Send>(
         tasks: vec![0; workers],
         busy: vec![Duration::ZERO; workers],
         chunks,
+        plan: plan.describe(n),
     };
     let work = || {
         let mut done = 0;
@@ -184,21 +320,20 @@ pub fn run<T: Send>(
     Ok((in_order(n, all)?, report))
 }
 
-/// Runs the futures `task(0..n)` on `workers` concurrent pullers, chunked by `scheme`,
+/// Runs the futures `task(0..n)` on `plan.workers` concurrent pullers, chunked by its scheme,
 /// as [`run`] does with threads: for tasks that wait on other operators (a subquery
 /// each) and hand their computing to the CPU pool. Results come back in task order;
 /// the first failing task fails the run, named by its index.
 pub async fn run_async<T, F, Fut>(
     n: usize,
-    workers: usize,
-    scheme: Scheme,
+    plan: &RunPlan,
     task: F,
 ) -> Result<(Vec<T>, ParforReport)>
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let (workers, chunks, starts) = chunked(n, workers, scheme);
+    let (workers, chunks, starts) = chunked(n, plan.workers, plan.scheme);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let work = || async {
@@ -232,6 +367,7 @@ where
         tasks: vec![0; workers],
         busy: vec![Duration::ZERO; workers],
         chunks,
+        plan: plan.describe(n),
     };
     let mut all = Vec::with_capacity(n);
     for (w, (local, busy)) in done.into_iter().enumerate() {
@@ -317,8 +453,79 @@ mod tests {
         assert_eq!(Scheme::parse("fixed", 3).unwrap(), Some(Scheme::Fixed(3)));
         assert_eq!(Scheme::parse("auto", 3).unwrap(), None);
         assert!(Scheme::parse("guided", 3).is_err());
-        assert_eq!(Scheme::auto(3, 4), Scheme::Naive);
-        assert_eq!(Scheme::auto(30, 4), Scheme::Factoring);
+    }
+
+    fn plan(n: usize, cost: TaskCost, cores: usize, free: Option<u64>) -> RunPlan {
+        RunPlan::choose(n, cost, cores, free, None, None)
+    }
+
+    #[test]
+    fn the_optimizer_fits_workers_to_tasks_memory_and_cost() {
+        let alike = TaskCost {
+            uniform: true,
+            ..TaskCost::default()
+        };
+        // No more tasks than cores: one task per worker, the cores left to the tasks.
+        let p = plan(3, TaskCost::default(), 8, None);
+        assert_eq!(
+            (p.scheme, p.workers, p.threads, p.why),
+            (Scheme::Naive, 3, 2, "tasks")
+        );
+        // Alike tasks in equal chunks, uneven ones by factoring.
+        let p = plan(30, alike, 4, None);
+        assert_eq!((p.scheme, p.workers, p.threads), (Scheme::Static, 4, 1));
+        assert_eq!(
+            plan(30, TaskCost::default(), 4, None).scheme,
+            Scheme::Factoring
+        );
+        // As many workers as the free memory holds tasks.
+        let big = TaskCost {
+            memory: Some(100),
+            ..alike
+        };
+        let p = plan(8, big, 4, Some(250));
+        assert_eq!((p.workers, p.why), (2, "memory"));
+        assert_eq!(plan(8, big, 4, Some(50)).workers, 1);
+        assert_eq!(plan(8, big, 4, None).workers, 4);
+        // A run too small to spread stays on one thread.
+        let tiny = TaskCost {
+            flops: Some(1e3),
+            ..alike
+        };
+        let p = plan(10, tiny, 4, None);
+        assert_eq!((p.workers, p.threads, p.why), (1, 1, "tiny"));
+        // Three large tasks on two cores: one after another with both cores each (1.5
+        // task-times at best) beats two at once then one alone (2 task-times).
+        let large = TaskCost {
+            flops: Some(1e10),
+            ..alike
+        };
+        let p = plan(3, large, 2, None);
+        assert_eq!((p.workers, p.threads, p.why), (1, 2, "cost"));
+        // Two of them: side by side.
+        assert_eq!(plan(2, large, 2, None).workers, 2);
+        // Small tasks gain little from threads of their own: all side by side.
+        let small = TaskCost {
+            flops: Some(1e6),
+            ..alike
+        };
+        assert_eq!(plan(3, small, 2, None).workers, 2);
+        // Forced settings win.
+        let p = RunPlan::choose(30, large, 2, Some(1), Some(Scheme::Fixed(4)), Some(3));
+        assert_eq!((p.scheme, p.workers, p.why), (Scheme::Fixed(4), 3, "set"));
+        assert_eq!(
+            p.describe(10),
+            "scheme=fixed(4) workers=3 (set) threads/task=1 tasks=10 chunks=[4,4,2]"
+        );
+    }
+
+    fn forced(scheme: Scheme, workers: usize) -> RunPlan {
+        RunPlan {
+            scheme,
+            workers,
+            threads: 1,
+            why: "set",
+        }
     }
 
     #[test]
@@ -329,7 +536,7 @@ mod tests {
             Scheme::Fixed(3),
             Scheme::Factoring,
         ] {
-            let (out, report) = run(101, 4, scheme, |t| {
+            let (out, report) = run(101, &forced(scheme, 4), |t| {
                 // Uneven tasks: some take longer.
                 if t % 17 == 0 {
                     std::thread::sleep(Duration::from_millis(2));
@@ -345,7 +552,7 @@ mod tests {
 
     #[test]
     fn a_failing_task_fails_the_run_and_is_named() {
-        let err = run(20, 3, Scheme::Factoring, |t| {
+        let err = run(20, &forced(Scheme::Factoring, 3), |t| {
             if t == 7 {
                 datafusion::common::exec_err!("boom")
             } else {

@@ -395,7 +395,7 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
         .to_string();
     assert!(
         text.contains(
-            "scheme=factoring workers=4 tasks=101 chunks=[13,13,13,13,7,7,7,7,3,3,3,3,2,2,2,2,1]"
+            "scheme=factoring workers=4 (set) threads/task=1 tasks=101 chunks=[13,13,13,13,7,7,7,7,3,3,3,3,2,2,2,2,1]"
         ),
         "{text}"
     );
@@ -411,8 +411,50 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
         .unwrap()
         .to_string();
     assert!(
-        text.contains("scheme=static workers=4 tasks=101 chunks=[26,26,26,23]"),
+        text.contains(
+            "scheme=static workers=4 (set) threads/task=1 tasks=101 chunks=[26,26,26,23]"
+        ),
         "{text}"
+    );
+    // Left to the optimizer: 101 runs of 5 Lloyd passes over x (90 x 2) are about 1e6
+    // operations in all, too few to spread: one worker, one chunk.
+    run(&ctx, "SET tessera.parfor_scheme = ''").await.unwrap();
+    run(&ctx, "SET parfor.scheme = 'auto'").await.unwrap();
+    run(&ctx, "SET parfor.workers = 0").await.unwrap();
+    let plan = run(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
+        .await
+        .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains("scheme=static workers=1 (tiny) threads/task=1 tasks=101 chunks=[101]"),
+        "{text}"
+    );
+    // With up to 500 passes a run is worth a core: every core, in equal chunks (alike
+    // runs); EXPLAIN ANALYZE shows the plan that ran.
+    let cores = tessera_storage::kernels::cpu_pool().current_num_threads();
+    let chunks: Vec<String> = crate::ml::parfor::Scheme::Static
+        .chunks(101, cores)
+        .iter()
+        .map(usize::to_string)
+        .collect();
+    let want = format!(
+        "scheme=static workers={cores} (cores) threads/task=1 tasks=101 chunks=[{}]",
+        chunks.join(",")
+    );
+    let plan = run(
+        &ctx,
+        "EXPLAIN ANALYZE SELECT * FROM kmeans(b, 3, 101, 500, 1)",
+    )
+    .await
+    .unwrap();
+    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!("parfor: {want} local ran: {want}")),
+        "{want}\n{text}"
     );
 }
 
@@ -705,7 +747,11 @@ async fn lateral_lm_fits_one_model_per_row() {
         text.contains("LateralBuiltinExec: lm(x, y, lambda => p.lambda, intercept => p.icpt) per row: lambda = p.lambda, intercept = p.icpt jobs=[tsmm(x)"),
         "{text}"
     );
-    assert!(text.contains("parfor: scheme=auto"), "{text}");
+    // Five alike rows (their jobs shared) in equal chunks, over at most 5 workers.
+    assert!(
+        text.contains("parfor: scheme=") && text.contains("tasks=5 chunks="),
+        "{text}"
+    );
     // The scheduler really ran one task per row: the workers' task counts (shown
     // summed over the workers) add up to the rows.
     let analyzed = run(&ctx, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
@@ -878,6 +924,8 @@ async fn lateral_calls_with_subqueries_over_the_row_fit_one_model_per_group() {
     )
     .await;
     assert!(e.to_string().contains("row 1 (p.g = 7)"), "{e}");
+    assert!(e.to_string().contains("lm: x has no rows"), "{e}");
+    assert_eq!(kind(&e), Some(ErrorKind::DataException), "{e}");
     // k-means per group, k from the row: group g's g + 1 centroids; with k = 1 the
     // centroid is the group's column means.
     let sql = format!(
