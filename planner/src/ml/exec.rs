@@ -489,6 +489,28 @@ impl BuiltinExec {
     }
 }
 
+/// Charges `plan.workers` concurrent tasks of `cost.memory` bytes each to
+/// `reservation`; when the pool cannot hold them the run fails with 53200 before any
+/// task starts (the optimizer already fits the workers to the free memory, so this
+/// fails only when a single task does not fit).
+pub(crate) fn charge_tasks(
+    reservation: &MemoryReservation,
+    plan: &RunPlan,
+    cost: &TaskCost,
+    what: &str,
+) -> Result<()> {
+    let each = cost.memory.unwrap_or(0);
+    let bytes = each.saturating_mul(plan.workers as u64);
+    reservation
+        .try_grow(usize::try_from(bytes).unwrap_or(usize::MAX))
+        .map_err(|e| {
+            DataFusionError::ResourcesExhausted(format!(
+                "{what}: {} concurrent tasks of about {each} bytes each do not fit in the memory pool: {e}",
+                plan.workers
+            ))
+        })
+}
+
 /// The plan a parfor run ran, for EXPLAIN ANALYZE (empty until a run).
 pub(crate) type Ran = Arc<std::sync::Mutex<Option<String>>>;
 
@@ -583,13 +605,20 @@ impl ExecutionPlan for BuiltinExec {
         }
         let call = Arc::clone(&self.call);
         let jobs = self.compute_jobs(Arc::clone(&context), &self.metrics);
-        let parfor = self.parfor.with_pool(&context);
+        let parfor = self.parfor;
         let projection = self.projection.clone();
         let metrics = self.metrics.clone();
         let ran = Arc::clone(&self.ran);
         let schema = Arc::clone(&self.schema);
         let fut = async move {
             let (mats, reservation) = jobs.await?;
+            // The pool as the tasks find it, the jobs' copies held; the concurrent
+            // tasks' memory charged before they start.
+            let parfor = parfor.with_pool(&context);
+            let x = mats.first().map(|m| (m.rows, m.cols));
+            if let Some((tasks, cost)) = call.tasks(x) {
+                charge_tasks(&reservation, &parfor.plan(tasks, cost), &cost, &call.name)?;
+            }
             let elapsed = MetricBuilder::new(&metrics).elapsed_compute(0);
             let timer = elapsed.timer();
             let finished = tokio::task::spawn_blocking(move || {

@@ -51,7 +51,7 @@ use datafusion::physical_plan::{
 use faer::Par;
 
 use super::call::{PlannedCall, output_schema};
-use super::exec::{BuiltinExec, BuiltinTable, ParforSettings, Ran, record_report};
+use super::exec::{BuiltinExec, BuiltinTable, ParforSettings, Ran, charge_tasks, record_report};
 use super::parfor::{self, Scheme, TaskCost};
 use crate::error::{ErrorKind, tessera_error};
 
@@ -562,7 +562,12 @@ impl ExecutionPlan for LateralBuiltinExec {
                     let call = builtin.call_arc();
                     // Rows side by side compute on the cores left to each; a row alone
                     // may use every core, and runs its own tasks (k-means runs) itself.
-                    let plan = parfor.plan(n, call.task_cost(&mats));
+                    // The pool as the rows find it, the jobs' copies held; the
+                    // concurrent rows' memory charged before they start.
+                    let parfor = parfor.with_pool(&context);
+                    let cost = call.task_cost(&mats);
+                    let plan = parfor.plan(n, cost);
+                    charge_tasks(&reservation, &plan, &cost, &format!("LATERAL {call}"))?;
                     let (inner, par) = (parfor.inside(&plan), plan.par());
                     let out = tokio::task::spawn_blocking(move || {
                         tessera_storage::kernels::cpu_pool().install(|| {

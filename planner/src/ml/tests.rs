@@ -16,6 +16,11 @@ type M = Vec<Vec<f64>>;
 /// A session as the server builds one: PostgreSQL's dialect, and a catalog in which
 /// the stored arrays are tables (`SELECT i, j, v FROM x`).
 fn session(store: &Store) -> SessionContext {
+    session_with_pool(store, None)
+}
+
+/// [`session`] with a memory pool of `limit` bytes.
+fn session_with_pool(store: &Store, limit: Option<usize>) -> SessionContext {
     let catalog = crate::TesseraCatalog::in_memory(store.clone());
     let mut options = SessionConfig::new()
         .with_target_partitions(2)
@@ -23,7 +28,12 @@ fn session(store: &Store) -> SessionContext {
         .with_default_catalog_and_schema(DEFAULT_CATALOG, DEFAULT_SCHEMA);
     options.options_mut().sql_parser.dialect = Dialect::PostgreSQL;
     let config = crate::la::session_config(options);
+    let mut runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new();
+    if let Some(limit) = limit {
+        runtime = runtime.with_memory_limit(limit, 1.0);
+    }
     let builder = SessionStateBuilder::new()
+        .with_runtime_env(std::sync::Arc::new(runtime.build().unwrap()))
         .with_config(config)
         .with_catalog_list(catalog.catalog_list().unwrap())
         .with_default_features();
@@ -456,6 +466,82 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
         text.contains(&format!("parfor: {want} local ran: {want}")),
         "{want}\n{text}"
     );
+}
+
+/// `EXPLAIN ANALYZE` of a k-means sweep over three rows, x 2000 x 2, in a session
+/// whose memory pool holds `limit` bytes.
+async fn sweep_in_pool(limit: usize) -> Result<String> {
+    let store = Store::in_memory();
+    put(&store, "x", &data(2000, 2, 31), (500, 2));
+    let ctx = session_with_pool(&store, Some(limit));
+    let sql = "EXPLAIN ANALYZE SELECT p.k, m.i FROM (VALUES (2), (3), (4)) AS p(k), \
+               LATERAL kmeans(x, p.k, 1, 200, 5) m";
+    let plan = run(&ctx, sql).await?;
+    Ok(datafusion::arrow::util::pretty::pretty_format_batches(&plan)?.to_string())
+}
+
+#[tokio::test]
+async fn concurrent_tasks_are_charged_to_the_memory_pool() {
+    // A k-means row holds about 2000 * 16 (labels, distances) + 32 = 32032 bytes while
+    // it runs.
+    let cores = tessera_storage::kernels::cpu_pool().current_num_threads();
+    // Plenty of memory: rows side by side, one per core.
+    let text = sweep_in_pool(64 << 20).await.unwrap();
+    let workers = cores.min(3);
+    let why = if workers < cores { "tasks" } else { "cores" };
+    assert!(
+        text.contains("ran: scheme=") && text.contains(&format!("workers={workers} ({why})")),
+        "{text}"
+    );
+    // While the rows run the pool holds the job's blocks (about 167 KB, as the block
+    // dataflow charges them) and its dense copy of x (32000 bytes): with 255 KB in
+    // all there is room for one row's task (32032 bytes), not two: one worker.
+    if cores >= 2 {
+        let text = sweep_in_pool(255_000).await.unwrap();
+        assert!(
+            text.contains("ran: scheme=factoring workers=1 (memory)"),
+            "{text}"
+        );
+    }
+    // With 215 KB not even one fits: 53200 before any row runs.
+    let e = sweep_in_pool(215_000).await.unwrap_err();
+    assert!(
+        matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)),
+        "{e}"
+    );
+    assert!(
+        e.to_string()
+            .contains("1 concurrent tasks of about 32032 bytes"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_task_that_does_not_fit_fails_with_53200_before_it_runs() {
+    use crate::ml::parfor::{RunPlan, Scheme, TaskCost};
+    use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
+    let pool: std::sync::Arc<dyn MemoryPool> = std::sync::Arc::new(GreedyMemoryPool::new(1000));
+    let reservation = MemoryConsumer::new("test").register(&pool);
+    let cost = TaskCost {
+        memory: Some(600),
+        ..TaskCost::default()
+    };
+    let plan = |workers| RunPlan {
+        scheme: Scheme::Naive,
+        workers,
+        threads: 1,
+        why: "set",
+    };
+    let e = crate::ml::exec::charge_tasks(&reservation, &plan(2), &cost, "kmeans").unwrap_err();
+    assert!(matches!(e, DataFusionError::ResourcesExhausted(_)), "{e}");
+    assert!(
+        e.to_string()
+            .contains("kmeans: 2 concurrent tasks of about 600 bytes"),
+        "{e}"
+    );
+    assert_eq!(reservation.size(), 0);
+    crate::ml::exec::charge_tasks(&reservation, &plan(1), &cost, "kmeans").unwrap();
+    assert_eq!(pool.reserved(), 600);
 }
 
 fn sigmoid(z: f64) -> f64 {
