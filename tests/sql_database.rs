@@ -690,17 +690,30 @@ fn builtin_calls_run_again_from_the_plan_cache() {
                  CREATE MATRIX y (20000, 1) BLOCK (1000, 1);
                  INSERT INTO y SELECT * FROM rand(20000, 1, 1.0, 2, 0, 1);
                  CREATE TABLE sweep (lambda DOUBLE PRECISION);
-                 INSERT INTO sweep VALUES (0.1), (1)",
+                 INSERT INTO sweep VALUES (0.1), (1);
+                 CREATE TABLE parts (lo BIGINT, hi BIGINT);
+                 INSERT INTO parts VALUES (0, 5000), (5000, 12000), (12000, 20000)",
             )
             .await
             .unwrap();
-        // The calls' jobs (block dataflows with exchanges) run afresh every time.
-        for query in [
-            "SELECT count(*) FROM lm(x, y, lambda => 0.1)",
-            "SELECT count(*) FROM sweep s, LATERAL lm(x, y, lambda => s.lambda) m",
-            "SELECT count(*) FROM cor(x)",
+        // The calls' jobs (block dataflows with exchanges) run afresh every time; a
+        // call planned per row (its subqueries read the row) is never cached.
+        for (query, count) in [
+            ("SELECT count(*) FROM lm(x, y, lambda => 0.1)", "10"),
+            (
+                "SELECT count(*) FROM sweep s, LATERAL lm(x, y, lambda => s.lambda) m",
+                "20",
+            ),
+            ("SELECT count(*) FROM cor(x)", "100"),
+            (
+                "SELECT count(*) FROM parts g, LATERAL lm(\
+                 (SELECT i - g.lo AS i, j, v FROM x WHERE i >= g.lo AND i < g.hi), \
+                 (SELECT i - g.lo AS i, j, v FROM y WHERE i >= g.lo AND i < g.hi)) m",
+                "30",
+            ),
         ] {
             let first = session_rows(&session, query).await;
+            assert_eq!(first, vec![count.to_string()], "{query}");
             for _ in 0..3 {
                 assert_eq!(session_rows(&session, query).await, first, "{query}");
             }
