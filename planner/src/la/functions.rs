@@ -468,8 +468,12 @@ impl Builder<'_, '_> {
                             "{fname}: argument {k}: {name} returns a table, not a matrix"
                         );
                     }
-                    let plan =
-                        crate::ml::plan_builtin(&name, args, self.store, &mut *self.context)?;
+                    let plan = crate::ml::plan_nested_builtin(
+                        &name,
+                        args,
+                        self.store,
+                        &mut *self.context,
+                    )?;
                     self.inputs.push(plan);
                     return Ok(MatExpr::leaf(Op::Input(self.inputs.len() - 1)));
                 }

@@ -225,7 +225,26 @@ pub fn plan_builtin(
     context: &mut dyn RelationPlannerContext,
 ) -> Result<LogicalPlan> {
     let planned = plan_call(name, args, store, context, false)?;
+    if !planned.table.outer_columns().is_empty() {
+        return Err(tessera_error(
+            ErrorKind::FeatureNotSupported,
+            format!(
+                "{name}: a subquery argument refers to a column of an outer query; write the call as LATERAL after the relation whose rows it reads"
+            ),
+        ));
+    }
     planned.scan()
+}
+
+/// Plans `name(args)` as an argument of another call: its subqueries may read the row
+/// of the `LATERAL` call it is nested in, which binds them for each row.
+pub(crate) fn plan_nested_builtin(
+    name: &str,
+    args: &[FunctionArg],
+    store: &Store,
+    context: &mut dyn RelationPlannerContext,
+) -> Result<LogicalPlan> {
+    plan_call(name, args, store, context, false)?.scan()
 }
 
 /// A builtin call planned: its relation, and the numeric arguments a `LATERAL` call
@@ -401,15 +420,6 @@ pub(crate) fn plan_call(
         arguments,
         mats,
     };
-    let correlated = inputs.iter().any(|i| !i.all_out_ref_exprs().is_empty());
-    if correlated && !lateral {
-        return Err(tessera_error(
-            ErrorKind::FeatureNotSupported,
-            format!(
-                "{name}: a subquery argument refers to a column of an outer query; only a call written LATERAL after the relation whose rows it reads may do so, not a call nested in another"
-            ),
-        ));
-    }
     let table = BuiltinTable::new(Arc::new(call), inputs, owners)?;
     Ok(PlannedCall {
         table: Arc::new(table),
@@ -682,10 +692,19 @@ pub(crate) fn plan_jobs(
 
 /// True when `plan` is a builtin's own relation (its cells are never NULL).
 fn is_builtin_scan(plan: &LogicalPlan) -> bool {
+    builtin_scan(plan).is_some()
+}
+
+/// The builtin call `plan` scans, when it is a builtin's own relation.
+pub(crate) fn builtin_scan(plan: &LogicalPlan) -> Option<Arc<BuiltinTable>> {
     match plan {
-        LogicalPlan::TableScan(scan) => datafusion::datasource::source_as_provider(&scan.source)
-            .is_ok_and(|p| p.downcast_ref::<BuiltinTable>().is_some()),
-        _ => false,
+        LogicalPlan::TableScan(scan) => {
+            let provider = datafusion::datasource::source_as_provider(&scan.source).ok()?;
+            (provider as Arc<dyn std::any::Any + Send + Sync>)
+                .downcast::<BuiltinTable>()
+                .ok()
+        }
+        _ => None,
     }
 }
 

@@ -12,10 +12,11 @@ use datafusion::arrow::datatypes::{FieldRef, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DataFusionError, Result, ScalarValue};
+use datafusion::datasource::provider_as_source;
 use datafusion::datasource::{TableProvider, TableType};
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::logical_expr::{Expr, LogicalPlan, LogicalPlanBuilder};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, reset_plan_states};
 use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
@@ -26,7 +27,7 @@ use datafusion::physical_plan::{
 };
 
 use super::ParforConfig;
-use super::call::{Call, output_schema, plan_jobs};
+use super::call::{Call, builtin_scan, output_schema, plan_jobs};
 use super::parfor::{ParforReport, RunPlan, Scheme, TaskCost};
 use crate::la::{BlockMatrix, MatExpr, Op, Pinned};
 
@@ -139,10 +140,20 @@ impl BuiltinTable {
     pub(crate) fn outer_columns(&self) -> Vec<(FieldRef, Column)> {
         let mut out: Vec<(FieldRef, Column)> = Vec::new();
         for input in &self.inputs {
-            for e in input.all_out_ref_exprs() {
-                if let Expr::OuterReferenceColumn(f, c) = e
-                    && !out.iter().any(|(_, o)| *o == c)
-                {
+            let mut found: Vec<(FieldRef, Column)> = input
+                .all_out_ref_exprs()
+                .into_iter()
+                .filter_map(|e| match e {
+                    Expr::OuterReferenceColumn(f, c) => Some((f, c)),
+                    _ => None,
+                })
+                .collect();
+            // A call nested in this one reads the row through its own subqueries.
+            if let Some(nested) = builtin_scan(input) {
+                found.extend(nested.outer_columns());
+            }
+            for (f, c) in found {
+                if !out.iter().any(|(_, o)| *o == c) {
                     out.push((f, c));
                 }
             }
@@ -159,6 +170,15 @@ impl BuiltinTable {
     ) -> Result<BuiltinTable> {
         let mut inputs = Vec::with_capacity(self.inputs.len());
         for input in &self.inputs {
+            if let Some(nested) = builtin_scan(input) {
+                // A nested call: bound the same way, scanned as before.
+                let bound = Arc::new(nested.for_row(values, &[])?);
+                let name = bound.call_name().to_string();
+                inputs.push(
+                    LogicalPlanBuilder::scan(name, provider_as_source(bound), None)?.build()?,
+                );
+                continue;
+            }
             let bound = input
                 .clone()
                 .transform_up(|node| {

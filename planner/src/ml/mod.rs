@@ -44,6 +44,7 @@ use datafusion::common::config::ConfigExtension;
 use datafusion::common::extensions_options;
 
 pub(crate) use call::plan_call;
+pub(crate) use call::plan_nested_builtin;
 pub use call::{BUILTINS, is_builtin, plan_builtin, returns_matrix};
 pub use classify::FitParams;
 pub use exec::{BuiltinExec, ParforSettings};

@@ -1042,17 +1042,38 @@ async fn lateral_calls_with_subqueries_over_the_row_fit_one_model_per_group() {
         .map(|j| xs[0].iter().map(|r| r[j]).sum::<f64>() / n0)
         .collect();
     close(&centroids[0], &vec![mean], 1e-10, "k = 1 centroid");
-    // A call nested in the LATERAL one may not read the row.
+    // A call nested in the LATERAL one reads the row too: each group's rows assigned
+    // to that group's own two centroids.
+    let batches = run(
+        &ctx,
+        &format!(
+            "{with} SELECT p.g, count(*) AS n, count(DISTINCT m.cluster) AS k \
+             FROM (VALUES (0), (1), (2)) AS p(g), \
+             LATERAL kmeans_predict((SELECT i, j, v FROM obs WHERE obs.g = p.g), \
+                 kmeans((SELECT i, j, v FROM obs WHERE obs.g = p.g), 2, seed => 3)) m \
+             GROUP BY p.g ORDER BY p.g"
+        ),
+    )
+    .await
+    .unwrap();
+    let b = &batches[0];
+    let n = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+    let k = b.column(2).as_any().downcast_ref::<Int64Array>().unwrap();
+    for (g, size) in sizes.iter().take(3).enumerate() {
+        assert_eq!(n.value(g) as usize, *size, "{b:?}");
+        assert_eq!(k.value(g), 2, "{b:?}");
+    }
+    // The same call outside LATERAL cannot see the row.
     let e = error(
         &ctx,
         &format!(
-            "{with} SELECT * FROM (VALUES (1)) AS p(g), \
-             LATERAL kmeans_predict((SELECT i, j, v FROM obs WHERE obs.g = p.g), \
-                 kmeans((SELECT i, j, v FROM obs WHERE obs.g = p.g), 2)) m"
+            "{with} SELECT * FROM (VALUES (1)) AS p(g) \
+             WHERE p.g IN (SELECT m.i FROM kmeans((SELECT i, j, v FROM obs WHERE obs.g = p.g), 2) m)"
         ),
     )
     .await;
     assert_eq!(kind(&e), Some(ErrorKind::FeatureNotSupported), "{e}");
+    assert!(e.to_string().contains("write the call as LATERAL"), "{e}");
 }
 
 /// `(VALUES ...)` rows `(g, y, x1, x2, x3)` for `rows`, the group of row r being `r % groups`.
