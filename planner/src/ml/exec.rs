@@ -534,6 +534,14 @@ pub(crate) fn charge_tasks(
 /// The plan a parfor run ran, for EXPLAIN ANALYZE (empty until a run).
 pub(crate) type Ran = Arc<std::sync::Mutex<Option<String>>>;
 
+/// ` ran: <plan>` once a run has recorded its plan, for EXPLAIN ANALYZE.
+pub(crate) fn fmt_ran(ran: &Ran, f: &mut fmt::Formatter) -> fmt::Result {
+    match ran.lock().ok().and_then(|r| r.clone()) {
+        Some(plan) => write!(f, " ran: {plan}"),
+        None => Ok(()),
+    }
+}
+
 /// A parfor run's tasks and busy time per worker, as `parfor_tasks` and `parfor_busy`,
 /// and the plan it ran in `ran`.
 pub(crate) fn record_report(metrics: &ExecutionPlanMetricsSet, ran: &Ran, report: &ParforReport) {
@@ -561,12 +569,7 @@ impl DisplayAs for BuiltinExec {
             let plan = self.parfor.plan(tasks, cost).describe(tasks);
             write!(f, " parfor: {plan} local")?;
         }
-        if let Ok(ran) = self.ran.lock()
-            && let Some(ran) = ran.as_ref()
-        {
-            write!(f, " ran: {ran}")?;
-        }
-        Ok(())
+        fmt_ran(&self.ran, f)
     }
 }
 

@@ -51,7 +51,9 @@ use datafusion::physical_plan::{
 use faer::Par;
 
 use super::call::{PlannedCall, output_schema};
-use super::exec::{BuiltinExec, BuiltinTable, ParforSettings, Ran, charge_tasks, record_report};
+use super::exec::{
+    BuiltinExec, BuiltinTable, ParforSettings, Ran, charge_tasks, fmt_ran, record_report,
+};
 use super::parfor::{self, Scheme, TaskCost};
 use crate::error::{ErrorKind, tessera_error};
 
@@ -437,12 +439,7 @@ impl DisplayAs for LateralBuiltinExec {
             self.work.call(),
             per_row.join(", "),
         )?;
-        if let Ok(ran) = self.ran.lock()
-            && let Some(ran) = ran.as_ref()
-        {
-            write!(f, " ran: {ran}")?;
-        }
-        Ok(())
+        fmt_ran(&self.ran, f)
     }
 }
 

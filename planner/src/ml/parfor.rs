@@ -251,6 +251,17 @@ pub struct ParforReport {
     pub plan: String,
 }
 
+impl ParforReport {
+    fn new(workers: usize, chunks: Vec<usize>, plan: String) -> Self {
+        Self {
+            tasks: vec![0; workers],
+            busy: vec![Duration::ZERO; workers],
+            chunks,
+            plan,
+        }
+    }
+}
+
 /// Runs `task(0..n)` on `plan.workers` threads, chunked by `plan.scheme`, and returns the results
 /// in task order. The first failing task (lowest index among those that ran) fails the
 /// run, named by its index; workers stop pulling chunks once one has failed.
@@ -259,36 +270,22 @@ pub fn run<T: Send>(
     plan: &RunPlan,
     task: impl Fn(usize) -> Result<T> + Sync,
 ) -> Result<(Vec<T>, ParforReport)> {
-    let (workers, chunks, starts) = chunked(n, plan.workers, plan.scheme);
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
+    let (workers, sizes, chunks) = chunked(n, plan.workers, plan.scheme);
     let results: Mutex<Vec<(usize, Result<T>)>> = Mutex::new(Vec::with_capacity(n));
-    let mut report = ParforReport {
-        tasks: vec![0; workers],
-        busy: vec![Duration::ZERO; workers],
-        chunks,
-        plan: plan.describe(n),
-    };
+    let mut report = ParforReport::new(workers, sizes, plan.describe(n));
     let work = || {
         let mut done = 0;
         let mut busy = Duration::ZERO;
-        loop {
-            if failed.load(Ordering::Relaxed) {
-                break;
-            }
-            let c = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(start, len)) = starts.get(c) else {
-                break;
-            };
+        while let Some(tasks) = chunks.pull() {
             let t0 = Instant::now();
-            let mut local = Vec::with_capacity(len);
-            for t in start..start + len {
+            let mut local = Vec::with_capacity(tasks.len());
+            for t in tasks {
                 let r = task(t);
                 let bad = r.is_err();
                 local.push((t, r));
                 done += 1;
                 if bad {
-                    failed.store(true, Ordering::Relaxed);
+                    chunks.fail();
                     break;
                 }
             }
@@ -333,27 +330,18 @@ where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let (workers, chunks, starts) = chunked(n, plan.workers, plan.scheme);
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
+    let (workers, sizes, chunks) = chunked(n, plan.workers, plan.scheme);
     let work = || async {
         let mut local = Vec::new();
         let mut busy = Duration::ZERO;
-        'pull: loop {
-            if failed.load(Ordering::Relaxed) {
-                break;
-            }
-            let c = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&(start, len)) = starts.get(c) else {
-                break;
-            };
+        'pull: while let Some(tasks) = chunks.pull() {
             let t0 = Instant::now();
-            for t in start..start + len {
+            for t in tasks {
                 let r = task(t).await;
                 let bad = r.is_err();
                 local.push((t, r));
                 if bad {
-                    failed.store(true, Ordering::Relaxed);
+                    chunks.fail();
                     busy += t0.elapsed();
                     break 'pull;
                 }
@@ -363,12 +351,7 @@ where
         (local, busy)
     };
     let done = futures::future::join_all((0..workers).map(|_| work())).await;
-    let mut report = ParforReport {
-        tasks: vec![0; workers],
-        busy: vec![Duration::ZERO; workers],
-        chunks,
-        plan: plan.describe(n),
-    };
+    let mut report = ParforReport::new(workers, sizes, plan.describe(n));
     let mut all = Vec::with_capacity(n);
     for (w, (local, busy)) in done.into_iter().enumerate() {
         report.tasks[w] = local.len();
@@ -378,18 +361,46 @@ where
     Ok((in_order(n, all)?, report))
 }
 
-/// The workers used for `n` tasks (at most one per task), the chunk sizes, and each
-/// chunk's `(first task, length)`.
-fn chunked(n: usize, workers: usize, scheme: Scheme) -> (usize, Vec<usize>, Vec<(usize, usize)>) {
+/// The workers used for `n` tasks (at most one per task), the chunk sizes, and the
+/// chunks for the workers to pull.
+fn chunked(n: usize, workers: usize, scheme: Scheme) -> (usize, Vec<usize>, Chunks) {
     let workers = workers.clamp(1, n.max(1));
-    let chunks = scheme.chunks(n, workers);
-    let mut starts = Vec::with_capacity(chunks.len());
+    let sizes = scheme.chunks(n, workers);
+    let mut starts = Vec::with_capacity(sizes.len());
     let mut at = 0;
-    for c in &chunks {
-        starts.push((at, *c));
+    for c in &sizes {
+        starts.push(at..at + c);
         at += c;
     }
-    (workers, chunks, starts)
+    let chunks = Chunks {
+        starts,
+        next: AtomicUsize::new(0),
+        failed: AtomicBool::new(false),
+    };
+    (workers, sizes, chunks)
+}
+
+/// The chunks of a run, handed out in order to the workers that pull them.
+struct Chunks {
+    starts: Vec<std::ops::Range<usize>>,
+    next: AtomicUsize,
+    failed: AtomicBool,
+}
+
+impl Chunks {
+    /// The next chunk's tasks, or `None` when all are handed out or a task has failed.
+    fn pull(&self) -> Option<std::ops::Range<usize>> {
+        if self.failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        let c = self.next.fetch_add(1, Ordering::Relaxed);
+        self.starts.get(c).cloned()
+    }
+
+    /// Stops the handing out: a task has failed.
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The results `all` (tagged by task) in task order, or the lowest failing task's

@@ -86,6 +86,28 @@ async fn run(ctx: &SessionContext, sql: &str) -> Result<Vec<RecordBatch>> {
     ctx.sql(sql).await?.collect().await
 }
 
+/// The result of `sql` (an EXPLAIN) as the text a client sees.
+async fn text_of(ctx: &SessionContext, sql: &str) -> Result<String> {
+    let batches = run(ctx, sql).await?;
+    Ok(datafusion::arrow::util::pretty::pretty_format_batches(&batches)?.to_string())
+}
+
+/// A metric `name` of an EXPLAIN ANALYZE's text, summed over every place it shows
+/// (the workers of a parfor run, say).
+fn metric_sum(text: &str, name: &str) -> usize {
+    text.split(&format!("{name}="))
+        .skip(1)
+        .filter_map(|count| {
+            count
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect::<String>()
+                .parse::<usize>()
+                .ok()
+        })
+        .sum()
+}
+
 async fn matrix(ctx: &SessionContext, sql: &str, r: usize, c: usize) -> M {
     let batches = run(ctx, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let mut m = vec![vec![0.0; c]; r];
@@ -397,12 +419,9 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
     // EXPLAIN shows the scheme, the workers and the chunk sizes.
     run(&ctx, "SET parfor.scheme = 'factoring'").await.unwrap();
     run(&ctx, "SET parfor.workers = 4").await.unwrap();
-    let plan = run(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
+    let text = text_of(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
         .await
         .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
     assert!(
         text.contains(
             "scheme=factoring workers=4 (set) threads/task=1 tasks=101 chunks=[13,13,13,13,7,7,7,7,3,3,3,3,2,2,2,2,1]"
@@ -414,12 +433,9 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
     run(&ctx, "SET tessera.parfor_scheme = 'static'")
         .await
         .unwrap();
-    let plan = run(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
+    let text = text_of(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
         .await
         .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
     assert!(
         text.contains(
             "scheme=static workers=4 (set) threads/task=1 tasks=101 chunks=[26,26,26,23]"
@@ -431,12 +447,9 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
     run(&ctx, "SET tessera.parfor_scheme = ''").await.unwrap();
     run(&ctx, "SET parfor.scheme = 'auto'").await.unwrap();
     run(&ctx, "SET parfor.workers = 0").await.unwrap();
-    let plan = run(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
+    let text = text_of(&ctx, "EXPLAIN SELECT * FROM kmeans(b, 3, 101, 5, 1)")
         .await
         .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
     assert!(
         text.contains("scheme=static workers=1 (tiny) threads/task=1 tasks=101 chunks=[101]"),
         "{text}"
@@ -453,15 +466,12 @@ async fn kmeans_finds_separated_blobs_under_every_scheme() {
         "scheme=static workers={cores} (cores) threads/task=1 tasks=101 chunks=[{}]",
         chunks.join(",")
     );
-    let plan = run(
+    let text = text_of(
         &ctx,
         "EXPLAIN ANALYZE SELECT * FROM kmeans(b, 3, 101, 500, 1)",
     )
     .await
     .unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
     assert!(
         text.contains(&format!("parfor: {want} local ran: {want}")),
         "{want}\n{text}"
@@ -476,8 +486,7 @@ async fn sweep_in_pool(limit: usize) -> Result<String> {
     let ctx = session_with_pool(&store, Some(limit));
     let sql = "EXPLAIN ANALYZE SELECT p.k, m.i FROM (VALUES (2), (3), (4)) AS p(k), \
                LATERAL kmeans(x, p.k, 1, 200, 5) m";
-    let plan = run(&ctx, sql).await?;
-    Ok(datafusion::arrow::util::pretty::pretty_format_batches(&plan)?.to_string())
+    text_of(&ctx, sql).await
 }
 
 #[tokio::test]
@@ -825,10 +834,7 @@ async fn lateral_lm_fits_one_model_per_row() {
     assert_eq!(b.num_rows(), 3);
     assert!((0..3).all(|r| n.value(r) == 4), "{b:?}");
     // EXPLAIN names the per-row arguments, the shared jobs and the scheduling.
-    let plan = run(&ctx, &format!("EXPLAIN {sql}")).await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
+    let text = text_of(&ctx, &format!("EXPLAIN {sql}")).await.unwrap();
     assert!(
         text.contains("LateralBuiltinExec: lm(x, y, lambda => p.lambda, intercept => p.icpt) per row: lambda = p.lambda, intercept = p.icpt jobs=[tsmm(x)"),
         "{text}"
@@ -840,22 +846,10 @@ async fn lateral_lm_fits_one_model_per_row() {
     );
     // The scheduler really ran one task per row: the workers' task counts (shown
     // summed over the workers) add up to the rows.
-    let analyzed = run(&ctx, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&analyzed)
-        .unwrap()
-        .to_string();
-    let tasks: usize = text
-        .split("parfor_tasks=")
-        .skip(1)
-        .filter_map(|count| {
-            count
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse::<usize>()
-                .ok()
-        })
-        .sum();
+    let text = text_of(&ctx, &format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .unwrap();
+    let tasks = metric_sum(&text, "parfor_tasks");
     assert_eq!(tasks, grid.len(), "{text}");
 }
 
@@ -973,31 +967,17 @@ async fn lateral_calls_with_subqueries_over_the_row_fit_one_model_per_group() {
     run(&ctx, "SET parfor.scheme = 'auto'").await.unwrap();
     run(&ctx, "SET parfor.workers = 2").await.unwrap();
     // EXPLAIN says the call is planned per row, over which outer column.
-    let plan = run(&ctx, &format!("EXPLAIN {sql}")).await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&plan)
-        .unwrap()
-        .to_string();
+    let text = text_of(&ctx, &format!("EXPLAIN {sql}")).await.unwrap();
     assert!(
         text.contains("LateralBuiltinPerRowExec: lm(")
             && text.contains("per row: lambda = p.g * Float64(0.5), subqueries over p.g jobs planned and computed per row"),
         "{text}"
     );
     // One parfor task per group.
-    let analyzed = run(&ctx, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&analyzed)
-        .unwrap()
-        .to_string();
-    let tasks: usize = text
-        .split("parfor_tasks=")
-        .skip(1)
-        .filter_map(|c| {
-            c.chars()
-                .take_while(char::is_ascii_digit)
-                .collect::<String>()
-                .parse::<usize>()
-                .ok()
-        })
-        .sum();
+    let text = text_of(&ctx, &format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .unwrap();
+    let tasks = metric_sum(&text, "parfor_tasks");
     assert_eq!(tasks, sizes.len(), "{text}");
     // A group with no rows fails the statement, naming its row and value.
     let e = error(
@@ -1237,23 +1217,13 @@ fn rewrite(store: &Store, name: &str, m: &M, block: (u64, u64)) {
 
 /// `(lineage_hits, lineage_misses)` of a statement, from its EXPLAIN ANALYZE.
 async fn reuse_counts(ctx: &SessionContext, sql: &str) -> (usize, usize) {
-    let analyzed = run(ctx, &format!("EXPLAIN ANALYZE {sql}")).await.unwrap();
-    let text = datafusion::arrow::util::pretty::pretty_format_batches(&analyzed)
-        .unwrap()
-        .to_string();
-    let count = |name: &str| -> usize {
-        text.split(&format!("{name}="))
-            .skip(1)
-            .filter_map(|n| {
-                n.chars()
-                    .take_while(char::is_ascii_digit)
-                    .collect::<String>()
-                    .parse::<usize>()
-                    .ok()
-            })
-            .sum()
-    };
-    (count("lineage_hits"), count("lineage_misses"))
+    let text = text_of(ctx, &format!("EXPLAIN ANALYZE {sql}"))
+        .await
+        .unwrap();
+    (
+        metric_sum(&text, "lineage_hits"),
+        metric_sum(&text, "lineage_misses"),
+    )
 }
 
 #[tokio::test]
