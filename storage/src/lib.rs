@@ -38,6 +38,6 @@ pub use partition::{
 pub use schema::{ArraySchema, Attribute, AttributeType, BlockKey, Dimension, MAX_BLOCK_CELLS};
 pub use store::{
     ArrayInfo, ArrayWriter, BlockMeta, CacheBudget, CacheStats, Damage, Derived, LineageStats,
-    LoadOptions, LoadSummary, Snapshot, Store, StoreOptions, Unlimited, VersionInfo, WeakStore,
-    WriteMode,
+    LoadOptions, LoadSummary, PartTarget, Snapshot, Store, StoreOptions, Unlimited, VersionInfo,
+    WeakStore, WriteMode, WrittenPart,
 };

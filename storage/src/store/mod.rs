@@ -25,7 +25,7 @@ pub use ingest::{LoadOptions, LoadSummary};
 pub use lineage::{Derived, LineageStats};
 pub use snapshot::{BlockMeta, Snapshot};
 pub use verify::Damage;
-pub use writer::{ArrayWriter, WriteMode};
+pub use writer::{ArrayWriter, PartTarget, WriteMode, WrittenPart};
 
 use crate::backend::{Backend, LocalBackend, MemoryBackend};
 use crate::block::BlockFormat;
@@ -492,6 +492,35 @@ impl Store {
         ArrayWriter::for_new_array(self.inner.clone(), base, entry)
     }
 
+    /// Opens the write of one part of the write `target` describes (made by another
+    /// process on the same files, such as a coordinator whose workers store the blocks
+    /// they computed): its blocks go to files tagged `tag` in the version's directory,
+    /// and [`ArrayWriter::finish_part`] returns what they hold for the write that
+    /// commits to [`ArrayWriter::adopt`]. A reader ([`Store::open_reader`]) may write
+    /// parts; nothing in the catalog changes.
+    pub fn part_writer(&self, target: &PartTarget, tag: &str) -> Result<ArrayWriter> {
+        target.partitioning.validate(&target.schema)?;
+        let info = ArrayInfo {
+            id: target.array_id,
+            name: target.name.clone(),
+            schema: target.schema.clone(),
+            partitioning: target.partitioning,
+            keep_versions: 1,
+            versions: Vec::new(),
+            block_format: target.block_format,
+            placement: None,
+        };
+        let pin = snapshot::Pin::new(self.inner.clone(), target.array_id, 0);
+        let base = Snapshot::new(
+            self.inner.clone(),
+            info,
+            0,
+            Arc::new(Manifest::empty(target.array_id, 0)),
+            pin,
+        );
+        ArrayWriter::for_part(self.inner.clone(), base, target, tag)
+    }
+
     /// A new array's catalog entry at version 0, not yet given an id.
     fn new_entry(
         &self,
@@ -713,10 +742,22 @@ fn array_file_id(path: &str) -> Option<u64> {
         return None;
     };
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    let shard = name
-        .strip_prefix("shard-")
-        .and_then(|n| n.strip_suffix(".arrow"))
-        .is_some_and(|k| k.split('-').all(digits));
+    let shard_file = |name: &str| {
+        name.strip_prefix("shard-")
+            .and_then(|n| n.strip_suffix(".arrow"))
+            .is_some_and(|k| k.split('-').all(digits))
+    };
+    // A part of a write made elsewhere: `part-{tag}-shard-{k}.arrow`.
+    let part_file = |name: &str| {
+        name.strip_prefix("part-")
+            .and_then(|n| n.rsplit_once("-shard-"))
+            .is_some_and(|(tag, rest)| {
+                !tag.is_empty()
+                    && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && shard_file(&format!("shard-{rest}"))
+            })
+    };
+    let shard = shard_file(name) || part_file(name);
     let ok = version.strip_prefix('v').is_some_and(digits) && (name == "manifest.json" || shard);
     if ok { id.parse().ok() } else { None }
 }

@@ -730,3 +730,107 @@ fn a_catalog_without_placements_reads_as_the_unrecorded_placement() {
     assert!(versions[0].get("placement").is_none());
     assert_eq!(versions[2]["placement"], HASH_PLACEMENT);
 }
+
+/// A write in parts: other writers (workers, in a distributed `CREATE MATRIX ... AS`)
+/// store blocks in files of their own, the write that adopts them commits them at
+/// once; a part never adopted (a worker lost while writing) is deleted with the
+/// commit, and a write that ends without a commit takes every part with it.
+#[test]
+fn parts_written_elsewhere_commit_with_the_write_that_adopts_them() {
+    let schema = ArraySchema::matrix(9, 9, 3, 3).unwrap();
+    let mem = MemoryBackend::new();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    let part = |target: &crate::PartTarget, tag: &str, rows: &[i64], seed: u64| {
+        let mut p = store.part_writer(target, tag).unwrap();
+        for k in keys(&schema).into_iter().filter(|k| rows.contains(&k.0[0])) {
+            p.put_block(k.clone(), block_for(&schema, &k, seed))
+                .unwrap();
+        }
+        p
+    };
+
+    let mut w = store
+        .create_array_writer("parted", schema.clone(), None, None, None)
+        .unwrap();
+    let target = w.part_target();
+    let first = part(&target, "w1-0", &[0], 2).finish_part().unwrap();
+    let second = part(&target, "w2-0", &[1, 2], 2).finish_part().unwrap();
+    assert_eq!((first.blocks(), second.blocks()), (3, 6));
+    // A worker killed mid-write: its file stays behind, never adopted.
+    let mut lost = part(&target, "w3-0", &[0, 1], 7);
+    lost.sync_written().unwrap();
+    std::mem::forget(lost);
+    // A part whose file lies outside the write, and a block put twice, are refused.
+    let json = serde_json::to_string(&first).unwrap();
+    let elsewhere: crate::WrittenPart =
+        serde_json::from_str(&json.replace("/part-w1-0", "/../part-w1-0")).unwrap();
+    assert!(
+        matches!(w.adopt(elsewhere), Err(StorageError::InvalidArgument(m)) if m.contains("not a part of this write"))
+    );
+    w.adopt(first.clone()).unwrap();
+    assert!(
+        matches!(w.adopt(first), Err(StorageError::InvalidArgument(m)) if m.contains("written twice"))
+    );
+    w.adopt(second).unwrap();
+    assert!(store.array("parted").is_err(), "visible before its commit");
+    assert_eq!(w.commit().unwrap(), 1);
+    assert_version(&store, "parted", None, 2);
+    let files = mem.list("arrays/").unwrap();
+    assert!(
+        files.iter().any(|f| f.contains("/part-w1-0-shard-")),
+        "{files:?}"
+    );
+    assert!(
+        !files.iter().any(|f| f.contains("part-w3-0")),
+        "the lost part stayed: {files:?}"
+    );
+    // The version survives a crash and a reopen, with the same files.
+    mem.crash();
+    let store = new_store(Arc::new(mem.clone()), 5);
+    assert_version(&store, "parted", None, 2);
+    assert_eq!(mem.list("arrays/").unwrap(), files);
+
+    // A write that fails after parts were written leaves nothing, adopted or not.
+    let mut w = store
+        .create_array_writer("failed", schema.clone(), None, None, None)
+        .unwrap();
+    let target = w.part_target();
+    let mut p = store.part_writer(&target, "w1-1").unwrap();
+    p.put_block(
+        BlockKey::matrix(0, 0),
+        block_for(&schema, &BlockKey::matrix(0, 0), 2),
+    )
+    .unwrap();
+    w.adopt(p.finish_part().unwrap()).unwrap();
+    let mut p = store.part_writer(&target, "w2-1").unwrap();
+    p.put_block(
+        BlockKey::matrix(1, 1),
+        block_for(&schema, &BlockKey::matrix(1, 1), 2),
+    )
+    .unwrap();
+    p.sync_written().unwrap();
+    std::mem::forget(p);
+    drop(w);
+    assert!(store.array("failed").is_err());
+    assert_eq!(mem.list("arrays/").unwrap(), files);
+
+    // A part refuses a placement its build does not have, and odd tags; a part is
+    // finished, never committed, and a write commits, never finishes as a part.
+    let mut w = store
+        .create_array_writer("odd", schema.clone(), None, None, None)
+        .unwrap();
+    let mut other = w.part_target();
+    other.placement = "elsewhere-v9".into();
+    assert!(
+        matches!(store.part_writer(&other, "t"), Err(StorageError::InvalidArgument(m)) if m.contains("elsewhere-v9"))
+    );
+    let target = w.part_target();
+    assert!(store.part_writer(&target, "../x").is_err());
+    assert!(store.part_writer(&target, "t").unwrap().commit().is_err());
+    w.put_block(
+        BlockKey::matrix(0, 0),
+        block_for(&schema, &BlockKey::matrix(0, 0), 2),
+    )
+    .unwrap();
+    assert!(w.finish_part().is_err());
+}

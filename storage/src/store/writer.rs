@@ -75,6 +75,64 @@ pub struct ArrayWriter {
     partitioning: Partitioning,
     /// What places this write's blocks when `partitioning` is by hash.
     placement: Placement,
+    /// For a part of a write made in another process ([`Store::part_writer`]): the
+    /// tag in its file names (`part-{tag}-shard-{k}.arrow`).
+    ///
+    /// [`Store::part_writer`]: super::Store::part_writer
+    part: Option<String>,
+    /// Files written by parts of this write ([`ArrayWriter::adopt`]), with their sizes.
+    adopted: BTreeMap<String, u64>,
+    /// Whether [`ArrayWriter::part_target`] was handed out: other processes may have
+    /// written parts in this write's directory.
+    handed_out: bool,
+}
+
+/// What a part of a write needs to write its blocks in another process (a worker that
+/// computed them): the array, the version being written and how blocks are placed. It
+/// travels with the plan; [`Store::part_writer`](super::Store::part_writer) opens the
+/// part's write from it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PartTarget {
+    /// The array's id.
+    pub array_id: u64,
+    /// The array's name (for messages).
+    pub name: String,
+    /// The version being written.
+    pub version: u64,
+    /// The array's schema.
+    pub schema: crate::schema::ArraySchema,
+    /// How the new version's blocks are grouped into shards.
+    pub partitioning: Partitioning,
+    /// The format every block is stored in, if the array fixes one.
+    pub block_format: Option<BlockFormat>,
+    /// The placement function's name ([`Placement::id`]); a part refuses to write when
+    /// its build places blocks otherwise.
+    pub placement: String,
+}
+
+/// The blocks a part of a write stored, in files it finished and made durable: what
+/// [`ArrayWriter::adopt`] takes into the write that commits them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct WrittenPart {
+    files: Vec<(String, u64)>,
+    blocks: Vec<BlockEntry>,
+}
+
+impl WrittenPart {
+    /// Blocks stored.
+    pub fn blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Bytes in its files.
+    pub fn bytes(&self) -> u64 {
+        self.files.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Its files' paths.
+    pub fn files(&self) -> impl Iterator<Item = &str> {
+        self.files.iter().map(|(f, _)| f.as_str())
+    }
 }
 
 impl std::fmt::Debug for ArrayWriter {
@@ -110,7 +168,42 @@ impl ArrayWriter {
             creating: None,
             partitioning,
             placement: Placement::current(),
+            part: None,
+            adopted: BTreeMap::new(),
+            handed_out: false,
         })
+    }
+
+    /// The write of one part of the write `target` describes, made by another process
+    /// over the same files: its blocks go to files of their own (`part-{tag}-...`) in
+    /// the version's directory; [`ArrayWriter::finish_part`] makes them durable and
+    /// says what they hold, and only the write that adopts them commits them.
+    pub(crate) fn for_part(
+        inner: Arc<Inner>,
+        base: Snapshot,
+        target: &PartTarget,
+        tag: &str,
+    ) -> Result<Self> {
+        let mut writer = Self::new(inner, base, target.version, WriteMode::Replace)?;
+        writer.partitioning = target.partitioning;
+        if matches!(target.partitioning, Partitioning::Hash { .. })
+            && writer.placement.id() != target.placement
+        {
+            return Err(StorageError::InvalidArgument(format!(
+                "array '{}': the write places blocks by '{}', this build by '{}'",
+                target.name,
+                target.placement,
+                writer.placement.id()
+            )));
+        }
+        if tag.is_empty() || !tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(StorageError::InvalidArgument(format!(
+                "array '{}': a part's tag must be letters, digits and '-', not {tag:?}",
+                target.name
+            )));
+        }
+        writer.part = Some(tag.to_string());
+        Ok(writer)
     }
 
     /// The write of version 1 of the array `entry` (reserved as pending in the catalog,
@@ -302,11 +395,11 @@ impl ArrayWriter {
 
     fn shard_file(&mut self, shard: u32) -> Result<&mut ShardFile> {
         if !self.files.contains_key(&shard) {
-            let path = format!(
-                "{}/v{}/shard-{shard}.arrow",
-                dir(self.base.info().id),
-                self.version
-            );
+            let vdir = self.version_dir();
+            let path = match &self.part {
+                None => format!("{vdir}/shard-{shard}.arrow"),
+                Some(tag) => format!("{vdir}/part-{tag}-shard-{shard}.arrow"),
+            };
             let out = self.inner.backend().create(&path)?;
             self.written.push(path.clone());
             let writer = FileWriter::try_new(
@@ -331,6 +424,12 @@ impl ArrayWriter {
     /// atomically. Fails with [`StorageError::WriteConflict`] if another write to the
     /// array committed since this one began; then nothing is visible.
     pub fn commit(mut self) -> Result<u64> {
+        if self.part.is_some() {
+            return Err(StorageError::InvalidArgument(format!(
+                "array '{}': a part of a write is finished, not committed",
+                self.base.info().name
+            )));
+        }
         let result = self.try_commit();
         if result.is_ok() {
             self.finished = true;
@@ -338,10 +437,14 @@ impl ArrayWriter {
         result
     }
 
-    fn try_commit(&mut self) -> Result<u64> {
+    /// The directory of the version this write makes.
+    fn version_dir(&self) -> String {
+        format!("{}/v{}", dir(self.base.info().id), self.version)
+    }
+
+    /// Finishes every shard file and makes it durable; returns their sizes.
+    fn finish_files(&mut self) -> Result<BTreeMap<String, u64>> {
         let backend = self.inner.backend().clone();
-        let info = self.base.info().clone();
-        let vdir = format!("{}/v{}", dir(info.id), self.version);
         let mut sizes = BTreeMap::new();
         for (_, f) in std::mem::take(&mut self.files) {
             let ShardFile {
@@ -354,6 +457,113 @@ impl ArrayWriter {
             backend.sync(&path)?;
             sizes.insert(path, len);
         }
+        Ok(sizes)
+    }
+
+    /// Finishes a part of a write ([`Store::part_writer`](super::Store::part_writer)):
+    /// its files are made durable, and what they hold is returned for the write that
+    /// commits them to [`ArrayWriter::adopt`]. The files stay until that write commits
+    /// them or ends without committing (it then deletes them, as the next open of the
+    /// store would).
+    pub fn finish_part(mut self) -> Result<WrittenPart> {
+        if self.part.is_none() {
+            return Err(StorageError::InvalidArgument(format!(
+                "array '{}': only a part of a write is finished; this write commits",
+                self.base.info().name
+            )));
+        }
+        let sizes = self.finish_files()?;
+        if !sizes.is_empty() {
+            self.inner.backend().sync(&self.version_dir())?;
+        }
+        self.finished = true;
+        let blocks = std::mem::take(&mut self.puts)
+            .into_values()
+            .flatten()
+            .collect();
+        Ok(WrittenPart {
+            files: sizes.into_iter().collect(),
+            blocks,
+        })
+    }
+
+    /// What a part of this write, made in another process, needs to write blocks.
+    pub fn part_target(&mut self) -> PartTarget {
+        self.handed_out = true;
+        let info = self.base.info();
+        PartTarget {
+            array_id: info.id,
+            name: info.name.clone(),
+            version: self.version,
+            schema: info.schema.clone(),
+            partitioning: self.partitioning,
+            block_format: info.block_format,
+            placement: self.placement.id().to_string(),
+        }
+    }
+
+    /// Takes the blocks a part of this write stored ([`ArrayWriter::finish_part`]) into
+    /// it: they are committed with it, and deleted if it ends without a commit. A part's
+    /// files must lie in this write's version directory, and a block may be put once.
+    pub fn adopt(&mut self, part: WrittenPart) -> Result<()> {
+        let name = self.base.info().name.clone();
+        let mine = format!("{}/part-", self.version_dir());
+        let sizes: BTreeMap<String, u64> = part.files.into_iter().collect();
+        if let Some(f) = sizes
+            .keys()
+            .find(|f| !f.starts_with(&mine) || f.contains(".."))
+        {
+            return Err(StorageError::InvalidArgument(format!(
+                "array '{name}': a part's file {f} is not a part of this write ({mine}*)"
+            )));
+        }
+        for b in &part.blocks {
+            self.base.info().schema.check_key(&b.key)?;
+            if !sizes.contains_key(&b.file) || b.written_version != self.version {
+                return Err(StorageError::InvalidArgument(format!(
+                    "array '{name}': a part's block {} is not in its files of version {}",
+                    b.key, self.version
+                )));
+            }
+            if self.puts.contains_key(&b.key) {
+                return Err(StorageError::InvalidArgument(format!(
+                    "array '{name}': block {} was written twice",
+                    b.key
+                )));
+            }
+        }
+        for (f, n) in sizes {
+            self.written.push(f.clone());
+            self.adopted.insert(f, n);
+        }
+        for b in part.blocks {
+            self.puts.insert(b.key.clone(), Some(b));
+        }
+        Ok(())
+    }
+
+    /// Deletes the files in this write's version directory that `keep` does not
+    /// name: parts of it that were never adopted (a worker lost while writing, an
+    /// attempt that failed). The directory is this write's alone.
+    fn sweep(&self, keep: &BTreeSet<&str>) {
+        let Ok(files) = self
+            .inner
+            .backend()
+            .list(&format!("{}/", self.version_dir()))
+        else {
+            return; // Left for the next open's garbage collection.
+        };
+        for f in files.iter().filter(|f| !keep.contains(f.as_str())) {
+            let _ = self.inner.backend().delete(f);
+        }
+    }
+
+    fn try_commit(&mut self) -> Result<u64> {
+        let backend = self.inner.backend().clone();
+        let info = self.base.info().clone();
+        let vdir = self.version_dir();
+        let mut sizes = self.finish_files()?;
+        sizes.extend(std::mem::take(&mut self.adopted));
 
         // The new version's blocks: the base's (Update) overlaid with this write's.
         let mut blocks: BTreeMap<BlockKey, BlockEntry> = match self.mode {
@@ -481,6 +691,12 @@ impl ArrayWriter {
             return Err(e);
         }
         let manifest = Arc::new(manifest);
+        if self.part_files_elsewhere() {
+            let manifest_path = format!("{vdir}/manifest.json");
+            let mut keep: BTreeSet<&str> = manifest.files.keys().map(String::as_str).collect();
+            keep.insert(&manifest_path);
+            self.sweep(&keep);
+        }
         lock(&self.inner.manifests).insert((info.id, self.version), manifest);
         self.inner.forget_derived(info.id);
         if self.creating.is_some() {
@@ -519,12 +735,24 @@ impl ArrayWriter {
     }
 }
 
+impl ArrayWriter {
+    /// True when parts of this write may have written files this process never saw
+    /// (it handed out its target or adopted parts).
+    fn part_files_elsewhere(&self) -> bool {
+        self.handed_out || self.written.iter().any(|f| f.contains("/part-"))
+    }
+}
+
 impl Drop for ArrayWriter {
     fn drop(&mut self) {
         if !self.finished {
             self.files.clear();
             for f in &self.written {
                 let _ = self.inner.backend().delete(f);
+            }
+            if self.part.is_none() && self.part_files_elsewhere() {
+                // Parts written elsewhere and never adopted go with the write.
+                self.sweep(&BTreeSet::new());
             }
             if self.creating.is_some() {
                 // Best effort: a reservation left behind is cleared at the next open.
