@@ -4,6 +4,7 @@
 //! Results are checked against a naive triple loop over the same formula the SQL
 //! used to fill the matrices.
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -172,7 +173,7 @@ async fn cluster(n: usize) -> (tempfile::TempDir, Workers, ServerHandle, Client)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
-    let (_dir, mut workers, server, client) = cluster(2).await;
+    let (dir, mut workers, server, client) = cluster(2).await;
     for sql in [
         "CREATE MATRIX a (40, 30) BLOCK (10, 10) WITH (shards = 4)",
         "CREATE MATRIX b (30, 20) BLOCK (10, 10) WITH (shards = 3)",
@@ -212,13 +213,23 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
         let got = rows(&client, "SELECT i, j, v FROM matmul(a, b)").await;
         check(&format!("matmul(a, b) with {strategy}"), &got, &ab);
     }
-    // A matrix made from a distributed product is stored exactly.
+    // A matrix made from a distributed product is stored exactly, by the workers that
+    // computed its blocks: its files are parts written by both worker processes, none
+    // by the coordinator (this process), and nothing else is left in its directory.
     client
-        .batch_execute("CREATE MATRIX g AS SELECT * FROM matmul(a, b)")
+        .batch_execute("CREATE MATRIX g BLOCK (10, 10) AS SELECT * FROM matmul(a, b)")
         .await
         .unwrap();
     let got = rows(&client, "SELECT i, j, v FROM g").await;
     check("CREATE MATRIX g AS matmul(a, b)", &got, &ab);
+    let data = dir.path().join("db").join("store");
+    let writers = part_writers(&newest_array(&data));
+    let worker_pids: BTreeSet<u32> = workers.children.iter().map(Child::id).collect();
+    assert!(
+        writers.len() == 2 && writers.is_subset(&worker_pids),
+        "the parts of g were written by {writers:?}, the workers are {worker_pids:?}"
+    );
+    assert_versions_hold_only_their_files(&data);
     // EXPLAIN ANALYZE shows what crossed the network between the stages.
     client
         .batch_execute("SET tessera.matmul_strategy = 'repartition'")
@@ -542,6 +553,160 @@ async fn a_worker_killed_mid_product_is_survived_exactly() {
     server.shutdown().await;
 }
 
+/// The directory of the array created last in the store directory `data`.
+fn newest_array(data: &Path) -> std::path::PathBuf {
+    std::fs::read_dir(data.join("arrays"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            let id = p.file_name()?.to_str()?.parse::<u64>().ok()?;
+            Some((id, p))
+        })
+        .max()
+        .unwrap()
+        .1
+}
+
+/// The processes that wrote part files under `dir` (an array's directory): the
+/// process id that each part file's name starts with
+/// (`part-{pid}-{partition}-{nonce}-shard-{k}.arrow`).
+fn part_writers(dir: &Path) -> BTreeSet<u32> {
+    let mut pids = BTreeSet::new();
+    for file in files_under(dir) {
+        let name = file.file_name().unwrap().to_string_lossy().to_string();
+        if let Some(rest) = name.strip_prefix("part-") {
+            pids.insert(rest.split('-').next().unwrap().parse().unwrap());
+        }
+    }
+    pids
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Every version directory under `data` holds its manifest and exactly the files the
+/// manifest names: no part of a failed attempt or of a lost worker is left.
+fn assert_versions_hold_only_their_files(data: &Path) {
+    for manifest in files_under(&data.join("arrays"))
+        .into_iter()
+        .filter(|f| f.ends_with("manifest.json"))
+    {
+        // A header line (magic and checksum), then the JSON.
+        let bytes = std::fs::read(&manifest).unwrap();
+        let body = bytes.splitn(2, |b| *b == b'\n').nth(1).unwrap();
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        let named: BTreeSet<std::path::PathBuf> = json["files"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|f| data.join(f))
+            .collect();
+        let dir = manifest.parent().unwrap();
+        let held: BTreeSet<std::path::PathBuf> = files_under(dir)
+            .into_iter()
+            .filter(|f| *f != manifest)
+            .collect();
+        assert_eq!(held, named, "{}", dir.display());
+    }
+}
+
+/// A worker killed with SIGKILL while a distributed `CREATE MATRIX ... AS` runs on
+/// three, its blocks being written by the workers: the statement is run again on the
+/// two left and stores the exact product; nothing of the failed attempt stays (no
+/// part file of the killed worker, no file a manifest does not name), and no
+/// version of the matrix was ever visible half-written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_create_matrix_as_is_survived_exactly() {
+    let (dir, mut workers, server, client) = cluster(3).await;
+    const N: u64 = KILL_N;
+    for sql in [
+        &format!("CREATE MATRIX a ({N}, {N}) BLOCK (8, 8) WITH (shards = 6)"),
+        &fill("a", N, N, 1),
+        "SET tessera.matmul_strategy = 'repartition'",
+    ] {
+        client
+            .batch_execute(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    let want = naive(N, N, N, |i, k| cell(i, k, 1), |k, j| cell(k, j, 1));
+    let cells = want.iter().flatten();
+    let exact = vec![vec![
+        cells.clone().sum::<f64>().to_string(),
+        cells.map(|v| v * v).sum::<f64>().to_string(),
+    ]];
+    // Blocked finely too, so the write has many blocks to store.
+    let create =
+        |name: &str| format!("CREATE MATRIX {name} BLOCK (8, 8) AS SELECT * FROM matmul(a, a)");
+    let start = std::time::Instant::now();
+    client.batch_execute(&create("whole")).await.unwrap();
+    let whole = start.elapsed();
+    eprintln!("CREATE MATRIX ... AS matmul(a, a) on three workers: {whole:?}");
+    let summed = |name: &str| format!("SELECT sum(v), sum(v * v) FROM {name}");
+    assert_eq!(rows(&client, &summed("whole")).await, exact);
+
+    let port = server.local_addr().port();
+    let sql = create("again");
+    let running = tokio::spawn(async move {
+        let client = connect(port).await;
+        let start = std::time::Instant::now();
+        let done = client.batch_execute(&sql).await;
+        (done, start.elapsed())
+    });
+    let kill_at = whole / 3;
+    let started = std::time::Instant::now();
+    let tasks = "SELECT address, running_tasks FROM tessera_workers() ORDER BY address";
+    let mut busy = rows(&client, tasks).await;
+    while !busy.iter().all(|r| r[1].parse::<u64>().unwrap() > 0) && started.elapsed() < whole {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        busy = rows(&client, tasks).await;
+    }
+    tokio::time::sleep(kill_at.saturating_sub(started.elapsed())).await;
+    let victim = workers.children[1].id();
+    workers.children[1].kill().unwrap();
+    workers.children[1].wait().unwrap();
+    let (done, took) = tokio::time::timeout(Duration::from_secs(120), running)
+        .await
+        .expect("CREATE MATRIX ... AS must not hang after losing a worker")
+        .unwrap();
+    done.unwrap_or_else(|e| panic!("CREATE MATRIX ... AS after a worker was killed: {e:?}"));
+    assert!(
+        took > kill_at,
+        "the write ended ({took:?}) before the worker was killed ({kill_at:?}): nothing was tested"
+    );
+    assert_eq!(rows(&client, &summed("again")).await, exact);
+    let retried = rows(
+        &client,
+        "SELECT statements_retried FROM tessera_workers() ORDER BY address",
+    )
+    .await;
+    let mut urls = workers.urls.clone();
+    urls.sort();
+    let at = urls.iter().position(|u| *u == workers.urls[1]).unwrap();
+    assert_eq!(retried[at], ["1"], "{retried:?}");
+    let data = dir.path().join("db").join("store");
+    let writers = part_writers(&newest_array(&data));
+    assert!(
+        !writers.is_empty() && !writers.contains(&victim),
+        "the parts of the matrix written again are by {writers:?}; the killed worker was {victim}"
+    );
+    assert_versions_hold_only_their_files(&data);
+    server.shutdown().await;
+}
+
 /// The side of the matrix the mid-product kill multiplies by itself.
 const KILL_N: u64 = 360;
 
@@ -558,7 +723,7 @@ async fn workers_refuse_coordinators_without_the_cluster_secret() {
 /// what the workers' log says of each refusal.
 async fn refused(secret: Option<&str>, logged: &str) {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("db");
+    let data = dir.path().join("db").join("store");
     std::fs::create_dir_all(&data).unwrap();
     let log = dir.path().join("workers.log");
     let workers = Workers::start(2, &data, SECRET, &log);

@@ -115,6 +115,11 @@ pub async fn write_query_as_matrix(
             names.join(", ")
         );
     }
+    // A matrix expression that runs as a block dataflow stores its blocks where they
+    // are computed (on the workers, when the statement is distributed).
+    if let Some(cells) = write_dataflow_as_matrix(catalog, &query, &target).await? {
+        return Ok(cells);
+    }
     // Fast path: a matrix expression hands over its blocks, no (i, j, v) rows; a
     // product stores each block as soon as it is finished.
     let task_ctx = query.task_ctx();
@@ -189,6 +194,110 @@ pub async fn write_query_as_matrix(
     })
     .await?;
     Ok(cells)
+}
+
+/// `CREATE MATRIX ... AS` a matrix expression that runs as a block dataflow, its blocks
+/// stored where they are computed: each partition of the dataflow (on a worker, when
+/// the statement is distributed) writes the blocks it made into part files of the new
+/// matrix's first version ([`MatrixWriteNode`](crate::la::MatrixWriteNode)), and this
+/// statement commits them all at once. Nothing of the matrix is visible before; a
+/// failure deletes every part, and files of a process that died are deleted by the
+/// commit (or, if this process dies too, by the store's next open).
+///
+/// A statement on workers that fails because one of them was lost is planned again on
+/// the workers left and run again, up to [`ATTEMPTS`](crate::distributed::ATTEMPTS)
+/// in all; the failed attempt's parts are deleted at the commit. `None` when the
+/// query is not such a dataflow.
+async fn write_dataflow_as_matrix(
+    catalog: &Arc<TesseraCatalog>,
+    query: &DataFrame,
+    target: &NewMatrix,
+) -> Result<Option<u64>> {
+    use datafusion::execution::context::QueryPlanner;
+    let name = &target.name;
+    let (state, plan) = query.clone().into_parts();
+    let plan = state.optimize(&plan)?;
+    let local = crate::la::TesseraQueryPlanner
+        .create_physical_plan(&plan, &state)
+        .await?;
+    let Some(geometry) = crate::la::is_block_dataflow(&local) else {
+        return Ok(None);
+    };
+    drop(local);
+    let shape = geometry.shape;
+    if let Some(wanted) = target.shape
+        && wanted != shape
+    {
+        return plan_err!(
+            "CREATE MATRIX {name} ({}, {}) AS: the query's matrix is {}x{}",
+            wanted.0,
+            wanted.1,
+            shape.0,
+            shape.1
+        );
+    }
+    let block = target
+        .block
+        .unwrap_or_else(|| auto_block_size(shape.0, shape.1));
+    let schema = ArraySchema::matrix(shape.0, shape.1, block.0, block.1).map_err(storage_error)?;
+    let mut writer = catalog.create_array_writer(
+        name,
+        schema,
+        target.partitioning,
+        target.keep_versions,
+        target.format,
+    )?;
+    let node = crate::la::MatrixWriteNode::new(
+        plan,
+        writer.part_target(),
+        block,
+        catalog.store().clone(),
+    )?;
+    let write =
+        datafusion::logical_expr::LogicalPlan::Extension(datafusion::logical_expr::Extension {
+            node: Arc::new(node),
+        });
+    let cluster = state
+        .config()
+        .get_extension::<crate::distributed::Cluster>();
+    let mut attempt = 1;
+    let parts = loop {
+        let used = cluster.as_ref().map(|c| c.live()).unwrap_or_default();
+        let physical = state.create_physical_plan(&write).await?;
+        let ran = datafusion::physical_plan::collect(physical, state.task_ctx()).await;
+        let error = match ran {
+            Ok(batches) => break crate::la::flow::written_parts(&batches)?,
+            Err(e) => e,
+        };
+        let lost = match &cluster {
+            Some(c) if !used.is_empty() => c.lost_since(&used).await,
+            _ => false,
+        };
+        match &cluster {
+            Some(c) if lost && attempt < crate::distributed::ATTEMPTS => {
+                tracing::warn!(
+                    attempt,
+                    "CREATE MATRIX {name} AS: a worker was lost ({error}); running it again on the workers left"
+                );
+                c.note_retry(&used);
+                attempt += 1;
+            }
+            _ if lost => {
+                return Err(DataFusionError::External(Box::new(
+                    crate::TesseraError::classified(ErrorKind::WorkerLost, error),
+                )));
+            }
+            _ => return Err(error),
+        }
+    };
+    let mut cells = 0;
+    for part in parts {
+        cells += part.nnz();
+        writer.adopt(part).map_err(storage_error)?;
+    }
+    let catalog = catalog.clone();
+    blocking(move || catalog.commit_new_array(writer)).await?;
+    Ok(Some(cells))
 }
 
 /// Bytes a streaming write puts in shard files between syncs: the disk writes them

@@ -44,10 +44,14 @@ use tessera_storage::Store;
 use crate::error::storage_error;
 use crate::la::flow::{
     BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGenerateExec, BlockMap,
-    BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, BlockZipJoinExec,
-    ExchangeMeterExec, Fold, FusedPartialExec, Generator, OutputKeys,
+    BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, BlockWriteExec,
+    BlockZipJoinExec, ExchangeMeterExec, Fold, FusedPartialExec, Generator, OutputKeys,
 };
 use crate::la::{FlowGeometry, Pinned, TesseraQueryPlanner};
+
+/// Attempts a distributed statement gets when workers are lost while it runs (Spark
+/// tries a task 4 times): the first run and up to three on the workers left.
+pub const ATTEMPTS: usize = 4;
 
 /// One block operator as it travels: its parameters; its inputs travel beside it.
 #[derive(Debug, Serialize, Deserialize)]
@@ -97,6 +101,9 @@ enum FlowNode {
         block: (u64, u64),
         planned: crate::la::flow::Planned,
         one_cell: bool,
+    },
+    Write {
+        target: tessera_storage::PartTarget,
     },
 }
 
@@ -175,6 +182,11 @@ impl FlowCodec {
         if let Some(a) = node.downcast_ref::<BlockAssembleExec>() {
             let FlowGeometry { shape, block } = a.geometry();
             return Some(FlowNode::Assemble { shape, block });
+        }
+        if let Some(w) = node.downcast_ref::<BlockWriteExec>() {
+            return Some(FlowNode::Write {
+                target: w.target.clone(),
+            });
         }
         if let Some(c) = node.downcast_ref::<BlockCellsExec>() {
             let FlowGeometry { shape, block } = c.geometry();
@@ -298,6 +310,11 @@ impl FlowCodec {
                 } else {
                     BlockCellsExec::try_new(one()?, geometry, planned)?
                 })
+            }
+            // A worker stores the blocks it computed in part files of the write, in the
+            // shared data directory.
+            FlowNode::Write { target } => {
+                Arc::new(BlockWriteExec::try_new(one()?, target, self.store.clone())?)
             }
         })
     }
@@ -778,6 +795,14 @@ impl Cluster {
             .any(|w| !w.live && used.contains(&w.url))
     }
 
+    /// After a statement planned on the workers `used` failed: whether one of them is
+    /// lost, asked of the workers at once (which also takes a lost one out of the next
+    /// plan).
+    pub async fn lost_since(&self, used: &[url::Url]) -> bool {
+        self.beat().await;
+        self.lost_any(used)
+    }
+
     /// Counts a statement run again because workers of `used` were lost: each of them
     /// that is down now gets it in its `statements_retried`.
     pub fn note_retry(&self, used: &[url::Url]) {
@@ -1014,6 +1039,12 @@ pub fn install(
 ) -> SessionStateBuilder {
     let codec = FlowCodec::new(store);
     let channels = SharedChannels(Arc::clone(&cluster.channels));
+    let mut builder = builder;
+    // Statements that retry on their own (a distributed `CREATE MATRIX ... AS`) find
+    // the cluster in the session's config.
+    if let Some(config) = builder.config().as_mut() {
+        config.set_extension(Arc::clone(&cluster));
+    }
     let mut builder = builder
         .with_query_planner(Arc::new(TesseraQueryPlanner))
         .with_distributed_worker_resolver(LiveWorkers(Arc::clone(&cluster)))

@@ -766,7 +766,7 @@ fn runs_on_workers(plan: &Arc<dyn datafusion::physical_plan::ExecutionPlan>) -> 
 }
 
 /// Attempts a distributed statement gets, the first included (as Spark tries a task).
-const DISTRIBUTED_ATTEMPTS: usize = 4;
+const DISTRIBUTED_ATTEMPTS: usize = tessera_planner::distributed::ATTEMPTS;
 
 /// Bytes of result a distributed statement holds back before sending the first row:
 /// until then (and for every result this small, to its end) a lost worker's error,

@@ -34,7 +34,9 @@ pub use expr::{Estimate, MatExpr, Op, Pinned, Reduction, Step, optimize};
 pub(crate) use functions::{Builder as MatrixArguments, number};
 pub use functions::{MATRIX_FUNCTIONS, MatrixFunctions};
 pub use matrix::{BlockMatrix, Layout, Tile, TileSink};
-pub use node::{LaNode, LaPlanner, TesseraConfig, TesseraQueryPlanner};
+pub use node::{
+    LaNode, LaPlanner, MatrixWriteNode, TesseraConfig, TesseraQueryPlanner, is_block_dataflow,
+};
 pub use strategy::{Candidate, Choice, CostContext, Strategy};
 
 /// Adds Tessera's settings (`tessera.*`, e.g. `tessera.matmul_strategy`) to a session

@@ -18,15 +18,16 @@ use datafusion::logical_expr::{
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::physical_plan::{ExecutionPlan, ExecutionPlanProperties};
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
-use tessera_storage::Partitioning;
 use tessera_storage::kernels::{BinaryOp, Step};
+use tessera_storage::{PartTarget, Partitioning, Store};
 
 use super::exec::{FlowGeometry, LaExec, Output, cells_schema, rows_schema};
 use super::expr::{Broadcast, Estimate, MatExpr, Op, Reduction, broadcast};
 use super::flow::{
     BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGenerateExec, BlockMap,
-    BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, FlowStrategy, Fold,
-    FusedPartialExec, Generator, Total, centred_tsmm_plan, fused_plan, matmul_plan,
+    BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, BlockWriteExec,
+    FlowStrategy, Fold, FusedPartialExec, Generator, Total, centred_tsmm_plan, fused_plan,
+    matmul_plan,
 };
 use super::matrix::{KeyFn, Layout};
 use super::ops::Draw;
@@ -157,6 +158,147 @@ impl UserDefinedLogicalNodeCore for LaNode {
             ..self.clone()
         })
     }
+}
+
+/// `CREATE MATRIX ... AS` a matrix expression that runs as a block dataflow: its
+/// blocks, cut to the new matrix's blocking, are stored where they are computed (a
+/// [`BlockWriteExec`] over the dataflow, on the workers in a distributed statement);
+/// its rows are the parts written, for the statement to adopt and commit.
+#[derive(Debug, Clone)]
+pub struct MatrixWriteNode {
+    input: LogicalPlan,
+    target: PartTarget,
+    block: (u64, u64),
+    store: Store,
+    schema: DFSchemaRef,
+}
+
+impl MatrixWriteNode {
+    /// Stores the blocks of the matrix expression `input` as parts of `target`, in
+    /// blocks of `block`, with the files of `store`.
+    pub fn new(
+        input: LogicalPlan,
+        target: PartTarget,
+        block: (u64, u64),
+        store: Store,
+    ) -> Result<Self> {
+        let arrow = super::flow::written_parts_schema();
+        let schema = Arc::new(DFSchema::try_from(arrow.as_ref().clone())?);
+        Ok(Self {
+            input,
+            target,
+            block,
+            store,
+            schema,
+        })
+    }
+}
+
+impl PartialEq for MatrixWriteNode {
+    fn eq(&self, other: &Self) -> bool {
+        self.input == other.input && self.target == other.target && self.block == other.block
+    }
+}
+
+impl Eq for MatrixWriteNode {}
+
+impl Hash for MatrixWriteNode {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.input.hash(state);
+        (self.target.array_id, self.target.version, self.block).hash(state);
+    }
+}
+
+impl PartialOrd for MatrixWriteNode {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        (self == other).then_some(Ordering::Equal)
+    }
+}
+
+impl UserDefinedLogicalNodeCore for MatrixWriteNode {
+    fn name(&self) -> &str {
+        "MatrixWrite"
+    }
+
+    fn inputs(&self) -> Vec<&LogicalPlan> {
+        vec![&self.input]
+    }
+
+    fn schema(&self) -> &DFSchemaRef {
+        &self.schema
+    }
+
+    fn expressions(&self) -> Vec<Expr> {
+        vec![]
+    }
+
+    fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "MatrixWrite: {} version {} in {}x{} blocks",
+            self.target.name, self.target.version, self.block.0, self.block.1
+        )
+    }
+
+    fn with_exprs_and_inputs(
+        &self,
+        _exprs: Vec<Expr>,
+        mut inputs: Vec<LogicalPlan>,
+    ) -> Result<Self> {
+        match (inputs.pop(), inputs.is_empty()) {
+            (Some(input), true) => Ok(Self {
+                input,
+                ..self.clone()
+            }),
+            _ => plan_err!("MatrixWrite takes one input"),
+        }
+    }
+}
+
+/// True when `plan` (planned in this process) is a matrix expression whose cells a
+/// block dataflow makes: what [`MatrixWriteNode`] can store where it is computed.
+pub fn is_block_dataflow(plan: &Arc<dyn ExecutionPlan>) -> Option<FlowGeometry> {
+    plan.downcast_ref::<BlockCellsExec>()
+        .filter(|c| !c.one_cell)
+        .map(BlockCellsExec::geometry)
+}
+
+/// The physical plan of `write` over its input's plan `input`.
+fn plan_write(
+    write: &MatrixWriteNode,
+    input: &Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let name = &write.target.name;
+    let Some(cells) = input
+        .downcast_ref::<BlockCellsExec>()
+        .filter(|c| !c.one_cell)
+    else {
+        return plan_err!(
+            "CREATE MATRIX {name} AS: the query is not a matrix expression computed as blocks"
+        );
+    };
+    let geometry = cells.geometry();
+    let shape = write.target.schema.shape2();
+    if geometry.shape != shape {
+        return plan_err!(
+            "CREATE MATRIX {name} ({}, {}) AS: the query's matrix is {}x{}",
+            shape.0,
+            shape.1,
+            geometry.shape.0,
+            geometry.shape.1
+        );
+    }
+    let blocks = FlowOperand::new(Arc::clone(cells.input()), geometry.shape, geometry.block)
+        .reblocked(write.block)?;
+    let written = BlockWriteExec::try_new(blocks.plan, write.target.clone(), write.store.clone())?;
+    // Only the rows saying what was written are gathered: in a distributed statement
+    // the coalesce is where the network boundary goes, so the writes stay on the
+    // workers that computed the blocks.
+    Ok(Arc::new(
+        datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec::new(Arc::new(
+            written,
+        )),
+    ))
 }
 
 /// Plans [`LaNode`]s into [`LaExec`] trees.
@@ -946,6 +1088,12 @@ impl ExtensionPlanner for LaPlanner {
             return crate::ml::plan_lateral(lateral, physical_inputs.first().cloned(), session)
                 .await
                 .map(Some);
+        }
+        if let Some(write) = node.as_any().downcast_ref::<MatrixWriteNode>() {
+            let Some(input) = physical_inputs.first() else {
+                return plan_err!("MatrixWrite has no input");
+            };
+            return plan_write(write, input).map(Some);
         }
         let Some(node) = node.as_any().downcast_ref::<LaNode>() else {
             return Ok(None);

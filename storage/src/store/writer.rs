@@ -124,6 +124,14 @@ impl WrittenPart {
         self.blocks.len()
     }
 
+    /// Non-zero cells in its blocks (of the first attribute).
+    pub fn nnz(&self) -> u64 {
+        self.blocks
+            .iter()
+            .map(|b| b.nnz.first().copied().unwrap_or(0))
+            .sum()
+    }
+
     /// Bytes in its files.
     pub fn bytes(&self) -> u64 {
         self.files.iter().map(|(_, n)| n).sum()

@@ -35,7 +35,9 @@
 //! - [`BlockAssembleExec`] builds the blocks of another blocking from the pieces a
 //!   [`BlockMap::Pieces`] cut (a reblock, or `rbind` / `cbind` of operands that do not
 //!   meet on whole blocks), requiring the pieces hash-partitioned on `(i, j)`;
-//! - [`BlockCellsExec`] turns the blocks at the top into `(i, j, v)` rows as they come.
+//! - [`BlockCellsExec`] turns the blocks at the top into `(i, j, v)` rows as they come;
+//! - [`BlockWriteExec`] stores them instead, for `CREATE MATRIX ... AS`: each partition
+//!   writes the blocks it computed into part files of the new version, where it runs.
 //!
 //! [`matmul_plan`] and [`fused_plan`] build the plan shape of each strategy:
 //!
@@ -81,6 +83,7 @@ mod product;
 mod reblock;
 mod scan;
 mod sum;
+mod write;
 mod zip;
 
 use std::collections::HashMap;
@@ -106,6 +109,7 @@ pub use product::{BlockProductExec, OutputKeys};
 pub use reblock::BlockAssembleExec;
 pub use scan::{BlockScanExec, BlockWindow};
 pub use sum::{BlockSumExec, Fold};
+pub use write::{BlockWriteExec, written_parts, written_parts_schema};
 pub use zip::BlockZipJoinExec;
 
 use crate::error::storage_error;
