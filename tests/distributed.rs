@@ -258,6 +258,35 @@ async fn every_strategy_runs_on_worker_processes_and_matches_naive() {
     let got = rows(&client, "SELECT i, j, v FROM matmul(t(x), y)").await;
     let xty = naive(20, 40, 30, |i, k| cell(k, i, 3), |k, j| cell(k, j, 4));
     check("matmul(t(x), y) co-partitioned", &got, &xty);
+    // Ridge regression in one statement, one dataflow on the workers: the solve's
+    // operands gathered into one task. The answer `b` satisfies (t(x) x + I) b = t(x) y.
+    client
+        .batch_execute("SET tessera.matmul_strategy = 'auto'")
+        .await
+        .unwrap();
+    let ridge = "SELECT i, j, v FROM solve(add(matmul(t(x), x), eye(20)), matmul(t(x), y))";
+    let plan = rows(&client, &format!("EXPLAIN {ridge}")).await;
+    let plan: String = plan.iter().map(|r| r.join(" ") + "\n").collect();
+    assert!(
+        plan.contains("DistributedExec") && plan.contains("BlockGatherExec: solve"),
+        "ridge: {plan}"
+    );
+    let mut b = vec![vec![0.0; 30]; 20];
+    for row in rows(&client, ridge).await {
+        let (i, j): (usize, usize) = (row[0].parse().unwrap(), row[1].parse().unwrap());
+        b[i][j] = row[2].parse().unwrap();
+    }
+    let gram = naive(20, 40, 20, |i, k| cell(k, i, 3), |k, j| cell(k, j, 3));
+    for i in 0..20 {
+        for j in 0..30 {
+            let lhs: f64 = (0..20).map(|k| gram[i][k] * b[k][j]).sum::<f64>() + b[i][j];
+            assert!(
+                (lhs - xty[i][j]).abs() < 1e-6 * (1.0 + xty[i][j].abs()),
+                "ridge: row {i}, column {j}: {lhs} against {}",
+                xty[i][j]
+            );
+        }
+    }
     // tsmm: one partial t(a) a per partition, summed on the coordinator's side.
     client
         .batch_execute("SET tessera.matmul_strategy = 'auto'")

@@ -43,9 +43,10 @@ use tessera_storage::Store;
 
 use crate::error::storage_error;
 use crate::la::flow::{
-    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGenerateExec, BlockMap,
-    BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, BlockWriteExec,
-    BlockZipJoinExec, ExchangeMeterExec, Fold, FusedPartialExec, Generator, OutputKeys,
+    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGatherExec, BlockGenerateExec,
+    BlockMap, BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow,
+    BlockWriteExec, BlockZipJoinExec, ExchangeMeterExec, Fold, FusedPartialExec, Gathered,
+    Generator, OutputKeys,
 };
 use crate::la::{FlowGeometry, Pinned, TesseraQueryPlanner};
 
@@ -104,6 +105,12 @@ enum FlowNode {
     },
     Write {
         target: tessera_storage::PartTarget,
+    },
+    Gather {
+        op: Gathered,
+        inputs: Vec<((u64, u64), (u64, u64))>,
+        shape: (u64, u64),
+        block: (u64, u64),
     },
 }
 
@@ -182,6 +189,14 @@ impl FlowCodec {
         if let Some(a) = node.downcast_ref::<BlockAssembleExec>() {
             let FlowGeometry { shape, block } = a.geometry();
             return Some(FlowNode::Assemble { shape, block });
+        }
+        if let Some(g) = node.downcast_ref::<BlockGatherExec>() {
+            return Some(FlowNode::Gather {
+                op: g.op,
+                inputs: g.geometries.iter().map(|x| (x.shape, x.block)).collect(),
+                shape: g.output.shape,
+                block: g.output.block,
+            });
         }
         if let Some(w) = node.downcast_ref::<BlockWriteExec>() {
             return Some(FlowNode::Write {
@@ -313,6 +328,20 @@ impl FlowCodec {
             }
             // A worker stores the blocks it computed in part files of the write, in the
             // shared data directory.
+            FlowNode::Gather {
+                op,
+                inputs: geometries,
+                shape,
+                block,
+            } => Arc::new(BlockGatherExec::try_new(
+                inputs.to_vec(),
+                op,
+                geometries
+                    .into_iter()
+                    .map(|(shape, block)| FlowGeometry { shape, block })
+                    .collect(),
+                FlowGeometry { shape, block },
+            )?),
             FlowNode::Write { target } => {
                 Arc::new(BlockWriteExec::try_new(one()?, target, self.store.clone())?)
             }

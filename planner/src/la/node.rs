@@ -24,10 +24,10 @@ use tessera_storage::{PartTarget, Partitioning, Store};
 use super::exec::{FlowGeometry, LaExec, Output, cells_schema, rows_schema};
 use super::expr::{Broadcast, Estimate, MatExpr, Op, Reduction, broadcast};
 use super::flow::{
-    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGenerateExec, BlockMap,
-    BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow, BlockWriteExec,
-    FlowStrategy, Fold, FusedPartialExec, Generator, Total, centred_tsmm_plan, fused_plan,
-    matmul_plan,
+    BlockAssembleExec, BlockCellsExec, BlockElementwiseExec, BlockGatherExec, BlockGenerateExec,
+    BlockMap, BlockMapExec, BlockProductExec, BlockScanExec, BlockSumExec, BlockWindow,
+    BlockWriteExec, FlowStrategy, Fold, FusedPartialExec, Gathered, Generator, Total,
+    centred_tsmm_plan, fused_plan, matmul_plan,
 };
 use super::matrix::{KeyFn, Layout};
 use super::ops::Draw;
@@ -748,6 +748,33 @@ fn dataflow(
                 rows_together,
                 ..operand
             })
+        }
+        (Op::Solve | Op::Inv | Op::Cholesky, _) => {
+            let op = match e.op {
+                Op::Solve => Gathered::Solve,
+                Op::Inv => Gathered::Inv,
+                _ => Gathered::Cholesky,
+            };
+            let mut plans = Vec::with_capacity(children.len());
+            let mut geometries = Vec::with_capacity(children.len());
+            for (child, operand) in children.iter().zip(operands) {
+                let Some(f) = as_flow(child, operand.block) else {
+                    return Ok(None);
+                };
+                geometries.push(f.geometry());
+                plans.push(f.plan);
+            }
+            if plans.len() != op.arity() {
+                return Ok(None);
+            }
+            let shape = match op {
+                Gathered::Solve => (geometries[0].shape.1, geometries[1].shape.1),
+                Gathered::Inv | Gathered::Cholesky => geometries[0].shape,
+            };
+            let block = fit_block(super::auto_block(shape.0, shape.1), shape);
+            let output = FlowGeometry { shape, block };
+            let plan = Arc::new(BlockGatherExec::try_new(plans, op, geometries, output)?);
+            Some(FlowOperand::new(plan, shape, block))
         }
         (Op::Transpose, [x]) => match as_flow(x, operands[0].block) {
             Some(x) => Some(x.transposed()?),

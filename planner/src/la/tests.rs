@@ -621,8 +621,33 @@ async fn solvers_match_hand_worked_examples() {
     // Check g got = t(x) y instead of inverting by hand.
     g.mm(&got)
         .assert_close(&x.t().mm(&y), "ridge normal equations");
-    let msg = error(&ctx, "SELECT * FROM inv(sub(a, a))").await;
-    assert!(msg.contains("singular"), "{msg}");
+    // One dataflow: the solve's operands (a tsmm, a product) gathered into one
+    // partition by a block operator; nothing computes a matrix whole.
+    let plan = explain(
+        &ctx,
+        "SELECT * FROM solve(add(matmul(t(x), x), scale(eye(4), 0.5)), matmul(t(x), y))",
+    )
+    .await;
+    assert!(
+        whole_matrix_operators(&plan).is_empty()
+            && plan.contains("BlockGatherExec: solve of the gathered operands (faer), 4x1"),
+        "{plan}"
+    );
+    // inv and cholesky likewise, and their errors keep their kind.
+    for (sql, op) in [("inv(a)", "inv"), ("cholesky(a)", "cholesky")] {
+        let plan = explain(&ctx, &format!("SELECT * FROM {sql}")).await;
+        assert!(
+            plan.contains(&format!("BlockGatherExec: {op} of the gathered operands")),
+            "{plan}"
+        );
+    }
+    let singular = run(&ctx, "SELECT * FROM inv(sub(a, a))").await.unwrap_err();
+    assert_eq!(
+        crate::TesseraError::find(&singular).map(|e| e.kind()),
+        Some(crate::ErrorKind::SingularMatrix),
+        "{singular}"
+    );
+    assert!(singular.to_string().contains("singular"), "{singular}");
     let msg = error(&ctx, "SELECT * FROM cholesky(scale(a, -1))").await;
     assert!(msg.contains("positive definite"), "{msg}");
     // A product computed whole that fails (1x1 times the 2x2 the subquery's cells
@@ -1470,11 +1495,11 @@ fn whole_matrix_operators(plan: &str) -> Vec<&'static str> {
 /// Expressions whose operands are themselves expressions run as one dataflow: a
 /// product of a product, elementwise programs over products and transposes (zeros that
 /// stay zeros mapped block by block, others met on `(i, j)` with the missing blocks
-/// made where the hash puts them), an operand computed whole (a solve) gathered
-/// into one partition and fed to the dataflow, and operands blocked unlike the ones
-/// they meet, reblocked by pieces and an assemble. Each result matches naive arithmetic,
-/// for 1 to 5 partitions, and each plan has no operator computing a matrix whole
-/// except the gathered solve.
+/// made where the hash puts them), a solve whose operands are gathered into one
+/// partition by a `BlockGatherExec` in the dataflow, and operands blocked unlike the
+/// ones they meet, reblocked by pieces and an assemble. Each result matches naive
+/// arithmetic, for 1 to 5 partitions, and no plan has an operator computing a matrix
+/// whole.
 #[tokio::test]
 async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
     let store = Store::in_memory();
@@ -1753,20 +1778,14 @@ async fn nested_expressions_run_as_one_dataflow_and_match_naive() {
         for (sql, want, gathered) in &cases {
             let plan = explain(&ctx, &format!("SELECT * FROM {sql}")).await;
             let whole = whole_matrix_operators(&plan);
+            assert!(
+                whole.is_empty(),
+                "{sql}: computed whole by {whole:?}\n{plan}"
+            );
             if *gathered {
-                assert_eq!(
-                    whole,
-                    ["MatrixExec"],
-                    "{sql}: only the solve is whole\n{plan}"
-                );
                 assert!(
-                    plan.contains("output=blocks in one partition"),
-                    "{sql}\n{plan}"
-                );
-            } else {
-                assert!(
-                    whole.is_empty(),
-                    "{sql}: computed whole by {whole:?}\n{plan}"
+                    plan.contains("BlockGatherExec: solve of the gathered operands"),
+                    "{sql}: the solve is not gathered in the dataflow\n{plan}"
                 );
             }
             let got = matrix(&ctx, &format!("SELECT * FROM {sql}"), want.r, want.c).await;

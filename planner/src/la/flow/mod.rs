@@ -35,6 +35,8 @@
 //! - [`BlockAssembleExec`] builds the blocks of another blocking from the pieces a
 //!   [`BlockMap::Pieces`] cut (a reblock, or `rbind` / `cbind` of operands that do not
 //!   meet on whole blocks), requiring the pieces hash-partitioned on `(i, j)`;
+//! - [`BlockGatherExec`] gathers the operands of `solve`, `inv` and `cholesky` into one
+//!   partition and runs faer there;
 //! - [`BlockCellsExec`] turns the blocks at the top into `(i, j, v)` rows as they come;
 //! - [`BlockWriteExec`] stores them instead, for `CREATE MATRIX ... AS`: each partition
 //!   writes the blocks it computed into part files of the new version, where it runs.
@@ -75,6 +77,7 @@
 mod cells;
 mod elementwise;
 mod fused;
+mod gather;
 mod generate;
 mod map;
 mod meter;
@@ -101,6 +104,7 @@ use tessera_storage::{BLOCK_FIELD_COUNT, Block, BlockColumns, BlockColumnsBuilde
 pub use cells::{BlockCellsExec, Planned};
 pub use elementwise::BlockElementwiseExec;
 pub use fused::FusedPartialExec;
+pub use gather::{BlockGatherExec, Gathered};
 pub use generate::{BlockGenerateExec, Generator};
 pub use map::{BlockMap, BlockMapExec, Total};
 pub use meter::{ExchangeMeterExec, MeterExchanges};
