@@ -733,6 +733,29 @@ async fn a_worker_killed_mid_create_matrix_as_is_survived_exactly() {
         "the parts of the matrix written again are by {writers:?}; the killed worker was {victim}"
     );
     assert_versions_hold_only_their_files(&data);
+
+    // Every worker killed, and the statement sent at once: it fails with the retryable
+    // 57P01 within 10 seconds (the heartbeat, asked at once, finds no worker live), never
+    // hangs, and leaves no matrix behind.
+    workers.kill();
+    let start = std::time::Instant::now();
+    let done = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.batch_execute(&create("alone")),
+    )
+    .await
+    .expect("CREATE MATRIX ... AS with every worker dead must not hang");
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(10), "it took {took:?}");
+    let Err(error) = done else {
+        panic!("CREATE MATRIX ... AS ran with every worker dead");
+    };
+    assert_eq!(error.code().map(|c| c.code()), Some("57P01"), "{error:?}");
+    assert!(
+        client.simple_query(&summed("alone")).await.is_err(),
+        "a failed CREATE MATRIX left a matrix"
+    );
+    assert_versions_hold_only_their_files(&data);
     server.shutdown().await;
 }
 
